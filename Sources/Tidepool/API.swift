@@ -1,0 +1,37 @@
+import CTidepool
+import TidepoolCore
+
+/// The function table of tp_get_api(), built once and never freed. It names the header's
+/// declarations (defined by the @_cdecl functions), so the table can only hold the ABI's
+/// own signatures.
+private let apiTable: UnsafeMutablePointer<tp_api> = {
+    let table = UnsafeMutablePointer<tp_api>.allocate(capacity: 1)
+    table.initialize(to: tp_api(
+        struct_size: UInt32(MemoryLayout<tp_api>.size),
+        api_version: UInt32(TP_API_VERSION),
+        version: tp_version,
+        version_string: tp_version_string,
+        status_string: tp_status_string,
+        last_error: tp_last_error,
+        dtype_size: tp_dtype_size,
+        tensor_init: tp_tensor_init,
+        pool_desc_init: tp_pool_desc_init,
+        pool_output: tp_pool_output,
+        tensor_nbytes: tp_tensor_nbytes,
+        pool: tp_pool,
+        set_num_threads: tp_set_num_threads,
+        get_num_threads: tp_get_num_threads))
+    return table
+}()
+
+@_cdecl("tp_get_api")
+public func tpGetAPI(_ version: UInt32) -> UnsafePointer<tp_api>? {
+    // Version 1 is the first; every later table starts with version 1's fields, so a
+    // library serves each version up to its own.
+    guard (1...UInt32(TP_API_VERSION)).contains(version) else {
+        LastError.set("tp_get_api: API version \(version) is not served; this library (\(TP_VERSION_MAJOR).\(TP_VERSION_MINOR)."
+            + "\(TP_VERSION_PATCH)) serves versions 1 to \(TP_API_VERSION)")
+        return nil
+    }
+    return UnsafePointer(apiTable)
+}

@@ -1,0 +1,150 @@
+import CTidepool
+import Dispatch
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs pooling operations on a configurable number of threads. Stateless apart from the
+/// thread count, so one engine serves any number of concurrent callers.
+public final class PoolEngine: Sendable {
+    public static let shared = PoolEngine()
+    public static let maxThreads = 1024
+
+    /// 0 means one thread per online CPU.
+    private let configuredThreads = Atomic<Int>(0)
+
+    public init(threads: Int = 0) {
+        configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
+    }
+
+    public static var onlineCPUs: Int { Swift.max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+
+    /// The number of threads `pool` uses (never 0).
+    public var threadCount: Int {
+        let configured = configuredThreads.load(ordering: .relaxed)
+        return configured == 0 ? Self.onlineCPUs : configured
+    }
+
+    /// 0 restores the default, one thread per online CPU.
+    public func setThreadCount(_ threads: Int) throws {
+        guard (0...Self.maxThreads).contains(threads) else {
+            throw PoolError.invalid("thread count must be between 0 (all CPUs) and \(Self.maxThreads) but got \(threads)")
+        }
+        configuredThreads.store(threads, ordering: .relaxed)
+    }
+
+    /// Checks everything about an operation without touching memory, returning the
+    /// geometry to run. Called by `pool` before any element is written.
+    func plan(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> PoolGeometry {
+        let expectedShape = try desc.outputShape(inputShape: input.shape)
+        let expectedDType = input.dtype.result(of: desc.kind)
+        guard output.dtype == expectedDType else {
+            throw PoolError(TP_ERR_DTYPE,
+                "output dtype must be \(expectedDType) (\(desc.kind) pooling of \(input.dtype)) but is \(output.dtype)")
+        }
+        guard output.shape == expectedShape else {
+            throw PoolError.shape(
+                "output shape must be \(pythonTuple(expectedShape)) for input \(pythonTuple(input.shape)) and \(desc) "
+                    + "but is \(pythonTuple(output.shape))")
+        }
+        try output.checkContiguous()
+        let inputSpan = try input.byteSpan(what: "input")
+        let outputSpan = try output.asInput.byteSpan(what: "output")
+        if let inputSpan, let outputSpan, inputSpan.overlaps(outputSpan) {
+            throw PoolError(TP_ERR_LAYOUT, "output memory overlaps the input; pooling cannot run in place")
+        }
+        return PoolGeometry(desc, input: input, outputShape: expectedShape)
+    }
+
+    /// Pools `input` into `output`. Everything is validated first; on error nothing is
+    /// written. `threads` overrides the engine's thread count for this call.
+    public func pool(_ desc: PoolDescriptor, input: TensorView, output: OutputView, threads: Int? = nil) throws {
+        let geometry = try plan(desc, input: input, output: output)
+        guard geometry.pixels > 0, geometry.channels > 0, let outputData = output.data else { return }
+        // An input with no elements is never read (every window lies in padding), so any
+        // non-null address stands in for its data.
+        let inputData = input.data ?? UnsafeRawPointer(outputData)
+        let threads = try threads.map { t -> Int in
+            guard (1...Self.maxThreads).contains(t) else {
+                throw PoolError.invalid("thread count must be between 1 and \(Self.maxThreads) but got \(t)")
+            }
+            return t
+        } ?? threadCount
+        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads)
+        switch (desc.kind, input.dtype) {
+        case (.average, .float32): try job.run(AverageFloat32.self)
+        case (.average, .float64): try job.run(AverageFloat64.self)
+        case (.average, .float16): try job.run(AverageFloat16.self)
+        case (.average, .bfloat16): try job.run(AverageBFloat16.self)
+        case (.average, .int8): try job.run(AverageNarrowInteger<Int8>.self)
+        case (.average, .int16): try job.run(AverageNarrowInteger<Int16>.self)
+        case (.average, .int32): try job.run(AverageNarrowInteger<Int32>.self)
+        case (.average, .int64): try job.run(AverageWideInteger<Int64>.self)
+        case (.average, .uint8): try job.run(AverageNarrowInteger<UInt8>.self)
+        case (.average, .uint16): try job.run(AverageNarrowInteger<UInt16>.self)
+        case (.average, .uint32): try job.run(AverageNarrowInteger<UInt32>.self)
+        case (.average, .uint64): try job.run(AverageWideInteger<UInt64>.self)
+        case (.max, .float32): try job.run(MaxFloat<Float>.self)
+        case (.max, .float64): try job.run(MaxFloat<Double>.self)
+        case (.max, .float16): try job.run(MaxFloat<Float16>.self)
+        case (.max, .bfloat16): try job.run(MaxBFloat16.self)
+        case (.max, .int8): try job.run(MaxInteger<Int8>.self)
+        case (.max, .int16): try job.run(MaxInteger<Int16>.self)
+        case (.max, .int32): try job.run(MaxInteger<Int32>.self)
+        case (.max, .int64): try job.run(MaxInteger<Int64>.self)
+        case (.max, .uint8): try job.run(MaxInteger<UInt8>.self)
+        case (.max, .uint16): try job.run(MaxInteger<UInt16>.self)
+        case (.max, .uint32): try job.run(MaxInteger<UInt32>.self)
+        case (.max, .uint64): try job.run(MaxInteger<UInt64>.self)
+        }
+    }
+}
+
+/// One validated operation, split over threads.
+private struct Job: @unchecked Sendable {
+    let geometry: PoolGeometry
+    let input: UnsafeRawPointer
+    let output: UnsafeMutableRawPointer
+    let threads: Int
+
+    /// Below this many element reads a call runs on the calling thread: waking workers
+    /// would cost more than it saves.
+    static let minimumWorkPerThread = 1 << 15
+
+    func run<R: WindowReduction>(_ reduction: R.Type) throws {
+        let pixels = geometry.pixels
+        let work = pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
+        let workers = work.overflow ? threads : Swift.max(1, Swift.min(threads, work.partialValue / Self.minimumWorkPerThread, pixels))
+        // One scratch row of accumulators per worker, allocated once per call; malloc so
+        // that a huge channel count fails with an error instead of trapping.
+        let (scratchBytes, overflow) = (workers * geometry.channels).multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
+        guard !overflow, let scratch = malloc(Swift.max(scratchBytes, 1)) else {
+            throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(geometry.channels) accumulators for each of \(workers) threads")
+        }
+        defer { free(scratch) }
+        let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * geometry.channels)
+        let typedInput = input.assumingMemoryBound(to: R.Input.self)
+        let typedOutput = output.assumingMemoryBound(to: R.Output.self)
+
+        if workers == 1 {
+            poolWindows(R.self, geometry, input: typedInput, output: typedOutput, pixels: 0..<pixels, accumulators: accumulators)
+            return
+        }
+        // Several chunks per worker, handed out on demand, balance windows that cost
+        // less near the padded edges.
+        let chunks = Swift.min(pixels, workers * 8)
+        func chunkStart(_ chunk: Int) -> Int { chunk * (pixels / chunks) + Swift.min(chunk, pixels % chunks) }
+        let nextChunk = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            let mine = accumulators + worker * geometry.channels
+            while true {
+                let chunk = nextChunk.wrappingAdd(1, ordering: .relaxed).oldValue
+                if chunk >= chunks { break }
+                let range = chunkStart(chunk)..<chunkStart(chunk + 1)
+                poolWindows(R.self, geometry, input: typedInput, output: typedOutput, pixels: range, accumulators: mine)
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+import CTidepool
+import Testing
+import TidepoolCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Pools a contiguous random input and checks it against the float64 reference.
+func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed: UInt64 = 1,
+                     sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let input = randomInput(dtype, shape: shape, seed: seed)
+    let strides = TensorView.contiguousStrides(shape)
+    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides),
+                                sourceLocation: sourceLocation)
+    let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides)
+    #expect(run.shape == expected.shape, sourceLocation: sourceLocation)
+    let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+    #expect(mismatch == nil, "\(desc) \(dtype) \(shape) seed \(seed): \(mismatch ?? "")", sourceLocation: sourceLocation)
+}
+
+@Suite struct EdgeCaseTests {
+    @Test(arguments: DType.allCases, PoolKind.allCases)
+    func everyDTypeWithPadding(dtype: DType, kind: PoolKind) throws {
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [3, 2, 2], stride: [2, 1, 2], padding: [1, 1, 0]),
+                            dtype, shape: [2, 5, 4, 5, 3])
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [3, 3], stride: [1, 2], padding: [1, 1]),
+                            dtype, shape: [2, 6, 5, 4], seed: 2)
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [4], stride: [3], padding: [2]),
+                            dtype, shape: [3, 11, 5], seed: 3)
+    }
+
+    @Test(arguments: PoolKind.allCases)
+    func paddingWiderThanHalfTheKernel(kind: PoolKind) throws {
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [2, 3, 2], stride: [1, 1, 1], padding: [3, 2, 5]),
+                            .float32, shape: [1, 3, 4, 2, 2])
+    }
+
+    @Test func windowsEntirelyInPadding() throws {
+        // Length 1 padded by 3 with kernel 2, stride 1: windows 0, 1, 4 and 5 see only padding.
+        let input = Buffer(.float32, count: 2)
+        input[0] = 5; input[1] = -7
+        for kind in PoolKind.allCases {
+            let desc = PoolDescriptor(kind: kind, kernelSize: [2], stride: [1], padding: [3])
+            let run = try runEngine(desc, storage: input, offset: 0, shape: [1, 1, 2], strides: [2, 2, 1])
+            #expect(run.shape == [1, 6, 2])
+            let values = (0..<12).map { run.output[$0] }
+            if kind == .average {
+                #expect(values == [0, 0, 0, 0, 2.5, -3.5, 2.5, -3.5, 0, 0, 0, 0])
+            } else {
+                let inf = -Double.infinity
+                #expect(values == [inf, inf, inf, inf, 5, -7, 5, -7, inf, inf, inf, inf])
+            }
+        }
+        // Integers pad max pooling with the type's lowest value (MLX pads 8/16-bit with 0).
+        let ints = Buffer(.int16, count: 1)
+        ints[0] = -3
+        let run = try runEngine(PoolDescriptor(kind: .max, kernelSize: [2], stride: [1], padding: [2]),
+                                storage: ints, offset: 0, shape: [1, 1, 1], strides: [1, 1, 1])
+        #expect((0..<4).map { run.output[$0] } == [Double(Int16.min), -3, -3, Double(Int16.min)])
+    }
+
+    @Test func zeroSizedSpatialInputWithPadding() throws {
+        // No input elements, null data: every window is padding.
+        let desc = PoolDescriptor(kind: .average, kernelSize: [1, 1], padding: [1, 0])
+        let output = Buffer(.float32, count: 2 * 2 * 3)
+        try PoolEngine.shared.pool(desc, input: TensorView(data: nil, dtype: .float32, shape: [2, 0, 3, 1]),
+                                   output: OutputView(data: output.raw, dtype: .float32, shape: [2, 2, 3, 1]))
+        #expect((0..<12).allSatisfy { output[$0] == 0 })
+    }
+
+    @Test func documentedCornerIsInputOverEight() throws {
+        // MLX reference: the corner output of AvgPool3d(2, 2, padding=1) is x[0,0,0,:] / 8.
+        let shape = [1, 4, 4, 4, 3]
+        let input = randomInput(.float32, shape: shape, seed: 9)
+        let run = try runEngine(PoolDescriptor(kind: .average, kernelSize: [2, 2, 2], padding: [1, 1, 1]),
+                                storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape))
+        #expect(run.shape == [1, 3, 3, 3, 3])
+        for c in 0..<3 { #expect(run.output[c] == Double(Float(input[c]) / 8)) }
+    }
+
+    @Test(arguments: PoolKind.allCases)
+    func kernelOneAndStrideLargerThanKernel(kind: PoolKind) throws {
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [1, 1, 1]), .float32, shape: [2, 3, 3, 3, 2])
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [2, 1, 2], stride: [3, 4, 5]), .float32, shape: [2, 7, 9, 11, 2])
+        try checkContiguous(PoolDescriptor(kind: kind, kernelSize: [1], stride: [4], padding: [1]), .int32, shape: [1, 9, 1])
+    }
+
+    @Test func emptyOutputs() throws {
+        for shape in [[0, 4, 4, 3], [2, 4, 4, 0], [2, 1, 4, 3]] {
+            let desc = PoolDescriptor(kind: .max, kernelSize: [2, 2])
+            let outShape = try desc.outputShape(inputShape: shape)
+            #expect(outShape.reduce(1, *) == 0)
+            let input = Buffer(.float32, count: shape.reduce(1, *))
+            try PoolEngine.shared.pool(desc, input: TensorView(data: input.raw, dtype: .float32, shape: shape),
+                                       output: OutputView(data: nil, dtype: .float32, shape: outShape))
+        }
+    }
+
+    @Test func maxPropagatesNaNAndKeepsInfinities() throws {
+        let input = Buffer(.float32, count: 6)
+        for (i, v) in [1.0, .nan, 3, -.infinity, .infinity, -1].enumerated() { input[i] = v }
+        for dtype in [DType.float32, .float16, .bfloat16, .float64] {
+            let typed = Buffer(dtype, count: 6)
+            for i in 0..<6 { typed[i] = input[i] }
+            let run = try runEngine(PoolDescriptor(kind: .max, kernelSize: [2]), storage: typed, offset: 0,
+                                    shape: [1, 6, 1], strides: [6, 1, 1])
+            #expect(run.output[0].isNaN)
+            #expect(run.output[1] == 3)
+            #expect(run.output[2] == .infinity)
+            let average = try runEngine(PoolDescriptor(kind: .average, kernelSize: [2]), storage: typed, offset: 0,
+                                        shape: [1, 6, 1], strides: [6, 1, 1])
+            #expect(average.output[0].isNaN)
+            #expect(average.output[1] == -.infinity)
+        }
+    }
+
+    @Test func integerExtremes() throws {
+        // Max is exact over the whole range; average of 64-bit integers rounds once to float32.
+        let max64 = Buffer(.int64, count: 4)
+        max64.raw.storeBytes(of: Int64.min, toByteOffset: 0, as: Int64.self)
+        max64.raw.storeBytes(of: Int64.max, toByteOffset: 8, as: Int64.self)
+        max64.raw.storeBytes(of: Int64.min + 1, toByteOffset: 16, as: Int64.self)
+        max64.raw.storeBytes(of: Int64.min, toByteOffset: 24, as: Int64.self)
+        let run = try runEngine(PoolDescriptor(kind: .max, kernelSize: [2]), storage: max64, offset: 0, shape: [1, 4, 1], strides: [4, 1, 1])
+        #expect(run.output.raw.load(fromByteOffset: 0, as: Int64.self) == Int64.max)
+        #expect(run.output.raw.load(fromByteOffset: 8, as: Int64.self) == Int64.min + 1)
+
+        let u8 = Buffer(.uint8, count: 4)
+        for i in 0..<4 { u8[i] = 255 }
+        let mean = try runEngine(PoolDescriptor(kind: .average, kernelSize: [4]), storage: u8, offset: 0, shape: [1, 4, 1], strides: [4, 1, 1])
+        #expect(mean.output.dtype == .float32)
+        #expect(mean.output[0] == 255)
+
+        let i32 = Buffer(.int32, count: 3)
+        for i in 0..<3 { i32[i] = Double(Int32.max) }
+        let mean32 = try runEngine(PoolDescriptor(kind: .average, kernelSize: [3]), storage: i32, offset: 0, shape: [1, 3, 1], strides: [3, 1, 1])
+        #expect(mean32.output[0] == Double(Float(Int32.max)))
+    }
+}
+
+@Suite struct StridedInputTests {
+    /// Pools a view (`shape`, `strides`, starting at `offset`) of a random buffer and compares.
+    func check(_ desc: PoolDescriptor, _ dtype: DType, storageCount: Int, offset: Int, shape: [Int], strides: [Int]) throws {
+        let storage = randomInput(dtype, shape: [storageCount], seed: 77)
+        let expected = try #require(referencePool(desc, storage: storage, offset: offset, shape: shape, strides: strides))
+        let run = try runEngine(desc, storage: storage, offset: offset, shape: shape, strides: strides)
+        let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+        #expect(mismatch == nil, "\(desc) \(shape) strides \(strides): \(mismatch ?? "")")
+    }
+
+    @Test(arguments: PoolKind.allCases, [DType.float32, .bfloat16, .int16, .float64])
+    func channelsFirstStorage(kind: PoolKind, dtype: DType) throws {
+        // Storage (N, C, D, H, W) = (2, 3, 4, 5, 6) read as (N, D, H, W, C).
+        try check(PoolDescriptor(kind: kind, kernelSize: [2, 3, 2], stride: [1, 2, 2], padding: [1, 1, 0]), dtype,
+                  storageCount: 720, offset: 0, shape: [2, 4, 5, 6, 3], strides: [360, 30, 6, 1, 120])
+    }
+
+    @Test(arguments: PoolKind.allCases)
+    func slicedTransposedReversedAndBroadcast(kind: PoolKind) throws {
+        let desc = PoolDescriptor(kind: kind, kernelSize: [3, 2], stride: [2, 1], padding: [1, 1])
+        // Every other column of a (2, 7, 12, 4) tensor, starting at column 1.
+        try check(desc, .float32, storageCount: 672, offset: 4, shape: [2, 7, 6, 4], strides: [336, 48, 8, 1])
+        // H and W swapped.
+        try check(desc, .float32, storageCount: 392, offset: 0, shape: [2, 7, 7, 4], strides: [196, 4, 28, 1])
+        // Reversed along H and C: data points at the last row and channel.
+        try check(desc, .float32, storageCount: 392, offset: 6 * 28 + 3, shape: [2, 7, 7, 4], strides: [196, -28, 4, -1])
+        // Broadcast batch and channels (zero strides).
+        try check(desc, .float32, storageCount: 49, offset: 0, shape: [3, 7, 7, 5], strides: [0, 7, 1, 0])
+    }
+}
+
+@Suite struct RandomConfigurationTests {
+    @Test(arguments: DType.allCases)
+    func randomConfigurations(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0x7E1D_E900 ^ UInt64(dtype.code))
+        var checked = 0
+        for _ in 0..<60 {
+            let spatial = Int.random(in: 1...3, using: &rng)
+            let kernel = (0..<spatial).map { _ in Int.random(in: 1...4, using: &rng) }
+            let stride = (0..<spatial).map { _ in Int.random(in: 1...4, using: &rng) }
+            let padding = (0..<spatial).map { _ in Int.random(in: 0...5, using: &rng) }
+            let shape = [Int.random(in: 1...3, using: &rng)] + (0..<spatial).map { _ in Int.random(in: 0...7, using: &rng) }
+                + [Int.random(in: 1...5, using: &rng)]
+            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            let seed = rng.next()
+            let input = randomInput(dtype, shape: shape, seed: seed)
+            let strides = TensorView.contiguousStrides(shape)
+            guard let expected = referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides) else {
+                expectPoolError(TP_ERR_SHAPE, ["negative"]) { _ = try desc.outputShape(inputShape: shape) }
+                continue
+            }
+            let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides)
+            #expect(run.shape == expected.shape)
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+            #expect(mismatch == nil, "\(desc) \(dtype) \(shape) seed \(seed): \(mismatch ?? "")")
+            checked += 1
+        }
+        #expect(checked > 30)
+    }
+
+    @Test func longRowsStayAccurate() throws {
+        // float32 sums of long windows stay within rtol 1e-5 / atol 1e-6 of float64.
+        try checkContiguous(PoolDescriptor(kind: .average, kernelSize: [1000], stride: [7], padding: [300]), .float32,
+                            shape: [1, 20000, 2])
+        try checkContiguous(PoolDescriptor(kind: .average, kernelSize: [5, 5, 5], stride: [1, 1, 1], padding: [2, 2, 2]),
+                            .float32, shape: [1, 9, 10, 11, 1])
+    }
+}
+
+@Suite struct ThreadingTests {
+    @Test(arguments: [DType.float32, .bfloat16, .uint8, .float64], PoolKind.allCases)
+    func resultsAreIdenticalForAnyThreadCount(dtype: DType, kind: PoolKind) throws {
+        let shape = [3, 9, 17, 13, 5]
+        let input = randomInput(dtype, shape: shape, seed: 5)
+        let desc = PoolDescriptor(kind: kind, kernelSize: [3, 3, 2], stride: [1, 2, 1], padding: [1, 1, 1])
+        let strides = TensorView.contiguousStrides(shape)
+        let single = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, threads: 1)
+        let bytes = single.output.count * single.output.dtype.size
+        for threads in [2, 3, 7, 64] {
+            let many = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, threads: threads)
+            #expect(memcmp(single.output.raw, many.output.raw, bytes) == 0, "threads \(threads)")
+        }
+        let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+        #expect(firstMismatch(desc, dtype: dtype, actual: single.output, expected: expected.values) == nil)
+    }
+
+    @Test func concurrentCallersShareOneEngine() async throws {
+        let shape = [2, 6, 10, 10, 3]
+        let desc = PoolDescriptor(kind: .average, kernelSize: [2, 3, 3], stride: [1, 1, 2], padding: [1, 1, 1])
+        let strides = TensorView.contiguousStrides(shape)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<16 {
+                group.addTask {
+                    let input = randomInput(.float32, shape: shape, seed: UInt64(task))
+                    let expected = referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides)!
+                    let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides)
+                    #expect(firstMismatch(desc, dtype: .float32, actual: run.output, expected: expected.values) == nil)
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+}

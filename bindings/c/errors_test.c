@@ -1,0 +1,157 @@
+/* errors_test.c - every class of bad argument gets its status and a message naming the
+ * argument, from plain C; nothing aborts the process. Prints "N passed, M failed". */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tidepool.h"
+
+static int passed = 0, failed = 0;
+
+/* One expectation: `status` is `want` and tp_last_error() mentions `fragment`. */
+static void expect(const char *what, tp_status status, tp_status want, const char *fragment) {
+    const char *message = tp_last_error();
+    if (status == want && (want == TP_OK || strstr(message, fragment) != NULL)) {
+        passed++;
+    } else {
+        failed++;
+        fprintf(stderr, "FAIL %s: got %s (\"%s\"), want %s mentioning \"%s\"\n", what, tp_status_string(status),
+                message, tp_status_string(want), fragment);
+    }
+}
+
+static void *error_in_other_thread(void *unused) {
+    (void)unused;
+    tp_set_num_threads(-7);
+    return NULL;
+}
+
+int main(void) {
+    float x[2 * 4 * 4 * 3] = {0}, y[2 * 2 * 2 * 3];
+    const int64_t shape[4] = {2, 4, 4, 3}, kernel[2] = {2, 2};
+    tp_tensor input, output;
+    tp_pool_desc desc;
+    expect("valid setup", tp_tensor_init(&input, x, TP_DTYPE_FLOAT32, 4, shape, NULL), TP_OK, "");
+    expect("valid desc", tp_pool_desc_init(&desc, TP_POOL_AVG, 2, kernel, NULL, NULL), TP_OK, "");
+    expect("valid output", tp_pool_output(&desc, &input, &output), TP_OK, "");
+    output.data = y;
+    expect("valid pool", tp_pool(&desc, &input, &output), TP_OK, "");
+
+    /* Null pointers. */
+    expect("null desc", tp_pool(NULL, &input, &output), TP_ERR_NULL_POINTER, "desc");
+    expect("null input", tp_pool(&desc, NULL, &output), TP_ERR_NULL_POINTER, "input");
+    expect("null output", tp_pool(&desc, &input, NULL), TP_ERR_NULL_POINTER, "output");
+    expect("null tensor", tp_tensor_init(NULL, x, TP_DTYPE_FLOAT32, 4, shape, NULL), TP_ERR_NULL_POINTER, "tensor");
+    expect("null shape", tp_tensor_init(&input, x, TP_DTYPE_FLOAT32, 4, NULL, NULL), TP_ERR_NULL_POINTER, "shape");
+    expect("null kernel", tp_pool_desc_init(&desc, TP_POOL_AVG, 2, NULL, NULL, NULL), TP_ERR_NULL_POINTER, "kernel_size");
+    expect("null nbytes", tp_tensor_nbytes(&output, NULL), TP_ERR_NULL_POINTER, "nbytes");
+    tp_tensor no_data = input;
+    no_data.data = NULL;
+    expect("null input data", tp_pool(&desc, &no_data, &output), TP_ERR_NULL_POINTER, "input data is null");
+    tp_tensor no_output_data = output;
+    no_output_data.data = NULL;
+    expect("null output data", tp_pool(&desc, &input, &no_output_data), TP_ERR_NULL_POINTER, "output data is null");
+
+    /* Dtypes. */
+    tp_tensor bad_dtype = input;
+    bad_dtype.dtype = 99;
+    expect("unknown dtype", tp_pool(&desc, &bad_dtype, &output), TP_ERR_DTYPE, "input.dtype is 99");
+    tp_tensor wrong_output_dtype = output;
+    wrong_output_dtype.dtype = TP_DTYPE_FLOAT64;
+    expect("output dtype", tp_pool(&desc, &input, &wrong_output_dtype), TP_ERR_DTYPE, "output dtype must be float32");
+    if (tp_dtype_size(TP_DTYPE_BFLOAT16) == 2 && tp_dtype_size(0) == 0) passed++; else failed++;
+
+    /* Descriptor values. */
+    const int64_t zero_kernel[2] = {0, 2}, negative[2] = {-1, 0}, big[4] = {1, 1, 1, 1};
+    expect("kernel 0", tp_pool_desc_init(&desc, TP_POOL_AVG, 2, zero_kernel, NULL, NULL), TP_ERR_INVALID_ARGUMENT,
+           "kernel_size must be positive but got (0, 2)");
+    expect("stride -1", tp_pool_desc_init(&desc, TP_POOL_AVG, 2, kernel, negative, NULL), TP_ERR_INVALID_ARGUMENT,
+           "stride must be positive");
+    expect("padding -1", tp_pool_desc_init(&desc, TP_POOL_MAX, 2, kernel, NULL, negative), TP_ERR_INVALID_ARGUMENT,
+           "padding must be non-negative but got (-1, 0)");
+    expect("spatial dims 4", tp_pool_desc_init(&desc, TP_POOL_MAX, 4, big, NULL, NULL), TP_ERR_INVALID_ARGUMENT,
+           "spatial_dims must be 1, 2 or 3 but is 4");
+    expect("kind 7", tp_pool_desc_init(&desc, 7, 2, kernel, NULL, NULL), TP_ERR_INVALID_ARGUMENT, "kind is 7");
+    tp_pool_desc_init(&desc, TP_POOL_AVG, 2, kernel, NULL, NULL);
+    tp_pool_desc hand_filled = desc;
+    hand_filled.stride[1] = 0;
+    expect("stride 0 in a hand-filled desc", tp_pool(&hand_filled, &input, &output), TP_ERR_INVALID_ARGUMENT,
+           "stride must be positive but got (2, 0)");
+
+    /* Shapes. */
+    const int64_t shape3[3] = {2, 4, 3}, big_kernel[2] = {9, 2};
+    tp_tensor rank3;
+    tp_tensor_init(&rank3, x, TP_DTYPE_FLOAT32, 3, shape3, NULL);
+    expect("rank mismatch", tp_pool(&desc, &rank3, &output), TP_ERR_SHAPE, "rank 4 (N, H, W, C)");
+    expect("rank 9", tp_tensor_init(&rank3, x, TP_DTYPE_FLOAT32, 9, shape, NULL), TP_ERR_SHAPE, "rank");
+    tp_pool_desc too_big;
+    tp_pool_desc_init(&too_big, TP_POOL_AVG, 2, big_kernel, (const int64_t[]){1, 1}, NULL);
+    expect("negative output length", tp_pool_output(&too_big, &input, &output), TP_ERR_SHAPE, "height would be negative");
+    tp_tensor wrong_shape = output;
+    wrong_shape.shape[1] = 3;
+    expect("output shape", tp_pool(&desc, &input, &wrong_shape), TP_ERR_SHAPE, "output shape must be (2, 2, 2, 3)");
+    const int64_t negative_shape[4] = {2, -4, 4, 3};
+    expect("negative shape", tp_tensor_init(&rank3, x, TP_DTYPE_FLOAT32, 4, negative_shape, NULL),
+           TP_ERR_INVALID_ARGUMENT, "shape[1] must be non-negative");
+
+    /* Overflow. */
+    const int64_t huge[4] = {INT64_C(1) << 40, INT64_C(1) << 40, 4, 3};
+    const int64_t zero_strides[4] = {0, 0, 0, 0};
+    tp_tensor overflowing;
+    tp_tensor_init(&overflowing, x, TP_DTYPE_FLOAT32, 4, huge, zero_strides);
+    tp_tensor overflowing_output;
+    expect("overflowing output", tp_pool_output(&desc, &overflowing, &overflowing_output), TP_ERR_OVERFLOW,
+           "output element count");
+    expect("overflowing contiguous strides", tp_tensor_init(&overflowing, x, TP_DTYPE_FLOAT32, 4, huge, NULL),
+           TP_ERR_OVERFLOW, "overflows");
+
+    /* Struct headers. */
+    tp_tensor flagged = input;
+    flagged.flags = 4;
+    expect("reserved flags", tp_pool(&desc, &flagged, &output), TP_ERR_FLAGS, "flags is 0x4");
+    tp_pool_desc old = desc;
+    old.struct_size = 8;
+    expect("struct_size", tp_pool(&old, &input, &output), TP_ERR_VERSION, "struct_size is 8");
+    tp_pool_desc flagged_desc = desc;
+    flagged_desc.flags = 1;
+    expect("desc flags", tp_pool(&flagged_desc, &input, &output), TP_ERR_FLAGS, "reserved flags must be 0");
+
+    /* Layout. */
+    tp_tensor strided_output = output;
+    strided_output.strides[3] = 2;
+    expect("strided output", tp_pool(&desc, &input, &strided_output), TP_ERR_LAYOUT, "contiguous");
+    tp_tensor aliased = output;
+    aliased.data = x + 5;
+    expect("overlap", tp_pool(&desc, &input, &aliased), TP_ERR_LAYOUT, "overlaps the input");
+
+    /* Output untouched on error. */
+    for (int i = 0; i < 24; i++) y[i] = -123.0f;
+    wrong_output_dtype.data = y;
+    tp_pool(&desc, &input, &wrong_output_dtype);
+    int untouched = 1;
+    for (int i = 0; i < 24; i++) untouched &= y[i] == -123.0f;
+    if (untouched) passed++; else { failed++; fprintf(stderr, "FAIL output written despite an error\n"); }
+
+    /* Threads, versions, status names. */
+    expect("threads -1", tp_set_num_threads(-1), TP_ERR_INVALID_ARGUMENT, "thread count");
+    expect("threads 2", tp_set_num_threads(2), TP_OK, "");
+    if (tp_get_num_threads() == 2) passed++; else failed++;
+    tp_set_num_threads(0);
+    if (tp_get_api(99) == NULL && strstr(tp_last_error(), "API version 99") != NULL) passed++; else failed++;
+    if (tp_get_api(0) == NULL) passed++; else failed++;
+    if (strcmp(tp_status_string(TP_ERR_LAYOUT), "TP_ERR_LAYOUT") == 0 &&
+        strcmp(tp_status_string((tp_status)999), "TP_ERR_UNKNOWN") == 0)
+        passed++;
+    else
+        failed++;
+
+    /* tp_last_error is per thread: another thread's failure does not replace ours. */
+    tp_pool(NULL, &input, &output);
+    pthread_t thread;
+    pthread_create(&thread, NULL, error_in_other_thread, NULL);
+    pthread_join(thread, NULL);
+    expect("thread-local message", TP_ERR_NULL_POINTER, TP_ERR_NULL_POINTER, "desc is NULL");
+
+    printf("errors_test: %d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the C suite: the header compiles as strict C99 and C++, the examples run and check
+# their outputs, the error-path test passes, and the exported symbols match the header.
+# Prints "N passed, M failed" and fails if any failed.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=$root/bindings/c/build
+library=$root/.build/release/libtidepool.so
+passed=0 failed=0
+
+run() {
+    local name=$1; shift
+    if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+
+run "header is strict C99" ${CC:-cc} -std=c99 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c "$root/include/tidepool.h"
+run "header is strict C++" ${CXX:-c++} -std=c++11 -pedantic -Wall -Wextra -Werror -fsyntax-only -x c++ "$root/include/tidepool.h"
+run "dlopen example" "$build/dlopen_example" "$library"
+run "linked example" "$build/link_example"
+run "error paths" "$build/errors_test"
+run "exports match the header" "$root/bindings/c/check_symbols.sh" "$root/include/tidepool.h" "$library"
+echo "C suite: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
