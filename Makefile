@@ -68,8 +68,10 @@ c-programs: build $(C_PROGRAMS)
 test-c: c-programs
 	bindings/c/run_tests.sh
 
+# Plain PYTHONPATH, as a user without `pip install -e` would run it; the library is found
+# in the repository's .build/release.
 test-python: build venv
-	@echo "Python suite"
+	PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q bindings/python/tests
 
 ## Run ----------------------------------------------------------------------------
 

@@ -1,0 +1,22 @@
+"""Tidepool's exceptions. Every one derives from tidepool.Error, and also from the
+built-in exception a Python programmer would catch for that kind of failure."""
+
+
+class Error(Exception):
+    """Base of every Tidepool exception. `status` is the tp_status code, when one applies."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidArgumentError(Error, ValueError):
+    """An invalid pooling argument, input or output (bad kernel, shape, dtype, layout...)."""
+
+
+class LibraryNotFoundError(Error, OSError):
+    """libtidepool.so could not be loaded."""
+
+
+class OutOfMemoryError(Error, MemoryError):
+    """The library could not allocate memory."""

@@ -1,0 +1,230 @@
+"""The functional forms, avg_pool1d ... max_pool3d, and the array plumbing they share with
+the nn classes: numpy in, numpy out, strided views passed to the library without a copy."""
+
+import ctypes
+import numbers
+
+import numpy as np
+
+from . import _lib
+from .errors import Error, InvalidArgumentError
+
+try:
+    import ml_dtypes
+
+    bfloat16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # bfloat16 support is optional
+    ml_dtypes = None
+    bfloat16 = None
+
+_DTYPE_CODES = {
+    np.dtype(np.float32): _lib.TP_DTYPE_FLOAT32,
+    np.dtype(np.float64): _lib.TP_DTYPE_FLOAT64,
+    np.dtype(np.float16): _lib.TP_DTYPE_FLOAT16,
+    np.dtype(np.int8): _lib.TP_DTYPE_INT8,
+    np.dtype(np.int16): _lib.TP_DTYPE_INT16,
+    np.dtype(np.int32): _lib.TP_DTYPE_INT32,
+    np.dtype(np.int64): _lib.TP_DTYPE_INT64,
+    np.dtype(np.uint8): _lib.TP_DTYPE_UINT8,
+    np.dtype(np.uint16): _lib.TP_DTYPE_UINT16,
+    np.dtype(np.uint32): _lib.TP_DTYPE_UINT32,
+    np.dtype(np.uint64): _lib.TP_DTYPE_UINT64,
+}
+if bfloat16 is not None:
+    _DTYPE_CODES[bfloat16] = _lib.TP_DTYPE_BFLOAT16
+_DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
+
+
+# ---- Arguments ------------------------------------------------------------------------
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral)
+
+
+def normalize_arguments(owner, spatial_dims, kernel_size, stride, padding):
+    """MLX's constructor rules and messages: an int for every axis or a tuple with one int
+    per axis; stride defaults to kernel_size; kernel and stride positive, padding >= 0."""
+    plural = "integer" if spatial_dims == 1 else "integers"
+
+    def as_tuple(name, value):
+        if isinstance(value, (list, tuple)):
+            if len(value) == spatial_dims and all(_is_int(v) for v in value):
+                return tuple(int(v) for v in value)
+        elif _is_int(value):
+            return (int(value),) * spatial_dims
+        raise InvalidArgumentError(
+            f"[{owner}] '{name}' must be an integer or a tuple containing {spatial_dims} {plural}"
+        )
+
+    kernel_size = as_tuple("kernel_size", kernel_size)
+    stride = kernel_size if stride is None else as_tuple("stride", stride)
+    padding = as_tuple("padding", padding)
+    for name, values in (("kernel_size", kernel_size), ("stride", stride)):
+        if any(v <= 0 for v in values):
+            raise InvalidArgumentError(f"[{owner}] '{name}' must be positive but got {values}.")
+    if any(p < 0 for p in padding):
+        raise InvalidArgumentError(f"[{owner}] 'padding' must be non-negative but got {padding}.")
+    return kernel_size, stride, padding
+
+
+def _descriptor(owner, kind, kernel_size, stride, padding):
+    n = len(kernel_size)
+    arrays = [(ctypes.c_int64 * n)(*values) for values in (kernel_size, stride, padding)]
+    desc = _lib.tp_pool_desc()
+    _lib.check(_lib.lib.tp_pool_desc_init(ctypes.byref(desc), kind, n, *arrays), f"[{owner}]")
+    return desc
+
+
+# ---- Arrays ---------------------------------------------------------------------------
+
+
+def _is_mlx_bfloat16(x):
+    return type(x).__module__.startswith("mlx") and str(getattr(x, "dtype", "")).endswith("bfloat16")
+
+
+def as_numpy(x, owner):
+    """Anything numpy.asarray accepts, plus MLX bfloat16 arrays (which numpy cannot read
+    directly: they go through their uint16 bits into ml_dtypes' bfloat16)."""
+    if _is_mlx_bfloat16(x):
+        if bfloat16 is None:
+            raise InvalidArgumentError(f"[{owner}] bfloat16 input needs the ml_dtypes package (pip install ml_dtypes)")
+        import mlx.core as mx
+
+        return np.asarray(x.view(mx.uint16)).view(bfloat16)
+    try:
+        return np.asarray(x)
+    except Exception as error:  # numpy raises several types for unconvertible input
+        raise InvalidArgumentError(f"[{owner}] input cannot be converted to an array: {error}") from error
+
+
+def _engine_view(array, owner):
+    """The array as the engine reads it: a supported dtype in native byte order, with
+    element strides at aligned addresses. Views that already are (the usual case,
+    transposed and sliced ones included) are passed as they are, without a copy."""
+    dtype = array.dtype
+    if dtype == np.bool_:
+        return array.view(np.uint8)  # max of booleans is max of their 0/1 bytes
+    if not dtype.isnative:
+        array = array.astype(dtype.newbyteorder("="))
+        dtype = array.dtype
+    if dtype not in _DTYPE_CODES:
+        supported = ", ".join(sorted(str(d) for d in _DTYPE_CODES))
+        hint = "" if bfloat16 is not None else " (bfloat16 needs ml_dtypes)"
+        raise InvalidArgumentError(f"[{owner}] dtype {dtype} is not supported; supported: {supported}{hint}")
+    itemsize = dtype.itemsize
+    if any(s % itemsize for s in array.strides) or array.ctypes.data % itemsize:
+        array = array.copy(order="C")  # byte strides or an address the C ABI cannot express
+    return array
+
+
+def _tensor(array):
+    tensor = _lib.tp_tensor()
+    tensor.struct_size = ctypes.sizeof(_lib.tp_tensor)
+    tensor.data = array.ctypes.data
+    tensor.dtype = _DTYPE_CODES[array.dtype]
+    tensor.rank = array.ndim
+    if array.ndim > _lib.TP_MAX_RANK:
+        raise InvalidArgumentError(f"input has {array.ndim} dimensions; at most {_lib.TP_MAX_RANK} are supported")
+    for axis in range(array.ndim):
+        tensor.shape[axis] = array.shape[axis]
+        tensor.strides[axis] = array.strides[axis] // array.itemsize
+    return tensor
+
+
+def pool(kind, spatial_dims, owner, x, kernel_size, stride=None, padding=0, out=None):
+    """Pool `x` (channels-last, batch first) and return a new numpy array, or fill `out`."""
+    kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
+    source = as_numpy(x, owner)
+    is_bool = source.dtype == np.bool_
+    if source.ndim != spatial_dims + 2:
+        layout = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[spatial_dims]
+        raise InvalidArgumentError(
+            f"[{owner}] input must have {spatial_dims + 2} dimensions {layout} but has {source.ndim} "
+            f"with shape {source.shape}"
+        )
+    array = _engine_view(source, owner)
+    desc = _descriptor(owner, kind, kernel_size, stride, padding)
+    input_tensor = _tensor(array)
+    output_tensor = _lib.tp_tensor()
+    _lib.check(_lib.lib.tp_pool_output(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)),
+               f"[{owner}]")
+    shape = tuple(output_tensor.shape[axis] for axis in range(output_tensor.rank))
+    dtype = _DTYPES_BY_CODE[output_tensor.dtype]
+    result_dtype = np.dtype(np.bool_) if is_bool and kind == _lib.TP_POOL_MAX else dtype
+    if out is None:
+        result = np.empty(shape, dtype=result_dtype)
+    else:
+        result = _check_out(out, shape, result_dtype, owner)
+    output_tensor.data = result.ctypes.data
+    engine_output = result.view(np.uint8) if result.dtype == np.bool_ else result
+    output_tensor.dtype = _DTYPE_CODES[engine_output.dtype]
+    # ctypes.CDLL releases the GIL for the duration of the call.
+    _lib.check(_lib.lib.tp_pool(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)),
+               f"[{owner}]")
+    return result
+
+
+def _check_out(out, shape, dtype, owner):
+    if not isinstance(out, np.ndarray):
+        raise InvalidArgumentError(f"[{owner}] out must be a numpy array but is {type(out).__name__}")
+    if out.shape != shape or out.dtype != dtype:
+        raise InvalidArgumentError(f"[{owner}] out must have shape {shape} and dtype {dtype} but has {out.shape} {out.dtype}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise InvalidArgumentError(f"[{owner}] out must be a writeable C-contiguous array")
+    return out
+
+
+# ---- Public functions --------------------------------------------------------------------
+
+
+def _make(kind, spatial_dims, name, verb):
+    def function(x, kernel_size, stride=None, padding=0, *, out=None):
+        return pool(kind, spatial_dims, name, x, kernel_size, stride, padding, out)
+
+    layout = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[spatial_dims]
+    function.__name__ = function.__qualname__ = name
+    function.__doc__ = f"""{spatial_dims}-d {verb} pooling of a channels-last array, with MLX's semantics.
+
+    Args:
+        x: array-like of shape {layout} (numpy and MLX arrays, lists, ...).
+        kernel_size: int or tuple of {spatial_dims} ints, the window size.
+        stride: int or tuple of {spatial_dims} ints; defaults to kernel_size.
+        padding: int or tuple of {spatial_dims} ints, applied on both sides of each axis
+            ({'zeros, counted in the average' if verb == 'average' else '-inf, or the lowest integer'}).
+        out: optional C-contiguous numpy array of the output's shape and dtype to fill.
+
+    Returns:
+        numpy array; {'floats keep their dtype, integers give float32' if verb == 'average' else 'same dtype as x'}.
+
+    Raises:
+        ValueError (tidepool.InvalidArgumentError) for invalid arguments or input.
+    """
+    return function
+
+
+avg_pool1d = _make(_lib.TP_POOL_AVG, 1, "avg_pool1d", "average")
+avg_pool2d = _make(_lib.TP_POOL_AVG, 2, "avg_pool2d", "average")
+avg_pool3d = _make(_lib.TP_POOL_AVG, 3, "avg_pool3d", "average")
+max_pool1d = _make(_lib.TP_POOL_MAX, 1, "max_pool1d", "max")
+max_pool2d = _make(_lib.TP_POOL_MAX, 2, "max_pool2d", "max")
+max_pool3d = _make(_lib.TP_POOL_MAX, 3, "max_pool3d", "max")
+
+
+def set_num_threads(num_threads):
+    """Threads used by later calls, process-wide; 0 means one per CPU (the default)."""
+    if not _is_int(num_threads):
+        raise InvalidArgumentError(f"num_threads must be an integer but is {num_threads!r}")
+    _lib.check(_lib.lib.tp_set_num_threads(int(num_threads)))
+
+
+def get_num_threads():
+    return _lib.lib.tp_get_num_threads()
+
+
+__all__ = [
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+    "set_num_threads", "get_num_threads", "Error",
+]

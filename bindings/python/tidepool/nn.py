@@ -1,0 +1,68 @@
+"""MLX's pooling layer classes (mlx.nn.AvgPool1d ... MaxPool3d) over numpy arrays."""
+
+from . import _lib
+from .functional import normalize_arguments, pool
+
+
+class _Pool:
+    _kind = None
+    _spatial_dims = None
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        self._kernel_size, self._stride, self._padding = normalize_arguments(
+            type(self).__name__, self._spatial_dims, kernel_size, stride, padding
+        )
+
+    @property
+    def kernel_size(self):
+        return self._kernel_size
+
+    @property
+    def stride(self):
+        return self._stride
+
+    @property
+    def padding(self):
+        return self._padding
+
+    def __call__(self, x, *, out=None):
+        """Pool a channels-last array; returns a numpy array (or fills `out`)."""
+        return pool(self._kind, self._spatial_dims, type(self).__name__, x,
+                    self._kernel_size, self._stride, self._padding, out)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(kernel_size={self._kernel_size}, stride={self._stride}, "
+                f"padding={self._padding})")
+
+
+class AvgPool1d(_Pool):
+    """1-d average pooling of (N, L, C) input; zero padding counted in the average."""
+    _kind, _spatial_dims = _lib.TP_POOL_AVG, 1
+
+
+class AvgPool2d(_Pool):
+    """2-d average pooling of (N, H, W, C) input; zero padding counted in the average."""
+    _kind, _spatial_dims = _lib.TP_POOL_AVG, 2
+
+
+class AvgPool3d(_Pool):
+    """3-d average pooling of (N, D, H, W, C) input; zero padding counted in the average."""
+    _kind, _spatial_dims = _lib.TP_POOL_AVG, 3
+
+
+class MaxPool1d(_Pool):
+    """1-d max pooling of (N, L, C) input; padding is -inf (integers: the lowest value)."""
+    _kind, _spatial_dims = _lib.TP_POOL_MAX, 1
+
+
+class MaxPool2d(_Pool):
+    """2-d max pooling of (N, H, W, C) input; padding is -inf (integers: the lowest value)."""
+    _kind, _spatial_dims = _lib.TP_POOL_MAX, 2
+
+
+class MaxPool3d(_Pool):
+    """3-d max pooling of (N, D, H, W, C) input; padding is -inf (integers: the lowest value)."""
+    _kind, _spatial_dims = _lib.TP_POOL_MAX, 3
+
+
+__all__ = ["AvgPool1d", "AvgPool2d", "AvgPool3d", "MaxPool1d", "MaxPool2d", "MaxPool3d"]
