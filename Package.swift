@@ -10,19 +10,48 @@ let package = Package(
         // libtidepool.so: the stable C ABI declared in include/tidepool.h.
         .library(name: "tidepool", type: .dynamic, targets: ["Tidepool"]),
         .library(name: "TidepoolCore", targets: ["TidepoolCore"]),
+        .executable(name: "tidepoold", targets: ["tidepoold"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // The C ABI header as a Swift module: the one definition of every C-visible type.
         .systemLibrary(name: "CTidepool", path: "include"),
+        // libzmq's C API (Debian's libzmq3-dev).
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // C shims: pidfd_open, eventfd, and the SIGBUS guard for client mappings.
+        .target(name: "CTidepoolSystem"),
+
         // Pure compute: dtypes, shapes, validation, kernels. No I/O, no sockets, no C ABI.
         .target(name: "TidepoolCore", dependencies: ["CTidepool"]),
+        // Thin wrapper of libzmq: context, sockets, frames, poll.
+        .target(name: "TidepoolZMQ", dependencies: ["CZeroMQ"]),
+        // POSIX shared memory: create (0600, O_EXCL), map, unlink, guard.
+        .target(name: "TidepoolSharedMemory", dependencies: ["CTidepoolSystem"]),
+        // The wire format: bytes to checked values and back (no sockets).
+        .target(name: "TidepoolProtocol", dependencies: ["CTidepool", "TidepoolCore"]),
+        // The daemon's logic: socket loop, jobs, regions, stats.
+        .target(
+            name: "TidepoolServer",
+            dependencies: [
+                "CTidepool", "CTidepoolSystem", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
+                "TidepoolProtocol", .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The client's logic: connect, shared buffers, submit/wait, timeouts.
+        .target(
+            name: "TidepoolClient",
+            dependencies: ["CTidepool", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory", "TidepoolProtocol"]
+        ),
         // @_cdecl exports only. The Swift runtime is linked in statically so the library
         // loads into plain C and Python hosts; nodelete keeps it mapped after dlclose(), since
         // thread-exit destructors and the runtime's state point into it. The version script
         // exports the tp_ functions of tidepool.h and nothing else.
         .target(
             name: "Tidepool",
-            dependencies: ["CTidepool", "TidepoolCore"],
+            dependencies: ["CTidepool", "TidepoolCore", "TidepoolClient"],
             linkerSettings: [
                 .unsafeFlags([
                     "-static-stdlib", "-Xlinker", "-z", "-Xlinker", "nodelete",
@@ -30,7 +59,21 @@ let package = Package(
                 ])
             ]
         ),
+        .executableTarget(
+            name: "tidepoold",
+            dependencies: [
+                "TidepoolServer", "TidepoolCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "CTidepool"]),
+        .testTarget(name: "TidepoolProtocolTests", dependencies: ["TidepoolProtocol", "TidepoolCore", "CTidepool"]),
+        .testTarget(
+            name: "TidepoolServerTests",
+            dependencies: ["TidepoolServer", "TidepoolClient", "TidepoolSharedMemory", "TidepoolProtocol", "TidepoolCore",
+                           "CTidepool", .product(name: "Logging", package: "swift-log")]
+        ),
     ],
     swiftLanguageModes: [.v5]
 )

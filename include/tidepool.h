@@ -75,7 +75,23 @@ typedef enum tp_status {
     /* Memory could not be allocated. */
     TP_ERR_NO_MEMORY = 9,
     /* A bug in Tidepool; please report it with tp_last_error()'s text. */
-    TP_ERR_INTERNAL = 10
+    TP_ERR_INTERNAL = 10,
+    /* Remote: a message that breaks docs/protocol.md (frames, sizes, magic, locations). */
+    TP_ERR_PROTOCOL = 11,
+    /* Remote: the job moves more bytes than the daemon's --max-job-bytes. */
+    TP_ERR_TOO_LARGE = 12,
+    /* Remote: the daemon already runs --max-inflight jobs; retry later. */
+    TP_ERR_BUSY = 13,
+    /* Remote: no reply within the timeout. */
+    TP_ERR_TIMEOUT = 14,
+    /* Remote: the daemon cannot be reached at the endpoint. */
+    TP_ERR_CONNECTION = 15,
+    /* Remote: an unknown shared-memory region or job id, or one owned by another client. */
+    TP_ERR_NOT_FOUND = 16,
+    /* Remote: the daemon is shutting down, or the client handle was closed. */
+    TP_ERR_CLOSED = 17,
+    /* An operating-system call failed (shared memory, sockets); the message has errno's text. */
+    TP_ERR_SYSTEM = 18
 } tp_status;
 
 /* ---- Data types ------------------------------------------------------------------ */

@@ -29,8 +29,7 @@ public func tpGetAPI(_ version: UInt32) -> UnsafePointer<tp_api>? {
     // Version 1 is the first; every later table starts with version 1's fields, so a
     // library serves each version up to its own.
     guard (1...UInt32(TP_API_VERSION)).contains(version) else {
-        LastError.set("tp_get_api: API version \(version) is not served; this library (\(TP_VERSION_MAJOR).\(TP_VERSION_MINOR)."
-            + "\(TP_VERSION_PATCH)) serves versions 1 to \(TP_API_VERSION)")
+        LastError.set("tp_get_api: API version \(version) is not served; this library (\(TidepoolVersion.string)) serves versions 1 to \(TP_API_VERSION)")
         return nil
     }
     return UnsafePointer(apiTable)

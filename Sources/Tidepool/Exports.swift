@@ -4,24 +4,18 @@ import TidepoolCore
 /// The C ABI: every `tp_` symbol is declared in include/tidepool.h and defined here.
 /// Each function checks its pointers and fields, then calls TidepoolCore.
 
-let versionString = StaticCString.make("\(TP_VERSION_MAJOR).\(TP_VERSION_MINOR).\(TP_VERSION_PATCH)")
+let versionString = StaticCString.make(TidepoolVersion.string)
 
 @_cdecl("tp_version")
-public func tpVersion() -> UInt32 { UInt32(TP_VERSION_MAJOR * 10000 + TP_VERSION_MINOR * 100 + TP_VERSION_PATCH) }
+public func tpVersion() -> UInt32 { TidepoolVersion.number }
 
 @_cdecl("tp_version_string")
 public func tpVersionString() -> UnsafePointer<CChar>? { versionString }
 
-/// Every status the header defines, by name; built once.
-private let statusNames: [UInt32: UnsafePointer<CChar>] = {
-    let statuses: [(tp_status, String)] = [
-        (TP_OK, "TP_OK"), (TP_ERR_INVALID_ARGUMENT, "TP_ERR_INVALID_ARGUMENT"), (TP_ERR_NULL_POINTER, "TP_ERR_NULL_POINTER"),
-        (TP_ERR_DTYPE, "TP_ERR_DTYPE"), (TP_ERR_SHAPE, "TP_ERR_SHAPE"), (TP_ERR_OVERFLOW, "TP_ERR_OVERFLOW"),
-        (TP_ERR_FLAGS, "TP_ERR_FLAGS"), (TP_ERR_VERSION, "TP_ERR_VERSION"), (TP_ERR_LAYOUT, "TP_ERR_LAYOUT"),
-        (TP_ERR_NO_MEMORY, "TP_ERR_NO_MEMORY"), (TP_ERR_INTERNAL, "TP_ERR_INTERNAL"),
-    ]
-    return Dictionary(uniqueKeysWithValues: statuses.map { ($0.0.rawValue, StaticCString.make($0.1)) })
-}()
+/// C strings of every status name, built once.
+private let statusNames: [UInt32: UnsafePointer<CChar>] = Dictionary(uniqueKeysWithValues: (0...64).compactMap { code in
+    statusName(tp_status(rawValue: UInt32(code))).map { (UInt32(code), StaticCString.make($0)) }
+})
 private let unknownStatus = StaticCString.make("TP_ERR_UNKNOWN")
 
 @_cdecl("tp_status_string")

@@ -93,3 +93,11 @@ public enum PoolKind: CaseIterable, Sendable, CustomStringConvertible {
 
     public var description: String { self == .average ? "average" : "max" }
 }
+
+/// The library's version, from the header's macros.
+public enum TidepoolVersion {
+    public static let major = Int(TP_VERSION_MAJOR), minor = Int(TP_VERSION_MINOR), patch = Int(TP_VERSION_PATCH)
+    public static let string = "\(major).\(minor).\(patch)"
+    /// MAJOR * 10000 + MINOR * 100 + PATCH, as TP_VERSION.
+    public static let number = UInt32(major * 10000 + minor * 100 + patch)
+}

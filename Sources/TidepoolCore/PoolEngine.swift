@@ -35,6 +35,11 @@ public final class PoolEngine: Sendable {
         configuredThreads.store(threads, ordering: .relaxed)
     }
 
+    /// Checks everything `pool` would check, without touching memory.
+    public func check(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws {
+        _ = try plan(desc, input: input, output: output)
+    }
+
     /// Checks everything about an operation without touching memory, returning the
     /// geometry to run. Called by `pool` before any element is written.
     func plan(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> PoolGeometry {

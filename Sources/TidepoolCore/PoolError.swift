@@ -17,6 +17,20 @@ public struct PoolError: Error, Equatable, CustomStringConvertible {
     public static func overflow(_ message: String) -> PoolError { PoolError(TP_ERR_OVERFLOW, message) }
 }
 
+/// The C name of every status the header defines ("TP_ERR_SHAPE"); nil for other values.
+public func statusName(_ status: tp_status) -> String? {
+    let names: [(tp_status, String)] = [
+        (TP_OK, "TP_OK"), (TP_ERR_INVALID_ARGUMENT, "TP_ERR_INVALID_ARGUMENT"), (TP_ERR_NULL_POINTER, "TP_ERR_NULL_POINTER"),
+        (TP_ERR_DTYPE, "TP_ERR_DTYPE"), (TP_ERR_SHAPE, "TP_ERR_SHAPE"), (TP_ERR_OVERFLOW, "TP_ERR_OVERFLOW"),
+        (TP_ERR_FLAGS, "TP_ERR_FLAGS"), (TP_ERR_VERSION, "TP_ERR_VERSION"), (TP_ERR_LAYOUT, "TP_ERR_LAYOUT"),
+        (TP_ERR_NO_MEMORY, "TP_ERR_NO_MEMORY"), (TP_ERR_INTERNAL, "TP_ERR_INTERNAL"), (TP_ERR_PROTOCOL, "TP_ERR_PROTOCOL"),
+        (TP_ERR_TOO_LARGE, "TP_ERR_TOO_LARGE"), (TP_ERR_BUSY, "TP_ERR_BUSY"), (TP_ERR_TIMEOUT, "TP_ERR_TIMEOUT"),
+        (TP_ERR_CONNECTION, "TP_ERR_CONNECTION"), (TP_ERR_NOT_FOUND, "TP_ERR_NOT_FOUND"), (TP_ERR_CLOSED, "TP_ERR_CLOSED"),
+        (TP_ERR_SYSTEM, "TP_ERR_SYSTEM"),
+    ]
+    return names.first { $0.0 == status }?.1
+}
+
 /// Overflow-checked arithmetic for sizes that come from callers.
 public enum Checked {
     public static func multiply(_ a: Int, _ b: Int, _ what: @autoclosure () -> String) throws -> Int {

@@ -1,0 +1,2 @@
+/* libzmq's C API (Debian: libzmq3-dev), imported into Swift as CZeroMQ. */
+#include <zmq.h>

@@ -1,0 +1,40 @@
+import TidepoolCore
+
+/// Counters the daemon reports in a STATS reply, as JSON.
+struct ServerStats {
+    var jobsCompleted = 0
+    var jobsFailed = 0
+    var busyRejections = 0
+    var protocolErrors = 0
+    var bytesProcessed = 0
+    var regionsRegistered = 0
+    var repliesDropped = 0
+
+    func json(inflight: Int, clients: Int, regions: Int, uptimeSeconds: Double, configuration: ServerConfiguration,
+              threads: Int) -> String {
+        let fields: [(String, String)] = [
+            ("version", "\"\(TidepoolVersion.string)\""),
+            ("protocol_version", "1"),
+            ("uptime_seconds", String(format3(uptimeSeconds))),
+            ("jobs_completed", "\(jobsCompleted)"),
+            ("jobs_failed", "\(jobsFailed)"),
+            ("busy_rejections", "\(busyRejections)"),
+            ("protocol_errors", "\(protocolErrors)"),
+            ("replies_dropped", "\(repliesDropped)"),
+            ("bytes_processed", "\(bytesProcessed)"),
+            ("jobs_inflight", "\(inflight)"),
+            ("clients", "\(clients)"),
+            ("regions", "\(regions)"),
+            ("regions_registered", "\(regionsRegistered)"),
+            ("threads", "\(threads)"),
+            ("max_inflight", "\(configuration.maxInflight)"),
+            ("max_job_bytes", "\(configuration.maxJobBytes)"),
+        ]
+        return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
+    }
+
+    private func format3(_ value: Double) -> String {
+        let millis = Int((value * 1000).rounded())
+        return "\(millis / 1000).\(String(millis % 1000 + 1000).dropFirst())"
+    }
+}

@@ -1,0 +1,134 @@
+import CTidepool
+import Dispatch
+import Logging
+import Testing
+import TidepoolClient
+import TidepoolCore
+import TidepoolProtocol
+import TidepoolServer
+import TidepoolSharedMemory
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A PoolServer on a private ipc endpoint, run on its own thread for one test.
+final class RunningServer: @unchecked Sendable {
+    let server: PoolServer
+    let endpoint: String
+    private let stopped = DispatchSemaphore(value: 0)
+
+    init(maxInflight: Int = 64, maxJobBytes: Int = 1 << 30) throws {
+        let directory = "/tmp/tidepool-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        endpoint = "ipc://\(directory)/tidepool.sock"
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        server = try PoolServer(configuration: ServerConfiguration(endpoints: [endpoint], threads: 2, maxInflight: maxInflight,
+                                                                   maxJobBytes: maxJobBytes), logger: logger)
+        let thread = Thread { [server, stopped] in
+            try? server.run()
+            stopped.signal()
+        }
+        thread.start()
+    }
+
+    func stop() {
+        server.requestShutdown()
+        stopped.wait()
+    }
+}
+
+/// Minimal thread wrapper (no Foundation).
+final class Thread {
+    private let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { raw in
+            let me = Unmanaged<Thread>.fromOpaque(raw!).takeRetainedValue()
+            me.body()
+            return nil
+        }, box.toOpaque())
+        pthread_detach(thread)
+    }
+}
+
+func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
+    let floats = pointer.assumingMemoryBound(to: Float.self)
+    for i in 0..<count { floats[i] = Float((i * 7919 + seed) % 1000) / 100 - 5 }
+}
+
+@Suite(.serialized) struct ServerTests {
+    @Test func inlineAndSharedMemoryJobsEqualInProcess() throws {
+        let running = try RunningServer()
+        defer { running.stop() }
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        defer { client.close() }
+        #expect(try client.ping() > 0)
+
+        let desc = PoolDescriptor(kind: .average, kernelSize: [3, 3, 2], stride: [1, 2, 2], padding: [1, 1, 0])
+        let shape = [2, 6, 8, 10, 3]
+        let count = shape.reduce(1, *)
+        let outShape = try desc.outputShape(inputShape: shape)
+        let outCount = outShape.reduce(1, *)
+        var local = [Float](repeating: 0, count: count)
+        local.withUnsafeMutableBytes { fill($0.baseAddress!, count: count, seed: 1) }
+        var expected = [Float](repeating: 0, count: outCount)
+        try local.withUnsafeBytes { input in
+            try expected.withUnsafeMutableBytes { output in
+                try PoolEngine.shared.pool(desc, input: TensorView(data: input.baseAddress, dtype: .float32, shape: shape),
+                                           output: OutputView(data: output.baseAddress, dtype: .float32, shape: outShape))
+            }
+        }
+        // Inline: the tensors travel in the messages.
+        var remote = [Float](repeating: 0, count: outCount)
+        try local.withUnsafeBytes { input in
+            try remote.withUnsafeMutableBytes { output in
+                try client.pool(desc, input: TensorView(data: input.baseAddress, dtype: .float32, shape: shape),
+                                output: OutputView(data: output.baseAddress, dtype: .float32, shape: outShape))
+            }
+        }
+        #expect(remote == expected)
+
+        // Shared memory: both tensors in registered buffers, nothing copied.
+        let inputBuffer = try client.allocate(bytes: count * 4)
+        let outputBuffer = try client.allocate(bytes: outCount * 4)
+        fill(inputBuffer.data, count: count, seed: 1)
+        try client.pool(desc, input: TensorView(data: inputBuffer.data, dtype: .float32, shape: shape),
+                        output: OutputView(data: outputBuffer.data, dtype: .float32, shape: outShape))
+        let shared = Array(UnsafeBufferPointer(start: outputBuffer.data.assumingMemoryBound(to: Float.self), count: outCount))
+        #expect(shared == expected)
+        let stats = try client.stats()
+        #expect(stats.contains("\"jobs_completed\": 2"))
+        #expect(stats.contains("\"regions\": 2"))
+        inputBuffer.free()
+        outputBuffer.free()
+    }
+
+    @Test func errorsNameTheField() throws {
+        let running = try RunningServer(maxJobBytes: 4096)
+        defer { running.stop() }
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        defer { client.close() }
+        let desc = PoolDescriptor(kind: .max, kernelSize: [2])
+        var input = [Float](repeating: 1, count: 2048), output = [Float](repeating: 0, count: 1024)
+        do {
+            try input.withUnsafeBytes { i in
+                try output.withUnsafeMutableBytes { o in
+                    try client.pool(desc, input: TensorView(data: i.baseAddress, dtype: .float32, shape: [1, 2048, 1]),
+                                    output: OutputView(data: o.baseAddress, dtype: .float32, shape: [1, 1024, 1]))
+                }
+            }
+            Issue.record("a job over --max-job-bytes succeeded")
+        } catch let error as ClientError {
+            #expect(error.status == TP_ERR_TOO_LARGE)
+            #expect(error.message.contains("--max-job-bytes 4096"))
+        }
+        #expect(try client.ping() > 0)
+    }
+
+    @Test func unreachableEndpoint() {
+        #expect(throws: ClientError.self) { try PoolClient(endpoint: "ipc:///tmp/nonexistent-tidepool/x.sock", timeoutMs: 100) }
+    }
+}
