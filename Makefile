@@ -50,7 +50,7 @@ test: test-swift test-c test-python
 test-swift: system-deps
 	$(SWIFT) test
 
-C_PROGRAMS := $(C_BUILD)/dlopen_example $(C_BUILD)/link_example $(C_BUILD)/errors_test
+C_PROGRAMS := $(C_BUILD)/dlopen_example $(C_BUILD)/link_example $(C_BUILD)/errors_test $(C_BUILD)/remote_example
 LINK_TIDEPOOL := -L$(BUILD_DIR) -ltidepool -Wl,-rpath,$(abspath $(BUILD_DIR))
 
 $(C_BUILD)/dlopen_example: bindings/c/dlopen_example.c include/tidepool.h

@@ -42,8 +42,8 @@ extern "C" {
 #define TP_VERSION TP_MAKE_VERSION(TP_VERSION_MAJOR, TP_VERSION_MINOR, TP_VERSION_PATCH)
 
 /* Version of the function table returned by tp_get_api(). Bumped when the table grows;
- * a library serves every table version up to its own. */
-#define TP_API_VERSION 1
+ * a library serves every table version up to its own. Version 2 added the client calls. */
+#define TP_API_VERSION 2
 
 /* ---- Limits ---------------------------------------------------------------------- */
 
@@ -221,13 +221,92 @@ tp_status tp_set_num_threads(int32_t num_threads);
 /* The number of threads tp_pool uses now (never 0). */
 int32_t tp_get_num_threads(void);
 
+/* ---- Remote: the tidepoold daemon --------------------------------------------------- */
+/*
+ * A client sends pooling jobs to a running tidepoold (see docs/protocol.md) over ZeroMQ.
+ * Tensors placed in buffers from tp_client_alloc() (POSIX shared memory registered with
+ * the daemon) travel by reference: the daemon reads the input from, and writes the output
+ * into, the caller's memory, and no tensor byte crosses the socket. Any other tensor is
+ * copied into the request (and the output out of the reply), which also works over tcp.
+ *
+ * Thread safety: a client may be used from several threads; its calls are serialised.
+ * Handles are checked: a closed or unknown handle gives TP_ERR_INVALID_ARGUMENT.
+ */
+
+typedef struct tp_client tp_client; /* opaque connection to a daemon */
+typedef struct tp_buffer tp_buffer; /* opaque shared-memory buffer */
+
+/* The endpoint clients and the daemon use by default: $TIDEPOOL_ENDPOINT, else
+ * "ipc://$XDG_RUNTIME_DIR/tidepool.sock", else "ipc:///tmp/tidepool-$UID/tidepool.sock".
+ * Thread-local storage, valid until this thread's next call of it. Never NULL. */
+const char *tp_default_endpoint(void);
+
+/* Connect to the daemon at `endpoint` (NULL: tp_default_endpoint()) and ping it, waiting
+ * at most `timeout_ms` (-1: no limit) for the answer; the same limit applies to later
+ * synchronous calls. On success *client is a new handle to pass to tp_client_close().
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (timeout below -1),
+ * TP_ERR_CONNECTION (no daemon there, or no answer in time), TP_ERR_SYSTEM. */
+tp_status tp_client_connect(const char *endpoint, int32_t timeout_ms, tp_client **client);
+
+/* Tell the daemon to drop this client's buffers, close the connection and free the
+ * handle. Buffers stay mapped in this process until tp_buffer_free(). Jobs not yet waited
+ * for are abandoned (their outputs may still be written). NULL is accepted (no-op).
+ * Returns TP_ERR_INVALID_ARGUMENT for a handle that is not open. */
+tp_status tp_client_close(tp_client *client);
+
+/* Round trip of a ping, in seconds, into *seconds (which may be NULL).
+ * Returns TP_ERR_INVALID_ARGUMENT, TP_ERR_TIMEOUT, TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+tp_status tp_client_ping(tp_client *client, double *seconds);
+
+/* The daemon's counters as a JSON object, NUL-terminated, into json[0 .. capacity); the
+ * full length (without the NUL) goes to *length when length is not NULL. json may be NULL
+ * with capacity 0 to ask for the length. Truncated output is still NUL-terminated.
+ * Returns the statuses of tp_client_ping. */
+tp_status tp_client_stats(tp_client *client, char *json, size_t capacity, size_t *length);
+
+/* A new shared-memory buffer of `nbytes` bytes (page-rounded by the system), private to
+ * this user (mode 0600) and registered with the daemon; nothing is left in /dev/shm.
+ * Fill it in place; a tensor whose data lies inside it (contiguous) goes to jobs by
+ * reference. Free it with tp_buffer_free(), before or after closing the client.
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (handle, nbytes 0),
+ * TP_ERR_TOO_LARGE (over the daemon's --max-job-bytes), TP_ERR_SYSTEM, TP_ERR_TIMEOUT,
+ * TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+tp_status tp_client_alloc(tp_client *client, size_t nbytes, tp_buffer **buffer);
+
+/* The buffer's memory (page-aligned) and size; NULL / 0 for an invalid handle. */
+void *tp_buffer_data(const tp_buffer *buffer);
+size_t tp_buffer_size(const tp_buffer *buffer);
+
+/* Unregister (if the client is open) and unmap the buffer, and free the handle. NULL is
+ * accepted. Returns TP_ERR_INVALID_ARGUMENT for a handle that is not live. */
+tp_status tp_buffer_free(tp_buffer *buffer);
+
+/* Run a pooling job on the daemon and wait for it (the connect timeout applies). Same
+ * arguments and rules as tp_pool(); a strided input is packed into the request. Returns
+ * tp_pool's statuses, detected locally or by the daemon, plus TP_ERR_TOO_LARGE,
+ * TP_ERR_BUSY (daemon at --max-inflight: retry), TP_ERR_TIMEOUT, TP_ERR_CONNECTION,
+ * TP_ERR_CLOSED, TP_ERR_PROTOCOL, TP_ERR_NOT_FOUND, TP_ERR_SYSTEM. */
+tp_status tp_client_pool(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                         const tp_tensor *output);
+
+/* Send a job without waiting; *job receives its id for tp_client_wait(). Several jobs may
+ * be in flight at once. input and output must stay valid until the wait returns.
+ * Returns the argument checks of tp_client_pool plus TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+tp_status tp_client_submit(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                           const tp_tensor *output, uint64_t *job);
+
+/* Wait for a submitted job, at most `timeout_ms` (-1: no limit). TP_ERR_TIMEOUT leaves the
+ * job pending (wait again); any other result ends it. Returns the job's status, or
+ * TP_ERR_NOT_FOUND for an id that is not pending on this client. */
+tp_status tp_client_wait(tp_client *client, uint64_t job, int32_t timeout_ms);
+
 /* ---- Plugin-style loading ---------------------------------------------------------- */
 
 /* Every function above, for hosts that dlopen() the library and want a single dlsym().
  * Fields are only ever appended; check struct_size before using one added later. */
 typedef struct tp_api {
     uint32_t struct_size; /* sizeof(tp_api) as built into the library */
-    uint32_t api_version; /* the version served (== the one asked for) */
+    uint32_t api_version; /* the library's TP_API_VERSION, at least the one asked for */
     uint32_t (*version)(void);
     const char *(*version_string)(void);
     const char *(*status_string)(tp_status status);
@@ -245,10 +324,26 @@ typedef struct tp_api {
                       const tp_tensor *output);
     tp_status (*set_num_threads)(int32_t num_threads);
     int32_t (*get_num_threads)(void);
+    /* API version 2 */
+    const char *(*default_endpoint)(void);
+    tp_status (*client_connect)(const char *endpoint, int32_t timeout_ms, tp_client **client);
+    tp_status (*client_close)(tp_client *client);
+    tp_status (*client_ping)(tp_client *client, double *seconds);
+    tp_status (*client_stats)(tp_client *client, char *json, size_t capacity, size_t *length);
+    tp_status (*client_alloc)(tp_client *client, size_t nbytes, tp_buffer **buffer);
+    void *(*buffer_data)(const tp_buffer *buffer);
+    size_t (*buffer_size)(const tp_buffer *buffer);
+    tp_status (*buffer_free)(tp_buffer *buffer);
+    tp_status (*client_pool)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                             const tp_tensor *output);
+    tp_status (*client_submit)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                               const tp_tensor *output, uint64_t *job);
+    tp_status (*client_wait)(tp_client *client, uint64_t job, int32_t timeout_ms);
 } tp_api;
 
 /* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library
  * is older than that version (tp_last_error() then says which versions it serves).
+ * A table of version N fills every field up to N's; its struct_size says how far it goes.
  * The table is static and lives as long as the library stays loaded. */
 const tp_api *tp_get_api(uint32_t api_version);
 

@@ -16,18 +16,18 @@
 #define SYS_pidfd_open 434
 #endif
 
-int tp_sys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int tpsys_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
-int tp_sys_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+int tpsys_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
 
-void tp_sys_eventfd_signal(int fd) {
+void tpsys_eventfd_signal(int fd) {
     uint64_t one = 1;
     /* Can only fail when the counter would overflow, and then the fd is readable anyway. */
     ssize_t written = write(fd, &one, sizeof one);
     (void)written;
 }
 
-void tp_sys_eventfd_drain(int fd) {
+void tpsys_eventfd_drain(int fd) {
     uint64_t count;
     ssize_t got = read(fd, &count, sizeof count);
     (void)got;
@@ -85,12 +85,12 @@ static void install(void) {
     if (sigaction(SIGBUS, &action, &previous_action) != 0) install_result = -1;
 }
 
-int tp_sys_guard_install(void) {
+int tpsys_guard_install(void) {
     pthread_once(&install_once, install);
     return install_result;
 }
 
-int tp_sys_guard_add(void *start, size_t length) {
+int tpsys_guard_add(void *start, size_t length) {
     pthread_mutex_lock(&slots_lock);
     int found = -1;
     for (int i = 0; i < GUARD_SLOTS; i++) {
@@ -106,12 +106,12 @@ int tp_sys_guard_add(void *start, size_t length) {
     return found;
 }
 
-int tp_sys_guard_poisoned(int slot) {
+int tpsys_guard_poisoned(int slot) {
     if (slot < 0 || slot >= GUARD_SLOTS) return 0;
     return atomic_load(&slots[slot].poisoned);
 }
 
-void tp_sys_guard_remove(int slot) {
+void tpsys_guard_remove(int slot) {
     if (slot < 0 || slot >= GUARD_SLOTS) return;
     pthread_mutex_lock(&slots_lock);
     atomic_store(&slots[slot].end, 0);

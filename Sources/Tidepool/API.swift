@@ -20,14 +20,26 @@ private let apiTable: UnsafeMutablePointer<tp_api> = {
         tensor_nbytes: tp_tensor_nbytes,
         pool: tp_pool,
         set_num_threads: tp_set_num_threads,
-        get_num_threads: tp_get_num_threads))
+        get_num_threads: tp_get_num_threads,
+        default_endpoint: tp_default_endpoint,
+        client_connect: tp_client_connect,
+        client_close: tp_client_close,
+        client_ping: tp_client_ping,
+        client_stats: tp_client_stats,
+        client_alloc: tp_client_alloc,
+        buffer_data: tp_buffer_data,
+        buffer_size: tp_buffer_size,
+        buffer_free: tp_buffer_free,
+        client_pool: tp_client_pool,
+        client_submit: tp_client_submit,
+        client_wait: tp_client_wait))
     return table
 }()
 
 @_cdecl("tp_get_api")
 public func tpGetAPI(_ version: UInt32) -> UnsafePointer<tp_api>? {
-    // Version 1 is the first; every later table starts with version 1's fields, so a
-    // library serves each version up to its own.
+    // Every table starts with the fields of the versions before it, so one table serves
+    // each version up to the library's own.
     guard (1...UInt32(TP_API_VERSION)).contains(version) else {
         LastError.set("tp_get_api: API version \(version) is not served; this library (\(TidepoolVersion.string)) serves versions 1 to \(TP_API_VERSION)")
         return nil

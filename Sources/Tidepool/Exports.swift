@@ -115,10 +115,8 @@ public func tpTensorNBytes(_ tensor: UnsafePointer<tp_tensor>?, _ nbytes: Unsafe
 public func tpPool(_ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<tp_tensor>?,
                    _ output: UnsafePointer<tp_tensor>?) -> tp_status {
     withStatus {
-        let pool = try PoolDescriptor(try requireNonNull(desc, "desc").pointee)
-        let source = try CTensor(try requireNonNull(input, "input").pointee, "input")
-        let destination = try CTensor(try requireNonNull(output, "output").pointee, "output")
-        try PoolEngine.shared.pool(pool, input: source.inputView, output: destination.outputView)
+        let (pool, source, destination) = try poolArguments(desc, input, output)
+        try PoolEngine.shared.pool(pool, input: source, output: destination)
     }
 }
 

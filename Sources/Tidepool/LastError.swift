@@ -1,32 +1,37 @@
 import CTidepool
+import TidepoolClient
 import TidepoolCore
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The per-thread message behind tp_last_error(): a malloc'd C string owned by the
-/// thread's key slot and freed when replaced or when the thread exits.
-enum LastError {
-    private static let key: pthread_key_t = {
-        var key = pthread_key_t()
-        pthread_key_create(&key) { free($0) }
-        return key
-    }()
-
+/// A per-thread C string handed to callers: a malloc'd copy owned by the thread's key
+/// slot, freed when replaced or when the thread exits.
+final class ThreadLocalCString: Sendable {
+    private let key: pthread_key_t
     private static let empty: UnsafePointer<CChar> = UnsafePointer(strdup("")!)
 
-    static func set(_ message: String) {
+    init() {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { free($0) }
+        self.key = key
+    }
+
+    func set(_ text: String) {
         let previous = pthread_getspecific(key)
-        pthread_setspecific(key, strdup(message))
+        pthread_setspecific(key, strdup(text))
         free(previous)
     }
 
-    static var current: UnsafePointer<CChar> {
-        guard let message = pthread_getspecific(key) else { return empty }
-        return UnsafePointer(message.assumingMemoryBound(to: CChar.self))
+    var current: UnsafePointer<CChar> {
+        guard let text = pthread_getspecific(key) else { return Self.empty }
+        return UnsafePointer(text.assumingMemoryBound(to: CChar.self))
     }
 }
+
+/// The message behind tp_last_error().
+let LastError = ThreadLocalCString()
 
 /// Runs a C entry point's body: a thrown PoolError becomes its status and message, so no
 /// error crosses the C boundary as anything but a code.
@@ -36,6 +41,9 @@ func withStatus(_ body: () throws -> Void) -> tp_status {
         try body()
         return TP_OK
     } catch let error as PoolError {
+        LastError.set(error.message)
+        return error.status
+    } catch let error as ClientError {
         LastError.set(error.message)
         return error.status
     } catch {

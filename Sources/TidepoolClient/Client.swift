@@ -130,7 +130,10 @@ public final class SharedBuffer: @unchecked Sendable {
 
 /// The socket and the bookkeeping of jobs in flight; only touched under the client's lock.
 final class Connection {
-    private let context: ZMQContext
+    /// One ZeroMQ context (and I/O thread) for every client of the process, as libzmq
+    /// recommends; it lives as long as the process.
+    private static let context = Result { try ZMQContext() }
+
     private var socket: ZMQSocket?
     private var lastID: UInt64 = 0
     /// Jobs sent and not yet answered: where an inline output goes.
@@ -141,7 +144,12 @@ final class Connection {
     private var buffers: [SharedBuffer] = []
 
     init(endpoint: String) throws {
-        context = try ZMQContext()
+        let context: ZMQContext
+        do {
+            context = try Connection.context.get()
+        } catch {
+            throw ClientError(TP_ERR_SYSTEM, "cannot create a ZeroMQ context: \(error)")
+        }
         let socket = try ZMQSocket(context, type: ZMQ_DEALER)
         try socket.set(ZMQ_LINGER, Int32(0))
         do {

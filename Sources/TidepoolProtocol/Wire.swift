@@ -1,6 +1,10 @@
 import CTidepool
 import TidepoolCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Tidepool's wire protocol, version 1 (docs/protocol.md is the language-neutral spec).
 /// Requests and replies are multipart ZeroMQ messages whose first frame starts with a
 /// fixed 24-byte little-endian header. This file only turns bytes into checked values and
@@ -17,6 +21,15 @@ public enum Wire {
     public static let maxFrames = 2
     /// Largest extent accepted for one axis; keeps every product well inside 64 bits.
     public static let maxAxisLength = 1 << 40
+
+    /// $TIDEPOOL_ENDPOINT, else ipc://$XDG_RUNTIME_DIR/tidepool.sock, else
+    /// ipc:///tmp/tidepool-$UID/tidepool.sock. Shared by the daemon and every client.
+    public static func defaultEndpoint() -> String {
+        func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+        if let value = environment("TIDEPOOL_ENDPOINT"), !value.isEmpty { return value }
+        if let runtime = environment("XDG_RUNTIME_DIR"), !runtime.isEmpty { return "ipc://\(runtime)/tidepool.sock" }
+        return "ipc:///tmp/tidepool-\(getuid())/tidepool.sock"
+    }
 }
 
 public enum MessageType: UInt16, CaseIterable, Sendable {

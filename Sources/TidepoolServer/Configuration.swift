@@ -1,3 +1,5 @@
+import TidepoolProtocol
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,15 +27,7 @@ public struct ServerConfiguration: Sendable {
 }
 
 public enum Endpoint {
-    /// $TIDEPOOL_ENDPOINT, else ipc://$XDG_RUNTIME_DIR/tidepool.sock, else
-    /// ipc:///tmp/tidepool-$UID/tidepool.sock. Shared by the daemon and every client.
-    public static func defaultEndpoint() -> String {
-        if let value = environment("TIDEPOOL_ENDPOINT"), !value.isEmpty { return value }
-        if let runtime = environment("XDG_RUNTIME_DIR"), !runtime.isEmpty { return "ipc://\(runtime)/tidepool.sock" }
-        return "ipc:///tmp/tidepool-\(getuid())/tidepool.sock"
-    }
-
-    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+    public static func defaultEndpoint() -> String { Wire.defaultEndpoint() }
 
     /// The address to bind: tcp endpoints without a host ("tcp://:5555" or "tcp://5555")
     /// bind to loopback only; an explicit host (even "*") is used as given.

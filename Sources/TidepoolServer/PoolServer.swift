@@ -67,7 +67,7 @@ public final class PoolServer: @unchecked Sendable {
             }
             boundEndpoints.append(socket.lastEndpoint)
         }
-        wakeFd = tp_sys_eventfd()
+        wakeFd = tpsys_eventfd()
         guard wakeFd >= 0 else { throw ServerError("eventfd: \(String(cString: strerror(errno)))") }
     }
 
@@ -80,7 +80,7 @@ public final class PoolServer: @unchecked Sendable {
     /// thread and from a signal-handling queue.
     public func requestShutdown() {
         shutdownRequested.store(true, ordering: .sequentiallyConsistent)
-        tp_sys_eventfd_signal(wakeFd)
+        tpsys_eventfd_signal(wakeFd)
     }
 
     /// Serves until `requestShutdown`; then answers every job in flight, releases every
@@ -102,7 +102,7 @@ public final class PoolServer: @unchecked Sendable {
             let watched = clients.filter { $0.value.pidFd >= 0 }.map { ($0.key, $0.value.pidFd) }
             let ready = try poll([.socket(socket), .fd(wakeFd)] + watched.map { .fd($0.1) }, timeoutMs: -1)
             if ready[1] {
-                tp_sys_eventfd_drain(wakeFd)
+                tpsys_eventfd_drain(wakeFd)
                 sendCompletions()
             }
             if ready[0] {
@@ -122,6 +122,8 @@ public final class PoolServer: @unchecked Sendable {
         try? socket.set(ZMQ_LINGER, configuration.shutdownLingerMs)
         boundEndpoints.forEach(socket.unbind)
         socket.close()
+        // Waits for the queued replies to leave; the process may exit right after.
+        context.terminate()
         logger.info("tidepoold stopped", metadata: [
             "jobs_completed": "\(stats.jobsCompleted)", "jobs_failed": "\(stats.jobsFailed)", "regions_released": "\(released)",
         ])
@@ -229,7 +231,7 @@ public final class PoolServer: @unchecked Sendable {
             // Watch the owning process: when it exits, its mappings are dropped.
             if state.pidFd >= 0 { close(state.pidFd) }
             state.pid = Int32(pid)
-            state.pidFd = tp_sys_pidfd_open(Int32(pid))
+            state.pidFd = tpsys_pidfd_open(Int32(pid))
             if state.pidFd < 0 {
                 let code = errno
                 if code == ESRCH { throw violation(TP_ERR_INVALID_ARGUMENT, "pid \(pid) is not a running process") }
@@ -296,7 +298,7 @@ public final class PoolServer: @unchecked Sendable {
         DispatchQueue.global(qos: .userInitiated).async { [self] in
             let completion = job.run()
             completions.withLock { $0.append(completion) }
-            tp_sys_eventfd_signal(wakeFd)
+            tpsys_eventfd_signal(wakeFd)
         }
     }
 

@@ -31,11 +31,11 @@ public final class SharedRegion: @unchecked Sendable {
         self.name = name
         self.base = base
         self.size = size
-        guardSlot = guarded ? tp_sys_guard_add(base, size) : -1
+        guardSlot = guarded ? tpsys_guard_add(base, size) : -1
     }
 
     deinit {
-        if guardSlot >= 0 { tp_sys_guard_remove(guardSlot) }
+        if guardSlot >= 0 { tpsys_guard_remove(guardSlot) }
         munmap(base, size)
     }
 
@@ -93,7 +93,7 @@ public final class SharedRegion: @unchecked Sendable {
         guard Int(info.st_size) >= size else {
             throw SharedMemoryError("\(name) is \(info.st_size) bytes, smaller than the \(size) registered")
         }
-        guard tp_sys_guard_install() == 0 else { throw SharedMemoryError("sigaction(SIGBUS)", errno: errno) }
+        guard tpsys_guard_install() == 0 else { throw SharedMemoryError("sigaction(SIGBUS)", errno: errno) }
         guard let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
             throw SharedMemoryError("mmap(\(name), \(size))", errno: errno)
         }
@@ -108,7 +108,7 @@ public final class SharedRegion: @unchecked Sendable {
 
     /// True once the owner truncated the object under a mapping and a fault was absorbed:
     /// whatever was read or written since is meaningless.
-    public var isPoisoned: Bool { guardSlot >= 0 && tp_sys_guard_poisoned(guardSlot) != 0 }
+    public var isPoisoned: Bool { guardSlot >= 0 && tpsys_guard_poisoned(guardSlot) != 0 }
 
     /// Whether [offset, offset + count) lies inside the region, overflow-checked.
     public func contains(offset: Int, count: Int) -> Bool {

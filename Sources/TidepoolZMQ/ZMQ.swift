@@ -25,13 +25,22 @@ public struct ZMQError: Error, CustomStringConvertible {
 
 public final class ZMQContext: @unchecked Sendable {
     public let handle: UnsafeMutableRawPointer
+    private var terminated = false
 
     public init() throws {
         guard let handle = zmq_ctx_new() else { throw ZMQError("zmq_ctx_new") }
         self.handle = handle
     }
 
-    deinit { zmq_ctx_term(handle) }
+    deinit { terminate() }
+
+    /// Blocks until every socket is closed and their queued messages are sent (within each
+    /// socket's linger). Call it from the thread that closed the sockets.
+    public func terminate() {
+        guard !terminated else { return }
+        terminated = true
+        while zmq_ctx_term(handle) != 0 && zmq_errno() == EINTR {}
+    }
 
     /// libzmq's version, e.g. "4.3.4".
     public static var version: String {

@@ -145,6 +145,23 @@ int main(void) {
     else
         failed++;
 
+    /* Remote calls: no daemon, bad handles. */
+    tp_client *client = NULL;
+    expect("no daemon", tp_client_connect("ipc:///nonexistent-tidepool/x.sock", 100, &client), TP_ERR_CONNECTION,
+           "no daemon at ipc:///nonexistent-tidepool/x.sock");
+    expect("null client out", tp_client_connect(NULL, 100, NULL), TP_ERR_NULL_POINTER, "client is NULL");
+    expect("bad timeout", tp_client_connect("ipc:///x", -5, &client), TP_ERR_INVALID_ARGUMENT, "timeout_ms");
+    expect("unknown client handle", tp_client_ping((tp_client *)&desc, NULL), TP_ERR_INVALID_ARGUMENT,
+           "not an open tp_client handle");
+    expect("unknown buffer handle", tp_buffer_free((tp_buffer *)&desc), TP_ERR_INVALID_ARGUMENT,
+           "not an open tp_buffer handle");
+    expect("close NULL", tp_client_close(NULL), TP_OK, "");
+    if (tp_buffer_data((tp_buffer *)&desc) == NULL && tp_buffer_size(NULL) == 0) passed++; else failed++;
+    if (strncmp(tp_default_endpoint(), "ipc://", 6) == 0 || strncmp(tp_default_endpoint(), "tcp://", 6) == 0)
+        passed++;
+    else
+        failed++;
+
     /* tp_last_error is per thread: another thread's failure does not replace ours. */
     tp_pool(NULL, &input, &output);
     pthread_t thread;

@@ -19,5 +19,17 @@ run "dlopen example" "$build/dlopen_example" "$library"
 run "linked example" "$build/link_example"
 run "error paths" "$build/errors_test"
 run "exports match the header" "$root/bindings/c/check_symbols.sh" "$root/include/tidepool.h" "$library"
+
+# The remote example against a real daemon on a private endpoint, stopped with SIGTERM.
+private=$(mktemp -d /tmp/tidepool-c-test.XXXXXX)
+endpoint="ipc://$private/tidepool.sock"
+"$root/.build/release/tidepoold" --endpoint "$endpoint" --log-level warning > "$private/daemon.out" 2>&1 &
+daemon=$!
+# Wait for the daemon's start-up line (no sleeps: poll for the file it prints).
+for _ in $(seq 1 200); do grep -q "listening on" "$private/daemon.out" 2>/dev/null && break; read -rt 0.05 <> <(:) || true; done
+run "remote example through tidepoold" "$build/remote_example" "$endpoint"
+kill -TERM "$daemon"
+run "tidepoold exits 0 on SIGTERM" wait "$daemon"
+rm -rf "$private"
 echo "C suite: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -8,13 +8,13 @@
 
 /* pidfd_open(2): a descriptor that becomes readable when process `pid` exits; -1 and errno
  * on failure (e.g. ESRCH when there is no such process). */
-int tp_sys_pidfd_open(pid_t pid);
+int tpsys_pidfd_open(pid_t pid);
 
 /* A non-blocking eventfd(2) for waking a poll loop from other threads; -1 and errno on
- * failure. tp_sys_eventfd_signal adds 1; tp_sys_eventfd_drain resets it to 0. */
-int tp_sys_eventfd(void);
-void tp_sys_eventfd_signal(int fd);
-void tp_sys_eventfd_drain(int fd);
+ * failure. tpsys_eventfd_signal adds 1; tpsys_eventfd_drain resets it to 0. */
+int tpsys_eventfd(void);
+void tpsys_eventfd_signal(int fd);
+void tpsys_eventfd_drain(int fd);
 
 /* The SIGBUS guard. A shared-memory object mapped from a client can be truncated by that
  * client at any time; touching the lost pages raises SIGBUS, which would kill the daemon.
@@ -22,13 +22,13 @@ void tp_sys_eventfd_drain(int fd);
  * wl_shm does), the access completes, and the range is marked poisoned so the job touching
  * it can be failed afterwards. Faults outside guarded ranges keep their default action.
  *
- * tp_sys_guard_install: install the handler once per process (idempotent); 0 or -1/errno.
- * tp_sys_guard_add: guard [start, start + length); returns a slot or -1 when all are taken.
- * tp_sys_guard_poisoned: 1 once a fault hit the slot's range, else 0.
- * tp_sys_guard_remove: stop guarding (call before unmapping the range). */
-int tp_sys_guard_install(void);
-int tp_sys_guard_add(void *start, size_t length);
-int tp_sys_guard_poisoned(int slot);
-void tp_sys_guard_remove(int slot);
+ * tpsys_guard_install: install the handler once per process (idempotent); 0 or -1/errno.
+ * tpsys_guard_add: guard [start, start + length); returns a slot or -1 when all are taken.
+ * tpsys_guard_poisoned: 1 once a fault hit the slot's range, else 0.
+ * tpsys_guard_remove: stop guarding (call before unmapping the range). */
+int tpsys_guard_install(void);
+int tpsys_guard_add(void *start, size_t length);
+int tpsys_guard_poisoned(int slot);
+void tpsys_guard_remove(int slot);
 
 #endif

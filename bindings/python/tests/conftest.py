@@ -107,3 +107,53 @@ def assert_pool_close(kind, actual, expected, dtype):
 def rng(request):
     # A seed per test, stable across runs, so a failure replays.
     return np.random.default_rng(abs(hash(request.node.nodeid)) % (1 << 32))
+
+
+# ---- A real tidepoold on a private endpoint ------------------------------------------------
+
+import os
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+TIDEPOOLD = REPO / ".build" / "release" / "tidepoold"
+
+
+class Daemon:
+    """tidepoold started on a private ipc endpoint; ready once it printed its endpoint."""
+
+    def __init__(self, *options):
+        self.directory = tempfile.mkdtemp(prefix="tidepool-test-")
+        self.endpoint = f"ipc://{self.directory}/tidepool.sock"
+        self.log_path = Path(self.directory) / "daemon.log"
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                [str(TIDEPOOLD), "--endpoint", self.endpoint, "--log-level", "info", *options],
+                stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.process.stdout.readline()  # blocks until the daemon has bound
+        assert "listening on" in line, f"tidepoold did not start: {line!r} {self.logs()}"
+
+    def logs(self):
+        return self.log_path.read_text()
+
+    def stop(self):
+        """SIGTERM and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self.process.stdout.close()
+        return code
+
+
+@pytest.fixture
+def daemon():
+    running = Daemon()
+    yield running
+    assert running.stop() == 0, running.logs()
+
+
+def tidepool_segments():
+    """Tidepool objects currently in /dev/shm."""
+    return sorted(name for name in os.listdir("/dev/shm") if name.startswith("tidepool-"))

@@ -5,11 +5,27 @@ through ctypes over libtidepool.so (no compiled extension).
     >>> x = np.random.randn(8, 16, 32, 32, 4).astype(np.float32)
     >>> tidepool.nn.AvgPool3d(kernel_size=2, stride=2)(x).shape
     (8, 8, 16, 16, 4)
+
+Or remotely, on a running tidepoold, with tensors in shared memory:
+
+    >>> with tidepool.connect() as client:
+    ...     x = client.empty((8, 16, 32, 32, 4), np.float32)
+    ...     x[...] = np.random.randn(*x.shape)
+    ...     y = client.avg_pool3d(x, kernel_size=2, stride=2)
 """
 
 from . import nn
 from ._lib import library_path, lib as _c
-from .errors import Error, InvalidArgumentError, LibraryNotFoundError, OutOfMemoryError
+from .client import Client, connect, default_endpoint
+from .errors import (
+    BusyError,
+    ConnectionError,
+    Error,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    OutOfMemoryError,
+    TimeoutError,
+)
 from .functional import (
     SUPPORTED_DTYPES,
     avg_pool1d,
@@ -33,5 +49,7 @@ def library_version():
 __all__ = [
     "nn", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
     "set_num_threads", "get_num_threads", "library_version", "library_path", "SUPPORTED_DTYPES",
-    "Error", "InvalidArgumentError", "LibraryNotFoundError", "OutOfMemoryError",
+    "connect", "Client", "default_endpoint",
+    "Error", "InvalidArgumentError", "LibraryNotFoundError", "OutOfMemoryError", "TimeoutError", "ConnectionError",
+    "BusyError",
 ]

@@ -6,11 +6,19 @@ import ctypes.util
 import os
 from pathlib import Path
 
-from .errors import Error, InvalidArgumentError, LibraryNotFoundError, OutOfMemoryError
+from .errors import (
+    BusyError,
+    ConnectionError,
+    Error,
+    InvalidArgumentError,
+    LibraryNotFoundError,
+    OutOfMemoryError,
+    TimeoutError,
+)
 
 # ---- Constants (include/tidepool.h) ---------------------------------------------------
 
-TP_API_VERSION = 1
+TP_API_VERSION = 2
 TP_MAX_SPATIAL_DIMS = 3
 TP_MAX_RANK = 8
 
@@ -25,6 +33,14 @@ TP_ERR_VERSION = 7
 TP_ERR_LAYOUT = 8
 TP_ERR_NO_MEMORY = 9
 TP_ERR_INTERNAL = 10
+TP_ERR_PROTOCOL = 11
+TP_ERR_TOO_LARGE = 12
+TP_ERR_BUSY = 13
+TP_ERR_TIMEOUT = 14
+TP_ERR_CONNECTION = 15
+TP_ERR_NOT_FOUND = 16
+TP_ERR_CLOSED = 17
+TP_ERR_SYSTEM = 18
 
 TP_DTYPE_FLOAT32 = 1
 TP_DTYPE_FLOAT64 = 2
@@ -88,6 +104,18 @@ _PROTOTYPES = {
     "tp_pool": (_STATUS, [_DESC_P, _TENSOR_P, _TENSOR_P]),
     "tp_set_num_threads": (_STATUS, [ctypes.c_int32]),
     "tp_get_num_threads": (ctypes.c_int32, []),
+    "tp_default_endpoint": (ctypes.c_char_p, []),
+    "tp_client_connect": (_STATUS, [ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]),
+    "tp_client_close": (_STATUS, [ctypes.c_void_p]),
+    "tp_client_ping": (_STATUS, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_double)]),
+    "tp_client_stats": (_STATUS, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
+    "tp_client_alloc": (_STATUS, [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]),
+    "tp_buffer_data": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "tp_buffer_size": (ctypes.c_size_t, [ctypes.c_void_p]),
+    "tp_buffer_free": (_STATUS, [ctypes.c_void_p]),
+    "tp_client_pool": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P]),
+    "tp_client_submit": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P, ctypes.POINTER(ctypes.c_uint64)]),
+    "tp_client_wait": (_STATUS, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int32]),
 }
 
 # ---- Library lookup -------------------------------------------------------------------
@@ -146,6 +174,13 @@ _INVALID = {
     TP_ERR_OVERFLOW,
     TP_ERR_FLAGS,
     TP_ERR_LAYOUT,
+    TP_ERR_TOO_LARGE,
+}
+_BY_STATUS = {
+    TP_ERR_NO_MEMORY: OutOfMemoryError,
+    TP_ERR_TIMEOUT: TimeoutError,
+    TP_ERR_CONNECTION: ConnectionError,
+    TP_ERR_BUSY: BusyError,
 }
 
 
@@ -159,7 +194,7 @@ def check(status, context=""):
         message = f"{context} {message}"
     if status in _INVALID:
         raise InvalidArgumentError(message, status)
-    if status == TP_ERR_NO_MEMORY:
-        raise OutOfMemoryError(message, status)
+    if status in _BY_STATUS:
+        raise _BY_STATUS[status](message, status)
     name = lib.tp_status_string(status).decode()
     raise Error(f"{message} ({name})", status)

@@ -1,6 +1,8 @@
 """Tidepool's exceptions. Every one derives from tidepool.Error, and also from the
 built-in exception a Python programmer would catch for that kind of failure."""
 
+import builtins
+
 
 class Error(Exception):
     """Base of every Tidepool exception. `status` is the tp_status code, when one applies."""
@@ -20,3 +22,15 @@ class LibraryNotFoundError(Error, OSError):
 
 class OutOfMemoryError(Error, MemoryError):
     """The library could not allocate memory."""
+
+
+class TimeoutError(Error, builtins.TimeoutError):
+    """No reply from the daemon within the timeout."""
+
+
+class ConnectionError(Error, builtins.ConnectionError):
+    """The daemon cannot be reached at the endpoint."""
+
+
+class BusyError(Error):
+    """The daemon already runs its --max-inflight jobs; retry later."""

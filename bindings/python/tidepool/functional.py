@@ -134,15 +134,31 @@ def _tensor(array):
     return tensor
 
 
-def pool(kind, spatial_dims, owner, x, kernel_size, stride=None, padding=0, out=None):
+class InProcess:
+    """Runs pooling in this process through tp_pool. The remote Client is the other backend."""
+
+    def empty(self, shape, dtype, source):
+        return np.empty(shape, dtype=dtype)
+
+    def run(self, desc, input_tensor, output_tensor, owner):
+        # ctypes.CDLL releases the GIL for the duration of the call.
+        _lib.check(_lib.lib.tp_pool(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)),
+                   f"[{owner}]")
+
+
+IN_PROCESS = InProcess()
+
+LAYOUTS = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}
+
+
+def pool(kind, spatial_dims, owner, x, kernel_size, stride=None, padding=0, out=None, backend=IN_PROCESS):
     """Pool `x` (channels-last, batch first) and return a new numpy array, or fill `out`."""
     kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
     source = as_numpy(x, owner)
     is_bool = source.dtype == np.bool_
     if source.ndim != spatial_dims + 2:
-        layout = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[spatial_dims]
         raise InvalidArgumentError(
-            f"[{owner}] input must have {spatial_dims + 2} dimensions {layout} but has {source.ndim} "
+            f"[{owner}] input must have {spatial_dims + 2} dimensions {LAYOUTS[spatial_dims]} but has {source.ndim} "
             f"with shape {source.shape}"
         )
     array = _engine_view(source, owner)
@@ -154,16 +170,11 @@ def pool(kind, spatial_dims, owner, x, kernel_size, stride=None, padding=0, out=
     shape = tuple(output_tensor.shape[axis] for axis in range(output_tensor.rank))
     dtype = _DTYPES_BY_CODE[output_tensor.dtype]
     result_dtype = np.dtype(np.bool_) if is_bool and kind == _lib.TP_POOL_MAX else dtype
-    if out is None:
-        result = np.empty(shape, dtype=result_dtype)
-    else:
-        result = _check_out(out, shape, result_dtype, owner)
+    result = backend.empty(shape, result_dtype, array) if out is None else _check_out(out, shape, result_dtype, owner)
     output_tensor.data = result.ctypes.data
     engine_output = result.view(np.uint8) if result.dtype == np.bool_ else result
     output_tensor.dtype = _DTYPE_CODES[engine_output.dtype]
-    # ctypes.CDLL releases the GIL for the duration of the call.
-    _lib.check(_lib.lib.tp_pool(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)),
-               f"[{owner}]")
+    backend.run(desc, input_tensor, output_tensor, owner)
     return result
 
 
@@ -184,8 +195,9 @@ def _make(kind, spatial_dims, name, verb):
     def function(x, kernel_size, stride=None, padding=0, *, out=None):
         return pool(kind, spatial_dims, name, x, kernel_size, stride, padding, out)
 
-    layout = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}[spatial_dims]
+    layout = LAYOUTS[spatial_dims]
     function.__name__ = function.__qualname__ = name
+    function.kind, function.spatial_dims = kind, spatial_dims
     function.__doc__ = f"""{spatial_dims}-d {verb} pooling of a channels-last array, with MLX's semantics.
 
     Args:
@@ -211,6 +223,7 @@ avg_pool3d = _make(_lib.TP_POOL_AVG, 3, "avg_pool3d", "average")
 max_pool1d = _make(_lib.TP_POOL_MAX, 1, "max_pool1d", "max")
 max_pool2d = _make(_lib.TP_POOL_MAX, 2, "max_pool2d", "max")
 max_pool3d = _make(_lib.TP_POOL_MAX, 3, "max_pool3d", "max")
+FUNCTIONS = (avg_pool1d, avg_pool2d, avg_pool3d, max_pool1d, max_pool2d, max_pool3d)
 
 
 def set_num_threads(num_threads):

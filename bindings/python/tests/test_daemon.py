@@ -1,0 +1,180 @@
+"""tidepoold end to end: remote results equal in-process ones (shared memory and inline),
+many clients at once, a client killed mid-job, SIGTERM with jobs in flight."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tidepool
+from conftest import ALL_DTYPES, LAYERS, Daemon, random_array, tidepool_segments
+from test_mlx_parity import random_configuration
+
+
+def in_process(kind, d, x, k, s, p):
+    return getattr(tidepool, f"{kind.lower()}_pool{d}d")(x, k, s, p)
+
+
+def remote(client, kind, d, x, k, s, p):
+    return getattr(client, f"{kind.lower()}_pool{d}d")(x, k, s, p)
+
+
+def test_remote_equals_in_process_over_random_jobs(daemon):
+    rng = np.random.default_rng(2026)
+    with tidepool.connect(daemon.endpoint) as client:
+        jobs = 0
+        while jobs < 120:
+            kind, d = LAYERS[jobs % len(LAYERS)]
+            shape, kernel, stride, padding, valid = random_configuration(rng, d)
+            if not valid:
+                continue
+            dtype = ALL_DTYPES[int(rng.integers(len(ALL_DTYPES)))]
+            x = random_array(rng, shape, dtype)
+            expected = in_process(kind, d, x, kernel, stride, padding)
+            # Inline: the tensors travel in the messages.
+            inline = remote(client, kind, d, x, kernel, stride, padding)
+            # Shared memory: input and output in registered regions.
+            shared_input = client.empty(x.shape, x.dtype)
+            shared_input[...] = x
+            shared = remote(client, kind, d, shared_input, kernel, stride, padding)
+            assert client._in_shared_memory(shared) or shared.size == 0
+            for result in (inline, shared):
+                assert result.dtype == expected.dtype
+                assert result.tobytes() == expected.tobytes(), (kind, d, shape, kernel, stride, padding, dtype)
+            jobs += 1
+        stats = client.stats()
+        assert stats["jobs_completed"] == 2 * jobs
+        assert stats["jobs_failed"] == 0
+
+
+def test_strided_input_goes_inline(daemon):
+    x = np.random.default_rng(1).standard_normal((2, 10, 12, 3)).astype(np.float32)
+    view = x.transpose(0, 2, 1, 3)[:, ::2]
+    with tidepool.connect(daemon.endpoint) as client:
+        np.testing.assert_array_equal(client.max_pool2d(view, 3, 1, 1), tidepool.max_pool2d(view, 3, 1, 1))
+
+
+def test_client_errors(daemon, tmp_path):
+    with tidepool.connect(daemon.endpoint) as client:
+        with pytest.raises(ValueError, match="negative"):
+            client.avg_pool1d(np.zeros((1, 2, 1), np.float32), 5, 1)
+        with pytest.raises(ValueError, match=r"\[AvgPool3d\]|kernel_size"):
+            client.avg_pool3d(np.zeros((1, 2, 2, 2, 1), np.float32), 0)
+        assert client.ping() > 0
+    with pytest.raises(tidepool.Error, match="closed"):
+        client.ping()
+    with pytest.raises(tidepool.ConnectionError, match="no daemon"):
+        tidepool.connect(f"ipc://{tmp_path}/nothing.sock", timeout=0.2)
+    assert issubclass(tidepool.ConnectionError, ConnectionError)
+    assert issubclass(tidepool.TimeoutError, TimeoutError)
+
+
+def test_job_over_max_job_bytes_is_refused():
+    running = Daemon("--max-job-bytes", "4096")
+    try:
+        with tidepool.connect(running.endpoint) as client:
+            with pytest.raises(ValueError, match="--max-job-bytes 4096"):
+                client.max_pool1d(np.zeros((1, 2048, 1), np.float32), 2)
+            assert client.max_pool1d(np.ones((1, 8, 1), np.float32), 2).shape == (1, 4, 1)
+    finally:
+        assert running.stop() == 0
+
+
+def test_timeout_raises_timeout_error(daemon):
+    # A daemon stopped with SIGSTOP cannot answer: the call times out instead of hanging.
+    client = tidepool.connect(daemon.endpoint, timeout=0.3)
+    try:
+        daemon.process.send_signal(signal.SIGSTOP)
+        with pytest.raises(tidepool.TimeoutError, match="no reply"):
+            client.ping()
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+        client.close()
+
+
+def test_eight_clients_at_once(daemon):
+    rng = np.random.default_rng(8)
+    inputs = [rng.standard_normal((2, 6, 10, 10, 3)).astype(np.float32) for _ in range(8)]
+    errors = []
+    start = threading.Barrier(8)
+
+    def work(i):
+        try:
+            with tidepool.connect(daemon.endpoint) as client:
+                start.wait()
+                shared = client.empty(inputs[i].shape, np.float32)
+                shared[...] = inputs[i]
+                for j in range(10):
+                    k = 1 + (i + j) % 3
+                    got = client.avg_pool3d(shared if j % 2 else inputs[i], k, 1, k // 2)
+                    assert got.tobytes() == tidepool.avg_pool3d(inputs[i], k, 1, k // 2).tobytes()
+        except Exception as error:  # reported below with the client's index
+            errors.append((i, repr(error)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+CRASHING_CLIENT = """
+import sys, numpy as np, tidepool
+client = tidepool.connect(sys.argv[1])
+x = client.empty((4, 64, 64, 64, 8), np.float32)
+x[...] = 1
+print("ready", flush=True)
+while True:
+    client.avg_pool3d(x, 3, 1, 1)
+"""
+
+
+def test_client_killed_mid_job_leaves_nothing(daemon):
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(tidepool.__path__[0])))
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_CLIENT, daemon.endpoint], stdout=subprocess.PIPE,
+                             env=env, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    with tidepool.connect(daemon.endpoint) as observer:
+        assert observer.stats()["regions"] >= 1
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # The daemon learns of the exit through the process's pidfd; wait for that event.
+        deadline = time.monotonic() + 20
+        while observer.stats()["regions"] != 0:
+            assert time.monotonic() < deadline, "the killed client's regions were never released"
+        assert observer.ping() > 0
+    assert [name for name in tidepool_segments() if name.startswith(f"tidepool-{child.pid}-")] == []
+
+
+def test_sigterm_answers_jobs_in_flight():
+    import zmq
+    from test_protocol import pool_request
+
+    running = Daemon()
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.connect(running.endpoint)
+    x = np.random.default_rng(3).standard_normal((2, 32, 32, 32, 8)).astype(np.float32)
+    for job in range(6):
+        socket.send_multipart(pool_request(job, x, kind=1, kernel=3, stride=1, padding=1))
+    # Jobs are queued before the signal; every one must still be answered.
+    stats_probe = tidepool.connect(running.endpoint)
+    deadline = time.monotonic() + 20
+    while sum(stats_probe.stats()[k] for k in ("jobs_inflight", "jobs_completed", "busy_rejections")) < 6:
+        assert time.monotonic() < deadline
+    stats_probe.close()
+    running.process.send_signal(signal.SIGTERM)
+    replies = {}
+    for _ in range(6):
+        assert socket.poll(30000), "a job in flight was not answered"
+        frames = socket.recv_multipart()
+        replies[int.from_bytes(frames[0][8:16], "little")] = int.from_bytes(frames[0][16:20], "little", signed=True)
+    assert replies == {job: 0 for job in range(6)}
+    assert running.stop() == 0
+    assert "tidepoold stopped" in running.logs()
+    socket.close(0)

@@ -1,0 +1,247 @@
+"""A raw client written only from docs/protocol.md (pyzmq, struct, numpy): jobs both ways,
+and every validation rule answered with its error while the daemon keeps serving."""
+
+import os
+import struct
+import uuid
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+import pytest
+import zmq
+
+import tidepool
+from conftest import Daemon
+
+MAGIC, VERSION = 0x4C4F5054, 1
+PING, POOL, REGISTER, UNREGISTER, STATS, BYE = 1, 2, 3, 4, 5, 6
+DTYPES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int16): 6, np.dtype(np.uint8): 9}
+STATUS = dict(INVALID_ARGUMENT=1, DTYPE=3, SHAPE=4, OVERFLOW=5, FLAGS=6, VERSION=7, LAYOUT=8, PROTOCOL=11,
+              TOO_LARGE=12, BUSY=13, NOT_FOUND=16, CLOSED=17, SYSTEM=18)
+
+
+def header(kind, job_id, flags=0, magic=MAGIC, version=VERSION):
+    return struct.pack("<IHHQiI", magic, version, kind, job_id, 0, flags)
+
+
+def output_shape(shape, kernel, stride, padding):
+    d = len(shape) - 2
+    return (shape[0], *[(shape[1 + a] + 2 * padding - kernel) // stride + 1 for a in range(d)], shape[-1])
+
+
+def pool_body(shape, dtype_code, kind, kernel, stride, padding, in_loc=0, out_loc=0, in_region=0, in_offset=0,
+              in_bytes=None, out_region=0, out_offset=0, out_bytes=None, itemsize=4, out_itemsize=4, rank=None,
+              spatial=None):
+    d = len(shape) - 2  # `spatial` only overrides the field, to test its check
+    out = output_shape(shape, kernel, stride, padding)
+    in_bytes = int(np.prod(shape)) * itemsize if in_bytes is None else in_bytes
+    out_bytes = int(np.prod(out)) * out_itemsize if out_bytes is None else out_bytes
+    pad3 = lambda v: [v] * d + [0] * (3 - d)
+    return struct.pack("<iiii8q3q3q3qII6Q", kind, dtype_code, d if spatial is None else spatial,
+                       len(shape) if rank is None else rank,
+                       *shape, *[0] * (8 - len(shape)), *pad3(kernel), *pad3(stride), *pad3(padding),
+                       in_loc, out_loc, in_region, in_offset, in_bytes, out_region, out_offset, out_bytes)
+
+
+def pool_request(job_id, x, kind=1, kernel=2, stride=2, padding=0, **fields):
+    frame0 = header(POOL, job_id) + pool_body(x.shape, DTYPES[x.dtype], kind, kernel, stride, padding,
+                                              itemsize=x.itemsize, **fields)
+    return [frame0, x.tobytes()] if fields.get("in_loc", 0) == 0 else [frame0]
+
+
+def parse_reply(frames):
+    magic, version, kind, job_id, status, flags = struct.unpack("<IHHQiI", frames[0][:24])
+    assert (magic, version) == (MAGIC, VERSION)
+    return kind, job_id, status, frames
+
+
+class RawClient:
+    def __init__(self, endpoint):
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.connect(endpoint)
+
+    def call(self, frames):
+        self.socket.send_multipart(frames)
+        assert self.socket.poll(10000), "no reply"
+        return parse_reply(self.socket.recv_multipart())
+
+    def ping_ok(self):
+        kind, _, status, frames = self.call([header(PING, 7)])
+        return kind == PING | 0x8000 and status == 0 and len(frames[0]) == 32
+
+    def register(self, size, mode=0o600, name=None):
+        """A shared-memory object per docs/protocol.md, registered; returns (region id, shm)."""
+        name = name or f"tidepool-raw-{uuid.uuid4().hex}"
+        memory = shared_memory.SharedMemory(name=name, create=True, size=size)
+        resource_tracker.unregister(memory._name, "shared_memory")  # the daemon unlinks it
+        os.fchmod(memory._fd, mode)
+        frame0 = header(REGISTER, 99) + struct.pack("<QII", size, os.getpid(), 0)
+        kind, _, status, frames = self.call([frame0, memory._name.encode()])
+        region = struct.unpack("<Q", frames[0][24:32])[0] if status == 0 else None
+        return region, memory, status, frames
+
+    def close(self):
+        self.socket.close(0)
+
+
+@pytest.fixture(scope="module")
+def shared_daemon():
+    running = Daemon("--max-job-bytes", str(1 << 20))
+    yield running
+    assert running.stop() == 0, running.logs()
+
+
+@pytest.fixture
+def raw(shared_daemon):
+    client = RawClient(shared_daemon.endpoint)
+    yield client
+    assert client.ping_ok(), "the daemon stopped serving"
+    client.close()
+
+
+def test_documented_example_runs_inline(raw):
+    # The example of docs/protocol.md, verbatim in substance.
+    x = np.random.randn(2, 8, 8, 3).astype(np.float32)
+    frame0 = struct.pack("<IHHQiI", 0x4C4F5054, 1, 2, 42, 0, 0) + struct.pack(
+        "<iiii8q3q3q3qII6Q", 1, 1, 2, 4, *x.shape, 0, 0, 0, 0,
+        2, 2, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, x.nbytes, 0, 0, 2 * 4 * 4 * 3 * 4)
+    kind, job_id, status, frames = raw.call([frame0, x.tobytes()])
+    assert (kind, job_id, status) == (POOL | 0x8000, 42, 0)
+    dtype, rank, *shape = struct.unpack("<ii8q", frames[0][24:96])
+    assert (dtype, rank, tuple(shape[:rank])) == (1, 4, (2, 4, 4, 3))
+    y = np.frombuffer(frames[1], np.float32).reshape(2, 4, 4, 3)
+    np.testing.assert_array_equal(y, tidepool.avg_pool2d(x, 2))
+
+
+def test_job_through_shared_memory(raw):
+    x = np.random.randn(2, 8, 8, 3).astype(np.float32)
+    out_bytes = 2 * 4 * 4 * 3 * 4
+    region, memory, status, _ = raw.register(x.nbytes + out_bytes)
+    assert status == 0
+    # The daemon unlinked the name once mapped: nothing lingers in /dev/shm.
+    assert not os.path.exists(f"/dev/shm/{memory.name}")
+    np.frombuffer(memory.buf, np.float32, x.size)[:] = x.ravel()
+    kind, _, status, frames = raw.call(pool_request(5, x, kind=2, in_loc=1, out_loc=1, in_region=region,
+                                                    out_region=region, out_offset=x.nbytes))
+    assert status == 0 and len(frames) == 1
+    y = np.frombuffer(memory.buf, np.float32, out_bytes // 4, offset=x.nbytes).reshape(2, 4, 4, 3)
+    np.testing.assert_array_equal(y, tidepool.max_pool2d(x, 2))
+    assert raw.call([header(UNREGISTER, 6) + struct.pack("<Q", region)])[2] == 0
+    del y
+    memory.close()
+
+
+X = np.zeros((1, 4, 4, 2), np.float32)
+
+
+def pool(**fields):
+    """A POOL request on X with some body fields replaced."""
+    defaults = dict(shape=X.shape, dtype_code=1, kind=1, kernel=2, stride=2, padding=0)
+    defaults.update(fields)
+    return header(POOL, 3) + pool_body(**defaults)
+
+
+INVALID_REQUESTS = [
+    # (name, frames, status, fragment of the message)
+    ("short header", [b"TPOL"], "PROTOCOL", "shorter than the 24-byte header"),
+    ("random bytes", [os.urandom(64)], "PROTOCOL", "magic"),
+    ("wrong magic", [header(PING, 1, magic=0x12345678)], "PROTOCOL", "magic is 0x12345678"),
+    ("wrong version", [header(PING, 1, version=9)], "VERSION", "protocol version is 9"),
+    ("unknown type", [header(77, 1)], "PROTOCOL", "message type 77 is unknown"),
+    ("too many frames", [header(PING, 1), b"a", b"b"], "PROTOCOL", "3 frames"),
+    ("ping with a payload", [header(PING, 1), b"x"], "PROTOCOL", "1 frame(s) but this one has 2"),
+    ("flags", [header(STATS, 1, flags=2)], "FLAGS", "flags is 0x2"),
+    ("short pool frame", [header(POOL, 1) + b"\0" * 8], "PROTOCOL", "frame 0 is 232 bytes"),
+    ("pool flags", [header(POOL, 1, flags=1) + pool_body(X.shape, 1, 1, 2, 2, 0)[0:], X.tobytes()], "FLAGS", "flags"),
+    ("kind", [pool(kind=7), X.tobytes()], "INVALID_ARGUMENT", "kind is 7"),
+    ("dtype", [pool(dtype_code=42), X.tobytes()], "DTYPE", "dtype is 42"),
+    ("spatial dims", [pool(spatial=4), X.tobytes()], "INVALID_ARGUMENT", "spatial_dims must be 1, 2 or 3 but is 4"),
+    ("rank", [pool(rank=5), X.tobytes()], "SHAPE", "rank must be spatial_dims + 2 = 4 but is 5"),
+    ("negative shape", [pool(shape=(1, -4, 4, 2), in_bytes=0, out_bytes=0), b""], "SHAPE", "shape[1] is -4"),
+    ("huge shape", [pool(shape=(1, 1 << 50, 4, 2), in_bytes=0, out_bytes=0), b""], "SHAPE", "between 0 and 2^40"),
+    ("kernel 0", [pool(kernel=0, out_bytes=0), X.tobytes()], "INVALID_ARGUMENT", "kernel_size must be positive"),
+    ("negative output", [pool(kernel=9, stride=1, out_bytes=0), X.tobytes()], "SHAPE", "would be negative"),
+    ("overflowing bytes", [pool(shape=(1 << 40, 1 << 40, 4, 2), in_bytes=0, out_bytes=0), b""], "OVERFLOW", "overflows"),
+    ("input bytes", [pool(in_bytes=12), X.tobytes()], "SHAPE", "input_bytes is 12 but shape (1, 4, 4, 2) of float32 needs 128"),
+    ("output bytes", [pool(out_bytes=4), X.tobytes()], "SHAPE", "output_bytes is 4"),
+    ("too large", [pool(shape=(1, 1024, 256, 1)), b""], "TOO_LARGE", "--max-job-bytes"),
+    ("location", [pool(in_loc=3), X.tobytes()], "PROTOCOL", "input_location is 3"),
+    ("inline with region", [pool(in_region=5), X.tobytes()], "PROTOCOL", "must be 0 for an inline input"),
+    ("inline frame missing", [pool()], "PROTOCOL", "has 2 frame(s) but this one has 1"),
+    ("inline frame size", [pool(), X.tobytes()[:-4]], "PROTOCOL", "frame 1 holds 124 bytes but input_bytes is 128"),
+    ("unknown region", [pool(in_loc=1, in_region=123456)], "NOT_FOUND", "input_region 123456 is not registered"),
+    ("misaligned offset", [pool(in_loc=1, in_region=1, in_offset=2)], "LAYOUT", "input_offset 2 is not a multiple"),
+    ("overlap", [pool(in_loc=1, out_loc=1, in_region=9, out_region=9, out_offset=64)], "LAYOUT", "overlaps input"),
+    ("unregister unknown", [header(UNREGISTER, 1) + struct.pack("<Q", 424242)], "NOT_FOUND", "region 424242"),
+]
+
+
+@pytest.mark.parametrize("name, frames, status, fragment", INVALID_REQUESTS, ids=[r[0] for r in INVALID_REQUESTS])
+def test_invalid_requests_get_their_error(raw, name, frames, status, fragment):
+    kind, _, got, reply = raw.call(frames)
+    message = reply[1].decode() if len(reply) > 1 else ""
+    assert got == STATUS[status], f"{name}: status {got}, message {message!r}"
+    assert len(reply[0]) == 24
+    assert fragment in message, f"{name}: {message!r}"
+
+
+def test_region_rules(raw, shared_daemon):
+    region, memory, status, _ = raw.register(256)
+    assert status == 0
+    # Another client cannot use this client's region.
+    other = RawClient(shared_daemon.endpoint)
+    _, _, status, reply = other.call([pool(in_loc=1, in_region=region)])
+    assert status == STATUS["NOT_FOUND"] and b"not registered by this client" in reply[1]
+    other.close()
+    # Offset + bytes beyond the region.
+    _, _, status, reply = raw.call([pool(in_loc=1, in_region=region, in_offset=192)])
+    assert status == STATUS["INVALID_ARGUMENT"] and b"exceeds region" in reply[1]
+    # A region truncated by its owner: the daemon absorbs the fault and fails the job.
+    os.ftruncate(memory._fd, 0)
+    _, _, status, reply = raw.call([pool(in_loc=1, in_region=region)])
+    assert status == STATUS["SYSTEM"] and b"truncated" in reply[1], reply
+    _, _, status, _ = raw.call([pool(in_loc=1, in_region=region)])
+    assert status == STATUS["NOT_FOUND"]  # it was unregistered
+    memory.close()
+
+
+def test_register_rules(raw):
+    _, memory, status, reply = raw.register(4096, mode=0o644)
+    assert status == STATUS["SYSTEM"] and b"it must be private (0600)" in reply[1]
+    memory.unlink()
+    memory.close()
+    frame0 = header(REGISTER, 1) + struct.pack("<QII", 4096, os.getpid(), 0)
+    _, _, status, reply = raw.call([frame0, b"/etc-passwd"])
+    assert status == STATUS["SYSTEM"] and b"not a Tidepool shared-memory name" in reply[1]
+    _, _, status, reply = raw.call([frame0, b"/tidepool-does-not-exist"])
+    assert status == STATUS["SYSTEM"] and b"No such file" in reply[1]
+    _, memory, status, reply = raw.register(64)
+    assert status == 0
+    frame0 = header(REGISTER, 1) + struct.pack("<QII", 1 << 19, os.getpid(), 0)
+    name = f"tidepool-raw-{os.getpid()}-small"
+    small = shared_memory.SharedMemory(name=name, create=True, size=64)
+    _, _, status, reply = raw.call([frame0, small._name.encode()])
+    assert status == STATUS["SYSTEM"] and b"smaller than" in reply[1]
+    small.unlink()
+    small.close()
+    _, _, status, reply = raw.call([header(REGISTER, 1) + struct.pack("<QII", 64, 0, 0), b"/tidepool-x"])
+    assert status == STATUS["INVALID_ARGUMENT"] and b"pid" in reply[1]
+    memory.close()
+
+
+def test_busy_reply_when_max_inflight_is_reached():
+    running = Daemon("--max-inflight", "1")
+    try:
+        client = RawClient(running.endpoint)
+        x = np.random.randn(2, 32, 32, 32, 8).astype(np.float32)
+        for job in range(8):
+            client.socket.send_multipart(pool_request(job, x, kind=1, kernel=3, stride=1, padding=1))
+        statuses = []
+        for _ in range(8):
+            assert client.socket.poll(30000)
+            statuses.append(parse_reply(client.socket.recv_multipart())[2])
+        assert statuses.count(0) >= 1 and STATUS["BUSY"] in statuses
+        assert client.ping_ok()
+        client.close()
+    finally:
+        assert running.stop() == 0
