@@ -75,7 +75,21 @@ test-python: build venv
 
 ## Run ----------------------------------------------------------------------------
 
+# tidepoold in the foreground on the default endpoint (TIDEPOOL_ENDPOINT overrides it);
+# extra options through TIDEPOOLD_ARGS, e.g. make run TIDEPOOLD_ARGS="--threads 2".
 run: build
+	$(BUILD_DIR)/tidepoold $(TIDEPOOLD_ARGS)
+
+## Benchmarks -----------------------------------------------------------------------
+
+BENCH_BUILD := benchmarks/build
+
+$(BENCH_BUILD)/daemon_bench: benchmarks/daemon_bench.c include/tidepool.h $(LIB)
+	@mkdir -p $(BENCH_BUILD)
+	$(CC) $(CFLAGS_STRICT) -o $@ $< $(LINK_TIDEPOOL) -lpthread -lm
+
+bench: build $(BENCH_BUILD)/daemon_bench
+	benchmarks/run_daemon_bench.sh
 
 clean:
-	rm -rf .build $(C_BUILD)
+	rm -rf .build $(C_BUILD) $(BENCH_BUILD)

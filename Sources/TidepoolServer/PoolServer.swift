@@ -41,6 +41,9 @@ public final class PoolServer: @unchecked Sendable {
     static let maxRegions = 4000
     /// Requests handled per wake-up before completions get their turn.
     static let receiveBatch = 256
+    /// Jobs reading at most this many elements (a few microseconds of work) run on the loop
+    /// thread itself: handing them to a worker and back would cost more than the job.
+    static let inlineWorkLimit = 1 << 14
 
     public init(configuration: ServerConfiguration, logger: Logger) throws {
         guard configuration.maxInflight > 0 else { throw ServerError("--max-inflight must be positive") }
@@ -295,6 +298,11 @@ public final class PoolServer: @unchecked Sendable {
         inflight += 1
         let job = Job(request: pool, envelope: envelope, inputFrame: inputFrame, inputRegion: inputRegion,
                       outputRegion: outputRegion, engine: engine)
+        let work = pool.outputShape.reduce(1, *).multipliedReportingOverflow(by: pool.descriptor.kernelSize.reduce(1, *))
+        if !work.overflow && work.partialValue <= Self.inlineWorkLimit {
+            finish(job.run())
+            return
+        }
         DispatchQueue.global(qos: .userInitiated).async { [self] in
             let completion = job.run()
             completions.withLock { $0.append(completion) }
@@ -307,23 +315,26 @@ public final class PoolServer: @unchecked Sendable {
             defer { queue.removeAll() }
             return queue
         }
-        for completion in done {
-            inflight -= 1
-            if let failure = completion.failure {
-                stats.jobsFailed += 1
-                logger.notice("job failed", metadata: ["id": "\(completion.id)", "status": "\(statusName(failure.status) ?? "?")",
-                                                       "error": "\(failure.message)"])
-            } else {
-                stats.jobsCompleted += 1
-                stats.bytesProcessed += completion.bytes
-            }
-            for id in completion.poisonedRegions {
-                for key in clients.keys where clients[key]?.regions.removeValue(forKey: id) != nil {
-                    logger.warning("unregistered a region its owner truncated during a job", metadata: ["region": "\(id)"])
-                }
-            }
-            send(completion.envelope, completion.reply)
+        done.forEach(finish)
+    }
+
+    /// Accounts for a finished job and sends its reply.
+    private func finish(_ completion: Completion) {
+        inflight -= 1
+        if let failure = completion.failure {
+            stats.jobsFailed += 1
+            logger.notice("job failed", metadata: ["id": "\(completion.id)", "status": "\(statusName(failure.status) ?? "?")",
+                                                   "error": "\(failure.message)"])
+        } else {
+            stats.jobsCompleted += 1
+            stats.bytesProcessed += completion.bytes
         }
+        for id in completion.poisonedRegions {
+            for key in clients.keys where clients[key]?.regions.removeValue(forKey: id) != nil {
+                logger.warning("unregistered a region its owner truncated during a job", metadata: ["region": "\(id)"])
+            }
+        }
+        send(completion.envelope, completion.reply)
     }
 
     // MARK: replies

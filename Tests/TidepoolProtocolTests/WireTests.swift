@@ -1,1 +1,112 @@
+import CTidepool
+import Testing
+import TidepoolCore
 import TidepoolProtocol
+
+func decode(_ bytes: [UInt8], payloadFrames: Int = 1, maxJobBytes: Int = 1 << 30) throws -> PoolRequest {
+    try bytes.withUnsafeBytes { try PoolRequest.decode($0, payloadFrames: payloadFrames, maxJobBytes: maxJobBytes) }
+}
+
+func expectViolation(_ status: tp_status, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation,
+                     _ body: () throws -> Void) {
+    do {
+        try body()
+        Issue.record("expected \(status)", sourceLocation: sourceLocation)
+    } catch let violation as ProtocolViolation {
+        #expect(violation.status == status, "\(violation.message)", sourceLocation: sourceLocation)
+        #expect(violation.message.contains(fragment), "'\(violation.message)' lacks '\(fragment)'", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("unexpected \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+/// Overwrites the little-endian field at `offset`.
+func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T) -> [UInt8] {
+    var copy = bytes
+    withUnsafeBytes(of: value.littleEndian) { for (i, b) in $0.enumerated() { copy[offset + i] = b } }
+    return copy
+}
+
+@Suite struct WireTests {
+    let request = PoolRequest(
+        id: 77, descriptor: PoolDescriptor(kind: .average, kernelSize: [3, 2], stride: [1, 2], padding: [1, 0]),
+        dtype: .int16, inputShape: [2, 5, 6, 3],
+        input: TensorReference(placement: .inline, bytes: 2 * 5 * 6 * 3 * 2),
+        output: TensorReference(placement: .region(id: 4, offset: 64), bytes: 2 * 5 * 3 * 3 * 4))
+
+    @Test func poolRequestRoundTrips() throws {
+        let bytes = request.encode()
+        #expect(bytes.count == MessageType.pool.requestSize)
+        #expect(bytes.count == 232)
+        #expect(Array(bytes.prefix(4)) == Array("TPOL".utf8))
+        let decoded = try decode(bytes)
+        #expect(decoded == request)
+        #expect(decoded.outputShape == [2, 5, 3, 3])
+        #expect(decoded.outputDType == .float32)
+    }
+
+    @Test func headerChecks() {
+        let bytes = request.encode()
+        expectViolation(TP_ERR_PROTOCOL, "shorter than the 24-byte header") { _ = try decode(Array(bytes.prefix(10))) }
+        expectViolation(TP_ERR_PROTOCOL, "magic is 0x1") { _ = try decode(patched(bytes, at: 0, UInt32(1))) }
+        expectViolation(TP_ERR_VERSION, "protocol version is 2") { _ = try decode(patched(bytes, at: 4, UInt16(2))) }
+        expectViolation(TP_ERR_FLAGS, "flags is 0x8") { _ = try decode(patched(bytes, at: 20, UInt32(8))) }
+        expectViolation(TP_ERR_PROTOCOL, "frame 0 is 232 bytes but this one is 231") { _ = try decode(Array(bytes.dropLast())) }
+    }
+
+    @Test func fieldChecks() {
+        let bytes = request.encode()
+        expectViolation(TP_ERR_INVALID_ARGUMENT, "kind is 3") { _ = try decode(patched(bytes, at: 24, Int32(3))) }
+        expectViolation(TP_ERR_DTYPE, "dtype is 0") { _ = try decode(patched(bytes, at: 28, Int32(0))) }
+        expectViolation(TP_ERR_INVALID_ARGUMENT, "spatial_dims must be 1, 2 or 3 but is 0") { _ = try decode(patched(bytes, at: 32, Int32(0))) }
+        expectViolation(TP_ERR_SHAPE, "rank must be spatial_dims + 2 = 4 but is 3") { _ = try decode(patched(bytes, at: 36, Int32(3))) }
+        expectViolation(TP_ERR_SHAPE, "shape[1] is -5") { _ = try decode(patched(bytes, at: 48, Int64(-5))) }
+        expectViolation(TP_ERR_INVALID_ARGUMENT, "kernel_size must be positive") { _ = try decode(patched(bytes, at: 104, Int64(0))) }
+        expectViolation(TP_ERR_SHAPE, "input_bytes is 1") { _ = try decode(patched(bytes, at: 200, UInt64(1))) }
+        expectViolation(TP_ERR_SHAPE, "output_bytes is 1") { _ = try decode(patched(bytes, at: 224, UInt64(1))) }
+        expectViolation(TP_ERR_PROTOCOL, "input_location is 9") { _ = try decode(patched(bytes, at: 176, UInt32(9))) }
+        expectViolation(TP_ERR_LAYOUT, "output_offset 66 is not a multiple of the 4-byte") { _ = try decode(patched(bytes, at: 216, UInt64(66))) }
+        expectViolation(TP_ERR_PROTOCOL, "has 2 frame(s) but this one has 1") { _ = try decode(bytes, payloadFrames: 0) }
+        expectViolation(TP_ERR_TOO_LARGE, "--max-job-bytes 100") { _ = try decode(bytes, maxJobBytes: 100) }
+    }
+
+    @Test func overlapInOneRegion() {
+        var overlapping = request
+        overlapping.input = TensorReference(placement: .region(id: 4, offset: 0), bytes: request.input.bytes)
+        expectViolation(TP_ERR_LAYOUT, "overlaps input") { _ = try decode(overlapping.encode(), payloadFrames: 0) }
+        overlapping.output = TensorReference(placement: .region(id: 4, offset: 512), bytes: request.output.bytes)
+        #expect((try? decode(overlapping.encode(), payloadFrames: 0)) != nil)
+    }
+
+    @Test func everyShortFrameIsRefused() {
+        // No prefix of a valid request decodes, and none crashes.
+        let bytes = request.encode()
+        for length in 0..<bytes.count {
+            #expect(throws: ProtocolViolation.self) { _ = try decode(Array(bytes.prefix(length))) }
+        }
+    }
+
+    @Test func randomBytesAreRefused() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            var bytes = (0..<232).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            if Bool.random(using: &rng) { bytes = patched(bytes, at: 0, Wire.magic) }
+            if Bool.random(using: &rng) { bytes = patched(bytes, at: 4, Wire.version) }
+            #expect(throws: ProtocolViolation.self) { _ = try decode(bytes) }
+        }
+    }
+
+    @Test func errorReplies() throws {
+        let frames = Reply.error(ProtocolViolation(TP_ERR_SHAPE, "bad shape", type: .pool, id: 9))
+        #expect(frames.count == 2)
+        let reply = try frames[0].withUnsafeBytes { f0 in
+            try frames[1].withUnsafeBytes { f1 in try DecodedReply.decode(f0, frame1: f1) }
+        }
+        #expect(reply.type == .pool)
+        #expect(reply.id == 9)
+        #expect(reply.status == TP_ERR_SHAPE)
+        #expect(reply.message == "bad shape")
+        let pool = Reply.pool(id: 3, dtype: .float32, shape: [1, 2, 3])
+        #expect(pool.count == MessageType.pool.replySize)
+    }
+}

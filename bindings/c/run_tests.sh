@@ -23,10 +23,12 @@ run "exports match the header" "$root/bindings/c/check_symbols.sh" "$root/includ
 # The remote example against a real daemon on a private endpoint, stopped with SIGTERM.
 private=$(mktemp -d /tmp/tidepool-c-test.XXXXXX)
 endpoint="ipc://$private/tidepool.sock"
-"$root/.build/release/tidepoold" --endpoint "$endpoint" --log-level warning > "$private/daemon.out" 2>&1 &
+# The daemon prints one line once bound: read it through a FIFO (kept open on fd 3).
+mkfifo "$private/ready"
+"$root/.build/release/tidepoold" --endpoint "$endpoint" --log-level warning > "$private/ready" 2> "$private/log" &
 daemon=$!
-# Wait for the daemon's start-up line (no sleeps: poll for the file it prints).
-for _ in $(seq 1 200); do grep -q "listening on" "$private/daemon.out" 2>/dev/null && break; read -rt 0.05 <> <(:) || true; done
+exec 3< "$private/ready"
+read -r line <&3 && [[ "$line" == *"listening on"* ]] || echo "tidepoold did not start: $line $(cat "$private/log")"
 run "remote example through tidepoold" "$build/remote_example" "$endpoint"
 kill -TERM "$daemon"
 run "tidepoold exits 0 on SIGTERM" wait "$daemon"
