@@ -14,9 +14,12 @@ public final class PoolEngine: Sendable {
 
     /// 0 means one thread per online CPU.
     private let configuredThreads = Atomic<Int>(0)
+    /// Scratch per thread; tests shrink it to force every tiling path on small tensors.
+    let tileBudgetBytes: Int
 
-    public init(threads: Int = 0) {
+    public init(threads: Int = 0, tileBudgetBytes: Int = TilePlan.defaultBudgetBytes) {
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
+        self.tileBudgetBytes = tileBudgetBytes
     }
 
     public static var onlineCPUs: Int { Swift.max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
@@ -77,7 +80,7 @@ public final class PoolEngine: Sendable {
             }
             return t
         } ?? threadCount
-        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads)
+        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, budgetBytes: tileBudgetBytes)
         switch (desc.kind, input.dtype) {
         case (.average, .float32): try job.run(AverageFloat32.self)
         case (.average, .float64): try job.run(AverageFloat64.self)
@@ -93,7 +96,7 @@ public final class PoolEngine: Sendable {
         case (.average, .uint64): try job.run(AverageWideInteger<UInt64>.self)
         case (.max, .float32): try job.run(MaxFloat<Float>.self)
         case (.max, .float64): try job.run(MaxFloat<Double>.self)
-        case (.max, .float16): try job.run(MaxFloat<Float16>.self)
+        case (.max, .float16): try job.run(MaxFloat16.self)
         case (.max, .bfloat16): try job.run(MaxBFloat16.self)
         case (.max, .int8): try job.run(MaxInteger<Int8>.self)
         case (.max, .int16): try job.run(MaxInteger<Int16>.self)
@@ -113,42 +116,45 @@ private struct Job: @unchecked Sendable {
     let input: UnsafeRawPointer
     let output: UnsafeMutableRawPointer
     let threads: Int
+    let budgetBytes: Int
 
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
     static let minimumWorkPerThread = 1 << 15
 
     func run<R: WindowReduction>(_ reduction: R.Type) throws {
-        let pixels = geometry.pixels
-        let work = pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
-        let workers = work.overflow ? threads : Swift.max(1, Swift.min(threads, work.partialValue / Self.minimumWorkPerThread, pixels))
-        // One scratch row of accumulators per worker, allocated once per call; malloc so
-        // that a huge channel count fails with an error instead of trapping.
-        let (scratchBytes, overflow) = (workers * geometry.channels).multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
-        guard !overflow, let scratch = malloc(Swift.max(scratchBytes, 1)) else {
-            throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(geometry.channels) accumulators for each of \(workers) threads")
+        let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
+        let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
+        let plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
+                            budgetBytes: budgetBytes)
+        let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
+        // Scratch for every worker, allocated once per call; malloc so that a failure is an
+        // error rather than a trap.
+        let (bytes, overflow) = (workers * plan.scratchCount).multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
+        guard !overflow, let scratch = malloc(Swift.max(bytes, 1)) else {
+            throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(plan.scratchCount) accumulators for each of \(workers) threads")
         }
         defer { free(scratch) }
-        let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * geometry.channels)
+        let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * plan.scratchCount)
         let typedInput = input.assumingMemoryBound(to: R.Input.self)
         let typedOutput = output.assumingMemoryBound(to: R.Output.self)
+        let geometry = geometry
 
         if workers == 1 {
-            poolWindows(R.self, geometry, input: typedInput, output: typedOutput, pixels: 0..<pixels, accumulators: accumulators)
+            for index in 0..<plan.tileCount {
+                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
+                         scratch: accumulators)
+            }
             return
         }
-        // Several chunks per worker, handed out on demand, balance windows that cost
-        // less near the padded edges.
-        let chunks = Swift.min(pixels, workers * 8)
-        func chunkStart(_ chunk: Int) -> Int { chunk * (pixels / chunks) + Swift.min(chunk, pixels % chunks) }
-        let nextChunk = Atomic<Int>(0)
+        // Tiles are handed out on demand, which balances tiles that cost less near padded edges.
+        let nextTile = Atomic<Int>(0)
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let mine = accumulators + worker * geometry.channels
+            let mine = accumulators + worker * plan.scratchCount
             while true {
-                let chunk = nextChunk.wrappingAdd(1, ordering: .relaxed).oldValue
-                if chunk >= chunks { break }
-                let range = chunkStart(chunk)..<chunkStart(chunk + 1)
-                poolWindows(R.self, geometry, input: typedInput, output: typedOutput, pixels: range, accumulators: mine)
+                let index = nextTile.wrappingAdd(1, ordering: .relaxed).oldValue
+                if index >= plan.tileCount { break }
+                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine)
             }
         }
     }

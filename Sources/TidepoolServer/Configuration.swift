@@ -15,6 +15,9 @@ public struct ServerConfiguration: Sendable {
     public var maxJobBytes: Int
     /// How long shutdown waits for queued replies to leave the socket.
     public var shutdownLingerMs: Int32
+    /// Called on the worker thread before each job that runs there; tests block in it to
+    /// hold jobs in flight deterministically.
+    public var jobGate: (@Sendable () -> Void)?
 
     public init(endpoints: [String] = [Endpoint.defaultEndpoint()], threads: Int = 0, maxInflight: Int = 64,
                 maxJobBytes: Int = 1 << 30, shutdownLingerMs: Int32 = 2000) {

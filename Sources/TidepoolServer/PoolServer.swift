@@ -111,7 +111,9 @@ public final class PoolServer: @unchecked Sendable {
             if ready[0] {
                 for _ in 0..<Self.receiveBatch {
                     guard let frames = try socket.receive(dontWait: true) else { break }
-                    handle(frames, draining: draining)
+                    // Read per request: a shutdown asked for while this thread slept in poll
+                    // must refuse the jobs that woke it.
+                    handle(frames, draining: shutdownRequested.load(ordering: .sequentiallyConsistent))
                 }
             }
             for (index, (key, _)) in watched.enumerated() where ready[2 + index] {
@@ -304,6 +306,7 @@ public final class PoolServer: @unchecked Sendable {
             return
         }
         DispatchQueue.global(qos: .userInitiated).async { [self] in
+            configuration.jobGate?()
             let completion = job.run()
             completions.withLock { $0.append(completion) }
             tpsys_eventfd_signal(wakeFd)

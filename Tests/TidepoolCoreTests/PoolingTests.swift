@@ -243,3 +243,45 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 }
+
+@Suite struct TilingTests {
+    /// Tiny scratch budgets cut small tensors into many tiles: column, channel, row and depth
+    /// tiles, strided widths reduced at every position, windows cut at tile edges.
+    @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .uint16, .int64, .float64], [64, 512, 4096])
+    func tinyTilesMatchTheReferenceAndTheDefault(dtype: DType, budget: Int) throws {
+        var rng = SplitMix64(seed: 0xC0FFEE ^ UInt64(budget) ^ UInt64(dtype.code) << 20)
+        let tiny = PoolEngine(threads: 3, tileBudgetBytes: budget)
+        for _ in 0..<25 {
+            let spatial = Int.random(in: 1...3, using: &rng)
+            let kernel = (0..<spatial).map { _ in Int.random(in: 1...5, using: &rng) }
+            let stride = (0..<spatial).map { _ in Int.random(in: 1...3, using: &rng) }
+            let padding = kernel.map { Int.random(in: 0...($0 / 2 + 1), using: &rng) }
+            let shape = [Int.random(in: 1...2, using: &rng)] + (0..<spatial).map { _ in Int.random(in: 1...11, using: &rng) }
+                + [[1, 2, 3, 5, 9, 17].randomElement(using: &rng)!]
+            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            let input = randomInput(dtype, shape: shape, seed: rng.next())
+            let strides = TensorView.contiguousStrides(shape)
+            guard let expected = referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides) else { continue }
+            let tiled = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: tiny)
+            let plain = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, threads: 1)
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: tiled.output, expected: expected.values)
+            #expect(mismatch == nil, "\(desc) \(dtype) \(shape) budget \(budget): \(mismatch ?? "")")
+            let bytes = tiled.output.count * tiled.output.dtype.size
+            #expect(memcmp(tiled.output.raw, plain.output.raw, bytes) == 0, "\(desc) \(shape) budget \(budget) differs from default tiling")
+        }
+    }
+
+    @Test func stridedViewsWithTinyTiles() throws {
+        let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
+        let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
+        // Channels-first storage (N, C, H, W) = (2, 6, 9, 10) read as (N, H, W, C).
+        for kind in PoolKind.allCases {
+            let desc = PoolDescriptor(kind: kind, kernelSize: [3, 2], stride: [2, 3], padding: [1, 1])
+            let shape = [2, 9, 10, 6], strides = [540, 10, 1, 90]
+            let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
+            let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: tiny)
+            #expect(firstMismatch(desc, dtype: .float32, actual: run.output, expected: expected.values) == nil)
+        }
+    }
+}

@@ -18,13 +18,14 @@ final class RunningServer: @unchecked Sendable {
     let endpoint: String
     private let stopped = DispatchSemaphore(value: 0)
 
-    init(maxInflight: Int = 64, maxJobBytes: Int = 1 << 30) throws {
+    init(maxInflight: Int = 64, maxJobBytes: Int = 1 << 30, jobGate: (@Sendable () -> Void)? = nil) throws {
         let directory = "/tmp/tidepool-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         endpoint = "ipc://\(directory)/tidepool.sock"
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        server = try PoolServer(configuration: ServerConfiguration(endpoints: [endpoint], threads: 2, maxInflight: maxInflight,
-                                                                   maxJobBytes: maxJobBytes), logger: logger)
+        var configuration = ServerConfiguration(endpoints: [endpoint], threads: 2, maxInflight: maxInflight, maxJobBytes: maxJobBytes)
+        configuration.jobGate = jobGate
+        server = try PoolServer(configuration: configuration, logger: logger)
         let thread = Thread { [server, stopped] in
             try? server.run()
             stopped.signal()
@@ -126,6 +127,65 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
             #expect(error.message.contains("--max-job-bytes 4096"))
         }
         #expect(try client.ping() > 0)
+    }
+
+    /// A job big enough to leave the socket thread: 64 x 64 outputs of a 3 x 3 window.
+    struct HeldJob {
+        let desc = PoolDescriptor(kind: .average, kernelSize: [3, 3], stride: [1, 1], padding: [1, 1])
+        var input = [Float](repeating: 1, count: 64 * 64)
+        var output = [Float](repeating: 0, count: 64 * 64)
+
+        mutating func submit(_ client: PoolClient) throws -> UInt64 {
+            try input.withUnsafeBytes { i in
+                try output.withUnsafeMutableBytes { o in
+                    try client.submit(desc, input: TensorView(data: i.baseAddress, dtype: .float32, shape: [1, 64, 64, 1]),
+                                      output: OutputView(data: o.baseAddress, dtype: .float32, shape: [1, 64, 64, 1]))
+                }
+            }
+        }
+    }
+
+    @Test func busyWhenMaxInflightIsReached() throws {
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let running = try RunningServer(maxInflight: 1, jobGate: { entered.signal(); release.wait() })
+        defer { running.stop() }
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        defer { client.close() }
+        var first = HeldJob(), second = HeldJob()
+        let held = try first.submit(client)
+        entered.wait()  // the first job now occupies the only slot
+        do {
+            try client.wait(try second.submit(client))
+            Issue.record("a job beyond --max-inflight was accepted")
+        } catch let error as ClientError {
+            #expect(error.status == TP_ERR_BUSY)
+            #expect(error.message.contains("--max-inflight 1"))
+        }
+        release.signal()
+        try client.wait(held)
+        #expect(first.output[65] == 1)
+        #expect(try client.stats().contains("\"busy_rejections\": 1"))
+    }
+
+    @Test func shutdownAnswersJobsInFlightAndRefusesNewOnes() throws {
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let running = try RunningServer(jobGate: { entered.signal(); release.wait() })
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        defer { client.close() }
+        var job = HeldJob(), late = HeldJob()
+        let held = try job.submit(client)
+        entered.wait()
+        running.server.requestShutdown()
+        do {
+            try client.wait(try late.submit(client))
+            Issue.record("a job sent during shutdown was accepted")
+        } catch let error as ClientError {
+            #expect(error.status == TP_ERR_CLOSED)
+        }
+        release.signal()
+        try client.wait(held)
+        #expect(job.output[65] == 1)
+        running.stop()
     }
 
     @Test func unreachableEndpoint() {

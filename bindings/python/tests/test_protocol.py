@@ -229,18 +229,21 @@ def test_register_rules(raw):
     memory.close()
 
 
-def test_busy_reply_when_max_inflight_is_reached():
+def test_replies_under_max_inflight_are_results_or_busy():
+    # Whether a job finds the daemon full depends on timing; TidepoolServerTests checks BUSY
+    # deterministically. Here: every reply is a result or a BUSY that says what to do.
     running = Daemon("--max-inflight", "1")
     try:
         client = RawClient(running.endpoint)
         x = np.random.randn(2, 32, 32, 32, 8).astype(np.float32)
         for job in range(8):
             client.socket.send_multipart(pool_request(job, x, kind=1, kernel=3, stride=1, padding=1))
-        statuses = []
         for _ in range(8):
             assert client.socket.poll(30000)
-            statuses.append(parse_reply(client.socket.recv_multipart())[2])
-        assert statuses.count(0) >= 1 and STATUS["BUSY"] in statuses
+            _, _, status, frames = parse_reply(client.socket.recv_multipart())
+            assert status in (0, STATUS["BUSY"])
+            if status:
+                assert b"--max-inflight 1" in frames[1]
         assert client.ping_ok()
         client.close()
     finally:

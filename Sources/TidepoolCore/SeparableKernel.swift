@@ -1,0 +1,315 @@
+/// Pooling one axis at a time. A box window reduces to a reduction along W, then along H
+/// of those rows, then along D of those planes (both folds are associative), so an output
+/// costs kw + kh + kd folds instead of kw * kh * kd. Every fold runs over a contiguous
+/// row of accumulators — the fused (W, C) row, since channels are innermost — which the
+/// compiler vectorises. Reduced rows and planes live in small per-thread rings, and the
+/// output is cut into tiles sized to stay in cache, so a call allocates a few hundred KB
+/// per thread whatever the tensor's size.
+///
+/// Every output is folded in the same order whatever the tiling (W offsets, then rows by
+/// increasing h, then planes by increasing d), so results do not depend on the thread count.
+
+/// How the W axis is reduced. With few channels and a W stride above 1, reducing at every
+/// position (stride 1) keeps the fused row contiguous and vectorised, and the output then
+/// takes every `stride`-th position; otherwise positions are the output's own.
+struct WidthPlan {
+    /// Positions held by a reduced row: position q's window starts at q * step - padding.
+    let step: Int
+    /// Output ow is position ow * stride / step.
+    var subsampled: Bool { step == 1 && stride > 1 }
+    let stride: Int
+
+    init(_ g: PoolGeometry) {
+        stride = g.strideW
+        step = g.strideW > 1 && g.channels < 8 && g.strideW * g.channels <= 16 ? 1 : g.strideW
+    }
+
+    /// Positions covering outputs [ow0, ow1).
+    func positions(_ ow0: Int, _ ow1: Int) -> Range<Int> { (ow0 * stride / step)..<((ow1 - 1) * stride / step + 1) }
+}
+
+/// One unit of work: a block of output depths, rows, columns and channels of one batch entry.
+struct Tile {
+    var n: Int
+    var od: Range<Int>
+    var oh: Range<Int>
+    var ow: Range<Int>
+    var c: Range<Int>
+}
+
+/// The cut of a pooling into tiles and the scratch each worker needs.
+public struct TilePlan {
+    let width: WidthPlan
+    let tileOD: Int, tileOH: Int, tileOW: Int, tileC: Int
+    let counts: (n: Int, od: Int, oh: Int, ow: Int, c: Int)
+    /// Accumulators per reduced row; reduced input rows per plane; per worker in all.
+    let rowCapacity: Int
+    let rowBlockRows: Int
+    let scratchCount: Int
+
+    /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
+    public static let defaultBudgetBytes = 512 << 10
+
+    init(_ g: PoolGeometry, accumulatorSize: Int, workers: Int, budgetBytes: Int = defaultBudgetBytes) {
+        width = WidthPlan(g)
+        let budget = Swift.max(budgetBytes / accumulatorSize, 1)
+        // Rows of scratch per output row of a tile: sh reduced input rows, kd plane rows, one merged row.
+        let rowsPerOutputRow = g.strideH + g.kernelD + 1
+        let rowsNeeded = g.kernelH + rowsPerOutputRow
+        // Channels are tiled only when one position's channels alone overflow the budget.
+        tileC = Swift.min(g.channels, Swift.max(1, budget / rowsNeeded))
+        let positionsAll = width.positions(0, g.outW).count
+        let positionsFit = Swift.max(1, budget / (rowsNeeded * tileC))
+        if positionsFit >= positionsAll {
+            tileOW = g.outW
+        } else {
+            // Outputs whose positions fit: position span of k outputs is (k - 1) * stride / step + 1.
+            tileOW = Swift.max(1, (positionsFit - 1) * width.step / width.stride + 1)
+        }
+        rowCapacity = width.positions(0, Swift.min(tileOW, g.outW)).count * tileC
+        let rowsFit = budget / rowCapacity - g.kernelH
+        tileOH = Swift.min(g.outH, Swift.max(1, rowsFit / rowsPerOutputRow))
+        let ohTiles = (g.outH + tileOH - 1) / tileOH
+        let owTiles = (g.outW + tileOW - 1) / tileOW
+        let cTiles = (g.channels + tileC - 1) / tileC
+        // Split depth only as far as needed to give every worker a few tiles: each block
+        // recomputes the (kd - sd) planes it shares with its neighbour.
+        let others = g.batch * ohTiles * owTiles * cTiles
+        let blocksWanted = (2 * workers + others - 1) / others
+        tileOD = Swift.max(Swift.min(8, g.outD), (g.outD + blocksWanted - 1) / Swift.max(blocksWanted, 1))
+        counts = (g.batch, (g.outD + tileOD - 1) / tileOD, ohTiles, owTiles, cTiles)
+        rowBlockRows = (tileOH - 1) * g.strideH + g.kernelH
+        scratchCount = rowCapacity * (rowBlockRows + (g.kernelD + 1) * tileOH)
+    }
+
+    var tileCount: Int { counts.n * counts.od * counts.oh * counts.ow * counts.c }
+
+    func tile(_ index: Int, _ g: PoolGeometry) -> Tile {
+        var rest = index
+        let c = rest % counts.c; rest /= counts.c
+        let ow = rest % counts.ow; rest /= counts.ow
+        let oh = rest % counts.oh; rest /= counts.oh
+        let od = rest % counts.od; rest /= counts.od
+        func range(_ i: Int, _ size: Int, _ limit: Int) -> Range<Int> { (i * size)..<Swift.min((i + 1) * size, limit) }
+        return Tile(n: rest, od: range(od, tileOD, g.outD), oh: range(oh, tileOH, g.outH), ow: range(ow, tileOW, g.outW),
+                    c: range(c, tileC, g.channels))
+    }
+}
+
+/// How a fold reads its sources: input elements (widened) or accumulators. A static type,
+/// not a closure, so every loop is specialised and vectorised.
+protocol SourceLoader {
+    associatedtype Reduction: WindowReduction
+    associatedtype Source
+    static func load(_ x: Source) -> Reduction.Accumulator
+}
+
+enum InputLoader<R: WindowReduction>: SourceLoader {
+    typealias Reduction = R
+    typealias Source = R.Input
+    @inline(__always) static func load(_ x: R.Input) -> R.Accumulator { R.widen(x) }
+}
+
+enum AccumulatorLoader<R: WindowReduction>: SourceLoader {
+    typealias Reduction = R
+    typealias Source = R.Accumulator
+    @inline(__always) static func load(_ x: R.Accumulator) -> R.Accumulator { x }
+}
+
+/// Folds up to four sources into `destination` in one pass, in order: destination (unless
+/// `first`), then s0, s1, s2, s3. Fewer passes over the accumulators than one per source.
+@inline(__always)
+func foldPass<L: SourceLoader>(
+    _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int, first: Bool, count: Int,
+    _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>
+) {
+    typealias R = L.Reduction
+    let load = L.load
+    let d = destination
+    switch (count, first) {
+    case (1, true): for j in 0..<length { d[j] = load(s0[j]) }
+    case (1, false): for j in 0..<length { d[j] = R.merge(d[j], load(s0[j])) }
+    case (2, true): for j in 0..<length { d[j] = R.merge(load(s0[j]), load(s1[j])) }
+    case (2, false): for j in 0..<length { d[j] = R.merge(R.merge(d[j], load(s0[j])), load(s1[j])) }
+    case (3, true): for j in 0..<length { d[j] = R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])) }
+    case (3, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])) }
+    case (_, true):
+        for j in 0..<length { d[j] = R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])) }
+    default:
+        for j in 0..<length {
+            d[j] = R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j]))
+        }
+    }
+}
+
+/// Folds sources `taps` (each located by `source`) into `destination`, four per pass.
+@inline(__always)
+func foldTaps<L: SourceLoader>(
+    _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int, taps: Range<Int>, first: Bool,
+    source: (Int) -> UnsafePointer<L.Source>
+) {
+    var k = taps.lowerBound
+    var isFirst = first
+    while k < taps.upperBound {
+        let count = Swift.min(4, taps.upperBound - k)
+        let s0 = source(k)
+        foldPass(L.self, destination, length, first: isFirst, count: count, s0, count > 1 ? source(k + 1) : s0,
+                 count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0)
+        k += count
+        isFirst = false
+    }
+}
+
+/// The last step of a window: folds the remaining `taps` into `partial` (if any) and writes
+/// the finished outputs, in the same order as `foldTaps`.
+@inline(__always)
+func finishTaps<R: WindowReduction>(
+    _: R.Type, _ output: UnsafeMutablePointer<R.Output>, _ length: Int, partial: UnsafeMutablePointer<R.Accumulator>,
+    taps: Range<Int>, source: (Int) -> UnsafePointer<R.Accumulator>, windowSize: Int
+) {
+    let o = output, w = windowSize
+    guard taps.count <= 2 else {
+        foldTaps(AccumulatorLoader<R>.self, partial, length, taps: taps, first: true, source: source)
+        for j in 0..<length { o[j] = R.finish(partial[j], windowSize: w) }
+        return
+    }
+    let s0 = source(taps.lowerBound)
+    if taps.count == 1 {
+        for j in 0..<length { o[j] = R.finish(s0[j], windowSize: w) }
+    } else {
+        let s1 = source(taps.lowerBound + 1)
+        for j in 0..<length { o[j] = R.finish(R.merge(s0[j], s1[j]), windowSize: w) }
+    }
+}
+
+/// Pools one tile. `scratch` holds `plan.scratchCount` accumulators.
+func poolTile<R: WindowReduction>(
+    _: R.Type, _ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
+    output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>
+) {
+    let width = plan.width
+    let positions = width.positions(tile.ow.lowerBound, tile.ow.upperBound)
+    let channels = tile.c.count
+    // Rows are packed at this pitch, so a tile's rows form one contiguous run.
+    let rowLength = positions.count * channels
+    let tileRows = tile.oh.count
+    let planeLength = tileRows * rowLength
+    let firstRow = Swift.max(0, tile.oh.lowerBound * g.strideH - g.padH)
+    let rowBlock = scratch                                          // reduced input rows firstRow...
+    let planeRing = scratch + plan.rowBlockRows * plan.rowCapacity  // kd planes, slot d % kd
+    let planeSlot = plan.tileOH * plan.rowCapacity
+    let merged = planeRing + g.kernelD * planeSlot
+    let fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
+    let windowSize = g.windowSize
+    let identity = R.identity
+
+    /// Reduces input row (d, h) along W into `destination`.
+    func reduceRow(d: Int, h: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        let row = input + tile.n * g.stepN + d * g.stepD + h * g.stepH
+        if fusedRow && width.step == 1 {
+            // Tap k of position q reads column q - padW + k: for a fixed tap, a contiguous run.
+            // Where every tap is in bounds, all taps fold in a few passes; the padded edges
+            // fold the in-bounds taps one at a time, in the same order.
+            let first = positions.lowerBound - g.padW
+            func bounds(_ k: Int) -> (Int, Int) {
+                (Swift.max(0, -(first + k)) * channels, Swift.min(positions.count, g.inW - first - k) * channels)
+            }
+            let interiorLower = Swift.min(bounds(0).0, rowLength)
+            let interiorUpper = Swift.max(bounds(g.kernelW - 1).1, interiorLower)
+            if interiorLower < interiorUpper {
+                foldTaps(InputLoader<R>.self, destination + interiorLower, interiorUpper - interiorLower, taps: 0..<g.kernelW,
+                         first: true, source: { UnsafePointer(row + (first + $0) * channels + interiorLower) })
+            }
+            for edge in [0..<interiorLower, interiorUpper..<rowLength] where !edge.isEmpty {
+                for j in edge { destination[j] = identity }
+                for k in 0..<g.kernelW {
+                    let (lower, upper) = bounds(k)
+                    let source = row + (first + k) * channels
+                    for j in Swift.max(lower, edge.lowerBound)..<Swift.max(Swift.min(upper, edge.upperBound), Swift.max(lower, edge.lowerBound)) {
+                        destination[j] = R.merge(destination[j], R.widen(source[j]))
+                    }
+                }
+            }
+        } else {
+            for j in 0..<rowLength { destination[j] = identity }
+            for (slot, q) in positions.enumerated() {
+                let out = destination + slot * channels
+                let start = q * width.step - g.padW
+                for column in stride(from: Swift.max(start, 0), to: Swift.min(start + g.kernelW, g.inW), by: 1) {
+                    let source = row + column * g.stepW + tile.c.lowerBound * g.stepC
+                    if g.stepC == 1 {
+                        for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
+                    } else {
+                        for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c * g.stepC])) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reduces input plane d along W and H into its ring slot, for the tile's rows.
+    func reducePlane(_ d: Int) {
+        let lastRow = Swift.min(g.inH, (tile.oh.upperBound - 1) * g.strideH - g.padH + g.kernelH)
+        for h in stride(from: firstRow, to: lastRow, by: 1) {
+            reduceRow(d: d, h: h, into: rowBlock + (h - firstRow) * rowLength)
+        }
+        let plane = planeRing + (d % g.kernelD) * planeSlot
+        func row(_ h: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(rowBlock + (h - firstRow) * rowLength) }
+        var oh = tile.oh.lowerBound
+        while oh < tile.oh.upperBound {
+            let out = plane + (oh - tile.oh.lowerBound) * rowLength
+            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+            if g.strideH == 1 && h1 - h0 == g.kernelH {
+                // Rows whose windows are all in bounds fold as one run: output row oh + i
+                // takes reduced row h0 + i + k for every tap k.
+                var run = 1
+                while oh + run < tile.oh.upperBound && oh + run - g.padH + g.kernelH <= g.inH { run += 1 }
+                foldTaps(AccumulatorLoader<R>.self, out, run * rowLength, taps: 0..<g.kernelH, first: true, source: { row(h0 + $0) })
+                oh += run
+                continue
+            }
+            if h0 >= h1 {
+                for j in 0..<rowLength { out[j] = identity }
+            } else {
+                foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: h0..<h1, first: true, source: row)
+            }
+            oh += 1
+        }
+    }
+
+    var newestPlane = Int.min
+    let outputRow = g.outW * g.channels
+    let wholeRows = !width.subsampled && channels == g.channels && tile.ow.count == g.outW
+    for od in tile.od {
+        let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
+            reducePlane(d)
+            newestPlane = d
+        }
+        let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
+        func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
+        if wholeRows {
+            // The tile's output rows are contiguous: fold and finish them as one run.
+            if d0 >= d1 {
+                for j in 0..<planeLength { out[j] = R.finish(identity, windowSize: windowSize) }
+            } else {
+                finishTaps(R.self, out, planeLength, partial: merged, taps: d0..<d1, source: plane, windowSize: windowSize)
+            }
+            continue
+        }
+        if d0 >= d1 {
+            for j in 0..<planeLength { merged[j] = identity }
+        } else {
+            foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: d0..<d1, first: true, source: plane)
+        }
+        for oh in tile.oh {
+            let source = merged + (oh - tile.oh.lowerBound) * rowLength
+            let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
+            for ow in tile.ow {
+                let from = source + (ow * width.stride / width.step - positions.lowerBound) * channels
+                let to = destination + ow * g.channels
+                for c in 0..<channels { to[c] = R.finish(from[c], windowSize: windowSize) }
+            }
+        }
+    }
+}
