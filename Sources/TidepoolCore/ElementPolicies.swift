@@ -46,6 +46,21 @@ public enum AverageBFloat16: WindowReduction {
     @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(sum / Float(windowSize)) }
 }
 
+/// 8- and 16-bit integers sum exactly in Int32 when the window is small enough that no sum
+/// can overflow it (the engine checks), twice as many per vector as Int64.
+public enum AverageSmallInteger<I: FixedWidthInteger>: WindowReduction {
+    @inlinable public static var identity: Int32 { 0 }
+    @inlinable public static func widen(_ x: I) -> Int32 { Int32(truncatingIfNeeded: x) }
+    @inlinable public static func merge(_ a: Int32, _ b: Int32) -> Int32 { a &+ b }
+    @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
+
+    /// Whether every window sum fits in Int32.
+    static func fits(windowSize: Int) -> Bool {
+        let largest = Swift.max(Int(I.max), -Int(I.min))
+        return windowSize <= Int(Int32.max) / Swift.max(largest, 1)
+    }
+}
+
 /// Integers of up to 32 bits sum exactly in Int64 (a window would need 2^31 elements to
 /// overflow it), then round once to float32.
 public enum AverageNarrowInteger<I: FixedWidthInteger>: WindowReduction {

@@ -86,6 +86,14 @@ public final class PoolEngine: Sendable {
         case (.average, .float64): try job.run(AverageFloat64.self)
         case (.average, .float16): try job.run(AverageFloat16.self)
         case (.average, .bfloat16): try job.run(AverageBFloat16.self)
+        case (.average, .int8) where AverageSmallInteger<Int8>.fits(windowSize: geometry.windowSize):
+            try job.run(AverageSmallInteger<Int8>.self)
+        case (.average, .int16) where AverageSmallInteger<Int16>.fits(windowSize: geometry.windowSize):
+            try job.run(AverageSmallInteger<Int16>.self)
+        case (.average, .uint8) where AverageSmallInteger<UInt8>.fits(windowSize: geometry.windowSize):
+            try job.run(AverageSmallInteger<UInt8>.self)
+        case (.average, .uint16) where AverageSmallInteger<UInt16>.fits(windowSize: geometry.windowSize):
+            try job.run(AverageSmallInteger<UInt16>.self)
         case (.average, .int8): try job.run(AverageNarrowInteger<Int8>.self)
         case (.average, .int16): try job.run(AverageNarrowInteger<Int16>.self)
         case (.average, .int32): try job.run(AverageNarrowInteger<Int32>.self)
@@ -128,13 +136,13 @@ private struct Job: @unchecked Sendable {
         let plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
                             budgetBytes: budgetBytes)
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
-        // Scratch for every worker, allocated once per call; malloc so that a failure is an
-        // error rather than a trap.
+        // Scratch for every worker, reused across calls: fresh pages would cost the kernel
+        // more to zero than the pooling itself on mid-sized tensors.
         let (bytes, overflow) = (workers * plan.scratchCount).multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
-        guard !overflow, let scratch = malloc(Swift.max(bytes, 1)) else {
+        guard !overflow, let scratch = ScratchPool.shared.take(bytes: bytes) else {
             throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(plan.scratchCount) accumulators for each of \(workers) threads")
         }
-        defer { free(scratch) }
+        defer { ScratchPool.shared.give(scratch, bytes: bytes) }
         let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * plan.scratchCount)
         let typedInput = input.assumingMemoryBound(to: R.Input.self)
         let typedOutput = output.assumingMemoryBound(to: R.Output.self)
@@ -157,5 +165,37 @@ private struct Job: @unchecked Sendable {
                 poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine)
             }
         }
+    }
+}
+
+/// Scratch buffers kept between calls (a few, of a few hundred KB each per worker), so
+/// repeated calls do not fault in fresh pages. Concurrent calls take different buffers.
+final class ScratchPool: Sendable {
+    static let shared = ScratchPool()
+    /// Buffers kept when idle; more concurrent calls allocate and free their own.
+    static let keep = 8
+    private let idle = Mutex<[(pointer: UnsafeMutableRawPointer, bytes: Int)]>([])
+
+    /// A buffer of at least `bytes` bytes (64-byte aligned), or nil when memory runs out.
+    func take(bytes: Int) -> UnsafeMutableRawPointer? {
+        let reused = idle.withLock { buffers -> UnsafeMutableRawPointer? in
+            guard let index = buffers.firstIndex(where: { $0.bytes >= bytes }) else { return nil }
+            return buffers.remove(at: index).pointer
+        }
+        if let reused { return reused }
+        var pointer: UnsafeMutableRawPointer?
+        return posix_memalign(&pointer, 64, Swift.max(bytes, 64)) == 0 ? pointer : nil
+    }
+
+    /// Returns a buffer from `take`, with the size it was asked for.
+    func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        let evicted = idle.withLock { buffers -> UnsafeMutableRawPointer? in
+            buffers.append((pointer, bytes))
+            guard buffers.count > Self.keep else { return nil }
+            // Keep the largest: they serve any smaller request.
+            let smallest = buffers.indices.min { buffers[$0].bytes < buffers[$1].bytes }!
+            return buffers.remove(at: smallest).pointer
+        }
+        free(evicted)
     }
 }

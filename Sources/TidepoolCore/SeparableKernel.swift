@@ -116,12 +116,12 @@ enum AccumulatorLoader<R: WindowReduction>: SourceLoader {
     @inline(__always) static func load(_ x: R.Accumulator) -> R.Accumulator { x }
 }
 
-/// Folds up to four sources into `destination` in one pass, in order: destination (unless
-/// `first`), then s0, s1, s2, s3. Fewer passes over the accumulators than one per source.
+/// Folds up to 6 sources into `destination` in one pass, in order: destination (unless
+/// `first`), then s0, s1, ... Fewer passes over the accumulators than one per source.
 @inline(__always)
 func foldPass<L: SourceLoader>(
     _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int, first: Bool, count: Int,
-    _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>
+    _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>, _ s4: UnsafePointer<L.Source>, _ s5: UnsafePointer<L.Source>
 ) {
     typealias R = L.Reduction
     let load = L.load
@@ -133,16 +133,19 @@ func foldPass<L: SourceLoader>(
     case (2, false): for j in 0..<length { d[j] = R.merge(R.merge(d[j], load(s0[j])), load(s1[j])) }
     case (3, true): for j in 0..<length { d[j] = R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])) }
     case (3, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])) }
-    case (_, true):
-        for j in 0..<length { d[j] = R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])) }
-    default:
-        for j in 0..<length {
-            d[j] = R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j]))
-        }
+    case (4, true): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])) }
+    case (4, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])) }
+    case (5, true): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])) }
+    case (5, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])) }
+    case (_, true): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])) }
+    case (_, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])) }
     }
 }
 
-/// Folds sources `taps` (each located by `source`) into `destination`, four per pass.
+/// Sources folded per pass.
+let sourcesPerPass = 4
+
+/// Folds sources `taps` (each located by `source`) into `destination`, 6 per pass.
 @inline(__always)
 func foldTaps<L: SourceLoader>(
     _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int, taps: Range<Int>, first: Bool,
@@ -151,34 +154,88 @@ func foldTaps<L: SourceLoader>(
     var k = taps.lowerBound
     var isFirst = first
     while k < taps.upperBound {
-        let count = Swift.min(4, taps.upperBound - k)
+        let count = Swift.min(sourcesPerPass, taps.upperBound - k)
         let s0 = source(k)
-        foldPass(L.self, destination, length, first: isFirst, count: count, s0, count > 1 ? source(k + 1) : s0,
-                 count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0)
+        foldPass(L.self, destination, length, first: isFirst, count: count, s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
         k += count
         isFirst = false
     }
 }
 
-/// The last step of a window: folds the remaining `taps` into `partial` (if any) and writes
-/// the finished outputs, in the same order as `foldTaps`.
+/// Writes finished outputs from up to 6 sources (after `partial`, when `hasPartial`).
+@inline(__always)
+func finishPass<R: WindowReduction>(
+    _: R.Type, _ output: UnsafeMutablePointer<R.Output>, _ length: Int, windowSize: Int, count: Int,
+    hasPartial: Bool, _ partial: UnsafePointer<R.Accumulator>, _ s0: UnsafePointer<R.Accumulator>, _ s1: UnsafePointer<R.Accumulator>, _ s2: UnsafePointer<R.Accumulator>, _ s3: UnsafePointer<R.Accumulator>, _ s4: UnsafePointer<R.Accumulator>, _ s5: UnsafePointer<R.Accumulator>
+) {
+    let o = output, w = windowSize, p = partial
+    switch (count, hasPartial) {
+    case (1, false): for j in 0..<length { o[j] = R.finish(s0[j], windowSize: w) }
+    case (2, false): for j in 0..<length { o[j] = R.finish(R.merge(s0[j], s1[j]), windowSize: w) }
+    case (3, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(s0[j], s1[j]), s2[j]), windowSize: w) }
+    case (4, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(s0[j], s1[j]), s2[j]), s3[j]), windowSize: w) }
+    case (5, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(s0[j], s1[j]), s2[j]), s3[j]), s4[j]), windowSize: w) }
+    case (_, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(s0[j], s1[j]), s2[j]), s3[j]), s4[j]), s5[j]), windowSize: w) }
+    case (1, true): for j in 0..<length { o[j] = R.finish(R.merge(p[j], s0[j]), windowSize: w) }
+    case (2, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(p[j], s0[j]), s1[j]), windowSize: w) }
+    case (3, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(p[j], s0[j]), s1[j]), s2[j]), windowSize: w) }
+    case (4, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(p[j], s0[j]), s1[j]), s2[j]), s3[j]), windowSize: w) }
+    case (_, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(p[j], s0[j]), s1[j]), s2[j]), s3[j]), s4[j]), windowSize: w) }
+    }
+}
+
+/// The last step of a window: folds `taps` (through `partial` when there are more than
+/// fit one pass) and writes the finished outputs, in the same order as `foldTaps`.
 @inline(__always)
 func finishTaps<R: WindowReduction>(
     _: R.Type, _ output: UnsafeMutablePointer<R.Output>, _ length: Int, partial: UnsafeMutablePointer<R.Accumulator>,
     taps: Range<Int>, source: (Int) -> UnsafePointer<R.Accumulator>, windowSize: Int
 ) {
-    let o = output, w = windowSize
-    guard taps.count <= 2 else {
-        foldTaps(AccumulatorLoader<R>.self, partial, length, taps: taps, first: true, source: source)
-        for j in 0..<length { o[j] = R.finish(partial[j], windowSize: w) }
+    var k = taps.lowerBound
+    var hasPartial = false
+    if taps.count > sourcesPerPass {
+        // Fold all but the last pass's worth into `partial`.
+        let split = taps.upperBound - (sourcesPerPass - 1)
+        foldTaps(AccumulatorLoader<R>.self, partial, length, taps: k..<split, first: true, source: source)
+        k = split
+        hasPartial = true
+    }
+    let count = taps.upperBound - k
+    let s0 = source(k)
+    if !hasPartial && count <= 2 {
+        // The common small windows, as plain loops the vectoriser always takes.
+        let o = output
+        if count == 1 {
+            for j in 0..<length { o[j] = R.finish(s0[j], windowSize: windowSize) }
+        } else {
+            let s1 = source(k + 1)
+            for j in 0..<length { o[j] = R.finish(R.merge(s0[j], s1[j]), windowSize: windowSize) }
+        }
         return
     }
-    let s0 = source(taps.lowerBound)
-    if taps.count == 1 {
-        for j in 0..<length { o[j] = R.finish(s0[j], windowSize: w) }
-    } else {
-        let s1 = source(taps.lowerBound + 1)
-        for j in 0..<length { o[j] = R.finish(R.merge(s0[j], s1[j]), windowSize: w) }
+    finishPass(R.self, output, length, windowSize: windowSize, count: count, hasPartial: hasPartial, partial,
+               s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
+}
+
+/// The W reduction position by position, for strided W with many channels and for inputs
+/// whose rows are not contiguous. Kept out of line so its channel loop is optimised alone.
+@inline(never)
+func reducePositions<R: WindowReduction>(
+    _: R.Type, _ g: PoolGeometry, row: UnsafePointer<R.Input>, positions: Range<Int>, step: Int, channels: Int,
+    into destination: UnsafeMutablePointer<R.Accumulator>
+) {
+    for j in 0..<(positions.count * channels) { destination[j] = R.identity }
+    for (slot, q) in positions.enumerated() {
+        let out = destination + slot * channels
+        let start = q * step - g.padW
+        for column in stride(from: Swift.max(start, 0), to: Swift.min(start + g.kernelW, g.inW), by: 1) {
+            let source = row + column * g.stepW
+            if g.stepC == 1 {
+                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
+            } else {
+                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c * g.stepC])) }
+            }
+        }
     }
 }
 
@@ -220,30 +277,23 @@ func poolTile<R: WindowReduction>(
                 foldTaps(InputLoader<R>.self, destination + interiorLower, interiorUpper - interiorLower, taps: 0..<g.kernelW,
                          first: true, source: { UnsafePointer(row + (first + $0) * channels + interiorLower) })
             }
-            for edge in [0..<interiorLower, interiorUpper..<rowLength] where !edge.isEmpty {
+            func reduceEdge(_ edge: Range<Int>) {
+                guard !edge.isEmpty else { return }
                 for j in edge { destination[j] = identity }
                 for k in 0..<g.kernelW {
                     let (lower, upper) = bounds(k)
                     let source = row + (first + k) * channels
-                    for j in Swift.max(lower, edge.lowerBound)..<Swift.max(Swift.min(upper, edge.upperBound), Swift.max(lower, edge.lowerBound)) {
+                    let from = Swift.max(lower, edge.lowerBound)
+                    for j in from..<Swift.max(Swift.min(upper, edge.upperBound), from) {
                         destination[j] = R.merge(destination[j], R.widen(source[j]))
                     }
                 }
             }
+            reduceEdge(0..<interiorLower)
+            reduceEdge(interiorUpper..<rowLength)
         } else {
-            for j in 0..<rowLength { destination[j] = identity }
-            for (slot, q) in positions.enumerated() {
-                let out = destination + slot * channels
-                let start = q * width.step - g.padW
-                for column in stride(from: Swift.max(start, 0), to: Swift.min(start + g.kernelW, g.inW), by: 1) {
-                    let source = row + column * g.stepW + tile.c.lowerBound * g.stepC
-                    if g.stepC == 1 {
-                        for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
-                    } else {
-                        for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c * g.stepC])) }
-                    }
-                }
-            }
+            reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, step: width.step,
+                            channels: channels, into: destination)
         }
     }
 

@@ -1,0 +1,140 @@
+/* engine_bench.c - in-process pooling from C against the bytes-moved floor.
+ *
+ * For each case: the floor is the median time of memcpy of the input, scaled to the bytes a
+ * pooling pass must move (input read + output written), as the time of x.copy() would be;
+ * the engine is the median time of tp_pool with 1 and with 2 threads; peak extra memory is
+ * the growth of the peak RSS during the engine's calls. Prints one JSON object per line.
+ *
+ * Usage: engine_bench [dtypes]   (dtypes: "float32" (default) or "all")
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "tidepool.h"
+
+typedef struct {
+    const char *name;
+    int kind;
+    int64_t shape[5];
+    int64_t kernel, stride, padding;
+} bench_case;
+
+static const bench_case CASES[] = {
+    {"AvgPool3d k2 s2, (8,16,32,32,4)", TP_POOL_AVG, {8, 16, 32, 32, 4}, 2, 2, 0},
+    {"AvgPool3d k2 s2, (4,32,64,64,32)", TP_POOL_AVG, {4, 32, 64, 64, 32}, 2, 2, 0},
+    {"AvgPool3d k3 s1 p1, (4,32,64,64,32)", TP_POOL_AVG, {4, 32, 64, 64, 32}, 3, 1, 1},
+    {"AvgPool3d k3 s2 p1, (2,64,224,224,3)", TP_POOL_AVG, {2, 64, 224, 224, 3}, 3, 2, 1},
+    {"AvgPool3d k5 s1 p2, (4,128,128,128,1)", TP_POOL_AVG, {4, 128, 128, 128, 1}, 5, 1, 2},
+    {"MaxPool3d k3 s1 p1, (4,32,64,64,32)", TP_POOL_MAX, {4, 32, 64, 64, 32}, 3, 1, 1},
+};
+
+static const struct {
+    const char *name;
+    int code;
+} DTYPES[] = {
+    {"float32", TP_DTYPE_FLOAT32}, {"float16", TP_DTYPE_FLOAT16}, {"bfloat16", TP_DTYPE_BFLOAT16},
+    {"float64", TP_DTYPE_FLOAT64}, {"int8", TP_DTYPE_INT8},       {"uint8", TP_DTYPE_UINT8},
+    {"int16", TP_DTYPE_INT16},     {"int32", TP_DTYPE_INT32},     {"int64", TP_DTYPE_INT64},
+};
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *values, int count) {
+    qsort(values, (size_t)count, sizeof(double), compare);
+    return values[count / 2];
+}
+
+static long peak_rss_kb(void) {
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_maxrss;
+}
+
+#define CHECK(call)                                                                         \
+    do {                                                                                    \
+        tp_status s_ = (call);                                                              \
+        if (s_ != TP_OK) {                                                                  \
+            fprintf(stderr, "%s: %s\n", tp_status_string(s_), tp_last_error());             \
+            exit(1);                                                                        \
+        }                                                                                   \
+    } while (0)
+
+/* Runs `count` timed repetitions (after one warm-up) and returns the median in ms. */
+static double time_pool(const tp_pool_desc *desc, const tp_tensor *input, const tp_tensor *output, int count) {
+    double samples[64];
+    CHECK(tp_pool(desc, input, output));
+    for (int i = 0; i < count; i++) {
+        double t0 = now();
+        CHECK(tp_pool(desc, input, output));
+        samples[i] = (now() - t0) * 1e3;
+    }
+    return median(samples, count);
+}
+
+int main(int argc, char **argv) {
+    int all_dtypes = argc > 1 && strcmp(argv[1], "all") == 0;
+    int dtype_count = all_dtypes ? (int)(sizeof DTYPES / sizeof DTYPES[0]) : 1;
+    for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++) {
+        for (int t = 0; t < dtype_count; t++) {
+            const bench_case *bc = &CASES[c];
+            tp_pool_desc desc;
+            tp_tensor input, output;
+            const int64_t k[3] = {bc->kernel, bc->kernel, bc->kernel}, s[3] = {bc->stride, bc->stride, bc->stride},
+                          p[3] = {bc->padding, bc->padding, bc->padding};
+            CHECK(tp_pool_desc_init(&desc, bc->kind, 3, k, s, p));
+            CHECK(tp_tensor_init(&input, NULL, DTYPES[t].code, 5, bc->shape, NULL));
+            CHECK(tp_pool_output(&desc, &input, &output));
+            size_t in_bytes, out_bytes;
+            CHECK(tp_tensor_nbytes(&input, &in_bytes));
+            CHECK(tp_tensor_nbytes(&output, &out_bytes));
+            unsigned char *x = malloc(in_bytes), *copy = malloc(in_bytes), *y = malloc(out_bytes);
+            if (!x || !copy || !y) return 1;
+            /* Small integers are valid in every dtype (as floats too, bit patterns aside). */
+            for (size_t i = 0; i < in_bytes; i++) x[i] = (unsigned char)((i * 2654435761u) >> 24) & 0x3f;
+            memset(copy, 0, in_bytes);
+            memset(y, 0, out_bytes);
+            input.data = x;
+            output.data = y;
+            int runs = in_bytes < (8u << 20) ? 41 : 11;
+
+            double copies[64];
+            memcpy(copy, x, in_bytes);
+            for (int i = 0; i < runs; i++) {
+                double t0 = now();
+                memcpy(copy, x, in_bytes);
+                copies[i] = (now() - t0) * 1e3;
+            }
+            double floor_ms = median(copies, runs) * (double)(in_bytes + out_bytes) / (2.0 * (double)in_bytes);
+
+            long rss_before = peak_rss_kb();
+            CHECK(tp_set_num_threads(1));
+            double one = time_pool(&desc, &input, &output, runs);
+            CHECK(tp_set_num_threads(2));
+            double two = time_pool(&desc, &input, &output, runs);
+            long extra_kb = peak_rss_kb() - rss_before;
+            CHECK(tp_set_num_threads(0));
+            printf("{\"case\": \"%s\", \"dtype\": \"%s\", \"bytes\": %zu, \"floor_ms\": %.4f, \"threads1_ms\": %.4f, "
+                   "\"threads2_ms\": %.4f, \"peak_extra_kb\": %ld}\n",
+                   bc->name, DTYPES[t].name, in_bytes + out_bytes, floor_ms, one, two, extra_kb);
+            fflush(stdout);
+            free(x);
+            free(copy);
+            free(y);
+        }
+    }
+    return 0;
+}
