@@ -89,11 +89,24 @@ run: build
 
 BENCH_BUILD := benchmarks/build
 
-$(BENCH_BUILD)/daemon_bench: benchmarks/daemon_bench.c include/tidepool.h $(LIB)
+BENCH_VENV := .venv-bench
+# Peers measured beside the engine when they install: MLX and JAX by default; add torch
+# with BENCH_PEERS="mlx[cpu] jax[cpu] torch" (PyPI's torch wheel is several GB).
+BENCH_PEERS ?= mlx[cpu] jax[cpu]
+
+$(BENCH_BUILD)/%: benchmarks/%.c include/tidepool.h $(LIB)
 	@mkdir -p $(BENCH_BUILD)
 	$(CC) $(CFLAGS_STRICT) -o $@ $< $(LINK_TIDEPOOL) -lpthread -lm
 
-bench: build $(BENCH_BUILD)/daemon_bench
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q numpy
+	for peer in $(BENCH_PEERS); do $(BENCH_VENV)/bin/pip install -q "$$peer" || echo "bench: $$peer not installed, left out"; done
+	touch $@
+
+bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VENV)/.installed
+	@echo "Tidepool engine benchmark, $$(date -u +%Y-%m-%d), $$(nproc) CPUs, $$(uname -m), SWIFT_CPU=$(SWIFT_CPU)"
+	$(BENCH_VENV)/bin/python benchmarks/engine_bench.py
 	benchmarks/run_daemon_bench.sh
 
 clean:

@@ -2,8 +2,8 @@
  *
  * For each case: the floor is the median time of memcpy of the input, scaled to the bytes a
  * pooling pass must move (input read + output written), as the time of x.copy() would be;
- * the engine is the median time of tp_pool with 1 and with 2 threads; peak extra memory is
- * the growth of the peak RSS during the engine's calls. Prints one JSON object per line.
+ * the engine is the median time of tp_pool with 1 and with 2 threads. Prints one JSON
+ * object per line.
  *
  * Usage: engine_bench [dtypes]   (dtypes: "float32" (default) or "all")
  */
@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "tidepool.h"
@@ -56,12 +55,6 @@ static int compare(const void *a, const void *b) {
 static double median(double *values, int count) {
     qsort(values, (size_t)count, sizeof(double), compare);
     return values[count / 2];
-}
-
-static long peak_rss_kb(void) {
-    struct rusage usage;
-    getrusage(RUSAGE_SELF, &usage);
-    return usage.ru_maxrss;
 }
 
 #define CHECK(call)                                                                         \
@@ -120,16 +113,14 @@ int main(int argc, char **argv) {
             }
             double floor_ms = median(copies, runs) * (double)(in_bytes + out_bytes) / (2.0 * (double)in_bytes);
 
-            long rss_before = peak_rss_kb();
             CHECK(tp_set_num_threads(1));
             double one = time_pool(&desc, &input, &output, runs);
             CHECK(tp_set_num_threads(2));
             double two = time_pool(&desc, &input, &output, runs);
-            long extra_kb = peak_rss_kb() - rss_before;
             CHECK(tp_set_num_threads(0));
             printf("{\"case\": \"%s\", \"dtype\": \"%s\", \"bytes\": %zu, \"floor_ms\": %.4f, \"threads1_ms\": %.4f, "
-                   "\"threads2_ms\": %.4f, \"peak_extra_kb\": %ld}\n",
-                   bc->name, DTYPES[t].name, in_bytes + out_bytes, floor_ms, one, two, extra_kb);
+                   "\"threads2_ms\": %.4f}\n",
+                   bc->name, DTYPES[t].name, in_bytes + out_bytes, floor_ms, one, two);
             fflush(stdout);
             free(x);
             free(copy);

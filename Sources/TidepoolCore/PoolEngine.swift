@@ -16,6 +16,13 @@ public final class PoolEngine: Sendable {
     private let configuredThreads = Atomic<Int>(0)
     /// Scratch per thread; tests shrink it to force every tiling path on small tensors.
     let tileBudgetBytes: Int
+    private let largestScratch = Atomic<Int>(0)
+
+    /// The most scratch memory one call of this engine has used, for all its threads: the
+    /// engine's only memory beyond the caller's tensors.
+    public var largestScratchBytes: Int { largestScratch.load(ordering: .relaxed) }
+
+    func noteScratch(_ bytes: Int) { largestScratch.max(bytes, ordering: .relaxed) }
 
     public init(threads: Int = 0, tileBudgetBytes: Int = TilePlan.defaultBudgetBytes) {
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
@@ -80,7 +87,7 @@ public final class PoolEngine: Sendable {
             }
             return t
         } ?? threadCount
-        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, budgetBytes: tileBudgetBytes)
+        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, engine: self)
         switch (desc.kind, input.dtype) {
         case (.average, .float32): try job.run(AverageFloat32.self)
         case (.average, .float64): try job.run(AverageFloat64.self)
@@ -124,7 +131,7 @@ private struct Job: @unchecked Sendable {
     let input: UnsafeRawPointer
     let output: UnsafeMutableRawPointer
     let threads: Int
-    let budgetBytes: Int
+    let engine: PoolEngine
 
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
@@ -134,7 +141,7 @@ private struct Job: @unchecked Sendable {
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
         let plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
-                            budgetBytes: budgetBytes)
+                            budgetBytes: engine.tileBudgetBytes)
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel
         // more to zero than the pooling itself on mid-sized tensors.
@@ -143,6 +150,7 @@ private struct Job: @unchecked Sendable {
             throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(plan.scratchCount) accumulators for each of \(workers) threads")
         }
         defer { ScratchPool.shared.give(scratch, bytes: bytes) }
+        engine.noteScratch(bytes)
         let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * plan.scratchCount)
         let typedInput = input.assumingMemoryBound(to: R.Input.self)
         let typedOutput = output.assumingMemoryBound(to: R.Output.self)

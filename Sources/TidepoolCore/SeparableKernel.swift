@@ -277,15 +277,15 @@ func poolTile<R: WindowReduction>(
                 foldTaps(InputLoader<R>.self, destination + interiorLower, interiorUpper - interiorLower, taps: 0..<g.kernelW,
                          first: true, source: { UnsafePointer(row + (first + $0) * channels + interiorLower) })
             }
+            // Edge positions (a few per row) fold their in-bounds taps one position at a time.
             func reduceEdge(_ edge: Range<Int>) {
-                guard !edge.isEmpty else { return }
-                for j in edge { destination[j] = identity }
-                for k in 0..<g.kernelW {
-                    let (lower, upper) = bounds(k)
-                    let source = row + (first + k) * channels
-                    let from = Swift.max(lower, edge.lowerBound)
-                    for j in from..<Swift.max(Swift.min(upper, edge.upperBound), from) {
-                        destination[j] = R.merge(destination[j], R.widen(source[j]))
+                for slot in stride(from: edge.lowerBound / channels, to: edge.upperBound / channels, by: 1) {
+                    let out = destination + slot * channels
+                    for c in 0..<channels { out[c] = identity }
+                    let column = first + slot
+                    for k in stride(from: Swift.max(0, -column), to: Swift.min(g.kernelW, g.inW - column), by: 1) {
+                        let source = row + (column + k) * channels
+                        for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
                     }
                 }
             }

@@ -125,10 +125,14 @@ public final class PoolServer: @unchecked Sendable {
         for key in Array(clients.keys) { dropClient(key, reason: nil) }
         // Let the last replies leave before the socket goes.
         try? socket.set(ZMQ_LINGER, configuration.shutdownLingerMs)
-        boundEndpoints.forEach(socket.unbind)
         socket.close()
-        // Waits for the queued replies to leave; the process may exit right after.
+        // Waits for the queued replies to leave; the process may exit right after. (Unbinding
+        // first would drop the connections accepted on the endpoint, and their replies.)
         context.terminate()
+        // libzmq leaves ipc socket files behind; they are ours, remove them.
+        for endpoint in boundEndpoints where endpoint.hasPrefix("ipc://") {
+            unlink(String(endpoint.dropFirst("ipc://".count)))
+        }
         logger.info("tidepoold stopped", metadata: [
             "jobs_completed": "\(stats.jobsCompleted)", "jobs_failed": "\(stats.jobsFailed)", "regions_released": "\(released)",
         ])

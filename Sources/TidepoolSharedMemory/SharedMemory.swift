@@ -94,7 +94,8 @@ public final class SharedRegion: @unchecked Sendable {
             throw SharedMemoryError("\(name) is \(info.st_size) bytes, smaller than the \(size) registered")
         }
         guard tpsys_guard_install() == 0 else { throw SharedMemoryError("sigaction(SIGBUS)", errno: errno) }
-        guard let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+        // MAP_POPULATE builds the page tables now, at registration, instead of in the first job.
+        guard let base = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0), base != MAP_FAILED else {
             throw SharedMemoryError("mmap(\(name), \(size))", errno: errno)
         }
         let region = SharedRegion(name: name, base: base, size: size, guarded: true)

@@ -114,11 +114,6 @@ public final class ZMQSocket {
         guard zmq_bind(try live, endpoint) == 0 else { throw ZMQError("bind \(endpoint)") }
     }
 
-    /// Unbinding an ipc endpoint removes its socket file.
-    public func unbind(_ endpoint: String) {
-        if let handle { zmq_unbind(handle, endpoint) }
-    }
-
     public func connect(_ endpoint: String) throws {
         guard zmq_connect(try live, endpoint) == 0 else { throw ZMQError("connect \(endpoint)") }
     }

@@ -285,3 +285,41 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 }
+
+@Suite struct MemoryTests {
+    /// The engine's only memory is its per-thread scratch, a few hundred KB whatever the
+    /// tensor (the benchmark's geometries: scratch depends on W, C and the kernel, not on N or D).
+    @Test(arguments: [
+        ([1, 4, 64, 64, 32], 2, 2, 0), ([1, 6, 64, 64, 32], 3, 1, 1), ([1, 6, 224, 224, 3], 3, 2, 1),
+        ([1, 8, 128, 128, 1], 5, 1, 2), ([1, 2, 3, 40_000, 64], 3, 1, 1), ([1, 1, 1, 2, 300_000], 1, 1, 0),
+    ])
+    func scratchStaysSmall(shape: [Int], kernel: Int, stride: Int, padding: Int) throws {
+        for kind in PoolKind.allCases {
+            let engine = PoolEngine(threads: 2)
+            let desc = PoolDescriptor(kind: kind, kernelSize: [kernel, kernel, kernel], stride: [stride, stride, stride],
+                                      padding: [padding, padding, padding])
+            let input = Buffer(.float32, count: shape.reduce(1, *))
+            let outShape = try desc.outputShape(inputShape: shape)
+            let output = Buffer(.float32, count: outShape.reduce(1, *))
+            try engine.pool(desc, input: TensorView(data: input.raw, dtype: .float32, shape: shape),
+                            output: OutputView(data: output.raw, dtype: .float32, shape: outShape))
+            #expect(engine.largestScratchBytes > 0)
+            #expect(engine.largestScratchBytes <= 2 * (1 << 20), "\(shape): \(engine.largestScratchBytes) bytes")
+        }
+    }
+
+    @Test func wideIntegerWindowsSumInInt64() throws {
+        // A window of 70000 int16 values at 32767 sums past Int32.max; the engine must use Int64.
+        let count = 70_000
+        let input = Buffer(.int16, count: count)
+        for i in 0..<count { input[i] = 32767 }
+        let run = try runEngine(PoolDescriptor(kind: .average, kernelSize: [count]), storage: input, offset: 0,
+                                shape: [1, count, 1], strides: [count, 1, 1])
+        #expect(run.output[0] == 32767)
+        let bytes = Buffer(.uint8, count: 300)
+        for i in 0..<300 { bytes[i] = 255 }
+        let small = try runEngine(PoolDescriptor(kind: .average, kernelSize: [300]), storage: bytes, offset: 0,
+                                  shape: [1, 300, 1], strides: [300, 1, 1])
+        #expect(small.output[0] == 255)
+    }
+}

@@ -182,4 +182,5 @@ def test_sigterm_answers_jobs_in_flight():
     assert replies == {job: 0 for job in range(6)}
     assert running.stop() == 0
     assert "tidepoold stopped" in running.logs()
+    assert not os.path.exists(running.endpoint[len("ipc://"):]), "the ipc socket file was left behind"
     socket.close(0)
