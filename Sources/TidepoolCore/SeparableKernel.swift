@@ -42,9 +42,11 @@ public struct TilePlan {
     let width: WidthPlan
     let tileOD: Int, tileOH: Int, tileOW: Int, tileC: Int
     let counts: (n: Int, od: Int, oh: Int, ow: Int, c: Int)
-    /// Accumulators per reduced row; reduced input rows per plane; per worker in all.
+    /// Accumulators per reduced row; reduced input rows per plane; a widened input row with
+    /// its padding; per worker in all.
     let rowCapacity: Int
     let rowBlockRows: Int
+    let paddedRowCapacity: Int
     let scratchCount: Int
 
     /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
@@ -79,7 +81,8 @@ public struct TilePlan {
         tileOD = Swift.max(Swift.min(8, g.outD), (g.outD + blocksWanted - 1) / Swift.max(blocksWanted, 1))
         counts = (g.batch, (g.outD + tileOD - 1) / tileOD, ohTiles, owTiles, cTiles)
         rowBlockRows = (tileOH - 1) * g.strideH + g.kernelH
-        scratchCount = rowCapacity * (rowBlockRows + (g.kernelD + 1) * tileOH)
+        paddedRowCapacity = rowCapacity + (g.kernelW - 1) * tileC
+        scratchCount = rowCapacity * (rowBlockRows + (g.kernelD + 1) * tileOH) + paddedRowCapacity
     }
 
     var tileCount: Int { counts.n * counts.od * counts.oh * counts.ow * counts.c }
@@ -244,58 +247,112 @@ func poolTile<R: WindowReduction>(
     _: R.Type, _ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
     output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>
 ) {
-    let width = plan.width
-    let positions = width.positions(tile.ow.lowerBound, tile.ow.upperBound)
-    let channels = tile.c.count
-    // Rows are packed at this pitch, so a tile's rows form one contiguous run.
-    let rowLength = positions.count * channels
-    let tileRows = tile.oh.count
-    let planeLength = tileRows * rowLength
-    let firstRow = Swift.max(0, tile.oh.lowerBound * g.strideH - g.padH)
-    let rowBlock = scratch                                          // reduced input rows firstRow...
-    let planeRing = scratch + plan.rowBlockRows * plan.rowCapacity  // kd planes, slot d % kd
-    let planeSlot = plan.tileOH * plan.rowCapacity
-    let merged = planeRing + g.kernelD * planeSlot
-    let fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
-    let windowSize = g.windowSize
-    let identity = R.identity
+    var pass = TilePass<R>(g, plan, tile, input: input, output: output, scratch: scratch)
+    pass.run()
+}
+
+/// One tile's passes. A struct with methods rather than nested functions: methods of a
+/// generic type are specialised with it, where capturing closures may not be.
+struct TilePass<R: WindowReduction> {
+    let g: PoolGeometry
+    let plan: TilePlan
+    let tile: Tile
+    let input: UnsafePointer<R.Input>
+    let output: UnsafeMutablePointer<R.Output>
+    let width: WidthPlan
+    let positions: Range<Int>
+    let channels: Int
+    /// Rows are packed at this pitch, so a tile's rows form one contiguous run.
+    let rowLength: Int
+    let planeLength: Int
+    let firstRow: Int
+    let rowBlock: UnsafeMutablePointer<R.Accumulator>   // reduced input rows firstRow...
+    let planeRing: UnsafeMutablePointer<R.Accumulator>  // kd planes, slot d % kd
+    let planeSlot: Int
+    let merged: UnsafeMutablePointer<R.Accumulator>
+    let paddedRow: UnsafeMutablePointer<R.Accumulator>
+    let fusedRow: Bool
+    var newestPlane = Int.min
+
+    init(_ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
+         output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>) {
+        self.g = g
+        self.plan = plan
+        self.tile = tile
+        self.input = input
+        self.output = output
+        width = plan.width
+        positions = width.positions(tile.ow.lowerBound, tile.ow.upperBound)
+        channels = tile.c.count
+        rowLength = positions.count * channels
+        planeLength = tile.oh.count * rowLength
+        firstRow = Swift.max(0, tile.oh.lowerBound * g.strideH - g.padH)
+        rowBlock = scratch
+        planeRing = scratch + plan.rowBlockRows * plan.rowCapacity
+        planeSlot = plan.tileOH * plan.rowCapacity
+        merged = planeRing + g.kernelD * planeSlot
+        paddedRow = merged + plan.tileOH * plan.rowCapacity
+        fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
+    }
 
     /// Reduces input row (d, h) along W into `destination`.
     func reduceRow(d: Int, h: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
         let row = input + tile.n * g.stepN + d * g.stepD + h * g.stepH
-        if fusedRow && width.step == 1 {
-            // Tap k of position q reads column q - padW + k: for a fixed tap, a contiguous run.
-            // Where every tap is in bounds, all taps fold in a few passes; the padded edges
-            // fold the in-bounds taps one at a time, in the same order.
-            let first = positions.lowerBound - g.padW
-            func bounds(_ k: Int) -> (Int, Int) {
-                (Swift.max(0, -(first + k)) * channels, Swift.min(positions.count, g.inW - first - k) * channels)
-            }
-            let interiorLower = Swift.min(bounds(0).0, rowLength)
-            let interiorUpper = Swift.max(bounds(g.kernelW - 1).1, interiorLower)
+        guard fusedRow && width.step == 1 else {
+            reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, step: width.step,
+                            channels: channels, into: destination)
+            return
+        }
+        // Tap k of position q reads column q - padW + k: for a fixed tap, a contiguous run
+        // of the fused row. The columns the tile's windows span are first..<first + span.
+        let channels = channels
+        let first = positions.lowerBound - g.padW
+        let span = positions.count + g.kernelW - 1
+        let validLower = Swift.min(Swift.max(0, -first), span), validUpper = Swift.max(Swift.min(span, g.inW - first), validLower)
+        if validLower == 0 && validUpper == span {
+            foldTaps(InputLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
+                     source: { UnsafePointer(row + (first + $0) * channels) })
+            return
+        }
+        // With few channels and wide padding, the edge positions' scalar loops cost more than
+        // one more vector pass over the row; otherwise fold the interior straight from the
+        // input and the few edge positions one by one.
+        if channels >= 8 || 4 * g.padW * g.kernelW * 8 <= span * channels {
+            let interiorLower = Swift.min(Swift.max(0, -first) * channels, rowLength)
+            let interiorUpper = Swift.max(Swift.min(positions.count, g.inW - first - g.kernelW + 1) * channels, interiorLower)
             if interiorLower < interiorUpper {
                 foldTaps(InputLoader<R>.self, destination + interiorLower, interiorUpper - interiorLower, taps: 0..<g.kernelW,
                          first: true, source: { UnsafePointer(row + (first + $0) * channels + interiorLower) })
             }
-            // Edge positions (a few per row) fold their in-bounds taps one position at a time.
-            func reduceEdge(_ edge: Range<Int>) {
-                for slot in stride(from: edge.lowerBound / channels, to: edge.upperBound / channels, by: 1) {
-                    let out = destination + slot * channels
-                    for c in 0..<channels { out[c] = identity }
-                    let column = first + slot
-                    for k in stride(from: Swift.max(0, -column), to: Swift.min(g.kernelW, g.inW - column), by: 1) {
-                        let source = row + (column + k) * channels
-                        for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
-                    }
-                }
+            reduceEdge(0..<(interiorLower / channels), row: row, first: first, into: destination)
+            reduceEdge((interiorUpper / channels)..<positions.count, row: row, first: first, into: destination)
+            return
+        }
+        // Windows reach into padding: widen the row once, with identity where the padding is,
+        // and fold every position the same way (the order of taps is unchanged).
+        for j in 0..<(validLower * channels) { paddedRow[j] = R.identity }
+        let source = row + first * channels
+        for j in (validLower * channels)..<(validUpper * channels) { paddedRow[j] = R.widen(source[j]) }
+        for j in (validUpper * channels)..<(span * channels) { paddedRow[j] = R.identity }
+        let padded = paddedRow
+        foldTaps(AccumulatorLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
+                 source: { UnsafePointer(padded + $0 * channels) })
+    }
+
+    /// Positions `slots` of a fused row, each folding only its in-bounds taps.
+    func reduceEdge(_ slots: Range<Int>, row: UnsafePointer<R.Input>, first: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        for slot in slots {
+            let out = destination + slot * channels
+            for c in 0..<channels { out[c] = R.identity }
+            let column = first + slot
+            for k in stride(from: Swift.max(0, -column), to: Swift.min(g.kernelW, g.inW - column), by: 1) {
+                let source = row + (column + k) * channels
+                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
             }
-            reduceEdge(0..<interiorLower)
-            reduceEdge(interiorUpper..<rowLength)
-        } else {
-            reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, step: width.step,
-                            channels: channels, into: destination)
         }
     }
+
+    func row(_ h: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(rowBlock + (h - firstRow) * rowLength) }
 
     /// Reduces input plane d along W and H into its ring slot, for the tile's rows.
     func reducePlane(_ d: Int) {
@@ -304,7 +361,6 @@ func poolTile<R: WindowReduction>(
             reduceRow(d: d, h: h, into: rowBlock + (h - firstRow) * rowLength)
         }
         let plane = planeRing + (d % g.kernelD) * planeSlot
-        func row(_ h: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(rowBlock + (h - firstRow) * rowLength) }
         var oh = tile.oh.lowerBound
         while oh < tile.oh.upperBound {
             let out = plane + (oh - tile.oh.lowerBound) * rowLength
@@ -314,12 +370,13 @@ func poolTile<R: WindowReduction>(
                 // takes reduced row h0 + i + k for every tap k.
                 var run = 1
                 while oh + run < tile.oh.upperBound && oh + run - g.padH + g.kernelH <= g.inH { run += 1 }
-                foldTaps(AccumulatorLoader<R>.self, out, run * rowLength, taps: 0..<g.kernelH, first: true, source: { row(h0 + $0) })
+                foldTaps(AccumulatorLoader<R>.self, out, run * rowLength, taps: 0..<g.kernelH, first: true,
+                         source: { row(h0 + $0) })
                 oh += run
                 continue
             }
             if h0 >= h1 {
-                for j in 0..<rowLength { out[j] = identity }
+                for j in 0..<rowLength { out[j] = R.identity }
             } else {
                 foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: h0..<h1, first: true, source: row)
             }
@@ -327,38 +384,41 @@ func poolTile<R: WindowReduction>(
         }
     }
 
-    var newestPlane = Int.min
-    let outputRow = g.outW * g.channels
-    let wholeRows = !width.subsampled && channels == g.channels && tile.ow.count == g.outW
-    for od in tile.od {
-        let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-        for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
-            reducePlane(d)
-            newestPlane = d
-        }
-        let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
-        func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
-        if wholeRows {
-            // The tile's output rows are contiguous: fold and finish them as one run.
-            if d0 >= d1 {
-                for j in 0..<planeLength { out[j] = R.finish(identity, windowSize: windowSize) }
-            } else {
-                finishTaps(R.self, out, planeLength, partial: merged, taps: d0..<d1, source: plane, windowSize: windowSize)
+    func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
+
+    mutating func run() {
+        let windowSize = g.windowSize
+        let outputRow = g.outW * g.channels
+        let wholeRows = !width.subsampled && channels == g.channels && tile.ow.count == g.outW
+        for od in tile.od {
+            let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+            for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
+                reducePlane(d)
+                newestPlane = d
             }
-            continue
-        }
-        if d0 >= d1 {
-            for j in 0..<planeLength { merged[j] = identity }
-        } else {
-            foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: d0..<d1, first: true, source: plane)
-        }
-        for oh in tile.oh {
-            let source = merged + (oh - tile.oh.lowerBound) * rowLength
-            let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
-            for ow in tile.ow {
-                let from = source + (ow * width.stride / width.step - positions.lowerBound) * channels
-                let to = destination + ow * g.channels
-                for c in 0..<channels { to[c] = R.finish(from[c], windowSize: windowSize) }
+            let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
+            if wholeRows {
+                // The tile's output rows are contiguous: fold and finish them as one run.
+                if d0 >= d1 {
+                    for j in 0..<planeLength { out[j] = R.finish(R.identity, windowSize: windowSize) }
+                } else {
+                    finishTaps(R.self, out, planeLength, partial: merged, taps: d0..<d1, source: plane, windowSize: windowSize)
+                }
+                continue
+            }
+            if d0 >= d1 {
+                for j in 0..<planeLength { merged[j] = R.identity }
+            } else {
+                foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: d0..<d1, first: true, source: plane)
+            }
+            for oh in tile.oh {
+                let source = merged + (oh - tile.oh.lowerBound) * rowLength
+                let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
+                for ow in tile.ow {
+                    let from = source + (ow * width.stride / width.step - positions.lowerBound) * channels
+                    let to = destination + ow * g.channels
+                    for c in 0..<channels { to[c] = R.finish(from[c], windowSize: windowSize) }
+                }
             }
         }
     }
