@@ -94,7 +94,7 @@ BENCH_VENV := .venv-bench
 # with BENCH_PEERS="mlx[cpu] jax[cpu] torch" (PyPI's torch wheel is several GB).
 BENCH_PEERS ?= mlx[cpu] jax[cpu]
 
-$(BENCH_BUILD)/%: benchmarks/%.c include/tidepool.h $(LIB)
+$(BENCH_BUILD)/%: benchmarks/%.c benchmarks/bench_util.h include/tidepool.h $(LIB)
 	@mkdir -p $(BENCH_BUILD)
 	$(CC) $(CFLAGS_STRICT) -o $@ $< $(LINK_TIDEPOOL) -lpthread -lm
 

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "tidepool.h"
 
 #define CHECK(call)                                                                              \
@@ -22,22 +23,6 @@
             exit(1);                                                                             \
         }                                                                                        \
     } while (0)
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int compare(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double percentile(double *values, int count, double p) {
-    qsort(values, (size_t)count, sizeof(double), compare);
-    return values[(int)(p * (count - 1) + 0.5)];
-}
 
 /* A tiny job, AvgPool1d(2) over (1, 8, 1) float32, with both tensors in shared memory. */
 typedef struct {

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "tidepool.h"
 
 typedef struct {
@@ -41,22 +42,6 @@ static const struct {
     {"int16", TP_DTYPE_INT16},     {"int32", TP_DTYPE_INT32},     {"int64", TP_DTYPE_INT64},
 };
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int compare(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *values, int count) {
-    qsort(values, (size_t)count, sizeof(double), compare);
-    return values[count / 2];
-}
-
 #define CHECK(call)                                                                         \
     do {                                                                                    \
         tp_status s_ = (call);                                                              \
@@ -75,7 +60,7 @@ static double time_pool(const tp_pool_desc *desc, const tp_tensor *input, const 
         CHECK(tp_pool(desc, input, output));
         samples[i] = (now() - t0) * 1e3;
     }
-    return median(samples, count);
+    return percentile(samples, count, 0.5);
 }
 
 int main(int argc, char **argv) {
@@ -111,7 +96,7 @@ int main(int argc, char **argv) {
                 memcpy(copy, x, in_bytes);
                 copies[i] = (now() - t0) * 1e3;
             }
-            double floor_ms = median(copies, runs) * (double)(in_bytes + out_bytes) / (2.0 * (double)in_bytes);
+            double floor_ms = percentile(copies, runs, 0.5) * (double)(in_bytes + out_bytes) / (2.0 * (double)in_bytes);
 
             CHECK(tp_set_num_threads(1));
             double one = time_pool(&desc, &input, &output, runs);

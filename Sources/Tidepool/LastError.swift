@@ -1,5 +1,4 @@
 import CTidepool
-import TidepoolClient
 import TidepoolCore
 
 #if canImport(Glibc)
@@ -41,9 +40,6 @@ func withStatus(_ body: () throws -> Void) -> tp_status {
         try body()
         return TP_OK
     } catch let error as PoolError {
-        LastError.set(error.message)
-        return error.status
-    } catch let error as ClientError {
         LastError.set(error.message)
         return error.status
     } catch {

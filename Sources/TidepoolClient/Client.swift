@@ -10,17 +10,6 @@ import TidepoolZMQ
 import Glibc
 #endif
 
-/// A failure of a remote call, with the C ABI's status.
-public struct ClientError: Error, CustomStringConvertible {
-    public let status: tp_status
-    public let message: String
-    public init(_ status: tp_status, _ message: String) {
-        self.status = status
-        self.message = message
-    }
-    public var description: String { message }
-}
-
 /// A connection to tidepoold. Every method is safe to call from several threads; calls on
 /// one client are serialised (they share one socket).
 public final class PoolClient: @unchecked Sendable {
@@ -37,15 +26,15 @@ public final class PoolClient: @unchecked Sendable {
         if endpoint.hasPrefix("ipc://") {
             let path = String(endpoint.dropFirst("ipc://".count))
             guard access(path, F_OK) == 0 else {
-                throw ClientError(TP_ERR_CONNECTION, "no daemon at \(endpoint): \(path) does not exist (start one with `make run`)")
+                throw PoolError(TP_ERR_CONNECTION, "no daemon at \(endpoint): \(path) does not exist (start one with `make run`)")
             }
         }
         let connection = try Connection(endpoint: endpoint)
         state = Mutex(connection)
         do {
             _ = try ping(timeoutMs: timeoutMs)
-        } catch let error as ClientError where error.status == TP_ERR_TIMEOUT {
-            throw ClientError(TP_ERR_CONNECTION, "no reply from a daemon at \(endpoint) within \(timeoutMs) ms")
+        } catch let error as PoolError where error.status == TP_ERR_TIMEOUT {
+            throw PoolError(TP_ERR_CONNECTION, "no reply from a daemon at \(endpoint) within \(timeoutMs) ms")
         }
     }
 
@@ -139,7 +128,7 @@ final class Connection {
     /// Jobs sent and not yet answered: where an inline output goes.
     private var pending: [UInt64: PendingJob] = [:]
     /// Replies received for jobs nobody waited on yet.
-    private var finished: [UInt64: Result<Answer, ClientError>] = [:]
+    private var finished: [UInt64: Result<Answer, PoolError>] = [:]
     /// Live shared buffers by base address, to recognise tensors that live in one.
     private var buffers: [SharedBuffer] = []
 
@@ -148,14 +137,14 @@ final class Connection {
         do {
             context = try Connection.context.get()
         } catch {
-            throw ClientError(TP_ERR_SYSTEM, "cannot create a ZeroMQ context: \(error)")
+            throw PoolError(TP_ERR_SYSTEM, "cannot create a ZeroMQ context: \(error)")
         }
         let socket = try ZMQSocket(context, type: ZMQ_DEALER)
         try socket.set(ZMQ_LINGER, Int32(0))
         do {
             try socket.connect(endpoint)
         } catch {
-            throw ClientError(TP_ERR_CONNECTION, "cannot connect to \(endpoint): \(error)")
+            throw PoolError(TP_ERR_CONNECTION, "cannot connect to \(endpoint): \(error)")
         }
         self.socket = socket
     }
@@ -173,7 +162,7 @@ final class Connection {
     }
 
     private func liveSocket() throws -> ZMQSocket {
-        guard let socket else { throw ClientError(TP_ERR_CLOSED, "the client is closed") }
+        guard let socket else { throw PoolError(TP_ERR_CLOSED, "the client is closed") }
         return socket
     }
 
@@ -184,7 +173,7 @@ final class Connection {
         do {
             try socket.send(frames.map(ZMQFrame.init) + extra)
         } catch {
-            throw ClientError(TP_ERR_CONNECTION, "cannot send to the daemon: \(error)")
+            throw PoolError(TP_ERR_CONNECTION, "cannot send to the daemon: \(error)")
         }
         pending[id] = output
         return id
@@ -195,11 +184,11 @@ final class Connection {
         let deadline = timeoutMs < 0 ? Double.infinity : monotonicSeconds() + Double(timeoutMs) / 1000
         while true {
             if let result = finished.removeValue(forKey: id) { return try result.get() }
-            guard pending[id] != nil else { throw ClientError(TP_ERR_NOT_FOUND, "job \(id) is not pending on this client") }
+            guard pending[id] != nil else { throw PoolError(TP_ERR_NOT_FOUND, "job \(id) is not pending on this client") }
             let socket = try liveSocket()
             let remaining = deadline - monotonicSeconds()
             guard remaining > 0 else {
-                throw ClientError(TP_ERR_TIMEOUT, "no reply from the daemon within \(timeoutMs) ms (job \(id) is still pending)")
+                throw PoolError(TP_ERR_TIMEOUT, "no reply from the daemon within \(timeoutMs) ms (job \(id) is still pending)")
             }
             let wait = remaining.isInfinite ? -1 : Int((remaining * 1000).rounded(.up))
             guard try poll([.socket(socket)], timeoutMs: wait)[0] else { continue }
@@ -213,12 +202,12 @@ final class Connection {
               let job = pending.removeValue(forKey: reply.id)
         else { return }  // replies nobody waits for (UNREGISTER, BYE, timed-out jobs) end here
         guard reply.status == TP_OK else {
-            finished[reply.id] = .failure(ClientError(reply.status, reply.message))
+            finished[reply.id] = .failure(PoolError(reply.status, reply.message))
             return
         }
         if let destination = job.inlineOutput {
             guard frames.count == 2, frames[1].size == job.outputBytes else {
-                finished[reply.id] = .failure(ClientError(TP_ERR_PROTOCOL, "the daemon's reply does not carry the \(job.outputBytes)-byte output"))
+                finished[reply.id] = .failure(PoolError(TP_ERR_PROTOCOL, "the daemon's reply does not carry the \(job.outputBytes)-byte output"))
                 return
             }
             destination.copyMemory(from: frames[1].data, byteCount: job.outputBytes)
@@ -233,7 +222,7 @@ final class Connection {
         do {
             region = try SharedRegion.create(size: bytes)
         } catch {
-            throw ClientError(TP_ERR_SYSTEM, "\(error)")
+            throw PoolError(TP_ERR_SYSTEM, "\(error)")
         }
         // However registration ends, the name must not stay in /dev/shm (the daemon
         // unlinks it once mapped; this covers failures and timeouts).
@@ -281,7 +270,7 @@ final class Connection {
         var inputFrame: [ZMQFrame] = []
         if inputBuffer == nil {
             guard let frame = ZMQFrame(size: inputBytes) else {
-                throw ClientError(TP_ERR_NO_MEMORY, "cannot allocate a \(inputBytes)-byte message for the input")
+                throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate a \(inputBytes)-byte message for the input")
             }
             if inputBytes > 0 { packContiguous(input, into: frame.data) }
             inputFrame = [frame]

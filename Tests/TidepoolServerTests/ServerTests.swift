@@ -122,7 +122,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
                 }
             }
             Issue.record("a job over --max-job-bytes succeeded")
-        } catch let error as ClientError {
+        } catch let error as PoolError {
             #expect(error.status == TP_ERR_TOO_LARGE)
             #expect(error.message.contains("--max-job-bytes 4096"))
         }
@@ -157,7 +157,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         do {
             try client.wait(try second.submit(client))
             Issue.record("a job beyond --max-inflight was accepted")
-        } catch let error as ClientError {
+        } catch let error as PoolError {
             #expect(error.status == TP_ERR_BUSY)
             #expect(error.message.contains("--max-inflight 1"))
         }
@@ -179,7 +179,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         do {
             try client.wait(try late.submit(client))
             Issue.record("a job sent during shutdown was accepted")
-        } catch let error as ClientError {
+        } catch let error as PoolError {
             #expect(error.status == TP_ERR_CLOSED)
         }
         release.signal()
@@ -189,6 +189,6 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
     }
 
     @Test func unreachableEndpoint() {
-        #expect(throws: ClientError.self) { try PoolClient(endpoint: "ipc:///tmp/nonexistent-tidepool/x.sock", timeoutMs: 100) }
+        #expect(throws: PoolError.self) { try PoolClient(endpoint: "ipc:///tmp/nonexistent-tidepool/x.sock", timeoutMs: 100) }
     }
 }
