@@ -188,6 +188,29 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         running.stop()
     }
 
+    @Test func tcpWithoutHostBindsLoopback() {
+        #expect(Endpoint.bindAddress("tcp://:5555") == "tcp://127.0.0.1:5555")
+        #expect(Endpoint.bindAddress("tcp://5555") == "tcp://127.0.0.1:5555")
+        #expect(Endpoint.bindAddress("tcp://*:5555") == "tcp://*:5555")
+        #expect(Endpoint.bindAddress("tcp://10.1.2.3:5555") == "tcp://10.1.2.3:5555")
+        #expect(Endpoint.bindAddress("ipc:///tmp/x.sock") == "ipc:///tmp/x.sock")
+    }
+
+    @Test func defaultEndpointFollowsTheEnvironment() {
+        let saved = (getenv("TIDEPOOL_ENDPOINT").map { String(cString: $0) }, getenv("XDG_RUNTIME_DIR").map { String(cString: $0) })
+        defer {
+            if let value = saved.0 { setenv("TIDEPOOL_ENDPOINT", value, 1) } else { unsetenv("TIDEPOOL_ENDPOINT") }
+            if let value = saved.1 { setenv("XDG_RUNTIME_DIR", value, 1) } else { unsetenv("XDG_RUNTIME_DIR") }
+        }
+        unsetenv("TIDEPOOL_ENDPOINT")
+        unsetenv("XDG_RUNTIME_DIR")
+        #expect(Endpoint.defaultEndpoint() == "ipc:///tmp/tidepool-\(getuid())/tidepool.sock")
+        setenv("XDG_RUNTIME_DIR", "/run/user/7", 1)
+        #expect(Endpoint.defaultEndpoint() == "ipc:///run/user/7/tidepool.sock")
+        setenv("TIDEPOOL_ENDPOINT", "tcp://127.0.0.1:9", 1)
+        #expect(Endpoint.defaultEndpoint() == "tcp://127.0.0.1:9")
+    }
+
     @Test func unreachableEndpoint() {
         #expect(throws: PoolError.self) { try PoolClient(endpoint: "ipc:///tmp/nonexistent-tidepool/x.sock", timeoutMs: 100) }
     }

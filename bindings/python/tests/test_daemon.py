@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tidepool
-from conftest import ALL_DTYPES, LAYERS, Daemon, random_array, tidepool_segments
+from conftest import ALL_DTYPES, LAYERS, TIDEPOOLD, Daemon, random_array, tidepool_segments
 from test_mlx_parity import random_configuration
 
 
@@ -184,3 +184,21 @@ def test_sigterm_answers_jobs_in_flight():
     assert "tidepoold stopped" in running.logs()
     assert not os.path.exists(running.endpoint[len("ipc://"):]), "the ipc socket file was left behind"
     socket.close(0)
+
+
+def test_tcp_binds_loopback_and_carries_inline_jobs():
+    # "tcp://:0" names no host: the daemon must bind loopback only (port 0: any free port).
+    process = subprocess.Popen([str(TIDEPOOLD), "--endpoint", "tcp://:0", "--log-level", "warning"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        endpoint = line.split("listening on ")[1].strip()
+        assert endpoint.startswith("tcp://127.0.0.1:"), line
+        x = np.random.default_rng(5).standard_normal((2, 9, 9, 4)).astype(np.float32)
+        with tidepool.connect(endpoint) as client:
+            np.testing.assert_array_equal(client.avg_pool2d(x, 3, 2, 1), tidepool.avg_pool2d(x, 3, 2, 1))
+            np.testing.assert_array_equal(client.max_pool2d(x, 2), tidepool.max_pool2d(x, 2))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        process.stdout.close()
