@@ -53,6 +53,13 @@ struct Tidepoold: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "tidepoold")
+        // Each client holding regions costs a pidfd besides its socket: allow as many open
+        // files as the hard limit does, so many clients cannot starve libzmq of descriptors.
+        var files = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0, files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        }
         let configuration = ServerConfiguration(
             endpoints: endpoints.isEmpty ? [Endpoint.defaultEndpoint()] : endpoints, threads: threads,
             maxInflight: maxInflight, maxJobBytes: maxJobBytes)
