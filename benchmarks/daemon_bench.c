@@ -2,8 +2,8 @@
 /* daemon_bench.c - tidepoold through its C client, measured side by side in one run:
  *   1. round-trip latency of a tiny job over the endpoint (p50, p99);
  *   2. jobs per second with 8 clients (threads), each with its own connection;
- *   3. a 64 MB job (AvgPool3d k2 s2, (4, 32, 64, 64, 32) float32 in shared memory) through
- *      the daemon against the same job in-process.
+ *   3. 64 MB jobs ((4, 32, 64, 64, 32) float32 in shared memory; AvgPool3d k2 s2 and
+ *      k3 s1 p1) through the daemon against the same jobs in-process.
  * Usage: daemon_bench ENDPOINT
  */
 #include <pthread.h>
@@ -98,52 +98,66 @@ int main(int argc, char **argv) {
     for (int i = 0; i < CLIENTS; i++) pthread_join(threads[i], NULL);
     double jobs_per_second = CLIENTS * JOBS_PER_CLIENT / (now() - t0);
 
-    /* 3. A 64 MB job, remote against in-process, alternating runs. */
-    const int64_t shape[5] = {4, 32, 64, 64, 32}, kernel[3] = {2, 2, 2};
+    /* 3. 64 MB jobs, remote against in-process, alternating runs: the cheapest (k2 s2, about
+     * 2 ms of compute) and an overlapping one (k3 s1 p1), so the daemon's fixed cost shows. */
+    const int64_t shape[5] = {4, 32, 64, 64, 32};
+    const int64_t kernels[2] = {2, 3}, strides[2] = {2, 1}, paddings[2] = {0, 1};
+    double remote_ms[2], local_ms[2];
+    size_t moved[2];
+    int same = 1;
     tp_client *client;
     CHECK(tp_client_connect(endpoint, 60000, &client));
-    tp_pool_desc desc;
-    tp_tensor input, output, local;
-    size_t in_bytes, out_bytes;
-    CHECK(tp_pool_desc_init(&desc, TP_POOL_AVG, 3, kernel, NULL, NULL));
-    CHECK(tp_tensor_init(&input, NULL, TP_DTYPE_FLOAT32, 5, shape, NULL));
-    CHECK(tp_pool_output(&desc, &input, &output));
-    CHECK(tp_tensor_nbytes(&input, &in_bytes));
-    CHECK(tp_tensor_nbytes(&output, &out_bytes));
-    tp_buffer *in_buffer, *out_buffer;
-    CHECK(tp_client_alloc(client, in_bytes, &in_buffer));
-    CHECK(tp_client_alloc(client, out_bytes, &out_buffer));
-    float *x = tp_buffer_data(in_buffer);
-    for (size_t i = 0; i < in_bytes / 4; i++) x[i] = (float)(i % 1000) * 0.001f;
-    input.data = x;
-    output.data = tp_buffer_data(out_buffer);
-    local = output;
-    local.data = malloc(out_bytes);
-    memset(local.data, 0, out_bytes);
-    enum { RUNS = 15 };
-    double remote[RUNS], in_process[RUNS];
-    for (int r = 0; r < RUNS; r++) {
-        double a = now();
-        CHECK(tp_client_pool(client, &desc, &input, &output));
-        remote[r] = now() - a;
-        a = now();
-        CHECK(tp_pool(&desc, &input, &local));
-        in_process[r] = now() - a;
+    for (int c = 0; c < 2; c++) {
+        const int64_t k[3] = {kernels[c], kernels[c], kernels[c]}, s[3] = {strides[c], strides[c], strides[c]},
+                      p[3] = {paddings[c], paddings[c], paddings[c]};
+        tp_pool_desc desc;
+        tp_tensor input, output, local;
+        size_t in_bytes, out_bytes;
+        CHECK(tp_pool_desc_init(&desc, TP_POOL_AVG, 3, k, s, p));
+        CHECK(tp_tensor_init(&input, NULL, TP_DTYPE_FLOAT32, 5, shape, NULL));
+        CHECK(tp_pool_output(&desc, &input, &output));
+        CHECK(tp_tensor_nbytes(&input, &in_bytes));
+        CHECK(tp_tensor_nbytes(&output, &out_bytes));
+        tp_buffer *in_buffer, *out_buffer;
+        CHECK(tp_client_alloc(client, in_bytes, &in_buffer));
+        CHECK(tp_client_alloc(client, out_bytes, &out_buffer));
+        float *x = tp_buffer_data(in_buffer);
+        for (size_t i = 0; i < in_bytes / 4; i++) x[i] = (float)(i % 1000) * 0.001f;
+        input.data = x;
+        output.data = tp_buffer_data(out_buffer);
+        local = output;
+        local.data = malloc(out_bytes);
+        memset(local.data, 0, out_bytes);
+        enum { RUNS = 15 };
+        double remote[RUNS], in_process[RUNS];
+        for (int r = 0; r < RUNS; r++) {
+            double a = now();
+            CHECK(tp_client_pool(client, &desc, &input, &output));
+            remote[r] = now() - a;
+            a = now();
+            CHECK(tp_pool(&desc, &input, &local));
+            in_process[r] = now() - a;
+        }
+        same &= memcmp(local.data, output.data, out_bytes) == 0;
+        remote_ms[c] = percentile(remote, RUNS, 0.5) * 1e3;
+        local_ms[c] = percentile(in_process, RUNS, 0.5) * 1e3;
+        moved[c] = (in_bytes + out_bytes) >> 20;
+        CHECK(tp_buffer_free(in_buffer));
+        CHECK(tp_buffer_free(out_buffer));
+        free(local.data);
     }
-    int same = memcmp(local.data, output.data, out_bytes) == 0;
-    double remote_ms = percentile(remote, RUNS, 0.5) * 1e3, local_ms = percentile(in_process, RUNS, 0.5) * 1e3;
-    CHECK(tp_buffer_free(in_buffer));
-    CHECK(tp_buffer_free(out_buffer));
     CHECK(tp_client_close(client));
-    free(local.data);
 
     printf("| measure | result | target |\n|---|---|---|\n");
     printf("| tiny job round trip, p50 | %.1f us | < 100 us |\n", p50 * 1e6);
     printf("| tiny job round trip, p99 | %.1f us | |\n", p99 * 1e6);
     printf("| tiny jobs per second, 8 clients | %.0f | |\n", jobs_per_second);
-    printf("| 64 MB job (%zu MB in + out), daemon, median of %d | %.2f ms | |\n", (in_bytes + out_bytes) >> 20, RUNS, remote_ms);
-    printf("| same job in-process, median of %d | %.2f ms | |\n", RUNS, local_ms);
-    printf("| daemon / in-process | %.3fx | <= 1.15x |\n", remote_ms / local_ms);
+    const char *names[2] = {"AvgPool3d k2 s2", "AvgPool3d k3 s1 p1"};
+    for (int c = 0; c < 2; c++) {
+        printf("| 64 MB job, %s (%zu MB in + out): daemon / in-process, medians of 15 | %.2f / %.2f ms = %.3fx "
+               "(+%.0f us) | <= 1.15x |\n",
+               names[c], moved[c], remote_ms[c], local_ms[c], remote_ms[c] / local_ms[c], (remote_ms[c] - local_ms[c]) * 1e3);
+    }
     printf("results identical: %s\n", same ? "yes" : "NO");
     return same ? 0 : 1;
 }
