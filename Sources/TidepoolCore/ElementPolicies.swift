@@ -12,7 +12,8 @@ public protocol WindowReduction {
     static var identity: Accumulator { get }
     static func widen(_ x: Input) -> Accumulator
     static func merge(_ a: Accumulator, _ b: Accumulator) -> Accumulator
-    /// Average divides by the full window, padded positions included (MLX's rule).
+    /// Average divides by the full window, padded positions included (MLX's rule). Floats
+    /// do it as MLX does, the sum times 1/n; integer means are exact, rounded once.
     static func finish(_ accumulator: Accumulator, windowSize: Int) -> Output
 }
 
@@ -22,28 +23,28 @@ public enum AverageFloat32: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: Float) -> Float { x }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
-    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float { sum / Float(windowSize) }
+    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float { sum * (1 / Float(windowSize)) }
 }
 
 public enum AverageFloat64: WindowReduction {
     @inlinable public static var identity: Double { 0 }
     @inlinable public static func widen(_ x: Double) -> Double { x }
     @inlinable public static func merge(_ a: Double, _ b: Double) -> Double { a + b }
-    @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Double { sum / Double(windowSize) }
+    @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Double { sum * (1 / Double(windowSize)) }
 }
 
 public enum AverageFloat16: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: Float16) -> Float { Float(x) }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
-    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float16 { Float16(sum / Float(windowSize)) }
+    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float16 { Float16(sum * (1 / Float(windowSize))) }
 }
 
 public enum AverageBFloat16: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: BFloat16) -> Float { x.float }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
-    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(sum / Float(windowSize)) }
+    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(sum * (1 / Float(windowSize))) }
 }
 
 /// 8- and 16-bit integers sum exactly in Int32 when the window is small enough that no sum
@@ -67,9 +68,7 @@ public enum AverageNarrowInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var identity: Int64 { 0 }
     @inlinable public static func widen(_ x: I) -> Int64 { Int64(truncatingIfNeeded: x) }
     @inlinable public static func merge(_ a: Int64, _ b: Int64) -> Int64 { a &+ b }
-    @inlinable public static func finish(_ sum: Int64, windowSize: Int) -> Float {
-        Float(Double(sum) / Double(windowSize))
-    }
+    @inlinable public static func finish(_ sum: Int64, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
 }
 
 /// 64-bit integers sum in Double (exact below 2^53), then round to float32.
