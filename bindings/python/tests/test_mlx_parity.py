@@ -146,6 +146,14 @@ def test_wide_integer_average_is_exact_where_mlx_wraps(dtype):
     assert theirs[0, 0, 0] != np.float32(big)
 
 
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (3, 1, 1), (4, 4, 0), (5, 2, 2), (7, 3, 3), (8, 1, 0), (9, 4, 4)])
+def test_float32_average_1d_is_bit_identical_to_mlx(k, s, p, rng):
+    # Along one axis Tidepool adds a window left to right and multiplies by 1/n, as MLX does;
+    # over 2 or 3 axes it adds axis by axis (a different order), so only 1-d is bit-exact.
+    x = rng.standard_normal((3, 64, 5)).astype(np.float32)
+    assert tidepool.avg_pool1d(x, k, s, p).tobytes() == mlx_pool("Avg", 1, x, k, s, p).tobytes()
+
+
 def test_nan_and_infinities_match_mlx():
     x = np.array([[[1.0], [np.nan], [3.0], [-np.inf], [np.inf], [-1.0]]], dtype=np.float32)
     for kind in ("Avg", "Max"):
