@@ -28,6 +28,13 @@ struct WidthPlan {
     func positions(_ ow0: Int, _ ow1: Int) -> Range<Int> { (ow0 * stride / step)..<((ow1 - 1) * stride / step + 1) }
 }
 
+/// The size of equal parts of `count`, each at most `largest` (at least 1).
+func evenSplit(_ count: Int, largest: Int) -> Int {
+    guard count > 0 else { return 1 }
+    let parts = (count + largest - 1) / Swift.max(largest, 1)
+    return (count + parts - 1) / parts
+}
+
 /// One unit of work: a block of output depths, rows, columns and channels of one batch entry.
 struct Tile {
     var n: Int
@@ -70,7 +77,9 @@ public struct TilePlan {
         }
         rowCapacity = width.positions(0, Swift.min(tileOW, g.outW)).count * tileC
         let rowsFit = budget / rowCapacity - g.kernelH
-        tileOH = Swift.min(g.outH, Swift.max(1, rowsFit / rowsPerOutputRow))
+        // As many rows as fit, then evened out so that no tile is a small remainder (tiles of
+        // equal cost keep both workers busy to the end).
+        tileOH = evenSplit(g.outH, largest: Swift.max(1, rowsFit / rowsPerOutputRow))
         let ohTiles = (g.outH + tileOH - 1) / tileOH
         let owTiles = (g.outW + tileOW - 1) / tileOW
         let cTiles = (g.channels + tileC - 1) / tileC
@@ -78,7 +87,7 @@ public struct TilePlan {
         // recomputes the (kd - sd) planes it shares with its neighbour.
         let others = g.batch * ohTiles * owTiles * cTiles
         let blocksWanted = (2 * workers + others - 1) / others
-        tileOD = Swift.max(Swift.min(8, g.outD), (g.outD + blocksWanted - 1) / Swift.max(blocksWanted, 1))
+        tileOD = evenSplit(g.outD, largest: Swift.max(Swift.min(8, g.outD), (g.outD + blocksWanted - 1) / Swift.max(blocksWanted, 1)))
         counts = (g.batch, (g.outD + tileOD - 1) / tileOD, ohTiles, owTiles, cTiles)
         rowBlockRows = (tileOH - 1) * g.strideH + g.kernelH
         paddedRowCapacity = rowCapacity + (g.kernelW - 1) * tileC
@@ -227,15 +236,19 @@ func reducePositions<R: WindowReduction>(
     _: R.Type, _ g: PoolGeometry, row: UnsafePointer<R.Input>, positions: Range<Int>, step: Int, channels: Int,
     into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
-    for j in 0..<(positions.count * channels) { destination[j] = R.identity }
     for (slot, q) in positions.enumerated() {
         let out = destination + slot * channels
         let start = q * step - g.padW
-        for column in stride(from: Swift.max(start, 0), to: Swift.min(start + g.kernelW, g.inW), by: 1) {
-            let source = row + column * g.stepW
-            if g.stepC == 1 {
-                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
-            } else {
+        let columns = Swift.max(start, 0)..<Swift.max(Swift.min(start + g.kernelW, g.inW), Swift.max(start, 0))
+        if columns.isEmpty {
+            for c in 0..<channels { out[c] = R.identity }
+        } else if g.stepC == 1 {
+            // All of a position's taps in one pass over its channels, first tap copied.
+            foldTaps(InputLoader<R>.self, out, channels, taps: columns, first: true, source: { row + $0 * g.stepW })
+        } else {
+            for c in 0..<channels { out[c] = R.identity }
+            for column in columns {
+                let source = row + column * g.stepW
                 for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c * g.stepC])) }
             }
         }
