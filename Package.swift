@@ -24,8 +24,10 @@ let package = Package(
         // C shims: pidfd_open, eventfd, and the SIGBUS guard for client mappings.
         .target(name: "CTidepoolSystem"),
 
+        // Streaming (non-temporal) copies for large outputs.
+        .target(name: "CTidepoolStream"),
         // Pure compute: dtypes, shapes, validation, kernels. No I/O, no sockets, no C ABI.
-        .target(name: "TidepoolCore", dependencies: ["CTidepool"]),
+        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream"]),
         // Thin wrapper of libzmq: context, sockets, frames, poll.
         .target(name: "TidepoolZMQ", dependencies: ["CZeroMQ"]),
         // POSIX shared memory: create (0600, O_EXCL), map, unlink, guard.

@@ -1,4 +1,5 @@
 import CTidepool
+import CTidepoolStream
 import Dispatch
 import Synchronization
 
@@ -24,10 +25,17 @@ public final class PoolEngine: Sendable {
 
     func noteScratch(_ bytes: Int) { largestScratch.max(bytes, ordering: .relaxed) }
 
-    public init(threads: Int = 0, tileBudgetBytes: Int = TilePlan.defaultBudgetBytes) {
+    /// Outputs at least this large (with 8+ channels) are written with streaming stores.
+    let streamingOutputBytes: Int
+
+    public init(threads: Int = 0, tileBudgetBytes: Int = TilePlan.defaultBudgetBytes,
+                streamingOutputBytes: Int = PoolEngine.defaultStreamingOutputBytes) {
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
         self.tileBudgetBytes = tileBudgetBytes
+        self.streamingOutputBytes = streamingOutputBytes
     }
+
+    public static let defaultStreamingOutputBytes = 4 << 20
 
     public static var onlineCPUs: Int { Swift.max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
@@ -140,8 +148,16 @@ private struct Job: @unchecked Sendable {
     func run<R: WindowReduction>(_ reduction: R.Type) throws {
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
-        let plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
+        var plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
                             budgetBytes: engine.tileBudgetBytes)
+        // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
+        // (8+ channels) that the folds run at full vector width; with fewer channels the extra
+        // pass through scratch costs more than it saves. The finished values must also fit
+        // where the accumulators were.
+        let outputBytes = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * MemoryLayout<R.Output>.stride)
+        plan.streamOutput = !outputBytes.overflow && outputBytes.partialValue >= engine.streamingOutputBytes
+            && geometry.channels >= 8 && MemoryLayout<R.Output>.stride <= MemoryLayout<R.Accumulator>.stride
+        defer { if plan.streamOutput { tpstream_fence() } }
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel
         // more to zero than the pooling itself on mid-sized tensors.

@@ -1,3 +1,5 @@
+import CTidepoolStream
+
 /// Pooling one axis at a time. A box window reduces to a reduction along W, then along H
 /// of those rows, then along D of those planes (both folds are associative), so an output
 /// costs kw + kh + kd folds instead of kw * kh * kd. Every fold runs over a contiguous
@@ -55,6 +57,8 @@ public struct TilePlan {
     let rowBlockRows: Int
     let paddedRowCapacity: Int
     let scratchCount: Int
+    /// Whether whole-row outputs are streamed to memory rather than stored through the cache.
+    var streamOutput = false
 
     /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
     public static let defaultBudgetBytes = 512 << 10
@@ -401,6 +405,8 @@ struct TilePass<R: WindowReduction> {
 
     mutating func run() {
         let windowSize = g.windowSize
+        // Large outputs are finished into scratch and streamed out (see tidepool_stream.h).
+        let streaming = plan.streamOutput
         let outputRow = g.outW * g.channels
         let wholeRows = !width.subsampled && channels == g.channels && tile.ow.count == g.outW
         for od in tile.od {
@@ -412,11 +418,13 @@ struct TilePass<R: WindowReduction> {
             let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
             if wholeRows {
                 // The tile's output rows are contiguous: fold and finish them as one run.
+                let target = streaming ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
                 if d0 >= d1 {
-                    for j in 0..<planeLength { out[j] = R.finish(R.identity, windowSize: windowSize) }
+                    for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
-                    finishTaps(R.self, out, planeLength, partial: merged, taps: d0..<d1, source: plane, windowSize: windowSize)
+                    finishTaps(R.self, target, planeLength, partial: merged, taps: d0..<d1, source: plane, windowSize: windowSize)
                 }
+                if streaming { tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride) }
                 continue
             }
             if d0 >= d1 {

@@ -323,3 +323,22 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         #expect(small.output[0] == 255)
     }
 }
+
+@Suite struct StreamingTests {
+    /// Outputs streamed to memory (large, 8+ channels) equal outputs stored through the cache,
+    /// bit for bit, and the reference.
+    @Test(arguments: [DType.float32, .float64, .int8, .bfloat16], PoolKind.allCases)
+    func streamedOutputsEqualCachedOnes(dtype: DType, kind: PoolKind) throws {
+        let shape = [2, 5, 9, 11, 16]
+        let desc = PoolDescriptor(kind: kind, kernelSize: [3, 2, 3], stride: [1, 2, 1], padding: [1, 1, 1])
+        let input = randomInput(dtype, shape: shape, seed: 12)
+        let strides = TensorView.contiguousStrides(shape)
+        let streaming = PoolEngine(threads: 2, tileBudgetBytes: 2048, streamingOutputBytes: 0)
+        let cached = PoolEngine(threads: 2, tileBudgetBytes: 2048, streamingOutputBytes: .max)
+        let a = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: streaming)
+        let b = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: cached)
+        #expect(memcmp(a.output.raw, b.output.raw, a.output.count * a.output.dtype.size) == 0)
+        let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+        #expect(firstMismatch(desc, dtype: dtype, actual: a.output, expected: expected.values) == nil)
+    }
+}

@@ -154,6 +154,13 @@ def test_float32_average_1d_is_bit_identical_to_mlx(k, s, p, rng):
     assert tidepool.avg_pool1d(x, k, s, p).tobytes() == mlx_pool("Avg", 1, x, k, s, p).tobytes()
 
 
+@pytest.mark.parametrize("kind", ["Avg", "Max"])
+def test_large_outputs_match_mlx(kind, rng):
+    # 4 MB of output with 32 channels: the engine streams it to memory (non-temporal stores).
+    x = rng.standard_normal((2, 16, 32, 32, 32)).astype(np.float32)
+    assert_pool_close(kind, tidepool_pool(kind, 3, x, 3, 1, 1), mlx_pool(kind, 3, x, 3, 1, 1), np.float32)
+
+
 def test_nan_and_infinities_match_mlx():
     x = np.array([[[1.0], [np.nan], [3.0], [-np.inf], [np.inf], [-1.0]]], dtype=np.float32)
     for kind in ("Avg", "Max"):
