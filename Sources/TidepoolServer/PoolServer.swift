@@ -35,6 +35,8 @@ public final class PoolServer: @unchecked Sendable {
     private var stats = ServerStats()
     private var nextRegionID: UInt64 = 1
     private let startTime = monotonicSeconds()
+    private var nextSweep = 0.0
+    static let sweepInterval = 30.0
 
     /// Regions one client may hold, and all clients together (the SIGBUS guard has 4096 slots).
     static let maxRegionsPerClient = 1024
@@ -72,6 +74,7 @@ public final class PoolServer: @unchecked Sendable {
         }
         wakeFd = tpsys_eventfd()
         guard wakeFd >= 0 else { throw ServerError("eventfd: \(String(cString: strerror(errno)))") }
+        sweepOrphans()
     }
 
     deinit {
@@ -103,7 +106,8 @@ public final class PoolServer: @unchecked Sendable {
             }
             if draining && inflight == 0 { break }
             let watched = clients.filter { $0.value.pidFd >= 0 }.map { ($0.key, $0.value.pidFd) }
-            let ready = try poll([.socket(socket), .fd(wakeFd)] + watched.map { .fd($0.1) }, timeoutMs: -1)
+            let untilSweep = Int((nextSweep - monotonicSeconds()) * 1000) + 1
+            let ready = try poll([.socket(socket), .fd(wakeFd)] + watched.map { .fd($0.1) }, timeoutMs: Swift.max(untilSweep, 0))
             if ready[1] {
                 tpsys_eventfd_drain(wakeFd)
                 sendCompletions()
@@ -117,7 +121,13 @@ public final class PoolServer: @unchecked Sendable {
                 }
             }
             for (index, (key, _)) in watched.enumerated() where ready[2 + index] {
-                if let pid = clients[key]?.pid { dropClient(key, reason: "its process \(pid) exited") }
+                if let pid = clients[key]?.pid {
+                    dropClient(key, reason: "its process \(pid) exited")
+                    SharedRegion.removeOrphans(ofProcess: pid)
+                }
+            }
+            if monotonicSeconds() >= nextSweep {
+                sweepOrphans()
             }
         }
         sendCompletions()
@@ -136,6 +146,14 @@ public final class PoolServer: @unchecked Sendable {
         logger.info("tidepoold stopped", metadata: [
             "jobs_completed": "\(stats.jobsCompleted)", "jobs_failed": "\(stats.jobsFailed)", "regions_released": "\(released)",
         ])
+    }
+
+    /// Removes what dead clients left in /dev/shm; at start-up and every `sweepInterval`.
+    /// (A client that dies between creating an object and registering it cannot be watched.)
+    private func sweepOrphans() {
+        let removed = SharedRegion.removeOrphans()
+        if removed > 0 { logger.info("removed shared-memory objects of exited clients", metadata: ["objects": "\(removed)"]) }
+        nextSweep = monotonicSeconds() + Self.sweepInterval
     }
 
     // MARK: requests
@@ -243,7 +261,11 @@ public final class PoolServer: @unchecked Sendable {
             state.pidFd = tpsys_pidfd_open(Int32(pid))
             if state.pidFd < 0 {
                 let code = errno
-                if code == ESRCH { throw violation(TP_ERR_INVALID_ARGUMENT, "pid \(pid) is not a running process") }
+                if code == ESRCH {
+                    // The client died after creating the object: nothing will unlink it but us.
+                    SharedRegion.removeOrphans(ofProcess: Int32(pid))
+                    throw violation(TP_ERR_INVALID_ARGUMENT, "pid \(pid) is not a running process")
+                }
                 logger.warning("cannot watch client process; its regions live until it unregisters them",
                                metadata: ["pid": "\(pid)", "error": "\(String(cString: strerror(code)))"])
             }

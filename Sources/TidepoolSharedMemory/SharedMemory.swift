@@ -107,6 +107,27 @@ public final class SharedRegion: @unchecked Sendable {
     @discardableResult
     public static func unlink(name: String) -> Bool { shm_unlink(name) == 0 }
 
+    /// Removes the Tidepool objects this user's dead processes left in /dev/shm (a client
+    /// killed between creating an object and the daemon unlinking it). Names carry their
+    /// creator's pid; `pid` limits the sweep to one process, known to be gone. Returns how
+    /// many were removed.
+    @discardableResult
+    public static func removeOrphans(ofProcess pid: Int32? = nil) -> Int {
+        guard let directory = opendir("/dev/shm") else { return 0 }
+        defer { closedir(directory) }
+        let prefix = String(sharedMemoryNamePrefix.dropFirst())  // "tidepool-"
+        var removed = 0
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name.hasPrefix(prefix), let owner = Int32(name.dropFirst(prefix.count).prefix(while: { $0 != "-" })) else { continue }
+            if let pid { guard owner == pid else { continue } } else { guard kill(owner, 0) != 0 && errno == ESRCH else { continue } }
+            var info = stat()
+            guard lstat("/dev/shm/\(name)", &info) == 0, info.st_uid == geteuid() else { continue }
+            if shm_unlink("/\(name)") == 0 { removed += 1 }
+        }
+        return removed
+    }
+
     /// True once the owner truncated the object under a mapping and a fault was absorbed:
     /// whatever was read or written since is meaningless.
     public var isPoisoned: Bool { guardSlot >= 0 && tpsys_guard_poisoned(guardSlot) != 0 }

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Logging
 import TidepoolCore
 import TidepoolServer
@@ -46,6 +45,15 @@ struct Tidepoold: ParsableCommand {
     }
 
     func run() throws {
+        // Block SIGINT/SIGTERM before any thread exists, so every thread (libzmq's, Dispatch's)
+        // inherits the mask and the signals wait for the one thread that takes them with
+        // sigwait. Otherwise one can be delivered to a thread that does not handle it.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGINT)
+        sigaddset(&stopSignals, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        signal(SIGPIPE, SIG_IGN)
         let level = logLevel
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -70,22 +78,39 @@ struct Tidepoold: ParsableCommand {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode.failure
         }
-        // Signals arrive on a Dispatch queue and only ask the loop to drain and stop.
-        signal(SIGPIPE, SIG_IGN)
-        var sources: [DispatchSourceSignal] = []
-        for signalNumber in [SIGINT, SIGTERM] {
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                logger.info("signal received", metadata: ["signal": "\(signalNumber == SIGINT ? "SIGINT" : "SIGTERM")"])
-                server.requestShutdown()
-            }
-            source.resume()
-            sources.append(source)
+        // The signal thread only asks the loop to drain and stop.
+        SignalWaiter.start(signals: stopSignals) { signalNumber in
+            logger.info("signal received", metadata: ["signal": "\(signalNumber == SIGINT ? "SIGINT" : "SIGTERM")"])
+            server.requestShutdown()
         }
         print("tidepoold \(TidepoolVersion.string) listening on \(server.boundEndpoints.joined(separator: " "))")
         fflush(stdout)
         try server.run()
-        sources.forEach { $0.cancel() }
+    }
+}
+
+/// A detached thread that takes the blocked stop signals with sigwait, forever.
+enum SignalWaiter {
+    final class Context {
+        let signals: sigset_t
+        let handler: (Int32) -> Void
+        init(signals: sigset_t, handler: @escaping (Int32) -> Void) {
+            self.signals = signals
+            self.handler = handler
+        }
+    }
+
+    static func start(signals: sigset_t, handler: @escaping (Int32) -> Void) {
+        let context = Unmanaged.passRetained(Context(signals: signals, handler: handler)).toOpaque()
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { raw in
+            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
+            var signals = context.signals
+            while true {
+                var received: Int32 = 0
+                if sigwait(&signals, &received) == 0 { context.handler(received) }
+            }
+        }, context)
+        pthread_detach(thread)
     }
 }

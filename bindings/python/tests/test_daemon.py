@@ -202,3 +202,48 @@ def test_tcp_binds_loopback_and_carries_inline_jobs():
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         process.stdout.close()
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def orphan_segment(pid):
+    """A Tidepool shared-memory object as a client `pid` killed before registering leaves it."""
+    from multiprocessing import resource_tracker, shared_memory
+
+    memory = shared_memory.SharedMemory(name=f"tidepool-{pid}-orphan", create=True, size=4096)
+    resource_tracker.unregister(memory._name, "shared_memory")
+    memory.close()
+    return f"tidepool-{pid}-orphan"
+
+
+def test_objects_of_dead_clients_are_removed_at_start():
+    name = orphan_segment(dead_pid())
+    running = Daemon()  # sweeps before it reports listening
+    try:
+        assert name not in tidepool_segments()
+        assert "removed shared-memory objects of exited clients" in running.logs()
+    finally:
+        assert running.stop() == 0
+
+
+def test_register_from_a_dead_client_removes_its_objects(daemon):
+    import struct
+
+    import zmq
+    from test_protocol import REGISTER, header
+
+    pid = dead_pid()
+    name = orphan_segment(pid)
+    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket.connect(daemon.endpoint)
+    socket.send_multipart([header(REGISTER, 1) + struct.pack("<QII", 4096, pid, 0), f"/{name}".encode()])
+    assert socket.poll(10000)
+    frames = socket.recv_multipart()
+    assert int.from_bytes(frames[0][16:20], "little") == 1  # TP_ERR_INVALID_ARGUMENT
+    assert b"not a running process" in frames[1]
+    assert name not in tidepool_segments()
+    socket.close(0)
