@@ -14,9 +14,8 @@ public enum Wire {
     public static let magic: UInt32 = 0x4C4F_5054  // bytes "TPOL"
     public static let version: UInt16 = 1
     public static let headerSize = 24
+    /// Set in a reply's type; alone (0x8000), it answers a request whose type was unreadable.
     public static let replyBit: UInt16 = 0x8000
-    /// Reply type for a request whose own type could not be read.
-    public static let errorReplyType: UInt16 = 0x8000
     /// Most frames a request may have (header plus one payload).
     public static let maxFrames = 2
     /// Largest extent accepted for one axis; keeps every product well inside 64 bits.

@@ -19,8 +19,6 @@ public struct ZMQError: Error, CustomStringConvertible {
     public var description: String { "\(operation): \(String(cString: zmq_strerror(code)))" }
     public var isAgain: Bool { code == EAGAIN }
     public var isInterrupted: Bool { code == EINTR }
-    /// The context was terminated: the socket must be closed.
-    public var isTerminated: Bool { code == ETERM }
 }
 
 public final class ZMQContext: @unchecked Sendable {

@@ -52,7 +52,7 @@ def test_remote_equals_in_process_over_random_jobs(daemon):
         assert stats["jobs_failed"] == 0
 
 
-def test_strided_input_goes_inline(daemon):
+def test_strided_input_on_the_daemon_equals_in_process(daemon):
     x = np.random.default_rng(1).standard_normal((2, 10, 12, 3)).astype(np.float32)
     view = x.transpose(0, 2, 1, 3)[:, ::2]
     with tidepool.connect(daemon.endpoint) as client:

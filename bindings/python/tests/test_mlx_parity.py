@@ -6,7 +6,7 @@ import pytest
 
 import tidepool
 from conftest import (
-    ALL_DTYPES, BFLOAT16, FLOAT_DTYPES, INT_DTYPES, LAYERS, assert_pool_close, mlx_pool, random_array,
+    ALL_DTYPES, BFLOAT16, FLOAT_DTYPES, LAYERS, assert_pool_close, mlx_pool, random_array,
     reference_pool, tidepool_pool, tolerance,
 )
 
