@@ -331,9 +331,3 @@ func packContiguous(_ view: TensorView, into destination: UnsafeMutableRawPointe
         }
     }
 }
-
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}

@@ -82,8 +82,11 @@ public final class PoolEngine: Sendable {
     }
 
     /// Pools `input` into `output`. Everything is validated first; on error nothing is
-    /// written. `threads` overrides the engine's thread count for this call.
-    public func pool(_ desc: PoolDescriptor, input: TensorView, output: OutputView, threads: Int? = nil) throws {
+    /// written. `threads` overrides the engine's thread count for this call. `progress` runs
+    /// on the computing threads before each output plane of a tile (every few to a few hundred
+    /// microseconds), so a caller can watch for something else to do meanwhile; keep it cheap.
+    public func pool(_ desc: PoolDescriptor, input: TensorView, output: OutputView, threads: Int? = nil,
+                     progress: (@Sendable () -> Void)? = nil) throws {
         let geometry = try plan(desc, input: input, output: output)
         guard geometry.pixels > 0, geometry.channels > 0, let outputData = output.data else { return }
         // An input with no elements is never read (every window lies in padding), so any
@@ -95,7 +98,8 @@ public final class PoolEngine: Sendable {
             }
             return t
         } ?? threadCount
-        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, engine: self)
+        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, engine: self,
+                      progress: progress)
         switch (desc.kind, input.dtype) {
         case (.average, .float32): try job.run(AverageFloat32.self)
         case (.average, .float64): try job.run(AverageFloat64.self)
@@ -140,6 +144,7 @@ private struct Job: @unchecked Sendable {
     let output: UnsafeMutableRawPointer
     let threads: Int
     let engine: PoolEngine
+    let progress: (@Sendable () -> Void)?
 
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
@@ -175,7 +180,7 @@ private struct Job: @unchecked Sendable {
         if workers == 1 {
             for index in 0..<plan.tileCount {
                 poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
-                         scratch: accumulators)
+                         scratch: accumulators, progress: progress)
             }
             return
         }
@@ -186,7 +191,8 @@ private struct Job: @unchecked Sendable {
             while true {
                 let index = nextTile.wrappingAdd(1, ordering: .relaxed).oldValue
                 if index >= plan.tileCount { break }
-                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine)
+                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine,
+                         progress: progress)
             }
         }
     }

@@ -262,10 +262,10 @@ func reducePositions<R: WindowReduction>(
 /// Pools one tile. `scratch` holds `plan.scratchCount` accumulators.
 func poolTile<R: WindowReduction>(
     _: R.Type, _ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
-    output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>
+    output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>, progress: (() -> Void)? = nil
 ) {
     var pass = TilePass<R>(g, plan, tile, input: input, output: output, scratch: scratch)
-    pass.run()
+    pass.run(progress: progress)
 }
 
 /// One tile's passes. A struct with methods rather than nested functions: methods of a
@@ -403,13 +403,15 @@ struct TilePass<R: WindowReduction> {
 
     func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
 
-    mutating func run() {
+    /// `progress` runs before each output plane.
+    mutating func run(progress: (() -> Void)?) {
         let windowSize = g.windowSize
         // Large outputs are finished into scratch and streamed out (see tidepool_stream.h).
         let streaming = plan.streamOutput
         let outputRow = g.outW * g.channels
         let wholeRows = !width.subsampled && channels == g.channels && tile.ow.count == g.outW
         for od in tile.od {
+            progress?()
             let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
             for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
                 reducePlane(d)

@@ -15,8 +15,8 @@ public struct ServerConfiguration: Sendable {
     public var maxJobBytes: Int
     /// How long shutdown waits for queued replies to leave the socket.
     public var shutdownLingerMs: Int32
-    /// Called on the worker thread before each job that runs there; tests block in it to
-    /// hold jobs in flight deterministically.
+    /// Called on the thread that runs each job, before it runs (the lead has then passed to
+    /// another thread); tests block in it to hold jobs in flight deterministically.
     public var jobGate: (@Sendable () -> Void)?
 
     public init(endpoints: [String] = [Endpoint.defaultEndpoint()], threads: Int = 0, maxInflight: Int = 64,

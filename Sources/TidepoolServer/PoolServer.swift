@@ -13,9 +13,13 @@ import TidepoolZMQ
 import Glibc
 #endif
 
-/// The daemon's logic. One thread (the caller of `run`) owns the ROUTER socket and all
-/// client state; jobs compute on Dispatch's worker threads and hand their replies back
-/// through a queue and an eventfd, so compute never blocks the socket loop.
+/// The daemon's logic, served leader/follower style: one thread at a time (the leader) polls
+/// the ROUTER socket and handles requests, and runs the jobs it takes itself, so a job meets
+/// no thread hop on its way in or out (on a VM each hop costs 20 to 50 us: the wake-up
+/// crosses to another virtual CPU). While it computes, it looks at the socket between output
+/// planes; once a request or signal waits there, it wakes a follower to lead, so compute
+/// keeps the socket waiting little more than `leadCheckInterval`.
+/// `state` guards the socket and all client state; nobody holds it while sleeping in poll.
 public final class PoolServer: @unchecked Sendable {
     public let configuration: ServerConfiguration
     /// The endpoints actually bound (tcp port 0 resolved to its port).
@@ -25,11 +29,13 @@ public final class PoolServer: @unchecked Sendable {
     private let context: ZMQContext
     private let socket: ZMQSocket
     private let engine: PoolEngine
+    private let socketFd: Int32
     private let wakeFd: Int32
-    private let completions = Mutex<[Completion]>([])
     private let shutdownRequested = Atomic<Bool>(false)
 
-    // Owned by the loop thread.
+    /// Held by whoever touches the socket or the state below: the leader (except in poll) and
+    /// a thread sending its job's reply. (A ZeroMQ socket may change threads behind a barrier.)
+    private let state = Mutex<Void>(())
     private var clients: [[UInt8]: ClientState] = [:]
     private var inflight = 0
     private var stats = ServerStats()
@@ -37,15 +43,20 @@ public final class PoolServer: @unchecked Sendable {
     private let startTime = monotonicSeconds()
     private var nextSweep = 0.0
     static let sweepInterval = 30.0
+    private var announcedDrain = false
+    /// Threads waiting to lead, woken one at a time by `followerWake`.
+    private var idleFollowers = 0
+    private let followerWake = DispatchSemaphore(value: 0)
+    private var stopped = false
+    private var socketFailure: Error?
 
     /// Regions one client may hold, and all clients together (the SIGBUS guard has 4096 slots).
     static let maxRegionsPerClient = 1024
     static let maxRegions = 4000
-    /// Requests handled per wake-up before completions get their turn.
+    /// Requests handled per wake-up before pidfds and signals get their turn.
     static let receiveBatch = 256
-    /// Jobs reading at most this many elements (a few microseconds of work) run on the loop
-    /// thread itself: handing them to a worker and back would cost more than the job.
-    static let inlineWorkLimit = 1 << 14
+    /// How often a leader running a job looks at the socket and the wake-up eventfd.
+    static let leadCheckInterval: UInt64 = 100_000  // ns
 
     public init(configuration: ServerConfiguration, logger: Logger) throws {
         guard configuration.maxInflight > 0 else { throw ServerError("--max-inflight must be positive") }
@@ -72,6 +83,8 @@ public final class PoolServer: @unchecked Sendable {
             }
             boundEndpoints.append(socket.lastEndpoint)
         }
+        socketFd = socket.fileDescriptor
+        guard socketFd >= 0 else { throw ServerError("zmq_getsockopt(ZMQ_FD) failed") }
         wakeFd = tpsys_eventfd()
         guard wakeFd >= 0 else { throw ServerError("eventfd: \(String(cString: strerror(errno)))") }
         sweepOrphans()
@@ -90,47 +103,151 @@ public final class PoolServer: @unchecked Sendable {
     }
 
     /// Serves until `requestShutdown`; then answers every job in flight, releases every
-    /// mapping, closes the socket and returns.
+    /// mapping, closes the socket and returns. The calling thread is the first leader.
     public func run() throws {
         logger.info("tidepoold started", metadata: [
             "version": "\(TidepoolVersion.string)", "libzmq": "\(ZMQContext.version)",
             "endpoints": "\(boundEndpoints.joined(separator: " "))", "threads": "\(engine.threadCount)",
             "max_inflight": "\(configuration.maxInflight)", "max_job_bytes": "\(configuration.maxJobBytes)",
         ])
-        var announcedDrain = false
-        while true {
-            let draining = shutdownRequested.load(ordering: .sequentiallyConsistent)
-            if draining && !announcedDrain {
-                logger.info("shutting down: finishing jobs in flight", metadata: ["inflight": "\(inflight)"])
-                announcedDrain = true
+        serve()
+        if let failure = state.withLock({ _ in socketFailure }) { throw failure }
+    }
+
+    /// The life of every server thread: lead, run the jobs taken, and once the lead has gone
+    /// to another thread meanwhile, wait to lead again; return once the server has stopped.
+    private func serve() {
+        while let job = lead() {
+            if runLeading(job) { continue }
+            let stop = state.withLock { _ -> Bool in
+                if !stopped { idleFollowers += 1 }
+                return stopped
             }
-            if draining && inflight == 0 { break }
-            let watched = clients.filter { $0.value.pidFd >= 0 }.map { ($0.key, $0.value.pidFd) }
-            let untilSweep = Int((nextSweep - monotonicSeconds()) * 1000) + 1
-            let ready = try poll([.socket(socket), .fd(wakeFd)] + watched.map { .fd($0.1) }, timeoutMs: Swift.max(untilSweep, 0))
-            if ready[1] {
-                tpsys_eventfd_drain(wakeFd)
-                sendCompletions()
-            }
-            if ready[0] {
-                for _ in 0..<Self.receiveBatch {
-                    guard let frames = try socket.receive(dontWait: true) else { break }
-                    // Read per request: a shutdown asked for while this thread slept in poll
-                    // must refuse the jobs that woke it.
-                    handle(frames, draining: shutdownRequested.load(ordering: .sequentiallyConsistent))
+            if stop { return }
+            followerWake.wait()
+            if state.withLock({ _ in stopped }) { return }
+        }
+    }
+
+    /// Runs a job the leader took and sends its reply; returns whether this thread still leads.
+    private func runLeading(_ job: Job) -> Bool {
+        let watch = LeadWatch(next: monotonicNanoseconds() + Self.leadCheckInterval)
+        if let gate = configuration.jobGate {
+            // A test's gate may hold the job indefinitely: lead on elsewhere meanwhile.
+            state.withLock { _ in handLeadOver(watch, why: "a job gate") }
+            gate()
+        }
+        let completion = job.run { [self] in
+            guard !watch.handedOver.load(ordering: .relaxed) else { return }
+            let now = monotonicNanoseconds()
+            let next = watch.next.load(ordering: .relaxed)
+            guard now >= next, watch.next.compareExchange(expected: next, desired: now + Self.leadCheckInterval,
+                                                          ordering: .relaxed).exchanged else { return }
+            state.withLock { _ in
+                // ZMQ_EVENTS, not ZMQ_FD: requests that came with the job raise no new edge.
+                if socket.hasInput || (try? poll([.fd(wakeFd)], timeoutMs: 0).first) == true {
+                    handLeadOver(watch, why: "a request or signal")
                 }
-            }
-            for (index, (key, _)) in watched.enumerated() where ready[2 + index] {
-                if let pid = clients[key]?.pid {
-                    dropClient(key, reason: "its process \(pid) exited")
-                    SharedRegion.removeOrphans(ofProcess: pid)
-                }
-            }
-            if monotonicSeconds() >= nextSweep {
-                sweepOrphans()
             }
         }
-        sendCompletions()
+        let handedOver = watch.handedOver.load(ordering: .sequentiallyConsistent)
+        let leaderMustLook = state.withLock { _ in
+            finish(completion)
+            // This send may have taken the edge of ZMQ_FD that was to wake the leader for a
+            // new request, and a drain may have ended. Otherwise waking the leader would only
+            // compete with the reply for a CPU.
+            return handedOver && (socket.hasInput || shutdownRequested.load(ordering: .sequentiallyConsistent))
+        }
+        if leaderMustLook { tpsys_eventfd_signal(wakeFd) }
+        return !handedOver
+    }
+
+    private enum Step {
+        case runJob(Job)
+        case stop
+        case sleep(watched: [([UInt8], Int32)], timeoutMs: Int)
+    }
+
+    /// Leads until it takes a job to run (returned; a follower leads by then) or the server
+    /// stops (nil).
+    private func lead() -> Job? {
+        while true {
+            switch state.withLock({ _ in takeWork() }) {
+            case .runJob(let job):
+                return job
+            case .stop:
+                return nil
+            case .sleep(let watched, let timeoutMs):
+                var ready: [Bool]
+                do {
+                    ready = try poll([.fd(socketFd), .fd(wakeFd)] + watched.map { .fd($0.1) }, timeoutMs: timeoutMs)
+                } catch {
+                    ready = []
+                    state.withLock { _ in fatal(error) }
+                }
+                state.withLock { _ in
+                    if ready.count > 1 && ready[1] { tpsys_eventfd_drain(wakeFd) }
+                    for (index, (key, _)) in watched.enumerated() where ready.count > 2 + index && ready[2 + index] {
+                        if let pid = clients[key]?.pid {
+                            dropClient(key, reason: "its process \(pid) exited")
+                            SharedRegion.removeOrphans(ofProcess: pid)
+                        }
+                    }
+                    if monotonicSeconds() >= nextSweep { sweepOrphans() }
+                }
+            }
+        }
+    }
+
+    /// With the lock held: handles what the socket holds, up to a batch. Stops the server
+    /// once draining has answered every job.
+    private func takeWork() -> Step {
+        let draining = shutdownRequested.load(ordering: .sequentiallyConsistent)
+        if draining && !announcedDrain {
+            logger.info("shutting down: finishing jobs in flight", metadata: ["inflight": "\(inflight)"])
+            announcedDrain = true
+        }
+        if stopped || (draining && inflight == 0) || socketFailure != nil {
+            stop()
+            return .stop
+        }
+        var batchEnded = true
+        for _ in 0..<Self.receiveBatch {
+            let frames: [ZMQFrame]?
+            do {
+                frames = try socket.receive(dontWait: true)
+            } catch {
+                fatal(error)
+                return .stop
+            }
+            guard let frames else {
+                batchEnded = false
+                break
+            }
+            // Read per request: a shutdown asked for while this thread slept in poll must
+            // refuse the jobs that woke it.
+            if let job = handle(frames, draining: shutdownRequested.load(ordering: .sequentiallyConsistent)) {
+                return .runJob(job)
+            }
+        }
+        let watched = clients.filter { $0.value.pidFd >= 0 }.map { ($0.key, $0.value.pidFd) }
+        let untilSweep = Swift.max(Int((nextSweep - monotonicSeconds()) * 1000) + 1, 0)
+        // After a full batch, look at pidfds and signals without sleeping, then go on.
+        return .sleep(watched: watched, timeoutMs: batchEnded ? 0 : untilSweep)
+    }
+
+    /// A socket error other than EAGAIN/EINTR cannot be served through: stop, and let `run`
+    /// throw it.
+    private func fatal(_ error: Error) {
+        logger.critical("socket failed; stopping", metadata: ["error": "\(error)"])
+        if socketFailure == nil { socketFailure = error }
+        shutdownRequested.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    /// With the lock held, by the last leader once no job is in flight: releases everything,
+    /// then lets every waiting follower (`run`'s thread may be one) return.
+    private func stop() {
+        guard !stopped else { return }
         let released = clients.values.reduce(0) { $0 + $1.regions.count }
         for key in Array(clients.keys) { dropClient(key, reason: nil) }
         // Let the last replies leave before the socket goes.
@@ -146,6 +263,9 @@ public final class PoolServer: @unchecked Sendable {
         logger.info("tidepoold stopped", metadata: [
             "jobs_completed": "\(stats.jobsCompleted)", "jobs_failed": "\(stats.jobsFailed)", "regions_released": "\(released)",
         ])
+        stopped = true
+        for _ in 0..<idleFollowers { followerWake.signal() }
+        idleFollowers = 0
     }
 
     /// Removes what dead clients left in /dev/shm; at start-up and every `sweepInterval`.
@@ -158,11 +278,12 @@ public final class PoolServer: @unchecked Sendable {
 
     // MARK: requests
 
-    private func handle(_ frames: [ZMQFrame], draining: Bool) {
+    /// Answers one request, or returns the job the caller must run (the lead handed over).
+    private func handle(_ frames: [ZMQFrame], draining: Bool) -> Job? {
         // ROUTER puts the sender's identity first; REQ-style clients add an empty delimiter.
         guard frames.count >= 2 else {
             stats.protocolErrors += 1
-            return
+            return nil
         }
         var envelope = [frames[0]]
         var start = 1
@@ -192,7 +313,7 @@ public final class PoolServer: @unchecked Sendable {
                 guard !draining else {
                     throw ProtocolViolation(TP_ERR_CLOSED, "the daemon is shutting down and takes no new jobs", type: .pool, id: header.id)
                 }
-                try startJob(request, envelope: envelope, key: key)
+                return try startJob(request, envelope: envelope, key: key)
             case .register:
                 try register(request, header: header, envelope: envelope, key: key)
             case .unregister:
@@ -217,6 +338,7 @@ public final class PoolServer: @unchecked Sendable {
         } catch {
             fail(envelope, ProtocolViolation(TP_ERR_INTERNAL, "internal error: \(error)"))
         }
+        return nil
     }
 
     /// Every type but POOL has a fixed frame 0, no flags, and a fixed frame count.
@@ -297,7 +419,8 @@ public final class PoolServer: @unchecked Sendable {
 
     // MARK: jobs
 
-    private func startJob(_ request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8]) throws {
+    /// Validates a job and counts it in flight; the leader runs it on return.
+    private func startJob(_ request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8]) throws -> Job? {
         let pool = try PoolRequest.decode(request[0].bytes, payloadFrames: request.count - 1, maxJobBytes: configuration.maxJobBytes)
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: .pool, id: pool.id)
@@ -323,28 +446,36 @@ public final class PoolServer: @unchecked Sendable {
             stats.busyRejections += 1
             throw violation(TP_ERR_BUSY, "the daemon is running --max-inflight \(configuration.maxInflight) jobs; retry later")
         }
-        inflight += 1
         let job = Job(request: pool, envelope: envelope, inputFrame: inputFrame, inputRegion: inputRegion,
                       outputRegion: outputRegion, engine: engine)
-        let work = pool.outputShape.reduce(1, *).multipliedReportingOverflow(by: pool.descriptor.kernelSize.reduce(1, *))
-        if !work.overflow && work.partialValue <= Self.inlineWorkLimit {
-            finish(job.run())
-            return
-        }
-        DispatchQueue.global(qos: .userInitiated).async { [self] in
-            configuration.jobGate?()
-            let completion = job.run()
-            completions.withLock { $0.append(completion) }
-            tpsys_eventfd_signal(wakeFd)
-        }
+        inflight += 1
+        return job
     }
 
-    private func sendCompletions() {
-        let done = completions.withLock { queue -> [Completion] in
-            defer { queue.removeAll() }
-            return queue
+    /// With the lock held, by a leader running a job: wakes an idle follower to lead, or starts
+    /// a new thread to. If no thread can start, the job runs on and this thread leads after it.
+    private func handLeadOver(_ watch: LeadWatch, why: String) {
+        guard !watch.handedOver.load(ordering: .relaxed) else { return }
+        if idleFollowers > 0 {
+            idleFollowers -= 1
+            followerWake.signal()
+        } else {
+            let retained = Unmanaged.passRetained(self)
+            var thread = pthread_t()
+            // Inherits this thread's signal mask: tidepoold keeps the stop signals blocked.
+            let code = pthread_create(&thread, nil, { server in
+                Unmanaged<PoolServer>.fromOpaque(server!).takeRetainedValue().serve()
+                return nil
+            }, retained.toOpaque())
+            guard code == 0 else {
+                retained.release()
+                logger.warning("cannot start a thread to lead while a job runs; requests wait for the job",
+                               metadata: ["waiting": "\(why)", "error": "\(String(cString: strerror(code)))"])
+                return
+            }
+            pthread_detach(thread)
         }
-        done.forEach(finish)
+        watch.handedOver.store(true, ordering: .sequentiallyConsistent)
     }
 
     /// Accounts for a finished job and sends its reply.
@@ -407,7 +538,7 @@ struct Completion: @unchecked Sendable {
     let poisonedRegions: [UInt64]
 }
 
-/// One validated job, run on a worker thread. It holds its regions and frames, so they stay
+/// One validated job, run by the thread that took it. It holds its regions and frames, so they stay
 /// valid even if the client unregisters them meanwhile.
 struct Job: @unchecked Sendable {
     let request: PoolRequest
@@ -417,10 +548,10 @@ struct Job: @unchecked Sendable {
     let outputRegion: (SharedRegion, Int)?
     let engine: PoolEngine
 
-    func run() -> Completion {
+    func run(progress: @escaping @Sendable () -> Void) -> Completion {
         var poisoned: [UInt64] = []
         do {
-            let frames = try compute()
+            let frames = try compute(progress: progress)
             for (reference, region) in [(request.input, inputRegion), (request.output, outputRegion)] {
                 if let (region, _) = region, region.isPoisoned, case .region(let id, _) = reference.placement { poisoned.append(id) }
             }
@@ -439,7 +570,7 @@ struct Job: @unchecked Sendable {
         }
     }
 
-    private func compute() throws -> [ZMQFrame] {
+    private func compute(progress: @escaping @Sendable () -> Void) throws -> [ZMQFrame] {
         let outputShape = request.outputShape
         var input: UnsafeRawPointer
         var alignedCopy: UnsafeMutableRawPointer?
@@ -471,14 +602,16 @@ struct Job: @unchecked Sendable {
             output = frame.data
         }
         try engine.pool(request.descriptor, input: TensorView(data: input, dtype: request.dtype, shape: request.inputShape),
-                        output: OutputView(data: output, dtype: request.outputDType, shape: outputShape))
+                        output: OutputView(data: output, dtype: request.outputDType, shape: outputShape),
+                        progress: progress)
         let header = ZMQFrame(Reply.pool(id: request.id, dtype: request.outputDType, shape: outputShape))
         return outputFrame.map { [header, $0] } ?? [header]
     }
 }
 
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+/// Whether the leader running a job has handed the lead over, and when it looks next.
+final class LeadWatch: Sendable {
+    let handedOver = Atomic<Bool>(false)
+    let next: Atomic<UInt64>
+    init(next: UInt64) { self.next = Atomic(next) }
 }

@@ -138,6 +138,23 @@ public final class ZMQSocket {
         return String(cString: buffer)
     }
 
+    /// ZMQ_FD: readable when the socket's state may have changed, for a plain poll(). It
+    /// signals edges only: receive until EAGAIN before sleeping on it.
+    public var fileDescriptor: Int32 {
+        var fd: Int32 = -1
+        var size = MemoryLayout<Int32>.size
+        guard let handle, zmq_getsockopt(handle, ZMQ_FD, &fd, &size) == 0 else { return -1 }
+        return fd
+    }
+
+    /// Whether a message can be received now (ZMQ_EVENTS); also re-arms `fileDescriptor`.
+    public var hasInput: Bool {
+        var events: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        guard let handle, zmq_getsockopt(handle, ZMQ_EVENTS, &events, &size) == 0 else { return false }
+        return events & Int32(ZMQ_POLLIN) != 0
+    }
+
     /// Sends every frame as one multipart message. Frames are consumed (emptied) by libzmq.
     public func send(_ frames: [ZMQFrame], dontWait: Bool = false) throws {
         let socket = try live

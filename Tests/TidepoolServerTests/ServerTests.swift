@@ -145,6 +145,38 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         }
     }
 
+    /// The leader runs the jobs it takes; a request queued behind one (here sent with it, so
+    /// it raises no new edge on ZMQ_FD) must make it hand the lead over, not wait for the job.
+    @Test func requestBehindARunningJobIsAnsweredFirst() throws {
+        let running = try RunningServer()
+        defer { running.stop() }
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 60000)
+        defer { client.close() }
+        let desc = PoolDescriptor(kind: .average, kernelSize: [5, 5, 5], stride: [1, 1, 1], padding: [2, 2, 2])
+        let shape = [2, 64, 64, 64, 8]
+        let count = shape.reduce(1, *)
+        let input = try client.allocate(bytes: count * 4), output = try client.allocate(bytes: count * 4)
+        defer { input.free(); output.free() }
+        fill(input.data, count: count, seed: 3)
+        let started = monotonicSeconds()
+        let job = try client.submit(desc, input: TensorView(data: input.data, dtype: .float32, shape: shape),
+                                    output: OutputView(data: output.data, dtype: .float32, shape: shape))
+        #expect(try client.ping() > 0)
+        let pinged = monotonicSeconds()
+        do {
+            try client.wait(job, timeoutMs: 0)
+            Issue.record("the ping was answered only after the job (\(pinged - started) s)")
+            return
+        } catch let error as PoolError {
+            #expect(error.status == TP_ERR_TIMEOUT)
+        }
+        try client.wait(job)
+        let finished = monotonicSeconds()
+        // The margin that makes this test meaningful: the job took far longer than the ping.
+        #expect(finished - pinged > 10 * (pinged - started), "job \(finished - started) s, ping \(pinged - started) s")
+        #expect(output.data.load(fromByteOffset: 4 * 1000, as: Float.self).isFinite)
+    }
+
     @Test func busyWhenMaxInflightIsReached() throws {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let running = try RunningServer(maxInflight: 1, jobGate: { entered.signal(); release.wait() })

@@ -3,6 +3,7 @@ and every validation rule answered with its error while the daemon keeps serving
 
 import os
 import struct
+import threading
 import uuid
 from multiprocessing import resource_tracker, shared_memory
 
@@ -248,3 +249,51 @@ def test_replies_under_max_inflight_are_results_or_busy():
         client.close()
     finally:
         assert running.stop() == 0
+
+
+def test_eight_clients_with_jobs_in_flight_get_their_own_results():
+    # Jobs from 0.1 ms to a few ms, sent all at once by 8 clients: the leader runs each job it
+    # takes and hands the lead over when more requests wait, so replies come from many
+    # threads. Each reply must carry its own job's result, and none may be lost.
+    running = Daemon("--max-inflight", "64")
+    try:
+        rng = np.random.default_rng(64)
+        shapes = [(1, 4, 5, 6, 2), (2, 24, 32, 32, 8), (1, 9, 7, 5, 3), (1, 40, 40, 40, 4)]
+        jobs = {(c, j): (rng.standard_normal(shapes[(c + j) % 4]).astype(np.float32), 1 + (c * j) % 2)
+                for c in range(8) for j in range(6)}
+        results, errors = {}, []
+        start = threading.Barrier(8)
+
+        def client_work(c):
+            client = RawClient(running.endpoint)
+            try:
+                start.wait()
+                for j in range(6):
+                    x, kind = jobs[(c, j)]
+                    client.socket.send_multipart(pool_request(100 * c + j, x, kind=kind, kernel=3, stride=1, padding=1))
+                for _ in range(6):
+                    assert client.socket.poll(30000), "no reply"
+                    _, job_id, status, frames = parse_reply(client.socket.recv_multipart())
+                    assert status == 0, frames[1:]
+                    assert job_id // 100 == c, f"client {c} got job {job_id}"
+                    results[(c, job_id % 100)] = frames[1]
+            except Exception as error:  # reported below with the client's index
+                errors.append((c, repr(error)))
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=client_work, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(results) == sorted(jobs)
+        for (c, j), (x, kind) in jobs.items():
+            pool = tidepool.avg_pool3d if kind == 1 else tidepool.max_pool3d
+            assert results[(c, j)] == pool(x, 3, 1, 1).tobytes(), (c, j)
+        checker = RawClient(running.endpoint)
+        assert checker.ping_ok()
+        checker.close()
+    finally:
+        assert running.stop() == 0, running.logs()
