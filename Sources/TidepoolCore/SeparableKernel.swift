@@ -59,6 +59,8 @@ public struct TilePlan {
     let scratchCount: Int
     /// Whether whole-row outputs are streamed to memory rather than stored through the cache.
     var streamOutput = false
+    /// Prefetch the next plane's input rows while finishing the current plane (see TilePass.run).
+    var prefetchInput = false
 
     /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
     public static let defaultBudgetBytes = 512 << 10
@@ -268,6 +270,14 @@ func poolTile<R: WindowReduction>(
     pass.run(progress: progress)
 }
 
+/// Input rows to prefetch: `planes` runs of `planeBytes`, `planeStride` bytes apart.
+struct UpcomingInput {
+    let start: UnsafeRawPointer
+    let planeBytes: Int
+    let planes: Int
+    let planeStride: Int
+}
+
 /// One tile's passes. A struct with methods rather than nested functions: methods of a
 /// generic type are specialised with it, where capturing closures may not be.
 struct TilePass<R: WindowReduction> {
@@ -401,6 +411,42 @@ struct TilePass<R: WindowReduction> {
         }
     }
 
+    /// Prefetches are spread over this many parts of the finishing pass, so they overlap with
+    /// its arithmetic instead of queueing up at once.
+    static var prefetchChunks: Int { 16 }
+
+    /// The input rows that the planes new to output plane `od + 1` will read, when rows are
+    /// dense: the finishing pass of `od` touches no input, so without a prefetch, memory would
+    /// idle through it.
+    func upcomingInput(after od: Int) -> UpcomingInput {
+        let none = UpcomingInput(start: UnsafeRawPointer(input), planeBytes: 0, planes: 0, planeStride: 0)
+        guard plan.prefetchInput, od + 1 < tile.od.upperBound, g.stepC == 1, g.stepW == g.channels,
+              g.stepH == g.inW * g.channels else { return none }
+        let (_, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        let (next0, next1) = windowBounds(od + 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        let first = Swift.max(next0, d1)
+        let lastRow = Swift.min(g.inH, (tile.oh.upperBound - 1) * g.strideH - g.padH + g.kernelH)
+        guard first < next1, firstRow < lastRow else { return none }
+        let size = MemoryLayout<R.Input>.stride
+        return UpcomingInput(start: UnsafeRawPointer(input + tile.n * g.stepN + first * g.stepD + firstRow * g.stepH),
+                             planeBytes: (lastRow - firstRow) * g.stepH * size, planes: next1 - first,
+                             planeStride: g.stepD * size)
+    }
+
+    /// Prefetches part `part` of `upcoming` cut into `parts` equal parts.
+    func prefetch(_ upcoming: UpcomingInput, part: Int, of parts: Int) {
+        let total = upcoming.planeBytes * upcoming.planes
+        guard total > 0 else { return }
+        var from = total * part / parts
+        let to = total * (part + 1) / parts
+        while from < to {
+            let plane = from / upcoming.planeBytes, offset = from % upcoming.planeBytes
+            let bytes = Swift.min(to - from, upcoming.planeBytes - offset)
+            tpstream_prefetch(upcoming.start + plane * upcoming.planeStride + offset, bytes)
+            from += bytes
+        }
+    }
+
     func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
 
     /// `progress` runs before each output plane.
@@ -424,7 +470,14 @@ struct TilePass<R: WindowReduction> {
                 if d0 >= d1 {
                     for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
-                    finishTaps(R.self, target, planeLength, partial: merged, taps: d0..<d1, source: plane, windowSize: windowSize)
+                    let upcoming = upcomingInput(after: od)
+                    let parts = upcoming.planes > 0 ? Self.prefetchChunks : 1
+                    for part in 0..<parts {
+                        let start = planeLength * part / parts, count = planeLength * (part + 1) / parts - start
+                        finishTaps(R.self, target + start, count, partial: merged + start, taps: d0..<d1,
+                                   source: { plane($0) + start }, windowSize: windowSize)
+                        prefetch(upcoming, part: part, of: parts)
+                    }
                 }
                 if streaming { tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride) }
                 continue
@@ -434,7 +487,9 @@ struct TilePass<R: WindowReduction> {
             } else {
                 foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: d0..<d1, first: true, source: plane)
             }
+            let upcoming = upcomingInput(after: od)
             for oh in tile.oh {
+                prefetch(upcoming, part: oh - tile.oh.lowerBound, of: tile.oh.count)
                 let source = merged + (oh - tile.oh.lowerBound) * rowLength
                 let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
                 for ow in tile.ow {

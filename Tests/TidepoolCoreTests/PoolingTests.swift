@@ -115,6 +115,34 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 
+    /// 16-bit floats take max as integer keys of their bit patterns: every ordering corner.
+    @Test(arguments: [DType.float16, .bfloat16])
+    func halfFloatMaxOrdersEveryCorner(dtype: DType) throws {
+        let negativeNaN = -Double.nan
+        let values: [[Double]] = [
+            [-0.0, -0.0], [-0.0, 0], [0, -0.0], [-1, -0.0], [-.infinity, -.infinity], [-.infinity, -65504],
+            [-2, -3], [1e-7, 0], [-1e-7, -2e-7], [.infinity, 1], [.nan, .infinity], [negativeNaN, -.infinity],
+            [-.infinity, negativeNaN], [3, -4],
+        ]
+        let input = Buffer(dtype, count: values.count * 2)
+        for (i, pair) in values.enumerated() { input[2 * i] = pair[0]; input[2 * i + 1] = pair[1] }
+        let run = try runEngine(PoolDescriptor(kind: .max, kernelSize: [2], stride: [2]), storage: input, offset: 0,
+                                shape: [1, values.count * 2, 1], strides: [values.count * 2, 1, 1])
+        for i in 0..<values.count {
+            let a = input[2 * i], b = input[2 * i + 1]
+            if a.isNaN || b.isNaN {
+                #expect(run.output[i].isNaN, "\(values[i])")
+                continue
+            }
+            let expected = b > a || (b == a && a.sign == .minus) ? b : a  // +0 above -0
+            #expect(run.output[i] == expected && run.output[i].sign == expected.sign, "\(values[i]): got \(run.output[i])")
+        }
+        // Padding counts as -inf: below -0.
+        let padded = try runEngine(PoolDescriptor(kind: .max, kernelSize: [3], padding: [1]), storage: input, offset: 0,
+                                   shape: [1, 1, 1], strides: [1, 1, 1])
+        #expect(padded.output[0] == -0.0 && padded.output[0].sign == .minus)
+    }
+
     @Test func integerExtremes() throws {
         // Max is exact over the whole range; average of 64-bit integers rounds once to float32.
         let max64 = Buffer(.int64, count: 4)
@@ -272,6 +300,25 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 
+    /// Deep windows (more taps than one pass folds) with overlapping depths: the finishing pass
+    /// runs in parts between prefetches, each part with its own slice of partial sums.
+    @Test(arguments: [DType.float32, .float16, .int8, .int32], [512, 1 << 19])
+    func deepOverlappingWindowsFinishInParts(dtype: DType, budget: Int) throws {
+        let engine = PoolEngine(threads: 2, tileBudgetBytes: budget)
+        let shape = [2, 14, 5, 6, 4]
+        for kind in PoolKind.allCases {
+            for (kernel, stride, padding) in [([7, 2, 3], [1, 1, 2], [3, 1, 1]), ([9, 1, 1], [2, 1, 1], [4, 0, 0])] {
+                let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+                let input = randomInput(dtype, shape: shape, seed: UInt64(kernel[0] * 31 + budget))
+                let strides = TensorView.contiguousStrides(shape)
+                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+                #expect(mismatch == nil, "\(desc) \(dtype) budget \(budget): \(mismatch ?? "")")
+            }
+        }
+    }
+
     @Test func stridedViewsWithTinyTiles() throws {
         let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
         let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
@@ -305,6 +352,39 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
                             output: OutputView(data: output.raw, dtype: .float32, shape: outShape))
             #expect(engine.largestScratchBytes > 0)
             #expect(engine.largestScratchBytes <= 2 * (1 << 20), "\(shape): \(engine.largestScratchBytes) bytes")
+        }
+    }
+
+    /// AverageSmallInteger divides in float32: it must give what float64 division then
+    /// rounding gives, for every sum and window size it takes (both below 2^24).
+    @Test func float32DivisionOfSmallSumsRoundsLikeFloat64() {
+        var rng = SplitMix64(seed: 24)
+        for n in 1...96 {
+            for sum in -(n * 128)...(n * 255) where Float(sum) / Float(n) != Float(Double(sum) / Double(n)) {
+                Issue.record("sum \(sum) over \(n)")
+                return
+            }
+        }
+        for n in [97, 125, 343, 511, 729, 1000, 4096, 65792, 131071] {
+            let limit = (1 << 24) - 1
+            for _ in 0..<200_000 {
+                let sum = Int(rng.next() % UInt64(2 * limit + 1)) - limit
+                #expect(Float(sum) / Float(n) == Float(Double(sum) / Double(n)), "sum \(sum) over \(n)")
+            }
+        }
+    }
+
+    /// Around the bound of the float32-division path (int16: windows below 512), means stay exact.
+    @Test(arguments: [511, 512, 513])
+    func int16MeansAreExactAtTheFloatDivisionBound(window: Int) throws {
+        var rng = SplitMix64(seed: UInt64(window))
+        let input = Buffer(.int16, count: 4 * window)
+        for i in 0..<input.count { input[i] = i < window ? 32767 : (i < 2 * window ? -32768 : Double(Int16(truncatingIfNeeded: rng.next()))) }
+        let desc = PoolDescriptor(kind: .average, kernelSize: [window], stride: [window])
+        let run = try runEngine(desc, storage: input, offset: 0, shape: [1, 4 * window, 1], strides: [4 * window, 1, 1])
+        for o in 0..<4 {
+            let sum = (0..<window).reduce(0.0) { $0 + input[o * window + $1] }
+            #expect(run.output[o] == Double(Float(sum / Double(window))), "window \(o)")
         }
     }
 

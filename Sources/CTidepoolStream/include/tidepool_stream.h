@@ -11,4 +11,7 @@ void tpstream_copy(void *destination, const void *source, size_t bytes);
 /* Order earlier streaming stores before later stores (call once the output is complete). */
 void tpstream_fence(void);
 
+/* Hint that [address, address + bytes) will be read soon: fetched into L2 meanwhile. */
+void tpstream_prefetch(const void *address, size_t bytes);
+
 #endif

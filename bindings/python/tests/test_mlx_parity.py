@@ -134,6 +134,17 @@ def test_integer_max_padding_differs_from_mlx_as_documented(dtype):
     assert theirs[0, 0, 0] != low
 
 
+@pytest.mark.parametrize("dtype", [np.float16, BFLOAT16])
+def test_half_float_max_of_signed_zeros_differs_from_mlx_as_documented(dtype):
+    # Tidepool compares 16-bit floats in a total order where -0 < +0; MLX keeps the first of
+    # equal values. Every other value, NaN and the infinities included, matches (tests above).
+    x = np.array([[[-0.0], [0.0], [0.0], [-0.0]]], dtype=dtype)
+    ours = tidepool.nn.MaxPool1d(2)(x)
+    theirs = mlx_pool("Max", 1, x, 2, 2, 0)
+    assert not np.signbit(ours.astype(np.float32)).any()
+    assert np.signbit(theirs.astype(np.float32)).ravel().tolist() == [True, False]
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.uint64])
 def test_wide_integer_average_is_exact_where_mlx_wraps(dtype):
     # MLX sums 32/64-bit integers in their own type, so a large window sum wraps around;
@@ -161,12 +172,17 @@ def test_large_outputs_match_mlx(kind, rng):
     assert_pool_close(kind, tidepool_pool(kind, 3, x, 3, 1, 1), mlx_pool(kind, 3, x, 3, 1, 1), np.float32)
 
 
-def test_nan_and_infinities_match_mlx():
-    x = np.array([[[1.0], [np.nan], [3.0], [-np.inf], [np.inf], [-1.0]]], dtype=np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, BFLOAT16, np.float64])
+def test_nan_and_infinities_match_mlx(dtype):
+    x = np.array([[[1.0], [np.nan], [3.0], [-np.inf], [np.inf], [-1.0], [-np.nan], [-np.inf], [-5.0], [-7.0]]],
+                 dtype=np.float32).astype(dtype)
     for kind in ("Avg", "Max"):
-        ours = tidepool_pool(kind, 1, x, 2)
-        theirs = mlx_pool(kind, 1, x, 2)
-        np.testing.assert_array_equal(ours, theirs)
+        for padding in (0, 1):
+            ours = tidepool_pool(kind, 1, x, 2, padding=padding)
+            theirs = mlx_pool(kind, 1, x, 2, padding=padding)
+            assert ours.dtype == theirs.dtype
+            # (numpy's NaN-aware comparison does not know ml_dtypes' bfloat16)
+            np.testing.assert_array_equal(ours.astype(np.float64), theirs.astype(np.float64))
 
 
 def test_mlx_arrays_as_input(rng):
