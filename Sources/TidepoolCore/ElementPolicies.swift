@@ -15,6 +15,14 @@ public protocol WindowReduction {
     /// Average divides by the full window, padded positions included (MLX's rule). Floats
     /// do it as MLX does, the sum times 1/n; integer means are exact, rounded once.
     static func finish(_ accumulator: Accumulator, windowSize: Int) -> Output
+    /// Whether `finish` costs more than moving its result (a rounding conversion, a
+    /// division): then subsampled rows are finished as vector runs over every position and
+    /// the kept ones copied out, instead of finished one by one.
+    static var finishOutweighsACopy: Bool { get }
+}
+
+extension WindowReduction {
+    @inlinable public static var finishOutweighsACopy: Bool { false }
 }
 
 // MARK: average
@@ -38,6 +46,7 @@ public enum AverageFloat16: WindowReduction {
     @inlinable public static func widen(_ x: Float16) -> Float { Float(x) }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
     @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float16 { Float16(sum * (1 / Float(windowSize))) }
+    @inlinable public static var finishOutweighsACopy: Bool { true }
 }
 
 public enum AverageBFloat16: WindowReduction {
@@ -45,6 +54,7 @@ public enum AverageBFloat16: WindowReduction {
     @inlinable public static func widen(_ x: BFloat16) -> Float { x.float }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
     @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(sum * (1 / Float(windowSize))) }
+    @inlinable public static var finishOutweighsACopy: Bool { true }
 }
 
 /// 8- and 16-bit integers over windows whose sums stay below 2^24 in magnitude (the engine
@@ -58,6 +68,7 @@ public enum AverageSmallInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static func widen(_ x: I) -> Int32 { Int32(truncatingIfNeeded: x) }
     @inlinable public static func merge(_ a: Int32, _ b: Int32) -> Int32 { a &+ b }
     @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(sum) / Float(windowSize) }
+    @inlinable public static var finishOutweighsACopy: Bool { true }
 
     /// Whether every window sum (and so the window size) is below 2^24.
     static func fits(windowSize: Int) -> Bool {

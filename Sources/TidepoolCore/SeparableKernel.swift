@@ -455,7 +455,13 @@ struct TilePass<R: WindowReduction> {
         // Large outputs are finished into scratch and streamed out (see tidepool_stream.h).
         let streaming = plan.streamOutput
         let outputRow = g.outW * g.channels
-        let wholeRows = !width.subsampled && channels == g.channels && tile.ow.count == g.outW
+        // Whole rows fold and finish as one vector run. Subsampled ones may too, finished in
+        // scratch (where the accumulators were, so the outputs must fit there) with every
+        // stride-th position copied out (see WindowReduction.finishOutweighsACopy).
+        let narrowing = MemoryLayout<R.Output>.stride <= MemoryLayout<R.Accumulator>.stride
+        let wholeRows = channels == g.channels && tile.ow.count == g.outW
+            && (!width.subsampled || (narrowing && R.finishOutweighsACopy))
+        let inScratch = streaming || width.subsampled
         for od in tile.od {
             progress?()
             let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
@@ -465,8 +471,7 @@ struct TilePass<R: WindowReduction> {
             }
             let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
             if wholeRows {
-                // The tile's output rows are contiguous: fold and finish them as one run.
-                let target = streaming ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
+                let target = inScratch ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
                 if d0 >= d1 {
                     for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
@@ -479,7 +484,17 @@ struct TilePass<R: WindowReduction> {
                         prefetch(upcoming, part: part, of: parts)
                     }
                 }
-                if streaming { tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride) }
+                if width.subsampled {
+                    let jump = width.stride * channels
+                    for oh in 0..<tile.oh.count {
+                        let from = target + oh * rowLength, to = out + oh * outputRow
+                        for ow in 0..<g.outW {
+                            for c in 0..<channels { to[ow * channels + c] = from[ow * jump + c] }
+                        }
+                    }
+                } else if streaming {
+                    tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride)
+                }
                 continue
             }
             if d0 >= d1 {
