@@ -1,5 +1,7 @@
-/* Non-temporal copies for large outputs: written once and not read back soon, they go to
- * memory without first reading each line into the cache (no read-for-ownership). */
+/* Memory-traffic hints the engine cannot express in Swift. Non-temporal copies for large
+ * outputs: written once and not read back soon, they go to memory without first reading each
+ * line into the cache (no read-for-ownership). Prefetches: input wanted soon, fetched while
+ * the engine computes on scratch. */
 #ifndef TIDEPOOL_STREAM_H
 #define TIDEPOOL_STREAM_H
 
