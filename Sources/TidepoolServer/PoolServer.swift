@@ -469,6 +469,7 @@ public final class PoolServer: @unchecked Sendable {
             }, retained.toOpaque())
             guard code == 0 else {
                 retained.release()
+                watch.next.store(.max, ordering: .relaxed)  // no retry (and no more warnings) during this job
                 logger.warning("cannot start a thread to lead while a job runs; requests wait for the job",
                                metadata: ["waiting": "\(why)", "error": "\(String(cString: strerror(code)))"])
                 return
