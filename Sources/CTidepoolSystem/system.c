@@ -2,6 +2,8 @@
 #include "tidepool_system.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -10,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_pidfd_open
@@ -117,4 +120,38 @@ void tpsys_guard_remove(int slot) {
     atomic_store(&slots[slot].end, 0);
     atomic_store(&slots[slot].start, 0);
     pthread_mutex_unlock(&slots_lock);
+}
+
+void tpsys_word_set(uint32_t *word, uint32_t value) {
+    __atomic_store_n(word, value, __ATOMIC_RELEASE);
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+uint32_t tpsys_word_wait(uint32_t *word, int timeout_ms) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    for (;;) {
+        uint32_t value = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (value != 0) return value;
+        struct timespec left = {0, 0};
+        if (timeout_ms >= 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            left.tv_sec = deadline.tv_sec - now.tv_sec;
+            left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+            if (left.tv_nsec < 0) {
+                left.tv_sec -= 1;
+                left.tv_nsec += 1000000000L;
+            }
+            if (left.tv_sec < 0) return 0;
+        }
+        /* Returns at once if the word is no longer 0 (EAGAIN), on a wake, a signal or the time. */
+        syscall(SYS_futex, word, FUTEX_WAIT, 0, timeout_ms >= 0 ? &left : NULL, NULL, 0);
+    }
 }

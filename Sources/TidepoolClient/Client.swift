@@ -1,4 +1,5 @@
 import CTidepool
+import CTidepoolSystem
 import CZeroMQ
 import Synchronization
 import TidepoolCore
@@ -67,7 +68,7 @@ public final class PoolClient: @unchecked Sendable {
     /// reply), so `input` and `output` must stay valid until `wait` returns.
     public func submit(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> UInt64 {
         try PoolEngine.shared.check(desc, input: input, output: output)
-        return try state.withLock { connection in try connection.submit(desc, input: input, output: output) }
+        return try state.withLock { connection in try connection.submit(desc, input: input, output: output, owner: self) }
     }
 
     /// Waits for a submitted job (-1: no limit). TP_ERR_TIMEOUT leaves it pending, to be
@@ -131,6 +132,16 @@ final class Connection {
     private var finished: [UInt64: Result<Answer, PoolError>] = [:]
     /// Live shared buffers by base address, to recognise tensors that live in one.
     private var buffers: [SharedBuffer] = []
+    /// Done words (docs/protocol.md): a registered page of them, one per job in flight whose
+    /// tensors are all in shared memory; its waiter sleeps on the word, woken by the daemon
+    /// directly, instead of on the reply, which crosses two ZeroMQ I/O threads first.
+    private var doneWords: SharedBuffer?
+    private var freeDoneWords: [Int] = []
+    private var doneWordsUnavailable = false
+    static let doneWordsBytes = 4096
+    /// How long a wait on a done word sleeps before it looks at the socket for a reply that
+    /// comes without the word (a request the daemon refused before it could check the word).
+    static let doneWordSliceMs = 5
 
     init(endpoint: String) throws {
         let context: ZMQContext
@@ -179,18 +190,32 @@ final class Connection {
         return id
     }
 
-    /// Waits for the reply to `id`, handling every other reply that arrives meanwhile.
+    /// Waits for the reply to `id` (or its done word), handling every other reply that
+    /// arrives meanwhile.
     func wait(_ id: UInt64, timeoutMs: Int) throws -> Answer {
         let deadline = timeoutMs < 0 ? Double.infinity : monotonicSeconds() + Double(timeoutMs) / 1000
         while true {
             if let result = finished.removeValue(forKey: id) { return try result.get() }
-            guard pending[id] != nil else { throw PoolError(TP_ERR_NOT_FOUND, "job \(id) is not pending on this client") }
+            guard let job = pending[id] else { throw PoolError(TP_ERR_NOT_FOUND, "job \(id) is not pending on this client") }
             let socket = try liveSocket()
             let remaining = deadline - monotonicSeconds()
             guard remaining > 0 else {
                 throw PoolError(TP_ERR_TIMEOUT, "no reply from the daemon within \(timeoutMs) ms (job \(id) is still pending)")
             }
             let wait = remaining.isInfinite ? -1 : Int((remaining * 1000).rounded(.up))
+            if let offset = job.doneWord, let words = doneWords {
+                let word = (words.data + offset).assumingMemoryBound(to: UInt32.self)
+                let value = tpsys_word_wait(word, Int32(wait < 0 ? Self.doneWordSliceMs : Swift.min(wait, Self.doneWordSliceMs)))
+                if value == Wire.doneWordSucceeded {
+                    // Done and written; the reply still on its way is dropped when it comes.
+                    pending.removeValue(forKey: id)
+                    freeDoneWords.append(offset)
+                    return Answer(body: [], payload: "")
+                }
+                if value == Wire.doneWordFailed { pending[id]?.doneWord = nil }  // the reply says why: wait for it
+                while let frames = try socket.receive(dontWait: true) { accept(frames) }
+                continue
+            }
             guard try poll([.socket(socket)], timeoutMs: wait)[0] else { continue }
             while let frames = try socket.receive(dontWait: true) { accept(frames) }
         }
@@ -200,7 +225,8 @@ final class Connection {
     private func accept(_ frames: [ZMQFrame]) {
         guard let reply = try? DecodedReply.decode(frames[0].bytes, frame1: frames.count > 1 ? frames[1].bytes : nil),
               let job = pending.removeValue(forKey: reply.id)
-        else { return }  // replies nobody waits for (UNREGISTER, BYE, timed-out jobs) end here
+        else { return }  // replies nobody waits for (UNREGISTER, BYE, jobs ended by their done word) end here
+        if let offset = job.wordSlot { freeDoneWords.append(offset) }
         guard reply.status == TP_OK else {
             finished[reply.id] = .failure(PoolError(reply.status, reply.message))
             return
@@ -259,7 +285,7 @@ final class Connection {
         return nil
     }
 
-    func submit(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> UInt64 {
+    func submit(_ desc: PoolDescriptor, input: TensorView, output: OutputView, owner: PoolClient) throws -> UInt64 {
         _ = try liveSocket()
         let outputDType = input.dtype.result(of: desc.kind)
         let inputBytes = input.shape.reduce(1, *) * input.dtype.size
@@ -275,12 +301,38 @@ final class Connection {
             if inputBytes > 0 { packContiguous(input, into: frame.data) }
             inputFrame = [frame]
         }
+        // A done word only where nothing comes back in the reply.
+        let slot = outputBuffer != nil ? takeDoneWord(owner: owner) : nil
         let request = PoolRequest(
             id: nextID(), descriptor: desc, dtype: input.dtype, inputShape: input.shape,
             input: TensorReference(placement: inputBuffer.map { .region(id: $0.0.regionID, offset: $0.1) } ?? .inline, bytes: inputBytes),
-            output: TensorReference(placement: outputBuffer.map { .region(id: $0.0.regionID, offset: $0.1) } ?? .inline, bytes: outputBytes))
-        let job = PendingJob(inlineOutput: outputBuffer == nil ? output.data : nil, outputBytes: outputBytes)
-        return try self.request([request.encode()], extra: inputFrame, output: job)
+            output: TensorReference(placement: outputBuffer.map { .region(id: $0.0.regionID, offset: $0.1) } ?? .inline, bytes: outputBytes),
+            doneWord: slot.map { DoneWord(region: doneWords!.regionID, offset: $0) })
+        let job = PendingJob(inlineOutput: outputBuffer == nil ? output.data : nil, outputBytes: outputBytes, doneWord: slot, wordSlot: slot)
+        do {
+            return try self.request([request.encode()], extra: inputFrame, output: job)
+        } catch {
+            if let slot { freeDoneWords.append(slot) }
+            throw error
+        }
+    }
+
+    /// A free done word, set to 0 (the page is registered at first use); nil when there is
+    /// none to spare or the daemon would not register the page, and the reply is waited for.
+    private func takeDoneWord(owner: PoolClient) -> Int? {
+        if doneWords == nil && !doneWordsUnavailable {
+            guard let page = try? allocate(bytes: Self.doneWordsBytes, timeoutMs: 10_000, owner: owner) else {
+                doneWordsUnavailable = true
+                return nil
+            }
+            // Not a buffer for tensors: no tensor may be found in it.
+            buffers.removeAll { $0 === page }
+            doneWords = page
+            freeDoneWords = Array(stride(from: Self.doneWordsBytes - 4, through: 0, by: -4))
+        }
+        guard let words = doneWords, let slot = freeDoneWords.popLast() else { return nil }
+        (words.data + slot).assumingMemoryBound(to: UInt32.self).pointee = 0
+        return slot
     }
 
     /// Sends BYE (without waiting) so the daemon drops this client's regions, and closes.
@@ -294,12 +346,18 @@ final class Connection {
         pending.removeAll()
         finished.removeAll()
         buffers.removeAll()
+        doneWords = nil
+        freeDoneWords.removeAll()
     }
 }
 
 struct PendingJob {
     var inlineOutput: UnsafeMutableRawPointer? = nil
     var outputBytes = 0
+    /// The job's done word, while it is worth waiting on.
+    var doneWord: Int? = nil
+    /// The done word's slot, held until the job ends.
+    var wordSlot: Int? = nil
 }
 
 struct Answer {

@@ -20,6 +20,13 @@ public enum Wire {
     public static let maxFrames = 2
     /// Largest extent accepted for one axis; keeps every product well inside 64 bits.
     public static let maxAxisLength = 1 << 40
+    /// POOL flag: frame 0 ends with a done word's region and offset (`doneWordFieldsSize`
+    /// more bytes); the daemon sets the word when the job ends, before its reply.
+    public static let doneWordFlag: UInt32 = 1
+    public static let doneWordFieldsSize = 16
+    /// A done word's values: 0 while the job runs (the client's), 1 done, 2 failed (see the reply).
+    public static let doneWordSucceeded: UInt32 = 1
+    public static let doneWordFailed: UInt32 = 2
 
     /// $TIDEPOOL_ENDPOINT, else ipc://$XDG_RUNTIME_DIR/tidepool.sock, else
     /// ipc:///tmp/tidepool-$UID/tidepool.sock. Shared by the daemon and every client.
@@ -137,6 +144,17 @@ public enum TensorPlacement: Equatable, Sendable {
     }
 }
 
+/// Where the daemon signals a job's end: a 4-byte word in one of the sender's regions.
+public struct DoneWord: Equatable, Sendable {
+    public var region: UInt64
+    public var offset: Int
+
+    public init(region: UInt64, offset: Int) {
+        self.region = region
+        self.offset = offset
+    }
+}
+
 public struct TensorReference: Equatable, Sendable {
     public var placement: TensorPlacement
     public var bytes: Int
@@ -158,15 +176,17 @@ public struct PoolRequest: Equatable, Sendable {
     public var inputShape: [Int]
     public var input: TensorReference
     public var output: TensorReference
+    public var doneWord: DoneWord?
 
     public init(id: UInt64, descriptor: PoolDescriptor, dtype: DType, inputShape: [Int], input: TensorReference,
-                output: TensorReference) {
+                output: TensorReference, doneWord: DoneWord? = nil) {
         self.id = id
         self.descriptor = descriptor
         self.dtype = dtype
         self.inputShape = inputShape
         self.input = input
         self.output = output
+        self.doneWord = doneWord
     }
 
     public var outputDType: DType { dtype.result(of: descriptor.kind) }
@@ -175,8 +195,8 @@ public struct PoolRequest: Equatable, Sendable {
     public var outputShape: [Int] { (try? descriptor.outputShape(inputShape: inputShape)) ?? [] }
 
     public func encode() -> [UInt8] {
-        var writer = ByteWriter(capacity: MessageType.pool.requestSize)
-        Header(type: MessageType.pool.rawValue, id: id).write(to: &writer)
+        var writer = ByteWriter(capacity: MessageType.pool.requestSize + Wire.doneWordFieldsSize)
+        Header(type: MessageType.pool.rawValue, id: id, flags: doneWord == nil ? 0 : Wire.doneWordFlag).write(to: &writer)
         writer.put(descriptor.kind.code)
         writer.put(dtype.code)
         writer.put(Int32(descriptor.spatialDims))
@@ -197,6 +217,10 @@ public struct PoolRequest: Equatable, Sendable {
             }
             writer.put(UInt64(reference.bytes))
         }
+        if let doneWord {
+            writer.put(doneWord.region)
+            writer.put(UInt64(doneWord.offset))
+        }
         return writer.bytes
     }
 
@@ -208,10 +232,15 @@ public struct PoolRequest: Equatable, Sendable {
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: .pool, id: header.id)
         }
-        guard frame.count == MessageType.pool.requestSize else {
-            throw violation(TP_ERR_PROTOCOL, "a POOL request's frame 0 is \(MessageType.pool.requestSize) bytes but this one is \(frame.count)")
+        guard header.flags & ~Wire.doneWordFlag == 0 else {
+            throw violation(TP_ERR_FLAGS, "flags is 0x\(String(header.flags, radix: 16)); only bit 0 (done word) is defined")
         }
-        guard header.flags == 0 else { throw violation(TP_ERR_FLAGS, "flags is 0x\(String(header.flags, radix: 16)) but must be 0") }
+        let withDoneWord = header.flags & Wire.doneWordFlag != 0
+        let size = MessageType.pool.requestSize + (withDoneWord ? Wire.doneWordFieldsSize : 0)
+        guard frame.count == size else {
+            throw violation(TP_ERR_PROTOCOL,
+                "a POOL request's frame 0 is \(size) bytes \(withDoneWord ? "with" : "without") a done word but this one is \(frame.count)")
+        }
         var reader = ByteReader(frame, offset: Wire.headerSize)
         let kindCode = reader.get(Int32.self), dtypeCode = reader.get(Int32.self)
         let spatialDims = Int(reader.get(Int32.self)), rank = Int(reader.get(Int32.self))
@@ -221,6 +250,7 @@ public struct PoolRequest: Equatable, Sendable {
         let inputCode = reader.get(UInt32.self), outputCode = reader.get(UInt32.self)
         let inputRegion = reader.get(UInt64.self), inputOffset = reader.get(UInt64.self), inputBytes = reader.get(UInt64.self)
         let outputRegion = reader.get(UInt64.self), outputOffset = reader.get(UInt64.self), outputBytes = reader.get(UInt64.self)
+        let doneRegion = withDoneWord ? reader.get(UInt64.self) : 0, doneOffset = withDoneWord ? reader.get(UInt64.self) : 0
 
         guard let kind = PoolKind(code: kindCode) else {
             throw violation(TP_ERR_INVALID_ARGUMENT, "kind is \(kindCode), not TP_POOL_AVG (1) or TP_POOL_MAX (2)")
@@ -292,12 +322,26 @@ public struct PoolRequest: Equatable, Sendable {
             throw violation(TP_ERR_LAYOUT, "output [\(bOffset), \(bOffset + expectedOutput)) overlaps input "
                 + "[\(aOffset), \(aOffset + expectedInput)) in region \(a)")
         }
+        var doneWord: DoneWord?
+        if withDoneWord {
+            guard doneOffset <= UInt64(Int.max) else { throw violation(TP_ERR_OVERFLOW, "done_offset \(doneOffset) overflows") }
+            guard doneOffset % 4 == 0 else { throw violation(TP_ERR_LAYOUT, "done_offset \(doneOffset) is not a multiple of 4") }
+            let word = DoneWord(region: doneRegion, offset: Int(doneOffset))
+            for (name, reference) in [("input", input), ("output", output)] {
+                if case .region(let region, let offset) = reference.placement, region == word.region,
+                   word.offset < offset + reference.bytes, offset < word.offset + 4 {
+                    throw violation(TP_ERR_LAYOUT, "the done word at \(word.offset) overlaps the \(name) in region \(region)")
+                }
+            }
+            doneWord = word
+        }
         let expectedFrames = input.placement == .inline ? 1 : 0
         guard payloadFrames == expectedFrames else {
             throw violation(TP_ERR_PROTOCOL, "a POOL request with \(input.placement == .inline ? "an inline" : "a region") input "
                 + "has \(expectedFrames + 1) frame(s) but this one has \(payloadFrames + 1)")
         }
-        return PoolRequest(id: header.id, descriptor: descriptor, dtype: dtype, inputShape: shape, input: input, output: output)
+        return PoolRequest(id: header.id, descriptor: descriptor, dtype: dtype, inputShape: shape, input: input, output: output,
+                           doneWord: doneWord)
     }
 }
 

@@ -150,6 +150,9 @@ public final class PoolServer: @unchecked Sendable {
                 }
             }
         }
+        if let (region, offset) = job.doneWord {
+            signalDone(region, offset, completion.failure == nil ? Wire.doneWordSucceeded : Wire.doneWordFailed)
+        }
         let handedOver = watch.handedOver.load(ordering: .sequentiallyConsistent)
         let leaderMustLook = state.withLock { _ in
             finish(completion)
@@ -310,10 +313,7 @@ public final class PoolServer: @unchecked Sendable {
             case .ping:
                 reply(envelope, [Reply.success(.ping, id: header.id) { $0.put(TidepoolVersion.number); $0.put(UInt32(getpid())) }])
             case .pool:
-                guard !draining else {
-                    throw ProtocolViolation(TP_ERR_CLOSED, "the daemon is shutting down and takes no new jobs", type: .pool, id: header.id)
-                }
-                return try startJob(request, envelope: envelope, key: key)
+                return try startJob(request, envelope: envelope, key: key, draining: draining)
             case .register:
                 try register(request, header: header, envelope: envelope, key: key)
             case .unregister:
@@ -420,11 +420,36 @@ public final class PoolServer: @unchecked Sendable {
     // MARK: jobs
 
     /// Validates a job and counts it in flight; the leader runs it on return.
-    private func startJob(_ request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8]) throws -> Job? {
+    private func startJob(_ request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8], draining: Bool) throws -> Job? {
         let pool = try PoolRequest.decode(request[0].bytes, payloadFrames: request.count - 1, maxJobBytes: configuration.maxJobBytes)
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: .pool, id: pool.id)
         }
+        // The done word first: once it is known good, every outcome sets it.
+        var doneWord: (SharedRegion, Int)?
+        if let word = pool.doneWord {
+            guard let region = clients[key]?.regions[word.region] else {
+                throw violation(TP_ERR_NOT_FOUND, "done_region \(word.region) is not registered by this client")
+            }
+            guard region.contains(offset: word.offset, count: 4) else {
+                throw violation(TP_ERR_INVALID_ARGUMENT, "done_offset \(word.offset) + 4 exceeds region \(word.region)'s \(region.size) bytes")
+            }
+            doneWord = (region, word.offset)
+        }
+        do {
+            return try startJob(pool, request: request, envelope: envelope, key: key, draining: draining, doneWord: doneWord)
+        } catch {
+            if let (region, offset) = doneWord { signalDone(region, offset, Wire.doneWordFailed) }
+            throw error
+        }
+    }
+
+    private func startJob(_ pool: PoolRequest, request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8], draining: Bool,
+                          doneWord: (SharedRegion, Int)?) throws -> Job? {
+        func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
+            ProtocolViolation(status, message, type: .pool, id: pool.id)
+        }
+        guard !draining else { throw violation(TP_ERR_CLOSED, "the daemon is shutting down and takes no new jobs") }
         func resolve(_ name: String, _ reference: TensorReference) throws -> (SharedRegion, Int)? {
             guard case .region(let id, let offset) = reference.placement else { return nil }
             guard let region = clients[key]?.regions[id] else {
@@ -447,9 +472,16 @@ public final class PoolServer: @unchecked Sendable {
             throw violation(TP_ERR_BUSY, "the daemon is running --max-inflight \(configuration.maxInflight) jobs; retry later")
         }
         let job = Job(request: pool, envelope: envelope, inputFrame: inputFrame, inputRegion: inputRegion,
-                      outputRegion: outputRegion, engine: engine)
+                      outputRegion: outputRegion, doneWord: doneWord, engine: engine)
         inflight += 1
         return job
+    }
+
+    /// Sets a job's done word, before its reply: a client waiting on the word need not wait
+    /// for the reply's trip through both ZeroMQ I/O threads. (A truncated region's SIGBUS is
+    /// caught by its guard.)
+    private func signalDone(_ region: SharedRegion, _ offset: Int, _ value: UInt32) {
+        tpsys_word_set((region.base + offset).assumingMemoryBound(to: UInt32.self), value)
     }
 
     /// With the lock held, by a leader running a job: wakes an idle follower to lead, or starts
@@ -547,6 +579,7 @@ struct Job: @unchecked Sendable {
     let inputFrame: ZMQFrame?
     let inputRegion: (SharedRegion, Int)?
     let outputRegion: (SharedRegion, Int)?
+    let doneWord: (SharedRegion, Int)?
     let engine: PoolEngine
 
     func run(progress: @escaping @Sendable () -> Void) -> Completion {

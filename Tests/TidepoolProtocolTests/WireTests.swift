@@ -51,7 +51,34 @@ func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T)
         expectViolation(TP_ERR_PROTOCOL, "magic is 0x1") { _ = try decode(patched(bytes, at: 0, UInt32(1))) }
         expectViolation(TP_ERR_VERSION, "protocol version is 2") { _ = try decode(patched(bytes, at: 4, UInt16(2))) }
         expectViolation(TP_ERR_FLAGS, "flags is 0x8") { _ = try decode(patched(bytes, at: 20, UInt32(8))) }
-        expectViolation(TP_ERR_PROTOCOL, "frame 0 is 232 bytes but this one is 231") { _ = try decode(Array(bytes.dropLast())) }
+        expectViolation(TP_ERR_PROTOCOL, "frame 0 is 232 bytes without a done word but this one is 231") {
+            _ = try decode(Array(bytes.dropLast()))
+        }
+        expectViolation(TP_ERR_PROTOCOL, "frame 0 is 248 bytes with a done word but this one is 232") {
+            _ = try decode(patched(bytes, at: 20, UInt32(1)))
+        }
+    }
+
+    @Test func doneWordRoundTripsAndIsChecked() throws {
+        var withWord = request
+        withWord.input = TensorReference(placement: .region(id: 3, offset: 0), bytes: request.input.bytes)
+        withWord.output = TensorReference(placement: .region(id: 3, offset: 4096), bytes: request.output.bytes)
+        withWord.doneWord = DoneWord(region: 3, offset: 8192)
+        let bytes = withWord.encode()
+        #expect(bytes.count == 248)
+        #expect(try decode(bytes, payloadFrames: 0) == withWord)
+        expectViolation(TP_ERR_LAYOUT, "done_offset 8194 is not a multiple of 4") {
+            _ = try decode(patched(bytes, at: 240, UInt64(8194)), payloadFrames: 0)
+        }
+        expectViolation(TP_ERR_LAYOUT, "the done word at 4096 overlaps the output in region 3") {
+            _ = try decode(patched(bytes, at: 240, UInt64(4096)), payloadFrames: 0)
+        }
+        expectViolation(TP_ERR_LAYOUT, "overlaps the input in region 3") {
+            _ = try decode(patched(bytes, at: 240, UInt64(0)), payloadFrames: 0)
+        }
+        expectViolation(TP_ERR_OVERFLOW, "done_offset") { _ = try decode(patched(bytes, at: 240, UInt64.max - 3), payloadFrames: 0) }
+        // Another region: no overlap to check there.
+        #expect(try decode(patched(bytes, at: 232, UInt64(4)), payloadFrames: 0).doneWord == DoneWord(region: 4, offset: 8192))
     }
 
     @Test func fieldChecks() {

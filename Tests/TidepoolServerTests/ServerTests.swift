@@ -1,6 +1,7 @@
 import CTidepool
 import Dispatch
 import Logging
+import Synchronization
 import Testing
 import TidepoolClient
 import TidepoolCore
@@ -102,7 +103,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         #expect(shared == expected)
         let stats = try client.stats()
         #expect(stats.contains("\"jobs_completed\": 2"))
-        #expect(stats.contains("\"regions\": 2"))
+        #expect(stats.contains("\"regions\": 3"))  // two buffers and the page of done words
         inputBuffer.free()
         outputBuffer.free()
     }
@@ -175,6 +176,73 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         // The margin that makes this test meaningful: the job took far longer than the ping.
         #expect(finished - pinged > 10 * (pinged - started), "job \(finished - started) s, ping \(pinged - started) s")
         #expect(output.data.load(fromByteOffset: 4 * 1000, as: Float.self).isFinite)
+    }
+
+    /// Jobs whose tensors are all in shared memory end on their done word: several in flight
+    /// waited for out of order, a timeout that leaves the job waitable, a refusal (word 2)
+    /// reported with the reply's message.
+    @Test func doneWordsEndJobsAndCarryFailures() throws {
+        let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let gateOn = Atomic<Bool>(false)
+        let running = try RunningServer(maxInflight: 4, jobGate: {
+            if gateOn.load(ordering: .sequentiallyConsistent) { entered.signal(); release.wait() }
+        })
+        defer { running.stop() }
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 10000)
+        defer { client.close() }
+        let desc = PoolDescriptor(kind: .max, kernelSize: [2, 2], stride: [2, 2])
+        let shape = [1, 16, 16, 2], outShape = [1, 8, 8, 2]
+        let input = try client.allocate(bytes: 16 * 16 * 2 * 4)
+        defer { input.free() }
+        fill(input.data, count: 16 * 16 * 2, seed: 5)
+        var expected = [Float](repeating: 0, count: 128)
+        try expected.withUnsafeMutableBytes { out in
+            try PoolEngine.shared.pool(desc, input: TensorView(data: input.data, dtype: .float32, shape: shape),
+                                       output: OutputView(data: out.baseAddress, dtype: .float32, shape: outShape))
+        }
+        let outputs = try (0..<6).map { _ in try client.allocate(bytes: 128 * 4) }
+        defer { outputs.forEach { $0.free() } }
+        func submit(_ output: SharedBuffer) throws -> UInt64 {
+            memset(output.data, 0, 128 * 4)
+            return try client.submit(desc, input: TensorView(data: input.data, dtype: .float32, shape: shape),
+                                     output: OutputView(data: output.data, dtype: .float32, shape: outShape))
+        }
+        func result(_ output: SharedBuffer) -> [Float] {
+            Array(UnsafeBufferPointer(start: output.data.assumingMemoryBound(to: Float.self), count: 128))
+        }
+        let jobs = try outputs.prefix(4).map(submit)
+        for (job, output) in zip(jobs, outputs).reversed() {
+            try client.wait(job)
+            #expect(result(output) == expected)
+        }
+
+        gateOn.store(true, ordering: .sequentiallyConsistent)
+        let held = try submit(outputs[0])
+        entered.wait()
+        do {
+            try client.wait(held, timeoutMs: 20)
+            Issue.record("a held job ended")
+        } catch let error as PoolError {
+            #expect(error.status == TP_ERR_TIMEOUT)
+        }
+        // Fill the daemon: three more held jobs, then one refused.
+        let more = try outputs[1..<4].map(submit)
+        for _ in more { entered.wait() }
+        do {
+            try client.wait(try submit(outputs[4]))
+            Issue.record("a job beyond --max-inflight was accepted")
+        } catch let error as PoolError {
+            #expect(error.status == TP_ERR_BUSY)
+            #expect(error.message.contains("--max-inflight 4"))
+        }
+        gateOn.store(false, ordering: .sequentiallyConsistent)
+        for _ in 0..<4 { release.signal() }
+        for (job, output) in zip([held] + more, outputs) {
+            try client.wait(job)
+            #expect(result(output) == expected)
+        }
+        try client.wait(try submit(outputs[5]))
+        #expect(result(outputs[5]) == expected)
     }
 
     @Test func busyWhenMaxInflightIsReached() throws {

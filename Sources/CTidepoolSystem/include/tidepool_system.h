@@ -1,9 +1,11 @@
 /* Small C shims for what Swift cannot express or cannot do safely: the pidfd_open system
- * call, and a SIGBUS guard for memory mapped from other processes. */
+ * call, eventfds, a SIGBUS guard for memory mapped from other processes, and words in shared
+ * memory that one process sets and another waits on. */
 #ifndef TIDEPOOL_SYSTEM_H
 #define TIDEPOOL_SYSTEM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* pidfd_open(2): a descriptor that becomes readable when process `pid` exits; -1 and errno
@@ -30,5 +32,13 @@ int tpsys_guard_install(void);
 int tpsys_guard_add(void *start, size_t length);
 int tpsys_guard_poisoned(int slot);
 void tpsys_guard_remove(int slot);
+
+/* A done word (docs/protocol.md): a 4-byte word in shared memory, 0 until another process
+ * sets it once, through a futex shared between processes (not FUTEX_PRIVATE).
+ * tpsys_word_set: store `value` (release ordering) and wake every waiter.
+ * tpsys_word_wait: wait while the word is 0, at most timeout_ms (< 0: no limit); returns the
+ * word (acquire ordering), 0 if the time ran out. */
+void tpsys_word_set(uint32_t *word, uint32_t value);
+uint32_t tpsys_word_wait(uint32_t *word, int timeout_ms);
 
 #endif

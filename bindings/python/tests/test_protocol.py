@@ -132,6 +132,47 @@ def test_job_through_shared_memory(raw):
     memory.close()
 
 
+def test_done_word_is_set_before_the_reply(raw):
+    # The word is set (1 done, 2 failed) before the reply leaves, so it is already set when
+    # the reply arrives; a client may sleep on it (a futex) instead of on the reply.
+    x = np.random.randn(2, 8, 8, 3).astype(np.float32)
+    out_bytes = 2 * 4 * 4 * 3 * 4
+    word_offset = x.nbytes + out_bytes
+    region, memory, status, _ = raw.register(word_offset + 8)
+    assert status == 0
+    np.frombuffer(memory.buf, np.float32, x.size)[:] = x.ravel()
+    words = np.frombuffer(memory.buf, np.uint32, 2, offset=word_offset)
+
+    def job(job_id, done_region=region, done_offset=word_offset, in_region=region):
+        frames = pool_request(job_id, x, kind=1, in_loc=1, out_loc=1, in_region=in_region, out_region=region,
+                              out_offset=x.nbytes)
+        frames[0] = header(POOL, job_id, flags=1) + frames[0][24:] + struct.pack("<QQ", done_region, done_offset)
+        return raw.call(frames)
+
+    words[:] = 0
+    _, job_id, status, frames = job(11)
+    assert (job_id, status, len(frames)) == (11, 0, 1)
+    assert words.tolist() == [1, 0]
+    y = np.frombuffer(memory.buf, np.float32, out_bytes // 4, offset=x.nbytes).reshape(2, 4, 4, 3)
+    np.testing.assert_array_equal(y, tidepool.avg_pool2d(x, 2))
+    # A job refused once its word is known good still sets it: 2, and the reply says why.
+    _, _, status, frames = job(12, done_offset=word_offset + 4, in_region=region + 1000)
+    assert status == STATUS["NOT_FOUND"] and b"input_region" in frames[1]
+    assert words.tolist() == [1, 2]
+    # A word the daemon cannot check is never written; the reply names the field.
+    words[:] = 0
+    for done_region, done_offset, status_name, fragment in [
+            (region + 1000, word_offset, "NOT_FOUND", b"done_region"),
+            (region, word_offset + 2, "LAYOUT", b"done_offset"),
+            (region, x.nbytes, "LAYOUT", b"overlaps the output"),
+            (region, word_offset + 8, "INVALID_ARGUMENT", b"done_offset")]:
+        _, _, status, frames = job(13, done_region, done_offset)
+        assert status == STATUS[status_name] and fragment in frames[1], (status, frames)
+    assert words.tolist() == [0, 0]
+    del y, words
+    memory.close()
+
+
 X = np.zeros((1, 4, 4, 2), np.float32)
 
 
@@ -153,7 +194,10 @@ INVALID_REQUESTS = [
     ("ping with a payload", [header(PING, 1), b"x"], "PROTOCOL", "1 frame(s) but this one has 2"),
     ("flags", [header(STATS, 1, flags=2)], "FLAGS", "flags is 0x2"),
     ("short pool frame", [header(POOL, 1) + b"\0" * 8], "PROTOCOL", "frame 0 is 232 bytes"),
-    ("pool flags", [header(POOL, 1, flags=1) + pool_body(X.shape, 1, 1, 2, 2, 0)[0:], X.tobytes()], "FLAGS", "flags"),
+    ("pool flags", [header(POOL, 1, flags=2) + pool_body(X.shape, 1, 1, 2, 2, 0), X.tobytes()], "FLAGS",
+     "only bit 0 (done word) is defined"),
+    ("done word flag without its fields", [header(POOL, 1, flags=1) + pool_body(X.shape, 1, 1, 2, 2, 0), X.tobytes()],
+     "PROTOCOL", "248 bytes with a done word but this one is 232"),
     ("kind", [pool(kind=7), X.tobytes()], "INVALID_ARGUMENT", "kind is 7"),
     ("dtype", [pool(dtype_code=42), X.tobytes()], "DTYPE", "dtype is 42"),
     ("spatial dims", [pool(spatial=4), X.tobytes()], "INVALID_ARGUMENT", "spatial_dims must be 1, 2 or 3 but is 4"),
