@@ -203,7 +203,8 @@ final class Connection {
                 throw PoolError(TP_ERR_TIMEOUT, "no reply from the daemon within \(timeoutMs) ms (job \(id) is still pending)")
             }
             let wait = remaining.isInfinite ? -1 : Int((remaining * 1000).rounded(.up))
-            if let offset = job.doneWord, let words = doneWords {
+            // On a failed word (2) the reply says why: wait for it below.
+            if let offset = job.wordSlot, let words = doneWords {
                 let word = (words.data + offset).assumingMemoryBound(to: UInt32.self)
                 let value = tpsys_word_wait(word, Int32(wait < 0 ? Self.doneWordSliceMs : Swift.min(wait, Self.doneWordSliceMs)))
                 if value == Wire.doneWordSucceeded {
@@ -212,9 +213,10 @@ final class Connection {
                     freeDoneWords.append(offset)
                     return Answer(body: [], payload: "")
                 }
-                if value == Wire.doneWordFailed { pending[id]?.doneWord = nil }  // the reply says why: wait for it
-                while let frames = try socket.receive(dontWait: true) { accept(frames) }
-                continue
+                if value == 0 {
+                    while let frames = try socket.receive(dontWait: true) { accept(frames) }
+                    continue
+                }
             }
             guard try poll([.socket(socket)], timeoutMs: wait)[0] else { continue }
             while let frames = try socket.receive(dontWait: true) { accept(frames) }
@@ -308,7 +310,7 @@ final class Connection {
             input: TensorReference(placement: inputBuffer.map { .region(id: $0.0.regionID, offset: $0.1) } ?? .inline, bytes: inputBytes),
             output: TensorReference(placement: outputBuffer.map { .region(id: $0.0.regionID, offset: $0.1) } ?? .inline, bytes: outputBytes),
             doneWord: slot.map { DoneWord(region: doneWords!.regionID, offset: $0) })
-        let job = PendingJob(inlineOutput: outputBuffer == nil ? output.data : nil, outputBytes: outputBytes, doneWord: slot, wordSlot: slot)
+        let job = PendingJob(inlineOutput: outputBuffer == nil ? output.data : nil, outputBytes: outputBytes, wordSlot: slot)
         do {
             return try self.request([request.encode()], extra: inputFrame, output: job)
         } catch {
@@ -354,9 +356,7 @@ final class Connection {
 struct PendingJob {
     var inlineOutput: UnsafeMutableRawPointer? = nil
     var outputBytes = 0
-    /// The job's done word, while it is worth waiting on.
-    var doneWord: Int? = nil
-    /// The done word's slot, held until the job ends.
+    /// The job's done word (an offset in the page), held until the job ends.
     var wordSlot: Int? = nil
 }
 

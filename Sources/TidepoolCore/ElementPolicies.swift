@@ -59,7 +59,7 @@ public enum AverageBFloat16: WindowReduction {
 
 /// 8- and 16-bit integers over windows whose sums stay below 2^24 in magnitude (the engine
 /// checks): Int32 sums, and a float32 division, which gives exactly the float32 nearest the
-/// true mean, as `AverageInt32Sum`'s float64 division does, at a third of its cost. (Why: the
+/// true mean, as `AverageInt32Sum`'s float64 division does, with twice as many per vector. (Why: the
 /// quotient of two integers below 2^24 either is exact in float64, or lies at least 2^-45 of its
 /// size away from every float32 rounding midpoint, far beyond float64's rounding error, so
 /// rounding twice cannot differ from rounding once.)

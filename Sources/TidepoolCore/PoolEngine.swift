@@ -105,24 +105,10 @@ public final class PoolEngine: Sendable {
         case (.average, .float64): try job.run(AverageFloat64.self)
         case (.average, .float16): try job.run(AverageFloat16.self)
         case (.average, .bfloat16): try job.run(AverageBFloat16.self)
-        case (.average, .int8) where AverageSmallInteger<Int8>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageSmallInteger<Int8>.self)
-        case (.average, .int16) where AverageSmallInteger<Int16>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageSmallInteger<Int16>.self)
-        case (.average, .uint8) where AverageSmallInteger<UInt8>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageSmallInteger<UInt8>.self)
-        case (.average, .uint16) where AverageSmallInteger<UInt16>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageSmallInteger<UInt16>.self)
-        case (.average, .int8) where AverageInt32Sum<Int8>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageInt32Sum<Int8>.self)
-        case (.average, .int16) where AverageInt32Sum<Int16>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageInt32Sum<Int16>.self)
-        case (.average, .uint8) where AverageInt32Sum<UInt8>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageInt32Sum<UInt8>.self)
-        case (.average, .uint16) where AverageInt32Sum<UInt16>.fits(windowSize: geometry.windowSize):
-            try job.run(AverageInt32Sum<UInt16>.self)
-        case (.average, .int8): try job.run(AverageNarrowInteger<Int8>.self)
-        case (.average, .int16): try job.run(AverageNarrowInteger<Int16>.self)
+        case (.average, .int8): try job.runAverageOfShortIntegers(Int8.self)
+        case (.average, .int16): try job.runAverageOfShortIntegers(Int16.self)
+        case (.average, .uint8): try job.runAverageOfShortIntegers(UInt8.self)
+        case (.average, .uint16): try job.runAverageOfShortIntegers(UInt16.self)
         case (.average, .int32): try job.run(AverageNarrowInteger<Int32>.self)
         case (.average, .int64): try job.run(AverageWideInteger<Int64>.self)
         case (.average, .uint8): try job.run(AverageNarrowInteger<UInt8>.self)
@@ -153,6 +139,17 @@ private struct Job: @unchecked Sendable {
     let threads: Int
     let engine: PoolEngine
     let progress: (@Sendable () -> Void)?
+
+    /// 8- and 16-bit integers: the narrowest sum the window allows (see each reduction's `fits`).
+    func runAverageOfShortIntegers<I: FixedWidthInteger>(_: I.Type) throws {
+        if AverageSmallInteger<I>.fits(windowSize: geometry.windowSize) {
+            try run(AverageSmallInteger<I>.self)
+        } else if AverageInt32Sum<I>.fits(windowSize: geometry.windowSize) {
+            try run(AverageInt32Sum<I>.self)
+        } else {
+            try run(AverageNarrowInteger<I>.self)
+        }
+    }
 
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.

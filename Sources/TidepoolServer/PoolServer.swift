@@ -420,7 +420,7 @@ public final class PoolServer: @unchecked Sendable {
     // MARK: jobs
 
     /// Validates a job and counts it in flight; the leader runs it on return.
-    private func startJob(_ request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8], draining: Bool) throws -> Job? {
+    private func startJob(_ request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8], draining: Bool) throws -> Job {
         let pool = try PoolRequest.decode(request[0].bytes, payloadFrames: request.count - 1, maxJobBytes: configuration.maxJobBytes)
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: .pool, id: pool.id)
@@ -436,18 +436,9 @@ public final class PoolServer: @unchecked Sendable {
             }
             doneWord = (region, word.offset)
         }
-        do {
-            return try startJob(pool, request: request, envelope: envelope, key: key, draining: draining, doneWord: doneWord)
-        } catch {
-            if let (region, offset) = doneWord { signalDone(region, offset, Wire.doneWordFailed) }
-            throw error
-        }
-    }
-
-    private func startJob(_ pool: PoolRequest, request: [ZMQFrame], envelope: [ZMQFrame], key: [UInt8], draining: Bool,
-                          doneWord: (SharedRegion, Int)?) throws -> Job? {
-        func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
-            ProtocolViolation(status, message, type: .pool, id: pool.id)
+        var admitted = false
+        defer {
+            if !admitted, let (region, offset) = doneWord { signalDone(region, offset, Wire.doneWordFailed) }
         }
         guard !draining else { throw violation(TP_ERR_CLOSED, "the daemon is shutting down and takes no new jobs") }
         func resolve(_ name: String, _ reference: TensorReference) throws -> (SharedRegion, Int)? {
@@ -474,6 +465,7 @@ public final class PoolServer: @unchecked Sendable {
         let job = Job(request: pool, envelope: envelope, inputFrame: inputFrame, inputRegion: inputRegion,
                       outputRegion: outputRegion, doneWord: doneWord, engine: engine)
         inflight += 1
+        admitted = true
         return job
     }
 
