@@ -19,10 +19,14 @@ public protocol WindowReduction {
     /// division): then subsampled rows are finished as vector runs over every position and
     /// the kept ones copied out, instead of finished one by one.
     static var finishOutweighsACopy: Bool { get }
+    /// Whether `widen` costs more than a pass over a row of accumulators: then each input
+    /// row is widened once, not once per tap.
+    static var widenOutweighsAPass: Bool { get }
 }
 
 extension WindowReduction {
     @inlinable public static var finishOutweighsACopy: Bool { false }
+    @inlinable public static var widenOutweighsAPass: Bool { false }
 }
 
 // MARK: average
@@ -100,12 +104,35 @@ public enum AverageNarrowInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static func finish(_ sum: Int64, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
 }
 
-/// 64-bit integers sum in Double (exact below 2^53), then round to float32.
+/// Integers sum in Double, then round to float32. Exact while every sum stays within 2^53:
+/// the engine checks that for integers of up to 32 bits (`fits`), which then sum as fast as
+/// float64 (Int64 sums convert to Double one element at a time without AVX-512); 64-bit
+/// integers always sum here and round once a sum passes 2^53.
 public enum AverageWideInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var identity: Double { 0 }
-    @inlinable public static func widen(_ x: I) -> Double { Double(x) }
+    @inlinable public static func widen(_ x: I) -> Double {
+        I.bitWidth == 64 ? vectorizableDouble(UInt64(truncatingIfNeeded: x), signed: I.isSigned) : Double(x)
+    }
     @inlinable public static func merge(_ a: Double, _ b: Double) -> Double { a + b }
     @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Float { Float(sum / Double(windowSize)) }
+    @inlinable public static var widenOutweighsAPass: Bool { I.bitWidth == 64 }
+
+    /// Double(x) of a 64-bit integer (its bits in `bits`), in operations AVX2 has: it has no
+    /// 64-bit integer conversion, so Double(x) would go one element at a time. The two 32-bit
+    /// halves become exact doubles by their bits (2^84 + high * 2^32 and 2^52 + low), and one
+    /// addition rounds their sum once, as Double(x) does. Signed values are biased by 2^63 first.
+    @inlinable public static func vectorizableDouble(_ bits: UInt64, signed: Bool) -> Double {
+        let u = signed ? bits ^ (1 << 63) : bits
+        let high = Double(bitPattern: (u >> 32) | 0x4530_0000_0000_0000) - (signed ? 0x1.000008p84 : 0x1p84)
+        let low = Double(bitPattern: (u & 0xFFFF_FFFF) | 0x4330_0000_0000_0000) - 0x1p52
+        return high + low
+    }
+
+    /// Whether every window sum is exact in Double (below 2^53 in magnitude).
+    static func fits(windowSize: Int) -> Bool {
+        guard I.bitWidth <= 32 else { return false }
+        return windowSize <= (1 << 53) / Swift.max(Int(I.max), -Int(I.min), 1)
+    }
 }
 
 // MARK: max

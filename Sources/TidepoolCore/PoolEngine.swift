@@ -105,15 +105,13 @@ public final class PoolEngine: Sendable {
         case (.average, .float64): try job.run(AverageFloat64.self)
         case (.average, .float16): try job.run(AverageFloat16.self)
         case (.average, .bfloat16): try job.run(AverageBFloat16.self)
-        case (.average, .int8): try job.runAverageOfShortIntegers(Int8.self)
-        case (.average, .int16): try job.runAverageOfShortIntegers(Int16.self)
-        case (.average, .uint8): try job.runAverageOfShortIntegers(UInt8.self)
-        case (.average, .uint16): try job.runAverageOfShortIntegers(UInt16.self)
-        case (.average, .int32): try job.run(AverageNarrowInteger<Int32>.self)
+        case (.average, .int8): try job.runAverageOfIntegers(Int8.self)
+        case (.average, .int16): try job.runAverageOfIntegers(Int16.self)
+        case (.average, .int32): try job.runAverageOfIntegers(Int32.self)
+        case (.average, .uint8): try job.runAverageOfIntegers(UInt8.self)
+        case (.average, .uint16): try job.runAverageOfIntegers(UInt16.self)
+        case (.average, .uint32): try job.runAverageOfIntegers(UInt32.self)
         case (.average, .int64): try job.run(AverageWideInteger<Int64>.self)
-        case (.average, .uint8): try job.run(AverageNarrowInteger<UInt8>.self)
-        case (.average, .uint16): try job.run(AverageNarrowInteger<UInt16>.self)
-        case (.average, .uint32): try job.run(AverageNarrowInteger<UInt32>.self)
         case (.average, .uint64): try job.run(AverageWideInteger<UInt64>.self)
         case (.max, .float32): try job.run(MaxFloat<Float>.self)
         case (.max, .float64): try job.run(MaxFloat<Double>.self)
@@ -140,12 +138,16 @@ private struct Job: @unchecked Sendable {
     let engine: PoolEngine
     let progress: (@Sendable () -> Void)?
 
-    /// 8- and 16-bit integers: the narrowest sum the window allows (see each reduction's `fits`).
-    func runAverageOfShortIntegers<I: FixedWidthInteger>(_: I.Type) throws {
-        if AverageSmallInteger<I>.fits(windowSize: geometry.windowSize) {
+    /// Integers of up to 32 bits: the cheapest exact sum the window allows (see each
+    /// reduction's `fits`).
+    func runAverageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws {
+        let windowSize = geometry.windowSize
+        if AverageSmallInteger<I>.fits(windowSize: windowSize) {
             try run(AverageSmallInteger<I>.self)
-        } else if AverageInt32Sum<I>.fits(windowSize: geometry.windowSize) {
+        } else if AverageInt32Sum<I>.fits(windowSize: windowSize) {
             try run(AverageInt32Sum<I>.self)
+        } else if AverageWideInteger<I>.fits(windowSize: windowSize) {
+            try run(AverageWideInteger<I>.self)
         } else {
             try run(AverageNarrowInteger<I>.self)
         }
@@ -171,6 +173,7 @@ private struct Job: @unchecked Sendable {
         // to 15% measured) of 1- to 4-byte inputs. Where memory bandwidth is the limit already
         // (8-byte inputs, windows that do not overlap) it only competes: up to 10% and 50% lost.
         plan.prefetchInput = MemoryLayout<R.Input>.stride < 8 && geometry.kernelD > geometry.strideD
+        plan.prefetchOutput = plan.prefetchInput
         defer { if plan.streamOutput { tpstream_fence() } }
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel

@@ -59,8 +59,10 @@ public struct TilePlan {
     let scratchCount: Int
     /// Whether whole-row outputs are streamed to memory rather than stored through the cache.
     var streamOutput = false
-    /// Prefetch the next plane's input rows while finishing the current plane (see TilePass.run).
+    /// Prefetch the next plane's input rows while finishing the current plane, and the output
+    /// plane while reducing input (see TilePass.run).
     var prefetchInput = false
+    var prefetchOutput = false
 
     /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
     public static let defaultBudgetBytes = 512 << 10
@@ -161,7 +163,7 @@ func foldPass<L: SourceLoader>(
 }
 
 /// Sources folded per pass.
-let sourcesPerPass = 4
+let sourcesPerPass = 6
 
 /// Folds sources `taps` (each located by `source`) into `destination`, 6 per pass.
 @inline(__always)
@@ -270,12 +272,17 @@ func poolTile<R: WindowReduction>(
     pass.run(progress: progress)
 }
 
-/// Input rows to prefetch: `planes` runs of `planeBytes`, `planeStride` bytes apart.
-struct UpcomingInput {
+/// Memory to prefetch, for reading or for writing: `planes` runs of `planeBytes`,
+/// `planeStride` bytes apart.
+struct PrefetchRegion {
     let start: UnsafeRawPointer
     let planeBytes: Int
     let planes: Int
     let planeStride: Int
+    var forWriting = false
+
+    static let none = PrefetchRegion(start: UnsafeRawPointer(bitPattern: 64)!, planeBytes: 0, planes: 0, planeStride: 0)
+    var isEmpty: Bool { planeBytes * planes == 0 }
 }
 
 /// One tile's passes. A struct with methods rather than nested functions: methods of a
@@ -299,6 +306,13 @@ struct TilePass<R: WindowReduction> {
     let merged: UnsafeMutablePointer<R.Accumulator>
     let paddedRow: UnsafeMutablePointer<R.Accumulator>
     let fusedRow: Bool
+    /// The positions whose windows lie inside the row, when rows reduce as one run over the
+    /// plane (`reduceRowsAsOneRun`): fused, dense rows, as many positions as columns (so reduced
+    /// rows have the input's pitch) and few channels.
+    let planeRunInterior: Range<Int>?
+    /// Whether rows are widened once before folding (see WindowReduction.widenOutweighsAPass);
+    /// not for subsampled rows, where it measured slower (int64 k3 s2: +15%).
+    let widenOnce: Bool
     var newestPlane = Int.min
 
     init(_ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
@@ -320,6 +334,11 @@ struct TilePass<R: WindowReduction> {
         merged = planeRing + g.kernelD * planeSlot
         paddedRow = merged + plan.tileOH * plan.rowCapacity
         fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
+        widenOnce = R.widenOutweighsAPass && !width.subsampled
+        let first = positions.lowerBound - g.padW
+        let interiorLower = Swift.max(0, -first), interiorUpper = Swift.min(g.inW, g.inW - first - g.kernelW + 1)
+        planeRunInterior = fusedRow && !widenOnce && width.step == 1 && g.channels < 8 && positions.count == g.inW
+            && g.stepH == g.inW * g.channels && interiorLower < interiorUpper ? interiorLower..<interiorUpper : nil
     }
 
     /// Reduces input row (d, h) along W into `destination`.
@@ -336,7 +355,7 @@ struct TilePass<R: WindowReduction> {
         let first = positions.lowerBound - g.padW
         let span = positions.count + g.kernelW - 1
         let validLower = Swift.min(Swift.max(0, -first), span), validUpper = Swift.max(Swift.min(span, g.inW - first), validLower)
-        if validLower == 0 && validUpper == span {
+        if validLower == 0 && validUpper == span && !widenOnce {
             foldTaps(InputLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
                      source: { UnsafePointer(row + (first + $0) * channels) })
             return
@@ -344,7 +363,7 @@ struct TilePass<R: WindowReduction> {
         // With few channels and wide padding, the edge positions' scalar loops cost more than
         // one more vector pass over the row; otherwise fold the interior straight from the
         // input and the few edge positions one by one.
-        if channels >= 8 || 4 * g.padW * g.kernelW * 8 <= span * channels {
+        if !widenOnce && (channels >= 8 || 4 * g.padW * g.kernelW * 8 <= span * channels) {
             let interiorLower = Swift.min(Swift.max(0, -first) * channels, rowLength)
             let interiorUpper = Swift.max(Swift.min(positions.count, g.inW - first - g.kernelW + 1) * channels, interiorLower)
             if interiorLower < interiorUpper {
@@ -355,8 +374,9 @@ struct TilePass<R: WindowReduction> {
             reduceEdge((interiorUpper / channels)..<positions.count, row: row, first: first, into: destination)
             return
         }
-        // Windows reach into padding: widen the row once, with identity where the padding is,
-        // and fold every position the same way (the order of taps is unchanged).
+        // Windows reach into padding, or widening costs more than a pass: widen the row once,
+        // with identity where the padding is, and fold every position the same way (the order
+        // of taps is unchanged).
         for j in 0..<(validLower * channels) { paddedRow[j] = R.identity }
         let source = row + first * channels
         for j in (validLower * channels)..<(validUpper * channels) { paddedRow[j] = R.widen(source[j]) }
@@ -366,13 +386,50 @@ struct TilePass<R: WindowReduction> {
                  source: { UnsafePointer(padded + $0 * channels) })
     }
 
+    /// Reduces input rows `rows` of plane d along W as one vector run over all of them, which
+    /// `planeRunInterior` allows: with few channels a row is a few vectors long, and loops per
+    /// row would cost more than their folds. Positions outside `interior` (windows crossing a
+    /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
+    /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, interior: Range<Int>, parts: Int, outputAhead: PrefetchRegion) {
+        guard !rows.isEmpty else { return }
+        let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
+        let channels = channels, first = positions.lowerBound - g.padW
+        // From the first row's first interior position to the last row's last one: every read
+        // stays within the rows.
+        let start = interior.lowerBound * channels
+        let length = ((rows.count - 1) * g.inW + interior.upperBound) * channels - start
+        for part in 0..<parts {
+            let from = start + length * part / parts, to = start + length * (part + 1) / parts
+            foldTaps(InputLoader<R>.self, rowBlock + from, to - from, taps: 0..<g.kernelW, first: true,
+                     source: { UnsafePointer(block + (first + $0) * channels + from) })
+            prefetch(outputAhead, part: part, of: parts)
+        }
+        for h in rows {
+            let row = block + (h - rows.lowerBound) * g.stepH, destination = rowBlock + (h - firstRow) * rowLength
+            reduceEdge(0..<interior.lowerBound, row: row, first: first, into: destination)
+            reduceEdge(interior.upperBound..<positions.count, row: row, first: first, into: destination)
+        }
+    }
+
     /// Positions `slots` of a fused row, each folding only its in-bounds taps.
     func reduceEdge(_ slots: Range<Int>, row: UnsafePointer<R.Input>, first: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
         for slot in slots {
             let out = destination + slot * channels
-            for c in 0..<channels { out[c] = R.identity }
             let column = first + slot
-            for k in stride(from: Swift.max(0, -column), to: Swift.min(g.kernelW, g.inW - column), by: 1) {
+            let taps = Swift.max(0, -column)..<Swift.max(Swift.min(g.kernelW, g.inW - column), Swift.max(0, -column))
+            if channels < 8 {
+                // A channel's taps in a register: the vector loop below would be a chain of
+                // stores and reloads when there are only a few channels.
+                for c in 0..<channels {
+                    var sum = R.identity
+                    for k in taps { sum = R.merge(sum, R.widen(row[(column + k) * channels + c])) }
+                    out[c] = sum
+                }
+                continue
+            }
+            for c in 0..<channels { out[c] = R.identity }
+            for k in taps {
                 let source = row + (column + k) * channels
                 for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
             }
@@ -381,11 +438,20 @@ struct TilePass<R: WindowReduction> {
 
     func row(_ h: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(rowBlock + (h - firstRow) * rowLength) }
 
-    /// Reduces input plane d along W and H into its ring slot, for the tile's rows.
-    func reducePlane(_ d: Int) {
+    /// Reduces input plane d along W and H into its ring slot, for the tile's rows, prefetching
+    /// `outputAhead` for writing meanwhile.
+    func reducePlane(_ d: Int, outputAhead: PrefetchRegion) {
         let lastRow = Swift.min(g.inH, (tile.oh.upperBound - 1) * g.strideH - g.padH + g.kernelH)
-        for h in stride(from: firstRow, to: lastRow, by: 1) {
-            reduceRow(d: d, h: h, into: rowBlock + (h - firstRow) * rowLength)
+        let parts = outputAhead.isEmpty ? 1 : Self.prefetchChunks
+        if let interior = planeRunInterior {
+            reduceRowsAsOneRun(d: d, rows: firstRow..<lastRow, interior: interior, parts: parts, outputAhead: outputAhead)
+        } else {
+            let rows = lastRow - firstRow
+            for h in stride(from: firstRow, to: lastRow, by: 1) {
+                reduceRow(d: d, h: h, into: rowBlock + (h - firstRow) * rowLength)
+                let part = (h - firstRow) * parts / rows
+                if part != (h - firstRow + 1) * parts / rows { prefetch(outputAhead, part: part, of: parts) }
+            }
         }
         let plane = planeRing + (d % g.kernelD) * planeSlot
         var oh = tile.oh.lowerBound
@@ -418,8 +484,8 @@ struct TilePass<R: WindowReduction> {
     /// The input rows that the planes new to output plane `od + 1` will read, when rows are
     /// dense: the finishing pass of `od` touches no input, so without a prefetch, memory would
     /// idle through it.
-    func upcomingInput(after od: Int) -> UpcomingInput {
-        let none = UpcomingInput(start: UnsafeRawPointer(input), planeBytes: 0, planes: 0, planeStride: 0)
+    func upcomingInput(after od: Int) -> PrefetchRegion {
+        let none = PrefetchRegion.none
         guard plan.prefetchInput, od + 1 < tile.od.upperBound, g.stepC == 1, g.stepW == g.channels,
               g.stepH == g.inW * g.channels else { return none }
         let (_, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
@@ -428,21 +494,26 @@ struct TilePass<R: WindowReduction> {
         let lastRow = Swift.min(g.inH, (tile.oh.upperBound - 1) * g.strideH - g.padH + g.kernelH)
         guard first < next1, firstRow < lastRow else { return none }
         let size = MemoryLayout<R.Input>.stride
-        return UpcomingInput(start: UnsafeRawPointer(input + tile.n * g.stepN + first * g.stepD + firstRow * g.stepH),
+        return PrefetchRegion(start: UnsafeRawPointer(input + tile.n * g.stepN + first * g.stepD + firstRow * g.stepH),
                              planeBytes: (lastRow - firstRow) * g.stepH * size, planes: next1 - first,
                              planeStride: g.stepD * size)
     }
 
-    /// Prefetches part `part` of `upcoming` cut into `parts` equal parts.
-    func prefetch(_ upcoming: UpcomingInput, part: Int, of parts: Int) {
-        let total = upcoming.planeBytes * upcoming.planes
+    /// Prefetches part `part` of `region` cut into `parts` equal parts.
+    func prefetch(_ region: PrefetchRegion, part: Int, of parts: Int) {
+        let total = region.planeBytes * region.planes
         guard total > 0 else { return }
         var from = total * part / parts
         let to = total * (part + 1) / parts
         while from < to {
-            let plane = from / upcoming.planeBytes, offset = from % upcoming.planeBytes
-            let bytes = Swift.min(to - from, upcoming.planeBytes - offset)
-            tpstream_prefetch(upcoming.start + plane * upcoming.planeStride + offset, bytes)
+            let plane = from / region.planeBytes, offset = from % region.planeBytes
+            let bytes = Swift.min(to - from, region.planeBytes - offset)
+            let address = region.start + plane * region.planeStride + offset
+            if region.forWriting {
+                tpstream_prefetch_write(UnsafeMutableRawPointer(mutating: address), bytes)
+            } else {
+                tpstream_prefetch(address, bytes)
+            }
             from += bytes
         }
     }
@@ -465,11 +536,17 @@ struct TilePass<R: WindowReduction> {
         for od in tile.od {
             progress?()
             let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+            let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
+            // The output plane is fetched for writing while the new planes are reduced: the
+            // finishing pass then stores into cache instead of waiting on each line.
+            var outputAhead = !(wholeRows && !inScratch && plan.prefetchOutput) ? PrefetchRegion.none
+                : PrefetchRegion(start: UnsafeRawPointer(out), planeBytes: planeLength * MemoryLayout<R.Output>.stride, planes: 1,
+                                 planeStride: 0, forWriting: true)
             for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
-                reducePlane(d)
+                reducePlane(d, outputAhead: outputAhead)
+                outputAhead = .none
                 newestPlane = d
             }
-            let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
             if wholeRows {
                 let target = inScratch ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
                 if d0 >= d1 {

@@ -37,7 +37,12 @@ public final class PoolServer: @unchecked Sendable {
     /// a thread sending its job's reply. (A ZeroMQ socket may change threads behind a barrier.)
     private let state = Mutex<Void>(())
     private var clients: [[UInt8]: ClientState] = [:]
+    /// Jobs admitted and not yet replied to (a drain waits for them).
     private var inflight = 0
+    /// Jobs admitted whose end is not yet known to their client: what --max-inflight limits.
+    /// Released before the done word is set, so a client that saw its job end may submit
+    /// another at once, though the reply is still on its way.
+    private let jobsRunning = Atomic<Int>(0)
     private var stats = ServerStats()
     private var nextRegionID: UInt64 = 1
     private let startTime = monotonicSeconds()
@@ -150,6 +155,7 @@ public final class PoolServer: @unchecked Sendable {
                 }
             }
         }
+        jobsRunning.subtract(1, ordering: .sequentiallyConsistent)
         if let (region, offset) = job.doneWord {
             signalDone(region, offset, completion.failure == nil ? Wire.doneWordSucceeded : Wire.doneWordFailed)
         }
@@ -458,13 +464,14 @@ public final class PoolServer: @unchecked Sendable {
         if let inputFrame, inputFrame.size != pool.input.bytes {
             throw violation(TP_ERR_PROTOCOL, "frame 1 holds \(inputFrame.size) bytes but input_bytes is \(pool.input.bytes)")
         }
-        guard inflight < configuration.maxInflight else {
+        guard jobsRunning.load(ordering: .sequentiallyConsistent) < configuration.maxInflight else {
             stats.busyRejections += 1
             throw violation(TP_ERR_BUSY, "the daemon is running --max-inflight \(configuration.maxInflight) jobs; retry later")
         }
         let job = Job(request: pool, envelope: envelope, inputFrame: inputFrame, inputRegion: inputRegion,
                       outputRegion: outputRegion, doneWord: doneWord, engine: engine)
         inflight += 1
+        jobsRunning.add(1, ordering: .sequentiallyConsistent)
         admitted = true
         return job
     }

@@ -319,6 +319,33 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 
+    /// Rows of few channels whose windows are centred ("same" padding, stride 1 along W) are
+    /// reduced as one run over all of a plane's rows, then the positions at each row's edges
+    /// are redone: every dtype, kernels up to wider than the row, whole planes and tiles of
+    /// a few rows.
+    @Test(arguments: DType.allCases)
+    func rowsReducedAsOneRunOverAPlane(dtype: DType) throws {
+        let engines = [(budget: TilePlan.defaultBudgetBytes, engine: PoolEngine(threads: 2)),
+                       (budget: 1024, engine: PoolEngine(threads: 2, tileBudgetBytes: 1024))]
+        for kind in PoolKind.allCases {
+            for channels in [1, 2, 3, 7] {
+                for (kernelW, width) in [(1, 4), (3, 1), (3, 2), (3, 9), (5, 4), (5, 5), (5, 13), (7, 16)] {
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [3, 3, kernelW], stride: [1, 2, 1],
+                                              padding: [1, 1, kernelW / 2])
+                    let shape = [2, 4, 7, width, channels]
+                    let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 100 + kernelW * 10 + width))
+                    let strides = TensorView.contiguousStrides(shape)
+                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                    for (budget, engine) in engines {
+                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                        let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+                        #expect(mismatch == nil, "\(desc) \(dtype) \(shape) budget \(budget): \(mismatch ?? "")")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func stridedViewsWithTinyTiles() throws {
         let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
         let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
@@ -388,19 +415,39 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 
-    @Test func wideIntegerWindowsSumInInt64() throws {
-        // A window of 70000 int16 values at 32767 sums past Int32.max; the engine must use Int64.
-        let count = 70_000
-        let input = Buffer(.int16, count: count)
-        for i in 0..<count { input[i] = 32767 }
-        let run = try runEngine(PoolDescriptor(kind: .average, kernelSize: [count]), storage: input, offset: 0,
-                                shape: [1, count, 1], strides: [count, 1, 1])
-        #expect(run.output[0] == 32767)
-        let bytes = Buffer(.uint8, count: 300)
-        for i in 0..<300 { bytes[i] = 255 }
-        let small = try runEngine(PoolDescriptor(kind: .average, kernelSize: [300]), storage: bytes, offset: 0,
-                                  shape: [1, 300, 1], strides: [300, 1, 1])
-        #expect(small.output[0] == 255)
+    /// 64-bit integers widen to Double through their 32-bit halves (vectorisable on AVX2): the
+    /// same double as Double(x), at the edges of both ranges and at random.
+    @Test func sixtyFourBitIntegersWidenAsDoubleDoes() {
+        var rng = SplitMix64(seed: 64)
+        var signed: [Int64] = [0, 1, -1, .max, .min, .min + 1, 1 << 53, (1 << 53) + 1, -(1 << 53) - 1, (1 << 62) + 1023, 0xFFFF_FFFF]
+        var unsigned: [UInt64] = [0, 1, .max, .max - 1024, 1 << 63, (1 << 63) + 1025, (1 << 53) + 1, 0xFFFF_FFFF, 1 << 32]
+        for _ in 0..<100_000 {
+            let bits = rng.next(), shift = rng.next() % 64
+            signed.append(Int64(bitPattern: bits) >> shift)
+            unsigned.append(bits >> shift)
+        }
+        for x in signed {
+            let widened = AverageWideInteger<Int64>.vectorizableDouble(UInt64(bitPattern: x), signed: true)
+            #expect(widened.bitPattern == Double(x).bitPattern, "\(x)")
+        }
+        for x in unsigned {
+            let widened = AverageWideInteger<UInt64>.vectorizableDouble(x, signed: false)
+            #expect(widened.bitPattern == Double(x).bitPattern, "\(x)")
+        }
+    }
+
+    /// Every sum the engine picks for integer means, at the far end of its window range: Int32
+    /// (uint8 x 300), Double (int16 x 70000, past Int32.max; int32 x 2^22, at 2^53) and Int64
+    /// (uint32 x 2^21 + 1, where a Double sum would pass 2^53).
+    @Test func wideIntegerWindowsSumExactly() throws {
+        for (dtype, count, value) in [(DType.uint8, 300, 255.0), (.int16, 70_000, 32767), (.int32, 1 << 22, -2147483648),
+                                      (.uint32, (1 << 21) + 1, 4294967295)] {
+            let input = Buffer(dtype, count: count)
+            for i in 0..<count { input[i] = value }
+            let run = try runEngine(PoolDescriptor(kind: .average, kernelSize: [count]), storage: input, offset: 0,
+                                    shape: [1, count, 1], strides: [count, 1, 1])
+            #expect(run.output[0] == Double(Float(value)), "\(dtype) x \(count)")
+        }
     }
 }
 
