@@ -313,6 +313,10 @@ struct TilePass<R: WindowReduction> {
     /// Whether rows are widened once before folding (see WindowReduction.widenOutweighsAPass);
     /// not for subsampled rows, where it measured slower (int64 k3 s2: +15%).
     let widenOnce: Bool
+    /// Whether planes reduce along H before W (`reducePlaneHeightFirst`): W reduced at every
+    /// position (step 1) and H strided. Decided by the geometry alone, never the tiling, so
+    /// every output folds in the same order whatever the tiles.
+    let heightFirst: Bool
     var newestPlane = Int.min
 
     init(_ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
@@ -335,6 +339,7 @@ struct TilePass<R: WindowReduction> {
         paddedRow = merged + plan.tileOH * plan.rowCapacity
         fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
         widenOnce = R.widenOutweighsAPass && !width.subsampled
+        heightFirst = width.step == 1 && g.strideH > 1
         let first = positions.lowerBound - g.padW
         let interiorLower = Swift.max(0, -first), interiorUpper = Swift.min(g.inW, g.inW - first - g.kernelW + 1)
         planeRunInterior = fusedRow && !widenOnce && width.step == 1 && g.channels < 8 && positions.count == g.inW
@@ -441,6 +446,10 @@ struct TilePass<R: WindowReduction> {
     /// Reduces input plane d along W and H into its ring slot, for the tile's rows, prefetching
     /// `outputAhead` for writing meanwhile.
     func reducePlane(_ d: Int, outputAhead: PrefetchRegion) {
+        if heightFirst {
+            reducePlaneHeightFirst(d)
+            return
+        }
         let lastRow = Swift.min(g.inH, (tile.oh.upperBound - 1) * g.strideH - g.padH + g.kernelH)
         let parts = outputAhead.isEmpty ? 1 : Self.prefetchChunks
         if let interior = planeRunInterior {
@@ -474,6 +483,47 @@ struct TilePass<R: WindowReduction> {
                 foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: h0..<h1, first: true, source: row)
             }
             oh += 1
+        }
+    }
+
+    /// Reduces input plane d along H, then W, into its ring slot: with a row stride above 1,
+    /// W then runs over the output's rows only, fewer than the input's. Each output row's input
+    /// rows are folded (widened) into `paddedRow`, identity where the padding is, and that row
+    /// is reduced along W at every position.
+    func reducePlaneHeightFirst(_ d: Int) {
+        let plane = planeRing + (d % g.kernelD) * planeSlot
+        let first = positions.lowerBound - g.padW
+        let span = positions.count + g.kernelW - 1
+        let validLower = Swift.min(Swift.max(0, -first), span), validUpper = Swift.max(Swift.min(span, g.inW - first), validLower)
+        let channels = channels, stepW = g.stepW, stepC = g.stepC
+        let base = input + tile.n * g.stepN + d * g.stepD + (first + validLower) * stepW + tile.c.lowerBound * stepC
+        let valid = paddedRow + validLower * channels, validCount = (validUpper - validLower) * channels
+        for j in 0..<(validLower * channels) { paddedRow[j] = R.identity }
+        for j in (validUpper * channels)..<(span * channels) { paddedRow[j] = R.identity }
+        for oh in tile.oh {
+            let out = plane + (oh - tile.oh.lowerBound) * rowLength
+            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+            if h0 >= h1 {
+                for j in 0..<rowLength { out[j] = R.identity }
+                continue
+            }
+            if stepC == 1 && stepW == channels {
+                foldTaps(InputLoader<R>.self, valid, validCount, taps: h0..<h1, first: true,
+                         source: { UnsafePointer(base + $0 * g.stepH) })
+            } else {
+                for j in 0..<validCount { valid[j] = R.identity }
+                for h in h0..<h1 {
+                    let row = base + h * g.stepH
+                    for column in 0..<(validUpper - validLower) {
+                        for c in 0..<channels {
+                            valid[column * channels + c] = R.merge(valid[column * channels + c], R.widen(row[column * stepW + c * stepC]))
+                        }
+                    }
+                }
+            }
+            let padded = paddedRow
+            foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: 0..<g.kernelW, first: true,
+                     source: { UnsafePointer(padded + $0 * channels) })
         }
     }
 

@@ -346,6 +346,37 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 
+    /// Planes whose rows are strided along H, with W reduced at every position (few channels,
+    /// or stride 1 along W), reduce along H first: every dtype, windows reaching into padding
+    /// (some only padding), tiles that cut channels, and channels-first inputs read in place.
+    @Test(arguments: DType.allCases)
+    func heightStridedPlanesReduceHeightFirst(dtype: DType) throws {
+        let engines = [(budget: TilePlan.defaultBudgetBytes, engine: PoolEngine(threads: 2)),
+                       (budget: 96, engine: PoolEngine(threads: 2, tileBudgetBytes: 96))]
+        let geometries: [(kernel: [Int], stride: [Int], padding: [Int], channels: Int)] = [
+            ([3, 3, 3], [2, 2, 2], [1, 1, 1], 3), ([2, 3, 2], [1, 2, 1], [0, 1, 1], 1),
+            ([1, 2, 5], [1, 3, 2], [0, 1, 2], 2), ([3, 2, 3], [2, 2, 1], [1, 3, 1], 5),
+        ]
+        for kind in PoolKind.allCases {
+            for (kernel, stride, padding, channels) in geometries {
+                let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+                let (n, d, h, w) = (2, 5, 9, 10)
+                let shape = [n, d, h, w, channels]
+                let storage = randomInput(dtype, shape: shape, seed: UInt64(kernel.reduce(channels, *)))
+                let channelsLast = TensorView.contiguousStrides(shape)
+                let channelsFirst = [channels * d * h * w, h * w, w, 1, d * h * w]
+                for strides in [channelsLast, channelsFirst] {
+                    let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
+                    for (budget, engine) in engines {
+                        let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
+                        let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+                        #expect(mismatch == nil, "\(desc) \(dtype) strides \(strides) budget \(budget): \(mismatch ?? "")")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func stridedViewsWithTinyTiles() throws {
         let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
         let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
