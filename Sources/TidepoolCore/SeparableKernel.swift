@@ -8,8 +8,9 @@ import CTidepoolStream
 /// output is cut into tiles sized to stay in cache, so a call allocates a few hundred KB
 /// per thread whatever the tensor's size.
 ///
-/// Every output is folded in the same order whatever the tiling (W offsets, then rows by
-/// increasing h, then planes by increasing d), so results do not depend on the thread count.
+/// Every output is folded in an order set by the geometry alone, whatever the tiling (W
+/// offsets, then rows by increasing h, then planes by increasing d; H before W where
+/// `TilePass.heightFirst` says), so results do not depend on the thread count.
 
 /// How the W axis is reduced. With few channels and a W stride above 1, reducing at every
 /// position (stride 1) keeps the fused row contiguous and vectorised, and the output then
