@@ -282,6 +282,7 @@ struct PrefetchRegion {
     let planeStride: Int
     var forWriting = false
 
+    /// Nothing to prefetch (its address is never used).
     static let none = PrefetchRegion(start: UnsafeRawPointer(bitPattern: 64)!, planeBytes: 0, planes: 0, planeStride: 0)
     var isEmpty: Bool { planeBytes * planes == 0 }
 }
@@ -445,7 +446,8 @@ struct TilePass<R: WindowReduction> {
     func row(_ h: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(rowBlock + (h - firstRow) * rowLength) }
 
     /// Reduces input plane d along W and H into its ring slot, for the tile's rows, prefetching
-    /// `outputAhead` for writing meanwhile.
+    /// `outputAhead` for writing meanwhile (in W-first order only: H-first planes are strided,
+    /// and their outputs subsampled in scratch, so there is rarely an output to fetch).
     func reducePlane(_ d: Int, outputAhead: PrefetchRegion) {
         if heightFirst {
             reducePlaneHeightFirst(d)
