@@ -308,10 +308,17 @@ struct TilePass<R: WindowReduction> {
     let merged: UnsafeMutablePointer<R.Accumulator>
     let paddedRow: UnsafeMutablePointer<R.Accumulator>
     let fusedRow: Bool
-    /// The positions whose windows lie inside the row, when rows reduce as one run over the
-    /// plane (`reduceRowsAsOneRun`): fused, dense rows, as many positions as columns (so reduced
-    /// rows have the input's pitch) and few channels.
-    let planeRunInterior: Range<Int>?
+    /// Tap k of position q reads column firstColumn + q + k (W reduced at every position): the
+    /// tile's windows span `columnSpan` columns from `firstColumn`, of which `inputColumns`
+    /// (offsets into the span) are in the input and the rest padding. `interiorPositions` are
+    /// those whose windows lie wholly in the input.
+    let firstColumn: Int
+    let columnSpan: Int
+    let inputColumns: Range<Int>
+    let interiorPositions: Range<Int>
+    /// Whether a plane's rows reduce along W as one run (`reduceRowsAsOneRun`): fused, dense
+    /// rows, as many positions as columns (so reduced rows have the input's pitch), few channels.
+    let planeRun: Bool
     /// Whether rows are widened once before folding (see WindowReduction.widenOutweighsAPass);
     /// not for subsampled rows, where it measured slower (int64 k3 s2: +15%).
     let widenOnce: Bool
@@ -342,10 +349,14 @@ struct TilePass<R: WindowReduction> {
         fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
         widenOnce = R.widenOutweighsAPass && !width.subsampled
         heightFirst = width.step == 1 && g.strideH > 1
-        let first = positions.lowerBound - g.padW
-        let interiorLower = Swift.max(0, -first), interiorUpper = Swift.min(g.inW, g.inW - first - g.kernelW + 1)
-        planeRunInterior = fusedRow && !widenOnce && width.step == 1 && g.channels < 8 && positions.count == g.inW
-            && g.stepH == g.inW * g.channels && interiorLower < interiorUpper ? interiorLower..<interiorUpper : nil
+        firstColumn = positions.lowerBound - g.padW
+        columnSpan = positions.count + g.kernelW - 1
+        let inputLower = Swift.min(Swift.max(0, -firstColumn), columnSpan)
+        inputColumns = inputLower..<Swift.max(Swift.min(columnSpan, g.inW - firstColumn), inputLower)
+        let interiorLower = Swift.min(Swift.max(0, -firstColumn), positions.count)
+        interiorPositions = interiorLower..<Swift.max(Swift.min(positions.count, g.inW - firstColumn - g.kernelW + 1), interiorLower)
+        planeRun = fusedRow && !widenOnce && width.step == 1 && g.channels < 8 && positions.count == g.inW
+            && g.stepH == g.inW * g.channels && !interiorPositions.isEmpty
     }
 
     /// Reduces input row (d, h) along W into `destination`.
@@ -356,13 +367,9 @@ struct TilePass<R: WindowReduction> {
                             channels: channels, into: destination)
             return
         }
-        // Tap k of position q reads column q - padW + k: for a fixed tap, a contiguous run
-        // of the fused row. The columns the tile's windows span are first..<first + span.
-        let channels = channels
-        let first = positions.lowerBound - g.padW
-        let span = positions.count + g.kernelW - 1
-        let validLower = Swift.min(Swift.max(0, -first), span), validUpper = Swift.max(Swift.min(span, g.inW - first), validLower)
-        if validLower == 0 && validUpper == span && !widenOnce {
+        // For a fixed tap, the positions read a contiguous run of the fused row.
+        let channels = channels, first = firstColumn
+        if inputColumns == 0..<columnSpan && !widenOnce {
             foldTaps(InputLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
                      source: { UnsafePointer(row + (first + $0) * channels) })
             return
@@ -370,38 +377,49 @@ struct TilePass<R: WindowReduction> {
         // With few channels and wide padding, the edge positions' scalar loops cost more than
         // one more vector pass over the row; otherwise fold the interior straight from the
         // input and the few edge positions one by one.
-        if !widenOnce && (channels >= 8 || 4 * g.padW * g.kernelW * 8 <= span * channels) {
-            let interiorLower = Swift.min(Swift.max(0, -first) * channels, rowLength)
-            let interiorUpper = Swift.max(Swift.min(positions.count, g.inW - first - g.kernelW + 1) * channels, interiorLower)
-            if interiorLower < interiorUpper {
-                foldTaps(InputLoader<R>.self, destination + interiorLower, interiorUpper - interiorLower, taps: 0..<g.kernelW,
-                         first: true, source: { UnsafePointer(row + (first + $0) * channels + interiorLower) })
+        if !widenOnce && (channels >= 8 || 4 * g.padW * g.kernelW * 8 <= columnSpan * channels) {
+            let interior = interiorPositions
+            if !interior.isEmpty {
+                let start = interior.lowerBound * channels
+                foldTaps(InputLoader<R>.self, destination + start, interior.count * channels, taps: 0..<g.kernelW,
+                         first: true, source: { UnsafePointer(row + (first + $0) * channels + start) })
             }
-            reduceEdge(0..<(interiorLower / channels), row: row, first: first, into: destination)
-            reduceEdge((interiorUpper / channels)..<positions.count, row: row, first: first, into: destination)
+            reduceEdge(0..<interior.lowerBound, row: row, first: first, into: destination)
+            reduceEdge(interior.upperBound..<positions.count, row: row, first: first, into: destination)
             return
         }
         // Windows reach into padding, or widening costs more than a pass: widen the row once,
         // with identity where the padding is, and fold every position the same way (the order
         // of taps is unchanged).
-        for j in 0..<(validLower * channels) { paddedRow[j] = R.identity }
+        fillPaddingOfPaddedRow()
         let source = row + first * channels
-        for j in (validLower * channels)..<(validUpper * channels) { paddedRow[j] = R.widen(source[j]) }
-        for j in (validUpper * channels)..<(span * channels) { paddedRow[j] = R.identity }
-        let padded = paddedRow
+        for j in (inputColumns.lowerBound * channels)..<(inputColumns.upperBound * channels) { paddedRow[j] = R.widen(source[j]) }
+        reducePaddedRow(into: destination)
+    }
+
+    /// Sets the columns of `paddedRow` that lie in padding to the identity.
+    func fillPaddingOfPaddedRow() {
+        for j in 0..<(inputColumns.lowerBound * channels) { paddedRow[j] = R.identity }
+        for j in (inputColumns.upperBound * channels)..<(columnSpan * channels) { paddedRow[j] = R.identity }
+    }
+
+    /// Reduces `paddedRow` (the span's columns, widened) along W into `destination`, every
+    /// position the same way.
+    func reducePaddedRow(into destination: UnsafeMutablePointer<R.Accumulator>) {
+        let padded = paddedRow, channels = channels
         foldTaps(AccumulatorLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
                  source: { UnsafePointer(padded + $0 * channels) })
     }
 
     /// Reduces input rows `rows` of plane d along W as one vector run over all of them, which
-    /// `planeRunInterior` allows: with few channels a row is a few vectors long, and loops per
-    /// row would cost more than their folds. Positions outside `interior` (windows crossing a
+    /// `planeRun` allows: with few channels a row is a few vectors long, and loops per
+    /// row would cost more than their folds. Positions outside `interiorPositions` (windows crossing a
     /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
     /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
-    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, interior: Range<Int>, parts: Int, outputAhead: PrefetchRegion) {
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, parts: Int, outputAhead: PrefetchRegion) {
         guard !rows.isEmpty else { return }
         let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
-        let channels = channels, first = positions.lowerBound - g.padW
+        let channels = channels, first = firstColumn, interior = interiorPositions
         // From the first row's first interior position to the last row's last one: every read
         // stays within the rows.
         let start = interior.lowerBound * channels
@@ -455,8 +473,8 @@ struct TilePass<R: WindowReduction> {
         }
         let lastRow = Swift.min(g.inH, (tile.oh.upperBound - 1) * g.strideH - g.padH + g.kernelH)
         let parts = outputAhead.isEmpty ? 1 : Self.prefetchChunks
-        if let interior = planeRunInterior {
-            reduceRowsAsOneRun(d: d, rows: firstRow..<lastRow, interior: interior, parts: parts, outputAhead: outputAhead)
+        if planeRun {
+            reduceRowsAsOneRun(d: d, rows: firstRow..<lastRow, parts: parts, outputAhead: outputAhead)
         } else {
             let rows = lastRow - firstRow
             for h in stride(from: firstRow, to: lastRow, by: 1) {
@@ -495,14 +513,10 @@ struct TilePass<R: WindowReduction> {
     /// is reduced along W at every position.
     func reducePlaneHeightFirst(_ d: Int) {
         let plane = planeRing + (d % g.kernelD) * planeSlot
-        let first = positions.lowerBound - g.padW
-        let span = positions.count + g.kernelW - 1
-        let validLower = Swift.min(Swift.max(0, -first), span), validUpper = Swift.max(Swift.min(span, g.inW - first), validLower)
         let channels = channels, stepW = g.stepW, stepC = g.stepC
-        let base = input + tile.n * g.stepN + d * g.stepD + (first + validLower) * stepW + tile.c.lowerBound * stepC
-        let valid = paddedRow + validLower * channels, validCount = (validUpper - validLower) * channels
-        for j in 0..<(validLower * channels) { paddedRow[j] = R.identity }
-        for j in (validUpper * channels)..<(span * channels) { paddedRow[j] = R.identity }
+        let base = input + tile.n * g.stepN + d * g.stepD + (firstColumn + inputColumns.lowerBound) * stepW + tile.c.lowerBound * stepC
+        let valid = paddedRow + inputColumns.lowerBound * channels, validCount = inputColumns.count * channels
+        fillPaddingOfPaddedRow()
         for oh in tile.oh {
             let out = plane + (oh - tile.oh.lowerBound) * rowLength
             let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
@@ -517,16 +531,14 @@ struct TilePass<R: WindowReduction> {
                 for j in 0..<validCount { valid[j] = R.identity }
                 for h in h0..<h1 {
                     let row = base + h * g.stepH
-                    for column in 0..<(validUpper - validLower) {
+                    for column in 0..<inputColumns.count {
                         for c in 0..<channels {
                             valid[column * channels + c] = R.merge(valid[column * channels + c], R.widen(row[column * stepW + c * stepC]))
                         }
                     }
                 }
             }
-            let padded = paddedRow
-            foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: 0..<g.kernelW, first: true,
-                     source: { UnsafePointer(padded + $0 * channels) })
+            reducePaddedRow(into: out)
         }
     }
 

@@ -19,6 +19,24 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
     #expect(mismatch == nil, "\(desc) \(dtype) \(shape) seed \(seed): \(mismatch ?? "")", sourceLocation: sourceLocation)
 }
 
+/// The default engine and one whose tiny scratch budget cuts tensors into many tiles.
+func defaultAndTinyTileEngines(budget: Int) -> [(budget: Int, engine: PoolEngine)] {
+    [(TilePlan.defaultBudgetBytes, PoolEngine(threads: 2)), (budget, PoolEngine(threads: 2, tileBudgetBytes: budget))]
+}
+
+/// Pools a view of `storage` on each engine and checks every result against the float64 reference.
+func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDescriptor, _ dtype: DType, storage: Buffer,
+                  shape: [Int], strides: [Int], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides),
+                                sourceLocation: sourceLocation)
+    for (budget, engine) in engines {
+        let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
+        let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+        #expect(mismatch == nil, "\(desc) \(dtype) \(shape) strides \(strides) budget \(budget): \(mismatch ?? "")",
+                sourceLocation: sourceLocation)
+    }
+}
+
 @Suite struct EdgeCaseTests {
     @Test(arguments: DType.allCases, PoolKind.allCases)
     func everyDTypeWithPadding(dtype: DType, kind: PoolKind) throws {
@@ -325,22 +343,16 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
     /// a few rows.
     @Test(arguments: DType.allCases)
     func rowsReducedAsOneRunOverAPlane(dtype: DType) throws {
-        let engines = [(budget: TilePlan.defaultBudgetBytes, engine: PoolEngine(threads: 2)),
-                       (budget: 1024, engine: PoolEngine(threads: 2, tileBudgetBytes: 1024))]
+        let engines = defaultAndTinyTileEngines(budget: 1024)
         for kind in PoolKind.allCases {
             for channels in [1, 2, 3, 7] {
                 for (kernelW, width) in [(1, 4), (3, 1), (3, 2), (3, 9), (5, 4), (5, 5), (5, 13), (7, 16)] {
-                    let desc = PoolDescriptor(kind: kind, kernelSize: [3, 3, kernelW], stride: [1, 2, 1],
+                    // Stride 1 along H: strided rows would reduce H first (see the next test).
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [3, 3, kernelW], stride: [2, 1, 1],
                                               padding: [1, 1, kernelW / 2])
                     let shape = [2, 4, 7, width, channels]
                     let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 100 + kernelW * 10 + width))
-                    let strides = TensorView.contiguousStrides(shape)
-                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
-                    for (budget, engine) in engines {
-                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
-                        let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
-                        #expect(mismatch == nil, "\(desc) \(dtype) \(shape) budget \(budget): \(mismatch ?? "")")
-                    }
+                    try checkEngines(engines, desc, dtype, storage: input, shape: shape, strides: TensorView.contiguousStrides(shape))
                 }
             }
         }
@@ -351,8 +363,7 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
     /// (some only padding), tiles that cut channels, and channels-first inputs read in place.
     @Test(arguments: DType.allCases)
     func heightStridedPlanesReduceHeightFirst(dtype: DType) throws {
-        let engines = [(budget: TilePlan.defaultBudgetBytes, engine: PoolEngine(threads: 2)),
-                       (budget: 96, engine: PoolEngine(threads: 2, tileBudgetBytes: 96))]
+        let engines = defaultAndTinyTileEngines(budget: 96)
         let geometries: [(kernel: [Int], stride: [Int], padding: [Int], channels: Int)] = [
             ([3, 3, 3], [2, 2, 2], [1, 1, 1], 3), ([2, 3, 2], [1, 2, 1], [0, 1, 1], 1),
             ([1, 2, 5], [1, 3, 2], [0, 1, 2], 2), ([3, 2, 3], [2, 2, 1], [1, 3, 1], 5),
@@ -366,12 +377,7 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
                 let channelsLast = TensorView.contiguousStrides(shape)
                 let channelsFirst = [channels * d * h * w, h * w, w, 1, d * h * w]
                 for strides in [channelsLast, channelsFirst] {
-                    let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
-                    for (budget, engine) in engines {
-                        let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
-                        let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
-                        #expect(mismatch == nil, "\(desc) \(dtype) strides \(strides) budget \(budget): \(mismatch ?? "")")
-                    }
+                    try checkEngines(engines, desc, dtype, storage: storage, shape: shape, strides: strides)
                 }
             }
         }
@@ -467,9 +473,10 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
         }
     }
 
-    /// Every sum the engine picks for integer means, at the far end of its window range: Int32
-    /// (uint8 x 300), Double (int16 x 70000, past Int32.max; int32 x 2^22, at 2^53) and Int64
-    /// (uint32 x 2^21 + 1, where a Double sum would pass 2^53).
+    /// Integer means at the far end of each sum's window range: Int32 (uint8 x 300), Double
+    /// (int16 x 70000, past Int32.max; int32 x 2^22, at 2^53) and Int64 (uint32 x 2^21 + 1, past
+    /// 2^53). Wrapping sums fail it; which sum ran past 2^53 a float32 mean cannot show (the
+    /// choice is `fits`, each reduction's own bound).
     @Test func wideIntegerWindowsSumExactly() throws {
         for (dtype, count, value) in [(DType.uint8, 300, 255.0), (.int16, 70_000, 32767), (.int32, 1 << 22, -2147483648),
                                       (.uint32, (1 << 21) + 1, 4294967295)] {
