@@ -10,7 +10,9 @@ import CTidepoolStream
 ///
 /// Every output is folded in an order set by the geometry alone, whatever the tiling (W
 /// offsets, then rows by increasing h, then planes by increasing d; H before W where
-/// `TilePass.heightFirst` says), so results do not depend on the thread count.
+/// `TilePass.heightFirst` says; full windows of 2 to 5 rows at stride 1 in the order of
+/// `TilePass.foldPairs`, set by the output row's parity), so results do not depend on the
+/// thread count.
 
 /// How the W axis is reduced. With few channels and a W stride above 1, reducing at every
 /// position (stride 1) keeps the fused row contiguous and vectorised, and the output then
@@ -430,33 +432,97 @@ struct TilePass<R: WindowReduction> {
                      source: { UnsafePointer(block + (first + $0) * channels + from) })
             prefetch(outputAhead, part: part, of: parts)
         }
-        for h in rows {
-            let row = block + (h - rows.lowerBound) * g.stepH, destination = rowBlock + (h - firstRow) * rowLength
-            reduceEdge(0..<interior.lowerBound, row: row, first: first, into: destination)
-            reduceEdge(interior.upperBound..<positions.count, row: row, first: first, into: destination)
+        let destination = rowBlock + (rows.lowerBound - firstRow) * rowLength
+        reduceEdgeOfRows(0..<interior.lowerBound, rows: rows.count, block: block, first: first, into: destination)
+        reduceEdgeOfRows(interior.upperBound..<positions.count, rows: rows.count, block: block, first: first, into: destination)
+    }
+
+    /// Positions `slots` of `rows` consecutive fused rows from `block`, slot by slot: a slot's
+    /// taps are the same in every row, so its bounds are found once and the loop over rows
+    /// keeps each channel's sum in a register (few channels, see `planeRun`).
+    func reduceEdgeOfRows(_ slots: Range<Int>, rows: Int, block: UnsafePointer<R.Input>, first: Int,
+                          into destination: UnsafeMutablePointer<R.Accumulator>) {
+        let channels = channels, pitch = g.stepH, rowLength = rowLength
+        for slot in slots {
+            let column = first + slot
+            let lower = Swift.max(0, -column), upper = Swift.max(Swift.min(g.kernelW, g.inW - column), lower)
+            for c in 0..<channels {
+                var source = block + (column + lower) * channels + c
+                var out = destination + slot * channels + c
+                for _ in 0..<rows {
+                    var sum = R.identity
+                    var tap = source
+                    for _ in lower..<upper {
+                        sum = R.merge(sum, R.widen(tap.pointee))
+                        tap += channels
+                    }
+                    out.pointee = sum
+                    source += pitch
+                    out += rowLength
+                }
+            }
         }
     }
 
     /// Positions `slots` of a fused row, each folding only its in-bounds taps.
     func reduceEdge(_ slots: Range<Int>, row: UnsafePointer<R.Input>, first: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        guard channels >= 8 else {
+            // A channel's taps in a register: the vector loop below would be a chain of
+            // stores and reloads when there are only a few channels.
+            reduceEdgeOfRows(slots, rows: 1, block: row, first: first, into: destination)
+            return
+        }
         for slot in slots {
             let out = destination + slot * channels
             let column = first + slot
             let taps = Swift.max(0, -column)..<Swift.max(Swift.min(g.kernelW, g.inW - column), Swift.max(0, -column))
-            if channels < 8 {
-                // A channel's taps in a register: the vector loop below would be a chain of
-                // stores and reloads when there are only a few channels.
-                for c in 0..<channels {
-                    var sum = R.identity
-                    for k in taps { sum = R.merge(sum, R.widen(row[(column + k) * channels + c])) }
-                    out[c] = sum
-                }
-                continue
-            }
             for c in 0..<channels { out[c] = R.identity }
             for k in taps {
                 let source = row + (column + k) * channels
                 for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
+            }
+        }
+    }
+
+    /// Whether full windows of `taps` along an axis of stride 1 fold in pairs (`foldPairs`).
+    func sharesPairs(_ taps: Int) -> Bool { (2...5).contains(taps) }
+
+    /// One full window of `taps` sources in the order `foldPairs` gives it: an even output
+    /// (the first of a pair) folds sources 1..<taps then 0, an odd one 0..<taps. The order
+    /// follows the output's index, so results do not depend on where tiles begin.
+    func foldShared(_ destination: UnsafeMutablePointer<R.Accumulator>, _ length: Int, taps: Int, even: Bool,
+                    source: (Int) -> UnsafePointer<R.Accumulator>) {
+        foldTaps(AccumulatorLoader<R>.self, destination, length, taps: 0..<taps, first: true,
+                 source: { even ? source(($0 + 1) % taps) : source($0) })
+    }
+
+    /// Folds `pairs` pairs of outputs, rows `pitch` apart, whose windows of `taps` rows (2 to 5)
+    /// start one row apart: outputs 2i and 2i + 1 share the fold of their middle `taps - 1`
+    /// sources, then add the first and the last source respectively. `taps` adds per pair,
+    /// not 2 * (taps - 1).
+    func foldPairs(_ destination: UnsafeMutablePointer<R.Accumulator>, _ sources: UnsafePointer<R.Accumulator>, pitch: Int,
+                   pairs: Int, taps: Int) {
+        let length = pitch
+        for pair in 0..<pairs {
+            let o0 = destination + 2 * pair * pitch, o1 = o0 + pitch
+            let s0 = sources + 2 * pair * pitch, s1 = s0 + pitch, s2 = s1 + pitch, s3 = s2 + pitch
+            switch taps {
+            case 2:
+                for j in 0..<length { let m = s1[j]; o0[j] = R.merge(m, s0[j]); o1[j] = R.merge(m, s2[j]) }
+            case 3:
+                for j in 0..<length { let m = R.merge(s1[j], s2[j]); o0[j] = R.merge(m, s0[j]); o1[j] = R.merge(m, s3[j]) }
+            case 4:
+                let s4 = s3 + pitch
+                for j in 0..<length {
+                    let m = R.merge(R.merge(s1[j], s2[j]), s3[j])
+                    o0[j] = R.merge(m, s0[j]); o1[j] = R.merge(m, s4[j])
+                }
+            default:
+                let s4 = s3 + pitch, s5 = s4 + pitch
+                for j in 0..<length {
+                    let m = R.merge(R.merge(R.merge(s1[j], s2[j]), s3[j]), s4[j])
+                    o0[j] = R.merge(m, s0[j]); o1[j] = R.merge(m, s5[j])
+                }
             }
         }
     }
@@ -489,12 +555,27 @@ struct TilePass<R: WindowReduction> {
             let out = plane + (oh - tile.oh.lowerBound) * rowLength
             let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
             if g.strideH == 1 && h1 - h0 == g.kernelH {
-                // Rows whose windows are all in bounds fold as one run: output row oh + i
-                // takes reduced row h0 + i + k for every tap k.
+                // Rows whose windows are all in bounds: output row oh + i takes reduced row
+                // h0 + i + k for every tap k.
                 var run = 1
                 while oh + run < tile.oh.upperBound && oh + run - g.padH + g.kernelH <= g.inH { run += 1 }
-                foldTaps(AccumulatorLoader<R>.self, out, run * rowLength, taps: 0..<g.kernelH, first: true,
-                         source: { row(h0 + $0) })
+                if !sharesPairs(g.kernelH) {
+                    foldTaps(AccumulatorLoader<R>.self, out, run * rowLength, taps: 0..<g.kernelH, first: true,
+                             source: { row(h0 + $0) })
+                    oh += run
+                    continue
+                }
+                var first = 0
+                if oh % 2 == 1 {
+                    foldShared(out, rowLength, taps: g.kernelH, even: false, source: { row(h0 + $0) })
+                    first = 1
+                }
+                let pairs = (run - first) / 2
+                foldPairs(out + first * rowLength, row(h0 + first), pitch: rowLength, pairs: pairs, taps: g.kernelH)
+                if first + 2 * pairs < run {
+                    let last = first + 2 * pairs
+                    foldShared(out + last * rowLength, rowLength, taps: g.kernelH, even: true, source: { row(h0 + last + $0) })
+                }
                 oh += run
                 continue
             }

@@ -383,6 +383,33 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
+    /// Full windows along H with stride 1 fold in pairs of output rows sharing their middle
+    /// rows, an even row first: tiles that begin on odd and even rows must give the same bits
+    /// (the order of a float sum follows the row's index, not the tile), and match the reference.
+    @Test(arguments: [DType.float32, .float16, .bfloat16, .float64])
+    func rowPairsFoldAlikeWhereverTilesBegin(dtype: DType) throws {
+        let whole = PoolEngine(threads: 1)
+        let tiny = [64, 96, 128, 160, 224].map { PoolEngine(threads: 2, tileBudgetBytes: $0) }
+        for kind in PoolKind.allCases {
+            for kernelH in 2...6 {
+                for (padding, channels) in [(0, 1), (kernelH / 2, 1), (kernelH / 2, 4)] {
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [2, kernelH, 3], stride: [1, 1, 1], padding: [0, padding, 1])
+                    let shape = [1, 3, 14, 5, channels]
+                    let strides = TensorView.contiguousStrides(shape)
+                    let input = randomInput(dtype, shape: shape, seed: UInt64(kernelH * 10 + padding + channels * 100))
+                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                    let reference = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: whole)
+                    #expect(firstMismatch(desc, dtype: dtype, actual: reference.output, expected: expected.values) == nil, "\(desc)")
+                    for engine in tiny {
+                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                        let bytes = run.output.count * run.output.dtype.size
+                        #expect(memcmp(run.output.raw, reference.output.raw, bytes) == 0, "\(desc) \(dtype) C \(channels)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func stridedViewsWithTinyTiles() throws {
         let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
         let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
