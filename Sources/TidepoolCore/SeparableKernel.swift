@@ -666,6 +666,19 @@ struct TilePass<R: WindowReduction> {
 
     func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
 
+    /// Copies every stride-th position of the tile's subsampled rows, finished in `from`, to
+    /// the output rows at `to`.
+    @inline(__always)
+    func copyKeptPositions(_ from: UnsafePointer<R.Output>, to: UnsafeMutablePointer<R.Output>, channels: Int, outputRow: Int) {
+        let jump = width.stride * channels
+        for oh in 0..<tile.oh.count {
+            let source = from + oh * rowLength, destination = to + oh * outputRow
+            for ow in 0..<g.outW {
+                for c in 0..<channels { destination[ow * channels + c] = source[ow * jump + c] }
+            }
+        }
+    }
+
     /// `progress` runs before each output plane.
     mutating func run(progress: (() -> Void)?) {
         let windowSize = g.windowSize
@@ -708,12 +721,13 @@ struct TilePass<R: WindowReduction> {
                     }
                 }
                 if width.subsampled {
-                    let jump = width.stride * channels
-                    for oh in 0..<tile.oh.count {
-                        let from = target + oh * rowLength, to = out + oh * outputRow
-                        for ow in 0..<g.outW {
-                            for c in 0..<channels { to[ow * channels + c] = from[ow * jump + c] }
-                        }
+                    // A fixed channel count per case, so each position's copy is unrolled.
+                    switch channels {
+                    case 1: copyKeptPositions(target, to: out, channels: 1, outputRow: outputRow)
+                    case 2: copyKeptPositions(target, to: out, channels: 2, outputRow: outputRow)
+                    case 3: copyKeptPositions(target, to: out, channels: 3, outputRow: outputRow)
+                    case 4: copyKeptPositions(target, to: out, channels: 4, outputRow: outputRow)
+                    default: copyKeptPositions(target, to: out, channels: channels, outputRow: outputRow)
                     }
                 } else if streaming {
                     tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride)
