@@ -170,9 +170,11 @@ private struct Job: @unchecked Sendable {
         plan.streamOutput = !outputBytes.overflow && outputBytes.partialValue >= engine.streamingOutputBytes
             && geometry.channels >= 8 && MemoryLayout<R.Output>.stride <= MemoryLayout<R.Accumulator>.stride
         // Prefetching pays where compute is long per byte: overlapping windows (k3 s1, k3 s2: 7%
-        // to 15% measured) of 1- to 4-byte inputs. Where memory bandwidth is the limit already
-        // (8-byte inputs, windows that do not overlap) it only competes: up to 10% and 50% lost.
-        plan.prefetchInput = MemoryLayout<R.Input>.stride < 8 && geometry.kernelD > geometry.strideD
+        // to 15% measured) of 1- to 4-byte inputs, and of 64-bit integer averages, whose widening
+        // is long (k5 s1 p2 13%, k3 s2 p1 9%, k3 s1 p1 4%). Where memory bandwidth is the limit
+        // already (float64, 64-bit max, windows that do not overlap) it only competes: up to 10%
+        // and 50% lost.
+        plan.prefetchInput = (MemoryLayout<R.Input>.stride < 8 || R.widenOutweighsAPass) && geometry.kernelD > geometry.strideD
         // Fetching the output plane for writing while input is reduced (stored through the cache
         // only) took k5 s1 p2 with one channel from 3.6 to 3.1 ms (float32), 5.6 to 4.8 (float64).
         plan.prefetchOutput = geometry.kernelD > geometry.strideD
