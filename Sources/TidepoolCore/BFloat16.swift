@@ -6,14 +6,15 @@ public struct BFloat16: Sendable, Hashable, CustomStringConvertible {
     @inlinable public init(bitPattern: UInt16) { self.bitPattern = bitPattern }
 
     /// Rounds to nearest, ties to even (as MLX, PyTorch and ml_dtypes do); NaN stays NaN.
+    /// Masks rather than a branch, all in 32 bits: a vector loop then narrows to 16 bits once,
+    /// where a select had it narrow both candidates and the NaN test (11 vector operations per
+    /// 8 values after the scaling, from 14).
     @inlinable public init(_ value: Float) {
         let bits = value.bitPattern
-        if value.isNaN {
-            bitPattern = UInt16(truncatingIfNeeded: bits >> 16) | 0x0040
-        } else {
-            let roundingBias: UInt32 = 0x7FFF &+ ((bits >> 16) & 1)
-            bitPattern = UInt16(truncatingIfNeeded: (bits &+ roundingBias) >> 16)
-        }
+        let nan: UInt32 = value.isNaN ? ~0 : 0
+        // A NaN gets no rounding bias, which could carry into its exponent or sign.
+        let roundingBias = (0x7FFF &+ ((bits >> 16) & 1)) & ~nan
+        bitPattern = UInt16(truncatingIfNeeded: ((bits &+ roundingBias) >> 16) | (nan & 0x0040))
     }
 
     /// Exact: every bfloat16 is a float32.

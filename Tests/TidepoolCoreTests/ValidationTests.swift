@@ -203,6 +203,27 @@ func expectPoolError(_ status: tp_status, _ fragments: [String], sourceLocation:
         #expect(BFloat16(Float.greatestFiniteMagnitude).float == .infinity)
         #expect(BFloat16(Float.nan).float.isNaN)
         #expect(BFloat16(-Float.nan).float.isNaN)
+        // NaN payloads that rounding would carry into infinity or into the sign stay NaN.
+        for bits: UInt32 in [0x7F80_0001, 0x7FFF_FFFF, 0xFF80_8000, 0xFFFF_FFFF, 0x7FBF_FFFF] {
+            #expect(BFloat16(Float(bitPattern: bits)).float.isNaN, "\(String(bits, radix: 16))")
+        }
+    }
+
+    /// Against the two bfloat16 neighbours of random floats, nearer one (ties to even) chosen
+    /// in float64.
+    @Test func randomFloatsRoundToTheNearerNeighbour() {
+        var rng = SplitMix64(seed: 16)
+        for _ in 0..<200_000 {
+            let bits = UInt32(truncatingIfNeeded: rng.next())
+            let value = Float(bitPattern: bits)
+            guard value.isFinite else { continue }
+            let below = Float(bitPattern: bits & 0xFFFF_0000), above = Float(bitPattern: (bits & 0xFFFF_0000) &+ 0x1_0000)
+            // Above the largest finite bfloat16 lies infinity, at 2^128 for the rounding.
+            let aboveValue = above.isInfinite ? (value < 0 ? -0x1p128 : 0x1p128) : Double(above)
+            let toBelow = abs(Double(value) - Double(below)), toAbove = abs(Double(value) - aboveValue)
+            let expected = toBelow < toAbove || (toBelow == toAbove && (bits >> 16) & 1 == 0) ? below : above
+            #expect(BFloat16(value).float.bitPattern == expected.bitPattern, "\(String(bits, radix: 16))")
+        }
     }
 
     @Test func everyBFloat16RoundTrips() {
