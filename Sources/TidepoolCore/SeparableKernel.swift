@@ -249,8 +249,8 @@ func reducePositions<R: WindowReduction>(
 ) {
     for (slot, q) in positions.enumerated() {
         let out = destination + slot * channels
-        let start = q * step - g.padW
-        let columns = Swift.max(start, 0)..<Swift.max(Swift.min(start + g.kernelW, g.inW), Swift.max(start, 0))
+        let (lower, upper) = windowBounds(q, stride: step, padding: g.padW, kernel: g.kernelW, length: g.inW)
+        let columns = lower..<Swift.max(upper, lower)
         if columns.isEmpty {
             for c in 0..<channels { out[c] = R.identity }
         } else if g.stepC == 1 {
@@ -445,14 +445,14 @@ struct TilePass<R: WindowReduction> {
         let channels = channels, pitch = g.stepH, rowLength = rowLength
         for slot in slots {
             let column = first + slot
-            let lower = Swift.max(0, -column), upper = Swift.max(Swift.min(g.kernelW, g.inW - column), lower)
+            let taps = tapsInBounds(ofWindowAt: column)
             for c in 0..<channels {
-                var source = block + (column + lower) * channels + c
+                var source = block + (column + taps.lowerBound) * channels + c
                 var out = destination + slot * channels + c
                 for _ in 0..<rows {
                     var sum = R.identity
                     var tap = source
-                    for _ in lower..<upper {
+                    for _ in taps {
                         sum = R.merge(sum, R.widen(tap.pointee))
                         tap += channels
                     }
@@ -462,6 +462,12 @@ struct TilePass<R: WindowReduction> {
                 }
             }
         }
+    }
+
+    /// The taps of a W window starting at input column `column` that fall inside the row.
+    func tapsInBounds(ofWindowAt column: Int) -> Range<Int> {
+        let (lower, upper) = windowBounds(column, stride: 1, padding: 0, kernel: g.kernelW, length: g.inW)
+        return (lower - column)..<(Swift.max(upper, lower) - column)
     }
 
     /// Positions `slots` of a fused row, each folding only its in-bounds taps.
@@ -475,7 +481,7 @@ struct TilePass<R: WindowReduction> {
         for slot in slots {
             let out = destination + slot * channels
             let column = first + slot
-            let taps = Swift.max(0, -column)..<Swift.max(Swift.min(g.kernelW, g.inW - column), Swift.max(0, -column))
+            let taps = tapsInBounds(ofWindowAt: column)
             for c in 0..<channels { out[c] = R.identity }
             for k in taps {
                 let source = row + (column + k) * channels
