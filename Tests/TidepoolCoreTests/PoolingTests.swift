@@ -410,6 +410,44 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
+    /// Depth first (16-bit inputs, stride 1, centred rows of few channels), output planes fold
+    /// in pairs sharing their middle input planes, an even plane first: blocks of planes that
+    /// begin on odd and even planes, and tiles of any rows, must give the same bits, and match
+    /// the reference; with and without padding along D, kernels that pair (2 to 5) and one that
+    /// does not (6).
+    @Test(arguments: [DType.float16, .bfloat16, .int16])
+    func planePairsFoldAlikeWhereverTilesBegin(dtype: DType) throws {
+        let whole = PoolEngine(threads: 1)
+        let others = [PoolEngine(threads: 2)] + [96, 400, 1000].map { PoolEngine(threads: 2, tileBudgetBytes: $0) }
+        for kind in PoolKind.allCases {
+            for kernelD in 2...6 {
+                for (padding, channels) in [(0, 1), (kernelD / 2, 1), (kernelD / 2, 3)] {
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [kernelD, 3, 5], stride: [1, 1, 1], padding: [padding, 1, 2])
+                    let shape = [1, 21, 6, 7, channels]
+                    let strides = TensorView.contiguousStrides(shape)
+                    let seed = UInt64(kernelD * 10 + padding + channels * 100)
+                    let input = randomInput(dtype, shape: shape, seed: seed)
+                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                    let reference = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: whole)
+                    #expect(firstMismatch(desc, dtype: dtype, actual: reference.output, expected: expected.values) == nil, "\(desc)")
+                    // 16-bit outputs rarely show a float32 sum's last bits; sums that cancel
+                    // (2^14 - 2^14 + 2^-11 is 2^-11 or 0 by the order) show the order itself.
+                    let cancelling = Buffer(dtype, count: input.count)
+                    var rng = SplitMix64(seed: seed)
+                    for i in 0..<cancelling.count { cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
+                    for storage in dtype == .int16 ? [input] : [input, cancelling] {
+                        let baseline = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: whole)
+                        for engine in others {
+                            let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
+                            let bytes = run.output.count * run.output.dtype.size
+                            #expect(memcmp(run.output.raw, baseline.output.raw, bytes) == 0, "\(desc) \(dtype) C \(channels)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     @Test func stridedViewsWithTinyTiles() throws {
         let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
         let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
@@ -432,17 +470,18 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         ([1, 8, 128, 128, 1], 5, 1, 2), ([1, 2, 3, 40_000, 64], 3, 1, 1), ([1, 1, 1, 2, 300_000], 1, 1, 0),
     ])
     func scratchStaysSmall(shape: [Int], kernel: Int, stride: Int, padding: Int) throws {
-        for kind in PoolKind.allCases {
+        // float16 runs depth first where the geometry allows (k5 s1 p2 here).
+        for (kind, dtype) in PoolKind.allCases.flatMap({ kind in [DType.float32, .float16].map { (kind, $0) } }) {
             let engine = PoolEngine(threads: 2)
             let desc = PoolDescriptor(kind: kind, kernelSize: [kernel, kernel, kernel], stride: [stride, stride, stride],
                                       padding: [padding, padding, padding])
-            let input = Buffer(.float32, count: shape.reduce(1, *))
+            let input = Buffer(dtype, count: shape.reduce(1, *))
             let outShape = try desc.outputShape(inputShape: shape)
-            let output = Buffer(.float32, count: outShape.reduce(1, *))
-            try engine.pool(desc, input: TensorView(data: input.raw, dtype: .float32, shape: shape),
-                            output: OutputView(data: output.raw, dtype: .float32, shape: outShape))
+            let output = Buffer(dtype, count: outShape.reduce(1, *))
+            try engine.pool(desc, input: TensorView(data: input.raw, dtype: dtype, shape: shape),
+                            output: OutputView(data: output.raw, dtype: dtype, shape: outShape))
             #expect(engine.largestScratchBytes > 0)
-            #expect(engine.largestScratchBytes <= 2 * (1 << 20), "\(shape): \(engine.largestScratchBytes) bytes")
+            #expect(engine.largestScratchBytes <= 2 * (1 << 20), "\(shape) \(dtype): \(engine.largestScratchBytes) bytes")
         }
     }
 
