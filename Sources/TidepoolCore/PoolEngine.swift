@@ -160,12 +160,15 @@ private struct Job: @unchecked Sendable {
     func run<R: WindowReduction>(_ reduction: R.Type) throws {
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
-        // Depth first pays for 16-bit inputs (k5 s1 p2, one channel, 2 threads: float16 2.02 to
-        // 1.79 ms, bfloat16 2.46 to 2.09, int16 2.0 to 1.8, max 5-10%): an input is widened once
-        // per pair of output planes whose windows hold it (3 times) instead of once per W tap
-        // (5), and the D fold reads 2-byte inputs where the W-first finish reads 4-byte sums.
-        // With float32 it measured 10-15% slower (six 64 KB input planes per pair crowd L2).
+        // Depth first pays for inputs that are widened, and for 16-bit ones (k5 s1 p2, one
+        // channel, 2 threads: float16 2.02 to 1.79 ms, bfloat16 2.46 to 2.09, int16 2.0 to 1.8,
+        // int32 3.49 to 3.22, 16-bit max 5-10%; int8 the same at 2 threads, 10% faster at 1): an
+        // input is widened once per pair of output planes whose windows hold it (3 times)
+        // instead of once per W tap (5), and the D fold reads inputs narrower than the sums the
+        // W-first finish reads. float32 measured 10-15% slower (six 64 KB input planes per
+        // pair crowd L2).
         let depthFirstAllowed = MemoryLayout<R.Input>.stride == 2
+            || MemoryLayout<R.Accumulator>.stride > MemoryLayout<R.Input>.stride
         var plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
                             budgetBytes: engine.tileBudgetBytes, depthFirstAllowed: depthFirstAllowed)
         // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough

@@ -410,12 +410,12 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
-    /// Depth first (16-bit inputs, stride 1, centred rows of few channels), output planes fold
-    /// in pairs sharing their middle input planes, an even plane first: blocks of planes that
-    /// begin on odd and even planes, and tiles of any rows, must give the same bits, and match
-    /// the reference; with and without padding along D, kernels that pair (2 to 5) and one that
-    /// does not (6).
-    @Test(arguments: [DType.float16, .bfloat16, .int16])
+    /// Depth first (16-bit or widened inputs, stride 1, centred rows of few channels), output
+    /// planes fold in pairs sharing their middle input planes, an even plane first: blocks of
+    /// planes that begin on odd and even planes, and tiles of any rows, must give the same bits,
+    /// and match the reference; with and without padding along D, kernels that pair (2 to 5)
+    /// and one that does not (6).
+    @Test(arguments: [DType.float16, .bfloat16, .int16, .int8, .int32])
     func planePairsFoldAlikeWhereverTilesBegin(dtype: DType) throws {
         let whole = PoolEngine(threads: 1)
         let others = [PoolEngine(threads: 2)] + [96, 400, 1000].map { PoolEngine(threads: 2, tileBudgetBytes: $0) }
@@ -432,10 +432,14 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                     #expect(firstMismatch(desc, dtype: dtype, actual: reference.output, expected: expected.values) == nil, "\(desc)")
                     // 16-bit outputs rarely show a float32 sum's last bits; sums that cancel
                     // (2^14 - 2^14 + 2^-11 is 2^-11 or 0 by the order) show the order itself.
-                    let cancelling = Buffer(dtype, count: input.count)
-                    var rng = SplitMix64(seed: seed)
-                    for i in 0..<cancelling.count { cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
-                    for storage in dtype == .int16 ? [input] : [input, cancelling] {
+                    var inputs = [input]
+                    if dtype.isFloatingPoint {
+                        let cancelling = Buffer(dtype, count: input.count)
+                        var rng = SplitMix64(seed: seed)
+                        for i in 0..<cancelling.count { cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
+                        inputs.append(cancelling)
+                    }
+                    for storage in inputs {
                         let baseline = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: whole)
                         for engine in others {
                             let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
