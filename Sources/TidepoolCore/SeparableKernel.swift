@@ -490,9 +490,10 @@ struct TilePass<R: WindowReduction> {
             prefetch(outputAhead, part: part, of: parts)
         }
         let destination = rowBlock + (rows.lowerBound - firstRow) * rowLength
-        for slots in [0..<interior.lowerBound, interior.upperBound..<positions.count] {
-            reduceEdgeOfRows(InputLoader<R>.self, slots, rows: rows.count, block: block, first: first, into: destination, store: { $0 })
-        }
+        reduceEdgeOfRows(InputLoader<R>.self, 0..<interior.lowerBound, rows: rows.count, block: block, first: first,
+                         into: destination, store: { $0 })
+        reduceEdgeOfRows(InputLoader<R>.self, interior.upperBound..<positions.count, rows: rows.count, block: block, first: first,
+                         into: destination, store: { $0 })
     }
 
     /// Positions `slots` of `rows` consecutive fused rows from `block`, slot by slot: a slot's
@@ -752,10 +753,11 @@ struct TilePass<R: WindowReduction> {
                        source: { source + (first + $0) * channels + from }, windowSize: windowSize)
             prefetch(upcoming, part: part, of: parts)
         }
-        for slots in [0..<interior.lowerBound, interior.upperBound..<positions.count] {
-            reduceEdgeOfRows(AccumulatorLoader<R>.self, slots, rows: tile.oh.count, block: source, first: first, into: out,
-                             store: { R.finish($0, windowSize: windowSize) })
-        }
+        let finish = { (sum: R.Accumulator) in R.finish(sum, windowSize: windowSize) }
+        reduceEdgeOfRows(AccumulatorLoader<R>.self, 0..<interior.lowerBound, rows: tile.oh.count, block: source, first: first,
+                         into: out, store: finish)
+        reduceEdgeOfRows(AccumulatorLoader<R>.self, interior.upperBound..<positions.count, rows: tile.oh.count, block: source,
+                         first: first, into: out, store: finish)
     }
 
     /// The tile depth first, for geometries that `TilePlan.suitsDepthFirst`: each output plane
