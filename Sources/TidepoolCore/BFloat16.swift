@@ -5,16 +5,17 @@ public struct BFloat16: Sendable, Hashable, CustomStringConvertible {
 
     @inlinable public init(bitPattern: UInt16) { self.bitPattern = bitPattern }
 
-    /// Rounds to nearest, ties to even (as MLX, PyTorch and ml_dtypes do); NaN stays NaN.
-    /// Masks rather than a branch, all in 32 bits: a vector loop then narrows to 16 bits once,
-    /// where a select had it narrow both candidates and the NaN test (11 vector operations per
-    /// 8 values after the scaling, from 14).
+    /// Rounds to nearest, ties to even (as MLX, PyTorch and ml_dtypes do); NaN stays NaN,
+    /// quieted. Both candidates are 32-bit and need two constants, so a vector loop blends
+    /// once, narrows once and keeps its constants in registers: 10 vector operations per 8
+    /// values after the scaling, where masks took 11 and 3 constant loads (bfloat16 k5 s1 p2:
+    /// 6% faster in cache, 4% at 2 threads), and a select on 16-bit candidates 14.
     @inlinable public init(_ value: Float) {
         let bits = value.bitPattern
-        let nan: UInt32 = value.isNaN ? ~0 : 0
-        // A NaN gets no rounding bias, which could carry into its exponent or sign.
-        let roundingBias = (0x7FFF &+ ((bits >> 16) & 1)) & ~nan
-        bitPattern = UInt16(truncatingIfNeeded: ((bits &+ roundingBias) >> 16) | (nan & 0x0040))
+        let rounded = (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16
+        // A NaN is not rounded (the bias could carry into its exponent or sign), only quieted:
+        // an addition returns its NaN operand with the quiet bit set.
+        bitPattern = UInt16(truncatingIfNeeded: value.isNaN ? (value + value).bitPattern >> 16 : rounded)
     }
 
     /// Exact: every bfloat16 is a float32.
