@@ -162,8 +162,8 @@ private struct Job: @unchecked Sendable {
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
         // Depth first pays for inputs that are widened, and for 16-bit ones (k5 s1 p2, one
         // channel, 2 threads: float16 2.02 to 1.79 ms, bfloat16 2.46 to 2.09, int16 2.0 to 1.8,
-        // int32 3.49 to 3.22, 16-bit max 5-10%; int8 the same at 2 threads, 10% faster at 1): an
-        // input is widened once per pair of output planes whose windows hold it (3 times)
+        // int32 3.49 to 3.22; 16-bit max 10-12% faster at 1 thread; int8 the same at 2 threads,
+        // 10% faster at 1): an input is widened once per pair of output planes whose windows hold it (3 times)
         // instead of once per W tap (5), and the D fold reads inputs narrower than the sums the
         // W-first finish reads. float32 measured 10-15% slower (six 64 KB input planes per
         // pair crowd L2).

@@ -475,7 +475,7 @@ struct TilePass<R: WindowReduction> {
     /// row would cost more than their folds. Positions outside `interiorPositions` (windows crossing a
     /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
     /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
-    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, parts: Int, outputAhead: PrefetchRegion) {
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, outputAhead: PrefetchRegion) {
         guard !rows.isEmpty else { return }
         let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
         let channels = channels, first = firstColumn, interior = interiorPositions
@@ -483,11 +483,9 @@ struct TilePass<R: WindowReduction> {
         // stays within the rows.
         let start = interior.lowerBound * channels
         let length = ((rows.count - 1) * g.inW + interior.upperBound) * channels - start
-        for part in 0..<parts {
-            let from = start + length * part / parts, to = start + length * (part + 1) / parts
-            foldTaps(InputLoader<R>.self, rowBlock + from, to - from, taps: 0..<g.kernelW, first: true,
-                     source: { UnsafePointer(block + (first + $0) * channels + from) })
-            prefetch(outputAhead, part: part, of: parts)
+        inParts(start..<(start + length), prefetching: outputAhead) { part in
+            foldTaps(InputLoader<R>.self, rowBlock + part.lowerBound, part.count, taps: 0..<g.kernelW, first: true,
+                     source: { UnsafePointer(block + (first + $0) * channels + part.lowerBound) })
         }
         let destination = rowBlock + (rows.lowerBound - firstRow) * rowLength
         reduceEdgeOfRows(InputLoader<R>.self, 0..<interior.lowerBound, rows: rows.count, block: block, first: first,
@@ -584,15 +582,11 @@ struct TilePass<R: WindowReduction> {
             reducePlaneHeightFirst(d)
             return
         }
-        let rows = inputRows
-        let parts = outputAhead.isEmpty ? 1 : Self.prefetchChunks
         if planeRun {
-            reduceRowsAsOneRun(d: d, rows: rows, parts: parts, outputAhead: outputAhead)
+            reduceRowsAsOneRun(d: d, rows: inputRows, outputAhead: outputAhead)
         } else {
-            for h in rows {
-                reduceRow(d: d, h: h, into: rowBlock + (h - firstRow) * rowLength)
-                let part = (h - firstRow) * parts / rows.count
-                if part != (h - firstRow + 1) * parts / rows.count { prefetch(outputAhead, part: part, of: parts) }
+            inParts(inputRows, prefetching: outputAhead) { part in
+                for h in part { reduceRow(d: d, h: h, into: rowBlock + (h - firstRow) * rowLength) }
             }
         }
         reduceAlongH(rowBlock, from: firstRow, rows: tile.oh, into: planeRing + (d % g.kernelD) * planeSlot)
@@ -702,6 +696,17 @@ struct TilePass<R: WindowReduction> {
                              planeStride: g.stepD * size)
     }
 
+    /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching part of
+    /// `region` after each (in one part when there is nothing to prefetch).
+    @inline(__always)
+    func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, _ body: (Range<Int>) -> Void) {
+        let parts = region.isEmpty ? 1 : Self.prefetchChunks
+        for part in 0..<parts {
+            body((range.lowerBound + range.count * part / parts)..<(range.lowerBound + range.count * (part + 1) / parts))
+            prefetch(region, part: part, of: parts)
+        }
+    }
+
     /// Prefetches part `part` of `region` cut into `parts` equal parts.
     func prefetch(_ region: PrefetchRegion, part: Int, of parts: Int) {
         let total = region.planeBytes * region.planes
@@ -745,13 +750,10 @@ struct TilePass<R: WindowReduction> {
         let source = UnsafePointer(merged)
         let start = interior.lowerBound * channels
         let length = ((tile.oh.count - 1) * g.inW + interior.upperBound) * channels - start
-        let parts = upcoming.isEmpty ? 1 : Self.prefetchChunks
-        for part in 0..<parts {
-            let from = start + length * part / parts, to = start + length * (part + 1) / parts
+        inParts(start..<(start + length), prefetching: upcoming) { part in
             // At most one pass of taps (suitsDepthFirst), so `partial` is never written.
-            finishTaps(R.self, out + from, to - from, partial: merged, taps: 0..<g.kernelW,
-                       source: { source + (first + $0) * channels + from }, windowSize: windowSize)
-            prefetch(upcoming, part: part, of: parts)
+            finishTaps(R.self, out + part.lowerBound, part.count, partial: merged, taps: 0..<g.kernelW,
+                       source: { source + (first + $0) * channels + part.lowerBound }, windowSize: windowSize)
         }
         let finish = { (sum: R.Accumulator) in R.finish(sum, windowSize: windowSize) }
         reduceEdgeOfRows(AccumulatorLoader<R>.self, 0..<interior.lowerBound, rows: tile.oh.count, block: source, first: first,
@@ -837,13 +839,9 @@ struct TilePass<R: WindowReduction> {
                 if d0 >= d1 {
                     for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
-                    let upcoming = upcomingInput(after: od)
-                    let parts = upcoming.planes > 0 ? Self.prefetchChunks : 1
-                    for part in 0..<parts {
-                        let start = planeLength * part / parts, count = planeLength * (part + 1) / parts - start
-                        finishTaps(R.self, target + start, count, partial: merged + start, taps: d0..<d1,
-                                   source: { plane($0) + start }, windowSize: windowSize)
-                        prefetch(upcoming, part: part, of: parts)
+                    inParts(0..<planeLength, prefetching: upcomingInput(after: od)) { part in
+                        finishTaps(R.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: d0..<d1,
+                                   source: { plane($0) + part.lowerBound }, windowSize: windowSize)
                     }
                 }
                 if width.subsampled {
