@@ -26,8 +26,10 @@ let package = Package(
 
         // Streaming (non-temporal) copies for large outputs.
         .target(name: "CTidepoolStream"),
+        // AVX-512 kernels for the last step of 16-bit float averages, chosen at run time.
+        .target(name: "CTidepoolVector"),
         // Pure compute: dtypes, shapes, validation, kernels. No I/O, no sockets, no C ABI.
-        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream"]),
+        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream", "CTidepoolVector"]),
         // Thin wrapper of libzmq: context, sockets, frames, poll.
         .target(name: "TidepoolZMQ", dependencies: ["CZeroMQ"]),
         // POSIX shared memory: create (0600, O_EXCL), map, unlink, guard.
@@ -69,7 +71,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "CTidepool"]),
+        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "CTidepool", "CTidepoolVector"]),
         .testTarget(name: "TidepoolProtocolTests", dependencies: ["TidepoolProtocol", "TidepoolCore", "CTidepool"]),
         .testTarget(
             name: "TidepoolServerTests",

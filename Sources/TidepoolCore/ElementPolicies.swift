@@ -1,3 +1,5 @@
+import CTidepoolVector
+
 /// How each (pool kind, dtype) pair reads, folds and writes elements. The kernels are
 /// generic over these static policies, so each pair compiles to its own specialised,
 /// vectorisable loops with no per-element dynamic dispatch. Both folds (sum, NaN-propagating
@@ -22,11 +24,14 @@ public protocol WindowReduction {
     /// Whether `widen` costs more than a pass over a row of accumulators: then each input
     /// row is widened once, not once per tap.
     static var widenOutweighsAPass: Bool { get }
+    /// The vector kernels that fold and finish this type's outputs on this CPU, if any.
+    static var vectorFinish: VectorFinish? { get }
 }
 
 extension WindowReduction {
     @inlinable public static var finishOutweighsACopy: Bool { false }
     @inlinable public static var widenOutweighsAPass: Bool { false }
+    public static var vectorFinish: VectorFinish? { nil }
 }
 
 // MARK: average
@@ -51,6 +56,7 @@ public enum AverageFloat16: WindowReduction {
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
     @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float16 { Float16(sum * (1 / Float(windowSize))) }
     @inlinable public static var finishOutweighsACopy: Bool { true }
+    public static let vectorFinish = VectorFinish(TPVECTOR_FLOAT16)
 }
 
 public enum AverageBFloat16: WindowReduction {
@@ -59,6 +65,7 @@ public enum AverageBFloat16: WindowReduction {
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
     @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(sum * (1 / Float(windowSize))) }
     @inlinable public static var finishOutweighsACopy: Bool { true }
+    public static let vectorFinish = VectorFinish(TPVECTOR_BFLOAT16)
 }
 
 /// 8- and 16-bit integers over windows whose sums stay below 2^24 in magnitude (the engine

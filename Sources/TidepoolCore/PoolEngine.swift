@@ -28,11 +28,16 @@ public final class PoolEngine: Sendable {
     /// Outputs at least this large (with 8+ channels) are written with streaming stores.
     let streamingOutputBytes: Int
 
+    /// Whether the C vector kernels (`VectorFinish`) run where they can; tests turn them off
+    /// to compare with the Swift loops.
+    let usesVectorKernels: Bool
+
     public init(threads: Int = 0, tileBudgetBytes: Int = TilePlan.defaultBudgetBytes,
-                streamingOutputBytes: Int = PoolEngine.defaultStreamingOutputBytes) {
+                streamingOutputBytes: Int = PoolEngine.defaultStreamingOutputBytes, usesVectorKernels: Bool = true) {
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
         self.tileBudgetBytes = tileBudgetBytes
         self.streamingOutputBytes = streamingOutputBytes
+        self.usesVectorKernels = usesVectorKernels
     }
 
     public static let defaultStreamingOutputBytes = 4 << 20
@@ -187,6 +192,7 @@ private struct Job: @unchecked Sendable {
         // Fetching the output plane for writing while input is reduced (stored through the cache
         // only) took k5 s1 p2 with one channel from 3.6 to 3.1 ms (float32), 5.6 to 4.8 (float64).
         plan.prefetchOutput = geometry.kernelD > geometry.strideD
+        plan.vectorFinish = engine.usesVectorKernels ? R.vectorFinish : nil
         defer { if plan.streamOutput { tpstream_fence() } }
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel

@@ -66,6 +66,8 @@ public struct TilePlan {
     /// plane while reducing input (see TilePass.run).
     var prefetchInput = false
     var prefetchOutput = false
+    /// Vector kernels for the finishing folds, where the type and CPU have them.
+    var vectorFinish: VectorFinish?
     /// Whether tiles run depth first (`TilePass.runDepthFirst`).
     let depthFirst: Bool
 
@@ -748,6 +750,15 @@ struct TilePass<R: WindowReduction> {
     func finishAlongW(into out: UnsafeMutablePointer<R.Output>, upcoming: PrefetchRegion) {
         let channels = channels, first = firstColumn, interior = interiorPositions, windowSize = g.windowSize
         let source = UnsafePointer(merged)
+        if let vector = plan.vectorFinish {
+            // Taps outside a row read as zeros: the edge loops' sums, which start from zero.
+            let rowLength = rowLength
+            inParts(0..<tile.oh.count, prefetching: upcoming) { part in
+                vector.rows(R.self, out + part.lowerBound * rowLength, source + part.lowerBound * rowLength, rows: part.count,
+                            rowLength: rowLength, first: first * channels, step: channels, taps: g.kernelW, windowSize: windowSize)
+            }
+            return
+        }
         let start = interior.lowerBound * channels
         let length = ((tile.oh.count - 1) * g.inW + interior.upperBound) * channels - start
         inParts(start..<(start + length), prefetching: upcoming) { part in
@@ -840,8 +851,13 @@ struct TilePass<R: WindowReduction> {
                     for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
                     inParts(0..<planeLength, prefetching: upcomingInput(after: od)) { part in
-                        finishTaps(R.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: d0..<d1,
-                                   source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                        if let vector = plan.vectorFinish, vector.finishesRuns, d1 - d0 <= sourcesPerPass {
+                            vector.runs(R.self, target + part.lowerBound, part.count, taps: d0..<d1,
+                                        source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                        } else {
+                            finishTaps(R.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: d0..<d1,
+                                       source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                        }
                     }
                 }
                 if width.subsampled {

@@ -1,0 +1,29 @@
+/* Vector kernels the Swift compiler cannot emit for the CPU the package is built for: the
+ * last step of average pooling for 16-bit floats in AVX-512, with bfloat16's own rounding
+ * instruction, chosen at run time where the CPU has them. A kernel folds float32 sums left to
+ * right, scales them and rounds to nearest even, bit for bit as the engine's Swift loops do
+ * (Float16(Float), BFloat16(Float)), in a third to half of their instructions. */
+#ifndef TIDEPOOL_VECTOR_H
+#define TIDEPOOL_VECTOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { TPVECTOR_FLOAT16 = 1, TPVECTOR_BFLOAT16 = 2 } tpvector_format;
+
+/* Whether this CPU runs the kernels for `format`; where it does not, they must not be called. */
+int tpvector_supports(tpvector_format format);
+
+/* out[j] = round(scale * (((sources[0][j] + sources[1][j]) + sources[2][j]) + ...)) for
+ * j < length, from `count` sources (1 to 6). */
+void tpvector_finish_runs(tpvector_format format, uint16_t *out, size_t length, const float *const *sources, int count,
+                          float scale);
+
+/* `rows` rows of `length` sums each, `length` apart in `source` and in `out`: out[j] =
+ * round(scale * ((x(j + first) + x(j + first + step)) + ...)) over `taps` taps (1 to 6),
+ * where x(i) is the row's element i, or 0 outside the row (the padding of an average). Adding
+ * +0 changes no sum but a -0, to +0, so this is the fold of the row's taps alone from 0. */
+void tpvector_finish_rows(tpvector_format format, uint16_t *out, const float *source, size_t rows, ptrdiff_t length,
+                          ptrdiff_t first, ptrdiff_t step, int taps, float scale);
+
+#endif
