@@ -577,3 +577,53 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         #expect(firstMismatch(desc, dtype: dtype, actual: a.output, expected: expected.values) == nil)
     }
 }
+
+@Suite struct WholeWindowTests {
+    /// Windows that do not overlap, over 8+ channels, fold whole from the input: every dtype and
+    /// kind against the float64 reference, and bit for bit across thread counts and budgets
+    /// whose tiles split rows and channels. Windows of 1 to 12 taps (beyond 6 through the
+    /// partial sums), padding that shortens the edge windows or holds whole ones, strides
+    /// beyond the kernel, and a view whose pixels are not dense (no prefetch).
+    @Test(arguments: DType.allCases)
+    func nonOverlappingWindowsFoldWhole(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 300), PoolEngine(threads: 2, tileBudgetBytes: 3000)]
+        // kernel, stride, padding, shape, pixel pitch (nil: dense)
+        let cases: [([Int], [Int], [Int], [Int], Int?)] = [
+            ([2, 2, 2], [2, 2, 2], [0, 0, 0], [2, 4, 6, 8, 8], nil),
+            ([2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 5, 5, 7, 9], nil),
+            ([3, 2, 2], [3, 2, 3], [1, 1, 0], [1, 7, 6, 9, 16], nil),
+            ([1, 3, 2], [2, 3, 2], [0, 1, 1], [2, 3, 7, 7, 10], nil),
+            ([2, 2], [2, 2], [1, 0], [2, 7, 6, 12], nil),
+            ([1], [3], [0], [3, 10, 8], nil),
+            ([2, 2, 2], [2, 3, 2], [0, 1, 1], [1, 4, 5, 6, 9], 12),
+            // Padding beyond the kernel (windows wholly in it), and an empty input axis.
+            ([2, 2, 2], [2, 2, 2], [2, 3, 2], [1, 3, 4, 5, 8], nil),
+            ([2, 1, 2], [2, 1, 2], [1, 0, 1], [1, 0, 2, 3, 8], nil),
+        ]
+        for kind in PoolKind.allCases {
+            for (index, (kernel, strideSizes, padding, shape, pitch)) in cases.enumerated() {
+                let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: strideSizes, padding: padding)
+                var strides = TensorView.contiguousStrides(shape)
+                if let pitch {
+                    // Pixels `pitch` elements apart, rows and planes packed from there.
+                    strides[strides.count - 2] = pitch
+                    for axis in stride(from: strides.count - 3, through: 0, by: -1) { strides[axis] = strides[axis + 1] * shape[axis + 1] }
+                }
+                let input = randomInput(dtype, shape: [strides[0] * shape[0]], seed: UInt64(index * 7) + UInt64(kind.code))
+                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                var baseline: PoolRun?
+                for engine in engines {
+                    let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                    let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+                    #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")")
+                    if let baseline {
+                        #expect(memcmp(run.output.raw, baseline.output.raw, run.output.count * run.output.dtype.size) == 0,
+                                "\(desc) \(dtype) \(shape): engines differ")
+                    } else {
+                        baseline = run
+                    }
+                }
+            }
+        }
+    }
+}
