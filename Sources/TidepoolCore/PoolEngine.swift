@@ -179,9 +179,10 @@ private struct Job: @unchecked Sendable {
         // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
         // (8+ channels) that the folds run at full vector width; with fewer channels the extra
         // pass through scratch costs more than it saves. The finished values must also fit
-        // where the accumulators were.
+        // where the accumulators were. Whole windows write straight to the output: staging rows
+        // to stream them gained nothing at 2 threads (k2 s2, 32 channels).
         let outputBytes = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * MemoryLayout<R.Output>.stride)
-        plan.streamOutput = !outputBytes.overflow && outputBytes.partialValue >= engine.streamingOutputBytes
+        plan.streamOutput = !plan.wholeWindows && !outputBytes.overflow && outputBytes.partialValue >= engine.streamingOutputBytes
             && geometry.channels >= 8 && MemoryLayout<R.Output>.stride <= MemoryLayout<R.Accumulator>.stride
         // Prefetching pays where compute is long per byte: overlapping windows (k3 s1, k3 s2: 7%
         // to 15% measured) of 1- to 4-byte inputs, and of 64-bit integer averages, whose widening

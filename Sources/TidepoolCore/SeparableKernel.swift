@@ -71,7 +71,7 @@ public struct TilePlan {
     var vectorFinish: VectorFinish?
     /// Whether tiles run depth first (`TilePass.runDepthFirst`).
     let depthFirst: Bool
-    /// Whether windows are folded whole, straight from the input (`TilePass.runWhole`).
+    /// Whether windows are folded whole, straight from the input (`TilePass.runWholeWindows`).
     let wholeWindows: Bool
 
     /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
@@ -140,7 +140,9 @@ public struct TilePlan {
         counts = (g.batch, (g.outD + tileOD - 1) / tileOD, ohTiles, owTiles, cTiles)
         rowBlockRows = (tileOH - 1) * g.strideH + g.kernelH
         paddedRowCapacity = rowCapacity + (g.kernelW - 1) * tileC
-        scratchCount = rowCapacity * (rowBlockRows + (depthFirst ? rowBlockRows : g.kernelD * tileOH) + tileOH) + paddedRowCapacity
+        // Whole windows need only the partial sums of one position's channels.
+        scratchCount = wholeWindows ? tileC
+            : rowCapacity * (rowBlockRows + (depthFirst ? rowBlockRows : g.kernelD * tileOH) + tileOH) + paddedRowCapacity
     }
 
     var tileCount: Int { counts.n * counts.od * counts.oh * counts.ow * counts.c }
