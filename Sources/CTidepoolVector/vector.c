@@ -105,8 +105,9 @@ INLINE void finish_rows(tpvector_format format, uint16_t *restrict out, const fl
         /* Rows short beside their windows: each vector's masks as it comes. */
         for (size_t r = 0; r < rows; r++)
             for (ptrdiff_t i = 0; i < vectors; i++) {
-                edge_masks(&head[0], 16 * i, length, first, step, taps);
-                finish_edge(format, out + r * length + 16 * i, source + r * length + first + 16 * i, &head[0], step, taps, factor);
+                edge_vector e;
+                edge_masks(&e, 16 * i, length, first, step, taps);
+                finish_edge(format, out + r * length + 16 * i, source + r * length + first + 16 * i, &e, step, taps, factor);
             }
         return;
     }

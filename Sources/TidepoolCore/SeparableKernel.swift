@@ -701,20 +701,24 @@ struct TilePass<R: WindowReduction> {
     /// the tile) will read, when rows are dense: the finishing pass of `od` touches no input,
     /// so without a prefetch, memory would idle through it.
     func upcomingInput(after od: Int, count: Int = 1) -> PrefetchRegion {
-        let none = PrefetchRegion.none
-        guard plan.prefetchInput, od + 1 < tile.od.upperBound, g.stepC == 1, g.stepW == g.channels,
-              g.stepH == g.inW * g.channels else { return none }
+        guard plan.prefetchInput, od + 1 < tile.od.upperBound else { return .none }
         let (_, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
         let last = Swift.min(od + count, tile.od.upperBound - 1)
         let (next0, _) = windowBounds(od + 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
         let (_, next1) = windowBounds(last, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
         let first = Swift.max(next0, d1)
-        let rows = inputRows
-        guard first < next1, !rows.isEmpty else { return none }
+        return inputRegion(planes: first..<Swift.max(first, next1), rows: inputRows)
+    }
+
+    /// Input rows `rows` of planes `planes` of the tile's batch entry, when rows are dense (a
+    /// contiguous run per plane); nothing otherwise.
+    func inputRegion(planes: Range<Int>, rows: Range<Int>) -> PrefetchRegion {
+        guard g.stepC == 1, g.stepW == g.channels, g.stepH == g.inW * g.channels, !planes.isEmpty, !rows.isEmpty else {
+            return .none
+        }
         let size = MemoryLayout<R.Input>.stride
-        return PrefetchRegion(start: UnsafeRawPointer(input + tile.n * g.stepN + first * g.stepD + firstRow * g.stepH),
-                             planeBytes: rows.count * g.stepH * size, planes: next1 - first,
-                             planeStride: g.stepD * size)
+        return PrefetchRegion(start: UnsafeRawPointer(input + tile.n * g.stepN + planes.lowerBound * g.stepD + rows.lowerBound * g.stepH),
+                              planeBytes: rows.count * g.stepH * size, planes: planes.count, planeStride: g.stepD * size)
     }
 
     /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching part of
@@ -841,7 +845,6 @@ struct TilePass<R: WindowReduction> {
     func runWholeWindows(progress: (() -> Void)?) {
         let base = input + tile.n * g.stepN + tile.c.lowerBound
         let channels = channels, windowSize = g.windowSize, partial = rowBlock
-        let dense = g.stepW == g.channels && g.stepH == g.inW * g.channels, size = MemoryLayout<R.Input>.stride
         withUnsafeTemporaryAllocation(of: UnsafePointer<R.Input>.self, capacity: g.windowSize) { taps in
             for od in tile.od {
                 progress?()
@@ -850,9 +853,7 @@ struct TilePass<R: WindowReduction> {
                     let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
                     let row = output + ((tile.n * g.outD + od) * g.outH + oh) * g.outW * g.channels + tile.c.lowerBound
                     let (next0, next1) = windowBounds(oh + 1, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-                    let upcoming = !dense || next0 >= next1 || d0 >= d1 ? PrefetchRegion.none
-                        : PrefetchRegion(start: UnsafeRawPointer(input + tile.n * g.stepN + d0 * g.stepD + next0 * g.stepH),
-                                         planeBytes: (next1 - next0) * g.stepH * size, planes: d1 - d0, planeStride: g.stepD * size)
+                    let upcoming = inputRegion(planes: d0..<Swift.max(d0, d1), rows: next0..<Swift.max(next0, next1))
                     // Windows of the same width have their taps at the same offsets from their first column.
                     var tapsWidth = -1, tapsColumn = 0, count = 0
                     inParts(tile.ow, prefetching: upcoming) { part in
