@@ -15,7 +15,8 @@ VENV_STAMP := $(VENV)/.installed
 C_BUILD := bindings/c/build
 CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python run bench clean
+.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz run bench clean \
+	fuzz fuzz-build sanitize sanitize-swift sanitize-c soak
 
 ## Dependencies ---------------------------------------------------------------
 
@@ -50,7 +51,7 @@ build: system-deps
 
 ## Tests --------------------------------------------------------------------------
 
-test: test-swift test-c test-python
+test: test-swift test-c test-python test-fuzz
 
 test-swift: system-deps
 	$(SWIFT) test
@@ -77,6 +78,63 @@ test-c: c-programs
 # in the repository's .build/release.
 test-python: build venv
 	PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q bindings/python/tests
+
+## Fuzzing ------------------------------------------------------------------------
+
+# libFuzzer targets (fuzz/Package.swift) over the daemon's request handling and the C ABI,
+# built with coverage and AddressSanitizer. One -sanitize=fuzzer,address flag: given as two
+# flags, swiftc keeps only the last, and the library would lose its coverage. --sanitize=fuzzer
+# also tells SwiftPM that libFuzzer provides main.
+FUZZ_TARGETS := tidepool-fuzz-daemon tidepool-fuzz-cabi
+FUZZ_CONFIG ?= debug
+FUZZ_BUILD_FLAGS := --package-path fuzz --scratch-path fuzz/.build -c $(FUZZ_CONFIG) --sanitize=fuzzer \
+	-Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address -Xswiftc -use-ld=lld
+FUZZ_RUNS ?= 1000000
+HOSTILE_MESSAGES ?= 100000
+# Seconds per libFuzzer target in `make test`: every submission is fuzzed a little.
+TEST_FUZZ_SECONDS ?= 30
+
+fuzz-build: system-deps
+	$(SWIFT) build $(FUZZ_BUILD_FLAGS)
+
+# The long run: FUZZ_RUNS inputs per libFuzzer target (release build, for speed), then
+# HOSTILE_MESSAGES through the process-level hostile client against a real daemon.
+# The libFuzzer targets run side by side, one per core.
+fuzz: build venv
+	$(MAKE) fuzz-build FUZZ_CONFIG=release
+	@pids=""; for target in $(FUZZ_TARGETS); do FUZZ_CONFIG=release fuzz/run.sh $$target $(FUZZ_RUNS) & pids="$$pids $$!"; done; \
+		status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
+	PYTHONPATH=bindings/python:bindings/python/tests $(VENV)/bin/python bindings/python/tests/hostile.py --spawn \
+		--messages $(HOSTILE_MESSAGES)
+
+# The short run of `make test`: the regression inputs, then TEST_FUZZ_SECONDS per target.
+test-fuzz: fuzz-build
+	@pids=""; for target in $(FUZZ_TARGETS); do fuzz/run.sh $$target 0 $(TEST_FUZZ_SECONDS) & pids="$$pids $$!"; done; \
+		status=0; for pid in $$pids; do wait $$pid || status=1; done; exit $$status
+
+## Sanitizers -----------------------------------------------------------------------
+
+# The Swift suites under ThreadSanitizer and AddressSanitizer (each in its own build
+# directory), and the C examples under AddressSanitizer against an AddressSanitizer build of
+# libtidepool.so.
+sanitize: sanitize-swift sanitize-c
+
+sanitize-swift: system-deps
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $(SWIFT) test --scratch-path .build-tsan --sanitize=thread
+	ASAN_OPTIONS="detect_leaks=1 halt_on_error=1" LSAN_OPTIONS="suppressions=$(CURDIR)/lsan.supp" \
+		$(SWIFT) test --scratch-path .build-asan --sanitize=address
+
+sanitize-c: system-deps
+	bindings/c/run_sanitized.sh
+
+## Soak -------------------------------------------------------------------------------
+
+# 8 client processes with mixed shared-memory and inline jobs against one daemon, killed
+# and restarted in the middle; every result checked. SOAK_SECONDS long.
+SOAK_SECONDS ?= 120
+soak: build venv
+	PYTHONPATH=bindings/python:bindings/python/tests $(VENV)/bin/python bindings/python/tests/soak.py \
+		--seconds $(SOAK_SECONDS)
 
 ## Run ----------------------------------------------------------------------------
 
@@ -110,4 +168,4 @@ bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VEN
 	benchmarks/run_daemon_bench.sh
 
 clean:
-	rm -rf .build $(C_BUILD) $(BENCH_BUILD)
+	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD)

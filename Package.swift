@@ -10,6 +10,9 @@ let package = Package(
         // libtidepool.so: the stable C ABI declared in include/tidepool.h.
         .library(name: "tidepool", type: .dynamic, targets: ["Tidepool"]),
         .library(name: "TidepoolCore", targets: ["TidepoolCore"]),
+        // For the fuzz targets (fuzz/Package.swift), which build these with libFuzzer.
+        .library(name: "TidepoolFuzzing", targets: ["TidepoolCABI", "TidepoolServer", "TidepoolProtocol", "TidepoolCore",
+                                                    "TidepoolZMQ", "TidepoolSharedMemory"]),
         .executable(name: "tidepoold", targets: ["tidepoold"]),
     ],
     dependencies: [
@@ -28,8 +31,12 @@ let package = Package(
         .target(name: "CTidepoolStream"),
         // AVX-512 kernels for the last step of 16-bit float averages, chosen at run time.
         .target(name: "CTidepoolVector"),
+        // The one lock type (a pthread mutex, which ThreadSanitizer understands).
+        .target(name: "TidepoolSync"),
         // Pure compute: dtypes, shapes, validation, kernels. No I/O, no sockets, no C ABI.
-        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream", "CTidepoolVector"]),
+        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream", "CTidepoolVector", "TidepoolSync"]),
+        // Which endpoint to use, and whether an ipc endpoint's directory can be trusted.
+        .target(name: "TidepoolEndpoint"),
         // Thin wrapper of libzmq: context, sockets, frames, poll.
         .target(name: "TidepoolZMQ", dependencies: ["CZeroMQ"]),
         // POSIX shared memory: create (0600, O_EXCL), map, unlink, guard.
@@ -41,13 +48,20 @@ let package = Package(
             name: "TidepoolServer",
             dependencies: [
                 "CTidepool", "CTidepoolSystem", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
-                "TidepoolProtocol", .product(name: "Logging", package: "swift-log"),
+                "TidepoolProtocol", "TidepoolEndpoint", "TidepoolSync", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The client's logic: connect, shared buffers, submit/wait, timeouts.
         .target(
             name: "TidepoolClient",
-            dependencies: ["CTidepool", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory", "TidepoolProtocol"]
+            dependencies: ["CTidepool", "CTidepoolSystem", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
+                           "TidepoolProtocol", "TidepoolEndpoint", "TidepoolSync"]
+        ),
+        // The @_cdecl functions of include/tidepool.h: each checks its pointers and fields,
+        // then calls TidepoolCore or TidepoolClient.
+        .target(
+            name: "TidepoolCABI",
+            dependencies: ["CTidepool", "TidepoolCore", "TidepoolClient", "TidepoolProtocol", "TidepoolEndpoint", "TidepoolSync"]
         ),
         // @_cdecl exports only. The Swift runtime is linked in statically so the library
         // loads into plain C and Python hosts; nodelete keeps it mapped after dlclose(), since
@@ -55,7 +69,7 @@ let package = Package(
         // exports the tp_ functions of tidepool.h and nothing else.
         .target(
             name: "Tidepool",
-            dependencies: ["CTidepool", "TidepoolCore", "TidepoolClient"],
+            dependencies: ["TidepoolCABI"],
             linkerSettings: [
                 .unsafeFlags([
                     "-static-stdlib", "-Xlinker", "-z", "-Xlinker", "nodelete",
@@ -66,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "tidepoold",
             dependencies: [
-                "TidepoolServer", "TidepoolCore",
+                "TidepoolServer", "TidepoolCore", "TidepoolEndpoint", "TidepoolSync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -76,7 +90,7 @@ let package = Package(
         .testTarget(
             name: "TidepoolServerTests",
             dependencies: ["TidepoolServer", "TidepoolClient", "TidepoolSharedMemory", "TidepoolProtocol", "TidepoolCore",
-                           "CTidepool", .product(name: "Logging", package: "swift-log")]
+                           "TidepoolEndpoint", "TidepoolZMQ", "CTidepool", .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v5]

@@ -35,15 +35,16 @@ extern "C" {
 /* ---- Versioning ------------------------------------------------------------------ */
 
 #define TP_VERSION_MAJOR 0
-#define TP_VERSION_MINOR 1
+#define TP_VERSION_MINOR 2
 #define TP_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH, as returned by tp_version(). */
 #define TP_MAKE_VERSION(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
 #define TP_VERSION TP_MAKE_VERSION(TP_VERSION_MAJOR, TP_VERSION_MINOR, TP_VERSION_PATCH)
 
 /* Version of the function table returned by tp_get_api(). Bumped when the table grows;
- * a library serves every table version up to its own. Version 2 added the client calls. */
-#define TP_API_VERSION 2
+ * a library serves every table version up to its own. Version 2 added the client calls,
+ * version 3 tp_client_cancel. */
+#define TP_API_VERSION 3
 
 /* ---- Limits ---------------------------------------------------------------------- */
 
@@ -91,7 +92,10 @@ typedef enum tp_status {
     /* Remote: the daemon is shutting down, or the client handle was closed. */
     TP_ERR_CLOSED = 17,
     /* An operating-system call failed (shared memory, sockets); the message has errno's text. */
-    TP_ERR_SYSTEM = 18
+    TP_ERR_SYSTEM = 18,
+    /* Remote: not allowed for this caller: another user's shared memory, shared memory over
+     * tcp, or an endpoint whose socket or directory another user controls. */
+    TP_ERR_PERMISSION = 19
 } tp_status;
 
 /* ---- Data types ------------------------------------------------------------------ */
@@ -231,6 +235,17 @@ int32_t tp_get_num_threads(void);
  *
  * Thread safety: a client may be used from several threads; its calls are serialised.
  * Handles are checked: a closed or unknown handle gives TP_ERR_INVALID_ARGUMENT.
+ *
+ * The daemon may die or restart under a client. A client notices at once when the daemon's
+ * process ends on this host, and within about 5 s (ZeroMQ heartbeats) when it stops
+ * answering. If a daemon answers again within 3 s, the client resumes: it registers its
+ * buffers with the new daemon and sends again every job without an answer (a job is
+ * idempotent, and a daemon that already ran it does not run it twice), so calls succeed
+ * and nothing is lost. Otherwise waiting calls fail with TP_ERR_CONNECTION, and so does
+ * every call until a daemon is back, after which calls work again.
+ *
+ * Memory handed to a call: a synchronous call never writes into caller memory after it has
+ * returned, whatever it returned. For tp_client_submit, see there.
  */
 
 typedef struct tp_client tp_client; /* opaque connection to a daemon */
@@ -242,15 +257,21 @@ typedef struct tp_buffer tp_buffer; /* opaque shared-memory buffer */
 const char *tp_default_endpoint(void);
 
 /* Connect to the daemon at `endpoint` (NULL: tp_default_endpoint()) and ping it, waiting
- * at most `timeout_ms` (-1: no limit) for the answer; the same limit applies to later
- * synchronous calls. On success *client is a new handle to pass to tp_client_close().
+ * at most `timeout_ms` (-1: no limit, but at most 3 s for a daemon to appear) for the
+ * answer; the same limit applies to later synchronous calls. On success *client is a new
+ * handle to pass to tp_client_close().
+ * An ipc endpoint is used only if its socket belongs to this user or root and its
+ * directory cannot be controlled by another user (the default directories must be this
+ * user's, mode 0700): otherwise another user's daemon could receive the tensors.
  * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (timeout below -1),
- * TP_ERR_CONNECTION (no daemon there, or no answer in time), TP_ERR_SYSTEM. */
+ * TP_ERR_CONNECTION (no daemon there, or no answer in time), TP_ERR_PERMISSION (an ipc
+ * socket or directory another user controls), TP_ERR_SYSTEM. */
 tp_status tp_client_connect(const char *endpoint, int32_t timeout_ms, tp_client **client);
 
 /* Tell the daemon to drop this client's buffers, close the connection and free the
  * handle. Buffers stay mapped in this process until tp_buffer_free(). Jobs not yet waited
- * for are abandoned (their outputs may still be written). NULL is accepted (no-op).
+ * for are abandoned: no inline output is written after this returns (outputs in shared
+ * buffers may still be written by the daemon until it notices). NULL is accepted (no-op).
  * Returns TP_ERR_INVALID_ARGUMENT for a handle that is not open. */
 tp_status tp_client_close(tp_client *client);
 
@@ -265,40 +286,55 @@ tp_status tp_client_ping(tp_client *client, double *seconds);
 tp_status tp_client_stats(tp_client *client, char *json, size_t capacity, size_t *length);
 
 /* A new shared-memory buffer of `nbytes` bytes (page-rounded by the system), private to
- * this user (mode 0600) and registered with the daemon; nothing is left in /dev/shm.
- * Fill it in place; a tensor whose data lies inside it (contiguous) goes to jobs by
- * reference. Free it with tp_buffer_free(), before or after closing the client.
+ * this user (mode 0600), backed now (a full /dev/shm is TP_ERR_SYSTEM here, never a
+ * SIGBUS later), and registered with the daemon. Its name stays in /dev/shm until
+ * tp_buffer_free(), so that a restarted daemon can map it again; if the process dies, the
+ * daemon removes it. Fill it in place; a tensor whose data lies inside it (contiguous)
+ * goes to jobs by reference. Free it with tp_buffer_free(), before or after closing the
+ * client. Only over ipc: a tcp daemon refuses shared memory (TP_ERR_PERMISSION).
  * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (handle, nbytes 0),
- * TP_ERR_TOO_LARGE (over the daemon's --max-job-bytes), TP_ERR_SYSTEM, TP_ERR_TIMEOUT,
- * TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+ * TP_ERR_TOO_LARGE (over the daemon's --max-job-bytes), TP_ERR_PERMISSION, TP_ERR_SYSTEM,
+ * TP_ERR_TIMEOUT, TP_ERR_CONNECTION, TP_ERR_CLOSED. */
 tp_status tp_client_alloc(tp_client *client, size_t nbytes, tp_buffer **buffer);
 
 /* The buffer's memory (page-aligned) and size; NULL / 0 for an invalid handle. */
 void *tp_buffer_data(const tp_buffer *buffer);
 size_t tp_buffer_size(const tp_buffer *buffer);
 
-/* Unregister (if the client is open) and unmap the buffer, and free the handle. NULL is
- * accepted. Returns TP_ERR_INVALID_ARGUMENT for a handle that is not live. */
+/* Unregister (if the client is open), remove the name, unmap the buffer and free the
+ * handle. NULL is accepted. Returns TP_ERR_INVALID_ARGUMENT for a handle that is not live. */
 tp_status tp_buffer_free(tp_buffer *buffer);
 
 /* Run a pooling job on the daemon and wait for it (the connect timeout applies). Same
- * arguments and rules as tp_pool(); a strided input is packed into the request. Returns
- * tp_pool's statuses, detected locally or by the daemon, plus TP_ERR_TOO_LARGE,
- * TP_ERR_BUSY (daemon at --max-inflight: retry), TP_ERR_TIMEOUT, TP_ERR_CONNECTION,
- * TP_ERR_CLOSED, TP_ERR_PROTOCOL, TP_ERR_NOT_FOUND, TP_ERR_SYSTEM. */
+ * arguments and rules as tp_pool(); a strided input is packed into the request. On
+ * TP_ERR_TIMEOUT the job is cancelled: nothing is written into `output` after the call
+ * returns (an output in a shared buffer may still be written by the daemon: the buffer is
+ * the caller's). Returns tp_pool's statuses, detected locally or by the daemon, plus
+ * TP_ERR_TOO_LARGE, TP_ERR_BUSY (daemon at --max-inflight or --max-queued-bytes: retry),
+ * TP_ERR_TIMEOUT, TP_ERR_CONNECTION, TP_ERR_CLOSED, TP_ERR_PROTOCOL, TP_ERR_NOT_FOUND,
+ * TP_ERR_SYSTEM. */
 tp_status tp_client_pool(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
                          const tp_tensor *output);
 
 /* Send a job without waiting; *job receives its id for tp_client_wait(). Several jobs may
- * be in flight at once. input and output must stay valid until the wait returns.
+ * be in flight at once. The job owns `input` and `output` memory until it ends: until
+ * tp_client_wait() returns something other than TP_ERR_TIMEOUT, tp_client_cancel()
+ * returns, or the client is closed. Until then the input may be read again (the job is sent
+ * again after a lost connection) and the output written.
  * Returns the argument checks of tp_client_pool plus TP_ERR_CONNECTION, TP_ERR_CLOSED. */
 tp_status tp_client_submit(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
                            const tp_tensor *output, uint64_t *job);
 
 /* Wait for a submitted job, at most `timeout_ms` (-1: no limit). TP_ERR_TIMEOUT leaves the
- * job pending (wait again); any other result ends it. Returns the job's status, or
- * TP_ERR_NOT_FOUND for an id that is not pending on this client. */
+ * job pending (wait again, or cancel it); any other result ends it. Returns the job's
+ * status, or TP_ERR_NOT_FOUND for an id that is not pending on this client. */
 tp_status tp_client_wait(tp_client *client, uint64_t job, int32_t timeout_ms);
+
+/* End a pending job without waiting for it. Once this returns, Tidepool neither reads the
+ * job's input nor writes its output in caller memory again (an output in a shared buffer
+ * may still be written by the daemon until the job ends there). API version 3.
+ * Returns TP_ERR_INVALID_ARGUMENT (handle), TP_ERR_NOT_FOUND (not pending). */
+tp_status tp_client_cancel(tp_client *client, uint64_t job);
 
 /* ---- Plugin-style loading ---------------------------------------------------------- */
 
@@ -339,6 +375,8 @@ typedef struct tp_api {
     tp_status (*client_submit)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
                                const tp_tensor *output, uint64_t *job);
     tp_status (*client_wait)(tp_client *client, uint64_t job, int32_t timeout_ms);
+    /* API version 3 */
+    tp_status (*client_cancel)(tp_client *client, uint64_t job);
 } tp_api;
 
 /* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library

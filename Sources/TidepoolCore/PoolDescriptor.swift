@@ -75,9 +75,12 @@ public struct PoolDescriptor: Sendable, Equatable, CustomStringConvertible {
         for axis in 0..<spatialDims {
             let n = inputShape[axis + 1], k = kernelSize[axis], s = stride[axis], p = padding[axis]
             let paddedLength = try Checked.add(n, try Checked.multiply(2, p, "padding"), "padded \(axisNames[axis])")
+            // paddedLength >= 0 and k > 0, so span >= -Int.max and -span cannot overflow.
+            // Floor division as Python's //, written so that no step can overflow (the usual
+            // -span + s - 1 does for a stride near 2^63): for span < 0,
+            // floor(span / s) + 1 = -((-span - 1) / s).
             let span = paddedLength - k
-            // Floor division, as Python's //.
-            let length = (span >= 0 ? span / s : -((-span + s - 1) / s)) + 1
+            let length = span >= 0 ? span / s + 1 : -((-span - 1) / s)
             guard length >= 0 else {
                 throw PoolError.shape(
                     "output \(axisNames[axis]) would be negative: floor((\(n) + 2*\(p) - \(k)) / \(s)) + 1 = \(length); "

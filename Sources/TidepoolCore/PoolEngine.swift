@@ -2,6 +2,7 @@ import CTidepool
 import CTidepoolStream
 import Dispatch
 import Synchronization
+import TidepoolSync
 
 #if canImport(Glibc)
 import Glibc
@@ -64,8 +65,9 @@ public final class PoolEngine: Sendable {
     }
 
     /// Checks everything about an operation without touching memory, returning the
-    /// geometry to run. Called by `pool` before any element is written.
-    func plan(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> PoolGeometry {
+    /// geometry to run, or nil when the output is empty (nothing to compute). Called by
+    /// `pool` before any element is written.
+    func plan(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> PoolGeometry? {
         let expectedShape = try desc.outputShape(inputShape: input.shape)
         let expectedDType = input.dtype.result(of: desc.kind)
         guard output.dtype == expectedDType else {
@@ -83,17 +85,21 @@ public final class PoolEngine: Sendable {
         if let inputSpan, let outputSpan, inputSpan.overlaps(outputSpan) {
             throw PoolError(TP_ERR_LAYOUT, "output memory overlaps the input; pooling cannot run in place")
         }
-        return PoolGeometry(desc, input: input, outputShape: expectedShape)
+        // Checked by outputSpan: the output's element count fits, so every product of its
+        // shape entries does too.
+        guard !expectedShape.contains(0) else { return nil }
+        return try PoolGeometry(desc, input: input, outputShape: expectedShape)
     }
 
     /// Pools `input` into `output`. Everything is validated first; on error nothing is
     /// written. `threads` overrides the engine's thread count for this call. `progress` runs
     /// on the computing threads before each output plane of a tile (every few to a few hundred
     /// microseconds), so a caller can watch for something else to do meanwhile; keep it cheap.
+    /// `isCancelled` is asked before each tile; once it says yes, no further tile starts and
+    /// the call throws TP_ERR_CLOSED (the output is then partly written).
     public func pool(_ desc: PoolDescriptor, input: TensorView, output: OutputView, threads: Int? = nil,
-                     progress: (@Sendable () -> Void)? = nil) throws {
-        let geometry = try plan(desc, input: input, output: output)
-        guard geometry.pixels > 0, geometry.channels > 0, let outputData = output.data else { return }
+                     progress: (@Sendable () -> Void)? = nil, isCancelled: (@Sendable () -> Bool)? = nil) throws {
+        guard let geometry = try plan(desc, input: input, output: output), let outputData = output.data else { return }
         // An input with no elements is never read (every window lies in padding), so any
         // non-null address stands in for its data.
         let inputData = input.data ?? UnsafeRawPointer(outputData)
@@ -104,7 +110,7 @@ public final class PoolEngine: Sendable {
             return t
         } ?? threadCount
         let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, engine: self,
-                      progress: progress)
+                      progress: progress, isCancelled: isCancelled)
         switch (desc.kind, input.dtype) {
         case (.average, .float32): try job.run(AverageFloat32.self)
         case (.average, .float64): try job.run(AverageFloat64.self)
@@ -131,6 +137,7 @@ public final class PoolEngine: Sendable {
         case (.max, .uint32): try job.run(MaxInteger<UInt32>.self)
         case (.max, .uint64): try job.run(MaxInteger<UInt64>.self)
         }
+        if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }
 }
 
@@ -142,6 +149,7 @@ private struct Job: @unchecked Sendable {
     let threads: Int
     let engine: PoolEngine
     let progress: (@Sendable () -> Void)?
+    let isCancelled: (@Sendable () -> Bool)?
 
     /// Integers of up to 32 bits: the cheapest exact sum the window allows (see each
     /// reduction's `fits`).
@@ -161,6 +169,8 @@ private struct Job: @unchecked Sendable {
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
     static let minimumWorkPerThread = 1 << 15
+    /// Scratch per thread that is always allowed (see `run`).
+    static let minimumScratchLimit = 64 << 20
 
     func run<R: WindowReduction>(_ reduction: R.Type) throws {
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
@@ -181,8 +191,9 @@ private struct Job: @unchecked Sendable {
         // pass through scratch costs more than it saves. The finished values must also fit
         // where the accumulators were. Whole windows write straight to the output: staging rows
         // to stream them gained nothing at 2 threads (k2 s2, 32 channels).
-        let outputBytes = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * MemoryLayout<R.Output>.stride)
-        plan.streamOutput = !plan.wholeWindows && !outputBytes.overflow && outputBytes.partialValue >= engine.streamingOutputBytes
+        // The output's byte count fits (plan checked it).
+        let outputBytes = geometry.pixels * geometry.channels * MemoryLayout<R.Output>.stride
+        plan.streamOutput = !plan.wholeWindows && outputBytes >= engine.streamingOutputBytes
             && geometry.channels >= 8 && MemoryLayout<R.Output>.stride <= MemoryLayout<R.Accumulator>.stride
         // Prefetching pays where compute is long per byte: overlapping windows (k3 s1, k3 s2: 7%
         // to 15% measured) of 1- to 4-byte inputs, and of 64-bit integer averages, whose widening
@@ -196,10 +207,25 @@ private struct Job: @unchecked Sendable {
         plan.vectorFinish = engine.usesVectorKernels ? R.vectorFinish : nil
         defer { if plan.streamOutput { tpstream_fence() } }
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
+        // Scratch grows with the kernel and the padding, not only with the tensors: a window
+        // of 2^30 over one element would need gigabytes. Refused past a bound proportional to
+        // the tensors, so a small request cannot make the process allocate without limit.
+        // Both byte counts were checked to fit (plan); their sum and its multiple saturate.
+        let inputBytes = geometry.inputElements * MemoryLayout<R.Input>.stride
+        let tensorBytes = inputBytes.addingReportingOverflow(outputBytes)
+        let scaled = tensorBytes.partialValue.multipliedReportingOverflow(by: 4)
+        let limit = tensorBytes.overflow || scaled.overflow ? Int.max : Swift.max(Self.minimumScratchLimit, scaled.partialValue)
+        let perWorker = plan.scratchCount.multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
+        guard !perWorker.overflow, perWorker.partialValue <= limit else {
+            throw PoolError(TP_ERR_NO_MEMORY,
+                "windows of kernel_size \(geometry.kernelDescription) with padding \(geometry.paddingDescription) need "
+                    + "\(perWorker.overflow ? "over 2^63" : "\(perWorker.partialValue)") bytes of scratch per thread, "
+                    + "more than the \(limit) allowed for these tensors (4 times their size, at least 64 MiB)")
+        }
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel
         // more to zero than the pooling itself on mid-sized tensors.
-        let (bytes, overflow) = (workers * plan.scratchCount).multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
-        guard !overflow, let scratch = ScratchPool.shared.take(bytes: bytes) else {
+        let bytes = perWorker.partialValue * workers
+        guard let scratch = ScratchPool.shared.take(bytes: bytes) else {
             throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(plan.scratchCount) accumulators for each of \(workers) threads")
         }
         defer { ScratchPool.shared.give(scratch, bytes: bytes) }
@@ -211,6 +237,7 @@ private struct Job: @unchecked Sendable {
 
         if workers == 1 {
             for index in 0..<plan.tileCount {
+                if let isCancelled, isCancelled() { return }
                 poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
                          scratch: accumulators, progress: progress)
             }
@@ -223,6 +250,7 @@ private struct Job: @unchecked Sendable {
             while true {
                 let index = nextTile.wrappingAdd(1, ordering: .relaxed).oldValue
                 if index >= plan.tileCount { break }
+                if let isCancelled = self.isCancelled, isCancelled() { break }
                 poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine,
                          progress: progress)
             }
@@ -236,7 +264,10 @@ final class ScratchPool: Sendable {
     static let shared = ScratchPool()
     /// Buffers kept when idle; more concurrent calls allocate and free their own.
     static let keep = 8
-    private let idle = Mutex<[(pointer: UnsafeMutableRawPointer, bytes: Int)]>([])
+    /// Larger buffers (huge windows) go back to the system at once: kept, a few of them
+    /// would hold hundreds of megabytes for the life of the process.
+    static let largestKept = 16 << 20
+    private let idle = Locked<[(pointer: UnsafeMutableRawPointer, bytes: Int)]>([])
 
     /// A buffer of at least `bytes` bytes (64-byte aligned), or nil when memory runs out.
     func take(bytes: Int) -> UnsafeMutableRawPointer? {
@@ -251,6 +282,10 @@ final class ScratchPool: Sendable {
 
     /// Returns a buffer from `take`, with the size it was asked for.
     func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        guard bytes <= Self.largestKept else {
+            free(pointer)
+            return
+        }
         let evicted = idle.withLock { buffers -> UnsafeMutableRawPointer? in
             buffers.append((pointer, bytes))
             guard buffers.count > Self.keep else { return nil }

@@ -26,7 +26,7 @@ public func statusName(_ status: tp_status) -> String? {
         (TP_ERR_NO_MEMORY, "TP_ERR_NO_MEMORY"), (TP_ERR_INTERNAL, "TP_ERR_INTERNAL"), (TP_ERR_PROTOCOL, "TP_ERR_PROTOCOL"),
         (TP_ERR_TOO_LARGE, "TP_ERR_TOO_LARGE"), (TP_ERR_BUSY, "TP_ERR_BUSY"), (TP_ERR_TIMEOUT, "TP_ERR_TIMEOUT"),
         (TP_ERR_CONNECTION, "TP_ERR_CONNECTION"), (TP_ERR_NOT_FOUND, "TP_ERR_NOT_FOUND"), (TP_ERR_CLOSED, "TP_ERR_CLOSED"),
-        (TP_ERR_SYSTEM, "TP_ERR_SYSTEM"),
+        (TP_ERR_SYSTEM, "TP_ERR_SYSTEM"), (TP_ERR_PERMISSION, "TP_ERR_PERMISSION"),
     ]
     return names.first { $0.0 == status }?.1
 }

@@ -10,8 +10,18 @@ struct PoolGeometry {
     /// Input element strides of (N, D, H, W, C).
     var stepN = 0, stepD = 0, stepH = 0, stepW = 0, stepC = 1
 
-    /// `desc` must be validated and `outputShape` computed from it and `input`.
-    init(_ desc: PoolDescriptor, input: TensorView, outputShape: [Int]) {
+    /// The largest padded volume (batch x padded D x H x W x channels) the engine takes.
+    /// Every size the kernels derive (row pitches, tile and scratch sizes, window sizes times
+    /// channels, bytes of accumulators) is a product of some of these factors times a small
+    /// constant (at most 64, see `TilePlan`); bounding their product once keeps every such
+    /// computation inside 64 bits without checking each one. 2^55 elements is 32 PiB of
+    /// float32: no real tensor comes near it, only absurd padding.
+    static let maximumPaddedVolume = 1 << 55
+
+    /// `desc` must be validated and `outputShape` computed from it and `input`, and the output
+    /// must not be empty (an empty output is never computed, so its geometry is not needed).
+    /// Throws TP_ERR_OVERFLOW when the padded volume exceeds `maximumPaddedVolume`.
+    init(_ desc: PoolDescriptor, input: TensorView, outputShape: [Int]) throws {
         let lift = PoolDescriptor.maxSpatialDims - desc.spatialDims
         func lifted(_ values: [Int], _ fill: Int) -> [Int] { Array(repeating: fill, count: lift) + values }
         let spatialIn = lifted(Array(input.shape[1...desc.spatialDims]), 1)
@@ -23,13 +33,34 @@ struct PoolGeometry {
         (inD, inH, inW) = (spatialIn[0], spatialIn[1], spatialIn[2])
         (outD, outH, outW) = (spatialOut[0], spatialOut[1], spatialOut[2])
         (kernelD, kernelH, kernelW) = (kernel[0], kernel[1], kernel[2])
-        (strideD, strideH, strideW) = (stride[0], stride[1], stride[2])
         (padD, padH, padW) = (padding[0], padding[1], padding[2])
-        (stepN, stepD, stepH, stepW) = (input.strides[0], steps[0], steps[1], steps[2])
-        stepC = input.strides[desc.spatialDims + 1]
+        // The padded lengths fit (outputShape checked n + 2p), and a non-empty output has
+        // k <= n + 2p on every axis, so the window size is at most the padded volume.
+        let padded = (0..<3).map { spatialIn[$0] + 2 * padding[$0] }
+        let volume = try Checked.product([batch, channels] + padded, "padded volume of input \(pythonTuple(input.shape)) with "
+            + "padding \(pythonTuple(desc.padding))")
+        guard volume <= Self.maximumPaddedVolume else {
+            throw PoolError.overflow("the padded input \(pythonTuple([batch] + padded.suffix(desc.spatialDims) + [channels])) has "
+                + "\(volume) elements, more than the 2^55 this engine takes")
+        }
+        // A stride past the padded length gives the same windows as the padded length (only
+        // window 0 exists), and keeps stride x channels inside the bound above.
+        (strideD, strideH, strideW) = (Swift.min(stride[0], padded[0]), Swift.min(stride[1], padded[1]), Swift.min(stride[2], padded[2]))
+        if input.shape.contains(0) {
+            // Nothing is read (every window lies in padding), so strides were not checked
+            // (TensorView.byteSpan) and must not reach the address arithmetic: zero them.
+            (stepN, stepD, stepH, stepW, stepC) = (0, 0, 0, 0, 0)
+        } else {
+            (stepN, stepD, stepH, stepW) = (input.strides[0], steps[0], steps[1], steps[2])
+            stepC = input.strides[desc.spatialDims + 1]
+        }
     }
 
     var windowSize: Int { kernelD * kernelH * kernelW }
+    /// Input elements, as the shape says (a broadcast view may hold fewer in memory).
+    var inputElements: Int { batch * inD * inH * inW * channels }
+    var kernelDescription: String { "(\(kernelD), \(kernelH), \(kernelW))" }
+    var paddingDescription: String { "(\(padD), \(padH), \(padW))" }
     /// Output positions (n, od, oh, ow); each holds `channels` values.
     var pixels: Int { batch * outD * outH * outW }
 }

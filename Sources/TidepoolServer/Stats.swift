@@ -1,4 +1,5 @@
 import TidepoolCore
+import TidepoolProtocol
 
 /// Counters the daemon reports in a STATS reply, as JSON.
 struct ServerStats {
@@ -9,26 +10,30 @@ struct ServerStats {
     var bytesProcessed = 0
     var regionsRegistered = 0
     var repliesDropped = 0
+    var permissionDenials = 0
 
-    func json(inflight: Int, clients: Int, regions: Int, uptimeSeconds: Double, configuration: ServerConfiguration,
-              threads: Int) -> String {
+    func json(inflight: Int, clients: Int, regions: Int, queuedBytes: Int, uptimeSeconds: Double,
+              configuration: ServerConfiguration, threads: Int) -> String {
         let fields: [(String, String)] = [
             ("version", "\"\(TidepoolVersion.string)\""),
-            ("protocol_version", "1"),
+            ("protocol_version", "\(Wire.version)"),
             ("uptime_seconds", String(format3(uptimeSeconds))),
             ("jobs_completed", "\(jobsCompleted)"),
             ("jobs_failed", "\(jobsFailed)"),
             ("busy_rejections", "\(busyRejections)"),
             ("protocol_errors", "\(protocolErrors)"),
             ("replies_dropped", "\(repliesDropped)"),
+            ("permission_denials", "\(permissionDenials)"),
             ("bytes_processed", "\(bytesProcessed)"),
             ("jobs_inflight", "\(inflight)"),
             ("clients", "\(clients)"),
             ("regions", "\(regions)"),
             ("regions_registered", "\(regionsRegistered)"),
+            ("queued_bytes", "\(queuedBytes)"),
             ("threads", "\(threads)"),
             ("max_inflight", "\(configuration.maxInflight)"),
             ("max_job_bytes", "\(configuration.maxJobBytes)"),
+            ("max_queued_bytes", "\(configuration.maxQueuedBytes)"),
         ]
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
     }

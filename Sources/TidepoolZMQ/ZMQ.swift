@@ -67,6 +67,29 @@ public final class ZMQFrame: @unchecked Sendable {
         }
     }
 
+    /// A frame of `size` bytes (uninitialised, to fill in place) whose memory is freed by a
+    /// callback: `release` runs once libzmq no longer needs the bytes (sent, or dropped with
+    /// the connection), on whichever thread lets go of them. The daemon counts the bytes of
+    /// replies it has handed to libzmq with it. Nil when memory runs out.
+    public init?(size: Int, release: FrameRelease) {
+        message = .allocate(capacity: 1)
+        guard let data = malloc(Swift.max(size, 1)) else {
+            message.deallocate()
+            return nil
+        }
+        let hint = Unmanaged.passRetained(release).toOpaque()
+        let code = zmq_msg_init_data(message, data, size, { data, hint in
+            free(data)
+            Unmanaged<FrameRelease>.fromOpaque(hint!).takeRetainedValue().released()
+        }, hint)
+        guard code == 0 else {
+            Unmanaged<FrameRelease>.fromOpaque(hint).release()
+            free(data)
+            message.deallocate()
+            return nil
+        }
+    }
+
     public convenience init(_ bytes: [UInt8]) {
         self.init(size: bytes.count)!
         bytes.withUnsafeBytes { raw in
@@ -80,10 +103,26 @@ public final class ZMQFrame: @unchecked Sendable {
     }
 
     public var size: Int { zmq_msg_size(message) }
+    /// The frame's memory. Valid only while the frame lives: an optimised build may free a
+    /// frame right after its last use, so keep the frame (or the array holding it) alive for
+    /// as long as the pointer is used (a parameter is; a temporary is not: withExtendedLifetime).
     public var data: UnsafeMutableRawPointer { zmq_msg_data(message) }
+    /// The frame's bytes; the same lifetime rule as `data`.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: data, count: size) }
     public var array: [UInt8] { Array(bytes) }
     var hasMore: Bool { zmq_msg_more(message) != 0 }
+
+    /// A metadata property libzmq attached to a received frame ("User-Id", "Peer-Address",
+    /// "Socket-Type"...), nil when absent.
+    public func metadata(_ property: String) -> String? {
+        zmq_msg_gets(message, property).map { String(cString: $0) }
+    }
+}
+
+/// Called once when the bytes of a frame made with `ZMQFrame(size:release:)` are freed.
+open class FrameRelease: @unchecked Sendable {
+    public init() {}
+    open func released() {}
 }
 
 public final class ZMQSocket {
@@ -128,6 +167,21 @@ public final class ZMQSocket {
         guard zmq_setsockopt(try live, option, &value, MemoryLayout<Int64>.size) == 0 else {
             throw ZMQError("zmq_setsockopt(\(option))")
         }
+    }
+
+    public func set(_ option: Int32, _ value: [UInt8]) throws {
+        let socket = try live
+        guard value.withUnsafeBytes({ zmq_setsockopt(socket, option, $0.baseAddress, $0.count) }) == 0 else {
+            throw ZMQError("zmq_setsockopt(\(option))")
+        }
+    }
+
+    public func set(_ option: Int32, _ value: String) throws { try set(option, Array(value.utf8)) }
+
+    /// Publishes this socket's events (ZMQ_EVENT_* in `events`) on an inproc PAIR endpoint
+    /// that a `ZMQMonitor` reads.
+    public func monitor(_ endpoint: String, events: Int32) throws {
+        guard zmq_socket_monitor(try live, endpoint, events) == 0 else { throw ZMQError("zmq_socket_monitor") }
     }
 
     /// The endpoint actually bound (tcp port 0 becomes a real port), via ZMQ_LAST_ENDPOINT.
@@ -188,9 +242,37 @@ public final class ZMQSocket {
     }
 }
 
+/// The reading end of `ZMQSocket.monitor`: each event is a two-frame message, a 6-byte
+/// (u16 event, u32 value) frame and the endpoint.
+public final class ZMQMonitor {
+    public let socket: ZMQSocket
+
+    public init(_ context: ZMQContext, watching target: ZMQSocket, name: String, events: Int32) throws {
+        try target.monitor(name, events: events)
+        socket = try ZMQSocket(context, type: ZMQ_PAIR)
+        try socket.set(ZMQ_LINGER, Int32(0))
+        try socket.connect(name)
+    }
+
+    /// The next event waiting, nil when none is.
+    public func next() -> Int32? {
+        while true {
+            guard let frames = try? socket.receive(dontWait: true) else { return nil }
+            guard let first = frames.first, first.size >= 2 else { continue }
+            return withExtendedLifetime(first) { Int32(UInt16(littleEndian: first.bytes.loadUnaligned(as: UInt16.self))) }
+        }
+    }
+
+    deinit { socket.close() }
+}
+
 /// One entry of a zmq_poll set: a socket or a plain file descriptor.
 public enum PollTarget {
+    /// A socket with a message to receive.
     case socket(ZMQSocket)
+    /// A socket that can take a message to send.
+    case writable(ZMQSocket)
+    /// A readable file descriptor.
     case fd(Int32)
 }
 
@@ -200,6 +282,7 @@ public func poll(_ targets: [PollTarget], timeoutMs: Int) throws -> [Bool] {
     var items = targets.map { target -> zmq_pollitem_t in
         switch target {
         case .socket(let socket): return zmq_pollitem_t(socket: socket.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        case .writable(let socket): return zmq_pollitem_t(socket: socket.handle, fd: 0, events: Int16(ZMQ_POLLOUT), revents: 0)
         case .fd(let fd): return zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0)
         }
     }
@@ -208,5 +291,5 @@ public func poll(_ targets: [PollTarget], timeoutMs: Int) throws -> [Bool] {
         if error.isInterrupted { return Array(repeating: false, count: items.count) }
         throw error
     }
-    return items.map { $0.revents & Int16(ZMQ_POLLIN) != 0 }
+    return items.map { $0.revents & $0.events != 0 }
 }

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Logging
 import TidepoolCore
+import TidepoolEndpoint
 import TidepoolServer
+import TidepoolSync
 
 #if canImport(Glibc)
 import Glibc
@@ -16,8 +18,11 @@ struct Tidepoold: ParsableCommand {
         abstract: "Tidepool's pooling daemon: MLX-exact pooling jobs over ZeroMQ, tensors in shared memory.",
         discussion: """
             Default endpoint: $TIDEPOOL_ENDPOINT, else ipc://$XDG_RUNTIME_DIR/tidepool.sock, else \
-            ipc:///tmp/tidepool-$UID/tidepool.sock. A tcp endpoint without a host (tcp://:5555) binds to \
-            loopback only. SIGINT or SIGTERM stops taking jobs, answers those in flight, and exits 0.
+            ipc:///tmp/tidepool-$UID/tidepool.sock; a default directory must be this user's, mode 0700, \
+            or the daemon refuses to start. A tcp endpoint without a host (tcp://:5555) binds to \
+            loopback only; tcp has no authentication (every user who can reach the port can run jobs) \
+            and never carries shared memory. SIGINT or SIGTERM stops taking jobs, answers those in \
+            flight, and exits 0; a failure to start exits 1 at once, saying why.
             """,
         version: TidepoolVersion.string)
 
@@ -33,15 +38,27 @@ struct Tidepoold: ParsableCommand {
     @Option(name: .customLong("max-job-bytes"), help: "Largest input plus output of one job, in bytes.")
     var maxJobBytes: Int = 1 << 30
 
+    @Option(name: .customLong("max-queued-bytes"),
+            help: "Inline output bytes held for all clients (computed, not yet read); one client may hold half. Default: twice --max-job-bytes.")
+    var maxQueuedBytes: Int?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: Logger.Level = .info
+
+    var serverConfiguration: ServerConfiguration {
+        ServerConfiguration(endpoints: endpoints.isEmpty ? [Endpoint.defaultEndpoint()] : endpoints, threads: threads,
+                            maxInflight: maxInflight, maxJobBytes: maxJobBytes, maxQueuedBytes: maxQueuedBytes)
+    }
 
     func validate() throws {
         guard (0...PoolEngine.maxThreads).contains(threads) else {
             throw ValidationError("--threads must be between 0 and \(PoolEngine.maxThreads)")
         }
-        guard maxInflight > 0 else { throw ValidationError("--max-inflight must be positive") }
-        guard maxJobBytes > 0 else { throw ValidationError("--max-job-bytes must be positive") }
+        do {
+            try serverConfiguration.validate()
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
     func run() throws {
@@ -68,21 +85,26 @@ struct Tidepoold: ParsableCommand {
             files.rlim_cur = files.rlim_max
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
         }
-        let configuration = ServerConfiguration(
-            endpoints: endpoints.isEmpty ? [Endpoint.defaultEndpoint()] : endpoints, threads: threads,
-            maxInflight: maxInflight, maxJobBytes: maxJobBytes)
+        // The signal thread runs from the start, so a stop signal works even while the daemon
+        // is still binding: then it exits at once; later it asks the loop to drain and stop.
+        let running = Locked<PoolServer?>(nil)
+        SignalWaiter.start(signals: stopSignals) { signalNumber in
+            let name = signalNumber == SIGINT ? "SIGINT" : "SIGTERM"
+            logger.info("signal received", metadata: ["signal": "\(name)"])
+            guard let server = running.withLock({ $0 }) else {
+                logger.notice("stopped during start-up")
+                Glibc.exit(1)
+            }
+            server.requestShutdown()
+        }
         let server: PoolServer
         do {
-            server = try PoolServer(configuration: configuration, logger: logger)
+            server = try PoolServer(configuration: serverConfiguration, logger: logger)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode.failure
         }
-        // The signal thread only asks the loop to drain and stop.
-        SignalWaiter.start(signals: stopSignals) { signalNumber in
-            logger.info("signal received", metadata: ["signal": "\(signalNumber == SIGINT ? "SIGINT" : "SIGTERM")"])
-            server.requestShutdown()
-        }
+        running.withLock { $0 = server }
         print("tidepoold \(TidepoolVersion.string) listening on \(server.boundEndpoints.joined(separator: " "))")
         fflush(stdout)
         try server.run()

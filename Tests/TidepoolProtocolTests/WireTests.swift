@@ -49,7 +49,7 @@ func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T)
         let bytes = request.encode()
         expectViolation(TP_ERR_PROTOCOL, "shorter than the 24-byte header") { _ = try decode(Array(bytes.prefix(10))) }
         expectViolation(TP_ERR_PROTOCOL, "magic is 0x1") { _ = try decode(patched(bytes, at: 0, UInt32(1))) }
-        expectViolation(TP_ERR_VERSION, "protocol version is 2") { _ = try decode(patched(bytes, at: 4, UInt16(2))) }
+        expectViolation(TP_ERR_VERSION, "protocol version is 1") { _ = try decode(patched(bytes, at: 4, UInt16(1))) }
         expectViolation(TP_ERR_FLAGS, "flags is 0x8") { _ = try decode(patched(bytes, at: 20, UInt32(8))) }
         expectViolation(TP_ERR_PROTOCOL, "frame 0 is 232 bytes without a done word but this one is 231") {
             _ = try decode(Array(bytes.dropLast()))
@@ -105,6 +105,42 @@ func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T)
         #expect((try? decode(overlapping.encode(), payloadFrames: 0)) != nil)
     }
 
+    /// Issue 13's wire reproducers: offsets near 2^63 used to overflow the overlap checks.
+    /// Each is now refused naming the field, whether or not the region exists.
+    @Test func offsetsNearTheTopOfTheRange() {
+        var sameRegion = request
+        sameRegion.input = TensorReference(placement: .region(id: 4, offset: 0), bytes: request.input.bytes)
+        sameRegion.output = TensorReference(placement: .region(id: 4, offset: 512), bytes: request.output.bytes)
+        let bytes = sameRegion.encode()
+        // Output offset 2^63 - 4 in the input's region.
+        expectViolation(TP_ERR_OVERFLOW, "output_offset 9223372036854775804 + output_bytes") {
+            _ = try decode(patched(bytes, at: 216, UInt64(Int.max - 3)), payloadFrames: 0)
+        }
+        // Input offset 2^63 - 4 (a multiple of 2), the done word in the same region.
+        var withWord = sameRegion
+        withWord.doneWord = DoneWord(region: 4, offset: 8192)
+        expectViolation(TP_ERR_OVERFLOW, "input_offset 9223372036854775804 + input_bytes") {
+            _ = try decode(patched(withWord.encode(), at: 192, UInt64(Int.max - 3)), payloadFrames: 0)
+        }
+        expectViolation(TP_ERR_OVERFLOW, "done_offset") {
+            _ = try decode(patched(withWord.encode(), at: 240, UInt64(Int.max - 3)), payloadFrames: 0)
+        }
+        // Every offset at the edge of 63 bits, for both tensors and the word: refused or
+        // accepted, never a trap; an accepted one has its end inside 63 bits.
+        for inputOffset in [UInt64(0), UInt64(Int.max) - 359, UInt64(Int.max), UInt64.max - 7] {
+            for outputOffset in [UInt64(512), UInt64(Int.max) - 239, UInt64(Int.max) + 1] {
+                for wordOffset in [UInt64(8192), UInt64(Int.max) - 3, UInt64(Int.max) - 7] {
+                    var frame = patched(withWord.encode(), at: 192, inputOffset)
+                    frame = patched(frame, at: 216, outputOffset)
+                    frame = patched(frame, at: 240, wordOffset)
+                    if let decoded = try? decode(frame, payloadFrames: 0), case .region(_, let offset) = decoded.input.placement {
+                        #expect(offset <= Int.max - decoded.input.bytes)
+                    }
+                }
+            }
+        }
+    }
+
     @Test func everyShortFrameIsRefused() {
         // No prefix of a valid request decodes, and none crashes.
         let bytes = request.encode()
@@ -133,7 +169,7 @@ func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T)
         #expect(reply.id == 9)
         #expect(reply.status == TP_ERR_SHAPE)
         #expect(reply.message == "bad shape")
-        let pool = Reply.pool(id: 3, dtype: .float32, shape: [1, 2, 3])
+        let pool = PoolReply.encode(id: 3, dtype: .float32, shape: [1, 2, 3])
         #expect(pool.count == MessageType.pool.replySize)
     }
 }

@@ -5,6 +5,7 @@ import Synchronization
 import Testing
 import TidepoolClient
 import TidepoolCore
+import TidepoolEndpoint
 import TidepoolProtocol
 import TidepoolServer
 import TidepoolSharedMemory
@@ -19,12 +20,12 @@ final class RunningServer: @unchecked Sendable {
     let endpoint: String
     private let stopped = DispatchSemaphore(value: 0)
 
-    init(maxInflight: Int = 64, maxJobBytes: Int = 1 << 30, jobGate: (@Sendable () -> Void)? = nil) throws {
+    init(endpoint: String? = nil, maxInflight: Int = 64, maxJobBytes: Int = 1 << 30, jobGate: (@Sendable () -> Void)? = nil) throws {
         let directory = "/tmp/tidepool-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        endpoint = "ipc://\(directory)/tidepool.sock"
+        self.endpoint = endpoint ?? "ipc://\(directory)/tidepool.sock"
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        var configuration = ServerConfiguration(endpoints: [endpoint], threads: 2, maxInflight: maxInflight, maxJobBytes: maxJobBytes)
+        var configuration = ServerConfiguration(endpoints: [self.endpoint], threads: 2, maxInflight: maxInflight, maxJobBytes: maxJobBytes)
         configuration.jobGate = jobGate
         server = try PoolServer(configuration: configuration, logger: logger)
         let thread = Thread { [server, stopped] in
@@ -65,7 +66,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
     @Test func inlineAndSharedMemoryJobsEqualInProcess() throws {
         let running = try RunningServer()
         defer { running.stop() }
-        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 30_000)
         defer { client.close() }
         #expect(try client.ping() > 0)
 
@@ -111,7 +112,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
     @Test func errorsNameTheField() throws {
         let running = try RunningServer(maxJobBytes: 4096)
         defer { running.stop() }
-        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 30_000)
         defer { client.close() }
         let desc = PoolDescriptor(kind: .max, kernelSize: [2])
         var input = [Float](repeating: 1, count: 2048), output = [Float](repeating: 0, count: 1024)
@@ -188,7 +189,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
             if gateOn.load(ordering: .sequentiallyConsistent) { entered.signal(); release.wait() }
         })
         defer { running.stop() }
-        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 10000)
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 30_000)
         defer { client.close() }
         let desc = PoolDescriptor(kind: .max, kernelSize: [2, 2], stride: [2, 2])
         let shape = [1, 16, 16, 2], outShape = [1, 8, 8, 2]
@@ -249,7 +250,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let running = try RunningServer(maxInflight: 1, jobGate: { entered.signal(); release.wait() })
         defer { running.stop() }
-        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 30_000)
         defer { client.close() }
         var first = HeldJob(), second = HeldJob()
         let held = try first.submit(client)
@@ -270,7 +271,7 @@ func fill(_ pointer: UnsafeMutableRawPointer, count: Int, seed: Int) {
     @Test func shutdownAnswersJobsInFlightAndRefusesNewOnes() throws {
         let entered = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
         let running = try RunningServer(jobGate: { entered.signal(); release.wait() })
-        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 5000)
+        let client = try PoolClient(endpoint: running.endpoint, timeoutMs: 30_000)
         defer { client.close() }
         var job = HeldJob(), late = HeldJob()
         let held = try job.submit(client)

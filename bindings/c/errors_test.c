@@ -1,6 +1,7 @@
 /* errors_test.c - every class of bad argument gets its status and a message naming the
  * argument, from plain C; nothing aborts the process. Prints "N passed, M failed". */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -161,6 +162,49 @@ int main(void) {
         passed++;
     else
         failed++;
+
+    expect("cancel on no client", tp_client_cancel((tp_client *)&desc, 1), TP_ERR_INVALID_ARGUMENT,
+           "not an open tp_client handle");
+    if (strcmp(tp_status_string(TP_ERR_PERMISSION), "TP_ERR_PERMISSION") == 0) passed++; else failed++;
+
+    /* Issue 13's reproducers through the C ABI: integers near 2^63 are statuses, never traps. */
+    float one = 0;
+    const int64_t shape1[3] = {1, 1, 1}, shape0[3] = {1, 0, 1}, row_shape[3] = {1, 4, 3};
+    const int64_t huge_kernel[1] = {((int64_t)1 << 62) + 1}, huge_stride[1] = {(int64_t)1 << 62}, two[1] = {2};
+    tp_tensor in1, out1;
+    tp_pool_desc huge_desc;
+    tp_pool_desc_init(&huge_desc, TP_POOL_AVG, 1, huge_kernel, huge_stride, NULL);
+    tp_tensor_init(&in1, &one, TP_DTYPE_FLOAT32, 3, shape1, NULL);
+    expect("kernel 2^62+1 over one element", tp_pool_output(&huge_desc, &in1, &out1), TP_OK, "");
+    if (out1.shape[1] == 0) passed++; else failed++;
+    tp_tensor_init(&in1, &one, TP_DTYPE_FLOAT32, 3, shape0, NULL);
+    expect("kernel 2^62+1 over nothing", tp_pool_output(&huge_desc, &in1, &out1), TP_ERR_SHAPE, "negative");
+    float row[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, pooled[3];
+    tp_pool_desc far;
+    tp_pool_desc_init(&far, TP_POOL_MAX, 1, two, huge_stride, NULL);
+    tp_tensor_init(&in1, row, TP_DTYPE_FLOAT32, 3, row_shape, NULL);
+    expect("stride 2^62 with 3 channels", tp_pool_output(&far, &in1, &out1), TP_OK, "");
+    out1.data = pooled;
+    expect("stride 2^62 pools", tp_pool(&far, &in1, &out1), TP_OK, "");
+    if (pooled[0] == 4 && pooled[1] == 5 && pooled[2] == 6) passed++; else failed++;
+    const int64_t wide_kernel[1] = {(int64_t)1 << 30}, wider_stride[1] = {(int64_t)1 << 31};
+    tp_pool_desc wide;
+    tp_pool_desc_init(&wide, TP_POOL_MAX, 1, wide_kernel, wider_stride, wide_kernel);
+    tp_tensor_init(&in1, &one, TP_DTYPE_FLOAT32, 3, shape1, NULL);
+    tp_pool_output(&wide, &in1, &out1);
+    out1.data = pooled;
+    expect("scratch of a 2^30 window over one element", tp_pool(&wide, &in1, &out1), TP_ERR_NO_MEMORY, "scratch");
+
+    /* A caller of API version 2 (compiled before tp_client_cancel) still gets its table. */
+    const tp_api *v2 = tp_get_api(2);
+    if (v2 != NULL && v2->api_version >= 2 && v2->client_wait == tp_client_wait) passed++; else failed++;
+    const tp_api *v3 = tp_get_api(3);
+    if (v3 != NULL && v3->struct_size >= offsetof(tp_api, client_cancel) + sizeof v3->client_cancel &&
+        v3->client_cancel == tp_client_cancel)
+        passed++;
+    else
+        failed++;
+    expect("API version 4", tp_get_api(4) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 3");
 
     /* tp_last_error is per thread: another thread's failure does not replace ours. */
     tp_pool(NULL, &input, &output);

@@ -21,17 +21,9 @@ run "error paths" "$build/errors_test"
 run "exports match the header" "$root/bindings/c/check_symbols.sh" "$root/include/tidepool.h" "$library"
 
 # The remote example against a real daemon on a private endpoint, stopped with SIGTERM.
-private=$(mktemp -d /tmp/tidepool-c-test.XXXXXX)
-endpoint="ipc://$private/tidepool.sock"
-# The daemon prints one line once bound: read it through a FIFO (kept open on fd 3).
-mkfifo "$private/ready"
-"$root/.build/release/tidepoold" --endpoint "$endpoint" --log-level warning > "$private/ready" 2> "$private/log" &
-daemon=$!
-exec 3< "$private/ready"
-read -r line <&3 && [[ "$line" == *"listening on"* ]] || echo "tidepoold did not start: $line $(cat "$private/log")"
+source "$root/bindings/c/daemon.sh"
+start_daemon "$root"
 run "remote example through tidepoold" "$build/remote_example" "$endpoint"
-kill -TERM "$daemon"
-run "tidepoold exits 0 on SIGTERM" wait "$daemon"
-rm -rf "$private"
+run "tidepoold exits 0 on SIGTERM" stop_daemon
 echo "C suite: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -125,10 +125,11 @@ TIDEPOOLD = REPO / ".build" / "release" / "tidepoold"
 
 
 class Daemon:
-    """tidepoold started on a private ipc endpoint; ready once it printed its endpoint."""
+    """tidepoold started on a private ipc endpoint (plus any `--endpoint` in `options`); ready
+    once it printed its endpoints, which `endpoints` lists as bound (tcp port 0 resolved)."""
 
-    def __init__(self, *options):
-        self.directory = tempfile.mkdtemp(prefix="tidepool-test-")
+    def __init__(self, *options, directory=None):
+        self.directory = directory or tempfile.mkdtemp(prefix="tidepool-test-")
         self.endpoint = f"ipc://{self.directory}/tidepool.sock"
         self.log_path = Path(self.directory) / "daemon.log"
         with open(self.log_path, "w") as log:
@@ -137,6 +138,7 @@ class Daemon:
                 stdout=subprocess.PIPE, stderr=log, text=True)
         line = self.process.stdout.readline()  # blocks until the daemon has bound
         assert "listening on" in line, f"tidepoold did not start: {line!r} {self.logs()}"
+        self.endpoints = line.split("listening on ")[1].split()
 
     def logs(self):
         return self.log_path.read_text()

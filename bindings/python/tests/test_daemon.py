@@ -154,7 +154,7 @@ def test_client_killed_mid_job_leaves_nothing(daemon):
 
 def test_sigterm_answers_jobs_in_flight():
     import zmq
-    from test_protocol import pool_request
+    from rawproto import pool_request
 
     running = Daemon()
     socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -212,11 +212,9 @@ def dead_pid():
 
 def orphan_segment(pid):
     """A Tidepool shared-memory object as a client `pid` killed before registering leaves it."""
-    from multiprocessing import resource_tracker, shared_memory
+    from rawproto import SharedObject
 
-    memory = shared_memory.SharedMemory(name=f"tidepool-{pid}-orphan", create=True, size=4096)
-    resource_tracker.unregister(memory._name, "shared_memory")
-    memory.close()
+    SharedObject(f"tidepool-{pid}-orphan", 4096, 0o600).close()
     return f"tidepool-{pid}-orphan"
 
 
@@ -230,20 +228,17 @@ def test_objects_of_dead_clients_are_removed_at_start():
         assert running.stop() == 0
 
 
-def test_register_from_a_dead_client_removes_its_objects(daemon):
-    import struct
-
-    import zmq
-    from test_protocol import REGISTER, header
+def test_register_naming_another_process_is_refused(daemon):
+    # The kernel says which process sent a REGISTER: one naming another pid (here a dead
+    # one, whose leftovers the start-up sweep removes) is refused, and touches nothing.
+    from rawproto import RawClient, register_request
 
     pid = dead_pid()
     name = orphan_segment(pid)
-    socket = zmq.Context.instance().socket(zmq.DEALER)
-    socket.connect(daemon.endpoint)
-    socket.send_multipart([header(REGISTER, 1) + struct.pack("<QII", 4096, pid, 0), f"/{name}".encode()])
-    assert socket.poll(10000)
-    frames = socket.recv_multipart()
-    assert int.from_bytes(frames[0][16:20], "little") == 1  # TP_ERR_INVALID_ARGUMENT
-    assert b"not a running process" in frames[1]
-    assert name not in tidepool_segments()
-    socket.close(0)
+    client = RawClient(daemon.endpoint)
+    _, _, status, frames = client.call(register_request(1, 4096, f"/{name}", pid=pid))
+    assert status == 19  # TP_ERR_PERMISSION
+    assert f"says pid {pid} but the connection belongs to process {os.getpid()}".encode() in frames[1]
+    assert name in tidepool_segments()
+    os.unlink(f"/dev/shm/{name}")
+    client.close()

@@ -4,85 +4,13 @@ and every validation rule answered with its error while the daemon keeps serving
 import os
 import struct
 import threading
-import uuid
-from multiprocessing import resource_tracker, shared_memory
-
 import numpy as np
 import pytest
-import zmq
 
 import tidepool
 from conftest import Daemon
-
-MAGIC, VERSION = 0x4C4F5054, 1
-PING, POOL, REGISTER, UNREGISTER, STATS, BYE = 1, 2, 3, 4, 5, 6
-DTYPES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int16): 6, np.dtype(np.uint8): 9}
-STATUS = dict(INVALID_ARGUMENT=1, DTYPE=3, SHAPE=4, OVERFLOW=5, FLAGS=6, VERSION=7, LAYOUT=8, PROTOCOL=11,
-              TOO_LARGE=12, BUSY=13, NOT_FOUND=16, CLOSED=17, SYSTEM=18)
-
-
-def header(kind, job_id, flags=0, magic=MAGIC, version=VERSION):
-    return struct.pack("<IHHQiI", magic, version, kind, job_id, 0, flags)
-
-
-def output_shape(shape, kernel, stride, padding):
-    d = len(shape) - 2
-    return (shape[0], *[(shape[1 + a] + 2 * padding - kernel) // stride + 1 for a in range(d)], shape[-1])
-
-
-def pool_body(shape, dtype_code, kind, kernel, stride, padding, in_loc=0, out_loc=0, in_region=0, in_offset=0,
-              in_bytes=None, out_region=0, out_offset=0, out_bytes=None, itemsize=4, out_itemsize=4, rank=None,
-              spatial=None):
-    d = len(shape) - 2  # `spatial` only overrides the field, to test its check
-    out = output_shape(shape, kernel, stride, padding)
-    in_bytes = int(np.prod(shape)) * itemsize if in_bytes is None else in_bytes
-    out_bytes = int(np.prod(out)) * out_itemsize if out_bytes is None else out_bytes
-    pad3 = lambda v: [v] * d + [0] * (3 - d)
-    return struct.pack("<iiii8q3q3q3qII6Q", kind, dtype_code, d if spatial is None else spatial,
-                       len(shape) if rank is None else rank,
-                       *shape, *[0] * (8 - len(shape)), *pad3(kernel), *pad3(stride), *pad3(padding),
-                       in_loc, out_loc, in_region, in_offset, in_bytes, out_region, out_offset, out_bytes)
-
-
-def pool_request(job_id, x, kind=1, kernel=2, stride=2, padding=0, **fields):
-    frame0 = header(POOL, job_id) + pool_body(x.shape, DTYPES[x.dtype], kind, kernel, stride, padding,
-                                              itemsize=x.itemsize, **fields)
-    return [frame0, x.tobytes()] if fields.get("in_loc", 0) == 0 else [frame0]
-
-
-def parse_reply(frames):
-    magic, version, kind, job_id, status, flags = struct.unpack("<IHHQiI", frames[0][:24])
-    assert (magic, version) == (MAGIC, VERSION)
-    return kind, job_id, status, frames
-
-
-class RawClient:
-    def __init__(self, endpoint):
-        self.socket = zmq.Context.instance().socket(zmq.DEALER)
-        self.socket.connect(endpoint)
-
-    def call(self, frames):
-        self.socket.send_multipart(frames)
-        assert self.socket.poll(10000), "no reply"
-        return parse_reply(self.socket.recv_multipart())
-
-    def ping_ok(self):
-        kind, _, status, frames = self.call([header(PING, 7)])
-        return kind == PING | 0x8000 and status == 0 and len(frames[0]) == 32
-
-    def register(self, size, mode=0o600, name=None):
-        """A shared-memory object per docs/protocol.md, registered; returns (region id, shm)."""
-        name = name or f"tidepool-raw-{uuid.uuid4().hex}"
-        memory = shared_memory.SharedMemory(name=name, create=True, size=size)
-        resource_tracker.unregister(memory._name, "shared_memory")  # the daemon unlinks it
-        os.fchmod(memory._fd, mode)
-        frame0 = header(REGISTER, 99) + struct.pack("<QII", size, os.getpid(), 0)
-        kind, _, status, frames = self.call([frame0, memory._name.encode()])
-        region = struct.unpack("<Q", frames[0][24:32])[0] if status == 0 else None
-        return region, memory, status, frames
-
-    def close(self):
-        self.socket.close(0)
+from rawproto import (BYE, DTYPES, MAGIC, PING, POOL, REGISTER, STATS, STATUS, UNREGISTER, RawClient, header,
+                      make_object, parse_reply, pool_body, pool_request)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +31,7 @@ def raw(shared_daemon):
 def test_documented_example_runs_inline(raw):
     # The example of docs/protocol.md, verbatim in substance.
     x = np.random.randn(2, 8, 8, 3).astype(np.float32)
-    frame0 = struct.pack("<IHHQiI", 0x4C4F5054, 1, 2, 42, 0, 0) + struct.pack(
+    frame0 = struct.pack("<IHHQiI", 0x4C4F5054, 2, 2, 42, 0, 0) + struct.pack(
         "<iiii8q3q3q3qII6Q", 1, 1, 2, 4, *x.shape, 0, 0, 0, 0,
         2, 2, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, x.nbytes, 0, 0, 2 * 4 * 4 * 3 * 4)
     kind, job_id, status, frames = raw.call([frame0, x.tobytes()])
@@ -119,8 +47,8 @@ def test_job_through_shared_memory(raw):
     out_bytes = 2 * 4 * 4 * 3 * 4
     region, memory, status, _ = raw.register(x.nbytes + out_bytes)
     assert status == 0
-    # The daemon unlinked the name once mapped: nothing lingers in /dev/shm.
-    assert not os.path.exists(f"/dev/shm/{memory.name}")
+    # The name is the client's until it frees the buffer (a restarted daemon can map it again).
+    assert os.path.exists(f"/dev/shm/{memory.name}")
     np.frombuffer(memory.buf, np.float32, x.size)[:] = x.ravel()
     kind, _, status, frames = raw.call(pool_request(5, x, kind=2, in_loc=1, out_loc=1, in_region=region,
                                                     out_region=region, out_offset=x.nbytes))
@@ -129,6 +57,7 @@ def test_job_through_shared_memory(raw):
     np.testing.assert_array_equal(y, tidepool.max_pool2d(x, 2))
     assert raw.call([header(UNREGISTER, 6) + struct.pack("<Q", region)])[2] == 0
     del y
+    memory.unlink()
     memory.close()
 
 
@@ -170,6 +99,7 @@ def test_done_word_is_set_before_the_reply(raw):
         assert status == STATUS[status_name] and fragment in frames[1], (status, frames)
     assert words.tolist() == [0, 0]
     del y, words
+    memory.unlink()
     memory.close()
 
 
@@ -194,8 +124,8 @@ INVALID_REQUESTS = [
     ("ping with a payload", [header(PING, 1), b"x"], "PROTOCOL", "1 frame(s) but this one has 2"),
     ("flags", [header(STATS, 1, flags=2)], "FLAGS", "flags is 0x2"),
     ("short pool frame", [header(POOL, 1) + b"\0" * 8], "PROTOCOL", "frame 0 is 232 bytes"),
-    ("pool flags", [header(POOL, 1, flags=2) + pool_body(X.shape, 1, 1, 2, 2, 0), X.tobytes()], "FLAGS",
-     "only bit 0 (done word) is defined"),
+    ("pool flags", [header(POOL, 1, flags=4) + pool_body(X.shape, 1, 1, 2, 2, 0), X.tobytes()], "FLAGS",
+     "only bit 0 (done word) and bit 1 (resubmitted) are defined"),
     ("done word flag without its fields", [header(POOL, 1, flags=1) + pool_body(X.shape, 1, 1, 2, 2, 0), X.tobytes()],
      "PROTOCOL", "248 bytes with a done word but this one is 232"),
     ("kind", [pool(kind=7), X.tobytes()], "INVALID_ARGUMENT", "kind is 7"),
@@ -214,7 +144,7 @@ INVALID_REQUESTS = [
     ("inline with region", [pool(in_region=5), X.tobytes()], "PROTOCOL", "must be 0 for an inline input"),
     ("inline frame missing", [pool()], "PROTOCOL", "has 2 frame(s) but this one has 1"),
     ("inline frame size", [pool(), X.tobytes()[:-4]], "PROTOCOL", "frame 1 holds 124 bytes but input_bytes is 128"),
-    ("unknown region", [pool(in_loc=1, in_region=123456)], "NOT_FOUND", "input_region 123456 is not registered"),
+    ("unknown region", [pool(in_loc=1, in_region=123456)], "NOT_FOUND", "input_region 123456 was registered with another"),
     ("misaligned offset", [pool(in_loc=1, in_region=1, in_offset=2)], "LAYOUT", "input_offset 2 is not a multiple"),
     ("overlap", [pool(in_loc=1, out_loc=1, in_region=9, out_region=9, out_offset=64)], "LAYOUT", "overlaps input"),
     ("unregister unknown", [header(UNREGISTER, 1) + struct.pack("<Q", 424242)], "NOT_FOUND", "region 424242"),
@@ -247,30 +177,34 @@ def test_region_rules(raw, shared_daemon):
     assert status == STATUS["SYSTEM"] and b"truncated" in reply[1], reply
     _, _, status, _ = raw.call([pool(in_loc=1, in_region=region)])
     assert status == STATUS["NOT_FOUND"]  # it was unregistered
+    memory.unlink()
     memory.close()
 
 
 def test_register_rules(raw):
     _, memory, status, reply = raw.register(4096, mode=0o644)
-    assert status == STATUS["SYSTEM"] and b"it must be private (0600)" in reply[1]
+    assert status == STATUS["PERMISSION"] and b"it must be private (0600)" in reply[1]
     memory.unlink()
     memory.close()
     frame0 = header(REGISTER, 1) + struct.pack("<QII", 4096, os.getpid(), 0)
     _, _, status, reply = raw.call([frame0, b"/etc-passwd"])
-    assert status == STATUS["SYSTEM"] and b"not a Tidepool shared-memory name" in reply[1]
+    assert status == STATUS["INVALID_ARGUMENT"] and b"not a Tidepool shared-memory name" in reply[1]
     _, _, status, reply = raw.call([frame0, b"/tidepool-does-not-exist"])
     assert status == STATUS["SYSTEM"] and b"No such file" in reply[1]
     _, memory, status, reply = raw.register(64)
     assert status == 0
     frame0 = header(REGISTER, 1) + struct.pack("<QII", 1 << 19, os.getpid(), 0)
-    name = f"tidepool-raw-{os.getpid()}-small"
-    small = shared_memory.SharedMemory(name=name, create=True, size=64)
+    small = make_object(64)
     _, _, status, reply = raw.call([frame0, small._name.encode()])
     assert status == STATUS["SYSTEM"] and b"smaller than" in reply[1]
     small.unlink()
     small.close()
     _, _, status, reply = raw.call([header(REGISTER, 1) + struct.pack("<QII", 64, 0, 0), b"/tidepool-x"])
     assert status == STATUS["INVALID_ARGUMENT"] and b"pid" in reply[1]
+    # The kernel says which process asks: another pid in the message is refused.
+    _, _, status, reply = raw.call([header(REGISTER, 1) + struct.pack("<QII", 64, 1, 0), f"/{memory.name}".encode()])
+    assert status == STATUS["PERMISSION"] and b"says pid 1 but the connection belongs to process" in reply[1]
+    memory.unlink()
     memory.close()
 
 

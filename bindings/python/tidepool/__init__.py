@@ -24,6 +24,7 @@ from .errors import (
     InvalidArgumentError,
     LibraryNotFoundError,
     OutOfMemoryError,
+    PermissionError,
     TimeoutError,
 )
 from .functional import (
@@ -38,11 +39,11 @@ from .functional import (
     set_num_threads,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def library_version():
-    """The loaded libtidepool.so's version string, e.g. "0.1.0"."""
+    """The loaded libtidepool.so's version string, e.g. "0.2.0"."""
     return _c.tp_version_string().decode()
 
 
@@ -51,5 +52,5 @@ __all__ = [
     "set_num_threads", "get_num_threads", "library_version", "library_path", "SUPPORTED_DTYPES",
     "connect", "Client", "default_endpoint",
     "Error", "InvalidArgumentError", "LibraryNotFoundError", "OutOfMemoryError", "TimeoutError", "ConnectionError",
-    "BusyError",
+    "BusyError", "PermissionError",
 ]

@@ -13,12 +13,13 @@ from .errors import (
     InvalidArgumentError,
     LibraryNotFoundError,
     OutOfMemoryError,
+    PermissionError,
     TimeoutError,
 )
 
 # ---- Constants (include/tidepool.h) ---------------------------------------------------
 
-TP_API_VERSION = 2
+TP_API_VERSION = 3
 TP_MAX_SPATIAL_DIMS = 3
 TP_MAX_RANK = 8
 
@@ -41,6 +42,7 @@ TP_ERR_CONNECTION = 15
 TP_ERR_NOT_FOUND = 16
 TP_ERR_CLOSED = 17
 TP_ERR_SYSTEM = 18
+TP_ERR_PERMISSION = 19
 
 TP_DTYPE_FLOAT32 = 1
 TP_DTYPE_FLOAT64 = 2
@@ -116,6 +118,7 @@ _PROTOTYPES = {
     "tp_client_pool": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P]),
     "tp_client_submit": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P, ctypes.POINTER(ctypes.c_uint64)]),
     "tp_client_wait": (_STATUS, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int32]),
+    "tp_client_cancel": (_STATUS, [ctypes.c_void_p, ctypes.c_uint64]),
 }
 
 # ---- Library lookup -------------------------------------------------------------------
@@ -181,6 +184,7 @@ _BY_STATUS = {
     TP_ERR_TIMEOUT: TimeoutError,
     TP_ERR_CONNECTION: ConnectionError,
     TP_ERR_BUSY: BusyError,
+    TP_ERR_PERMISSION: PermissionError,
 }
 
 

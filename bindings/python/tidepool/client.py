@@ -3,6 +3,7 @@ methods and numpy arrays in shared memory (`empty`) that jobs use without copyin
 
 import ctypes
 import json
+import math
 import threading
 import weakref
 
@@ -11,6 +12,11 @@ import numpy as np
 from . import _lib
 from .errors import InvalidArgumentError
 from .functional import FUNCTIONS, pool
+
+
+# The C ABI takes timeouts in int32 milliseconds and sizes in size_t.
+_MAX_TIMEOUT = ((1 << 31) - 1) // 1000
+_MAX_BYTES = (1 << 63) - 1
 
 
 def default_endpoint():
@@ -36,8 +42,8 @@ class Client:
     client are serialised)."""
 
     def __init__(self, endpoint=None, timeout=10.0):
-        if timeout is not None and timeout < 0:
-            raise InvalidArgumentError(f"timeout must be non-negative or None but is {timeout}")
+        if timeout is not None and not 0 <= timeout <= _MAX_TIMEOUT:
+            raise InvalidArgumentError(f"timeout must be between 0 and {_MAX_TIMEOUT} seconds, or None, but is {timeout}")
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
         timeout_ms = -1 if timeout is None else int(round(timeout * 1000))
@@ -94,7 +100,10 @@ class Client:
         shape = tuple(int(n) for n in (shape if isinstance(shape, (tuple, list)) else (shape,)))
         if any(n < 0 for n in shape):
             raise InvalidArgumentError(f"shape must be non-negative but is {shape}")
-        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+        # Python's integers: numpy's int64 product would wrap silently.
+        nbytes = max(math.prod(shape) * dtype.itemsize, 1)
+        if nbytes > _MAX_BYTES:
+            raise InvalidArgumentError(f"shape {shape} of {dtype} needs {nbytes} bytes, more than 2**63 - 1")
         buffer = ctypes.c_void_p()
         _lib.check(_lib.lib.tp_client_alloc(self._live_handle(), nbytes, ctypes.byref(buffer)))
         address = _lib.lib.tp_buffer_data(buffer)
@@ -102,7 +111,7 @@ class Client:
         with self._lock:
             self._buffers[address] = nbytes
         weakref.finalize(memory, self._release, buffer, address)
-        return np.frombuffer(memory, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        return np.frombuffer(memory, dtype=dtype, count=math.prod(shape)).reshape(shape)
 
     def _release(self, buffer, address):
         with self._lock:

@@ -33,4 +33,10 @@ class ConnectionError(Error, builtins.ConnectionError):
 
 
 class BusyError(Error):
-    """The daemon already runs its --max-inflight jobs; retry later."""
+    """The daemon already runs its --max-inflight jobs, or holds its --max-queued-bytes of
+    unread outputs; retry later."""
+
+
+class PermissionError(Error, builtins.PermissionError):
+    """Not allowed for this caller: another user's shared memory, shared memory over tcp,
+    or an endpoint whose socket or directory another user controls."""

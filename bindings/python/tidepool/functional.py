@@ -36,6 +36,9 @@ _DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
 SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
 
+INT64_MAX = (1 << 63) - 1
+INT32_MAX = (1 << 31) - 1
+
 
 # ---- Arguments ------------------------------------------------------------------------
 
@@ -67,6 +70,10 @@ def normalize_arguments(owner, spatial_dims, kernel_size, stride, padding):
             raise InvalidArgumentError(f"[{owner}] '{name}' must be positive but got {values}.")
     if any(p < 0 for p in padding):
         raise InvalidArgumentError(f"[{owner}] 'padding' must be non-negative but got {padding}.")
+    # ctypes would wrap a larger int silently into the C int64_t.
+    for name, values in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding)):
+        if any(v > INT64_MAX for v in values):
+            raise InvalidArgumentError(f"[{owner}] '{name}' must be below 2**63 but got {values}.")
     return kernel_size, stride, padding
 
 
@@ -230,6 +237,8 @@ def set_num_threads(num_threads):
     """Threads used by later calls, process-wide; 0 means one per CPU (the default)."""
     if not _is_int(num_threads):
         raise InvalidArgumentError(f"num_threads must be an integer but is {num_threads!r}")
+    if not -INT32_MAX <= num_threads <= INT32_MAX:  # ctypes would wrap it into the C int32_t
+        raise InvalidArgumentError(f"thread count must be between 0 (all CPUs) and 1024 but got {num_threads}")
     _lib.check(_lib.lib.tp_set_num_threads(int(num_threads)))
 
 

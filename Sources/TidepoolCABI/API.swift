@@ -32,7 +32,8 @@ private let apiTable: UnsafeMutablePointer<tp_api> = {
         buffer_free: tp_buffer_free,
         client_pool: tp_client_pool,
         client_submit: tp_client_submit,
-        client_wait: tp_client_wait))
+        client_wait: tp_client_wait,
+        client_cancel: tp_client_cancel))
     return table
 }()
 

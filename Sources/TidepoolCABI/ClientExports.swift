@@ -1,15 +1,15 @@
 import CTidepool
-import Synchronization
 import TidepoolClient
 import TidepoolCore
-import TidepoolProtocol
+import TidepoolEndpoint
+import TidepoolSync
 
 /// The client half of the C ABI: opaque tp_client / tp_buffer handles over TidepoolClient.
 
 /// Objects handed to C as opaque pointers. Only registered pointers are accepted back, so
 /// a closed, freed or foreign handle is refused with an error instead of crashing.
 final class HandleRegistry<Object: AnyObject>: Sendable {
-    private let live = Mutex<Set<UnsafeMutableRawPointer>>([])
+    private let live = Locked<Set<UnsafeMutableRawPointer>>([])
     private let kind: String
 
     init(kind: String) { self.kind = kind }
@@ -63,7 +63,7 @@ func poolArguments(_ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<
 
 @_cdecl("tp_default_endpoint")
 public func tpDefaultEndpoint() -> UnsafePointer<CChar>? {
-    defaultEndpointText.set(Wire.defaultEndpoint())
+    defaultEndpointText.set(Endpoint.defaultEndpoint())
     return defaultEndpointText.current
 }
 
@@ -71,7 +71,7 @@ public func tpDefaultEndpoint() -> UnsafePointer<CChar>? {
 public func tpClientConnect(_ endpoint: UnsafePointer<CChar>?, _ timeoutMs: Int32, _ client: UnsafeMutablePointer<OpaquePointer?>?) -> tp_status {
     withStatus {
         guard let client else { throw PoolError(TP_ERR_NULL_POINTER, "client is NULL") }
-        let address = endpoint.map { String(cString: $0) } ?? Wire.defaultEndpoint()
+        let address = endpoint.map { String(cString: $0) } ?? Endpoint.defaultEndpoint()
         let connection = try PoolClient(endpoint: address, timeoutMs: try checkedTimeout(timeoutMs))
         client.pointee = clients.register(connection)
     }
@@ -112,7 +112,8 @@ public func tpClientAlloc(_ client: OpaquePointer?, _ nbytes: Int, _ buffer: Uns
     withStatus {
         let connection = try clients.object(client)
         guard let buffer else { throw PoolError(TP_ERR_NULL_POINTER, "buffer is NULL") }
-        guard nbytes > 0 else { throw PoolError(TP_ERR_INVALID_ARGUMENT, "nbytes must be positive but is \(nbytes)") }
+        // size_t arrives as Int: a value past Int.max reads negative, so say it as the caller wrote it.
+        guard nbytes > 0 else { throw PoolError(TP_ERR_INVALID_ARGUMENT, "nbytes must be positive but is \(UInt(bitPattern: nbytes))") }
         buffer.pointee = buffers.register(try connection.allocate(bytes: nbytes))
     }
 }
@@ -155,4 +156,9 @@ public func tpClientSubmit(_ client: OpaquePointer?, _ desc: UnsafePointer<tp_po
 @_cdecl("tp_client_wait")
 public func tpClientWait(_ client: OpaquePointer?, _ job: UInt64, _ timeoutMs: Int32) -> tp_status {
     withStatus { try clients.object(client).wait(job, timeoutMs: try checkedTimeout(timeoutMs)) }
+}
+
+@_cdecl("tp_client_cancel")
+public func tpClientCancel(_ client: OpaquePointer?, _ job: UInt64) -> tp_status {
+    withStatus { try clients.object(client).cancel(job) }
 }

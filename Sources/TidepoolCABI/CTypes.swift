@@ -64,7 +64,7 @@ struct CTensor {
 
     init(_ c: tp_tensor, _ name: String) throws {
         try checkHeader(structSize: c.struct_size, flags: c.flags, expectedSize: MemoryLayout<tp_tensor>.size, name: "tp_tensor")
-        dtype = try Tidepool.dtype(fromCode: c.dtype, "\(name).dtype")
+        dtype = try TidepoolCABI.dtype(fromCode: c.dtype, "\(name).dtype")
         guard (0...Int32(TP_MAX_RANK)).contains(c.rank) else {
             throw PoolError(TP_ERR_SHAPE, "\(name).rank must be between 0 and \(TP_MAX_RANK) but is \(c.rank)")
         }

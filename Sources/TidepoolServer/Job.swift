@@ -1,0 +1,158 @@
+import CTidepool
+import Synchronization
+import TidepoolCore
+import TidepoolProtocol
+import TidepoolSharedMemory
+import TidepoolZMQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Set when nobody waits for a job any more (its client exited, said BYE, or lost its
+/// routing id to another process): the engine starts no further tile.
+final class JobCancellation: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func cancel() { flag.store(true, ordering: .relaxed) }
+    var isCancelled: Bool { flag.load(ordering: .relaxed) }
+}
+
+/// Bytes of inline outputs held for clients: reserved when a job is admitted, handed to the
+/// reply frame, and given back when libzmq frees that frame (sent, or dropped with its
+/// connection), or at once when the job fails before it has one.
+final class QueuedBytes: Sendable {
+    private let value = Atomic<Int>(0)
+    var current: Int { value.load(ordering: .relaxed) }
+    func add(_ bytes: Int) { value.add(bytes, ordering: .relaxed) }
+    func subtract(_ bytes: Int) { value.subtract(bytes, ordering: .relaxed) }
+}
+
+/// A reservation of `bytes` against the daemon's and one client's queued bytes, released
+/// exactly once: by the reply frame that carries the output, or by the job if it never makes one.
+final class OutputReservation: FrameRelease, @unchecked Sendable {
+    let bytes: Int
+    private let counters: [QueuedBytes]
+    private let done = Atomic<Bool>(false)
+    /// Whether a frame owns the reservation (and will release it when freed).
+    private let taken = Atomic<Bool>(false)
+
+    init(bytes: Int, counters: [QueuedBytes]) {
+        self.bytes = bytes
+        self.counters = counters
+        for counter in counters { counter.add(bytes) }
+    }
+
+    override func released() {
+        guard !done.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        for counter in counters { counter.subtract(bytes) }
+    }
+
+    /// A frame now owns the reservation.
+    func handOver() { taken.store(true, ordering: .relaxed) }
+
+    /// Releases the reservation unless a frame owns it.
+    func releaseUnlessHandedOver() {
+        if !taken.load(ordering: .relaxed) { released() }
+    }
+}
+
+public struct Completion: @unchecked Sendable {
+    let key: [UInt8]
+    let id: UInt64
+    let envelope: [ZMQFrame]
+    let reply: [ZMQFrame]
+    let failure: ProtocolViolation?
+    let bytes: Int
+    let poisonedRegions: [UInt64]
+    let cancellation: JobCancellation
+    /// Whether the output went to shared memory (the reply carries no tensor bytes).
+    let outputInRegion: Bool
+}
+
+/// One validated job, run by the thread that took it. It holds its regions and frames, so they
+/// stay valid even if the client unregisters them meanwhile.
+public struct Job: @unchecked Sendable {
+    let key: [UInt8]
+    public let request: PoolRequest
+    let envelope: [ZMQFrame]
+    let inputFrame: ZMQFrame?
+    let inputRegion: (SharedRegion, Int)?
+    let outputRegion: (SharedRegion, Int)?
+    let doneWord: (SharedRegion, Int)?
+    let engine: PoolEngine
+    let cancellation: JobCancellation
+    /// For an inline output: the bytes reserved for its reply frame.
+    let outputReservation: OutputReservation?
+
+    /// Runs the job; `progress` as in PoolEngine.pool.
+    public func run(progress: @escaping @Sendable () -> Void = {}) -> Completion {
+        var poisoned: [UInt64] = []
+        defer { outputReservation?.releaseUnlessHandedOver() }
+        do {
+            let frames = try compute(progress: progress)
+            for (reference, region) in [(request.input, inputRegion), (request.output, outputRegion)] {
+                if let (region, _) = region, region.isPoisoned, case .region(let id, _) = reference.placement { poisoned.append(id) }
+            }
+            if let first = poisoned.first {
+                throw ProtocolViolation(TP_ERR_SYSTEM, "region \(first) was truncated by its owner during the job; it is unregistered",
+                                        type: .pool, id: request.id)
+            }
+            return Completion(key: key, id: request.id, envelope: envelope, reply: frames, failure: nil,
+                              bytes: request.input.bytes + request.output.bytes, poisonedRegions: [], cancellation: cancellation,
+                              outputInRegion: outputRegion != nil)
+        } catch {
+            let violation = error as? ProtocolViolation
+                ?? (error as? PoolError).map { ProtocolViolation($0.status, $0.message, type: .pool, id: request.id) }
+                ?? ProtocolViolation(TP_ERR_INTERNAL, "internal error: \(error)", type: .pool, id: request.id)
+            return Completion(key: key, id: request.id, envelope: envelope, reply: Reply.error(violation).map(ZMQFrame.init),
+                              failure: violation, bytes: 0, poisonedRegions: poisoned, cancellation: cancellation,
+                              outputInRegion: outputRegion != nil)
+        }
+    }
+
+    private func compute(progress: @escaping @Sendable () -> Void) throws -> [ZMQFrame] {
+        let outputShape = request.outputShape
+        var input: UnsafeRawPointer
+        var alignedCopy: UnsafeMutableRawPointer?
+        defer { free(alignedCopy) }
+        if let (region, offset) = inputRegion {
+            input = UnsafeRawPointer(region.base + offset)
+        } else {
+            input = UnsafeRawPointer(inputFrame!.data)
+            // libzmq may hand a small frame inside its receive buffer at any address.
+            if Int(bitPattern: input) % request.dtype.size != 0 {
+                guard let copy = malloc(Swift.max(request.input.bytes, 1)) else {
+                    throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(request.input.bytes) bytes to align the input")
+                }
+                copy.copyMemory(from: input, byteCount: request.input.bytes)
+                alignedCopy = copy
+                input = UnsafeRawPointer(copy)
+            }
+        }
+        let outputFrame: ZMQFrame?
+        let output: UnsafeMutableRawPointer
+        if let (region, offset) = outputRegion {
+            outputFrame = nil
+            output = region.base + offset
+        } else if let reservation = outputReservation {
+            // The frame takes over the reservation: it is released when libzmq frees the frame.
+            guard let frame = ZMQFrame(size: request.output.bytes, release: reservation) else {
+                throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate a \(request.output.bytes)-byte output frame")
+            }
+            reservation.handOver()
+            outputFrame = frame
+            output = frame.data
+        } else {
+            // An empty output: nothing reserved, nothing to write.
+            let frame = ZMQFrame()
+            outputFrame = frame
+            output = frame.data
+        }
+        let cancellation = cancellation
+        try engine.pool(request.descriptor, input: TensorView(data: input, dtype: request.dtype, shape: request.inputShape),
+                        output: OutputView(data: output, dtype: request.outputDType, shape: outputShape),
+                        progress: progress, isCancelled: { cancellation.isCancelled })
+        let header = ZMQFrame(PoolReply.encode(id: request.id, dtype: request.outputDType, shape: outputShape))
+        return outputFrame.map { [header, $0] } ?? [header]
+    }
+}

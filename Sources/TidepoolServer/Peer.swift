@@ -1,0 +1,136 @@
+import CTidepoolSystem
+import CZeroMQ
+import TidepoolZMQ
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who sent a request, as the kernel (not the message) says: the daemon's ZAP handler
+/// (`PeerAuthenticator`) labels every connection when it is made, and libzmq attaches the
+/// label to every message of that connection as its "User-Id" property.
+public enum Peer: Equatable, Sendable, CustomStringConvertible {
+    /// A process on this host, over ipc, with its SO_PEERCRED credentials.
+    case local(uid: uid_t, gid: gid_t, pid: pid_t)
+    /// A tcp peer: only an address, no proof of who it is.
+    case remote(address: String)
+    /// No label (a connection accepted without the handler); trusted with nothing.
+    case unknown
+
+    /// Parses a label written by `label(domain:address:)`.
+    public init(userID: String?) {
+        guard let userID else {
+            self = .unknown
+            return
+        }
+        if userID.hasPrefix("ipc:") {
+            let fields = userID.dropFirst(4).split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count == 3, let uid = UInt32(fields[0]), let gid = UInt32(fields[1]), let pid = Int32(fields[2]), pid > 0 {
+                self = .local(uid: uid, gid: gid, pid: pid)
+                return
+            }
+        } else if userID.hasPrefix("tcp:") {
+            self = .remote(address: String(userID.dropFirst(4)))
+            return
+        }
+        self = .unknown
+    }
+
+    /// The label for a connection on an endpoint of ZAP `domain`. For ipc, libzmq gives the
+    /// address as "<path>:<uid>:<gid>:<pid>" from SO_PEERCRED; the path may hold colons, so the
+    /// credentials are the last three fields. Only a domain the daemon set decides the
+    /// transport, never the address's shape (an IPv6 address can end in three numbers).
+    static func label(domain: String, address: String) -> String {
+        switch domain {
+        case PeerAuthenticator.ipcDomain:
+            let fields = address.split(separator: ":", omittingEmptySubsequences: false)
+            guard fields.count >= 3 else { return "unknown" }
+            return "ipc:" + fields.suffix(3).joined(separator: ":")
+        case PeerAuthenticator.tcpDomain:
+            return "tcp:\(address)"
+        default:
+            return "unknown"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .local(let uid, _, let pid): return "process \(pid) of uid \(uid) (ipc)"
+        case .remote(let address): return "\(address) (tcp)"
+        case .unknown: return "an unidentified peer"
+        }
+    }
+}
+
+/// The daemon's ZAP handler (ZeroMQ RFC 27): a thread that answers libzmq's authentication
+/// requests for every new connection. It accepts every connection and labels it with the
+/// endpoint's transport and, for ipc, the peer's kernel credentials (see `Peer`). Endpoints are
+/// bound with ZMQ_ZAP_DOMAIN set to `ipcDomain` or `tcpDomain`, so the label never has to guess
+/// the transport.
+final class PeerAuthenticator: @unchecked Sendable {
+    static let ipcDomain = "tidepool-ipc"
+    static let tcpDomain = "tidepool-tcp"
+    static let endpoint = "inproc://zeromq.zap.01"
+
+    private let socket: ZMQSocket
+    private let stopFd: Int32
+    private var thread = pthread_t()
+    private var running = false
+
+    /// Binds the handler's socket in `context`; it must exist before any endpoint accepts.
+    init(context: ZMQContext) throws {
+        socket = try ZMQSocket(context, type: ZMQ_REP)
+        try socket.set(ZMQ_LINGER, Int32(0))
+        try socket.bind(Self.endpoint)
+        stopFd = tpsys_eventfd()
+        guard stopFd >= 0 else {
+            socket.close()
+            throw ServerError("eventfd: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    func start() throws {
+        let retained = Unmanaged.passRetained(self)
+        let code = pthread_create(&thread, nil, { raw in
+            let me = Unmanaged<PeerAuthenticator>.fromOpaque(raw!).takeRetainedValue()
+            me.serve()
+            return nil
+        }, retained.toOpaque())
+        guard code == 0 else {
+            retained.release()
+            throw ServerError("cannot start the ZAP thread: \(String(cString: strerror(code)))")
+        }
+        running = true
+    }
+
+    /// Stops the thread and closes the socket; the context can then terminate.
+    func stop() {
+        if running {
+            tpsys_eventfd_signal(stopFd)
+            pthread_join(thread, nil)
+            running = false
+        } else {
+            socket.close()
+        }
+        close(stopFd)
+    }
+
+    private func serve() {
+        defer { socket.close() }
+        while true {
+            guard let ready = try? poll([.socket(socket), .fd(stopFd)], timeoutMs: -1) else { return }
+            if ready[1] { return }
+            guard ready[0], let frames = try? socket.receive(dontWait: true) else { continue }
+            // version, request id, domain, address, routing id, mechanism, credentials...
+            let text = frames.map { String(decoding: $0.bytes, as: UTF8.self) }
+            guard text.count >= 6, text[0] == "1.0" else {
+                // A malformed request can only come from inside this process; answer so the
+                // REP socket stays usable, with a refusal.
+                try? socket.send(["1.0", text.count > 1 ? text[1] : "", "500", "malformed ZAP request", "", ""].map { ZMQFrame(Array($0.utf8)) })
+                continue
+            }
+            let label = Peer.label(domain: text[2], address: text[3])
+            try? socket.send(["1.0", text[1], "200", "OK", label, ""].map { ZMQFrame(Array($0.utf8)) })
+        }
+    }
+}
