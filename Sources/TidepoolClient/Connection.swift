@@ -77,12 +77,16 @@ final class Connection {
         } catch {
             throw PoolError(TP_ERR_SYSTEM, "cannot create a ZeroMQ context: \(error)")
         }
+        var made: ZMQSocket?
         do {
             let socket = try ZMQSocket(context, type: ZMQ_DEALER)
+            made = socket
             try socket.set(ZMQ_LINGER, Int32(0))
-            // Messages go only to a live connection: none waits in a queue for a daemon that
-            // may never come back, and a send on a dead link fails at once.
-            try socket.set(ZMQ_IMMEDIATE, Int32(1))
+            // Not ZMQ_IMMEDIATE: with it libzmq drops the pipe of a connection that ends, and
+            // with it replies received but not read yet (a daemon answering its last job as it
+            // exits). Without it, a request sent while the link is down waits in the pipe and
+            // goes out on reconnection; `resume` sends it again too, flagged, and the daemon
+            // runs it once. Whether the link is up comes from the monitor, not from send().
             // A routing id of our own survives reconnections, so the same daemon still knows
             // this client (and its regions) after a dropped link. Random, not guessable; the
             // daemon also checks that every request comes from the process that registered.
@@ -99,11 +103,16 @@ final class Connection {
             try socket.connect(endpoint)
             self.socket = socket
         } catch let error as ZMQError {
+            made?.stopMonitor()
+            monitor = nil
+            made?.close()
             throw PoolError(TP_ERR_CONNECTION, "cannot connect to \(endpoint): \(error)")
         }
         // Until the first handshake the link counts as down since now.
         downSince = monotonicSeconds()
     }
+
+    deinit { close() }
 
     func nextID() -> UInt64 {
         lastID += 1
@@ -254,9 +263,9 @@ final class Connection {
         }
     }
 
-    /// Sends one message. A full queue (the daemon is slow to read) is waited out until the
-    /// deadline; a link that is down is TP_ERR_CONNECTION (a pending request then goes out
-    /// again on resume).
+    /// Sends one message. A full queue (the daemon is slow to read, or the link is down) is
+    /// waited out until the deadline; a link known to be down is TP_ERR_CONNECTION (a pending
+    /// request then goes out again on resume).
     private func transmit(_ socket: ZMQSocket, _ frames: [ZMQFrame], deadline: Deadline) throws {
         while true {
             do {
@@ -526,11 +535,14 @@ final class Connection {
     func close() {
         guard let socket else { return }
         if downSince == nil { try? socket.send([ZMQFrame(Request.bare(.bye, id: nextID()))], dontWait: true) }
+        // The monitor stops before its reader goes, or libzmq's I/O thread (shared by every
+        // client of the process) could block sending an event nobody reads.
+        socket.stopMonitor()
+        monitor = nil
         // A short linger lets the BYE leave; the daemon also notices the process exit.
         try? socket.set(ZMQ_LINGER, Int32(200))
         socket.close()
         self.socket = nil
-        monitor = nil
         pending.removeAll()
         finished.removeAll()
         quarantinedWords.removeAll()

@@ -184,6 +184,13 @@ public final class ZMQSocket {
         guard zmq_socket_monitor(try live, endpoint, events) == 0 else { throw ZMQError("zmq_socket_monitor") }
     }
 
+    /// Stops publishing events. Call it before closing a monitored socket: libzmq sends events
+    /// from its I/O thread with a blocking send, so an event sent while the reader is gone
+    /// would hang that thread, and with it every socket of the context.
+    public func stopMonitor() {
+        if let handle { zmq_socket_monitor(handle, nil, 0) }
+    }
+
     /// The endpoint actually bound (tcp port 0 becomes a real port), via ZMQ_LAST_ENDPOINT.
     public var lastEndpoint: String {
         var buffer = [CChar](repeating: 0, count: 1024)
@@ -251,6 +258,10 @@ public final class ZMQMonitor {
         try target.monitor(name, events: events)
         socket = try ZMQSocket(context, type: ZMQ_PAIR)
         try socket.set(ZMQ_LINGER, Int32(0))
+        // No high-water mark on the event pipe: libzmq's I/O thread blocks on a full one (and
+        // every socket of the context with it). Events are a few bytes; the reader drains
+        // them on every call, so an idle one holds little.
+        try socket.set(ZMQ_RCVHWM, Int32(0))
         try socket.connect(name)
     }
 

@@ -46,6 +46,20 @@ import TidepoolCore
         }
     }
 
+    /// Found by `extremeValuesNeverTrap`: an input with no elements is never read, so its
+    /// strides are not checked; they used to reach the row address arithmetic anyway and trap
+    /// (W of length 0, padding making the output non-empty, strides near 2^62).
+    @Test func anEmptyInputsStridesAreNeverUsed() throws {
+        let desc = PoolDescriptor(kind: .max, kernelSize: [1, 2], stride: [1, 1], padding: [0, 1])
+        var output = [Float](repeating: 7, count: 3 * 1 * 2)
+        try output.withUnsafeMutableBytes { out in
+            try engine.pool(desc, input: TensorView(data: nil, dtype: .float32, shape: [1, 3, 0, 2],
+                                                    strides: [1 << 62, 1 << 62, 1 << 62, 1]),
+                            output: OutputView(data: out.baseAddress, dtype: .float32, shape: [1, 3, 1, 2]))
+        }
+        #expect(output.allSatisfy { $0 == -.infinity })
+    }
+
     /// Windows so wide that one element would need gigabytes of scratch: refused, naming the
     /// kernel and padding, before anything is allocated.
     @Test func scratchIsBoundedByTheTensors() {

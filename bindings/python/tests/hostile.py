@@ -29,8 +29,10 @@ FIELD_WIDTHS = (1, 2, 4, 8)
 
 
 def rss_and_fds(pid):
+    """The daemon's own memory (RssAnon: not the clients' shared memory it maps, which is
+    theirs, in tmpfs) and its open descriptors."""
     with open(f"/proc/{pid}/status") as status:
-        rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+        rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 

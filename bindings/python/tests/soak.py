@@ -64,9 +64,11 @@ def dev_shm_objects():
 
 
 def process_figures(pid):
+    # RssAnon: the daemon's own memory, not the clients' shared memory it maps.
     with open(f"/proc/{pid}/status") as status:
-        rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-    return dict(rss_mib=round(rss / 2**20, 1), fds=len(os.listdir(f"/proc/{pid}/fd")))
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status if line.startswith(("VmRSS:", "RssAnon:"))}
+    return dict(rss_mib=round(fields["VmRSS"] / 2**20, 1), anon_mib=round(fields["RssAnon"] / 2**20, 1),
+                fds=len(os.listdir(f"/proc/{pid}/fd")))
 
 
 def main():

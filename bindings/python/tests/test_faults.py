@@ -307,3 +307,37 @@ def test_a_full_dev_shm_is_an_error_not_a_crash(private_directory):
     assert result.returncode == 0, output
     assert "refused:" in output and "no room" in output, output
     assert "then (4, 512, 1024)" in output, output
+
+
+def test_a_stopped_daemon_that_continues_in_time_loses_nothing(private_directory):
+    """A daemon stopped (SIGSTOP) past the client's heartbeat timeout, then continued within
+    the grace: the client dropped the link, reconnects with its own routing id, sends the job
+    again flagged, and gets the one result (the daemon does not run it twice)."""
+    daemon = Daemon(directory=private_directory)
+    try:
+        with tidepool.connect(daemon.endpoint, timeout=60) as client:
+            x = long_job_input(client)
+            expected = tidepool.max_pool3d(x, **LONG)
+            outcome = {}
+
+            def call():
+                try:
+                    outcome["result"] = client.max_pool3d(x, **LONG)
+                except tidepool.Error as error:
+                    outcome["error"] = error
+
+            with tidepool.connect(daemon.endpoint) as observer:
+                thread = threading.Thread(target=call)
+                thread.start()
+                wait_for(lambda: observer.stats()["jobs_inflight"] >= 1, 20, "the job to start")
+            daemon.process.send_signal(signal.SIGSTOP)
+            time.sleep(6.5)  # past the 5 s heartbeat timeout, within its 3 s grace
+            daemon.process.send_signal(signal.SIGCONT)
+            thread.join(60)
+            assert not thread.is_alive() and "error" not in outcome, outcome
+            assert outcome["result"].tobytes() == expected.tobytes()
+            stats = client.stats()
+            assert stats["jobs_completed"] + stats["jobs_failed"] == 1, stats
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+        assert daemon.stop() == 0, daemon.logs()
