@@ -56,7 +56,8 @@ test: test-swift test-c test-python test-fuzz
 test-swift: system-deps
 	$(SWIFT) test
 
-C_PROGRAMS := $(C_BUILD)/dlopen_example $(C_BUILD)/link_example $(C_BUILD)/errors_test $(C_BUILD)/remote_example
+C_PROGRAMS := $(C_BUILD)/dlopen_example $(C_BUILD)/link_example $(C_BUILD)/errors_test $(C_BUILD)/remote_example \
+	$(C_BUILD)/readme_example
 LINK_TIDEPOOL := -L$(BUILD_DIR) -ltidepool -Wl,-rpath,$(abspath $(BUILD_DIR))
 
 $(C_BUILD)/dlopen_example: bindings/c/dlopen_example.c include/tidepool.h
@@ -65,6 +66,15 @@ $(C_BUILD)/dlopen_example: bindings/c/dlopen_example.c include/tidepool.h
 
 $(C_BUILD)/%: bindings/c/%.c include/tidepool.h $(LIB)
 	@mkdir -p $(C_BUILD)
+	$(CC) $(CFLAGS_STRICT) -o $@ $< $(LINK_TIDEPOOL) -lpthread -lm
+
+# The README's C example, taken from the README itself so that the front page's program
+# always compiles (strict C99) and runs.
+$(C_BUILD)/readme_example.c: README.md
+	@mkdir -p $(C_BUILD)
+	awk '/^```c$$/ { inside = 1; next } /^```$$/ { if (inside) exit } inside' README.md > $@
+
+$(C_BUILD)/readme_example: $(C_BUILD)/readme_example.c include/tidepool.h $(LIB)
 	$(CC) $(CFLAGS_STRICT) -o $@ $< $(LINK_TIDEPOOL) -lpthread -lm
 
 $(LIB): build
@@ -162,10 +172,13 @@ $(BENCH_VENV)/.installed:
 	for peer in $(BENCH_PEERS); do $(BENCH_VENV)/bin/pip install -q "$$peer" || echo "bench: $$peer not installed, left out"; done
 	touch $@
 
+# The engine's cases are listed once, in benchmarks/cases.txt. CASE=text runs only the cases
+# whose name contains text (e.g. make bench CASE="k5 s1 p2"), and skips the daemon's part.
+CASE ?=
 bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VENV)/.installed
 	@echo "Tidepool engine benchmark, $$(date -u +%Y-%m-%d), $$(nproc) CPUs, $$(uname -m), SWIFT_CPU=$(SWIFT_CPU)"
-	$(BENCH_VENV)/bin/python benchmarks/engine_bench.py
-	benchmarks/run_daemon_bench.sh
+	CASE="$(CASE)" $(BENCH_VENV)/bin/python benchmarks/engine_bench.py
+	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
 
 clean:
 	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD)

@@ -31,13 +31,15 @@ let package = Package(
         .target(name: "CTidepoolStream"),
         // AVX-512 kernels for the last step of 16-bit float averages, chosen at run time.
         .target(name: "CTidepoolVector"),
-        // The one lock type (a pthread mutex, which ThreadSanitizer understands).
+        // The one lock type (a pthread mutex, which ThreadSanitizer understands) and the one
+        // clock (CLOCK_MONOTONIC) of the daemon and the client.
         .target(name: "TidepoolSync"),
         // Pure compute: dtypes, shapes, validation, kernels. No I/O, no sockets, no C ABI.
         .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream", "CTidepoolVector", "TidepoolSync"]),
         // Which endpoint to use, and whether an ipc endpoint's directory can be trusted.
         .target(name: "TidepoolEndpoint"),
-        // Thin wrapper of libzmq: context, sockets, frames, poll.
+        // Thin wrapper of libzmq: context, sockets, frames, poll, and typed socket types,
+        // options and events, so no target above it imports CZeroMQ.
         .target(name: "TidepoolZMQ", dependencies: ["CZeroMQ"]),
         // POSIX shared memory: create (0600, O_EXCL), map, unlink, guard.
         .target(name: "TidepoolSharedMemory", dependencies: ["CTidepoolSystem"]),
@@ -47,14 +49,14 @@ let package = Package(
         .target(
             name: "TidepoolServer",
             dependencies: [
-                "CTidepool", "CTidepoolSystem", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
+                "CTidepool", "CTidepoolSystem", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
                 "TidepoolProtocol", "TidepoolEndpoint", "TidepoolSync", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The client's logic: connect, shared buffers, submit/wait, timeouts.
         .target(
             name: "TidepoolClient",
-            dependencies: ["CTidepool", "CTidepoolSystem", "CZeroMQ", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
+            dependencies: ["CTidepool", "CTidepoolSystem", "TidepoolCore", "TidepoolZMQ", "TidepoolSharedMemory",
                            "TidepoolProtocol", "TidepoolEndpoint", "TidepoolSync"]
         ),
         // The @_cdecl functions of include/tidepool.h: each checks its pointers and fields,
@@ -90,7 +92,7 @@ let package = Package(
         .testTarget(
             name: "TidepoolServerTests",
             dependencies: ["TidepoolServer", "TidepoolClient", "TidepoolSharedMemory", "TidepoolProtocol", "TidepoolCore",
-                           "TidepoolEndpoint", "TidepoolZMQ", "CTidepool", .product(name: "Logging", package: "swift-log")]
+                           "TidepoolEndpoint", "TidepoolZMQ", "TidepoolSync", "CTidepool", .product(name: "Logging", package: "swift-log")]
         ),
     ],
     swiftLanguageModes: [.v5]

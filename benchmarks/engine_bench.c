@@ -5,7 +5,9 @@
  * the engine is the median time of tp_pool with 1 and with 2 threads. Prints one JSON
  * object per line.
  *
- * Usage: engine_bench [dtypes]   (dtypes: "float32" (default) or "all")
+ * Usage: engine_bench CASES [DTYPES] [FILTER]
+ *   CASES: benchmarks/cases.txt, the case list shared with engine_bench.py;
+ *   DTYPES: "float32" (default) or "all"; FILTER: run only cases whose name contains it.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -18,20 +20,44 @@
 #include "tidepool.h"
 
 typedef struct {
-    const char *name;
+    char name[128];
     int kind;
     int64_t shape[5];
     int64_t kernel, stride, padding;
 } bench_case;
 
-static const bench_case CASES[] = {
-    {"AvgPool3d k2 s2, (8,16,32,32,4)", TP_POOL_AVG, {8, 16, 32, 32, 4}, 2, 2, 0},
-    {"AvgPool3d k2 s2, (4,32,64,64,32)", TP_POOL_AVG, {4, 32, 64, 64, 32}, 2, 2, 0},
-    {"AvgPool3d k3 s1 p1, (4,32,64,64,32)", TP_POOL_AVG, {4, 32, 64, 64, 32}, 3, 1, 1},
-    {"AvgPool3d k3 s2 p1, (2,64,224,224,3)", TP_POOL_AVG, {2, 64, 224, 224, 3}, 3, 2, 1},
-    {"AvgPool3d k5 s1 p2, (4,128,128,128,1)", TP_POOL_AVG, {4, 128, 128, 128, 1}, 5, 1, 2},
-    {"MaxPool3d k3 s1 p1, (4,32,64,64,32)", TP_POOL_MAX, {4, 32, 64, 64, 32}, 3, 1, 1},
-};
+#define MAX_CASES 64
+
+/* Reads the case list (see benchmarks/cases.txt); names are those engine_bench.py prints. */
+static int read_cases(const char *path, bench_case *cases) {
+    FILE *file = fopen(path, "r");
+    if (!file) {
+        perror(path);
+        exit(1);
+    }
+    char line[256], layer[32];
+    int count = 0;
+    while (fgets(line, sizeof line, file)) {
+        if (line[0] == '#' || line[0] == '\n') continue;
+        bench_case *c = &cases[count];
+        long long n[5], k, s, p;
+        if (sscanf(line, "%31s %lld,%lld,%lld,%lld,%lld %lld %lld %lld", layer, &n[0], &n[1], &n[2], &n[3], &n[4], &k, &s, &p)
+                != 9 || count == MAX_CASES) {
+            fprintf(stderr, "%s: cannot read case: %s", path, line);
+            exit(1);
+        }
+        c->kind = strncmp(layer, "Max", 3) == 0 ? TP_POOL_MAX : TP_POOL_AVG;
+        for (int i = 0; i < 5; i++) c->shape[i] = n[i];
+        c->kernel = k, c->stride = s, c->padding = p;
+        if (p)
+            snprintf(c->name, sizeof c->name, "%s k%lld s%lld p%lld, (%lld,%lld,%lld,%lld,%lld)", layer, k, s, p, n[0], n[1], n[2], n[3], n[4]);
+        else
+            snprintf(c->name, sizeof c->name, "%s k%lld s%lld, (%lld,%lld,%lld,%lld,%lld)", layer, k, s, n[0], n[1], n[2], n[3], n[4]);
+        count++;
+    }
+    fclose(file);
+    return count;
+}
 
 static const struct {
     const char *name;
@@ -64,11 +90,19 @@ static double time_pool(const tp_pool_desc *desc, const tp_tensor *input, const 
 }
 
 int main(int argc, char **argv) {
-    int all_dtypes = argc > 1 && strcmp(argv[1], "all") == 0;
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s CASES [float32|all] [FILTER]\n", argv[0]);
+        return 2;
+    }
+    static bench_case cases[MAX_CASES];
+    int case_count = read_cases(argv[1], cases);
+    int all_dtypes = argc > 2 && strcmp(argv[2], "all") == 0;
+    const char *filter = argc > 3 ? argv[3] : "";
     int dtype_count = all_dtypes ? (int)(sizeof DTYPES / sizeof DTYPES[0]) : 1;
-    for (size_t c = 0; c < sizeof CASES / sizeof CASES[0]; c++) {
+    for (int c = 0; c < case_count; c++) {
+        if (!strstr(cases[c].name, filter)) continue;
         for (int t = 0; t < dtype_count; t++) {
-            const bench_case *bc = &CASES[c];
+            const bench_case *bc = &cases[c];
             tp_pool_desc desc;
             tp_tensor input, output;
             const int64_t k[3] = {bc->kernel, bc->kernel, bc->kernel}, s[3] = {bc->stride, bc->stride, bc->stride},

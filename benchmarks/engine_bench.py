@@ -17,15 +17,26 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = [  # (name in engine_bench, kind, shape, kernel, stride, padding)
-    ("AvgPool3d k2 s2, (8,16,32,32,4)", "avg", (8, 16, 32, 32, 4), 2, 2, 0),
-    ("AvgPool3d k2 s2, (4,32,64,64,32)", "avg", (4, 32, 64, 64, 32), 2, 2, 0),
-    ("AvgPool3d k3 s1 p1, (4,32,64,64,32)", "avg", (4, 32, 64, 64, 32), 3, 1, 1),
-    ("AvgPool3d k3 s2 p1, (2,64,224,224,3)", "avg", (2, 64, 224, 224, 3), 3, 2, 1),
-    ("AvgPool3d k5 s1 p2, (4,128,128,128,1)", "avg", (4, 128, 128, 128, 1), 5, 1, 2),
-    ("MaxPool3d k3 s1 p1, (4,32,64,64,32)", "max", (4, 32, 64, 64, 32), 3, 1, 1),
-]
-OVERLAPPING = {CASES[2][0], CASES[4][0], CASES[5][0]}
+CASES_FILE = os.path.join(ROOT, "benchmarks", "cases.txt")
+
+
+def read_cases(path=CASES_FILE):
+    """The case list shared with engine_bench.c: (name, kind, shape, kernel, stride, padding)."""
+    cases = []
+    with open(path) as file:
+        for line in file:
+            if not line.strip() or line.startswith("#"):
+                continue
+            layer, shape, k, s, p = line.split()
+            shape = tuple(int(n) for n in shape.split(","))
+            k, s, p = int(k), int(s), int(p)
+            name = f"{layer} k{k} s{s}{f' p{p}' if p else ''}, ({','.join(str(n) for n in shape)})"
+            cases.append((name, "max" if layer.startswith("Max") else "avg", shape, k, s, p))
+    return cases
+
+
+CASE_FILTER = os.environ.get("CASE", "")
+CASES = [case for case in read_cases() if CASE_FILTER in case[0]]
 
 
 def median_ms(function, runs):
@@ -94,7 +105,9 @@ def peers():
 
 def main():
     engine = {}
-    output = subprocess.run([os.path.join(ROOT, "benchmarks", "build", "engine_bench"), "all"], check=True,
+    if not CASES:
+        sys.exit(f"no case of {CASES_FILE} contains {CASE_FILTER!r}")
+    output = subprocess.run([os.path.join(ROOT, "benchmarks", "build", "engine_bench"), CASES_FILE, "all", CASE_FILTER], check=True,
                             capture_output=True, text=True).stdout
     for line in output.splitlines():
         row = json.loads(line)

@@ -1,6 +1,5 @@
 import CTidepool
 import CTidepoolSystem
-import CZeroMQ
 import Synchronization
 import TidepoolCore
 import TidepoolEndpoint

@@ -1,8 +1,8 @@
 import CTidepool
 import CTidepoolSystem
-import CZeroMQ
 import Synchronization
 import TidepoolCore
+import TidepoolSync
 import TidepoolProtocol
 import TidepoolSharedMemory
 import TidepoolZMQ
@@ -79,9 +79,9 @@ final class Connection {
         }
         var made: ZMQSocket?
         do {
-            let socket = try ZMQSocket(context, type: ZMQ_DEALER)
+            let socket = try ZMQSocket(context, type: .dealer)
             made = socket
-            try socket.set(ZMQ_LINGER, Int32(0))
+            try socket.set(.linger, Int32(0))
             // Not ZMQ_IMMEDIATE: with it libzmq drops the pipe of a connection that ends, and
             // with it replies received but not read yet (a daemon answering its last job as it
             // exits). Without it, a request sent while the link is down waits in the pipe and
@@ -92,14 +92,14 @@ final class Connection {
             // daemon also checks that every request comes from the process that registered.
             var routingID = (0..<16).map { _ in UInt8.random(in: 0...255) }
             routingID[0] = UInt8.random(in: 1...255)  // a leading 0 is reserved by libzmq
-            try socket.set(ZMQ_ROUTING_ID, routingID)
-            try socket.set(ZMQ_HEARTBEAT_IVL, Self.heartbeatIntervalMs)
-            try socket.set(ZMQ_HEARTBEAT_TIMEOUT, Self.heartbeatTimeoutMs)
-            try socket.set(ZMQ_RECONNECT_IVL, Int32(100))
-            try socket.set(ZMQ_RECONNECT_IVL_MAX, Int32(500))
+            try socket.set(.routingID, routingID)
+            try socket.set(.heartbeatInterval, Self.heartbeatIntervalMs)
+            try socket.set(.heartbeatTimeout, Self.heartbeatTimeoutMs)
+            try socket.set(.reconnectInterval, Int32(100))
+            try socket.set(.reconnectIntervalMax, Int32(500))
             let name = "inproc://tidepool-client-monitor-\(getpid())-\(Self.monitors.wrappingAdd(1, ordering: .relaxed).oldValue)"
             monitor = try ZMQMonitor(context, watching: socket, name: name,
-                                     events: ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+                                     events: [.disconnected, .handshakeSucceeded])
             try socket.connect(endpoint)
             self.socket = socket
         } catch let error as ZMQError {
@@ -137,9 +137,9 @@ final class Connection {
     private func takeEvents() throws {
         _ = try liveSocket()
         while let event = monitor?.next() {
-            if event == ZMQ_EVENT_DISCONNECTED {
+            if event == .disconnected {
                 if downSince == nil { downSince = monotonicSeconds() }
-            } else if event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED {
+            } else if event == .handshakeSucceeded {
                 downSince = nil
                 needsResume = true
             }
@@ -310,7 +310,7 @@ final class Connection {
         let frames = RegisterRequest(id: id, size: region.size, pid: getpid(), name: region.name).encode()
         try transmit(try liveSocket(), frames.map(ZMQFrame.init), deadline: deadline)
         let answer = try receiveDirect(id, deadline: deadline)
-        return answer.body.withUnsafeBytes { ByteReader.value(UInt64.self, in: $0, at: 0) }
+        return RegisterReply.region(answer.body)
     }
 
     // MARK: requests
@@ -458,7 +458,7 @@ final class Connection {
         }
         do {
             let answer = try call(.register(name: region.name, size: bytes), deadline: deadline)
-            let regionID = answer.body.withUnsafeBytes { ByteReader.value(UInt64.self, in: $0, at: 0) }
+            let regionID = RegisterReply.region(answer.body)
             let buffer = SharedBuffer(region: region, regionID: regionID, owner: owner)
             buffers.append(buffer)
             return buffer
@@ -540,7 +540,7 @@ final class Connection {
         socket.stopMonitor()
         monitor = nil
         // A short linger lets the BYE leave; the daemon also notices the process exit.
-        try? socket.set(ZMQ_LINGER, Int32(200))
+        try? socket.set(.linger, Int32(200))
         socket.close()
         self.socket = nil
         pending.removeAll()

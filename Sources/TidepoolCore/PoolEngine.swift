@@ -64,6 +64,22 @@ public final class PoolEngine: Sendable {
         _ = try plan(desc, input: input, output: output)
     }
 
+    /// The plan (strategy and options, see KernelPlan.swift) this engine runs for `desc` on
+    /// `input`, or nil when the output is empty. For tests and for explaining a path.
+    public func kernelPlan(_ desc: PoolDescriptor, input: TensorView) throws -> KernelPlan? {
+        let shape = try desc.outputShape(inputShape: input.shape)
+        guard !shape.contains(0) else { return nil }
+        struct Planner: ReductionVisitor {
+            let geometry: PoolGeometry, engine: PoolEngine
+            func visit<R: WindowReduction>(_: R.Type) -> KernelPlan {
+                KernelPlan(geometry, R.self, streamingOutputBytes: engine.streamingOutputBytes,
+                           usesVectorKernels: engine.usesVectorKernels)
+            }
+        }
+        let geometry = try PoolGeometry(desc, input: input, outputShape: shape)
+        return try withReduction(desc.kind, input.dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, engine: self))
+    }
+
     /// Checks everything about an operation without touching memory, returning the
     /// geometry to run, or nil when the output is empty (nothing to compute). Called by
     /// `pool` before any element is written.
@@ -111,38 +127,13 @@ public final class PoolEngine: Sendable {
         } ?? threadCount
         let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, engine: self,
                       progress: progress, isCancelled: isCancelled)
-        switch (desc.kind, input.dtype) {
-        case (.average, .float32): try job.run(AverageFloat32.self)
-        case (.average, .float64): try job.run(AverageFloat64.self)
-        case (.average, .float16): try job.run(AverageFloat16.self)
-        case (.average, .bfloat16): try job.run(AverageBFloat16.self)
-        case (.average, .int8): try job.runAverageOfIntegers(Int8.self)
-        case (.average, .int16): try job.runAverageOfIntegers(Int16.self)
-        case (.average, .int32): try job.runAverageOfIntegers(Int32.self)
-        case (.average, .uint8): try job.runAverageOfIntegers(UInt8.self)
-        case (.average, .uint16): try job.runAverageOfIntegers(UInt16.self)
-        case (.average, .uint32): try job.runAverageOfIntegers(UInt32.self)
-        case (.average, .int64): try job.run(AverageWideInteger<Int64>.self)
-        case (.average, .uint64): try job.run(AverageWideInteger<UInt64>.self)
-        case (.max, .float32): try job.run(MaxFloat<Float>.self)
-        case (.max, .float64): try job.run(MaxFloat<Double>.self)
-        case (.max, .float16): try job.run(MaxHalfFloat<Float16>.self)
-        case (.max, .bfloat16): try job.run(MaxHalfFloat<BFloat16>.self)
-        case (.max, .int8): try job.run(MaxInteger<Int8>.self)
-        case (.max, .int16): try job.run(MaxInteger<Int16>.self)
-        case (.max, .int32): try job.run(MaxInteger<Int32>.self)
-        case (.max, .int64): try job.run(MaxInteger<Int64>.self)
-        case (.max, .uint8): try job.run(MaxInteger<UInt8>.self)
-        case (.max, .uint16): try job.run(MaxInteger<UInt16>.self)
-        case (.max, .uint32): try job.run(MaxInteger<UInt32>.self)
-        case (.max, .uint64): try job.run(MaxInteger<UInt64>.self)
-        }
+        try withReduction(desc.kind, input.dtype, windowSize: geometry.windowSize, job)
         if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }
 }
 
 /// One validated operation, split over threads.
-private struct Job: @unchecked Sendable {
+private struct Job: ReductionVisitor, @unchecked Sendable {
     let geometry: PoolGeometry
     let input: UnsafeRawPointer
     let output: UnsafeMutableRawPointer
@@ -151,61 +142,22 @@ private struct Job: @unchecked Sendable {
     let progress: (@Sendable () -> Void)?
     let isCancelled: (@Sendable () -> Bool)?
 
-    /// Integers of up to 32 bits: the cheapest exact sum the window allows (see each
-    /// reduction's `fits`).
-    func runAverageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws {
-        let windowSize = geometry.windowSize
-        if AverageSmallInteger<I>.fits(windowSize: windowSize) {
-            try run(AverageSmallInteger<I>.self)
-        } else if AverageInt32Sum<I>.fits(windowSize: windowSize) {
-            try run(AverageInt32Sum<I>.self)
-        } else if AverageWideInteger<I>.fits(windowSize: windowSize) {
-            try run(AverageWideInteger<I>.self)
-        } else {
-            try run(AverageNarrowInteger<I>.self)
-        }
-    }
-
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
     static let minimumWorkPerThread = 1 << 15
     /// Scratch per thread that is always allowed (see `run`).
     static let minimumScratchLimit = 64 << 20
 
-    func run<R: WindowReduction>(_ reduction: R.Type) throws {
+    func visit<R: WindowReduction>(_: R.Type) throws {
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
-        // Depth first pays for inputs that are widened, and for 16-bit ones (k5 s1 p2, one
-        // channel, 2 threads: float16 2.02 to 1.79 ms, bfloat16 2.46 to 2.09, int16 2.0 to 1.8,
-        // int32 3.49 to 3.22; 16-bit max 10-12% faster at 1 thread; int8 the same at 2 threads,
-        // 10% faster at 1): an input is widened once per pair of output planes whose windows hold it (3 times)
-        // instead of once per W tap (5), and the D fold reads inputs narrower than the sums the
-        // W-first finish reads. float32 measured 10-15% slower (six 64 KB input planes per
-        // pair crowd L2).
-        let depthFirstAllowed = MemoryLayout<R.Input>.stride == 2
-            || MemoryLayout<R.Accumulator>.stride > MemoryLayout<R.Input>.stride
-        var plan = TilePlan(geometry, accumulatorSize: MemoryLayout<R.Accumulator>.stride, workers: serial ? 1 : threads,
-                            budgetBytes: engine.tileBudgetBytes, depthFirstAllowed: depthFirstAllowed)
-        // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
-        // (8+ channels) that the folds run at full vector width; with fewer channels the extra
-        // pass through scratch costs more than it saves. The finished values must also fit
-        // where the accumulators were. Whole windows write straight to the output: staging rows
-        // to stream them gained nothing at 2 threads (k2 s2, 32 channels).
+        let kernel = KernelPlan(geometry, R.self, streamingOutputBytes: engine.streamingOutputBytes,
+                                usesVectorKernels: engine.usesVectorKernels)
+        let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
+                            workers: serial ? 1 : threads, budgetBytes: engine.tileBudgetBytes)
+        defer { if kernel.streamOutput { tpstream_fence() } }
         // The output's byte count fits (plan checked it).
         let outputBytes = geometry.pixels * geometry.channels * MemoryLayout<R.Output>.stride
-        plan.streamOutput = !plan.wholeWindows && outputBytes >= engine.streamingOutputBytes
-            && geometry.channels >= 8 && MemoryLayout<R.Output>.stride <= MemoryLayout<R.Accumulator>.stride
-        // Prefetching pays where compute is long per byte: overlapping windows (k3 s1, k3 s2: 7%
-        // to 15% measured) of 1- to 4-byte inputs, and of 64-bit integer averages, whose widening
-        // is long (k5 s1 p2 13%, k3 s2 p1 9%, k3 s1 p1 4%). Where memory bandwidth is the limit
-        // already (float64, 64-bit max, windows that do not overlap) it only competes: up to 10%
-        // and 50% lost.
-        plan.prefetchInput = (MemoryLayout<R.Input>.stride < 8 || R.widenOutweighsAPass) && geometry.kernelD > geometry.strideD
-        // Fetching the output plane for writing while input is reduced (stored through the cache
-        // only) took k5 s1 p2 with one channel from 3.6 to 3.1 ms (float32), 5.6 to 4.8 (float64).
-        plan.prefetchOutput = geometry.kernelD > geometry.strideD
-        plan.vectorFinish = engine.usesVectorKernels ? R.vectorFinish : nil
-        defer { if plan.streamOutput { tpstream_fence() } }
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
         // Scratch grows with the kernel and the padding, not only with the tensors: a window
         // of 2^30 over one element would need gigabytes. Refused past a bound proportional to
@@ -255,6 +207,50 @@ private struct Job: @unchecked Sendable {
                          progress: progress)
             }
         }
+    }
+}
+
+/// Something done with the reduction type of a kind and dtype (`withReduction`): one generic
+/// method, so the table of types is written once for every use.
+protocol ReductionVisitor {
+    associatedtype Result
+    func visit<R: WindowReduction>(_: R.Type) throws -> Result
+}
+
+/// Calls `visitor` with the reduction that pools `dtype` by `kind`. Integer averages of up to
+/// 32 bits take the cheapest exact sum the window allows (see each reduction's `fits`).
+func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, windowSize: Int, _ visitor: V) throws -> V.Result {
+    func averageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws -> V.Result {
+        if AverageSmallInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageSmallInteger<I>.self) }
+        if AverageInt32Sum<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageInt32Sum<I>.self) }
+        if AverageWideInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageWideInteger<I>.self) }
+        return try visitor.visit(AverageNarrowInteger<I>.self)
+    }
+    switch (kind, dtype) {
+    case (.average, .float32): return try visitor.visit(AverageFloat32.self)
+    case (.average, .float64): return try visitor.visit(AverageFloat64.self)
+    case (.average, .float16): return try visitor.visit(AverageFloat16.self)
+    case (.average, .bfloat16): return try visitor.visit(AverageBFloat16.self)
+    case (.average, .int8): return try averageOfIntegers(Int8.self)
+    case (.average, .int16): return try averageOfIntegers(Int16.self)
+    case (.average, .int32): return try averageOfIntegers(Int32.self)
+    case (.average, .uint8): return try averageOfIntegers(UInt8.self)
+    case (.average, .uint16): return try averageOfIntegers(UInt16.self)
+    case (.average, .uint32): return try averageOfIntegers(UInt32.self)
+    case (.average, .int64): return try visitor.visit(AverageWideInteger<Int64>.self)
+    case (.average, .uint64): return try visitor.visit(AverageWideInteger<UInt64>.self)
+    case (.max, .float32): return try visitor.visit(MaxFloat<Float>.self)
+    case (.max, .float64): return try visitor.visit(MaxFloat<Double>.self)
+    case (.max, .float16): return try visitor.visit(MaxHalfFloat<Float16>.self)
+    case (.max, .bfloat16): return try visitor.visit(MaxHalfFloat<BFloat16>.self)
+    case (.max, .int8): return try visitor.visit(MaxInteger<Int8>.self)
+    case (.max, .int16): return try visitor.visit(MaxInteger<Int16>.self)
+    case (.max, .int32): return try visitor.visit(MaxInteger<Int32>.self)
+    case (.max, .int64): return try visitor.visit(MaxInteger<Int64>.self)
+    case (.max, .uint8): return try visitor.visit(MaxInteger<UInt8>.self)
+    case (.max, .uint16): return try visitor.visit(MaxInteger<UInt16>.self)
+    case (.max, .uint32): return try visitor.visit(MaxInteger<UInt32>.self)
+    case (.max, .uint64): return try visitor.visit(MaxInteger<UInt64>.self)
     }
 }
 

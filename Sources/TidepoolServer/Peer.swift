@@ -1,5 +1,4 @@
 import CTidepoolSystem
-import CZeroMQ
 import TidepoolZMQ
 
 #if canImport(Glibc)
@@ -79,8 +78,8 @@ final class PeerAuthenticator: @unchecked Sendable {
 
     /// Binds the handler's socket in `context`; it must exist before any endpoint accepts.
     init(context: ZMQContext) throws {
-        socket = try ZMQSocket(context, type: ZMQ_REP)
-        try socket.set(ZMQ_LINGER, Int32(0))
+        socket = try ZMQSocket(context, type: .rep)
+        try socket.set(.linger, Int32(0))
         try socket.bind(Self.endpoint)
         stopFd = tpsys_eventfd()
         guard stopFd >= 0 else {

@@ -1,6 +1,5 @@
 import CTidepool
 import CTidepoolSystem
-import CZeroMQ
 import Dispatch
 import Logging
 import Synchronization
@@ -75,19 +74,19 @@ public final class PoolServer: @unchecked Sendable {
             let zap = try PeerAuthenticator(context: context)
             authenticator = zap
             try zap.start()
-            let router = try ZMQSocket(context, type: ZMQ_ROUTER)
+            let router = try ZMQSocket(context, type: .router)
             socket = router
             // Replies to clients that have gone fail at once instead of queueing.
-            try router.set(ZMQ_ROUTER_MANDATORY, Int32(1))
+            try router.set(.routerMandatory, Int32(1))
             // A client reconnecting with its own routing id takes it over from its dead
             // connection; `RequestHandler` checks every request's sender against the owner.
-            try router.set(ZMQ_ROUTER_HANDOVER, Int32(1))
+            try router.set(.routerHandover, Int32(1))
             // libzmq drops peers that send a frame larger than any valid job could need.
-            try router.set(ZMQ_MAXMSGSIZE, Int64(configuration.maxJobBytes) + 4096)
-            try router.set(ZMQ_RCVHWM, Self.receiveHighWaterMark)
-            try router.set(ZMQ_HEARTBEAT_IVL, Self.heartbeatIntervalMs)
-            try router.set(ZMQ_HEARTBEAT_TIMEOUT, Self.heartbeatTimeoutMs)
-            try router.set(ZMQ_LINGER, Int32(0))
+            try router.set(.maxMessageSize, Int64(configuration.maxJobBytes) + 4096)
+            try router.set(.receiveHighWaterMark, Self.receiveHighWaterMark)
+            try router.set(.heartbeatInterval, Self.heartbeatIntervalMs)
+            try router.set(.heartbeatTimeout, Self.heartbeatTimeoutMs)
+            try router.set(.linger, Int32(0))
             for endpoint in configuration.endpoints {
                 let address = Endpoint.bindAddress(endpoint)
                 guard address.hasPrefix("ipc://") || address.hasPrefix("tcp://") else {
@@ -99,7 +98,7 @@ public final class PoolServer: @unchecked Sendable {
                     throw ServerError("\(error)")
                 }
                 // The domain tells the ZAP handler the transport of each connection (`Peer`).
-                try router.set(ZMQ_ZAP_DOMAIN, address.hasPrefix("ipc://") ? PeerAuthenticator.ipcDomain : PeerAuthenticator.tcpDomain)
+                try router.set(.zapDomain, address.hasPrefix("ipc://") ? PeerAuthenticator.ipcDomain : PeerAuthenticator.tcpDomain)
                 do {
                     try router.bind(address)
                 } catch {
@@ -314,7 +313,7 @@ public final class PoolServer: @unchecked Sendable {
         guard !loop.stopped else { return }
         let released = handler.dropAll()
         // Let the last replies leave before the socket goes.
-        try? socket.set(ZMQ_LINGER, configuration.shutdownLingerMs)
+        try? socket.set(.linger, configuration.shutdownLingerMs)
         stopSocket()
         logger.info("tidepoold stopped", metadata: [
             "jobs_completed": "\(handler.stats.jobsCompleted)", "jobs_failed": "\(handler.stats.jobsFailed)",

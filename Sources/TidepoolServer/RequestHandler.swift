@@ -3,6 +3,7 @@ import CTidepoolSystem
 import Logging
 import Synchronization
 import TidepoolCore
+import TidepoolSync
 import TidepoolProtocol
 import TidepoolSharedMemory
 import TidepoolZMQ
@@ -33,12 +34,8 @@ public final class RequestHandler {
     public let instance: UInt64
     private let instanceTag: UInt32
     private(set) var stats = ServerStats()
-    private var clients: [[UInt8]: ClientState] = [:]
-    /// The local processes with client states, each watched once through a pidfd however
-    /// many connections it has (a connection that vanished without BYE cannot be told from an
-    /// idle one; its process's exit ends it).
-    private var processes: [pid_t: WatchedProcess] = [:]
-    private var nextSequence: UInt32
+    /// The clients, their regions and their processes.
+    let registry: ClientRegistry
     /// Jobs admitted and not yet finished (a drain waits for them).
     public private(set) var inflight = 0
     /// Jobs admitted whose end is not yet known to their client: what --max-inflight limits.
@@ -49,14 +46,11 @@ public final class RequestHandler {
     let queuedBytes = QueuedBytes()
     private let startTime = monotonicSeconds()
 
-    /// Regions one client may hold, and all clients together (the SIGBUS guard has 4096 slots).
     /// Regions one process may hold (over all its connections), one user, and all together
     /// (the SIGBUS guard has 4096 slots): no process or user can take the table from others.
     public static let maxRegionsPerProcess = 1024
     public static let maxRegionsPerUser = 2048
     public static let maxRegions = 4000
-    /// Client states kept before idle ones are looked for.
-    static let pruneThreshold = 256
 
     /// `instance` and `firstSequence` fix the region ids, for fuzzing (a fuzzer learns ids
     /// that stay the same from run to run); a daemon draws both at random.
@@ -71,21 +65,22 @@ public final class RequestHandler {
         instanceTag = RegionID.instanceTag(ofInstance: drawn)
         // A random start too: even two instances that drew the same tag (one chance in 2^32)
         // would hand out different ids.
-        nextSequence = firstSequence ?? UInt32.random(in: 1...UInt32.max)
+        registry = ClientRegistry(instance: drawn, firstSequence: firstSequence ?? UInt32.random(in: 1...UInt32.max), logger: logger)
     }
 
-    deinit {
-        for key in Array(clients.keys) { remove(key) }
-    }
-
-    public var clientCount: Int { clients.count }
-    public var regionCount: Int { clients.values.reduce(0) { $0 + $1.regions.count } }
+    public var clientCount: Int { registry.clientCount }
+    public var regionCount: Int { registry.regionCount }
 
     /// Processes whose exit ends their clients: (pid, pidfd).
-    var watchedProcesses: [(pid_t, Int32)] { processes.map { ($0.key, $0.value.fd) } }
+    var watchedProcesses: [(pid_t, Int32)] { registry.watchedProcesses }
 
     /// Open descriptors the handler holds (pidfds), for tests and STATS.
-    public var watchedProcessCount: Int { processes.count }
+    public var watchedProcessCount: Int { registry.watchedProcessCount }
+
+    func dropClient(_ key: [UInt8], reason: String?) { registry.drop(key, reason: reason) }
+    public func processExited(_ pid: pid_t) { registry.processExited(pid) }
+    public func pruneIdle() { registry.pruneIdle() }
+    @discardableResult public func dropAll() -> Int { registry.dropAll() }
 
     // MARK: requests
 
@@ -103,18 +98,18 @@ public final class RequestHandler {
             case .register(let register):
                 return .reply([ZMQFrame(try self.register(register, key: key, peer: peer))])
             case .unregister(let id, let region):
-                guard let state = existingClient(key, peer: peer), state.regions.removeValue(forKey: region) != nil else {
+                guard let state = registry.existing(key, peer: peer), state.regions.removeValue(forKey: region) != nil else {
                     throw regionViolation(region, field: "region", type: .unregister, id: id)
                 }
-                prune(key)
+                registry.prune(key)
                 return .reply([ZMQFrame(Reply.success(.unregister, id: id))])
             case .stats(let id):
-                let json = stats.json(inflight: inflight, clients: clients.count, regions: regionCount, queuedBytes: queuedBytes.current,
+                let json = stats.json(inflight: inflight, clients: registry.clientCount, regions: regionCount, queuedBytes: queuedBytes.current,
                                       uptimeSeconds: monotonicSeconds() - startTime, configuration: configuration,
                                       threads: engine.threadCount)
                 return .reply([ZMQFrame(Reply.success(.stats, id: id)), ZMQFrame(Array(json.utf8))])
             case .bye(let id):
-                dropClient(key, reason: "it said BYE")
+                registry.drop(key, reason: "it said BYE")
                 return .reply([ZMQFrame(Reply.success(.bye, id: id))])
             }
         } catch let violation as ProtocolViolation {
@@ -132,67 +127,6 @@ public final class RequestHandler {
                                                         "status": "\(statusName(violation.status) ?? "?")", "error": "\(violation.message)"])
         }
         return Reply.error(violation).map(ZMQFrame.init)
-    }
-
-    /// The state of the client at `key`, if it has one. A routing id now used by another peer
-    /// (a ROUTER hand-over to a different process) starts afresh: regions and jobs of the
-    /// previous owner are not the new one's.
-    private func existingClient(_ key: [UInt8], peer: Peer) -> ClientState? {
-        guard let state = clients[key] else { return nil }
-        if state.owner == peer { return state }
-        dropClient(key, reason: "its routing id is now used by \(peer)")
-        return nil
-    }
-
-    /// A new client state. A local client's process is watched, so that its regions and jobs
-    /// go when it exits; nil when it has exited already.
-    private func newClient(_ key: [UInt8], peer: Peer) -> ClientState? {
-        // Clients whose last replies have left since their last request go now, so clients
-        // that come and go cannot pile states up.
-        if clients.count >= Self.pruneThreshold { pruneIdle() }
-        if case .local(_, _, let pid) = peer {
-            if processes[pid] == nil {
-                let fd = tpsys_pidfd_open(pid)
-                if fd < 0 {
-                    let code = errno
-                    if code == ESRCH { return nil }
-                    logger.warning("cannot watch a client process; its regions live until it unregisters them",
-                                   metadata: ["pid": "\(pid)", "error": "\(String(cString: strerror(code)))"])
-                } else {
-                    processes[pid] = WatchedProcess(fd: fd)
-                }
-            }
-            processes[pid]?.keys.insert(key)
-        }
-        let state = ClientState(owner: peer)
-        clients[key] = state
-        return state
-    }
-
-    /// Forgets a client state: releases it and, with its process's last one, the pidfd.
-    private func remove(_ key: [UInt8]) {
-        guard let state = clients.removeValue(forKey: key) else { return }
-        state.release()
-        if case .local(_, _, let pid) = state.owner, var process = processes[pid] {
-            process.keys.remove(key)
-            if process.keys.isEmpty {
-                close(process.fd)
-                processes.removeValue(forKey: pid)
-            } else {
-                processes[pid] = process
-            }
-        }
-    }
-
-    /// Regions held by the clients of process `pid` and of user `uid`.
-    private func regionsHeld(pid: pid_t, uid: uid_t) -> (process: Int, user: Int) {
-        var process = 0, user = 0
-        for state in clients.values {
-            guard case .local(let owner, _, let ownerPid) = state.owner, owner == uid else { continue }
-            user += state.regions.count
-            if ownerPid == pid { process += state.regions.count }
-        }
-        return (process, user)
     }
 
     /// The NOT_FOUND for a region id this client does not hold, saying whether it came from
@@ -216,13 +150,13 @@ public final class RequestHandler {
         guard request.pid == pid else {
             throw violation(TP_ERR_PERMISSION, "REGISTER says pid \(request.pid) but the connection belongs to process \(pid)")
         }
-        let held = regionsHeld(pid: pid, uid: uid), all = regionCount
+        let held = registry.regionsHeld(pid: pid, uid: uid), all = regionCount
         guard held.process < Self.maxRegionsPerProcess, held.user < Self.maxRegionsPerUser, all < Self.maxRegions else {
             throw violation(TP_ERR_TOO_LARGE, "too many regions registered: \(held.process) by process \(pid) (at most "
                 + "\(Self.maxRegionsPerProcess)), \(held.user) by uid \(uid) (at most \(Self.maxRegionsPerUser)), \(all) in all "
                 + "(at most \(Self.maxRegions)); free some buffers")
         }
-        guard let state = existingClient(key, peer: peer) ?? newClient(key, peer: peer) else {
+        guard let state = registry.existing(key, peer: peer) ?? registry.add(key, peer: peer) else {
             // The client died after sending this: nothing will unlink its objects but us.
             SharedRegion.removeOrphans(ofProcess: pid, owner: uid)
             throw violation(TP_ERR_INVALID_ARGUMENT, "process \(pid) is no longer running")
@@ -231,68 +165,17 @@ public final class RequestHandler {
         do {
             region = try SharedRegion.open(name: request.name, size: request.size, owner: uid)
         } catch let error as SharedMemoryError {
-            prune(key)
+            registry.prune(key)
             switch error.kind {
             case .permission: throw violation(TP_ERR_PERMISSION, "cannot register \(request.name.prefix(64)): \(error)")
             case .invalid: throw violation(TP_ERR_INVALID_ARGUMENT, "cannot register \(request.name.prefix(64)): \(error)")
             case .system: throw violation(TP_ERR_SYSTEM, "cannot map region \(request.name.prefix(64)): \(error)")
             }
         }
-        let id = freshRegionID()
+        let id = registry.freshRegionID()
         state.regions[id] = region
         stats.regionsRegistered += 1
-        return Reply.register(id: request.id, region: id)
-    }
-
-    /// The next region id of this instance not in use (the 32-bit sequence may wrap).
-    private func freshRegionID() -> UInt64 {
-        while true {
-            let id = RegionID.make(instance: instance, sequence: nextSequence)
-            nextSequence = nextSequence == UInt32.max ? 1 : nextSequence + 1
-            if !clients.values.contains(where: { $0.regions[id] != nil }) { return id }
-        }
-    }
-
-    /// Forgets a client: cancels its jobs, drops its regions (the jobs hold theirs until they
-    /// end) and stops watching its process.
-    func dropClient(_ key: [UInt8], reason: String?) {
-        guard let state = clients[key] else { return }
-        if let reason, !state.regions.isEmpty || !state.jobs.isEmpty {
-            logger.info("released a client", metadata: ["regions": "\(state.regions.count)", "jobs_cancelled": "\(state.jobs.count)",
-                                                        "reason": "\(reason)"])
-        }
-        remove(key)
-    }
-
-    /// A watched process exited (its pidfd became readable): every client of it goes, and its
-    /// objects in /dev/shm too.
-    public func processExited(_ pid: pid_t) {
-        guard let process = processes[pid] else { return }
-        var uid: uid_t?
-        for key in process.keys {
-            if case .local(let owner, _, _)? = clients[key]?.owner { uid = owner }
-            dropClient(key, reason: "its process \(pid) exited")
-        }
-        if let uid { SharedRegion.removeOrphans(ofProcess: pid, owner: uid) }
-    }
-
-    /// Drops a client that holds nothing any more, so clients that come and go (tcp ones
-    /// cannot be watched) leave no state behind. One whose replies still wait in libzmq keeps
-    /// its state, which counts them against its share of --max-queued-bytes.
-    private func prune(_ key: [UInt8]) {
-        if let state = clients[key], state.isIdle { remove(key) }
-    }
-
-    /// Drops every idle client (see `prune`): those whose replies have left since.
-    public func pruneIdle() {
-        for (key, state) in clients where state.isIdle { remove(key) }
-    }
-
-    @discardableResult
-    public func dropAll() -> Int {
-        let released = regionCount
-        for key in Array(clients.keys) { dropClient(key, reason: nil) }
-        return released
+        return RegisterReply.encode(id: request.id, region: id)
     }
 
     // MARK: jobs
@@ -303,7 +186,7 @@ public final class RequestHandler {
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: .pool, id: pool.id)
         }
-        let existing = existingClient(key, peer: peer)
+        let existing = registry.existing(key, peer: peer)
         // A client that lost its connection sends again the jobs it has no answer for. Running
         // one twice could write its output after the client saw the first end: a job still
         // running answers both, and one that ended lately is answered again from memory.
@@ -348,7 +231,7 @@ public final class RequestHandler {
             stats.busyRejections += 1
             throw violation(TP_ERR_BUSY, "the daemon is running --max-inflight \(configuration.maxInflight) jobs; retry later")
         }
-        guard let state = existing ?? newClient(key, peer: peer) else {
+        guard let state = existing ?? registry.add(key, peer: peer) else {
             throw violation(TP_ERR_CLOSED, "the process that sent the job has exited")
         }
         var reservation: OutputReservation?
@@ -357,7 +240,7 @@ public final class RequestHandler {
             let mine = state.queuedBytes.current, all = queuedBytes.current
             guard mine <= configuration.maxQueuedBytes / 2 - bytes, all <= configuration.maxQueuedBytes - bytes else {
                 stats.busyRejections += 1
-                prune(key)
+                registry.prune(key)
                 throw violation(TP_ERR_BUSY, "the daemon holds \(mine) bytes of inline outputs for this client and \(all) in all; "
                     + "with this job's \(bytes) that passes --max-queued-bytes \(configuration.maxQueuedBytes) "
                     + "(half of it per client): read the replies, then retry")
@@ -402,7 +285,7 @@ public final class RequestHandler {
             stats.jobsCompleted += 1
             stats.bytesProcessed += completion.bytes
         }
-        if let state = clients[completion.key] {
+        if let state = registry.clients[completion.key] {
             if state.jobs[completion.id] === completion.cancellation {
                 state.jobs.removeValue(forKey: completion.id)
                 if completion.outputInRegion { state.remember(completion.id, reply: completion.reply.map(\.array)) }
@@ -410,50 +293,10 @@ public final class RequestHandler {
             for id in completion.poisonedRegions where state.regions.removeValue(forKey: id) != nil {
                 logger.warning("unregistered a region its owner truncated during a job", metadata: ["region": "\(id)"])
             }
-            prune(completion.key)
+            registry.prune(completion.key)
         }
         return completion.reply
     }
 
     func noteDroppedReply() { stats.repliesDropped += 1 }
-}
-
-/// A client, by ZeroMQ routing identity: who it is, its regions, its jobs in flight, and
-/// the process that owns them.
-final class ClientState {
-    let owner: Peer
-    var regions: [UInt64: SharedRegion] = [:]
-    /// Jobs admitted and not finished, by job id.
-    var jobs: [UInt64: JobCancellation] = [:]
-    let queuedBytes = QueuedBytes()
-    /// The replies of the last jobs that wrote into shared memory, by job id, to answer a
-    /// resubmission without running the job again; oldest first in `recentOrder`.
-    private(set) var recentReplies: [UInt64: [[UInt8]]] = [:]
-    private var recentOrder: [UInt64] = []
-    static let recentCapacity = 1024
-
-    init(owner: Peer) { self.owner = owner }
-
-    /// Nothing registered, running, or waiting to be read.
-    var isIdle: Bool { regions.isEmpty && jobs.isEmpty && queuedBytes.current == 0 }
-
-    func remember(_ id: UInt64, reply: [[UInt8]]) {
-        if recentReplies.updateValue(reply, forKey: id) == nil { recentOrder.append(id) }
-        if recentOrder.count > Self.recentCapacity {
-            recentReplies.removeValue(forKey: recentOrder.removeFirst())
-        }
-    }
-
-    /// Cancels the jobs, drops the regions.
-    func release() {
-        for job in jobs.values { job.cancel() }
-        jobs.removeAll()
-        regions.removeAll()
-    }
-}
-
-/// A local process with client states, watched through one pidfd.
-struct WatchedProcess {
-    let fd: Int32
-    var keys: Set<[UInt8]> = []
 }

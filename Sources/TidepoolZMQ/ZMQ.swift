@@ -125,11 +125,45 @@ open class FrameRelease: @unchecked Sendable {
     open func released() {}
 }
 
+/// The socket types Tidepool uses, so nobody above this wrapper needs libzmq's constants.
+public struct ZMQSocketType: Sendable {
+    let raw: Int32
+    public static let router = ZMQSocketType(raw: ZMQ_ROUTER)
+    public static let dealer = ZMQSocketType(raw: ZMQ_DEALER)
+    public static let rep = ZMQSocketType(raw: ZMQ_REP)
+    public static let pair = ZMQSocketType(raw: ZMQ_PAIR)
+}
+
+/// The socket options Tidepool sets (zmq_setsockopt), named as in zmq.h.
+public struct ZMQOption: Sendable, CustomStringConvertible {
+    let raw: Int32
+    public let description: String
+    public static let linger = ZMQOption(raw: ZMQ_LINGER, description: "ZMQ_LINGER")
+    public static let receiveHighWaterMark = ZMQOption(raw: ZMQ_RCVHWM, description: "ZMQ_RCVHWM")
+    public static let routingID = ZMQOption(raw: ZMQ_ROUTING_ID, description: "ZMQ_ROUTING_ID")
+    public static let heartbeatInterval = ZMQOption(raw: ZMQ_HEARTBEAT_IVL, description: "ZMQ_HEARTBEAT_IVL")
+    public static let heartbeatTimeout = ZMQOption(raw: ZMQ_HEARTBEAT_TIMEOUT, description: "ZMQ_HEARTBEAT_TIMEOUT")
+    public static let reconnectInterval = ZMQOption(raw: ZMQ_RECONNECT_IVL, description: "ZMQ_RECONNECT_IVL")
+    public static let reconnectIntervalMax = ZMQOption(raw: ZMQ_RECONNECT_IVL_MAX, description: "ZMQ_RECONNECT_IVL_MAX")
+    public static let maxMessageSize = ZMQOption(raw: ZMQ_MAXMSGSIZE, description: "ZMQ_MAXMSGSIZE")
+    public static let routerMandatory = ZMQOption(raw: ZMQ_ROUTER_MANDATORY, description: "ZMQ_ROUTER_MANDATORY")
+    public static let routerHandover = ZMQOption(raw: ZMQ_ROUTER_HANDOVER, description: "ZMQ_ROUTER_HANDOVER")
+    public static let zapDomain = ZMQOption(raw: ZMQ_ZAP_DOMAIN, description: "ZMQ_ZAP_DOMAIN")
+}
+
+/// Socket monitor events (ZMQ_EVENT_*), a set of them for `ZMQSocket.monitor`.
+public struct ZMQEvent: OptionSet, Sendable {
+    public let rawValue: Int32
+    public init(rawValue: Int32) { self.rawValue = rawValue }
+    public static let disconnected = ZMQEvent(rawValue: ZMQ_EVENT_DISCONNECTED)
+    public static let handshakeSucceeded = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+}
+
 public final class ZMQSocket {
     public private(set) var handle: UnsafeMutableRawPointer?
 
-    public init(_ context: ZMQContext, type: Int32) throws {
-        guard let handle = zmq_socket(context.handle, type) else { throw ZMQError("zmq_socket") }
+    public init(_ context: ZMQContext, type: ZMQSocketType) throws {
+        guard let handle = zmq_socket(context.handle, type.raw) else { throw ZMQError("zmq_socket") }
         self.handle = handle
     }
 
@@ -155,33 +189,33 @@ public final class ZMQSocket {
         guard zmq_connect(try live, endpoint) == 0 else { throw ZMQError("connect \(endpoint)") }
     }
 
-    public func set(_ option: Int32, _ value: Int32) throws {
+    public func set(_ option: ZMQOption, _ value: Int32) throws {
         var value = value
-        guard zmq_setsockopt(try live, option, &value, MemoryLayout<Int32>.size) == 0 else {
+        guard zmq_setsockopt(try live, option.raw, &value, MemoryLayout<Int32>.size) == 0 else {
             throw ZMQError("zmq_setsockopt(\(option))")
         }
     }
 
-    public func set(_ option: Int32, _ value: Int64) throws {
+    public func set(_ option: ZMQOption, _ value: Int64) throws {
         var value = value
-        guard zmq_setsockopt(try live, option, &value, MemoryLayout<Int64>.size) == 0 else {
+        guard zmq_setsockopt(try live, option.raw, &value, MemoryLayout<Int64>.size) == 0 else {
             throw ZMQError("zmq_setsockopt(\(option))")
         }
     }
 
-    public func set(_ option: Int32, _ value: [UInt8]) throws {
+    public func set(_ option: ZMQOption, _ value: [UInt8]) throws {
         let socket = try live
-        guard value.withUnsafeBytes({ zmq_setsockopt(socket, option, $0.baseAddress, $0.count) }) == 0 else {
+        guard value.withUnsafeBytes({ zmq_setsockopt(socket, option.raw, $0.baseAddress, $0.count) }) == 0 else {
             throw ZMQError("zmq_setsockopt(\(option))")
         }
     }
 
-    public func set(_ option: Int32, _ value: String) throws { try set(option, Array(value.utf8)) }
+    public func set(_ option: ZMQOption, _ value: String) throws { try set(option, Array(value.utf8)) }
 
-    /// Publishes this socket's events (ZMQ_EVENT_* in `events`) on an inproc PAIR endpoint
+    /// Publishes this socket's `events` on an inproc PAIR endpoint
     /// that a `ZMQMonitor` reads.
-    public func monitor(_ endpoint: String, events: Int32) throws {
-        guard zmq_socket_monitor(try live, endpoint, events) == 0 else { throw ZMQError("zmq_socket_monitor") }
+    public func monitor(_ endpoint: String, events: ZMQEvent) throws {
+        guard zmq_socket_monitor(try live, endpoint, events.rawValue) == 0 else { throw ZMQError("zmq_socket_monitor") }
     }
 
     /// Stops publishing events. Call it before closing a monitored socket: libzmq sends events
@@ -254,23 +288,23 @@ public final class ZMQSocket {
 public final class ZMQMonitor {
     public let socket: ZMQSocket
 
-    public init(_ context: ZMQContext, watching target: ZMQSocket, name: String, events: Int32) throws {
+    public init(_ context: ZMQContext, watching target: ZMQSocket, name: String, events: ZMQEvent) throws {
         try target.monitor(name, events: events)
-        socket = try ZMQSocket(context, type: ZMQ_PAIR)
-        try socket.set(ZMQ_LINGER, Int32(0))
+        socket = try ZMQSocket(context, type: .pair)
+        try socket.set(.linger, Int32(0))
         // No high-water mark on the event pipe: libzmq's I/O thread blocks on a full one (and
         // every socket of the context with it). Events are a few bytes; the reader drains
         // them on every call, so an idle one holds little.
-        try socket.set(ZMQ_RCVHWM, Int32(0))
+        try socket.set(.receiveHighWaterMark, Int32(0))
         try socket.connect(name)
     }
 
     /// The next event waiting, nil when none is.
-    public func next() -> Int32? {
+    public func next() -> ZMQEvent? {
         while true {
             guard let frames = try? socket.receive(dontWait: true) else { return nil }
             guard let first = frames.first, first.size >= 2 else { continue }
-            return withExtendedLifetime(first) { Int32(UInt16(littleEndian: first.bytes.loadUnaligned(as: UInt16.self))) }
+            return withExtendedLifetime(first) { ZMQEvent(rawValue: Int32(UInt16(littleEndian: first.bytes.loadUnaligned(as: UInt16.self)))) }
         }
     }
 

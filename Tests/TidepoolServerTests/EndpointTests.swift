@@ -2,6 +2,7 @@ import CTidepool
 import Logging
 import Testing
 import TidepoolClient
+import TidepoolSync
 import TidepoolCore
 import TidepoolEndpoint
 import TidepoolProtocol

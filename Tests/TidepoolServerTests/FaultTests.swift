@@ -3,6 +3,7 @@ import Dispatch
 import Synchronization
 import Testing
 import TidepoolClient
+import TidepoolSync
 import TidepoolCore
 import TidepoolProtocol
 import TidepoolServer

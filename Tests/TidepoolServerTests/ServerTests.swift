@@ -4,6 +4,7 @@ import Logging
 import Synchronization
 import Testing
 import TidepoolClient
+import TidepoolSync
 import TidepoolCore
 import TidepoolEndpoint
 import TidepoolProtocol

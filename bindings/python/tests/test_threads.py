@@ -7,14 +7,14 @@ import threading
 import numpy as np
 
 import tidepool
-from tidepool import _lib
+from tidepool import _native
 from conftest import reference_pool
 
 
 def test_foreign_calls_release_the_gil():
     # ctypes.CDLL (not PyDLL) drops the GIL around every call.
-    assert isinstance(_lib.lib, ctypes.CDLL) and not isinstance(_lib.lib, ctypes.PyDLL)
-    assert _lib.lib.tp_pool._flags_ & ctypes._FUNCFLAG_PYTHONAPI == 0
+    assert isinstance(_native.lib, ctypes.CDLL) and not isinstance(_native.lib, ctypes.PyDLL)
+    assert _native.lib.tp_pool._flags_ & ctypes._FUNCFLAG_PYTHONAPI == 0
 
 
 def test_many_threads_at_once(rng):

@@ -15,7 +15,7 @@ Or remotely, on a running tidepoold, with tensors in shared memory:
 """
 
 from . import nn
-from ._lib import library_path, lib as _c
+from ._native import library_path, lib as _c
 from .client import Client, connect, default_endpoint
 from .errors import (
     BusyError,
@@ -42,7 +42,7 @@ from .functional import (
 __version__ = "0.2.0"
 
 
-def library_version():
+def library_version() -> str:
     """The loaded libtidepool.so's version string, e.g. "0.2.0"."""
     return _c.tp_version_string().decode()
 

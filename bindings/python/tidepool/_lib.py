@@ -1,21 +1,14 @@
-"""Low-level ctypes mirror of include/tidepool.h: constants, structs, prototypes, and the
-library lookup. One Python name per C name; the Pythonic layer lives in functional.py/nn.py."""
+"""The raw layer: a ctypes mirror of include/tidepool.h (constants, structs, prototypes) and
+the library lookup. One Python name per C name. It only translates: it raises nothing and
+checks no status; _native.py turns statuses into exceptions, in one place, and the Pythonic
+layer (functional.py, nn.py, client.py) sits on that. tests/test_header.py checks every
+constant, struct and prototype here against the header."""
 
 import ctypes
 import ctypes.util
 import os
 from pathlib import Path
 
-from .errors import (
-    BusyError,
-    ConnectionError,
-    Error,
-    InvalidArgumentError,
-    LibraryNotFoundError,
-    OutOfMemoryError,
-    PermissionError,
-    TimeoutError,
-)
 
 # ---- Constants (include/tidepool.h) ---------------------------------------------------
 
@@ -93,7 +86,7 @@ _TENSOR_P = ctypes.POINTER(tp_tensor)
 _DESC_P = ctypes.POINTER(tp_pool_desc)
 
 # name: (restype, argtypes), exactly as the header declares them.
-_PROTOTYPES = {
+PROTOTYPES = {
     "tp_version": (ctypes.c_uint32, []),
     "tp_version_string": (ctypes.c_char_p, []),
     "tp_status_string": (ctypes.c_char_p, [_STATUS]),
@@ -141,7 +134,9 @@ def candidate_paths():
 
 
 def load_library():
-    """Load libtidepool.so (ctypes.CDLL: every call releases the GIL) and set prototypes."""
+    """Loads libtidepool.so (ctypes.CDLL: every call releases the GIL) and sets the
+    prototypes. Returns (library, path, tried): library and path are None when no candidate
+    loads, and `tried` says why each failed."""
     tried = []
     for path in candidate_paths():
         if path.startswith("find_library("):
@@ -155,50 +150,9 @@ def load_library():
         except OSError as error:
             tried.append(f"{path}: {error}")
             continue
-        for name, (restype, argtypes) in _PROTOTYPES.items():
+        for name, (restype, argtypes) in PROTOTYPES.items():
             function = getattr(lib, name)
             function.restype = restype
             function.argtypes = argtypes
-        return lib, path
-    raise LibraryNotFoundError(
-        "cannot load libtidepool.so (build it with `make build`, or set TIDEPOOL_LIBRARY); tried:\n  "
-        + "\n  ".join(tried)
-    )
-
-
-lib, library_path = load_library()
-
-# Statuses that mean the caller passed something invalid: raised as ValueError too.
-_INVALID = {
-    TP_ERR_INVALID_ARGUMENT,
-    TP_ERR_NULL_POINTER,
-    TP_ERR_DTYPE,
-    TP_ERR_SHAPE,
-    TP_ERR_OVERFLOW,
-    TP_ERR_FLAGS,
-    TP_ERR_LAYOUT,
-    TP_ERR_TOO_LARGE,
-}
-_BY_STATUS = {
-    TP_ERR_NO_MEMORY: OutOfMemoryError,
-    TP_ERR_TIMEOUT: TimeoutError,
-    TP_ERR_CONNECTION: ConnectionError,
-    TP_ERR_BUSY: BusyError,
-    TP_ERR_PERMISSION: PermissionError,
-}
-
-
-def check(status, context=""):
-    """Raise the exception for a failed call, with tp_last_error()'s text (read on this
-    thread, right after the call, so it is the message of that call)."""
-    if status == TP_OK:
-        return
-    message = lib.tp_last_error().decode("utf-8", "replace")
-    if context:
-        message = f"{context} {message}"
-    if status in _INVALID:
-        raise InvalidArgumentError(message, status)
-    if status in _BY_STATUS:
-        raise _BY_STATUS[status](message, status)
-    name = lib.tp_status_string(status).decode()
-    raise Error(f"{message} ({name})", status)
+        return lib, path, tried
+    return None, None, tried

@@ -1,17 +1,21 @@
 """The remote path: a Client of a running tidepoold, with the module's pooling functions as
 methods and numpy arrays in shared memory (`empty`) that jobs use without copying."""
 
+from __future__ import annotations
+
 import ctypes
 import json
 import math
 import threading
 import weakref
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _lib
+from ._native import check, error, lib
 from .errors import InvalidArgumentError
-from .functional import FUNCTIONS, pool
+from .functional import IntOrTuple, pool
 
 
 # The C ABI takes timeouts in int32 milliseconds and sizes in size_t.
@@ -19,13 +23,13 @@ _MAX_TIMEOUT = ((1 << 31) - 1) // 1000
 _MAX_BYTES = (1 << 63) - 1
 
 
-def default_endpoint():
+def default_endpoint() -> str:
     """$TIDEPOOL_ENDPOINT, else ipc://$XDG_RUNTIME_DIR/tidepool.sock, else
     ipc:///tmp/tidepool-$UID/tidepool.sock (the daemon's default too)."""
-    return _lib.lib.tp_default_endpoint().decode()
+    return lib.tp_default_endpoint().decode()
 
 
-def connect(endpoint=None, timeout=10.0):
+def connect(endpoint: Optional[str] = None, timeout: Optional[float] = 10.0) -> "Client":
     """Connect to tidepoold at `endpoint` (default: default_endpoint()) and ping it.
 
     `timeout` (seconds, None for no limit) bounds the connection and every later call.
@@ -41,18 +45,18 @@ class Client:
     too, so the job copies nothing; other inputs are sent inline. Thread-safe (calls on one
     client are serialised)."""
 
-    def __init__(self, endpoint=None, timeout=10.0):
+    def __init__(self, endpoint: Optional[str] = None, timeout: Optional[float] = 10.0) -> None:
         if timeout is not None and not 0 <= timeout <= _MAX_TIMEOUT:
             raise InvalidArgumentError(f"timeout must be between 0 and {_MAX_TIMEOUT} seconds, or None, but is {timeout}")
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
         timeout_ms = -1 if timeout is None else int(round(timeout * 1000))
         handle = ctypes.c_void_p()
-        _lib.check(_lib.lib.tp_client_connect(self.endpoint.encode(), timeout_ms, ctypes.byref(handle)))
+        check(lib.tp_client_connect(self.endpoint.encode(), timeout_ms, ctypes.byref(handle)))
         self._handle = handle
         self._buffers = {}  # address -> size of live shared buffers
         self._lock = threading.Lock()
-        self._closer = weakref.finalize(self, _lib.lib.tp_client_close, handle)
+        self._closer = weakref.finalize(self, lib.tp_client_close, handle)
 
     def __repr__(self):
         state = "closed" if self.closed else "open"
@@ -65,35 +69,35 @@ class Client:
         self.close()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return not self._closer.alive
 
-    def close(self):
+    def close(self) -> None:
         """Drop this client's regions on the daemon and close the connection. Arrays from
         empty() stay valid: their memory is released when they are garbage collected."""
         self._closer()
 
     def _live_handle(self):
         if self.closed:
-            raise _lib.Error("the client is closed", _lib.TP_ERR_CLOSED)
+            raise error(_lib.TP_ERR_CLOSED, "the client is closed")
         return self._handle
 
-    def ping(self):
+    def ping(self) -> float:
         """Round-trip time of a ping, in seconds."""
         seconds = ctypes.c_double()
-        _lib.check(_lib.lib.tp_client_ping(self._live_handle(), ctypes.byref(seconds)))
+        check(lib.tp_client_ping(self._live_handle(), ctypes.byref(seconds)))
         return seconds.value
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         """The daemon's counters, as a dict."""
         length = ctypes.c_size_t()
         handle = self._live_handle()
-        _lib.check(_lib.lib.tp_client_stats(handle, None, 0, ctypes.byref(length)))
+        check(lib.tp_client_stats(handle, None, 0, ctypes.byref(length)))
         text = ctypes.create_string_buffer(length.value + 256)
-        _lib.check(_lib.lib.tp_client_stats(handle, text, len(text), ctypes.byref(length)))
+        check(lib.tp_client_stats(handle, text, len(text), ctypes.byref(length)))
         return json.loads(text.value.decode())
 
-    def empty(self, shape, dtype=np.float32):
+    def empty(self, shape: Union[int, Sequence[int]], dtype: Any = np.float32) -> np.ndarray:
         """An uninitialised numpy array in shared memory registered with the daemon: a job
         on it reads (or writes) it in place. Freed when the array is garbage collected."""
         dtype = np.dtype(dtype)
@@ -105,8 +109,8 @@ class Client:
         if nbytes > _MAX_BYTES:
             raise InvalidArgumentError(f"shape {shape} of {dtype} needs {nbytes} bytes, more than 2**63 - 1")
         buffer = ctypes.c_void_p()
-        _lib.check(_lib.lib.tp_client_alloc(self._live_handle(), nbytes, ctypes.byref(buffer)))
-        address = _lib.lib.tp_buffer_data(buffer)
+        check(lib.tp_client_alloc(self._live_handle(), nbytes, ctypes.byref(buffer)))
+        address = lib.tp_buffer_data(buffer)
         memory = (ctypes.c_char * nbytes).from_address(address)
         with self._lock:
             self._buffers[address] = nbytes
@@ -116,7 +120,7 @@ class Client:
     def _release(self, buffer, address):
         with self._lock:
             self._buffers.pop(address, None)
-        _lib.lib.tp_buffer_free(buffer)
+        lib.tp_buffer_free(buffer)
 
     def _in_shared_memory(self, array):
         start = array.ctypes.data
@@ -129,28 +133,61 @@ class Client:
         return self.empty(shape, dtype) if self._in_shared_memory(source) else np.empty(shape, dtype=dtype)
 
     def _run(self, desc, input_tensor, output_tensor, owner):
-        _lib.check(_lib.lib.tp_client_pool(self._live_handle(), ctypes.byref(desc), ctypes.byref(input_tensor),
+        check(lib.tp_client_pool(self._live_handle(), ctypes.byref(desc), ctypes.byref(input_tensor),
                                            ctypes.byref(output_tensor)), f"[{owner}]")
+
+    def avg_pool1d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.avg_pool1d on the daemon: 1-d average pooling of channels-last x (N, L, C).
+        An input from empty() is read in place and the output made in shared memory too;
+        other inputs travel inline. Raises as tidepool.avg_pool1d does, and
+        tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
+        return pool(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+
+    def avg_pool2d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.avg_pool2d on the daemon: 2-d average pooling of channels-last x (N, H, W, C).
+        An input from empty() is read in place and the output made in shared memory too;
+        other inputs travel inline. Raises as tidepool.avg_pool2d does, and
+        tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
+        return pool(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+
+    def avg_pool3d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.avg_pool3d on the daemon: 3-d average pooling of channels-last x (N, D, H, W, C).
+        An input from empty() is read in place and the output made in shared memory too;
+        other inputs travel inline. Raises as tidepool.avg_pool3d does, and
+        tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
+        return pool(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+
+    def max_pool1d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.max_pool1d on the daemon: 1-d max pooling of channels-last x (N, L, C).
+        An input from empty() is read in place and the output made in shared memory too;
+        other inputs travel inline. Raises as tidepool.max_pool1d does, and
+        tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
+        return pool(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+
+    def max_pool2d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.max_pool2d on the daemon: 2-d max pooling of channels-last x (N, H, W, C).
+        An input from empty() is read in place and the output made in shared memory too;
+        other inputs travel inline. Raises as tidepool.max_pool2d does, and
+        tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
+        return pool(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+
+    def max_pool3d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.max_pool3d on the daemon: 3-d max pooling of channels-last x (N, D, H, W, C).
+        An input from empty() is read in place and the output made in shared memory too;
+        other inputs travel inline. Raises as tidepool.max_pool3d does, and
+        tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
+        return pool(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self))
 
 
 class _Backend:
     """Adapts a Client to functional.pool's backend interface."""
 
-    def __init__(self, client):
+    def __init__(self, client: Client) -> None:
         self.empty = client._empty_output
         self.run = client._run
-
-
-def _method(function):
-    def method(self, x, kernel_size, stride=None, padding=0, *, out=None):
-        return pool(function.kind, function.spatial_dims, function.__name__, x, kernel_size, stride, padding, out,
-                    backend=_Backend(self))
-
-    method.__name__ = method.__qualname__ = function.__name__
-    method.__doc__ = function.__doc__.replace("pooling of a channels-last array",
-                                              "pooling of a channels-last array on the daemon", 1)
-    return method
-
-
-for _function in FUNCTIONS:
-    setattr(Client, _function.__name__, _method(_function))

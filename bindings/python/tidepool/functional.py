@@ -1,13 +1,21 @@
 """The functional forms, avg_pool1d ... max_pool3d, and the array plumbing they share with
-the nn classes: numpy in, numpy out, strided views passed to the library without a copy."""
+the nn classes and the Client: numpy in, numpy out, strided views passed to the library
+without a copy."""
+
+from __future__ import annotations
 
 import ctypes
 import numbers
+from typing import Any, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _lib
+from ._native import check, lib
 from .errors import Error, InvalidArgumentError
+
+#: An int for every spatial axis, or a tuple with one int per axis.
+IntOrTuple = Union[int, Sequence[int]]
 
 try:
     import ml_dtypes
@@ -81,7 +89,7 @@ def _descriptor(owner, kind, kernel_size, stride, padding):
     n = len(kernel_size)
     arrays = [(ctypes.c_int64 * n)(*values) for values in (kernel_size, stride, padding)]
     desc = _lib.tp_pool_desc()
-    _lib.check(_lib.lib.tp_pool_desc_init(ctypes.byref(desc), kind, n, *arrays), f"[{owner}]")
+    check(lib.tp_pool_desc_init(ctypes.byref(desc), kind, n, *arrays), f"[{owner}]")
     return desc
 
 
@@ -141,6 +149,15 @@ def _tensor(array):
     return tensor
 
 
+class Backend(Protocol):
+    """Where `pool` runs: in this process (`InProcess`) or on a daemon (a Client's)."""
+
+    def empty(self, shape: Tuple[int, ...], dtype: np.dtype, source: np.ndarray) -> np.ndarray: ...
+
+    def run(self, desc: _lib.tp_pool_desc, input_tensor: _lib.tp_tensor, output_tensor: _lib.tp_tensor,
+            owner: str) -> None: ...
+
+
 class InProcess:
     """Runs pooling in this process through tp_pool. The remote Client is the other backend."""
 
@@ -149,8 +166,7 @@ class InProcess:
 
     def run(self, desc, input_tensor, output_tensor, owner):
         # ctypes.CDLL releases the GIL for the duration of the call.
-        _lib.check(_lib.lib.tp_pool(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)),
-                   f"[{owner}]")
+        check(lib.tp_pool(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)), f"[{owner}]")
 
 
 IN_PROCESS = InProcess()
@@ -158,7 +174,8 @@ IN_PROCESS = InProcess()
 LAYOUTS = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}
 
 
-def pool(kind, spatial_dims, owner, x, kernel_size, stride=None, padding=0, out=None, backend=IN_PROCESS):
+def pool(kind: int, spatial_dims: int, owner: str, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+         padding: IntOrTuple = 0, out: Optional[np.ndarray] = None, backend: Backend = IN_PROCESS) -> np.ndarray:
     """Pool `x` (channels-last, batch first) and return a new numpy array, or fill `out`."""
     kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
     source = as_numpy(x, owner)
@@ -172,8 +189,7 @@ def pool(kind, spatial_dims, owner, x, kernel_size, stride=None, padding=0, out=
     desc = _descriptor(owner, kind, kernel_size, stride, padding)
     input_tensor = _tensor(array)
     output_tensor = _lib.tp_tensor()
-    _lib.check(_lib.lib.tp_pool_output(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)),
-               f"[{owner}]")
+    check(lib.tp_pool_output(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)), f"[{owner}]")
     shape = tuple(output_tensor.shape[axis] for axis in range(output_tensor.rank))
     dtype = _DTYPES_BY_CODE[output_tensor.dtype]
     result_dtype = np.dtype(np.bool_) if is_bool and kind == _lib.TP_POOL_MAX else dtype
@@ -197,56 +213,159 @@ def _check_out(out, shape, dtype, owner):
 
 # ---- Public functions --------------------------------------------------------------------
 
-
-def _make(kind, spatial_dims, name, verb):
-    def function(x, kernel_size, stride=None, padding=0, *, out=None):
-        return pool(kind, spatial_dims, name, x, kernel_size, stride, padding, out)
-
-    layout = LAYOUTS[spatial_dims]
-    function.__name__ = function.__qualname__ = name
-    function.kind, function.spatial_dims = kind, spatial_dims
-    function.__doc__ = f"""{spatial_dims}-d {verb} pooling of a channels-last array, with MLX's semantics.
+def avg_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """1-d average pooling of a channels-last array, exactly as mlx.nn.AvgPool1d.
 
     Args:
-        x: array-like of shape {layout} (numpy and MLX arrays, lists, ...).
-        kernel_size: int or tuple of {spatial_dims} ints, the window size.
-        stride: int or tuple of {spatial_dims} ints; defaults to kernel_size.
-        padding: int or tuple of {spatial_dims} ints, applied on both sides of each axis
-            ({'zeros, counted in the average' if verb == 'average' else '-inf, or the lowest integer'}).
-        out: optional C-contiguous numpy array of the output's shape and dtype to fill.
+        x: array-like of shape (N, L, C): numpy and MLX arrays, lists; strided views are
+            read in place.
+        kernel_size: int or tuple of 1 ints, the window.
+        stride: int or tuple of 1 ints; defaults to kernel_size.
+        padding: int or tuple of 1 ints: zeros on both sides of each axis, counted in the average.
+        out: optional writeable C-contiguous numpy array of the output's shape and dtype
+            to fill instead of allocating.
 
     Returns:
-        numpy array; {'floats keep their dtype, integers give float32' if verb == 'average' else 'same dtype as x'}.
+        A numpy array (`out` when given) of shape (N, L, C) pooled; floats keep their dtype; integers and bool give float32.
 
     Raises:
-        ValueError (tidepool.InvalidArgumentError) for invalid arguments or input.
+        tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
+        tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return function
+    return pool(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out)
 
 
-avg_pool1d = _make(_lib.TP_POOL_AVG, 1, "avg_pool1d", "average")
-avg_pool2d = _make(_lib.TP_POOL_AVG, 2, "avg_pool2d", "average")
-avg_pool3d = _make(_lib.TP_POOL_AVG, 3, "avg_pool3d", "average")
-max_pool1d = _make(_lib.TP_POOL_MAX, 1, "max_pool1d", "max")
-max_pool2d = _make(_lib.TP_POOL_MAX, 2, "max_pool2d", "max")
-max_pool3d = _make(_lib.TP_POOL_MAX, 3, "max_pool3d", "max")
-FUNCTIONS = (avg_pool1d, avg_pool2d, avg_pool3d, max_pool1d, max_pool2d, max_pool3d)
+def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """2-d average pooling of a channels-last array, exactly as mlx.nn.AvgPool2d.
+
+    Args:
+        x: array-like of shape (N, H, W, C): numpy and MLX arrays, lists; strided views are
+            read in place.
+        kernel_size: int or tuple of 2 ints, the window.
+        stride: int or tuple of 2 ints; defaults to kernel_size.
+        padding: int or tuple of 2 ints: zeros on both sides of each axis, counted in the average.
+        out: optional writeable C-contiguous numpy array of the output's shape and dtype
+            to fill instead of allocating.
+
+    Returns:
+        A numpy array (`out` when given) of shape (N, H, W, C) pooled; floats keep their dtype; integers and bool give float32.
+
+    Raises:
+        tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
+        tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
+    """
+    return pool(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out)
 
 
-def set_num_threads(num_threads):
-    """Threads used by later calls, process-wide; 0 means one per CPU (the default)."""
+def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """3-d average pooling of a channels-last array, exactly as mlx.nn.AvgPool3d.
+
+    Args:
+        x: array-like of shape (N, D, H, W, C): numpy and MLX arrays, lists; strided views are
+            read in place.
+        kernel_size: int or tuple of 3 ints, the window.
+        stride: int or tuple of 3 ints; defaults to kernel_size.
+        padding: int or tuple of 3 ints: zeros on both sides of each axis, counted in the average.
+        out: optional writeable C-contiguous numpy array of the output's shape and dtype
+            to fill instead of allocating.
+
+    Returns:
+        A numpy array (`out` when given) of shape (N, D, H, W, C) pooled; floats keep their dtype; integers and bool give float32.
+
+    Raises:
+        tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
+        tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
+    """
+    return pool(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out)
+
+
+def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """1-d max pooling of a channels-last array, exactly as mlx.nn.MaxPool1d.
+
+    Args:
+        x: array-like of shape (N, L, C): numpy and MLX arrays, lists; strided views are
+            read in place.
+        kernel_size: int or tuple of 1 ints, the window.
+        stride: int or tuple of 1 ints; defaults to kernel_size.
+        padding: int or tuple of 1 ints: -inf (integers: their lowest value) on both sides of each axis.
+        out: optional writeable C-contiguous numpy array of the output's shape and dtype
+            to fill instead of allocating.
+
+    Returns:
+        A numpy array (`out` when given) of shape (N, L, C) pooled; the dtype of x.
+
+    Raises:
+        tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
+        tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
+    """
+    return pool(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out)
+
+
+def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """2-d max pooling of a channels-last array, exactly as mlx.nn.MaxPool2d.
+
+    Args:
+        x: array-like of shape (N, H, W, C): numpy and MLX arrays, lists; strided views are
+            read in place.
+        kernel_size: int or tuple of 2 ints, the window.
+        stride: int or tuple of 2 ints; defaults to kernel_size.
+        padding: int or tuple of 2 ints: -inf (integers: their lowest value) on both sides of each axis.
+        out: optional writeable C-contiguous numpy array of the output's shape and dtype
+            to fill instead of allocating.
+
+    Returns:
+        A numpy array (`out` when given) of shape (N, H, W, C) pooled; the dtype of x.
+
+    Raises:
+        tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
+        tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
+    """
+    return pool(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out)
+
+
+def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """3-d max pooling of a channels-last array, exactly as mlx.nn.MaxPool3d.
+
+    Args:
+        x: array-like of shape (N, D, H, W, C): numpy and MLX arrays, lists; strided views are
+            read in place.
+        kernel_size: int or tuple of 3 ints, the window.
+        stride: int or tuple of 3 ints; defaults to kernel_size.
+        padding: int or tuple of 3 ints: -inf (integers: their lowest value) on both sides of each axis.
+        out: optional writeable C-contiguous numpy array of the output's shape and dtype
+            to fill instead of allocating.
+
+    Returns:
+        A numpy array (`out` when given) of shape (N, D, H, W, C) pooled; the dtype of x.
+
+    Raises:
+        tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
+        tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
+    """
+    return pool(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out)
+
+
+def set_num_threads(num_threads: int) -> None:
+    """Threads used by later in-process calls, process-wide; 0 means one per CPU (the default)."""
     if not _is_int(num_threads):
         raise InvalidArgumentError(f"num_threads must be an integer but is {num_threads!r}")
     if not -INT32_MAX <= num_threads <= INT32_MAX:  # ctypes would wrap it into the C int32_t
         raise InvalidArgumentError(f"thread count must be between 0 (all CPUs) and 1024 but got {num_threads}")
-    _lib.check(_lib.lib.tp_set_num_threads(int(num_threads)))
+    check(lib.tp_set_num_threads(int(num_threads)))
 
 
-def get_num_threads():
-    return _lib.lib.tp_get_num_threads()
+def get_num_threads() -> int:
+    """Threads in-process calls use (one per CPU unless set_num_threads chose otherwise)."""
+    return lib.tp_get_num_threads()
 
 
 __all__ = [
     "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-    "set_num_threads", "get_num_threads", "Error",
+    "set_num_threads", "get_num_threads", "Error", "IntOrTuple",
 ]

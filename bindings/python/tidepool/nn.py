@@ -1,36 +1,44 @@
 """MLX's pooling layer classes (mlx.nn.AvgPool1d ... MaxPool3d) over numpy arrays."""
 
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
 from . import _lib
-from .functional import normalize_arguments, pool
+from .functional import IntOrTuple, normalize_arguments, pool
 
 
 class _Pool:
-    _kind = None
-    _spatial_dims = None
+    """A pooling layer: the arguments are checked once, here; each call pools an array."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    _kind: int
+    _spatial_dims: int
+
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
         self._kernel_size, self._stride, self._padding = normalize_arguments(
             type(self).__name__, self._spatial_dims, kernel_size, stride, padding
         )
 
     @property
-    def kernel_size(self):
+    def kernel_size(self) -> Tuple[int, ...]:
         return self._kernel_size
 
     @property
-    def stride(self):
+    def stride(self) -> Tuple[int, ...]:
         return self._stride
 
     @property
-    def padding(self):
+    def padding(self) -> Tuple[int, ...]:
         return self._padding
 
-    def __call__(self, x, *, out=None):
+    def __call__(self, x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Pool a channels-last array; returns a numpy array (or fills `out`)."""
         return pool(self._kind, self._spatial_dims, type(self).__name__, x,
                     self._kernel_size, self._stride, self._padding, out)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"{type(self).__name__}(kernel_size={self._kernel_size}, stride={self._stride}, "
                 f"padding={self._padding})")
 

@@ -2,13 +2,12 @@ import CTidepoolVector
 
 /// The last step of averages of 16-bit floats by the kernels of tidepool_vector.h: sums
 /// folded, scaled and rounded in AVX-512, bit for bit as `finishTaps` and the edge loops do,
-/// where this CPU has the instructions. k5 s1 p2, one channel, depth first: bfloat16 0.100 ->
-/// 0.070 ms in cache (16 planes, 1 thread), 1.79 -> 1.40 ms from memory (2 threads); float16
-/// 0.080 -> 0.070 and 1.54 -> 1.40 (the edge positions are vector lanes too).
+/// where this CPU has the instructions (chosen at run time, never assumed from the build
+/// machine). In depth first the edge positions are vector lanes too, so none is redone alone.
 public struct VectorFinish: Sendable {
     let format: tpvector_format
-    /// Whether `runs` pays: for bfloat16 (k3 s1 p1, 32 channels, 2 threads: 3.35 -> 2.85 ms),
-    /// not for float16, whose Swift loop converts in one instruction already (F16C): 2-6% slower.
+    /// Whether `runs` pays: for bfloat16, whose rounding is long in Swift; not for float16,
+    /// whose Swift loop converts in one instruction already (F16C) and was slower with it.
     let finishesRuns: Bool
 
     /// nil where this CPU lacks the kernels for `format`.

@@ -1,0 +1,162 @@
+/// The folds every strategy is built from. Each runs over a contiguous run of accumulators
+/// (a fused (W, C) row, since channels are innermost), which the compiler vectorises; a fold's
+/// order of merges is fixed by its arguments alone, so results never depend on the tiling.
+
+/// How a fold reads its sources: input elements (widened) or accumulators. A static type,
+/// not a closure, so every loop is specialised and vectorised.
+protocol SourceLoader {
+    associatedtype Reduction: WindowReduction
+    associatedtype Source
+    static func load(_ x: Source) -> Reduction.Accumulator
+}
+
+enum InputLoader<R: WindowReduction>: SourceLoader {
+    typealias Reduction = R
+    typealias Source = R.Input
+    @inline(__always) static func load(_ x: R.Input) -> R.Accumulator { R.widen(x) }
+}
+
+enum AccumulatorLoader<R: WindowReduction>: SourceLoader {
+    typealias Reduction = R
+    typealias Source = R.Accumulator
+    @inline(__always) static func load(_ x: R.Accumulator) -> R.Accumulator { x }
+}
+
+/// Folds up to 6 sources into `destination` in one pass, in order: destination (unless
+/// `first`), then s0, s1, ... Fewer passes over the accumulators than one per source.
+@inline(__always)
+func foldPass<L: SourceLoader>(
+    _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int, first: Bool, count: Int,
+    _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>, _ s4: UnsafePointer<L.Source>, _ s5: UnsafePointer<L.Source>
+) {
+    typealias R = L.Reduction
+    let load = L.load
+    let d = destination
+    switch (count, first) {
+    case (1, true): for j in 0..<length { d[j] = load(s0[j]) }
+    case (1, false): for j in 0..<length { d[j] = R.merge(d[j], load(s0[j])) }
+    case (2, true): for j in 0..<length { d[j] = R.merge(load(s0[j]), load(s1[j])) }
+    case (2, false): for j in 0..<length { d[j] = R.merge(R.merge(d[j], load(s0[j])), load(s1[j])) }
+    case (3, true): for j in 0..<length { d[j] = R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])) }
+    case (3, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])) }
+    case (4, true): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])) }
+    case (4, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])) }
+    case (5, true): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])) }
+    case (5, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])) }
+    case (_, true): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])) }
+    case (_, false): for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(R.merge(d[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])) }
+    }
+}
+
+/// Sources folded per pass.
+let sourcesPerPass = 6
+
+/// Folds sources `taps` (each located by `source`) into `destination`, 6 per pass.
+@inline(__always)
+func foldTaps<L: SourceLoader>(
+    _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int, taps: Range<Int>, first: Bool,
+    source: (Int) -> UnsafePointer<L.Source>
+) {
+    var k = taps.lowerBound
+    var isFirst = first
+    while k < taps.upperBound {
+        let count = Swift.min(sourcesPerPass, taps.upperBound - k)
+        let s0 = source(k)
+        foldPass(L.self, destination, length, first: isFirst, count: count, s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
+        k += count
+        isFirst = false
+    }
+}
+
+/// Whether full windows of `taps` along an axis of stride 1 fold in pairs (`foldPair`).
+func foldsInPairs(_ taps: Int) -> Bool { KernelLimits.pairedTaps.contains(taps) }
+
+/// Folds two outputs whose windows of `taps` sources (2 to 5) start one source apart:
+/// they share the fold of their middle `taps - 1` sources, then merge the first and the
+/// last source respectively, `taps` merges for the two instead of 2 * (taps - 1). Sources
+/// are `source(0...taps)`.
+@inline(__always)
+func foldPair<L: SourceLoader>(
+    _: L.Type, _ o0: UnsafeMutablePointer<L.Reduction.Accumulator>, _ o1: UnsafeMutablePointer<L.Reduction.Accumulator>,
+    _ length: Int, taps: Int, source: (Int) -> UnsafePointer<L.Source>
+) {
+    typealias R = L.Reduction
+    let load = L.load
+    let s0 = source(0), s1 = source(1), s2 = source(2)
+    switch taps {
+    case 2:
+        for j in 0..<length { let m = load(s1[j]); o0[j] = R.merge(m, load(s0[j])); o1[j] = R.merge(m, load(s2[j])) }
+    case 3:
+        let s3 = source(3)
+        for j in 0..<length { let m = R.merge(load(s1[j]), load(s2[j])); o0[j] = R.merge(m, load(s0[j])); o1[j] = R.merge(m, load(s3[j])) }
+    case 4:
+        let s3 = source(3), s4 = source(4)
+        for j in 0..<length {
+            let m = R.merge(R.merge(load(s1[j]), load(s2[j])), load(s3[j]))
+            o0[j] = R.merge(m, load(s0[j])); o1[j] = R.merge(m, load(s4[j]))
+        }
+    default:
+        let s3 = source(3), s4 = source(4), s5 = source(5)
+        for j in 0..<length {
+            let m = R.merge(R.merge(R.merge(load(s1[j]), load(s2[j])), load(s3[j])), load(s4[j]))
+            o0[j] = R.merge(m, load(s0[j])); o1[j] = R.merge(m, load(s5[j]))
+        }
+    }
+}
+
+/// Writes finished outputs from up to 6 sources (after `partial`, when `hasPartial`).
+@inline(__always)
+func finishPass<L: SourceLoader>(
+    _: L.Type, _ output: UnsafeMutablePointer<L.Reduction.Output>, _ length: Int, windowSize: Int, count: Int,
+    hasPartial: Bool, _ partial: UnsafePointer<L.Reduction.Accumulator>, _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>, _ s4: UnsafePointer<L.Source>, _ s5: UnsafePointer<L.Source>
+) {
+    typealias R = L.Reduction
+    let o = output, w = windowSize, p = partial, load = L.load
+    switch (count, hasPartial) {
+    case (1, false): for j in 0..<length { o[j] = R.finish(load(s0[j]), windowSize: w) }
+    case (2, false): for j in 0..<length { o[j] = R.finish(R.merge(load(s0[j]), load(s1[j])), windowSize: w) }
+    case (3, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), windowSize: w) }
+    case (4, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), windowSize: w) }
+    case (5, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), windowSize: w) }
+    case (_, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])), windowSize: w) }
+    case (1, true): for j in 0..<length { o[j] = R.finish(R.merge(p[j], load(s0[j])), windowSize: w) }
+    case (2, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), windowSize: w) }
+    case (3, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), load(s2[j])), windowSize: w) }
+    case (4, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), windowSize: w) }
+    case (_, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), windowSize: w) }
+    }
+}
+
+/// The last step of a window: folds `taps` (through `partial` when there are more than
+/// fit one pass) and writes the finished outputs, in the same order as `foldTaps`.
+@inline(__always)
+func finishTaps<L: SourceLoader>(
+    _: L.Type, _ output: UnsafeMutablePointer<L.Reduction.Output>, _ length: Int, partial: UnsafeMutablePointer<L.Reduction.Accumulator>,
+    taps: Range<Int>, source: (Int) -> UnsafePointer<L.Source>, windowSize: Int
+) {
+    typealias R = L.Reduction
+    var k = taps.lowerBound
+    var hasPartial = false
+    if taps.count > sourcesPerPass {
+        // Fold all but the last pass's worth into `partial`.
+        let split = taps.upperBound - (sourcesPerPass - 1)
+        foldTaps(L.self, partial, length, taps: k..<split, first: true, source: source)
+        k = split
+        hasPartial = true
+    }
+    let count = taps.upperBound - k
+    let s0 = source(k)
+    if !hasPartial && count <= 2 {
+        // The common small windows, as plain loops the vectoriser always takes.
+        let o = output, load = L.load
+        if count == 1 {
+            for j in 0..<length { o[j] = R.finish(load(s0[j]), windowSize: windowSize) }
+        } else {
+            let s1 = source(k + 1)
+            for j in 0..<length { o[j] = R.finish(R.merge(load(s0[j]), load(s1[j])), windowSize: windowSize) }
+        }
+        return
+    }
+    finishPass(L.self, output, length, windowSize: windowSize, count: count, hasPartial: hasPartial, UnsafePointer(partial),
+               s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
+}

@@ -1,0 +1,173 @@
+/// Which code pools a geometry, decided in one place: `KernelPlan.init` takes the geometry,
+/// the element type (its `WindowReduction`) and what the CPU offers, and returns the strategy
+/// and its options. Nothing else decides a path; the strategies only follow the plan (and
+/// cut their tiles' edges, which never changes the order of any output's fold).
+///
+/// The decision depends on the geometry and the type alone, never on the tiling, the thread
+/// count or the scratch budget, so every engine folds an output in the same order and results
+/// are bit-identical for any number of threads. Measurements behind each rule are in
+/// docs/performance.md ("Why each strategy is chosen where it is").
+///
+/// Example: AvgPool3d k5 s1 p2 on one channel of bfloat16 runs `.depthFirst` (a 16-bit input,
+/// stride 1, 2 to 5 planes, few channels, rows short enough for the budget) with the AVX-512
+/// bfloat16 finish where the CPU has it; the same on float32 runs `.widthFirst` (depth first
+/// does not pay for inputs that need no widening) with its rows reduced as one run.
+
+/// The ways a tile is folded. Each has its own file in Kernels/.
+public enum Strategy: String, CaseIterable, Sendable {
+    /// Each input plane is reduced along W, then H, into a ring of `kernelD` planes; each output
+    /// plane folds its ring planes along D and finishes (WidthFirst.swift). The default.
+    case widthFirst
+    /// As width first, but each plane is reduced along H before W (HeightFirst.swift): with a
+    /// row stride above 1 and W reduced at every position, W then runs over the output's rows
+    /// only, fewer than the input's.
+    case heightFirst
+    /// Each output plane folds its input planes (widened) along D, then H, then W, finishing on
+    /// the way; no ring of planes (DepthFirst.swift). An input is widened once per pair of output
+    /// planes instead of once per W tap.
+    case depthFirst
+    /// Windows that do not overlap fold tap by tap straight from the input, channels innermost
+    /// (WholeWindows.swift): separating the axes would save no work, only add passes.
+    case wholeWindows
+}
+
+/// The thresholds the plan and the strategies use, named once.
+enum KernelLimits {
+    /// Channels that fill a vector register's lanes well: with fewer, a fused (W, C) row is
+    /// too short per position for per-position loops, and rows are handled as runs instead.
+    static let vectorChannels = 8
+    /// With a W stride above 1 and few channels, W is reduced at every position (and the
+    /// output subsampled) while the stride's span of channels is at most this many elements.
+    static let subsampledSpan = 16
+    /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
+    static let pairedTaps = 2...5
+    /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
+    /// the taps one fold adds.
+    static let wholeWindowTaps = 2 * sourcesPerPass
+}
+
+/// How a geometry runs: the strategy and its options. Built only by `init(_:_:...)`.
+public struct KernelPlan: Sendable {
+    public let strategy: Strategy
+    /// How W is reduced: at the output's positions, or at every position and subsampled.
+    let width: WidthPlan
+    /// Rows are widened once before the W folds (`WindowReduction.widenOutweighsAPass`), not
+    /// once per tap; never for subsampled rows, where it costs more than it saves.
+    public let widenOnce: Bool
+    /// Width first: a plane's dense rows reduce along W as one run (`reduceRowsAsOneRun`) when
+    /// the tile holds whole rows of all channels.
+    public let rowsAsOneRun: Bool
+    /// Width and height first: whole output rows finish as one run; subsampled rows only where
+    /// finishing costs more than a copy (then they finish in scratch and the kept positions are
+    /// copied out) and the outputs fit where their accumulators were.
+    public let rowsFinishAsRuns: Bool
+    /// Whole-row outputs are finished in scratch and streamed to memory, bypassing the cache.
+    public let streamOutput: Bool
+    /// The next plane's input rows are prefetched while the current plane finishes.
+    public let prefetchInput: Bool
+    /// The output plane is prefetched for writing while input is reduced (width first).
+    public let prefetchOutput: Bool
+    /// The AVX-512 kernels (`VectorFinish`) finish the outputs, where the strategy, the type and
+    /// this CPU allow.
+    let vectorFinish: VectorFinish?
+
+    public var usesVectorFinish: Bool { vectorFinish != nil }
+    /// Whether outputs are taken at every `stride`-th position of rows reduced at every position.
+    public var subsampledRows: Bool { width.subsampled }
+
+    /// The plan for `g` with elements reduced by `R`. `streamingOutputBytes` and
+    /// `usesVectorKernels` are the engine's settings (tests change them to reach every path).
+    init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, streamingOutputBytes: Int = PoolEngine.defaultStreamingOutputBytes,
+                             usesVectorKernels: Bool = true) {
+        let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
+        let outputSize = MemoryLayout<R.Output>.stride
+        width = WidthPlan(g)
+        widenOnce = R.widenOutweighsAPass && !width.subsampled
+        // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
+        // widened once per pair of output planes whose windows hold it instead of once per W
+        // tap, and the D fold reads inputs narrower than the sums the W-first finish reads.
+        // For float32 its six input planes per pair crowd L2, and it is slower.
+        let depthFirstPays = inputSize == 2 || accumulatorSize > inputSize
+        if depthFirstPays && Self.suitsDepthFirst(g, accumulatorSize: accumulatorSize) {
+            strategy = .depthFirst
+        } else if Self.suitsWholeWindows(g) {
+            strategy = .wholeWindows
+        } else if width.step == 1 && g.strideH > 1 {
+            strategy = .heightFirst
+        } else {
+            strategy = .widthFirst
+        }
+        let denseRows = g.stepC == 1 && g.stepW == g.channels && g.stepH == g.inW * g.channels
+        rowsAsOneRun = strategy == .widthFirst && denseRows && !widenOnce && width.step == 1
+            && g.channels < KernelLimits.vectorChannels
+        let narrowing = outputSize <= accumulatorSize
+        rowsFinishAsRuns = !width.subsampled || (narrowing && R.finishOutweighsACopy)
+        // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
+        // that the folds run at full vector width (with fewer channels the extra pass through
+        // scratch costs more than it saves). The finished values must fit where the
+        // accumulators were. Whole windows write straight to the output: staging rows to stream
+        // them did not pay.
+        let outputBytes = g.pixels * g.channels * outputSize  // fits: PoolEngine.plan checked it
+        streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= streamingOutputBytes
+            && g.channels >= KernelLimits.vectorChannels && narrowing
+        // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte
+        // inputs, and of 64-bit integer averages, whose widening is long. Where memory
+        // bandwidth is the limit already (float64, 64-bit max, windows that do not overlap) the
+        // prefetches only compete with the loads.
+        prefetchInput = (inputSize < 8 || R.widenOutweighsAPass) && g.kernelD > g.strideD
+        // Fetching the output plane for writing while input is reduced lets the finishing pass
+        // store into cache instead of waiting on each line (overlapping D windows only: the
+        // reduction must be long enough to hide the fetch).
+        prefetchOutput = g.kernelD > g.strideD
+        let vector = usesVectorKernels ? R.vectorFinish : nil
+        switch strategy {
+        case .depthFirst: vectorFinish = vector
+        // The plane strategies' finish runs use them only where the Swift loop is slower
+        // (bfloat16; float16 converts in one F16C instruction already).
+        case .widthFirst, .heightFirst: vectorFinish = vector?.finishesRuns == true ? vector : nil
+        case .wholeWindows: vectorFinish = nil
+        }
+    }
+
+    /// Whether a geometry can run depth first: stride 1 along every axis, output rows as
+    /// long as input rows (centred windows), windows of 2 to 5 planes (pairs along D) and
+    /// at most one fold pass of columns, no wider than a row, dense rows of few channels (W
+    /// reduces as a plane run), and short enough that a tile of one output row fits the
+    /// default budget (depth first, tiles hold whole rows).
+    static func suitsDepthFirst(_ g: PoolGeometry, accumulatorSize: Int) -> Bool {
+        g.strideD == 1 && g.strideH == 1 && g.strideW == 1 && foldsInPairs(g.kernelD) && g.outW == g.inW
+            && g.kernelW <= Swift.min(sourcesPerPass, g.inW) && g.channels < KernelLimits.vectorChannels && g.stepC == 1
+            && g.stepW == g.channels && g.stepH == g.inW * g.channels
+            && (2 * g.kernelH + 3) * g.inW * g.channels * accumulatorSize <= TilePlan.defaultBudgetBytes
+    }
+
+    /// Whether windows fold whole, tap by tap from the input: where no two windows overlap
+    /// (stride at least the kernel on every axis), one axis at a time saves no work and only
+    /// adds passes through scratch. With enough contiguous channels to vectorise over, and at
+    /// most `KernelLimits.wholeWindowTaps` taps. Never true together with `suitsDepthFirst`
+    /// (that needs stride 1 and 2+ planes, so windows overlap), and checked after it anyway.
+    static func suitsWholeWindows(_ g: PoolGeometry) -> Bool {
+        g.strideD >= g.kernelD && g.strideH >= g.kernelH && g.strideW >= g.kernelW
+            && g.windowSize <= KernelLimits.wholeWindowTaps && g.channels >= KernelLimits.vectorChannels && g.stepC == 1
+    }
+}
+
+/// How the W axis is reduced. With few channels and a W stride above 1, reducing at every
+/// position (stride 1) keeps the fused row contiguous and vectorised, and the output then
+/// takes every `stride`-th position; otherwise positions are the output's own.
+struct WidthPlan: Sendable {
+    /// Positions held by a reduced row: position q's window starts at q * step - padding.
+    let step: Int
+    /// Output ow is position ow * stride / step.
+    var subsampled: Bool { step == 1 && stride > 1 }
+    let stride: Int
+
+    init(_ g: PoolGeometry) {
+        stride = g.strideW
+        step = g.strideW > 1 && g.channels < KernelLimits.vectorChannels && g.strideW * g.channels <= KernelLimits.subsampledSpan
+            ? 1 : g.strideW
+    }
+
+    /// Positions covering outputs [ow0, ow1).
+    func positions(_ ow0: Int, _ ow1: Int) -> Range<Int> { (ow0 * stride / step)..<((ow1 - 1) * stride / step + 1) }
+}

@@ -1,0 +1,78 @@
+import CTidepoolStream
+
+/// Memory to prefetch, for reading or for writing: `planes` runs of `planeBytes`,
+/// `planeStride` bytes apart.
+struct PrefetchRegion {
+    let start: UnsafeRawPointer
+    let planeBytes: Int
+    let planes: Int
+    let planeStride: Int
+    var forWriting = false
+
+    /// Nothing to prefetch (its address is never used).
+    static let none = PrefetchRegion(start: UnsafeRawPointer(bitPattern: 64)!, planeBytes: 0, planes: 0, planeStride: 0)
+    var isEmpty: Bool { planeBytes * planes == 0 }
+}
+
+/// Prefetching for the strategies: the input the next planes or rows will read, fetched while
+/// the current ones finish (where `KernelPlan.prefetchInput` says), in parts spread over the
+/// finishing pass.
+extension TilePass {
+    /// Prefetches are spread over this many parts of the finishing pass, so they overlap with
+    /// its arithmetic instead of queueing up at once.
+    static var prefetchChunks: Int { 16 }
+
+    /// The input rows that the planes new to output planes `od + 1 ... od + count` (those in
+    /// the tile) will read, when rows are dense: the finishing pass of `od` touches no input,
+    /// so without a prefetch, memory would idle through it.
+    func upcomingInput(after od: Int, count: Int = 1) -> PrefetchRegion {
+        guard kernel.prefetchInput, od + 1 < tile.od.upperBound else { return .none }
+        let (_, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        let last = Swift.min(od + count, tile.od.upperBound - 1)
+        let (next0, _) = windowBounds(od + 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        let (_, next1) = windowBounds(last, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        let first = Swift.max(next0, d1)
+        return inputRegion(planes: first..<Swift.max(first, next1), rows: inputRows)
+    }
+
+    /// Input rows `rows` of planes `planes` of the tile's batch entry, when rows are dense (a
+    /// contiguous run per plane); nothing otherwise.
+    func inputRegion(planes: Range<Int>, rows: Range<Int>) -> PrefetchRegion {
+        guard g.stepC == 1, g.stepW == g.channels, g.stepH == g.inW * g.channels, !planes.isEmpty, !rows.isEmpty else {
+            return .none
+        }
+        let size = MemoryLayout<R.Input>.stride
+        return PrefetchRegion(start: UnsafeRawPointer(input + tile.n * g.stepN + planes.lowerBound * g.stepD + rows.lowerBound * g.stepH),
+                              planeBytes: rows.count * g.stepH * size, planes: planes.count, planeStride: g.stepD * size)
+    }
+
+    /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching part of
+    /// `region` after each (in one part when there is nothing to prefetch).
+    @inline(__always)
+    func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, _ body: (Range<Int>) -> Void) {
+        let parts = region.isEmpty ? 1 : Self.prefetchChunks
+        for part in 0..<parts {
+            body((range.lowerBound + range.count * part / parts)..<(range.lowerBound + range.count * (part + 1) / parts))
+            prefetch(region, part: part, of: parts)
+        }
+    }
+
+    /// Prefetches part `part` of `region` cut into `parts` equal parts.
+    func prefetch(_ region: PrefetchRegion, part: Int, of parts: Int) {
+        let total = region.planeBytes * region.planes
+        guard total > 0 else { return }
+        var from = total * part / parts
+        let to = total * (part + 1) / parts
+        while from < to {
+            let plane = from / region.planeBytes, offset = from % region.planeBytes
+            let bytes = Swift.min(to - from, region.planeBytes - offset)
+            let address = region.start + plane * region.planeStride + offset
+            if region.forWriting {
+                tpstream_prefetch_write(UnsafeMutableRawPointer(mutating: address), bytes)
+            } else {
+                tpstream_prefetch(address, bytes)
+            }
+            from += bytes
+        }
+    }
+}

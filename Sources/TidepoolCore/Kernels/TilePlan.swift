@@ -1,0 +1,134 @@
+/// The size of equal parts of `count`, each at most `largest` (at least 1).
+func evenSplit(_ count: Int, largest: Int) -> Int {
+    guard count > 0 else { return 1 }
+    let parts = (count + largest - 1) / Swift.max(largest, 1)
+    return (count + parts - 1) / parts
+}
+
+/// One unit of work: a block of output depths, rows, columns and channels of one batch entry.
+struct Tile {
+    var n: Int
+    var od: Range<Int>
+    var oh: Range<Int>
+    var ow: Range<Int>
+    var c: Range<Int>
+}
+
+/// Where each named region of a worker's scratch lies, in accumulators from its start. Each
+/// strategy has its own regions (`TilePlan.init` lays them out once); the others are empty.
+struct ScratchLayout {
+    /// Width first: the input rows of a plane reduced along W (`rowBlockRows` rows).
+    var reducedRows = 0..<0
+    /// Width and height first: the ring of `kernelD` planes reduced along W and H, one slot of
+    /// `planeSlot` accumulators per plane, slot d % kernelD.
+    var planeRing = 0..<0
+    var planeSlot = 0
+    /// Width, height and depth first: the tile's output rows folded along D (and H).
+    var merged = 0..<0
+    /// Width and height first: one row with its padding columns, widened.
+    var paddedRow = 0..<0
+    /// Depth first: the D sums of the tile's input rows for the even and the odd plane of a pair.
+    var evenPlaneSums = 0..<0
+    var oddPlaneSums = 0..<0
+    /// Whole windows: the partial sums of one position's channels.
+    var partial = 0..<0
+
+    /// Accumulators per worker.
+    var count: Int {
+        [reducedRows, planeRing, merged, paddedRow, evenPlaneSums, oddPlaneSums, partial].map(\.upperBound).max()!
+    }
+
+    /// Appends a region of `size` accumulators after those laid out so far.
+    mutating func next(_ size: Int) -> Range<Int> {
+        let start = count
+        return start..<(start + size)
+    }
+}
+
+/// The cut of a pooling into tiles and the scratch each worker needs, for a `KernelPlan`.
+public struct TilePlan {
+    let kernel: KernelPlan
+    let tileOD: Int, tileOH: Int, tileOW: Int, tileC: Int
+    let counts: (n: Int, od: Int, oh: Int, ow: Int, c: Int)
+    /// Accumulators per reduced row; reduced input rows per plane; a widened input row with
+    /// its padding.
+    let rowCapacity: Int
+    let rowBlockRows: Int
+    let paddedRowCapacity: Int
+    let scratch: ScratchLayout
+
+    /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
+    public static let defaultBudgetBytes = 512 << 10
+
+    /// Accumulators per worker.
+    var scratchCount: Int { scratch.count }
+
+    init(_ g: PoolGeometry, kernel: KernelPlan, accumulatorSize: Int, workers: Int, budgetBytes: Int = defaultBudgetBytes) {
+        self.kernel = kernel
+        let width = kernel.width
+        let depthFirst = kernel.strategy == .depthFirst
+        let budget = Swift.max(budgetBytes / accumulatorSize, 1)
+        // Rows of scratch per output row of a tile: sh reduced input rows, kd plane rows, one
+        // merged row, plus kh - 1 more reduced rows per tile. Depth first: sh rows of D sums
+        // for each plane of a pair and one merged row, plus 2 (kh - 1).
+        let rowsPerOutputRow = depthFirst ? 2 * g.strideH + 1 : g.strideH + g.kernelD + 1
+        let rowsHeld = (depthFirst ? 2 : 1) * g.kernelH
+        let rowsNeeded = rowsHeld + rowsPerOutputRow
+        // Channels are tiled only when one position's channels alone overflow the budget.
+        tileC = depthFirst ? g.channels : Swift.min(g.channels, Swift.max(1, budget / rowsNeeded))
+        let positionsAll = width.positions(0, g.outW).count
+        let positionsFit = Swift.max(1, budget / (rowsNeeded * tileC))
+        if depthFirst || positionsFit >= positionsAll {
+            tileOW = g.outW
+        } else {
+            // Outputs whose positions fit: position span of k outputs is (k - 1) * stride / step + 1.
+            tileOW = Swift.max(1, (positionsFit - 1) * width.step / width.stride + 1)
+        }
+        rowCapacity = width.positions(0, Swift.min(tileOW, g.outW)).count * tileC
+        let rowsFit = budget / rowCapacity - rowsHeld
+        // As many rows as fit, then evened out so that no tile is a small remainder (tiles of
+        // equal cost keep both workers busy to the end).
+        tileOH = evenSplit(g.outH, largest: Swift.max(1, rowsFit / rowsPerOutputRow))
+        let ohTiles = (g.outH + tileOH - 1) / tileOH
+        let owTiles = (g.outW + tileOW - 1) / tileOW
+        let cTiles = (g.channels + tileC - 1) / tileC
+        // Split depth only as far as needed to give every worker a few tiles: each block
+        // recomputes the (kd - sd) planes it shares with its neighbour.
+        let others = g.batch * ohTiles * owTiles * cTiles
+        let blocksWanted = (2 * workers + others - 1) / others
+        tileOD = evenSplit(g.outD, largest: Swift.max(Swift.min(8, g.outD), (g.outD + blocksWanted - 1) / Swift.max(blocksWanted, 1)))
+        counts = (g.batch, (g.outD + tileOD - 1) / tileOD, ohTiles, owTiles, cTiles)
+        rowBlockRows = (tileOH - 1) * g.strideH + g.kernelH
+        paddedRowCapacity = rowCapacity + (g.kernelW - 1) * tileC
+
+        var layout = ScratchLayout()
+        switch kernel.strategy {
+        case .widthFirst, .heightFirst:
+            layout.reducedRows = layout.next(rowBlockRows * rowCapacity)
+            layout.planeSlot = tileOH * rowCapacity
+            layout.planeRing = layout.next(g.kernelD * layout.planeSlot)
+            layout.merged = layout.next(tileOH * rowCapacity)
+            layout.paddedRow = layout.next(paddedRowCapacity)
+        case .depthFirst:
+            layout.evenPlaneSums = layout.next(rowBlockRows * rowCapacity)
+            layout.oddPlaneSums = layout.next(rowBlockRows * rowCapacity)
+            layout.merged = layout.next(tileOH * rowCapacity)
+        case .wholeWindows:
+            layout.partial = layout.next(tileC)
+        }
+        scratch = layout
+    }
+
+    var tileCount: Int { counts.n * counts.od * counts.oh * counts.ow * counts.c }
+
+    func tile(_ index: Int, _ g: PoolGeometry) -> Tile {
+        var rest = index
+        let c = rest % counts.c; rest /= counts.c
+        let ow = rest % counts.ow; rest /= counts.ow
+        let oh = rest % counts.oh; rest /= counts.oh
+        let od = rest % counts.od; rest /= counts.od
+        func range(_ i: Int, _ size: Int, _ limit: Int) -> Range<Int> { (i * size)..<Swift.min((i + 1) * size, limit) }
+        return Tile(n: rest, od: range(od, tileOD, g.outD), oh: range(oh, tileOH, g.outH), ow: range(ow, tileOW, g.outW),
+                    c: range(c, tileC, g.channels))
+    }
+}

@@ -1,0 +1,52 @@
+/// Whole windows (`Strategy.wholeWindows`).
+extension TilePass {
+    /// The tile window by window (`KernelPlan.suitsWholeWindows`): each output position folds its
+    /// in-bounds taps in (d, h, w) order, channels innermost, and finishes. The input rows of
+    /// the next output row are fetched meanwhile, in parts spread over the row: fetched at once, the
+    /// prefetches queue up and stall the loads.
+    func runWholeWindows(progress: (() -> Void)?) {
+        let base = input + tile.n * g.stepN + tile.c.lowerBound
+        let channels = channels, windowSize = g.windowSize, partial = partial
+        withUnsafeTemporaryAllocation(of: UnsafePointer<R.Input>.self, capacity: g.windowSize) { taps in
+            for od in tile.od {
+                progress?()
+                let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+                for oh in tile.oh {
+                    let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+                    let row = output + ((tile.n * g.outD + od) * g.outH + oh) * g.outW * g.channels + tile.c.lowerBound
+                    let (next0, next1) = windowBounds(oh + 1, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+                    let upcoming = inputRegion(planes: d0..<Swift.max(d0, d1), rows: next0..<Swift.max(next0, next1))
+                    // Windows of the same width have their taps at the same offsets from their first column.
+                    var tapsWidth = -1, tapsColumn = 0, count = 0
+                    inParts(tile.ow, prefetching: upcoming) { part in
+                        for ow in part {
+                            let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+                            if w1 - w0 != tapsWidth {
+                                count = 0
+                                for d in d0..<Swift.max(d0, d1) {
+                                    for h in h0..<Swift.max(h0, h1) {
+                                        for w in w0..<Swift.max(w0, w1) {
+                                            taps[count] = UnsafePointer(base + d * g.stepD + h * g.stepH + w * g.stepW)
+                                            count += 1
+                                        }
+                                    }
+                                }
+                                tapsWidth = w1 - w0
+                                tapsColumn = w0
+                            }
+                            let out = row + ow &* g.channels
+                            guard count > 0 else {
+                                // Padding may exceed the kernel: a window can lie wholly in it.
+                                for c in 0..<channels { out[c] = R.finish(R.identity, windowSize: windowSize) }
+                                continue
+                            }
+                            let shift = (w0 &- tapsColumn) &* g.stepW
+                            finishTaps(InputLoader<R>.self, out, channels, partial: partial, taps: 0..<count,
+                                       source: { taps[$0] + shift }, windowSize: windowSize)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+import CTidepoolStream
+
+/// Width first (`Strategy.widthFirst`), and the plane ring it shares with height first: each
+/// new input plane is reduced along W, then H, into a ring of `kernelD` planes, and each output
+/// plane folds its ring planes along D and finishes.
+extension TilePass {
+    /// The plane ring (width and height first): each output plane reduces the input planes new
+    /// to its window (`reducePlane`), then folds its `kernelD` ring planes along D and finishes.
+    mutating func runPlaneRing(progress: (() -> Void)?) {
+        let windowSize = g.windowSize
+        // Large outputs are finished into scratch and streamed out (see tidepool_stream.h).
+        let streaming = kernel.streamOutput
+        let outputRow = g.outW * g.channels
+        // Whole rows fold and finish as one vector run (subsampled ones where the plan says,
+        // finished in scratch with every stride-th position copied out).
+        let wholeRows = channels == g.channels && tile.ow.count == g.outW && kernel.rowsFinishAsRuns
+        let inScratch = streaming || width.subsampled
+        for od in tile.od {
+            progress?()
+            let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+            let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
+            // The output plane is fetched for writing while the new planes are reduced: the
+            // finishing pass then stores into cache instead of waiting on each line.
+            var outputAhead = !(wholeRows && !inScratch && kernel.prefetchOutput) ? PrefetchRegion.none
+                : PrefetchRegion(start: UnsafeRawPointer(out), planeBytes: planeLength * MemoryLayout<R.Output>.stride, planes: 1,
+                                 planeStride: 0, forWriting: true)
+            for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
+                reducePlane(d, outputAhead: outputAhead)
+                outputAhead = .none
+                newestPlane = d
+            }
+            if wholeRows {
+                let target = inScratch ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
+                if d0 >= d1 {
+                    for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
+                } else {
+                    inParts(0..<planeLength, prefetching: upcomingInput(after: od)) { part in
+                        if let vector = kernel.vectorFinish, d1 - d0 <= sourcesPerPass {
+                            vector.runs(R.self, target + part.lowerBound, part.count, taps: d0..<d1,
+                                        source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                        } else {
+                            finishTaps(AccumulatorLoader<R>.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: d0..<d1,
+                                       source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                        }
+                    }
+                }
+                if width.subsampled {
+                    // A fixed channel count per case, so each position's copy is unrolled.
+                    switch channels {
+                    case 1: copyKeptPositions(target, to: out, channels: 1, outputRow: outputRow)
+                    case 2: copyKeptPositions(target, to: out, channels: 2, outputRow: outputRow)
+                    case 3: copyKeptPositions(target, to: out, channels: 3, outputRow: outputRow)
+                    case 4: copyKeptPositions(target, to: out, channels: 4, outputRow: outputRow)
+                    default: copyKeptPositions(target, to: out, channels: channels, outputRow: outputRow)
+                    }
+                } else if streaming {
+                    tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride)
+                }
+                continue
+            }
+            if d0 >= d1 {
+                for j in 0..<planeLength { merged[j] = R.identity }
+            } else {
+                foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: d0..<d1, first: true, source: plane)
+            }
+            let upcoming = upcomingInput(after: od)
+            for oh in tile.oh {
+                prefetch(upcoming, part: oh - tile.oh.lowerBound, of: tile.oh.count)
+                let source = merged + (oh - tile.oh.lowerBound) * rowLength
+                let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
+                for ow in tile.ow {
+                    let from = source + (ow * width.stride / width.step - positions.lowerBound) * channels
+                    let to = destination + ow * g.channels
+                    for c in 0..<channels { to[c] = R.finish(from[c], windowSize: windowSize) }
+                }
+            }
+        }
+    }
+
+    /// Reduces input plane d along W and H into its ring slot, for the tile's rows, prefetching
+    /// `outputAhead` for writing meanwhile (in W-first order only: H-first planes are strided,
+    /// and their outputs subsampled in scratch, so there is rarely an output to fetch).
+    func reducePlane(_ d: Int, outputAhead: PrefetchRegion) {
+        if kernel.strategy == .heightFirst {
+            reducePlaneHeightFirst(d)
+            return
+        }
+        if planeRun {
+            reduceRowsAsOneRun(d: d, rows: inputRows, outputAhead: outputAhead)
+        } else {
+            inParts(inputRows, prefetching: outputAhead) { part in
+                for h in part { reduceRow(d: d, h: h, into: reducedRows + (h - firstRow) * rowLength) }
+            }
+        }
+        reduceAlongH(reducedRows, from: firstRow, rows: tile.oh, into: planeRing + (d % g.kernelD) * planeSlot)
+    }
+
+    func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
+
+    /// Copies every stride-th position of the tile's subsampled rows, finished in `from`, to
+    /// the output rows at `to`.
+    @inline(__always)
+    func copyKeptPositions(_ from: UnsafePointer<R.Output>, to: UnsafeMutablePointer<R.Output>, channels: Int, outputRow: Int) {
+        let jump = width.stride * channels
+        for oh in 0..<tile.oh.count {
+            let source = from + oh * rowLength, destination = to + oh * outputRow
+            for ow in 0..<g.outW {
+                for c in 0..<channels { destination[ow * channels + c] = source[ow * jump + c] }
+            }
+        }
+    }
+
+    /// Reduces input row (d, h) along W into `destination`.
+    func reduceRow(d: Int, h: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        let row = input + tile.n * g.stepN + d * g.stepD + h * g.stepH
+        guard fusedRow && width.step == 1 else {
+            reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, step: width.step,
+                            channels: channels, into: destination)
+            return
+        }
+        // For a fixed tap, the positions read a contiguous run of the fused row.
+        let channels = channels, first = firstColumn
+        if inputColumns == 0..<columnSpan && !kernel.widenOnce {
+            foldTaps(InputLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
+                     source: { UnsafePointer(row + (first + $0) * channels) })
+            return
+        }
+        // With few channels and wide padding, the edge positions' scalar loops cost more than
+        // one more vector pass over the row; otherwise fold the interior straight from the
+        // input and the few edge positions one by one.
+        if !kernel.widenOnce && (channels >= KernelLimits.vectorChannels || 4 * g.padW * g.kernelW * 8 <= columnSpan * channels) {
+            let interior = interiorPositions
+            if !interior.isEmpty {
+                let start = interior.lowerBound * channels
+                foldTaps(InputLoader<R>.self, destination + start, interior.count * channels, taps: 0..<g.kernelW,
+                         first: true, source: { UnsafePointer(row + (first + $0) * channels + start) })
+            }
+            reduceEdge(0..<interior.lowerBound, row: row, first: first, into: destination)
+            reduceEdge(interior.upperBound..<positions.count, row: row, first: first, into: destination)
+            return
+        }
+        // Windows reach into padding, or widening costs more than a pass: widen the row once,
+        // with identity where the padding is, and fold every position the same way (the order
+        // of taps is unchanged).
+        fillPaddingOfPaddedRow()
+        let source = row + first * channels
+        for j in (inputColumns.lowerBound * channels)..<(inputColumns.upperBound * channels) { paddedRow[j] = R.widen(source[j]) }
+        reducePaddedRow(into: destination)
+    }
+
+    /// Reduces input rows `rows` of plane d along W as one vector run over all of them, which
+    /// `planeRun` allows: with few channels a row is a few vectors long, and loops per
+    /// row would cost more than their folds. Positions outside `interiorPositions` (windows crossing a
+    /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
+    /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, outputAhead: PrefetchRegion) {
+        guard !rows.isEmpty else { return }
+        let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
+        let channels = channels, first = firstColumn, interior = interiorPositions
+        // From the first row's first interior position to the last row's last one: every read
+        // stays within the rows.
+        let start = interior.lowerBound * channels
+        let length = ((rows.count - 1) * g.inW + interior.upperBound) * channels - start
+        inParts(start..<(start + length), prefetching: outputAhead) { part in
+            foldTaps(InputLoader<R>.self, reducedRows + part.lowerBound, part.count, taps: 0..<g.kernelW, first: true,
+                     source: { UnsafePointer(block + (first + $0) * channels + part.lowerBound) })
+        }
+        let destination = reducedRows + (rows.lowerBound - firstRow) * rowLength
+        reduceEdgeOfRows(InputLoader<R>.self, 0..<interior.lowerBound, rows: rows.count, block: block, first: first,
+                         into: destination, store: { $0 })
+        reduceEdgeOfRows(InputLoader<R>.self, interior.upperBound..<positions.count, rows: rows.count, block: block, first: first,
+                         into: destination, store: { $0 })
+    }
+
+    /// Positions `slots` of a fused row, each folding only its in-bounds taps.
+    func reduceEdge(_ slots: Range<Int>, row: UnsafePointer<R.Input>, first: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        guard channels >= KernelLimits.vectorChannels else {
+            // A channel's taps in a register: the vector loop below would be a chain of
+            // stores and reloads when there are only a few channels.
+            reduceEdgeOfRows(InputLoader<R>.self, slots, rows: 1, block: row, first: first, into: destination, store: { $0 })
+            return
+        }
+        for slot in slots {
+            let out = destination + slot * channels
+            let column = first + slot
+            let taps = tapsInBounds(ofWindowAt: column)
+            for c in 0..<channels { out[c] = R.identity }
+            for k in taps {
+                let source = row + (column + k) * channels
+                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
+            }
+        }
+    }
+}
+
+/// The W reduction position by position, for strided W with many channels and for inputs
+/// whose rows are not contiguous. Kept out of line so its channel loop is optimised alone.
+@inline(never)
+func reducePositions<R: WindowReduction>(
+    _: R.Type, _ g: PoolGeometry, row: UnsafePointer<R.Input>, positions: Range<Int>, step: Int, channels: Int,
+    into destination: UnsafeMutablePointer<R.Accumulator>
+) {
+    for (slot, q) in positions.enumerated() {
+        let out = destination + slot * channels
+        let (lower, upper) = windowBounds(q, stride: step, padding: g.padW, kernel: g.kernelW, length: g.inW)
+        let columns = lower..<Swift.max(upper, lower)
+        if columns.isEmpty {
+            for c in 0..<channels { out[c] = R.identity }
+        } else if g.stepC == 1 {
+            // All of a position's taps in one pass over its channels, first tap copied.
+            foldTaps(InputLoader<R>.self, out, channels, taps: columns, first: true, source: { row + $0 * g.stepW })
+        } else {
+            for c in 0..<channels { out[c] = R.identity }
+            for column in columns {
+                let source = row + column * g.stepW
+                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c * g.stepC])) }
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import CTidepoolVector
+import Testing
+import TidepoolCore
+
+/// Which strategy (KernelPlan.swift) runs for representative geometries: an edit of a
+/// predicate that moves a case to another path, or leaves a path unreached, fails here, while
+/// the result tests (PoolingTests) would stay green.
+struct StrategyTests {
+    struct Case: CustomStringConvertible, Sendable {
+        let kind: PoolKind
+        let dtype: DType
+        let shape: [Int]
+        let kernel: Int, stride: Int, padding: Int
+        let strategy: Strategy
+        var description: String {
+            "\(kind) \(shape.count - 2)-d k\(kernel) s\(stride) p\(padding) \(dtype) \(shape)"
+        }
+
+        func plan(_ engine: PoolEngine = PoolEngine(threads: 2)) throws -> KernelPlan {
+            let dims = shape.count - 2
+            let desc = PoolDescriptor(kind: kind, kernelSize: Array(repeating: kernel, count: dims),
+                                      stride: Array(repeating: stride, count: dims), padding: Array(repeating: padding, count: dims))
+            let input = TensorView(data: nil, dtype: dtype, shape: shape)
+            return try #require(try engine.kernelPlan(desc, input: input))
+        }
+    }
+
+    /// The `make bench` cases and their neighbours in other dtypes, dimensions and channel counts.
+    static let cases: [Case] = [
+        // k2 s2 with 4 channels: W subsampled (stride x channels fits a vector), rows strided.
+        Case(kind: .average, dtype: .float32, shape: [8, 16, 32, 32, 4], kernel: 2, stride: 2, padding: 0, strategy: .heightFirst),
+        // k2 s2 with 32 channels: windows do not overlap, at most 12 taps.
+        Case(kind: .average, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
+        Case(kind: .max, dtype: .int8, shape: [2, 8, 16, 16, 8], kernel: 2, stride: 2, padding: 1, strategy: .wholeWindows),
+        // k3 s3: 27 taps is too many for whole windows.
+        Case(kind: .average, dtype: .float32, shape: [1, 9, 9, 9, 16], kernel: 3, stride: 3, padding: 0, strategy: .widthFirst),
+        Case(kind: .average, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
+        Case(kind: .max, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
+        Case(kind: .average, dtype: .float32, shape: [2, 64, 224, 224, 3], kernel: 3, stride: 2, padding: 1, strategy: .heightFirst),
+        // k5 s1 p2 on one channel: depth first only where the input is widened or 16 bits wide.
+        Case(kind: .average, dtype: .float32, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .widthFirst),
+        Case(kind: .average, dtype: .float64, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .widthFirst),
+        Case(kind: .average, dtype: .bfloat16, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .depthFirst),
+        Case(kind: .average, dtype: .float16, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .depthFirst),
+        Case(kind: .average, dtype: .int8, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .depthFirst),
+        Case(kind: .average, dtype: .int32, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .depthFirst),
+        Case(kind: .max, dtype: .float16, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .depthFirst),
+        Case(kind: .max, dtype: .int32, shape: [4, 128, 128, 128, 1], kernel: 5, stride: 1, padding: 2, strategy: .widthFirst),
+        // Depth first needs 2 to 5 planes and rows short enough for one tile.
+        Case(kind: .average, dtype: .bfloat16, shape: [1, 16, 16, 16, 1], kernel: 7, stride: 1, padding: 3, strategy: .widthFirst),
+        Case(kind: .average, dtype: .bfloat16, shape: [1, 8, 8, 40000, 1], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
+        // 1-d and 2-d layers are lifted to 3-d with one plane (kernel 1 along D).
+        Case(kind: .average, dtype: .float32, shape: [8, 56, 56, 3], kernel: 3, stride: 2, padding: 1, strategy: .heightFirst),
+        Case(kind: .max, dtype: .float32, shape: [8, 112, 112, 64], kernel: 3, stride: 2, padding: 1, strategy: .widthFirst),
+        Case(kind: .max, dtype: .float32, shape: [8, 112, 112, 64], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
+        Case(kind: .average, dtype: .float32, shape: [64, 4096, 1], kernel: 2, stride: 2, padding: 0, strategy: .widthFirst),
+        Case(kind: .average, dtype: .float32, shape: [64, 4096, 64], kernel: 9, stride: 1, padding: 4, strategy: .widthFirst),
+    ]
+
+    @Test(arguments: cases)
+    func strategy(_ c: Case) throws {
+        #expect(try c.plan().strategy == c.strategy)
+    }
+
+    /// Every strategy is reached by some case above, so every path keeps a pinned geometry.
+    @Test func everyStrategyIsPinned() {
+        #expect(Set(Self.cases.map(\.strategy)) == Set(Strategy.allCases))
+    }
+
+    /// AvgPool3d k5 s1 p2 on one channel of bfloat16: depth first, finished by the AVX-512
+    /// kernel where this CPU has it (checked on both kinds of CPU: the answer follows the CPU).
+    @Test func bfloat16DepthFirstOptions() throws {
+        let plan = try Self.cases[9].plan()
+        #expect(plan.strategy == .depthFirst)
+        #expect(plan.usesVectorFinish == (tpvector_supports(TPVECTOR_BFLOAT16) != 0))
+        #expect(plan.prefetchInput && !plan.streamOutput)
+        #expect(try !Self.cases[9].plan(PoolEngine(threads: 2, usesVectorKernels: false)).usesVectorFinish)
+    }
+
+    /// The options of the width-first and height-first cases.
+    @Test func planeOptions() throws {
+        // float32 k5 s1 p2, one channel: rows reduce as one run; prefetches on (overlapping D).
+        let oneChannel = try Self.cases[7].plan()
+        #expect(oneChannel.rowsAsOneRun && oneChannel.prefetchInput && oneChannel.prefetchOutput && !oneChannel.streamOutput)
+        #expect(!oneChannel.usesVectorFinish)
+        // float64: memory bound already, no input prefetch.
+        #expect(try !Self.cases[8].plan().prefetchInput)
+        // 32 channels, 64 MiB of output: streamed, not reduced as one run.
+        let wide = try Self.cases[4].plan()
+        #expect(wide.streamOutput && !wide.rowsAsOneRun)
+        #expect(try !Self.cases[4].plan(PoolEngine(threads: 2, streamingOutputBytes: .max)).streamOutput)
+        // k3 s2 with 3 channels: W reduced at every position, the output subsampled.
+        let subsampled = try Self.cases[6].plan()
+        #expect(subsampled.subsampledRows && subsampled.rowsFinishAsRuns == false)
+        // bfloat16 rows finish through the vector kernel where the CPU has it; float16 never.
+        let bf16 = Case(kind: .average, dtype: .bfloat16, shape: [2, 8, 16, 16, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
+        #expect(try bf16.plan().strategy == .widthFirst)
+        #expect(try bf16.plan().usesVectorFinish == (tpvector_supports(TPVECTOR_BFLOAT16) != 0))
+        let f16 = Case(kind: .average, dtype: .float16, shape: [2, 8, 16, 16, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
+        #expect(try !f16.plan().usesVectorFinish)
+        // 64-bit integer averages widen each row once (not for subsampled rows).
+        let wide64 = Case(kind: .average, dtype: .int64, shape: [1, 8, 16, 16, 8], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
+        #expect(try wide64.plan().widenOnce && wide64.plan().prefetchInput)
+    }
+
+    /// The plan does not depend on the thread count or the tile budget (results are the same
+    /// for any engine); and strided inputs leave the dense-row paths.
+    @Test func planIgnoresThreadsAndBudget() throws {
+        for c in Self.cases {
+            for engine in [PoolEngine(threads: 1), PoolEngine(threads: 7, tileBudgetBytes: 2048)] {
+                let plan = try c.plan(engine)
+                #expect(plan.strategy == c.strategy, "\(c)")
+            }
+        }
+        let desc = PoolDescriptor(kind: .average, kernelSize: [5, 5, 5], stride: [1, 1, 1], padding: [2, 2, 2])
+        let shape = [1, 16, 16, 16, 1]
+        var strides = TensorView.contiguousStrides(shape)
+        strides[3] = 2  // every other column
+        strides = strides.enumerated().map { $0.offset < 3 ? $0.element * 2 : $0.element }
+        let strided = TensorView(data: nil, dtype: .bfloat16, shape: shape, strides: strides)
+        let plan = try #require(try PoolEngine(threads: 2).kernelPlan(desc, input: strided))
+        #expect(plan.strategy == .widthFirst && !plan.rowsAsOneRun)
+    }
+}

@@ -1,0 +1,65 @@
+"""The public Python API as IDEs, help() and type checkers see it: functions and Client methods
+written out with signatures, annotations and docstrings; the package marked typed; the raw
+layer translating only, with errors raised above it."""
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tidepool
+from tidepool import _lib, _native
+
+NAMES = [f"{kind}_pool{d}d" for kind in ("avg", "max") for d in (1, 2, 3)]
+LAYOUTS = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_functions_are_written_out_with_types_and_docs(name):
+    function = getattr(tidepool, name)
+    assert function.__module__ == "tidepool.functional" and function.__name__ == name
+    signature = inspect.signature(function)
+    assert list(signature.parameters) == ["x", "kernel_size", "stride", "padding", "out"]
+    assert signature.parameters["out"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert signature.parameters["stride"].default is None and signature.parameters["padding"].default == 0
+    assert all(p.annotation is not inspect.Parameter.empty for p in signature.parameters.values())
+    assert signature.return_annotation == "np.ndarray"
+    assert LAYOUTS[int(name[-2])] in function.__doc__ and "Raises:" in function.__doc__
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_client_methods_are_written_out_in_the_class(name):
+    method = tidepool.Client.__dict__[name]  # defined in the class body, not attached at import
+    signature = inspect.signature(method)
+    assert list(signature.parameters) == ["self", "x", "kernel_size", "stride", "padding", "out"]
+    assert signature.return_annotation == "np.ndarray"
+    assert f"tidepool.{name}" in method.__doc__
+
+
+def test_layer_classes_show_their_constructor():
+    signature = inspect.signature(tidepool.nn.MaxPool2d)
+    assert list(signature.parameters) == ["kernel_size", "stride", "padding"]
+    assert "(N, H, W, C)" in tidepool.nn.MaxPool2d.__doc__
+
+
+def test_package_is_marked_typed():
+    assert (Path(tidepool.__file__).parent / "py.typed").is_file()
+
+
+def test_raw_layer_raises_nothing_when_the_library_is_missing(monkeypatch):
+    monkeypatch.setattr(_lib, "candidate_paths", lambda: ["/nonexistent/libtidepool.so", "find_library('tidepool')"])
+    library, path, tried = _lib.load_library()
+    assert library is None and path is None
+    assert tried == ["/nonexistent/libtidepool.so: no such file", "find_library('tidepool'): not found"]
+
+
+def test_statuses_become_exceptions_in_one_place():
+    # _native.error maps every status; the Pythonic layer raises what it returns.
+    assert isinstance(_native.error(_lib.TP_ERR_SHAPE, "m"), tidepool.InvalidArgumentError)
+    assert isinstance(_native.error(_lib.TP_ERR_BUSY, "m"), tidepool.BusyError)
+    assert isinstance(_native.error(_lib.TP_ERR_PERMISSION, "m"), PermissionError)
+    other = _native.error(_lib.TP_ERR_PROTOCOL, "m")
+    assert type(other) is tidepool.Error and other.status == _lib.TP_ERR_PROTOCOL and "TP_ERR_PROTOCOL" in str(other)
+    with pytest.raises(tidepool.InvalidArgumentError, match=r"\[avg_pool1d\]"):
+        tidepool.avg_pool1d(np.zeros((1, 2, 1), np.float32), 5, 1)
