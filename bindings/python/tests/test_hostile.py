@@ -190,6 +190,7 @@ def test_another_uid_cannot_reach_this_users_shared_memory(tmp_path):
 
 SQUAT = r"""
 set -u
+mount --bind /tmp {old_tmp}
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir /tmp/tidepool-0 && chown {nobody}:{nobody} /tmp/tidepool-0 && chmod 0777 /tmp/tidepool-0
 timeout 10 env -u XDG_RUNTIME_DIR -u TIDEPOOL_ENDPOINT {tidepoold} --log-level info; echo "daemon exit $?"
@@ -210,9 +211,20 @@ def test_squatted_default_directory_is_refused_by_daemon_and_client():
     refuses to start there, saying why, and a client refuses to connect through it."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not installed")
-    script = SQUAT.format(nobody=NOBODY, tidepoold=TIDEPOOLD, python=sys.executable,
-                          python_path=REPO / "bindings" / "python")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    # The private /tmp hides the host's; a checkout, a venv or a build under /tmp stays
+    # reachable through a bind mount of the host's /tmp made first (outside /tmp).
+    old_tmp = tempfile.mkdtemp(prefix="tidepool-host-tmp-", dir="/var/tmp")
+
+    def reachable(path):
+        path = str(path)
+        return old_tmp + path[len("/tmp"):] if path == "/tmp" or path.startswith("/tmp/") else path
+
+    script = SQUAT.format(nobody=NOBODY, old_tmp=old_tmp, tidepoold=reachable(TIDEPOOLD), python=reachable(sys.executable),
+                          python_path=reachable(REPO / "bindings" / "python"))
+    try:
+        result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        os.rmdir(old_tmp)
     output = result.stdout + result.stderr
     assert "daemon exit 1" in output, output
     assert "/tmp/tidepool-0" in output and "belongs to uid 65534" in output, output
