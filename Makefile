@@ -15,8 +15,8 @@ VENV_STAMP := $(VENV)/.installed
 C_BUILD := bindings/c/build
 CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz run bench clean \
-	fuzz fuzz-build sanitize sanitize-swift sanitize-c soak
+.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench \
+	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall
 
 ## Dependencies ---------------------------------------------------------------
 
@@ -48,10 +48,12 @@ SWIFT_RELEASE_FLAGS := -c release --static-swift-stdlib $(if $(SWIFT_CPU),-Xswif
 # processes with no Swift toolchain on the library path.
 build: system-deps
 	$(SWIFT) build $(SWIFT_RELEASE_FLAGS)
+	@# Programs linked here record the SONAME, libtidepool.so.0, and find it beside the library.
+	@ln -sf libtidepool.so $(BUILD_DIR)/libtidepool.so.0
 
 ## Tests --------------------------------------------------------------------------
 
-test: test-swift test-c test-python test-fuzz
+test: test-swift test-c test-python test-fuzz test-install
 
 test-swift: system-deps
 	$(SWIFT) test
@@ -88,6 +90,11 @@ test-c: c-programs
 # in the repository's .build/release.
 test-python: build venv
 	PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q bindings/python/tests
+
+# make install into a temporary prefix (and a DESTDIR staging), a C program built with
+# pkg-config against it, the installed daemon, then make uninstall.
+test-install: build
+	bindings/c/run_install_test.sh
 
 ## Fuzzing ------------------------------------------------------------------------
 
@@ -145,6 +152,67 @@ SOAK_SECONDS ?= 120
 soak: build venv
 	PYTHONPATH=bindings/python:bindings/python/tests $(VENV)/bin/python bindings/python/tests/soak.py \
 		--seconds $(SOAK_SECONDS)
+
+## Install --------------------------------------------------------------------------
+
+# One version, the header's (TP_VERSION_MAJOR.MINOR.PATCH): the library's file name, the
+# pkg-config file and (through the header) the library, the daemon and the Python package.
+VERSION := $(shell sed -n 's/^\#define TP_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$$/\2/p' include/tidepool.h | paste -sd.)
+SOVERSION := $(word 1,$(subst ., ,$(VERSION)))
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
+SYSTEMDSYSTEMUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSTEMDUSERUNITDIR ?= $(PREFIX)/lib/systemd/user
+MAN_BUILD := .build/man
+# Manual dates follow the last commit, so a rebuild of the same commit gives the same page.
+MAN_DATE := $(shell git log -1 --format=%cs 2>/dev/null || date -u +%F)
+
+# tidepoold(1), generated from the daemon's argument parser (swift-argument-parser's tool).
+man: build
+	$(SWIFT) build --product generate-manual
+	@mkdir -p $(MAN_BUILD)
+	.build/debug/generate-manual $(BUILD_DIR)/tidepoold --date $(MAN_DATE) --output-directory $(MAN_BUILD)
+
+INSTALLED_FILES := $(BINDIR)/tidepoold $(BINDIR)/.debug/tidepoold.debug \
+	$(LIBDIR)/libtidepool.so.$(VERSION) $(LIBDIR)/libtidepool.so.$(VERSION).debug \
+	$(LIBDIR)/libtidepool.so.$(SOVERSION) $(LIBDIR)/libtidepool.so $(LIBDIR)/pkgconfig/tidepool.pc \
+	$(INCLUDEDIR)/tidepool.h $(MANDIR)/man1/tidepoold.1 \
+	$(SYSTEMDSYSTEMUNITDIR)/tidepoold.service $(SYSTEMDUSERUNITDIR)/tidepoold.service
+
+# Binaries are stripped; their debug info goes beside them (found by gdb through
+# .gnu_debuglink: next to the library, in bin/.debug for the daemon).
+install: build man
+	install -d $(DESTDIR)$(BINDIR)/.debug $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(SYSTEMDSYSTEMUNITDIR) $(DESTDIR)$(SYSTEMDUSERUNITDIR)
+	objcopy --only-keep-debug $(LIB) $(DESTDIR)$(LIBDIR)/libtidepool.so.$(VERSION).debug
+	objcopy --strip-debug --strip-unneeded --add-gnu-debuglink=$(DESTDIR)$(LIBDIR)/libtidepool.so.$(VERSION).debug \
+		$(LIB) $(DESTDIR)$(LIBDIR)/libtidepool.so.$(VERSION)
+	chmod 644 $(DESTDIR)$(LIBDIR)/libtidepool.so.$(VERSION).debug
+	chmod 755 $(DESTDIR)$(LIBDIR)/libtidepool.so.$(VERSION)
+	ln -sf libtidepool.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libtidepool.so.$(SOVERSION)
+	ln -sf libtidepool.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libtidepool.so
+	objcopy --only-keep-debug $(BUILD_DIR)/tidepoold $(DESTDIR)$(BINDIR)/.debug/tidepoold.debug
+	objcopy --strip-all --add-gnu-debuglink=$(DESTDIR)$(BINDIR)/.debug/tidepoold.debug \
+		$(BUILD_DIR)/tidepoold $(DESTDIR)$(BINDIR)/tidepoold
+	chmod 644 $(DESTDIR)$(BINDIR)/.debug/tidepoold.debug
+	chmod 755 $(DESTDIR)$(BINDIR)/tidepoold
+	install -m 644 include/tidepool.h $(DESTDIR)$(INCLUDEDIR)/tidepool.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+		packaging/tidepool.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/tidepool.pc
+	install -m 644 $(MAN_BUILD)/tidepoold.1 $(DESTDIR)$(MANDIR)/man1/tidepoold.1
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/tidepoold.service > $(DESTDIR)$(SYSTEMDSYSTEMUNITDIR)/tidepoold.service
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/tidepoold.user.service > $(DESTDIR)$(SYSTEMDUSERUNITDIR)/tidepoold.service
+	@# The dynamic linker's cache, when installing for real (not staging) as root.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig > /dev/null; then ldconfig; fi
+	@echo "installed tidepool $(VERSION) under $(DESTDIR)$(PREFIX)"
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	-rmdir $(DESTDIR)$(BINDIR)/.debug 2>/dev/null
 
 ## Run ----------------------------------------------------------------------------
 

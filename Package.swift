@@ -24,7 +24,8 @@ let package = Package(
         .systemLibrary(name: "CTidepool", path: "include"),
         // libzmq's C API (Debian's libzmq3-dev).
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
-        // C shims: pidfd_open, eventfd, and the SIGBUS guard for client mappings.
+        // C shims: pidfd_open, eventfd, futex words, the SIGBUS guard for client mappings, and
+        // sd_notify's protocol for systemd readiness.
         .target(name: "CTidepoolSystem"),
 
         // Streaming (non-temporal) copies for large outputs.
@@ -66,7 +67,8 @@ let package = Package(
             dependencies: ["CTidepool", "TidepoolCore", "TidepoolClient", "TidepoolProtocol", "TidepoolEndpoint", "TidepoolSync"]
         ),
         // @_cdecl exports only. The Swift runtime is linked in statically so the library
-        // loads into plain C and Python hosts; nodelete keeps it mapped after dlclose(), since
+        // loads into plain C and Python hosts; its SONAME is libtidepool.so.0 (the C ABI's major
+        // version, see `make install`); nodelete keeps it mapped after dlclose(), since
         // thread-exit destructors and the runtime's state point into it. The version script
         // exports the tp_ functions of tidepool.h and nothing else.
         .target(
@@ -74,7 +76,7 @@ let package = Package(
             dependencies: ["TidepoolCABI"],
             linkerSettings: [
                 .unsafeFlags([
-                    "-static-stdlib", "-Xlinker", "-z", "-Xlinker", "nodelete",
+                    "-static-stdlib", "-Xlinker", "-z", "-Xlinker", "nodelete", "-Xlinker", "-soname=libtidepool.so.0",
                     "-Xlinker", "--version-script=\(packageRoot)/include/tidepool.map",
                 ])
             ]
@@ -82,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "tidepoold",
             dependencies: [
-                "TidepoolServer", "TidepoolCore", "TidepoolEndpoint", "TidepoolSync",
+                "CTidepoolSystem", "TidepoolServer", "TidepoolCore", "TidepoolEndpoint", "TidepoolSync",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -9,7 +9,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -154,4 +158,27 @@ uint32_t tpsys_word_wait(uint32_t *word, int timeout_ms) {
         /* Returns at once if the word is no longer 0 (EAGAIN), on a wake, a signal or the time. */
         syscall(SYS_futex, word, FUTEX_WAIT, 0, timeout_ms >= 0 ? &left : NULL, NULL, 0);
     }
+}
+
+/* sd_notify(3)'s protocol without libsystemd: one datagram to the AF_UNIX socket named by
+ * $NOTIFY_SOCKET (a path, or an abstract name written with a leading '@'). */
+int tpsys_notify(const char *state) {
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (path == NULL || path[0] == '\0') return 0;
+    if (path[0] != '/' && path[0] != '@') return -1;
+    struct sockaddr_un address;
+    memset(&address, 0, sizeof address);
+    address.sun_family = AF_UNIX;
+    size_t length = strlen(path);
+    if (length >= sizeof address.sun_path) return -1;
+    memcpy(address.sun_path, path, length);
+    if (path[0] == '@') address.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    socklen_t size = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + length);
+    ssize_t sent = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&address, size);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return sent < 0 ? -1 : 1;
 }

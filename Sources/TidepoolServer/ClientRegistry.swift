@@ -71,6 +71,7 @@ final class ClientRegistry {
         }
         let state = ClientState(owner: peer)
         clients[key] = state
+        logger.debug("new client", metadata: ["client": "\(peer)", "clients": "\(clients.count)"])
         return state
     }
 
@@ -116,6 +117,9 @@ final class ClientRegistry {
         if let reason, !state.regions.isEmpty || !state.jobs.isEmpty {
             logger.info("released a client", metadata: ["regions": "\(state.regions.count)", "jobs_cancelled": "\(state.jobs.count)",
                                                         "reason": "\(reason)"])
+        }
+        if let reason {
+            logger.debug("client gone", metadata: ["client": "\(state.owner)", "reason": "\(reason)"])
         }
         remove(key)
     }

@@ -2,6 +2,7 @@ import CTidepool
 import Synchronization
 import TidepoolCore
 import TidepoolProtocol
+import TidepoolSync
 import TidepoolSharedMemory
 import TidepoolZMQ
 
@@ -67,6 +68,9 @@ public struct Completion: @unchecked Sendable {
     let cancellation: JobCancellation
     /// Whether the output went to shared memory (the reply carries no tensor bytes).
     let outputInRegion: Bool
+    /// What ran, and how long it took (for the debug log).
+    let request: PoolRequest
+    let seconds: Double
 }
 
 /// One validated job, run by the thread that took it. It holds its regions and frames, so they
@@ -87,6 +91,8 @@ public struct Job: @unchecked Sendable {
     /// Runs the job; `progress` as in PoolEngine.pool.
     public func run(progress: @escaping @Sendable () -> Void = {}) -> Completion {
         var poisoned: [UInt64] = []
+        let start = monotonicNanoseconds()
+        func elapsed() -> Double { Double(monotonicNanoseconds() &- start) / 1e9 }
         defer { outputReservation?.releaseUnlessHandedOver() }
         do {
             let frames = try compute(progress: progress)
@@ -99,14 +105,14 @@ public struct Job: @unchecked Sendable {
             }
             return Completion(key: key, id: request.id, envelope: envelope, reply: frames, failure: nil,
                               bytes: request.input.bytes + request.output.bytes, poisonedRegions: [], cancellation: cancellation,
-                              outputInRegion: outputRegion != nil)
+                              outputInRegion: outputRegion != nil, request: request, seconds: elapsed())
         } catch {
             let violation = error as? ProtocolViolation
                 ?? (error as? PoolError).map { ProtocolViolation($0.status, $0.message, type: .pool, id: request.id) }
                 ?? ProtocolViolation(TP_ERR_INTERNAL, "internal error: \(error)", type: .pool, id: request.id)
             return Completion(key: key, id: request.id, envelope: envelope, reply: Reply.error(violation).map(ZMQFrame.init),
                               failure: violation, bytes: 0, poisonedRegions: poisoned, cancellation: cancellation,
-                              outputInRegion: outputRegion != nil)
+                              outputInRegion: outputRegion != nil, request: request, seconds: elapsed())
         }
     }
 

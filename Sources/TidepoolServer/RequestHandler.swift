@@ -101,6 +101,7 @@ public final class RequestHandler {
                 guard let state = registry.existing(key, peer: peer), state.regions.removeValue(forKey: region) != nil else {
                     throw regionViolation(region, field: "region", type: .unregister, id: id)
                 }
+                logger.debug("unregistered a region", metadata: ["region": "\(region)", "client": "\(peer)"])
                 registry.prune(key)
                 return .reply([ZMQFrame(Reply.success(.unregister, id: id))])
             case .stats(let id):
@@ -175,6 +176,8 @@ public final class RequestHandler {
         let id = registry.freshRegionID()
         state.regions[id] = region
         stats.regionsRegistered += 1
+        logger.debug("registered a region", metadata: ["region": "\(id)", "name": "\(request.name.prefix(64))",
+                                                       "bytes": "\(request.size)", "client": "\(peer)"])
         return RegisterReply.encode(id: request.id, region: id)
     }
 
@@ -284,6 +287,12 @@ public final class RequestHandler {
         } else {
             stats.jobsCompleted += 1
             stats.bytesProcessed += completion.bytes
+            logger.debug("job done", metadata: [
+                "id": "\(completion.id)", "layer": "\(completion.request.descriptor)", "dtype": "\(completion.request.dtype)",
+                "input": "\(pythonTuple(completion.request.inputShape))", "bytes": "\(completion.bytes)",
+                "ms": "\(format3(completion.seconds * 1e3))",
+                "tensors": "\(completion.outputInRegion ? "shared memory" : "inline")",
+            ])
         }
         if let state = registry.clients[completion.key] {
             if state.jobs[completion.id] === completion.cancellation {

@@ -38,8 +38,10 @@ struct ServerStats {
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
     }
 
-    private func format3(_ value: Double) -> String {
-        let millis = Int((value * 1000).rounded())
-        return "\(millis / 1000).\(String(millis % 1000 + 1000).dropFirst())"
-    }
+}
+
+/// `value` with three decimals (non-negative values; no Foundation formatting in the daemon).
+func format3(_ value: Double) -> String {
+    let millis = Int((value * 1000).rounded())
+    return "\(millis / 1000).\(String(millis % 1000 + 1000).dropFirst())"
 }

@@ -1,3 +1,4 @@
+import CTidepoolSystem
 import ArgumentParser
 import Logging
 import TidepoolCore
@@ -95,6 +96,7 @@ struct Tidepoold: ParsableCommand {
                 logger.notice("stopped during start-up")
                 Glibc.exit(1)
             }
+            _ = tpsys_notify("STOPPING=1")
             server.requestShutdown()
         }
         let server: PoolServer
@@ -107,6 +109,10 @@ struct Tidepoold: ParsableCommand {
         running.withLock { $0 = server }
         print("tidepoold \(TidepoolVersion.string) listening on \(server.boundEndpoints.joined(separator: " "))")
         fflush(stdout)
+        // Readiness for systemd (Type=notify): every endpoint is bound and served from here on.
+        if tpsys_notify("READY=1\nSTATUS=listening on \(server.boundEndpoints.joined(separator: " "))") < 0 {
+            logger.warning("cannot notify the service manager", metadata: ["error": "\(String(cString: strerror(errno)))"])
+        }
         try server.run()
     }
 }

@@ -13,6 +13,8 @@ build=$root/bindings/c/build-asan
 mkdir -p "$build"
 "$swift" build --package-path "$root" --scratch-path "$scratch" -c debug -Xswiftc -sanitize=address --product tidepool
 library_dir=$(dirname "$(find "$scratch" -name libtidepool.so -path "*debug*" | head -n 1)")
+# Programs linked against it record its SONAME.
+ln -sf libtidepool.so "$library_dir/libtidepool.so.0"
 runtime_dir=$(dirname "$("$clang" -print-file-name=libclang_rt.asan-x86_64.so)")
 flags=(-std=c99 -Wall -Wextra -Werror -g -O1 -fsanitize=address -shared-libasan -fno-omit-frame-pointer -I"$root/include")
 rpath=(-Wl,-rpath,"$library_dir" -Wl,-rpath,"$runtime_dir")

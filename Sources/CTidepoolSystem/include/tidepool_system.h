@@ -41,4 +41,8 @@ void tpsys_guard_remove(int slot);
 void tpsys_word_set(uint32_t *word, uint32_t value);
 uint32_t tpsys_word_wait(uint32_t *word, int timeout_ms);
 
+/* Tells the service manager `state` ("READY=1", "STOPPING=1", ...) as sd_notify(3) does, when
+ * $NOTIFY_SOCKET names one: 1 when sent, 0 when there is none, -1/errno on failure. */
+int tpsys_notify(const char *state);
+
 #endif

@@ -242,3 +242,58 @@ def test_register_naming_another_process_is_refused(daemon):
     assert name in tidepool_segments()
     os.unlink(f"/dev/shm/{name}")
     client.close()
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_readiness_and_stopping_are_told_to_systemd(tmp_path, abstract):
+    # sd_notify's protocol (Type=notify units): a datagram socket named by $NOTIFY_SOCKET, a
+    # path or an abstract name written with '@'.
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    name = f"\0tidepool-notify-{os.getpid()}" if abstract else str(tmp_path / "notify.sock")
+    listener.bind(name)
+    listener.settimeout(30)
+    endpoint = f"ipc://{tmp_path}/tidepool.sock"
+    env = dict(os.environ, NOTIFY_SOCKET="@" + name[1:] if abstract else name)
+    process = subprocess.Popen([str(TIDEPOOLD), "--endpoint", endpoint, "--log-level", "warning"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = listener.recv(4096).decode()
+        assert ready.splitlines()[0] == "READY=1"
+        assert f"STATUS=listening on {endpoint}" in ready.splitlines()
+        # Ready means served: a client connects at once.
+        with tidepool.connect(endpoint, timeout=10) as client:
+            client.ping()
+        process.send_signal(signal.SIGTERM)
+        assert listener.recv(4096).decode() == "STOPPING=1"
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+        listener.close()
+
+
+def test_debug_log_tells_connections_registrations_and_jobs():
+    running = Daemon("--log-level", "debug")
+    try:
+        with tidepool.connect(running.endpoint) as client:
+            x = client.empty((1, 4, 4, 2), np.float32)
+            x[...] = 1
+            client.avg_pool2d(x, 2)
+            client.max_pool1d(np.zeros((1, 4, 1), np.int8), 2)
+        # BYE is sent without waiting: another connection (STATS makes no client state) watches
+        # the first client go.
+        with tidepool.connect(running.endpoint) as watcher:
+            deadline = time.monotonic() + 10
+            while watcher.stats()["clients"] > 0 and time.monotonic() < deadline:
+                pass
+    finally:
+        assert running.stop() == 0
+    logs = running.logs()
+    for line in ("new client", "registered a region", "job done", "tensors=shared memory", "tensors=inline",
+                 "client gone", "it said BYE"):
+        assert line in logs, (line, logs)
+    assert "layer=" in logs and "ms=" in logs

@@ -151,3 +151,16 @@ def test_the_binding_covers_the_functions_it_needs():
     # Every tp_ function of the header except the function table (for dlsym users).
     missing = sorted(set(header_functions()) - set(_lib.PROTOTYPES) - {"tp_get_api"})
     assert not missing, f"header functions without a prototype in _lib: {missing}"
+
+
+def test_versions_have_one_source():
+    # The header's TP_VERSION_MAJOR.MINOR.PATCH is what the library, the package and the
+    # pyproject metadata say.
+    header = header_constants()
+    version = f"{header['TP_VERSION_MAJOR']}.{header['TP_VERSION_MINOR']}.{header['TP_VERSION_PATCH']}"
+    import tidepool
+
+    assert tidepool.library_version() == version
+    assert tidepool.__version__ == version
+    pyproject = (HEADER.parents[1] / "bindings" / "python" / "pyproject.toml").read_text()
+    assert f'version = "{version}"' in pyproject
