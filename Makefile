@@ -16,7 +16,7 @@ C_BUILD := bindings/c/build
 CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
 
 .PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench \
-	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall
+	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall wheel test-wheel
 
 ## Dependencies ---------------------------------------------------------------
 
@@ -53,7 +53,7 @@ build: system-deps
 
 ## Tests --------------------------------------------------------------------------
 
-test: test-swift test-c test-python test-fuzz test-install
+test: test-swift test-c test-python test-fuzz test-install test-wheel
 
 test-swift: system-deps
 	$(SWIFT) test
@@ -214,6 +214,24 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
 	-rmdir $(DESTDIR)$(BINDIR)/.debug 2>/dev/null
 
+## Python wheel ----------------------------------------------------------------------
+
+# dist/tidepool-VERSION-py3-none-linux_x86_64.whl: the package with libtidepool.so (stripped)
+# inside, built from a staging copy so the checkout keeps no library in its package.
+WHEEL_STAGE := .build/wheel
+wheel: build venv
+	rm -rf $(WHEEL_STAGE) && mkdir -p $(WHEEL_STAGE) dist
+	cp -r bindings/python/pyproject.toml bindings/python/setup.py bindings/python/tidepool $(WHEEL_STAGE)/
+	find $(WHEEL_STAGE) -name __pycache__ -prune -exec rm -rf {} +
+	objcopy --strip-debug --strip-unneeded $(LIB) $(WHEEL_STAGE)/tidepool/libtidepool.so
+	rm -f dist/tidepool-$(VERSION)-*.whl
+	$(VENV)/bin/pip wheel -q --no-deps --no-build-isolation -w dist $(WHEEL_STAGE)
+	@ls dist/tidepool-$(VERSION)-*.whl
+
+# The wheel installed into a fresh venv and used from outside the checkout.
+test-wheel: wheel
+	bindings/python/run_wheel_test.sh dist/tidepool-$(VERSION)-py3-none-*.whl
+
 ## Run ----------------------------------------------------------------------------
 
 # tidepoold in the foreground on the default endpoint (TIDEPOOL_ENDPOINT overrides it);
@@ -249,4 +267,4 @@ bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VEN
 	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
 
 clean:
-	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD)
+	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD) dist

@@ -43,6 +43,14 @@ def test_layer_classes_show_their_constructor():
     assert "(N, H, W, C)" in tidepool.nn.MaxPool2d.__doc__
 
 
+@pytest.mark.parametrize("name", ["AvgPool1d", "AvgPool2d", "AvgPool3d", "MaxPool1d", "MaxPool2d", "MaxPool3d"])
+def test_unknown_keywords_name_the_public_class(name):
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword argument 'ceil_mode'"):
+        getattr(tidepool.nn, name)(2, ceil_mode=True)
+    with pytest.raises(TypeError, match=r"^avg_pool2d\(\) got an unexpected keyword argument 'count_include_pad'"):
+        tidepool.avg_pool2d(np.zeros((1, 2, 2, 1), np.float32), 2, count_include_pad=False)
+
+
 def test_package_is_marked_typed():
     assert (Path(tidepool.__file__).parent / "py.typed").is_file()
 

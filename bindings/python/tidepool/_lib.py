@@ -120,14 +120,18 @@ LIBRARY_NAME = "libtidepool.so"
 
 
 def candidate_paths():
-    """Where the library is looked for, in order: $TIDEPOOL_LIBRARY, next to this package,
-    the repository's .build/release, then the system's search path."""
+    """Where the library is looked for, in order: $TIDEPOOL_LIBRARY, next to this package
+    (a wheel carries it there), the repository's .build/release when running from a checkout,
+    then the system's (libtidepool.so.0, as `make install` leaves it)."""
     here = Path(__file__).resolve().parent
     candidates = []
     if os.environ.get("TIDEPOOL_LIBRARY"):
         candidates.append(os.environ["TIDEPOOL_LIBRARY"])
     candidates.append(str(here / LIBRARY_NAME))
-    candidates.append(str(here.parent.parent.parent / ".build" / "release" / LIBRARY_NAME))
+    repository = here.parent.parent.parent
+    if (repository / "Package.swift").exists():  # running from a checkout, not an installed package
+        candidates.append(str(repository / ".build" / "release" / LIBRARY_NAME))
+    # An installed library (make install), by its SONAME through the linker's cache.
     system = ctypes.util.find_library("tidepool")
     candidates.append(system or "find_library('tidepool')")
     return candidates

@@ -11,12 +11,14 @@ from .functional import IntOrTuple, normalize_arguments, pool
 
 
 class _Pool:
-    """A pooling layer: the arguments are checked once, here; each call pools an array."""
+    """A pooling layer: the arguments are checked once, at construction; each call pools an
+    array. Every layer writes out its own __init__, so that help() shows its signature and an
+    unknown keyword (PyTorch's ceil_mode=...) raises a TypeError naming that layer."""
 
     _kind: int
     _spatial_dims: int
 
-    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+    def _configure(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple], padding: IntOrTuple) -> None:
         self._kernel_size, self._stride, self._padding = normalize_arguments(
             type(self).__name__, self._spatial_dims, kernel_size, stride, padding
         )
@@ -47,30 +49,48 @@ class AvgPool1d(_Pool):
     """1-d average pooling of (N, L, C) input; zero padding counted in the average."""
     _kind, _spatial_dims = _lib.TP_POOL_AVG, 1
 
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+        self._configure(kernel_size, stride, padding)
+
 
 class AvgPool2d(_Pool):
     """2-d average pooling of (N, H, W, C) input; zero padding counted in the average."""
     _kind, _spatial_dims = _lib.TP_POOL_AVG, 2
+
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+        self._configure(kernel_size, stride, padding)
 
 
 class AvgPool3d(_Pool):
     """3-d average pooling of (N, D, H, W, C) input; zero padding counted in the average."""
     _kind, _spatial_dims = _lib.TP_POOL_AVG, 3
 
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+        self._configure(kernel_size, stride, padding)
+
 
 class MaxPool1d(_Pool):
     """1-d max pooling of (N, L, C) input; padding is -inf (integers: the lowest value)."""
     _kind, _spatial_dims = _lib.TP_POOL_MAX, 1
+
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+        self._configure(kernel_size, stride, padding)
 
 
 class MaxPool2d(_Pool):
     """2-d max pooling of (N, H, W, C) input; padding is -inf (integers: the lowest value)."""
     _kind, _spatial_dims = _lib.TP_POOL_MAX, 2
 
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+        self._configure(kernel_size, stride, padding)
+
 
 class MaxPool3d(_Pool):
     """3-d max pooling of (N, D, H, W, C) input; padding is -inf (integers: the lowest value)."""
     _kind, _spatial_dims = _lib.TP_POOL_MAX, 3
+
+    def __init__(self, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0) -> None:
+        self._configure(kernel_size, stride, padding)
 
 
 __all__ = ["AvgPool1d", "AvgPool2d", "AvgPool3d", "MaxPool1d", "MaxPool2d", "MaxPool3d"]
