@@ -16,7 +16,7 @@ C_BUILD := bindings/c/build
 CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
 
 .PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench \
-	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall wheel test-wheel
+	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall wheel test-wheel test-rust
 
 ## Dependencies ---------------------------------------------------------------
 
@@ -53,7 +53,7 @@ build: system-deps
 
 ## Tests --------------------------------------------------------------------------
 
-test: test-swift test-c test-python test-fuzz test-install test-wheel
+test: test-swift test-c test-python test-rust test-fuzz test-install test-wheel
 
 test-swift: system-deps
 	$(SWIFT) test
@@ -86,9 +86,13 @@ c-programs: build $(C_PROGRAMS)
 test-c: c-programs
 	bindings/c/run_tests.sh
 
+# The Rust crate (bindings/rust, no dependencies) against the library and daemon just built.
+test-rust: build
+	CARGO_TARGET_DIR=$(CURDIR)/bindings/rust/target cargo test --offline --manifest-path bindings/rust/Cargo.toml
+
 # Plain PYTHONPATH, as a user without `pip install -e` would run it; the library is found
 # in the repository's .build/release.
-test-python: build venv
+test-python: build venv c-programs
 	PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q bindings/python/tests
 
 # make install into a temporary prefix (and a DESTDIR staging), a C program built with
@@ -267,4 +271,4 @@ bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VEN
 	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
 
 clean:
-	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD) dist
+	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD) dist bindings/rust/target

@@ -22,8 +22,10 @@ let package = Package(
     targets: [
         // The C ABI header as a Swift module: the one definition of every C-visible type.
         .systemLibrary(name: "CTidepool", path: "include"),
-        // libzmq's C API (Debian's libzmq3-dev).
-        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        // libzmq's C API, loaded with dlopen on first use: in-process pooling needs no ZeroMQ.
+        // zmq.h (Debian's libzmq3-dev) gives the types and constants; libzmq.so.5 (libzmq5) is
+        // needed only where a client or the daemon runs.
+        .target(name: "CZeroMQ", linkerSettings: [.linkedLibrary("dl")]),
         // C shims: pidfd_open, eventfd, futex words, the SIGBUS guard for client mappings, and
         // sd_notify's protocol for systemd readiness.
         .target(name: "CTidepoolSystem"),

@@ -4,19 +4,22 @@ import CZeroMQ
 import Glibc
 #endif
 
-/// A thin Swift layer over libzmq's C API: contexts, sockets, message frames, polling.
+/// A thin Swift layer over libzmq's C API (loaded on first use: CZeroMQ's tidepool_zmq.h):
+/// contexts, sockets, message frames, polling.
 /// Sockets are not thread-safe (as in libzmq): each belongs to one thread at a time.
 
 public struct ZMQError: Error, CustomStringConvertible {
     public let code: Int32
     public let operation: String
 
-    public init(_ operation: String, code: Int32 = zmq_errno()) {
+    public init(_ operation: String, code: Int32 = tpzmq_errno()) {
         self.operation = operation
         self.code = code
     }
 
-    public var description: String { "\(operation): \(String(cString: zmq_strerror(code)))" }
+    public var description: String {
+        code == ELIBACC ? operation : "\(operation): \(String(cString: tpzmq_strerror(code)))"
+    }
     public var isAgain: Bool { code == EAGAIN }
     public var isInterrupted: Bool { code == EINTR }
 }
@@ -25,8 +28,11 @@ public final class ZMQContext: @unchecked Sendable {
     public let handle: UnsafeMutableRawPointer
     private var terminated = false
 
+    /// Throws when libzmq cannot be loaded (it is loaded on first use, see tidepool_zmq.h),
+    /// saying so.
     public init() throws {
-        guard let handle = zmq_ctx_new() else { throw ZMQError("zmq_ctx_new") }
+        guard tpzmq_load() == 0 else { throw ZMQError(String(cString: tpzmq_load_error()), code: ELIBACC) }
+        guard let handle = tpzmq_ctx_new() else { throw ZMQError("zmq_ctx_new") }
         self.handle = handle
     }
 
@@ -37,13 +43,13 @@ public final class ZMQContext: @unchecked Sendable {
     public func terminate() {
         guard !terminated else { return }
         terminated = true
-        while zmq_ctx_term(handle) != 0 && zmq_errno() == EINTR {}
+        while tpzmq_ctx_term(handle) != 0 && tpzmq_errno() == EINTR {}
     }
 
     /// libzmq's version, e.g. "4.3.4".
     public static var version: String {
         var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
-        zmq_version(&major, &minor, &patch)
+        tpzmq_version(&major, &minor, &patch)
         return "\(major).\(minor).\(patch)"
     }
 }
@@ -55,13 +61,13 @@ public final class ZMQFrame: @unchecked Sendable {
 
     public init() {
         message = .allocate(capacity: 1)
-        zmq_msg_init(message)
+        tpzmq_msg_init(message)
     }
 
     /// An uninitialised frame of `size` bytes to fill in place; nil when memory runs out.
     public init?(size: Int) {
         message = .allocate(capacity: 1)
-        guard zmq_msg_init_size(message, size) == 0 else {
+        guard tpzmq_msg_init_size(message, size) == 0 else {
             message.deallocate()
             return nil
         }
@@ -78,7 +84,7 @@ public final class ZMQFrame: @unchecked Sendable {
             return nil
         }
         let hint = Unmanaged.passRetained(release).toOpaque()
-        let code = zmq_msg_init_data(message, data, size, { data, hint in
+        let code = tpzmq_msg_init_data(message, data, size, { data, hint in
             free(data)
             Unmanaged<FrameRelease>.fromOpaque(hint!).takeRetainedValue().released()
         }, hint)
@@ -98,24 +104,24 @@ public final class ZMQFrame: @unchecked Sendable {
     }
 
     deinit {
-        zmq_msg_close(message)
+        tpzmq_msg_close(message)
         message.deallocate()
     }
 
-    public var size: Int { zmq_msg_size(message) }
+    public var size: Int { tpzmq_msg_size(message) }
     /// The frame's memory. Valid only while the frame lives: an optimised build may free a
     /// frame right after its last use, so keep the frame (or the array holding it) alive for
     /// as long as the pointer is used (a parameter is; a temporary is not: withExtendedLifetime).
-    public var data: UnsafeMutableRawPointer { zmq_msg_data(message) }
+    public var data: UnsafeMutableRawPointer { tpzmq_msg_data(message) }
     /// The frame's bytes; the same lifetime rule as `data`.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: data, count: size) }
     public var array: [UInt8] { Array(bytes) }
-    var hasMore: Bool { zmq_msg_more(message) != 0 }
+    var hasMore: Bool { tpzmq_msg_more(message) != 0 }
 
     /// A metadata property libzmq attached to a received frame ("User-Id", "Peer-Address",
     /// "Socket-Type"...), nil when absent.
     public func metadata(_ property: String) -> String? {
-        zmq_msg_gets(message, property).map { String(cString: $0) }
+        tpzmq_msg_gets(message, property).map { String(cString: $0) }
     }
 }
 
@@ -163,14 +169,14 @@ public final class ZMQSocket {
     public private(set) var handle: UnsafeMutableRawPointer?
 
     public init(_ context: ZMQContext, type: ZMQSocketType) throws {
-        guard let handle = zmq_socket(context.handle, type.raw) else { throw ZMQError("zmq_socket") }
+        guard let handle = tpzmq_socket(context.handle, type.raw) else { throw ZMQError("zmq_socket") }
         self.handle = handle
     }
 
     deinit { close() }
 
     public func close() {
-        if let handle { zmq_close(handle) }
+        if let handle { tpzmq_close(handle) }
         handle = nil
     }
 
@@ -182,31 +188,31 @@ public final class ZMQSocket {
     }
 
     public func bind(_ endpoint: String) throws {
-        guard zmq_bind(try live, endpoint) == 0 else { throw ZMQError("bind \(endpoint)") }
+        guard tpzmq_bind(try live, endpoint) == 0 else { throw ZMQError("bind \(endpoint)") }
     }
 
     public func connect(_ endpoint: String) throws {
-        guard zmq_connect(try live, endpoint) == 0 else { throw ZMQError("connect \(endpoint)") }
+        guard tpzmq_connect(try live, endpoint) == 0 else { throw ZMQError("connect \(endpoint)") }
     }
 
     public func set(_ option: ZMQOption, _ value: Int32) throws {
         var value = value
-        guard zmq_setsockopt(try live, option.raw, &value, MemoryLayout<Int32>.size) == 0 else {
-            throw ZMQError("zmq_setsockopt(\(option))")
+        guard tpzmq_setsockopt(try live, option.raw, &value, MemoryLayout<Int32>.size) == 0 else {
+            throw ZMQError("tpzmq_setsockopt(\(option))")
         }
     }
 
     public func set(_ option: ZMQOption, _ value: Int64) throws {
         var value = value
-        guard zmq_setsockopt(try live, option.raw, &value, MemoryLayout<Int64>.size) == 0 else {
-            throw ZMQError("zmq_setsockopt(\(option))")
+        guard tpzmq_setsockopt(try live, option.raw, &value, MemoryLayout<Int64>.size) == 0 else {
+            throw ZMQError("tpzmq_setsockopt(\(option))")
         }
     }
 
     public func set(_ option: ZMQOption, _ value: [UInt8]) throws {
         let socket = try live
-        guard value.withUnsafeBytes({ zmq_setsockopt(socket, option.raw, $0.baseAddress, $0.count) }) == 0 else {
-            throw ZMQError("zmq_setsockopt(\(option))")
+        guard value.withUnsafeBytes({ tpzmq_setsockopt(socket, option.raw, $0.baseAddress, $0.count) }) == 0 else {
+            throw ZMQError("tpzmq_setsockopt(\(option))")
         }
     }
 
@@ -215,21 +221,21 @@ public final class ZMQSocket {
     /// Publishes this socket's `events` on an inproc PAIR endpoint
     /// that a `ZMQMonitor` reads.
     public func monitor(_ endpoint: String, events: ZMQEvent) throws {
-        guard zmq_socket_monitor(try live, endpoint, events.rawValue) == 0 else { throw ZMQError("zmq_socket_monitor") }
+        guard tpzmq_socket_monitor(try live, endpoint, events.rawValue) == 0 else { throw ZMQError("zmq_socket_monitor") }
     }
 
     /// Stops publishing events. Call it before closing a monitored socket: libzmq sends events
     /// from its I/O thread with a blocking send, so an event sent while the reader is gone
     /// would hang that thread, and with it every socket of the context.
     public func stopMonitor() {
-        if let handle { zmq_socket_monitor(handle, nil, 0) }
+        if let handle { tpzmq_socket_monitor(handle, nil, 0) }
     }
 
     /// The endpoint actually bound (tcp port 0 becomes a real port), via ZMQ_LAST_ENDPOINT.
     public var lastEndpoint: String {
         var buffer = [CChar](repeating: 0, count: 1024)
         var size = buffer.count
-        guard let handle, zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size) == 0 else { return "" }
+        guard let handle, tpzmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size) == 0 else { return "" }
         return String(cString: buffer)
     }
 
@@ -238,7 +244,7 @@ public final class ZMQSocket {
     public var fileDescriptor: Int32 {
         var fd: Int32 = -1
         var size = MemoryLayout<Int32>.size
-        guard let handle, zmq_getsockopt(handle, ZMQ_FD, &fd, &size) == 0 else { return -1 }
+        guard let handle, tpzmq_getsockopt(handle, ZMQ_FD, &fd, &size) == 0 else { return -1 }
         return fd
     }
 
@@ -246,7 +252,7 @@ public final class ZMQSocket {
     public var hasInput: Bool {
         var events: Int32 = 0
         var size = MemoryLayout<Int32>.size
-        guard let handle, zmq_getsockopt(handle, ZMQ_EVENTS, &events, &size) == 0 else { return false }
+        guard let handle, tpzmq_getsockopt(handle, ZMQ_EVENTS, &events, &size) == 0 else { return false }
         return events & Int32(ZMQ_POLLIN) != 0
     }
 
@@ -256,7 +262,7 @@ public final class ZMQSocket {
         for (index, frame) in frames.enumerated() {
             var flags: Int32 = index < frames.count - 1 ? ZMQ_SNDMORE : 0
             if dontWait { flags |= ZMQ_DONTWAIT }
-            while zmq_msg_send(frame.message, socket, flags) < 0 {
+            while tpzmq_msg_send(frame.message, socket, flags) < 0 {
                 let error = ZMQError("zmq_msg_send")
                 if error.isInterrupted { continue }
                 throw error
@@ -271,7 +277,7 @@ public final class ZMQSocket {
         var frames: [ZMQFrame] = []
         repeat {
             let frame = ZMQFrame()
-            while zmq_msg_recv(frame.message, socket, dontWait && frames.isEmpty ? ZMQ_DONTWAIT : 0) < 0 {
+            while tpzmq_msg_recv(frame.message, socket, dontWait && frames.isEmpty ? ZMQ_DONTWAIT : 0) < 0 {
                 let error = ZMQError("zmq_msg_recv")
                 if error.isInterrupted { continue }
                 if error.isAgain && frames.isEmpty { return nil }
@@ -331,7 +337,7 @@ public func poll(_ targets: [PollTarget], timeoutMs: Int) throws -> [Bool] {
         case .fd(let fd): return zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0)
         }
     }
-    if zmq_poll(&items, Int32(items.count), timeoutMs) < 0 {
+    if tpzmq_poll(&items, Int32(items.count), timeoutMs) < 0 {
         let error = ZMQError("zmq_poll")
         if error.isInterrupted { return Array(repeating: false, count: items.count) }
         throw error

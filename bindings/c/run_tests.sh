@@ -19,6 +19,7 @@ run "dlopen example" "$build/dlopen_example" "$library"
 run "linked example" "$build/link_example"
 run "error paths" "$build/errors_test"
 run "the README's C example" bash -c "'$build/readme_example' | grep -qx 'output (8, 8, 16, 16, 4), y\[0\] = 2.625'"
+run "in-process use needs no libzmq (not NEEDED)" bash -c "! readelf -d '$library' | grep -q 'NEEDED.*libzmq'"
 run "exports match the header" "$root/bindings/c/check_symbols.sh" "$root/include/tidepool.h" "$library"
 
 # The remote example against a real daemon on a private endpoint, stopped with SIGTERM.

@@ -104,3 +104,41 @@ def test_library_override_is_used(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(copy)
+
+
+WITHOUT_LIBZMQ = r"""
+set -eu
+for library in {libraries}; do mount --bind /dev/null "$library"; done
+{link_example}
+PYTHONPATH={python_path} {python} -c '
+import numpy as np, tidepool
+y = tidepool.avg_pool2d(np.ones((1, 4, 4, 2), np.float32), 2)
+assert y.shape == (1, 2, 2, 2) and (y == 1).all()
+print("in-process ok")
+try:
+    tidepool.connect("tcp://127.0.0.1:9", timeout=1)
+except tidepool.Error as error:
+    print("client:", error.status, error)
+'
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount (unshare -m)")
+def test_in_process_pooling_needs_no_libzmq():
+    """On a system without libzmq, the library loads and pools; the client says libzmq is
+    missing (libzmq is loaded on first use, not linked)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    libraries = sorted({os.path.realpath(p) for d in ("/usr/lib", "/lib", "/usr/local/lib")
+                        for p in Path(d).rglob("libzmq.so*")})
+    assert libraries, "libzmq is not installed where expected"
+    repo = Path(__file__).resolve().parents[3]
+    script = WITHOUT_LIBZMQ.format(libraries=" ".join(libraries), link_example=repo / "bindings/c/build/link_example",
+                                   python=sys.executable, python_path=repo / "bindings/python")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "in-process ok" in output, output
+    status, message = output.split("client: ", 1)[1].split(" ", 1)
+    assert int(status) == 18, output  # TP_ERR_SYSTEM
+    assert "libzmq cannot be loaded" in message and "libzmq5" in message, output

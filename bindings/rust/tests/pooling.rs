@@ -1,0 +1,199 @@
+//! The crate against a float64 window-by-window reference, its errors, and a real daemon.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use tidepool::{Client, Pool, PoolKind};
+
+/// Deterministic numbers without a dependency (SplitMix64).
+struct Numbers(u64);
+
+impl Numbers {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> usize {
+        (self.next() % n) as usize
+    }
+}
+
+/// MLX's pooling, window by window in float64, for a channels-last `shape` with `dims` spatial
+/// axes: padding counts in the average (zeros) and never wins the max (-inf).
+fn reference(kind: PoolKind, x: &[f64], shape: &[usize], k: &[usize], s: &[usize], p: &[usize]) -> (Vec<f64>, Vec<usize>) {
+    let dims = k.len();
+    let spatial = &shape[1..1 + dims];
+    let channels = shape[dims + 1];
+    let out_spatial: Vec<usize> = (0..dims).map(|a| (spatial[a] + 2 * p[a] - k[a]) / s[a] + 1).collect();
+    let mut out_shape = vec![shape[0]];
+    out_shape.extend(&out_spatial);
+    out_shape.push(channels);
+    let count: usize = out_shape.iter().product();
+    let mut out = Vec::with_capacity(count);
+    let window: usize = k.iter().product();
+    for index in 0..count {
+        let mut rest = index;
+        let c = rest % channels;
+        rest /= channels;
+        let mut o = vec![0; dims];
+        for a in (0..dims).rev() {
+            o[a] = rest % out_spatial[a];
+            rest /= out_spatial[a];
+        }
+        let n = rest;
+        let (mut sum, mut best) = (0.0, f64::NEG_INFINITY);
+        for tap in 0..window {
+            let mut t = tap;
+            let mut offset = n;
+            let mut inside = true;
+            for a in 0..dims {
+                let kt = t % k[a];
+                t /= k[a];
+                let i = (o[a] * s[a] + kt) as isize - p[a] as isize;
+                inside &= i >= 0 && (i as usize) < spatial[a];
+                offset = offset * spatial[a] + i.max(0) as usize;
+            }
+            if inside {
+                let v = x[offset * channels + c];
+                sum += v;
+                best = best.max(v);
+            }
+        }
+        out.push(if kind == PoolKind::Avg { sum / window as f64 } else { best });
+    }
+    (out, out_shape)
+}
+
+#[test]
+fn random_layers_match_the_reference() {
+    let mut numbers = Numbers(7);
+    for case in 0..300 {
+        let dims = 1 + numbers.below(3);
+        let k: Vec<usize> = (0..dims).map(|_| 1 + numbers.below(4)).collect();
+        let s: Vec<usize> = (0..dims).map(|_| 1 + numbers.below(3)).collect();
+        let p: Vec<usize> = k.iter().map(|&k| numbers.below(k as u64 / 2 + 1)).collect();
+        let mut shape = vec![1 + numbers.below(2)];
+        shape.extend(k.iter().map(|&k| k + numbers.below(6)));
+        shape.push(1 + numbers.below(9));
+        let size: usize = shape.iter().product();
+        let kind = if case % 2 == 0 { PoolKind::Avg } else { PoolKind::Max };
+        let as_i64 = |v: &[usize]| v.iter().map(|&n| n as i64).collect::<Vec<_>>();
+        let pool = Pool::new(kind, &as_i64(&k), Some(&as_i64(&s)), &as_i64(&p)).unwrap();
+
+        let x: Vec<f32> = (0..size).map(|_| (numbers.next() % 2001) as f32 / 100.0 - 10.0).collect();
+        let wide: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let (expected, expected_shape) = reference(kind, &wide, &shape, &k, &s, &p);
+        let (y, y_shape) = match kind {
+            PoolKind::Avg => pool.avg(&x, &shape).unwrap(),
+            PoolKind::Max => pool.max(&x, &shape).unwrap(),
+        };
+        assert_eq!(y_shape, expected_shape, "case {case}");
+        for (got, want) in y.iter().zip(&expected) {
+            assert!((*got as f64 - want).abs() <= 1e-6 + 1e-5 * want.abs(), "case {case}: {got} vs {want}");
+        }
+
+        // Integers: averages are float32, max keeps the type, both exact here.
+        let xi: Vec<i8> = (0..size).map(|_| (numbers.next() % 256) as u8 as i8).collect();
+        let widei: Vec<f64> = xi.iter().map(|&v| v as f64).collect();
+        let (expected, _) = reference(kind, &widei, &shape, &k, &s, &p);
+        match kind {
+            PoolKind::Avg => {
+                let (y, _) = pool.avg(&xi, &shape).unwrap();
+                for (got, want) in y.iter().zip(&expected) {
+                    assert_eq!(*got, *want as f32, "case {case}");
+                }
+            }
+            PoolKind::Max => {
+                let (y, _) = pool.max(&xi, &shape).unwrap();
+                assert_eq!(y, expected.iter().map(|&v| v as i8).collect::<Vec<_>>(), "case {case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn borrowed_output_is_filled_in_place() {
+    let pool = Pool::new(PoolKind::Avg, &[2], None, &[0]).unwrap();
+    let x = [1.0f64, 3.0, 5.0, 7.0];
+    let mut out = [0.0f64; 2];
+    assert_eq!(pool.run_into(&x, &[1, 4, 1], &mut out).unwrap(), vec![1, 2, 1]);
+    assert_eq!(out, [2.0, 6.0]);
+}
+
+#[test]
+fn errors_carry_the_status_and_the_message() {
+    let error = Pool::new(PoolKind::Max, &[0, 2], None, &[0, 0]).err().unwrap();
+    assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT);
+    assert!(error.message.contains("kernel_size"), "{error}");
+    assert_eq!(error.status_name(), "TP_ERR_INVALID_ARGUMENT");
+
+    let pool = Pool::new(PoolKind::Avg, &[5], Some(&[1]), &[0]).unwrap();
+    let error = pool.avg(&[0.0f32; 2], &[1, 2, 1]).err().unwrap();
+    assert_eq!(error.status, tidepool::sys::TP_ERR_SHAPE, "{error}");
+
+    // A wrong output type: an average of int8 is float32.
+    let pool = Pool::new(PoolKind::Avg, &[2], None, &[0]).unwrap();
+    let mut out = [0i8; 1];
+    let error = pool.run_into(&[1i8, 2], &[1, 2, 1], &mut out).err().unwrap();
+    assert_eq!(error.status, tidepool::sys::TP_ERR_DTYPE, "{error}");
+    assert!(error.message.contains("float32"), "{error}");
+
+    // The slice and the shape disagree.
+    assert!(pool.avg(&[1.0f32; 3], &[1, 2, 1]).is_err());
+    // The layer's kind is checked.
+    assert!(pool.max(&[1.0f32; 2], &[1, 2, 1]).is_err());
+}
+
+#[test]
+fn version_is_the_headers() {
+    let header = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../include/tidepool.h")).unwrap();
+    let part = |name: &str| {
+        header.lines().find_map(|l| l.strip_prefix(&format!("#define TP_VERSION_{name} "))).unwrap().trim().to_owned()
+    };
+    assert_eq!(tidepool::version(), format!("{}.{}.{}", part("MAJOR"), part("MINOR"), part("PATCH")));
+    assert_eq!(env!("CARGO_PKG_VERSION"), tidepool::version());
+}
+
+#[test]
+fn a_daemon_pools_as_the_library_does() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let daemon_path = std::env::var_os("TIDEPOOLD").map(PathBuf::from).unwrap_or_else(|| root.join(".build/release/tidepoold"));
+    let directory = std::env::temp_dir().join(format!("tidepool-rust-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let endpoint = format!("ipc://{}/tidepool.sock", directory.display());
+    let mut daemon = Command::new(&daemon_path)
+        .args(["--endpoint", &endpoint, "--log-level", "warning"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", daemon_path.display()));
+    // The daemon prints its endpoints once it serves them.
+    let mut line = String::new();
+    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+
+    let result = std::panic::catch_unwind(|| {
+        let client = Client::connect(Some(&endpoint), 10_000).unwrap();
+        assert!(client.ping().unwrap() >= 0.0);
+        let pool = Pool::new(PoolKind::Max, &[3, 3], Some(&[2, 2]), &[1, 1]).unwrap();
+        let shape = [2, 9, 9, 4];
+        let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 37) % 101) as f32).collect();
+        let (local, out_shape) = pool.max(&x, &shape).unwrap();
+        let mut remote = vec![0.0f32; local.len()];
+        assert_eq!(client.run_into(&pool, &x, &shape, &mut remote).unwrap(), out_shape);
+        assert_eq!(remote, local);
+        assert!(client.stats().unwrap().contains("\"jobs_completed\": 1"));
+        let error = client.run_into(&pool, &x, &[2, 9, 9, 5], &mut remote).err().unwrap();
+        assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT, "{error}");
+    });
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let status = daemon.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&directory);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(status.success(), "tidepoold exited with {status}");
+}
