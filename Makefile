@@ -225,7 +225,7 @@ uninstall:
 WHEEL_STAGE := .build/wheel
 wheel: build venv
 	rm -rf $(WHEEL_STAGE) && mkdir -p $(WHEEL_STAGE) dist
-	cp -r bindings/python/pyproject.toml bindings/python/setup.py bindings/python/tidepool $(WHEEL_STAGE)/
+	cp -r bindings/python/pyproject.toml bindings/python/setup.py bindings/python/tidepool include/tidepool.h $(WHEEL_STAGE)/
 	find $(WHEEL_STAGE) -name __pycache__ -prune -exec rm -rf {} +
 	objcopy --strip-debug --strip-unneeded $(LIB) $(WHEEL_STAGE)/tidepool/libtidepool.so
 	rm -f dist/tidepool-$(VERSION)-*.whl

@@ -39,12 +39,14 @@ from .functional import (
     set_num_threads,
 )
 
-__version__ = "0.2.0"
-
 
 def library_version() -> str:
     """The loaded libtidepool.so's version string, e.g. "0.2.0"."""
     return _c.tp_version_string().decode()
+
+
+#: The header's version, which the library reports (a wheel carries its own library).
+__version__ = library_version()
 
 
 __all__ = [
