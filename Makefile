@@ -41,8 +41,8 @@ deps: system-deps venv
 
 # The kernels vectorise twice as wide with AVX2: use it when this machine has it (the
 # library is built where it runs). SWIFT_CPU= (empty) builds for baseline x86-64.
-SWIFT_CPU ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && grep -qw f16c /proc/cpuinfo && grep -qw bmi2 /proc/cpuinfo && echo haswell)
-SWIFT_RELEASE_FLAGS := -c release --static-swift-stdlib $(if $(SWIFT_CPU),-Xswiftc -target-cpu -Xswiftc $(SWIFT_CPU))
+
+SWIFT_RELEASE_FLAGS := -c release --static-swift-stdlib
 
 # The Swift runtime is linked statically so libtidepool.so loads into plain C and Python
 # processes with no Swift toolchain on the library path.
@@ -94,6 +94,11 @@ test-rust: build
 # in the repository's .build/release.
 test-python: build venv c-programs
 	PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q bindings/python/tests
+	@# The kernels every x86-64 runs, forced where the CPU has better ones, so they cannot rot:
+	@# MLX parity, strided views, thread counts.
+	TIDEPOOL_CPU=baseline PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q \
+	    bindings/python/tests/test_mlx_parity.py bindings/python/tests/test_strided.py \
+	    bindings/python/tests/test_threads.py bindings/python/tests/test_api.py
 
 # make install into a temporary prefix (and a DESTDIR staging), a C program built with
 # pkg-config against it, the installed daemon, then make uninstall.
@@ -220,8 +225,8 @@ uninstall:
 
 ## Python wheel ----------------------------------------------------------------------
 
-# dist/tidepool-VERSION-py3-none-linux_x86_64.whl: the package with libtidepool.so (stripped)
-# inside, built from a staging copy so the checkout keeps no library in its package.
+# dist/tidepool-VERSION-py3-none-manylinux_X_Y_x86_64.whl: the package with libtidepool.so
+# (stripped) inside, built from a staging copy so the checkout keeps no library in its package.
 WHEEL_STAGE := .build/wheel
 wheel: build venv
 	rm -rf $(WHEEL_STAGE) && mkdir -p $(WHEEL_STAGE) dist
@@ -229,12 +234,17 @@ wheel: build venv
 	find $(WHEEL_STAGE) -name __pycache__ -prune -exec rm -rf {} +
 	objcopy --strip-debug --strip-unneeded $(LIB) $(WHEEL_STAGE)/tidepool/libtidepool.so
 	rm -f dist/tidepool-$(VERSION)-*.whl
-	$(VENV)/bin/pip wheel -q --no-deps --no-build-isolation -w dist $(WHEEL_STAGE)
+	$(VENV)/bin/pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_STAGE)/linux $(WHEEL_STAGE)
+	@# auditwheel checks every symbol version the library needs and tags the wheel with the
+	@# oldest manylinux it fits (glibc of the build machine); it grafts nothing, since the
+	@# library needs only libc, libm, libstdc++ and libgcc_s.
+	$(VENV)/bin/pip install -q -r bindings/python/requirements-wheel.txt
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist $(WHEEL_STAGE)/linux/tidepool-$(VERSION)-*.whl
 	@ls dist/tidepool-$(VERSION)-*.whl
 
 # The wheel installed into a fresh venv and used from outside the checkout.
 test-wheel: wheel
-	bindings/python/run_wheel_test.sh dist/tidepool-$(VERSION)-py3-none-*.whl
+	bindings/python/run_wheel_test.sh dist/tidepool-$(VERSION)-py3-none-manylinux_*_x86_64.whl
 
 ## Run ----------------------------------------------------------------------------
 
@@ -266,7 +276,7 @@ $(BENCH_VENV)/.installed:
 # whose name contains text (e.g. make bench CASE="k5 s1 p2"), and skips the daemon's part.
 CASE ?=
 bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VENV)/.installed
-	@echo "Tidepool engine benchmark, $$(date -u +%Y-%m-%d), $$(nproc) CPUs, $$(uname -m), SWIFT_CPU=$(SWIFT_CPU)"
+	@echo "Tidepool engine benchmark, $$(date -u +%Y-%m-%d), $$(nproc) CPUs, $$(uname -m)"
 	CASE="$(CASE)" $(BENCH_VENV)/bin/python benchmarks/engine_bench.py
 	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
 

@@ -4,6 +4,17 @@ import PackageDescription
 /// Absolute, because the linker does not run in the package directory.
 let packageRoot = String(#filePath.dropLast("/Package.swift".count))
 
+let kernelDependencies: [Target.Dependency] = ["CTidepool", "CTidepoolStream", "CTidepoolVector", "TidepoolSync", "TidepoolTypes"]
+
+/// x86-64-v3 as the Swift compiler names a CPU with exactly its features (AVX2, FMA, F16C,
+/// BMI1/2, LZCNT, MOVBE; the rest of Haswell's, AES or RDRAND, are never emitted from plain
+/// code). Elsewhere the AVX2 build is the baseline again and is never chosen.
+#if arch(x86_64)
+let avx2Settings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
+#else
+let avx2Settings: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "Tidepool",
     products: [
@@ -37,8 +48,17 @@ let package = Package(
         // The one lock type (a pthread mutex, which ThreadSanitizer understands) and the one
         // clock (CLOCK_MONOTONIC) of the daemon and the client.
         .target(name: "TidepoolSync"),
-        // Pure compute: dtypes, shapes, validation, kernels. No I/O, no sockets, no C ABI.
-        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolStream", "CTidepoolVector", "TidepoolSync"]),
+        // The values every layer shares: dtypes, descriptors, tensor views, errors, the checked
+        // geometry, and what passes between TidepoolCore and a build of the kernels.
+        .target(name: "TidepoolTypes", dependencies: ["CTidepool"]),
+        // The kernels, built for every x86-64 CPU; TidepoolKernelsAVX2 builds the same sources
+        // (Shared/ is a link) for x86-64-v3. TidepoolCore picks one at run time, so the library
+        // never assumes the CPU it was built on.
+        .target(name: "TidepoolKernels", dependencies: kernelDependencies),
+        .target(name: "TidepoolKernelsAVX2", dependencies: kernelDependencies, swiftSettings: avx2Settings),
+        // Pure compute: validation, threads, the kernels' selection. No I/O, no sockets, no C ABI.
+        .target(name: "TidepoolCore", dependencies: ["CTidepool", "CTidepoolVector", "TidepoolTypes", "TidepoolKernels",
+                                                     "TidepoolKernelsAVX2"]),
         // Which endpoint to use, and whether an ipc endpoint's directory can be trusted.
         .target(name: "TidepoolEndpoint"),
         // Thin wrapper of libzmq: context, sockets, frames, poll, and typed socket types,
@@ -91,7 +111,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "CTidepool", "CTidepoolVector"]),
+        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "TidepoolKernels", "TidepoolTypes", "CTidepool", "CTidepoolVector"]),
         .testTarget(name: "TidepoolProtocolTests", dependencies: ["TidepoolProtocol", "TidepoolCore", "CTidepool"]),
         .testTarget(
             name: "TidepoolServerTests",

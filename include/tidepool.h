@@ -43,8 +43,8 @@ extern "C" {
 
 /* Version of the function table returned by tp_get_api(). Bumped when the table grows;
  * a library serves every table version up to its own. Version 2 added the client calls,
- * version 3 tp_client_cancel. */
-#define TP_API_VERSION 3
+ * version 3 tp_client_cancel, version 4 tp_cpu_level. */
+#define TP_API_VERSION 4
 
 /* ---- Limits ---------------------------------------------------------------------- */
 
@@ -158,6 +158,15 @@ uint32_t tp_version(void);
 
 /* The library's version as "MAJOR.MINOR.PATCH". Static storage; never NULL. */
 const char *tp_version_string(void);
+
+/* The CPU level whose kernels this process runs: "x86-64" (every x86-64 CPU) or "x86-64-v3"
+ * (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE). One library carries both and chooses once, on first
+ * use: the best level this CPU runs, or the one the environment variable TIDEPOOL_CPU names
+ * ("baseline" or "x86-64", "avx2" or "x86-64-v3", "auto"). A name of no level, or of a level
+ * this CPU lacks, is ignored with one line on standard error. Both levels give the same bits.
+ * Where the CPU has AVX-512, 16-bit float averages finish in it on either level. Static
+ * storage; never NULL. (API version 4.) */
+const char *tp_cpu_level(void);
 
 /* A short constant name for a status ("TP_ERR_SHAPE"); "TP_ERR_UNKNOWN" for a value this
  * library does not define. Static storage; never NULL. */
@@ -377,6 +386,8 @@ typedef struct tp_api {
     tp_status (*client_wait)(tp_client *client, uint64_t job, int32_t timeout_ms);
     /* API version 3 */
     tp_status (*client_cancel)(tp_client *client, uint64_t job);
+    /* API version 4 */
+    const char *(*cpu_level)(void);
 } tp_api;
 
 /* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library

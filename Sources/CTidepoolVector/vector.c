@@ -17,6 +17,13 @@ int tpvector_supports(tpvector_format format) {
     return 0;
 }
 
+int tpvector_supports_x86_64_v3(void) {
+    __builtin_cpu_init();
+    /* The compiler's own check of the whole level (AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE, and
+     * the OS saving the ymm state). */
+    return __builtin_cpu_supports("x86-64-v3");
+}
+
 /* vcvtneps2bf16 rounds as BFloat16(Float) does (NaN quieted, keeping its upper bits) except
  * that it reads subnormal inputs as zero: those vectors are redone with the integer rounding. */
 INLINE __m256i round_bfloat16(__m512 v) {
@@ -161,6 +168,8 @@ KERNEL void tpvector_finish_rows(tpvector_format format, uint16_t *out, const fl
 
 #else
 #include <stdlib.h>
+
+int tpvector_supports_x86_64_v3(void) { return 0; }
 
 int tpvector_supports(tpvector_format format) {
     (void)format;

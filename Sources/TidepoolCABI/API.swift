@@ -33,7 +33,8 @@ private let apiTable: UnsafeMutablePointer<tp_api> = {
         client_pool: tp_client_pool,
         client_submit: tp_client_submit,
         client_wait: tp_client_wait,
-        client_cancel: tp_client_cancel))
+        client_cancel: tp_client_cancel,
+        cpu_level: tp_cpu_level))
     return table
 }()
 

@@ -12,6 +12,11 @@ public func tpVersion() -> UInt32 { TidepoolVersion.number }
 @_cdecl("tp_version_string")
 public func tpVersionString() -> UnsafePointer<CChar>? { versionString }
 
+private let cpuLevelStrings = Dictionary(uniqueKeysWithValues: CPULevel.allCases.map { ($0, StaticCString.make($0.rawValue)) })
+
+@_cdecl("tp_cpu_level")
+public func tpCPULevel() -> UnsafePointer<CChar>? { cpuLevelStrings[PoolEngine.shared.cpuLevel] }
+
 /// C strings of every status name, built once.
 private let statusNames: [UInt32: UnsafePointer<CChar>] = Dictionary(uniqueKeysWithValues: (0...64).compactMap { code in
     statusName(tp_status(rawValue: UInt32(code))).map { (UInt32(code), StaticCString.make($0)) }

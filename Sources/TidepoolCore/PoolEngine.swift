@@ -1,8 +1,6 @@
+@_exported import TidepoolTypes
 import CTidepool
-import CTidepoolStream
-import Dispatch
 import Synchronization
-import TidepoolSync
 
 #if canImport(Glibc)
 import Glibc
@@ -16,32 +14,33 @@ public final class PoolEngine: Sendable {
 
     /// 0 means one thread per online CPU.
     private let configuredThreads = Atomic<Int>(0)
-    /// Scratch per thread; tests shrink it to force every tiling path on small tensors.
-    let tileBudgetBytes: Int
+    /// Tile budget, streaming threshold, vector kernels: tests change them to force every
+    /// tiling and finishing path on small tensors.
+    package let settings: KernelSettings
+    /// The build of the kernels this engine runs (`KernelSelection`).
+    public let cpuLevel: CPULevel
+    private let kernels: any PoolKernels.Type
     private let largestScratch = Atomic<Int>(0)
 
     /// The most scratch memory one call of this engine has used, for all its threads: the
     /// engine's only memory beyond the caller's tensors.
     public var largestScratchBytes: Int { largestScratch.load(ordering: .relaxed) }
 
-    func noteScratch(_ bytes: Int) { largestScratch.max(bytes, ordering: .relaxed) }
-
-    /// Outputs at least this large (with 8+ channels) are written with streaming stores.
-    let streamingOutputBytes: Int
-
-    /// Whether the C vector kernels (`VectorFinish`) run where they can; tests turn them off
-    /// to compare with the Swift loops.
-    let usesVectorKernels: Bool
-
-    public init(threads: Int = 0, tileBudgetBytes: Int = TilePlan.defaultBudgetBytes,
-                streamingOutputBytes: Int = PoolEngine.defaultStreamingOutputBytes, usesVectorKernels: Bool = true) {
+    /// `cpuLevel` nil takes the process's level (`KernelSelection.processLevel`: the best this
+    /// CPU runs, or TIDEPOOL_CPU's). Another level must be one this CPU runs
+    /// (`KernelSelection.supports`): asking for one it lacks is a programming error that stops
+    /// the process here rather than at an illegal instruction later.
+    public init(threads: Int = 0, tileBudgetBytes: Int = KernelSettings.defaultTileBudgetBytes,
+                streamingOutputBytes: Int = KernelSettings.defaultStreamingOutputBytes, usesVectorKernels: Bool = true,
+                cpuLevel: CPULevel? = nil) {
+        let level = cpuLevel ?? KernelSelection.processLevel
+        precondition(KernelSelection.supports(level), "this CPU cannot run the kernels built for \(level)")
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
-        self.tileBudgetBytes = tileBudgetBytes
-        self.streamingOutputBytes = streamingOutputBytes
-        self.usesVectorKernels = usesVectorKernels
+        settings = KernelSettings(tileBudgetBytes: tileBudgetBytes, streamingOutputBytes: streamingOutputBytes,
+                                  usesVectorKernels: usesVectorKernels)
+        self.cpuLevel = level
+        kernels = KernelSelection.kernels(level)
     }
-
-    public static let defaultStreamingOutputBytes = 4 << 20
 
     public static var onlineCPUs: Int { Swift.max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 
@@ -62,22 +61,6 @@ public final class PoolEngine: Sendable {
     /// Checks everything `pool` would check, without touching memory.
     public func check(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws {
         _ = try plan(desc, input: input, output: output)
-    }
-
-    /// The plan (strategy and options, see KernelPlan.swift) this engine runs for `desc` on
-    /// `input`, or nil when the output is empty. For tests and for explaining a path.
-    public func kernelPlan(_ desc: PoolDescriptor, input: TensorView) throws -> KernelPlan? {
-        let shape = try desc.outputShape(inputShape: input.shape)
-        guard !shape.contains(0) else { return nil }
-        struct Planner: ReductionVisitor {
-            let geometry: PoolGeometry, engine: PoolEngine
-            func visit<R: WindowReduction>(_: R.Type) -> KernelPlan {
-                KernelPlan(geometry, R.self, streamingOutputBytes: engine.streamingOutputBytes,
-                           usesVectorKernels: engine.usesVectorKernels)
-            }
-        }
-        let geometry = try PoolGeometry(desc, input: input, outputShape: shape)
-        return try withReduction(desc.kind, input.dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, engine: self))
     }
 
     /// Checks everything about an operation without touching memory, returning the
@@ -125,170 +108,10 @@ public final class PoolEngine: Sendable {
             }
             return t
         } ?? threadCount
-        let job = Job(geometry: geometry, input: inputData, output: outputData, threads: threads, engine: self,
-                      progress: progress, isCancelled: isCancelled)
-        try withReduction(desc.kind, input.dtype, windowSize: geometry.windowSize, job)
+        let call = KernelCall(geometry: geometry, kind: desc.kind, dtype: input.dtype, input: inputData, output: outputData,
+                              threads: threads, settings: settings, progress: progress, isCancelled: isCancelled)
+        largestScratch.max(try kernels.run(call), ordering: .relaxed)
         if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }
 }
 
-/// One validated operation, split over threads.
-private struct Job: ReductionVisitor, @unchecked Sendable {
-    let geometry: PoolGeometry
-    let input: UnsafeRawPointer
-    let output: UnsafeMutableRawPointer
-    let threads: Int
-    let engine: PoolEngine
-    let progress: (@Sendable () -> Void)?
-    let isCancelled: (@Sendable () -> Bool)?
-
-    /// Below this many element reads a call runs on the calling thread: waking workers
-    /// would cost more than it saves.
-    static let minimumWorkPerThread = 1 << 15
-    /// Scratch per thread that is always allowed (see `run`).
-    static let minimumScratchLimit = 64 << 20
-
-    func visit<R: WindowReduction>(_: R.Type) throws {
-        let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
-        let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
-        let kernel = KernelPlan(geometry, R.self, streamingOutputBytes: engine.streamingOutputBytes,
-                                usesVectorKernels: engine.usesVectorKernels)
-        let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
-                            workers: serial ? 1 : threads, budgetBytes: engine.tileBudgetBytes)
-        defer { if kernel.streamOutput { tpstream_fence() } }
-        // The output's byte count fits (plan checked it).
-        let outputBytes = geometry.pixels * geometry.channels * MemoryLayout<R.Output>.stride
-        let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
-        // Scratch grows with the kernel and the padding, not only with the tensors: a window
-        // of 2^30 over one element would need gigabytes. Refused past a bound proportional to
-        // the tensors, so a small request cannot make the process allocate without limit.
-        // Both byte counts were checked to fit (plan); their sum and its multiple saturate.
-        let inputBytes = geometry.inputElements * MemoryLayout<R.Input>.stride
-        let tensorBytes = inputBytes.addingReportingOverflow(outputBytes)
-        let scaled = tensorBytes.partialValue.multipliedReportingOverflow(by: 4)
-        let limit = tensorBytes.overflow || scaled.overflow ? Int.max : Swift.max(Self.minimumScratchLimit, scaled.partialValue)
-        let perWorker = plan.scratchCount.multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
-        guard !perWorker.overflow, perWorker.partialValue <= limit else {
-            throw PoolError(TP_ERR_NO_MEMORY,
-                "windows of kernel_size \(geometry.kernelDescription) with padding \(geometry.paddingDescription) need "
-                    + "\(perWorker.overflow ? "over 2^63" : "\(perWorker.partialValue)") bytes of scratch per thread, "
-                    + "more than the \(limit) allowed for these tensors (4 times their size, at least 64 MiB)")
-        }
-        // Scratch for every worker, reused across calls: fresh pages would cost the kernel
-        // more to zero than the pooling itself on mid-sized tensors.
-        let bytes = perWorker.partialValue * workers
-        guard let scratch = ScratchPool.shared.take(bytes: bytes) else {
-            throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(plan.scratchCount) accumulators for each of \(workers) threads")
-        }
-        defer { ScratchPool.shared.give(scratch, bytes: bytes) }
-        engine.noteScratch(bytes)
-        let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * plan.scratchCount)
-        let typedInput = input.assumingMemoryBound(to: R.Input.self)
-        let typedOutput = output.assumingMemoryBound(to: R.Output.self)
-        let geometry = geometry
-
-        if workers == 1 {
-            for index in 0..<plan.tileCount {
-                if let isCancelled, isCancelled() { return }
-                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
-                         scratch: accumulators, progress: progress)
-            }
-            return
-        }
-        // Tiles are handed out on demand, which balances tiles that cost less near padded edges.
-        let nextTile = Atomic<Int>(0)
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let mine = accumulators + worker * plan.scratchCount
-            while true {
-                let index = nextTile.wrappingAdd(1, ordering: .relaxed).oldValue
-                if index >= plan.tileCount { break }
-                if let isCancelled = self.isCancelled, isCancelled() { break }
-                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine,
-                         progress: progress)
-            }
-        }
-    }
-}
-
-/// Something done with the reduction type of a kind and dtype (`withReduction`): one generic
-/// method, so the table of types is written once for every use.
-protocol ReductionVisitor {
-    associatedtype Result
-    func visit<R: WindowReduction>(_: R.Type) throws -> Result
-}
-
-/// Calls `visitor` with the reduction that pools `dtype` by `kind`. Integer averages of up to
-/// 32 bits take the cheapest exact sum the window allows (see each reduction's `fits`).
-func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, windowSize: Int, _ visitor: V) throws -> V.Result {
-    func averageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws -> V.Result {
-        if AverageSmallInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageSmallInteger<I>.self) }
-        if AverageInt32Sum<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageInt32Sum<I>.self) }
-        if AverageWideInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageWideInteger<I>.self) }
-        return try visitor.visit(AverageNarrowInteger<I>.self)
-    }
-    switch (kind, dtype) {
-    case (.average, .float32): return try visitor.visit(AverageFloat32.self)
-    case (.average, .float64): return try visitor.visit(AverageFloat64.self)
-    case (.average, .float16): return try visitor.visit(AverageFloat16.self)
-    case (.average, .bfloat16): return try visitor.visit(AverageBFloat16.self)
-    case (.average, .int8): return try averageOfIntegers(Int8.self)
-    case (.average, .int16): return try averageOfIntegers(Int16.self)
-    case (.average, .int32): return try averageOfIntegers(Int32.self)
-    case (.average, .uint8): return try averageOfIntegers(UInt8.self)
-    case (.average, .uint16): return try averageOfIntegers(UInt16.self)
-    case (.average, .uint32): return try averageOfIntegers(UInt32.self)
-    case (.average, .int64): return try visitor.visit(AverageWideInteger<Int64>.self)
-    case (.average, .uint64): return try visitor.visit(AverageWideInteger<UInt64>.self)
-    case (.max, .float32): return try visitor.visit(MaxFloat<Float>.self)
-    case (.max, .float64): return try visitor.visit(MaxFloat<Double>.self)
-    case (.max, .float16): return try visitor.visit(MaxHalfFloat<Float16>.self)
-    case (.max, .bfloat16): return try visitor.visit(MaxHalfFloat<BFloat16>.self)
-    case (.max, .int8): return try visitor.visit(MaxInteger<Int8>.self)
-    case (.max, .int16): return try visitor.visit(MaxInteger<Int16>.self)
-    case (.max, .int32): return try visitor.visit(MaxInteger<Int32>.self)
-    case (.max, .int64): return try visitor.visit(MaxInteger<Int64>.self)
-    case (.max, .uint8): return try visitor.visit(MaxInteger<UInt8>.self)
-    case (.max, .uint16): return try visitor.visit(MaxInteger<UInt16>.self)
-    case (.max, .uint32): return try visitor.visit(MaxInteger<UInt32>.self)
-    case (.max, .uint64): return try visitor.visit(MaxInteger<UInt64>.self)
-    }
-}
-
-/// Scratch buffers kept between calls (a few, of a few hundred KB each per worker), so
-/// repeated calls do not fault in fresh pages. Concurrent calls take different buffers.
-final class ScratchPool: Sendable {
-    static let shared = ScratchPool()
-    /// Buffers kept when idle; more concurrent calls allocate and free their own.
-    static let keep = 8
-    /// Larger buffers (huge windows) go back to the system at once: kept, a few of them
-    /// would hold hundreds of megabytes for the life of the process.
-    static let largestKept = 16 << 20
-    private let idle = Locked<[(pointer: UnsafeMutableRawPointer, bytes: Int)]>([])
-
-    /// A buffer of at least `bytes` bytes (64-byte aligned), or nil when memory runs out.
-    func take(bytes: Int) -> UnsafeMutableRawPointer? {
-        let reused = idle.withLock { buffers -> UnsafeMutableRawPointer? in
-            guard let index = buffers.firstIndex(where: { $0.bytes >= bytes }) else { return nil }
-            return buffers.remove(at: index).pointer
-        }
-        if let reused { return reused }
-        var pointer: UnsafeMutableRawPointer?
-        return posix_memalign(&pointer, 64, Swift.max(bytes, 64)) == 0 ? pointer : nil
-    }
-
-    /// Returns a buffer from `take`, with the size it was asked for.
-    func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
-        guard bytes <= Self.largestKept else {
-            free(pointer)
-            return
-        }
-        let evicted = idle.withLock { buffers -> UnsafeMutableRawPointer? in
-            buffers.append((pointer, bytes))
-            guard buffers.count > Self.keep else { return nil }
-            // Keep the largest: they serve any smaller request.
-            let smallest = buffers.indices.min { buffers[$0].bytes < buffers[$1].bytes }!
-            return buffers.remove(at: smallest).pointer
-        }
-        free(evicted)
-    }
-}

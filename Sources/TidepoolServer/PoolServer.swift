@@ -144,7 +144,7 @@ public final class PoolServer: @unchecked Sendable {
         logger.info("tidepoold started", metadata: [
             "version": "\(TidepoolVersion.string)", "libzmq": "\(ZMQContext.version)",
             "endpoints": "\(boundEndpoints.joined(separator: " "))", "threads": "\(engine.threadCount)",
-            "max_inflight": "\(configuration.maxInflight)", "max_job_bytes": "\(configuration.maxJobBytes)",
+            "cpu_level": "\(engine.cpuLevel)", "max_inflight": "\(configuration.maxInflight)", "max_job_bytes": "\(configuration.maxJobBytes)",
             "max_queued_bytes": "\(configuration.maxQueuedBytes)", "instance": "\(String(instance, radix: 16))",
         ])
         serve()

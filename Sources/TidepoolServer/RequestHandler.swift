@@ -107,7 +107,7 @@ public final class RequestHandler {
             case .stats(let id):
                 let json = stats.json(inflight: inflight, clients: registry.clientCount, regions: regionCount, queuedBytes: queuedBytes.current,
                                       uptimeSeconds: monotonicSeconds() - startTime, configuration: configuration,
-                                      threads: engine.threadCount)
+                                      threads: engine.threadCount, cpuLevel: engine.cpuLevel)
                 return .reply([ZMQFrame(Reply.success(.stats, id: id)), ZMQFrame(Array(json.utf8))])
             case .bye(let id):
                 registry.drop(key, reason: "it said BYE")

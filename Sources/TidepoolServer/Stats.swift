@@ -13,7 +13,7 @@ struct ServerStats {
     var permissionDenials = 0
 
     func json(inflight: Int, clients: Int, regions: Int, queuedBytes: Int, uptimeSeconds: Double,
-              configuration: ServerConfiguration, threads: Int) -> String {
+              configuration: ServerConfiguration, threads: Int, cpuLevel: CPULevel) -> String {
         let fields: [(String, String)] = [
             ("version", "\"\(TidepoolVersion.string)\""),
             ("protocol_version", "\(Wire.version)"),
@@ -31,6 +31,7 @@ struct ServerStats {
             ("regions_registered", "\(regionsRegistered)"),
             ("queued_bytes", "\(queuedBytes)"),
             ("threads", "\(threads)"),
+            ("cpu_level", "\"\(cpuLevel)\""),
             ("max_inflight", "\(configuration.maxInflight)"),
             ("max_job_bytes", "\(configuration.maxJobBytes)"),
             ("max_queued_bytes", "\(configuration.maxQueuedBytes)"),

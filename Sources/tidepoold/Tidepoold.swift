@@ -23,7 +23,7 @@ struct Tidepoold: ParsableCommand {
             or the daemon refuses to start. A tcp endpoint without a host (tcp://:5555) binds to \
             loopback only; tcp has no authentication (every user who can reach the port can run jobs) \
             and never carries shared memory. SIGINT or SIGTERM stops taking jobs, answers those in \
-            flight, and exits 0; a failure to start exits 1 at once, saying why.
+            flight, and exits 0; a failure to start exits 1 at once, saying why. The kernels are the             best this CPU runs (x86-64-v3 or baseline x86-64, logged at start and in STATS);             TIDEPOOL_CPU=baseline forces the baseline.
             """,
         version: TidepoolVersion.string)
 

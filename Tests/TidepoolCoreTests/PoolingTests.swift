@@ -1,6 +1,7 @@
 import CTidepool
 import Testing
 import TidepoolCore
+import TidepoolKernels
 
 #if canImport(Glibc)
 import Glibc
@@ -21,7 +22,7 @@ func checkContiguous(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], seed:
 
 /// The default engine and one whose tiny scratch budget cuts tensors into many tiles.
 func defaultAndTinyTileEngines(budget: Int) -> [(budget: Int, engine: PoolEngine)] {
-    [(TilePlan.defaultBudgetBytes, PoolEngine(threads: 2)), (budget, PoolEngine(threads: 2, tileBudgetBytes: budget))]
+    [(KernelSettings.defaultTileBudgetBytes, PoolEngine(threads: 2)), (budget, PoolEngine(threads: 2, tileBudgetBytes: budget))]
 }
 
 /// Pools a view of `storage` on each engine and checks every result against the float64 reference.

@@ -1,6 +1,7 @@
 import CTidepoolVector
 import Testing
 import TidepoolCore
+import TidepoolKernels
 
 /// Which strategy (KernelPlan.swift) runs for representative geometries: an edit of a
 /// predicate that moves a case to another path, or leaves a path unreached, fails here, while
@@ -120,5 +121,16 @@ struct StrategyTests {
         let strided = TensorView(data: nil, dtype: .bfloat16, shape: shape, strides: strides)
         let plan = try #require(try PoolEngine(threads: 2).kernelPlan(desc, input: strided))
         #expect(plan.strategy == .widthFirst && !plan.rowsAsOneRun)
+    }
+}
+
+extension PoolEngine {
+    /// The plan (strategy and options) this engine's kernels follow for `desc` on `input`, or
+    /// nil when the output is empty.
+    func kernelPlan(_ desc: PoolDescriptor, input: TensorView) throws -> KernelPlan? {
+        let shape = try desc.outputShape(inputShape: input.shape)
+        guard !shape.contains(0) else { return nil }
+        let geometry = try PoolGeometry(desc, input: input, outputShape: shape)
+        return try TidepoolKernels.kernelPlan(geometry, desc.kind, input.dtype, settings)
     }
 }

@@ -1,6 +1,7 @@
 import CTidepoolVector
 import Testing
 import TidepoolCore
+import TidepoolKernels
 
 #if canImport(Glibc)
 import Glibc

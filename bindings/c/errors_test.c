@@ -2,6 +2,7 @@
  * argument, from plain C; nothing aborts the process. Prints "N passed, M failed". */
 #include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -204,7 +205,19 @@ int main(void) {
         passed++;
     else
         failed++;
-    expect("API version 4", tp_get_api(4) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 3");
+    const tp_api *v4 = tp_get_api(4);
+    if (v4 != NULL && v4->struct_size >= offsetof(tp_api, cpu_level) + sizeof v4->cpu_level &&
+        v4->cpu_level == tp_cpu_level)
+        passed++;
+    else
+        failed++;
+    expect("API version 5", tp_get_api(5) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 4");
+    /* The level is one of the two built, and TIDEPOOL_CPU=baseline (run_tests.sh runs this
+     * program both ways) is honoured. */
+    const char *level = tp_cpu_level();
+    const char *forced = getenv("TIDEPOOL_CPU");
+    if (strcmp(level, "x86-64") == 0 || strcmp(level, "x86-64-v3") == 0) passed++; else failed++;
+    if (forced == NULL || strcmp(forced, "baseline") != 0 || strcmp(level, "x86-64") == 0) passed++; else failed++;
 
     /* tp_last_error is per thread: another thread's failure does not replace ours. */
     tp_pool(NULL, &input, &output);

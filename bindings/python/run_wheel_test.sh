@@ -9,8 +9,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 name=$(basename "$wheel")
 case "$name" in
-    tidepool-*-py3-none-linux_x86_64.whl) ;;
-    *) echo "FAIL wheel name $name is not tagged py3-none-linux_x86_64"; exit 1 ;;
+    tidepool-*-py3-none-manylinux_*_x86_64.whl) ;;
+    *) echo "FAIL wheel name $name is not tagged py3-none-manylinux_*_x86_64"; exit 1 ;;
 esac
 python3 - "$wheel" <<'PY'
 import sys, zipfile

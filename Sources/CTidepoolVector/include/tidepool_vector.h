@@ -1,9 +1,10 @@
-/* Vector kernels the Swift compiler cannot emit for the CPU the package is built for: the
- * last step of average pooling for 16-bit floats in AVX-512, with bfloat16's own rounding
- * instruction, chosen at run time where the CPU has them. A kernel folds float32 sums left to
- * right, scales them and rounds to nearest even, bit for bit as the engine's Swift loops do
- * (Float16(Float), BFloat16(Float)), 16 values per vector instead of 8, and a bfloat16 rounding
- * in one instruction where the Swift loop takes 10 per 8 values. */
+/* CPU checks for code chosen at run time, and vector kernels the Swift compiler cannot emit
+ * for any CPU level the kernels are built for: the last step of average pooling for 16-bit
+ * floats in AVX-512, with bfloat16's own rounding instruction, chosen at run time where the
+ * CPU has them. A kernel folds float32 sums left to right, scales them and rounds to nearest
+ * even, bit for bit as the engine's Swift loops do (Float16(Float), BFloat16(Float)), 16 values
+ * per vector instead of 8, and a bfloat16 rounding in one instruction where the Swift loop
+ * takes 10 per 8 values. */
 #ifndef TIDEPOOL_VECTOR_H
 #define TIDEPOOL_VECTOR_H
 
@@ -11,6 +12,10 @@
 #include <stdint.h>
 
 typedef enum { TPVECTOR_FLOAT16 = 1, TPVECTOR_BFLOAT16 = 2 } tpvector_format;
+
+/* Whether this CPU (and its OS) runs code built for x86-64-v3: AVX2, FMA, F16C, BMI1/2, LZCNT
+ * and MOVBE, the level TidepoolKernelsAVX2 is compiled for. 0 on other architectures. */
+int tpvector_supports_x86_64_v3(void);
 
 /* Whether this CPU runs the kernels for `format`; where it does not, they must not be called. */
 int tpvector_supports(tpvector_format format);

@@ -71,3 +71,63 @@ def test_statuses_become_exceptions_in_one_place():
     assert type(other) is tidepool.Error and other.status == _lib.TP_ERR_PROTOCOL and "TP_ERR_PROTOCOL" in str(other)
     with pytest.raises(tidepool.InvalidArgumentError, match=r"\[avg_pool1d\]"):
         tidepool.avg_pool1d(np.zeros((1, 2, 1), np.float32), 5, 1)
+
+
+def _level_in_child(value):
+    """tidepool.cpu_level() and standard error of a fresh interpreter with TIDEPOOL_CPU=value
+    (None: unset)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TIDEPOOL_CPU"}
+    if value is not None:
+        env["TIDEPOOL_CPU"] = value
+    code = "import tidepool, numpy as np; tidepool.avg_pool1d(np.ones((1, 4, 1), np.float32), 2); print(tidepool.cpu_level())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.strip(), done.stderr
+
+
+def _cpu_has_x86_64_v3():
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {"avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm", "xsave"} <= flags
+
+
+def test_cpu_level_is_the_best_the_cpu_runs_unless_told():
+    best, err = _level_in_child(None)
+    assert best == ("x86-64-v3" if _cpu_has_x86_64_v3() else "x86-64")
+    assert err == ""
+    assert _level_in_child("auto") == (best, "")
+    assert _level_in_child("baseline") == ("x86-64", "")
+    level, err = _level_in_child("avx-2")
+    assert level == best
+    assert f"tidepool: TIDEPOOL_CPU=avx-2 names no CPU level" in err and f"using {best}" in err
+    if best == "x86-64":
+        level, err = _level_in_child("avx2")
+        assert level == "x86-64" and "this CPU cannot run x86-64-v3" in err
+
+
+def test_this_process_runs_the_level_it_was_told():
+    import os
+
+    forced = os.environ.get("TIDEPOOL_CPU")
+    if forced == "baseline":
+        assert tidepool.cpu_level() == "x86-64"
+    else:
+        assert tidepool.cpu_level() in ("x86-64", "x86-64-v3")
+
+
+def test_a_library_older_than_the_package_is_skipped_with_the_reason(monkeypatch):
+    # As if the package expected a function no library has: every candidate is passed over,
+    # each saying which functions it lacks, instead of an AttributeError at import.
+    monkeypatch.setitem(_lib.PROTOTYPES, "tp_from_the_future", (None, []))
+    lib, path, tried = _lib.load_library()
+    assert lib is None and path is None
+    loaded = [t for t in tried if "lacks" in t]
+    assert loaded, tried
+    assert all("lacks tp_from_the_future (this package needs API version" in t for t in loaded), loaded
+    assert f"version {tidepool.library_version()} lacks" in loaded[0]

@@ -50,6 +50,7 @@ def test_remote_equals_in_process_over_random_jobs(daemon):
         stats = client.stats()
         assert stats["jobs_completed"] == 2 * jobs
         assert stats["jobs_failed"] == 0
+        assert stats["cpu_level"] in ("x86-64", "x86-64-v3")
 
 
 def test_strided_input_on_the_daemon_equals_in_process(daemon):

@@ -45,13 +45,21 @@ def library_version() -> str:
     return _c.tp_version_string().decode()
 
 
+def cpu_level() -> str:
+    """The CPU level whose kernels run in this process: "x86-64" or "x86-64-v3" (AVX2).
+
+    The best this CPU runs unless the environment variable TIDEPOOL_CPU named another before
+    the library was loaded ("baseline", "avx2" or "auto"); both give the same bits."""
+    return _c.tp_cpu_level().decode()
+
+
 #: The header's version, which the library reports (a wheel carries its own library).
 __version__ = library_version()
 
 
 __all__ = [
     "nn", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-    "set_num_threads", "get_num_threads", "library_version", "library_path", "SUPPORTED_DTYPES",
+    "set_num_threads", "get_num_threads", "library_version", "cpu_level", "library_path", "SUPPORTED_DTYPES",
     "connect", "Client", "default_endpoint",
     "Error", "InvalidArgumentError", "LibraryNotFoundError", "OutOfMemoryError", "TimeoutError", "ConnectionError",
     "BusyError", "PermissionError",

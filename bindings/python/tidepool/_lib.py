@@ -12,7 +12,7 @@ from pathlib import Path
 
 # ---- Constants (include/tidepool.h) ---------------------------------------------------
 
-TP_API_VERSION = 3
+TP_API_VERSION = 4
 TP_MAX_SPATIAL_DIMS = 3
 TP_MAX_RANK = 8
 
@@ -89,6 +89,7 @@ _DESC_P = ctypes.POINTER(tp_pool_desc)
 PROTOTYPES = {
     "tp_version": (ctypes.c_uint32, []),
     "tp_version_string": (ctypes.c_char_p, []),
+    "tp_cpu_level": (ctypes.c_char_p, []),
     "tp_status_string": (ctypes.c_char_p, [_STATUS]),
     "tp_last_error": (ctypes.c_char_p, []),
     "tp_dtype_size": (ctypes.c_size_t, [ctypes.c_int32]),
@@ -153,6 +154,17 @@ def load_library():
             lib = ctypes.CDLL(path)
         except OSError as error:
             tried.append(f"{path}: {error}")
+            continue
+        # A library older than this package (a system one, or TIDEPOOL_LIBRARY) lacks some
+        # functions: said, and the next candidate tried, rather than an AttributeError later.
+        missing = [name for name in PROTOTYPES if not hasattr(lib, name)]
+        if missing:
+            version = b"?"
+            if hasattr(lib, "tp_version_string"):
+                lib.tp_version_string.restype = ctypes.c_char_p
+                version = lib.tp_version_string()
+            tried.append(f"{path}: version {version.decode()} lacks {', '.join(missing)} "
+                         f"(this package needs API version {TP_API_VERSION})")
             continue
         for name, (restype, argtypes) in PROTOTYPES.items():
             function = getattr(lib, name)

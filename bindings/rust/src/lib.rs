@@ -225,6 +225,12 @@ pub fn version() -> String {
     unsafe { c_text(sys::tp_version_string()) }
 }
 
+/// The CPU level whose kernels run in this process: "x86-64" or "x86-64-v3" (AVX2); the best
+/// this CPU runs unless `TIDEPOOL_CPU` names another.
+pub fn cpu_level() -> String {
+    unsafe { c_text(sys::tp_cpu_level()) }
+}
+
 /// The endpoint a client uses by default ($TIDEPOOL_ENDPOINT, else the per-user ipc socket).
 pub fn default_endpoint() -> String {
     unsafe { c_text(sys::tp_default_endpoint()) }

@@ -3,7 +3,7 @@
 
 use std::os::raw::{c_char, c_double, c_void};
 
-pub const TP_API_VERSION: u32 = 3;
+pub const TP_API_VERSION: u32 = 4;
 pub const TP_MAX_SPATIAL_DIMS: usize = 3;
 pub const TP_MAX_RANK: usize = 8;
 
@@ -82,6 +82,7 @@ pub struct tp_buffer {
 extern "C" {
     pub fn tp_version() -> u32;
     pub fn tp_version_string() -> *const c_char;
+    pub fn tp_cpu_level() -> *const c_char;
     pub fn tp_status_string(status: tp_status) -> *const c_char;
     pub fn tp_last_error() -> *const c_char;
     pub fn tp_dtype_size(dtype: i32) -> usize;

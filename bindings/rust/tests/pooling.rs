@@ -156,6 +156,11 @@ fn version_is_the_headers() {
     };
     assert_eq!(tidepool::version(), format!("{}.{}.{}", part("MAJOR"), part("MINOR"), part("PATCH")));
     assert_eq!(env!("CARGO_PKG_VERSION"), tidepool::version());
+    let level = tidepool::cpu_level();
+    assert!(level == "x86-64" || level == "x86-64-v3", "{level}");
+    if std::env::var("TIDEPOOL_CPU").as_deref() == Ok("baseline") {
+        assert_eq!(level, "x86-64");
+    }
 }
 
 #[test]

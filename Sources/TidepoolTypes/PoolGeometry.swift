@@ -1,27 +1,27 @@
 /// The pooling problem with 1-d and 2-d layers lifted to 3-d by leading unit axes
 /// (kernel 1, stride 1, no padding), so one kernel serves all six layers.
-struct PoolGeometry {
-    var batch = 0, channels = 0
-    var inD = 1, inH = 1, inW = 1
-    var outD = 1, outH = 1, outW = 1
-    var kernelD = 1, kernelH = 1, kernelW = 1
-    var strideD = 1, strideH = 1, strideW = 1
-    var padD = 0, padH = 0, padW = 0
+package struct PoolGeometry: Sendable {
+    package var batch = 0, channels = 0
+    package var inD = 1, inH = 1, inW = 1
+    package var outD = 1, outH = 1, outW = 1
+    package var kernelD = 1, kernelH = 1, kernelW = 1
+    package var strideD = 1, strideH = 1, strideW = 1
+    package var padD = 0, padH = 0, padW = 0
     /// Input element strides of (N, D, H, W, C).
-    var stepN = 0, stepD = 0, stepH = 0, stepW = 0, stepC = 1
+    package var stepN = 0, stepD = 0, stepH = 0, stepW = 0, stepC = 1
 
     /// The largest padded volume (batch x padded D x H x W x channels) the engine takes.
     /// Every size the kernels derive (row pitches, tile and scratch sizes, window sizes times
     /// channels, bytes of accumulators) is a product of some of these factors times a small
-    /// constant (at most 64, see `TilePlan`); bounding their product once keeps every such
+    /// constant (at most 64, see TidepoolKernels' `TilePlan`); bounding their product once keeps every such
     /// computation inside 64 bits without checking each one. 2^55 elements is 32 PiB of
     /// float32: no real tensor comes near it, only absurd padding.
-    static let maximumPaddedVolume = 1 << 55
+    package static let maximumPaddedVolume = 1 << 55
 
     /// `desc` must be validated and `outputShape` computed from it and `input`, and the output
     /// must not be empty (an empty output is never computed, so its geometry is not needed).
     /// Throws TP_ERR_OVERFLOW when the padded volume exceeds `maximumPaddedVolume`.
-    init(_ desc: PoolDescriptor, input: TensorView, outputShape: [Int]) throws {
+    package init(_ desc: PoolDescriptor, input: TensorView, outputShape: [Int]) throws {
         let lift = PoolDescriptor.maxSpatialDims - desc.spatialDims
         func lifted(_ values: [Int], _ fill: Int) -> [Int] { Array(repeating: fill, count: lift) + values }
         let spatialIn = lifted(Array(input.shape[1...desc.spatialDims]), 1)
@@ -56,19 +56,19 @@ struct PoolGeometry {
         }
     }
 
-    var windowSize: Int { kernelD * kernelH * kernelW }
+    @inlinable package var windowSize: Int { kernelD * kernelH * kernelW }
     /// Input elements, as the shape says (a broadcast view may hold fewer in memory).
-    var inputElements: Int { batch * inD * inH * inW * channels }
-    var kernelDescription: String { "(\(kernelD), \(kernelH), \(kernelW))" }
-    var paddingDescription: String { "(\(padD), \(padH), \(padW))" }
+    @inlinable package var inputElements: Int { batch * inD * inH * inW * channels }
+    package var kernelDescription: String { "(\(kernelD), \(kernelH), \(kernelW))" }
+    package var paddingDescription: String { "(\(padD), \(padH), \(padW))" }
     /// Output positions (n, od, oh, ow); each holds `channels` values.
-    var pixels: Int { batch * outD * outH * outW }
+    @inlinable package var pixels: Int { batch * outD * outH * outW }
 }
 
 /// The in-bounds part [lower, upper) of the window at output index `o` on one axis;
 /// empty when the window lies entirely in padding.
-@inline(__always)
-func windowBounds(_ o: Int, stride: Int, padding: Int, kernel: Int, length: Int) -> (Int, Int) {
+@inlinable @inline(__always)
+package func windowBounds(_ o: Int, stride: Int, padding: Int, kernel: Int, length: Int) -> (Int, Int) {
     let start = o * stride - padding
     return (max(start, 0), min(start + kernel, length))
 }

@@ -1,4 +1,5 @@
 import CTidepoolStream
+import TidepoolTypes
 
 /// Memory to prefetch, for reading or for writing: `planes` runs of `planeBytes`,
 /// `planeStride` bytes apart.

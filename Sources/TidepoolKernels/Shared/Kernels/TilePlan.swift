@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// The size of equal parts of `count`, each at most `largest` (at least 1).
 func evenSplit(_ count: Int, largest: Int) -> Int {
     guard count > 0 else { return 1 }
@@ -58,7 +60,7 @@ public struct TilePlan {
     let scratch: ScratchLayout
 
     /// Scratch per worker, in bytes: reduced rows and kd planes fit in L2 with room left.
-    public static let defaultBudgetBytes = 512 << 10
+    public static let defaultBudgetBytes = KernelSettings.defaultTileBudgetBytes
 
     /// Accumulators per worker.
     var scratchCount: Int { scratch.count }

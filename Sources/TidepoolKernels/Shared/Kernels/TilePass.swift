@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// Pooling one axis at a time. A box window reduces to a reduction along W, then along H
 /// of those rows, then along D of those planes (both folds are associative), so an output
 /// costs kw + kh + kd folds instead of kw * kh * kd. Every fold runs over a contiguous

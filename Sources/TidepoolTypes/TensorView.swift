@@ -39,7 +39,7 @@ public struct TensorView {
 
     /// The byte range the view can touch, or nil when it has no elements.
     /// Validates shape, strides and the null-data rule on the way.
-    func byteSpan(what: String) throws -> Range<Int>? {
+    package func byteSpan(what: String) throws -> Range<Int>? {
         guard strides.count == shape.count else {
             throw PoolError.shape("\(what) has \(shape.count) shape entries but \(strides.count) strides")
         }
@@ -75,10 +75,10 @@ public struct OutputView {
         self.strides = strides
     }
 
-    var asInput: TensorView { TensorView(data: data.map(UnsafeRawPointer.init), dtype: dtype, shape: shape) }
+    package var asInput: TensorView { TensorView(data: data.map(UnsafeRawPointer.init), dtype: dtype, shape: shape) }
 
     /// As numpy's C-contiguity: axes of length 1 may have any stride, an empty tensor any strides.
-    func checkContiguous() throws {
+    package func checkContiguous() throws {
         guard let strides, !shape.contains(0) else { return }
         let contiguous = TensorView.contiguousStrides(shape)
         guard strides.count == shape.count else {

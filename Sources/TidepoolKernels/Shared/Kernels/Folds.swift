@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// The folds every strategy is built from. Each runs over a contiguous run of accumulators
 /// (a fused (W, C) row, since channels are innermost), which the compiler vectorises; a fold's
 /// order of merges is fixed by its arguments alone, so results never depend on the tiling.

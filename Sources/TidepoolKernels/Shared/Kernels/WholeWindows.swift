@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// Whole windows (`Strategy.wholeWindows`).
 extension TilePass {
     /// The tile window by window (`KernelPlan.suitsWholeWindows`): each output position folds its

@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// Which code pools a geometry, decided in one place: `KernelPlan.init` takes the geometry,
 /// the element type (its `WindowReduction`) and what the CPU offers, and returns the strategy
 /// and its options. Nothing else decides a path; the strategies only follow the plan (and
@@ -75,10 +77,9 @@ public struct KernelPlan: Sendable {
     /// Whether outputs are taken at every `stride`-th position of rows reduced at every position.
     public var subsampledRows: Bool { width.subsampled }
 
-    /// The plan for `g` with elements reduced by `R`. `streamingOutputBytes` and
-    /// `usesVectorKernels` are the engine's settings (tests change them to reach every path).
-    init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, streamingOutputBytes: Int = PoolEngine.defaultStreamingOutputBytes,
-                             usesVectorKernels: Bool = true) {
+    /// The plan for `g` with elements reduced by `R`, under the engine's `settings` (tests
+    /// change them to reach every path).
+    init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
         width = WidthPlan(g)
@@ -108,7 +109,7 @@ public struct KernelPlan: Sendable {
         // accumulators were. Whole windows write straight to the output: staging rows to stream
         // them did not pay.
         let outputBytes = g.pixels * g.channels * outputSize  // fits: PoolEngine.plan checked it
-        streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= streamingOutputBytes
+        streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= settings.streamingOutputBytes
             && g.channels >= KernelLimits.vectorChannels && narrowing
         // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte
         // inputs, and of 64-bit integer averages, whose widening is long. Where memory
@@ -119,7 +120,7 @@ public struct KernelPlan: Sendable {
         // store into cache instead of waiting on each line (overlapping D windows only: the
         // reduction must be long enough to hide the fetch).
         prefetchOutput = g.kernelD > g.strideD
-        let vector = usesVectorKernels ? R.vectorFinish : nil
+        let vector = settings.usesVectorKernels ? R.vectorFinish : nil
         switch strategy {
         case .depthFirst: vectorFinish = vector
         // The plane strategies' finish runs use them only where the Swift loop is slower

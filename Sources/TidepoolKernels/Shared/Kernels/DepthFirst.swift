@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// Depth first (`Strategy.depthFirst`).
 extension TilePass {
     /// The tile depth first, for geometries that `KernelPlan.suitsDepthFirst`: each output plane

@@ -1,3 +1,5 @@
+import TidepoolTypes
+
 /// Height first (`Strategy.heightFirst`): the plane ring of width first (WidthFirst.swift), each
 /// plane reduced along H before W.
 extension TilePass {

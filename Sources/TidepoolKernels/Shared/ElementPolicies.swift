@@ -1,4 +1,5 @@
 import CTidepoolVector
+import TidepoolTypes
 
 /// How each (pool kind, dtype) pair reads, folds and writes elements. The kernels are
 /// generic over these static policies, so each pair compiles to its own specialised,

@@ -1,4 +1,5 @@
 import CTidepoolVector
+import TidepoolTypes
 
 /// The last step of averages of 16-bit floats by the kernels of tidepool_vector.h: sums
 /// folded, scaled and rounded in AVX-512, bit for bit as `finishTaps` and the edge loops do,

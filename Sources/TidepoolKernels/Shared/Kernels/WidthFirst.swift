@@ -1,4 +1,5 @@
 import CTidepoolStream
+import TidepoolTypes
 
 /// Width first (`Strategy.widthFirst`), and the plane ring it shares with height first: each
 /// new input plane is reduced along W, then H, into a ring of `kernelD` planes, and each output

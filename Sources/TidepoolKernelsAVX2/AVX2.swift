@@ -1,0 +1,8 @@
+import TidepoolTypes
+
+/// The kernels of Shared/ (a link to TidepoolKernels' sources) built for x86-64-v3: AVX2 and
+/// FMA vectors, F16C half-float conversions. Called only where the CPU has them.
+public enum AVX2Kernels: PoolKernels {
+    package static let level = CPULevel.avx2
+    package static func run(_ call: KernelCall) throws -> Int { try runKernels(call) }
+}

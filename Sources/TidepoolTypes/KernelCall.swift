@@ -1,0 +1,82 @@
+/// What passes between TidepoolCore (validation, threads, the public engine) and a build of
+/// the kernels (TidepoolKernels, compiled once per CPU level from the same sources): plain
+/// values, so the kernels' generic code never crosses a module boundary unspecialised.
+
+/// The instruction sets the kernels are built for. Every level but `baseline` runs only where
+/// the CPU has it (checked at run time, never assumed from the build machine).
+public enum CPULevel: String, CaseIterable, Sendable, CustomStringConvertible {
+    /// x86-64 as every 64-bit x86 CPU runs it (SSE2).
+    case baseline = "x86-64"
+    /// x86-64-v3: AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE (Intel Haswell and AMD Zen onwards).
+    case avx2 = "x86-64-v3"
+
+    public var description: String { rawValue }
+
+    /// The level named by `name` as TIDEPOOL_CPU takes it: "baseline" or "x86-64", "avx2" or
+    /// "x86-64-v3"; nil for anything else.
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "baseline", "x86-64": self = .baseline
+        case "avx2", "x86-64-v3": self = .avx2
+        default: return nil
+        }
+    }
+}
+
+/// An engine's settings that the kernels follow; tests change them to reach every path.
+public struct KernelSettings: Sendable, Equatable {
+    /// Scratch per thread for a tile.
+    public static let defaultTileBudgetBytes = 512 << 10
+    /// Outputs at least this large (with 8+ channels) are written with streaming stores.
+    public static let defaultStreamingOutputBytes = 4 << 20
+
+    public var tileBudgetBytes: Int
+    public var streamingOutputBytes: Int
+    /// Whether the C vector kernels (`VectorFinish`) run where the CPU has them; tests turn
+    /// them off to compare with the Swift loops.
+    public var usesVectorKernels: Bool
+
+    public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
+                usesVectorKernels: Bool = true) {
+        self.tileBudgetBytes = tileBudgetBytes
+        self.streamingOutputBytes = streamingOutputBytes
+        self.usesVectorKernels = usesVectorKernels
+    }
+}
+
+/// One validated pooling: the geometry checked by `PoolEngine.plan`, a non-empty output, and
+/// memory the caller guarantees for the call's duration.
+package struct KernelCall: @unchecked Sendable {
+    package let geometry: PoolGeometry
+    package let kind: PoolKind
+    package let dtype: DType
+    package let input: UnsafeRawPointer
+    package let output: UnsafeMutableRawPointer
+    package let threads: Int
+    package let settings: KernelSettings
+    package let progress: (@Sendable () -> Void)?
+    package let isCancelled: (@Sendable () -> Bool)?
+
+    package init(geometry: PoolGeometry, kind: PoolKind, dtype: DType, input: UnsafeRawPointer,
+                 output: UnsafeMutableRawPointer, threads: Int, settings: KernelSettings,
+                 progress: (@Sendable () -> Void)?, isCancelled: (@Sendable () -> Bool)?) {
+        self.geometry = geometry
+        self.kind = kind
+        self.dtype = dtype
+        self.input = input
+        self.output = output
+        self.threads = threads
+        self.settings = settings
+        self.progress = progress
+        self.isCancelled = isCancelled
+    }
+}
+
+/// One build of the kernels: the same sources compiled for `level`.
+package protocol PoolKernels: Sendable {
+    static var level: CPULevel { get }
+    /// Pools `call`, returning the scratch bytes it used (for all its threads). Throws
+    /// TP_ERR_NO_MEMORY when the windows need more scratch than the tensors justify; returns
+    /// early, leaving the output partly written, once `call.isCancelled` says yes.
+    static func run(_ call: KernelCall) throws -> Int
+}
