@@ -278,6 +278,7 @@ CASE ?=
 bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VENV)/.installed
 	@echo "Tidepool engine benchmark, $$(date -u +%Y-%m-%d), $$(nproc) CPUs, $$(uname -m)"
 	CASE="$(CASE)" $(BENCH_VENV)/bin/python benchmarks/engine_bench.py
+	CASE="$(CASE)" PYTHONPATH=bindings/python:benchmarks $(BENCH_VENV)/bin/python benchmarks/gradient_bench.py
 	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
 
 clean:

@@ -43,8 +43,8 @@ extern "C" {
 
 /* Version of the function table returned by tp_get_api(). Bumped when the table grows;
  * a library serves every table version up to its own. Version 2 added the client calls,
- * version 3 tp_client_cancel, version 4 tp_cpu_level. */
-#define TP_API_VERSION 4
+ * version 3 tp_client_cancel, version 4 tp_cpu_level, version 5 tp_pool_backward. */
+#define TP_API_VERSION 5
 
 /* ---- Limits ---------------------------------------------------------------------- */
 
@@ -224,6 +224,41 @@ tp_status tp_tensor_nbytes(const tp_tensor *tensor, size_t *nbytes);
  * (output not contiguous, or overlapping the input), TP_ERR_NO_MEMORY. */
 tp_status tp_pool(const tp_pool_desc *desc, const tp_tensor *input, const tp_tensor *output);
 
+/* ---- Gradients ------------------------------------------------------------------- */
+
+/* How max pooling's gradient treats a window with several positions equal to its maximum. */
+typedef enum tp_max_ties {
+    /* MLX's rule (the default): the window's cotangent is split evenly among all of them,
+     * padding positions included (their shares are dropped); a window whose maximum is NaN
+     * gives NaN to every element in it. */
+    TP_TIES_SPLIT = 0,
+    /* PyTorch's rule: all of it to the first maximum in (d, h, w) scan order of the
+     * in-bounds positions, or to the last NaN where the window holds one. */
+    TP_TIES_FIRST = 1
+} tp_max_ties;
+
+/* Options of tp_pool_backward(); grows through struct_size. Zero it and set struct_size, or
+ * pass NULL for the defaults. */
+typedef struct tp_backward_options {
+    uint32_t struct_size; /* sizeof(tp_backward_options) */
+    uint32_t flags;       /* reserved, must be 0 */
+    int32_t max_ties;     /* a tp_max_ties; ignored by averages */
+    int32_t reserved;     /* must be 0 */
+} tp_backward_options;
+
+/* The backward pass of pooling (vector-Jacobian product), as MLX differentiates it: the
+ * gradient with respect to `input` of pooling `input` by `desc`, for the cotangent
+ * `grad_output` (the output's dtype and shape, any strides), written to `grad_input` (the
+ * input's dtype and shape, contiguous). Average: each element receives, from every window
+ * holding it, that window's cotangent divided by the full window size (padding counted). Max:
+ * see tp_max_ties. Floating-point dtypes only; sums in float32 (float64 for float64), rounded
+ * once. Validated before any element is written; bit-identical for every thread count; safe
+ * from many threads at once. `options` may be NULL. (API version 5.)
+ * Returns every status of tp_pool(), with TP_ERR_DTYPE for an integer input, and
+ * TP_ERR_VERSION / TP_ERR_FLAGS / TP_ERR_INVALID_ARGUMENT for the options. */
+tp_status tp_pool_backward(const tp_pool_desc *desc, const tp_tensor *input, const tp_tensor *grad_output,
+                           const tp_tensor *grad_input, const tp_backward_options *options);
+
 /* ---- Threads --------------------------------------------------------------------- */
 
 /* Set the number of threads later tp_pool calls use (process-wide). 0 means one per
@@ -388,6 +423,9 @@ typedef struct tp_api {
     tp_status (*client_cancel)(tp_client *client, uint64_t job);
     /* API version 4 */
     const char *(*cpu_level)(void);
+    /* API version 5 */
+    tp_status (*pool_backward)(const tp_pool_desc *desc, const tp_tensor *input, const tp_tensor *grad_output,
+                               const tp_tensor *grad_input, const tp_backward_options *options);
 } tp_api;
 
 /* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library

@@ -34,7 +34,8 @@ private let apiTable: UnsafeMutablePointer<tp_api> = {
         client_submit: tp_client_submit,
         client_wait: tp_client_wait,
         client_cancel: tp_client_cancel,
-        cpu_level: tp_cpu_level))
+        cpu_level: tp_cpu_level,
+        pool_backward: tp_pool_backward))
     return table
 }()
 

@@ -26,7 +26,7 @@ func checkHeader(structSize: UInt32, flags: UInt32, expectedSize: Int, name: Str
     guard Int(structSize) >= expectedSize else {
         throw PoolError(TP_ERR_VERSION,
             "\(name).struct_size is \(structSize) but this library needs at least \(expectedSize) (sizeof(\(name))); "
-                + "initialise it with the header's init function")
+                + "set it to sizeof(\(name)) (the init functions do)")
     }
     guard flags == 0 else {
         throw PoolError(TP_ERR_FLAGS, "\(name).flags is 0x\(String(flags, radix: 16)) but reserved flags must be 0")

@@ -125,6 +125,35 @@ public func tpPool(_ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<
     }
 }
 
+@_cdecl("tp_pool_backward")
+public func tpPoolBackward(_ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<tp_tensor>?,
+                           _ gradOutput: UnsafePointer<tp_tensor>?, _ gradInput: UnsafePointer<tp_tensor>?,
+                           _ options: UnsafePointer<tp_backward_options>?) -> tp_status {
+    withStatus {
+        let pool = try PoolDescriptor(try requireNonNull(desc, "desc").pointee)
+        let source = try CTensor(try requireNonNull(input, "input").pointee, "input")
+        let cotangent = try CTensor(try requireNonNull(gradOutput, "grad_output").pointee, "grad_output")
+        let gradient = try CTensor(try requireNonNull(gradInput, "grad_input").pointee, "grad_input")
+        var ties = MaxTies.split
+        if let options = options?.pointee {
+            try checkHeader(structSize: options.struct_size, flags: options.flags,
+                            expectedSize: MemoryLayout<tp_backward_options>.size, name: "tp_backward_options")
+            guard options.reserved == 0 else {
+                throw PoolError.invalid("tp_backward_options.reserved is \(options.reserved) but must be 0")
+            }
+            switch options.max_ties {
+            case Int32(TP_TIES_SPLIT.rawValue): ties = .split
+            case Int32(TP_TIES_FIRST.rawValue): ties = .first
+            default:
+                throw PoolError.invalid("tp_backward_options.max_ties is \(options.max_ties), which is not a tp_max_ties "
+                    + "(TP_TIES_SPLIT 0, TP_TIES_FIRST 1)")
+            }
+        }
+        try PoolEngine.shared.backward(pool, input: source.inputView, gradOutput: cotangent.inputView,
+                                       gradInput: gradient.outputView, ties: ties)
+    }
+}
+
 @_cdecl("tp_set_num_threads")
 public func tpSetNumThreads(_ threads: Int32) -> tp_status {
     withStatus { try PoolEngine.shared.setThreadCount(Int(threads)) }

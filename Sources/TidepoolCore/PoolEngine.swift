@@ -19,7 +19,7 @@ public final class PoolEngine: Sendable {
     package let settings: KernelSettings
     /// The build of the kernels this engine runs (`KernelSelection`).
     public let cpuLevel: CPULevel
-    private let kernels: any PoolKernels.Type
+    let kernels: any PoolKernels.Type
     private let largestScratch = Atomic<Int>(0)
 
     /// The most scratch memory one call of this engine has used, for all its threads: the

@@ -4,4 +4,5 @@ import TidepoolTypes
 public enum BaselineKernels: PoolKernels {
     package static let level = CPULevel.baseline
     package static func run(_ call: KernelCall) throws -> Int { try runKernels(call) }
+    package static func runBackward(_ call: BackwardCall) throws { try runBackwardKernels(call) }
 }

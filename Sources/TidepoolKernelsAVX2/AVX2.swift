@@ -5,4 +5,5 @@ import TidepoolTypes
 public enum AVX2Kernels: PoolKernels {
     package static let level = CPULevel.avx2
     package static func run(_ call: KernelCall) throws -> Int { try runKernels(call) }
+    package static func runBackward(_ call: BackwardCall) throws { try runBackwardKernels(call) }
 }

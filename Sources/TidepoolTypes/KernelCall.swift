@@ -72,9 +72,53 @@ package struct KernelCall: @unchecked Sendable {
     }
 }
 
+/// How max pooling's gradient treats a window with several positions equal to its maximum.
+public enum MaxTies: String, CaseIterable, Sendable {
+    /// MLX's rule (it differentiates `max` through `x == max(x)`): the window's cotangent is
+    /// split evenly among all of them, padding positions included, whose shares are dropped;
+    /// a window whose maximum is NaN gives NaN to every element in it.
+    case split
+    /// PyTorch's rule: the whole cotangent goes to the first maximum in (d, h, w) scan order of
+    /// the in-bounds positions, or to the last NaN where the window holds one (its CPU kernel
+    /// takes a value that is greater or NaN).
+    case first
+}
+
+/// One validated backward pass (vector-Jacobian product): `gradInput`, contiguous with the
+/// input's shape, receives the gradient of the pooling with respect to `input` for the
+/// cotangent `gradOutput` (the output's shape, read through `gradSteps`).
+package struct BackwardCall: @unchecked Sendable {
+    package let geometry: PoolGeometry
+    /// Element strides of the cotangent's (N, D, H, W, C), lifted to 3-d like the input's.
+    package let gradSteps: (n: Int, d: Int, h: Int, w: Int, c: Int)
+    package let kind: PoolKind
+    package let dtype: DType
+    package let ties: MaxTies
+    package let input: UnsafeRawPointer
+    package let gradOutput: UnsafeRawPointer
+    package let gradInput: UnsafeMutableRawPointer
+    package let threads: Int
+
+    package init(geometry: PoolGeometry, gradSteps: (n: Int, d: Int, h: Int, w: Int, c: Int), kind: PoolKind, dtype: DType,
+                 ties: MaxTies, input: UnsafeRawPointer, gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer,
+                 threads: Int) {
+        self.geometry = geometry
+        self.gradSteps = gradSteps
+        self.kind = kind
+        self.dtype = dtype
+        self.ties = ties
+        self.input = input
+        self.gradOutput = gradOutput
+        self.gradInput = gradInput
+        self.threads = threads
+    }
+}
+
 /// One build of the kernels: the same sources compiled for `level`.
 package protocol PoolKernels: Sendable {
     static var level: CPULevel { get }
+    /// Computes `call`'s gradient. Throws TP_ERR_NO_MEMORY when its scratch cannot be had.
+    static func runBackward(_ call: BackwardCall) throws
     /// Pools `call`, returning the scratch bytes it used (for all its threads). Throws
     /// TP_ERR_NO_MEMORY when the windows need more scratch than the tensors justify; returns
     /// early, leaving the output partly written, once `call.isCancelled` says yes.

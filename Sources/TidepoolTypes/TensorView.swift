@@ -78,15 +78,15 @@ public struct OutputView {
     package var asInput: TensorView { TensorView(data: data.map(UnsafeRawPointer.init), dtype: dtype, shape: shape) }
 
     /// As numpy's C-contiguity: axes of length 1 may have any stride, an empty tensor any strides.
-    package func checkContiguous() throws {
+    package func checkContiguous(what: String = "output") throws {
         guard let strides, !shape.contains(0) else { return }
         let contiguous = TensorView.contiguousStrides(shape)
         guard strides.count == shape.count else {
-            throw PoolError.shape("output has \(shape.count) shape entries but \(strides.count) strides")
+            throw PoolError.shape("\(what) has \(shape.count) shape entries but \(strides.count) strides")
         }
         for axis in shape.indices where shape[axis] != 1 && strides[axis] != contiguous[axis] {
             throw PoolError(TP_ERR_LAYOUT,
-                "output must be contiguous channels-last: strides[\(axis)] is \(strides[axis]) but must be "
+                "\(what) must be contiguous channels-last: strides[\(axis)] is \(strides[axis]) but must be "
                     + "\(contiguous[axis]) for shape \(pythonTuple(shape))")
         }
     }

@@ -211,7 +211,46 @@ int main(void) {
         passed++;
     else
         failed++;
-    expect("API version 5", tp_get_api(5) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 4");
+    const tp_api *v5 = tp_get_api(5);
+    if (v5 != NULL && v5->struct_size >= offsetof(tp_api, pool_backward) + sizeof v5->pool_backward &&
+        v5->pool_backward == tp_pool_backward)
+        passed++;
+    else
+        failed++;
+    expect("API version 6", tp_get_api(6) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 5");
+
+    /* The gradient of MaxPool1d(2, stride=1) on [1, 3, 3, 2] for a cotangent of ones: MLX's
+     * split [0, 1.5, 1.5, 0], PyTorch's first [0, 2, 1, 0]. */
+    {
+        float xs[4] = {1, 3, 3, 2}, ones[3] = {1, 1, 1}, grad[4] = {9, 9, 9, 9};
+        const int64_t k2[1] = {2}, s1[1] = {1}, in_shape[3] = {1, 4, 1}, out_shape[3] = {1, 3, 1};
+        tp_pool_desc max1;
+        tp_pool_desc_init(&max1, TP_POOL_MAX, 1, k2, s1, NULL);
+        tp_tensor x, g, gx;
+        tp_tensor_init(&x, xs, TP_DTYPE_FLOAT32, 3, in_shape, NULL);
+        tp_tensor_init(&g, ones, TP_DTYPE_FLOAT32, 3, out_shape, NULL);
+        tp_tensor_init(&gx, grad, TP_DTYPE_FLOAT32, 3, in_shape, NULL);
+        expect("backward, split", tp_pool_backward(&max1, &x, &g, &gx, NULL), TP_OK, "");
+        if (grad[0] == 0 && grad[1] == 1.5f && grad[2] == 1.5f && grad[3] == 0) passed++; else failed++;
+        tp_backward_options options = {sizeof options, 0, TP_TIES_FIRST, 0};
+        expect("backward, first", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_OK, "");
+        if (grad[0] == 0 && grad[1] == 2 && grad[2] == 1 && grad[3] == 0) passed++; else failed++;
+        options.max_ties = 7;
+        expect("backward, unknown tie rule", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_ERR_INVALID_ARGUMENT,
+               "max_ties is 7");
+        options.max_ties = TP_TIES_SPLIT;
+        options.struct_size = 4;
+        expect("backward, old options", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_ERR_VERSION,
+               "tp_backward_options.struct_size is 4");
+        expect("backward, grad_output NULL", tp_pool_backward(&max1, &x, NULL, &gx, NULL), TP_ERR_NULL_POINTER,
+               "grad_output is NULL");
+        expect("backward, in place", tp_pool_backward(&max1, &x, &g, &x, NULL), TP_ERR_LAYOUT, "overlaps input");
+        int8_t bytes[4] = {1, 3, 3, 2}, gbytes[3] = {1, 1, 1}, gxbytes[4];
+        tp_tensor_init(&x, bytes, TP_DTYPE_INT8, 3, in_shape, NULL);
+        tp_tensor_init(&g, gbytes, TP_DTYPE_INT8, 3, out_shape, NULL);
+        tp_tensor_init(&gx, gxbytes, TP_DTYPE_INT8, 3, in_shape, NULL);
+        expect("backward of int8", tp_pool_backward(&max1, &x, &g, &gx, NULL), TP_ERR_DTYPE, "floating-point inputs");
+    }
     /* The level is one of the two built, and TIDEPOOL_CPU=baseline (run_tests.sh runs this
      * program both ways) is honoured. */
     const char *level = tp_cpu_level();

@@ -27,6 +27,14 @@ from .errors import (
     PermissionError,
     TimeoutError,
 )
+from .gradients import (
+    avg_pool1d_vjp,
+    avg_pool2d_vjp,
+    avg_pool3d_vjp,
+    max_pool1d_vjp,
+    max_pool2d_vjp,
+    max_pool3d_vjp,
+)
 from .functional import (
     SUPPORTED_DTYPES,
     avg_pool1d,
@@ -59,6 +67,7 @@ __version__ = library_version()
 
 __all__ = [
     "nn", "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+    "avg_pool1d_vjp", "avg_pool2d_vjp", "avg_pool3d_vjp", "max_pool1d_vjp", "max_pool2d_vjp", "max_pool3d_vjp",
     "set_num_threads", "get_num_threads", "library_version", "cpu_level", "library_path", "SUPPORTED_DTYPES",
     "connect", "Client", "default_endpoint",
     "Error", "InvalidArgumentError", "LibraryNotFoundError", "OutOfMemoryError", "TimeoutError", "ConnectionError",

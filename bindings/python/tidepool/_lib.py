@@ -12,7 +12,7 @@ from pathlib import Path
 
 # ---- Constants (include/tidepool.h) ---------------------------------------------------
 
-TP_API_VERSION = 4
+TP_API_VERSION = 5
 TP_MAX_SPATIAL_DIMS = 3
 TP_MAX_RANK = 8
 
@@ -53,6 +53,9 @@ TP_DTYPE_UINT64 = 12
 TP_POOL_AVG = 1
 TP_POOL_MAX = 2
 
+TP_TIES_SPLIT = 0
+TP_TIES_FIRST = 1
+
 # ---- Structs ------------------------------------------------------------------------
 
 
@@ -80,6 +83,15 @@ class tp_pool_desc(ctypes.Structure):
     ]
 
 
+class tp_backward_options(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("max_ties", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+
 _STATUS = ctypes.c_int  # tp_status is a C enum: int-sized
 _I64P = ctypes.POINTER(ctypes.c_int64)
 _TENSOR_P = ctypes.POINTER(tp_tensor)
@@ -98,6 +110,7 @@ PROTOTYPES = {
     "tp_pool_output": (_STATUS, [_DESC_P, _TENSOR_P, _TENSOR_P]),
     "tp_tensor_nbytes": (_STATUS, [_TENSOR_P, ctypes.POINTER(ctypes.c_size_t)]),
     "tp_pool": (_STATUS, [_DESC_P, _TENSOR_P, _TENSOR_P]),
+    "tp_pool_backward": (_STATUS, [_DESC_P, _TENSOR_P, _TENSOR_P, _TENSOR_P, ctypes.POINTER(tp_backward_options)]),
     "tp_set_num_threads": (_STATUS, [ctypes.c_int32]),
     "tp_get_num_threads": (ctypes.c_int32, []),
     "tp_default_endpoint": (ctypes.c_char_p, []),

@@ -99,6 +99,15 @@ element! {
     u64 => TP_DTYPE_UINT64, f32;
 }
 
+/// How max pooling's gradient shares a window's cotangent among equal maxima.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ties {
+    /// MLX's rule: split evenly among all of them (NaN windows give NaN).
+    Split,
+    /// PyTorch's rule: all of it to the first in scan order.
+    First,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
     Avg,
@@ -204,6 +213,34 @@ impl Pool {
         let mut out = vec![T::default(); elements(&self.output_shape::<T>(shape)?)?];
         let out_shape = self.run_into(x, shape, &mut out)?;
         Ok((out, out_shape))
+    }
+
+    /// The gradient with respect to `x` (of `shape`, floating point) of this pooling, for the
+    /// cotangent `grad_output` (the output's shape and `x`'s type), as MLX differentiates it;
+    /// `ties` chooses max's rule for equal maxima. A new `Vec` of `x`'s shape.
+    pub fn backward<T: Element>(&self, x: &[T], shape: &[usize], grad_output: &[T], ties: Ties) -> Result<Vec<T>> {
+        if elements(shape)? != x.len() {
+            return Err(invalid(format!("input has {} elements but shape {shape:?} holds {}", x.len(), elements(shape)?)));
+        }
+        let out_shape = self.output_shape::<T>(shape)?;
+        if elements(&out_shape)? != grad_output.len() {
+            return Err(invalid(format!("grad_output has {} elements but the output {out_shape:?} holds {}",
+                                       grad_output.len(), elements(&out_shape)?)));
+        }
+        let mut gradient = vec![T::default(); x.len()];
+        let input = tensor(x.as_ptr(), T::DTYPE, shape)?;
+        let cotangent = tensor(grad_output.as_ptr(), T::DTYPE, &out_shape)?;
+        let grad_input = tensor(gradient.as_mut_ptr() as *const T, T::DTYPE, shape)?;
+        let options = sys::tp_backward_options {
+            struct_size: std::mem::size_of::<sys::tp_backward_options>() as u32,
+            max_ties: match ties {
+                Ties::Split => sys::TP_TIES_SPLIT,
+                Ties::First => sys::TP_TIES_FIRST,
+            },
+            ..Default::default()
+        };
+        check(unsafe { sys::tp_pool_backward(&self.desc, &input, &cotangent, &grad_input, &options) })?;
+        Ok(gradient)
     }
 
     fn expect(&self, kind: PoolKind) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::os::raw::{c_char, c_double, c_void};
 
-pub const TP_API_VERSION: u32 = 4;
+pub const TP_API_VERSION: u32 = 5;
 pub const TP_MAX_SPATIAL_DIMS: usize = 3;
 pub const TP_MAX_RANK: usize = 8;
 
@@ -57,6 +57,18 @@ pub struct tp_tensor {
     pub strides: [i64; TP_MAX_RANK],
 }
 
+pub const TP_TIES_SPLIT: i32 = 0;
+pub const TP_TIES_FIRST: i32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct tp_backward_options {
+    pub struct_size: u32,
+    pub flags: u32,
+    pub max_ties: i32,
+    pub reserved: i32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tp_pool_desc {
@@ -93,6 +105,8 @@ extern "C" {
     pub fn tp_pool_output(desc: *const tp_pool_desc, input: *const tp_tensor, output: *mut tp_tensor) -> tp_status;
     pub fn tp_tensor_nbytes(tensor: *const tp_tensor, nbytes: *mut usize) -> tp_status;
     pub fn tp_pool(desc: *const tp_pool_desc, input: *const tp_tensor, output: *const tp_tensor) -> tp_status;
+    pub fn tp_pool_backward(desc: *const tp_pool_desc, input: *const tp_tensor, grad_output: *const tp_tensor,
+                            grad_input: *const tp_tensor, options: *const tp_backward_options) -> tp_status;
     pub fn tp_set_num_threads(num_threads: i32) -> tp_status;
     pub fn tp_get_num_threads() -> i32;
     pub fn tp_default_endpoint() -> *const c_char;

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use tidepool::{Client, Pool, PoolKind};
+use tidepool::{Client, Pool, PoolKind, Ties};
 
 /// Deterministic numbers without a dependency (SplitMix64).
 struct Numbers(u64);
@@ -201,4 +201,21 @@ fn a_daemon_pools_as_the_library_does() {
         std::panic::resume_unwind(panic);
     }
     assert!(status.success(), "tidepoold exited with {status}");
+}
+
+#[test]
+fn gradients_follow_mlx_and_pytorch() {
+    // MaxPool1d(2, stride=1) on [1, 3, 3, 2] with a cotangent of ones: MLX's split, PyTorch's first.
+    let pool = Pool::new(PoolKind::Max, &[2], Some(&[1]), &[0]).unwrap();
+    let x = [1.0f32, 3.0, 3.0, 2.0];
+    assert_eq!(pool.backward(&x, &[1, 4, 1], &[1.0f32; 3], Ties::Split).unwrap(), vec![0.0, 1.5, 1.5, 0.0]);
+    assert_eq!(pool.backward(&x, &[1, 4, 1], &[1.0f32; 3], Ties::First).unwrap(), vec![0.0, 2.0, 1.0, 0.0]);
+    // AvgPool1d(2, stride=1, padding=1): every window's cotangent / 2 to its in-bounds elements.
+    let avg = Pool::new(PoolKind::Avg, &[2], Some(&[1]), &[1]).unwrap();
+    let g = [1.0f64, 2.0, 3.0, 4.0, 5.0];
+    assert_eq!(avg.backward(&[0.0f64; 4], &[1, 4, 1], &g, Ties::Split).unwrap(), vec![1.5, 2.5, 3.5, 4.5]);
+    // Integers have no gradient; the cotangent must have the output's size.
+    let error = pool.backward(&[1i8, 3, 3, 2], &[1, 4, 1], &[1i8; 3], Ties::Split).unwrap_err();
+    assert!(error.to_string().contains("floating-point inputs"), "{error}");
+    assert!(pool.backward(&x, &[1, 4, 1], &[1.0f32; 2], Ties::Split).is_err());
 }

@@ -29,6 +29,7 @@ let inputBuffer: UnsafeMutableRawPointer = {
 }()
 let outputBuffer = UnsafeMutableRawPointer.allocate(byteCount: bufferBytes, alignment: 64)
 let secondOutput = UnsafeMutableRawPointer.allocate(byteCount: bufferBytes, alignment: 64)
+let gradients = UnsafeMutableRawPointer.allocate(byteCount: 2 * bufferBytes, alignment: 64)
 
 let interesting: [Int64] = [0, 1, 2, 3, 4, 5, 7, 8, 16, 255, 256, 1 << 15, (1 << 31) - 1, 1 << 31, 1 << 32, 1 << 40, (1 << 40) + 1,
                             1 << 55, 1 << 62, (1 << 62) + 1, Int64.max - 1, Int64.max, -1, -2, -(1 << 31), -(1 << 62), Int64.min]
@@ -201,5 +202,43 @@ public func fuzzCABI(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     _ = tpSetNumThreads(2)
     check(tpPool(&desc, &input, &output), "tp_pool (2 threads)")
     precondition(memcmp(outputBuffer, secondOutput, outputBytes) == 0, "results differ between 1 and 2 threads")
+
+    // The backward pass of the same layer: the output as the cotangent (sometimes a wrong
+    // one), a gradient of the input's shape, options of any size and rule; refused for
+    // integers; bit-identical for 1 and 2 threads.
+    // Small gradients only: each element gathers from every window holding it, which in a
+    // sanitised debug build would make large ones the whole run.
+    guard nbytes <= bufferBytes / 8 else { return 0 }
+    var cotangent = output
+    cotangent.data = UnsafeMutableRawPointer(mutating: outputBuffer)
+    if r.byte() % 8 == 0 { setArray(&cotangent.shape, [r.value()]) }
+    if r.byte() % 8 == 0 { setArray(&cotangent.strides, [r.signedSmall(), r.signedSmall()]) }
+    var gradient = tp_tensor()
+    var shape = getArray(input.shape, rank)
+    check(shape.withUnsafeMutableBufferPointer { tpTensorInit(&gradient, gradients, input.dtype, input.rank, $0.baseAddress, nil) },
+          "tp_tensor_init(grad_input)")
+    // Valid options mostly, so the kernels run; any value sometimes.
+    var options = tp_backward_options()
+    let wrongOptions = r.byte() % 8 == 0
+    options.struct_size = wrongOptions ? r.structSize(MemoryLayout<tp_backward_options>.size)
+        : UInt32(MemoryLayout<tp_backward_options>.size)
+    options.flags = wrongOptions ? r.flags() : 0
+    options.max_ties = wrongOptions ? Int32(truncatingIfNeeded: r.signedSmall()) : Int32(r.byte() % 2)
+    options.reserved = wrongOptions && r.byte() % 2 == 0 ? 1 : 0
+    let withOptions = r.byte() % 4 != 0
+    func runBackward() -> tp_status {
+        withOptions ? tpPoolBackward(&desc, &input, &cotangent, &gradient, &options)
+            : tpPoolBackward(&desc, &input, &cotangent, &gradient, nil)
+    }
+    _ = tpSetNumThreads(1)
+    let backward = runBackward()
+    check(backward, "tp_pool_backward")
+    let isFloat = [TP_DTYPE_FLOAT32, TP_DTYPE_FLOAT64, TP_DTYPE_FLOAT16, TP_DTYPE_BFLOAT16].contains { Int32($0.rawValue) == input.dtype }
+    precondition(isFloat || backward != TP_OK, "the gradient of an integer input was computed")
+    guard backward == TP_OK, nbytes > 0 else { return 0 }
+    gradient.data = gradients + bufferBytes
+    _ = tpSetNumThreads(2)
+    check(runBackward(), "tp_pool_backward (2 threads)")
+    precondition(memcmp(gradients, gradients + bufferBytes, nbytes) == 0, "gradients differ between 1 and 2 threads")
     return 0
 }

@@ -1,0 +1,167 @@
+import Testing
+import TidepoolCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The gradient by its definition, in float64: each window scatters its cotangent to the
+/// input (average: g / window size to every in-bounds element; max: MLX's g x [x == M] / K, or
+/// PyTorch's whole g to its pick). Returns the gradient and, per element, the sum of the
+/// magnitudes of what it received (the scale of its rounding error).
+func referenceBackward(_ desc: PoolDescriptor, ties: MaxTies, input: Buffer, shape: [Int], strides: [Int],
+                       cotangent: Buffer) -> (values: [Double], magnitude: [Double]) {
+    let s = desc.spatialDims, lift = 3 - s
+    func lifted(_ v: [Int], _ fill: Int) -> [Int] { Array(repeating: fill, count: lift) + v }
+    let inS = lifted(Array(shape[1...s]), 1), k = lifted(desc.kernelSize, 1), st = lifted(desc.stride, 1), p = lifted(desc.padding, 0)
+    var outS: [Int] = []
+    for axis in 0..<3 {
+        let padded: Int = inS[axis] + 2 * p[axis]
+        outS.append((padded - k[axis]) / st[axis] + 1)
+    }
+    let steps = lifted(Array(strides[1...s]), 0)
+    let batch = shape[0], c = shape[s + 1], stepN = strides[0], stepC = strides[s + 1]
+    var values = [Double](repeating: 0, count: batch * inS.reduce(1, *) * c), magnitude = values
+    let windowSize = k.reduce(1, *)
+    func x(_ n: Int, _ i: [Int], _ ch: Int) -> Double {
+        let offset: Int = n * stepN + i[0] * steps[0] + i[1] * steps[1] + i[2] * steps[2] + ch * stepC
+        return input[offset]
+    }
+    func flat(_ n: Int, _ i: [Int], _ ch: Int) -> Int {
+        let plane: Int = (n * inS[0] + i[0]) * inS[1] + i[1]
+        return (plane * inS[2] + i[2]) * c + ch
+    }
+    var o = 0
+    for n in 0..<batch { for od in 0..<outS[0] { for oh in 0..<outS[1] { for ow in 0..<outS[2] { for ch in 0..<c {
+        defer { o += 1 }
+        let g = cotangent[o]
+        var positions: [[Int]] = []
+        for a in 0..<k[0] { for b in 0..<k[1] { for e in 0..<k[2] {
+            let i0: Int = od * st[0] - p[0] + a, i1: Int = oh * st[1] - p[1] + b, i2: Int = ow * st[2] - p[2] + e
+            let i = [i0, i1, i2]
+            if (0..<3).allSatisfy({ i[$0] >= 0 && i[$0] < inS[$0] }) { positions.append(i) }
+        } } }
+        func add(_ i: [Int], _ v: Double) { values[flat(n, i, ch)] += v; magnitude[flat(n, i, ch)] += abs(v) }
+        switch (desc.kind, ties) {
+        case (.average, _):
+            for i in positions { add(i, g / Double(windowSize)) }
+        case (.max, .split):
+            let vs = positions.map { x(n, $0, ch) }
+            if windowSize == 1 { for i in positions { add(i, g) }; continue }
+            if vs.contains(where: \.isNaN) { for i in positions { add(i, .nan) }; continue }
+            let m = vs.max() ?? -.infinity
+            let count = vs.filter { $0 == m }.count + (m == -.infinity ? windowSize - positions.count : 0)
+            for (i, v) in zip(positions, vs) { add(i, g * (v == m ? 1 : 0) / Double(count)) }
+        case (.max, .first):
+            guard var pick = positions.first else { continue }
+            var m = -Double.infinity
+            for i in positions where x(n, i, ch) > m || x(n, i, ch).isNaN { m = x(n, i, ch); pick = i }
+            add(pick, g)
+        }
+    } } } } }
+    return (values, magnitude)
+}
+
+/// Runs `backward` and returns the gradient.
+func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, input: Buffer, shape: [Int], strides: [Int],
+                 cotangent: Buffer, outShape: [Int], threads: Int? = nil) throws -> Buffer {
+    let gradient = Buffer(input.dtype, count: shape.reduce(1, *))
+    try engine.backward(desc, input: TensorView(data: input.raw, dtype: input.dtype, shape: shape, strides: strides),
+                        gradOutput: TensorView(data: cotangent.raw, dtype: cotangent.dtype, shape: outShape),
+                        gradInput: OutputView(data: gradient.raw, dtype: input.dtype, shape: shape), ties: ties, threads: threads)
+    return gradient
+}
+
+@Suite struct BackwardTests {
+    /// The examples of the issue, checked by running mx.vjp of mlx.nn's layers.
+    @Test func mlxExamples() throws {
+        func vjp(_ values: [Double], kernel: Int, stride: Int, padding: Int) throws -> [Double] {
+            let input = Buffer(.float32, count: values.count)
+            for (i, v) in values.enumerated() { input[i] = v }
+            let desc = PoolDescriptor(kind: .max, kernelSize: [kernel], stride: [stride], padding: [padding])
+            let outShape = try desc.outputShape(inputShape: [1, values.count, 1])
+            let ones = Buffer(.float32, count: outShape.reduce(1, *))
+            for i in 0..<ones.count { ones[i] = 1 }
+            let g = try runBackward(PoolEngine.shared, desc, ties: .split, input: input, shape: [1, values.count, 1],
+                                    strides: [values.count, 1, 1], cotangent: ones, outShape: outShape)
+            return (0..<values.count).map { g[$0] }
+        }
+        #expect(try vjp([1, 3, 3, 2], kernel: 2, stride: 1, padding: 0) == [0, 1.5, 1.5, 0])
+        let nan = try vjp([.nan, 3, 1, 2], kernel: 2, stride: 1, padding: 0)
+        #expect(nan[0].isNaN && nan[1].isNaN && nan[2] == 0 && nan[3] == 1)
+        #expect(try vjp([-.infinity, -.infinity, 1, 2], kernel: 2, stride: 2, padding: 1) == [0.5, 0, 1, 1])
+    }
+
+    /// Random configurations of every layer and float dtype, contiguous and strided, with ties
+    /// (values on a coarse grid), -inf and NaN, against the float64 definition; 1 and 3
+    /// threads bit-identical; both CPU levels.
+    @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
+    func matchesTheDefinition(dtype: DType) throws {
+        var rng = SplitMix64(seed: 900 + UInt64(dtype.code))
+        let engines = CPULevel.allCases.filter(KernelSelection.supports).map { PoolEngine(threads: 1, cpuLevel: $0) }
+        for trial in 0..<60 {
+            let dims = Int.random(in: 1...3, using: &rng)
+            let kernel = (0..<dims).map { _ in Int.random(in: 1...4, using: &rng) }
+            let stride = kernel.map { Int.random(in: 1...($0 + 1), using: &rng) }
+            let padding = kernel.map { Int.random(in: 0...($0 / 2), using: &rng) }
+            let kind: PoolKind = trial % 2 == 0 ? .average : .max
+            let ties: MaxTies = trial % 4 == 3 ? .first : .split
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            let c = [1, 2, 3, 8, 9].randomElement(using: &rng)!
+            let spatial = zip(kernel, padding).map { kk, pp in Int.random(in: Swift.max(1, kk - 2 * pp)...(kk + 6), using: &rng) }
+            let shape = [Int.random(in: 1...2, using: &rng)] + spatial + [c]
+            let every = trial % 3 == 0 ? 2 : 1
+            var strides = TensorView.contiguousStrides(Array(shape.dropLast()) + [c * every])
+            strides[strides.count - 1] = every
+            let input = Buffer(dtype, count: shape.reduce(1, *) * every)
+            let coarse = trial % 5 < 2
+            for i in 0..<input.count {
+                let u = rng.next() % 100
+                input[i] = u < 3 ? -.infinity : u < 5 ? .nan : coarse ? Double(rng.next() % 3) : rng.normal()
+            }
+            let outShape = try desc.outputShape(inputShape: shape)
+            let cotangent = randomInput(dtype, shape: outShape, seed: rng.next())
+            let expected = referenceBackward(desc, ties: ties, input: input, shape: shape, strides: strides, cotangent: cotangent)
+            let (rtol, atol) = averageTolerance(dtype)
+            var first: Buffer?
+            for engine in engines {
+                for threads in [1, 3] {
+                    let got = try runBackward(engine, desc, ties: ties, input: input, shape: shape, strides: strides,
+                                              cotangent: cotangent, outShape: outShape, threads: threads)
+                    if let first {
+                        #expect(memcmp(first.raw, got.raw, got.count * dtype.size) == 0, "\(desc) \(ties) \(shape) \(engine.cpuLevel) threads \(threads)")
+                    } else {
+                        first = got
+                    }
+                    for i in 0..<expected.values.count {
+                        let a = got[i], e = expected.values[i]
+                        let ok = e.isNaN ? a.isNaN : abs(a - e) <= atol + rtol * expected.magnitude[i] * 2
+                        if !ok {
+                            Issue.record("\(desc) \(ties) \(dtype) \(shape) strides \(strides): element \(i) is \(a), expected \(e)")
+                            break
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func refusals() throws {
+        let desc = PoolDescriptor(kind: .max, kernelSize: [2])
+        let input = Buffer(.int8, count: 4), g = Buffer(.int8, count: 2), out = Buffer(.int8, count: 4)
+        func call(_ inputDType: DType, _ gradShape: [Int], _ gradDType: DType, outShape: [Int] = [1, 4, 1],
+                  outData: UnsafeMutableRawPointer? = nil) -> PoolError? {
+            do {
+                try PoolEngine.shared.backward(desc, input: TensorView(data: input.raw, dtype: inputDType, shape: [1, 4, 1]),
+                                               gradOutput: TensorView(data: g.raw, dtype: gradDType, shape: gradShape),
+                                               gradInput: OutputView(data: outData ?? out.raw, dtype: inputDType, shape: outShape))
+                return nil
+            } catch let error as PoolError { return error } catch { return nil }
+        }
+        #expect(call(.int8, [1, 2, 1], .int8)?.message.contains("floating-point inputs") == true)
+        #expect(call(.float16, [1, 2, 1], .float32)?.message.contains("grad_output dtype must be float16") == true)
+        #expect(call(.float16, [1, 3, 1], .float16)?.message.contains("grad_output shape must be (1, 2, 1)") == true)
+        #expect(call(.float16, [1, 2, 1], .float16, outShape: [1, 2, 2])?.message.contains("grad_input shape must be") == true)
+        #expect(call(.float16, [1, 2, 1], .float16, outData: input.raw)?.message.contains("overlaps input") == true)
+    }
+}

@@ -1,0 +1,81 @@
+"""make bench, gradient part: the backward pass (tidepool.*_vjp, in-process, float32, all
+threads) on the engine's cases (benchmarks/cases.txt), against its byte floor and against
+mx.vjp and jax.vjp of the same layer (each when importable), side by side in one run, medians.
+
+The floor is numpy's copy of the input and of the cotangent, which reads what the pass reads
+and writes a bit more than the gradient."""
+
+import statistics
+import time
+
+import numpy as np
+
+import tidepool
+from engine_bench import CASES
+
+try:
+    import mlx.core as mx
+    import mlx.nn as mnn
+except ImportError:
+    mx = None
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError:
+    jax = None
+
+
+def median_ms(function, runs):
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def jax_pool(kind, d, k, s, p):
+    """MLX's semantics in JAX: pad with 0 / -inf, reduce_window, divide by the full window."""
+    window, strides = (1,) + (k,) * d + (1,), (1,) + (s,) * d + (1,)
+    padding = ((0, 0),) + ((p, p),) * d + ((0, 0),)
+    if kind == "avg":
+        return lambda a: jax.lax.reduce_window(a, 0.0, jax.lax.add, window, strides, padding) / k ** d
+    return lambda a: jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, strides, padding)
+
+
+def main():
+    rng = np.random.default_rng(0)
+    print("\nGradients (vector-Jacobian products), float32, milliseconds (medians):")
+    print("| case | Tidepool | floor | Tidepool / floor | mx.vjp | jax.vjp | best peer / Tidepool |")
+    print("|---|---|---|---|---|---|---|")
+    for name, kind, shape, k, s, p in CASES:
+        d = len(shape) - 2
+        x = rng.standard_normal(shape).astype(np.float32)
+        y = getattr(tidepool, f"{kind}_pool{d}d")(x, k, s, p)
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        out = np.empty_like(x)
+        vjp = getattr(tidepool, f"{kind}_pool{d}d_vjp")
+        ours = median_ms(lambda: vjp(x, g, k, s, p, out=out), 7)
+        floor = median_ms(lambda: (x.copy(), g.copy()), 7)
+        peers = {}
+        if mx is not None:
+            layer = getattr(mnn, f"{kind.capitalize()}Pool{d}d")(k, s, p)
+            xm, gm = mx.array(x), mx.array(g)
+
+            def mlx_vjp():
+                _, (r,) = mx.vjp(lambda a: layer(a), [xm], [gm])
+                mx.eval(r)
+            peers["mlx"] = median_ms(mlx_vjp, 3)
+        if jax is not None:
+            function = jax.jit(lambda a, c, f=jax_pool(kind, d, k, s, p): jax.vjp(f, a)[1](c)[0])
+            xj, gj = jnp.asarray(x), jnp.asarray(g)
+            function(xj, gj).block_until_ready()
+            peers["jax"] = median_ms(lambda: function(xj, gj).block_until_ready(), 3)
+        best = min(peers.values()) if peers else float("nan")
+        cells = [f"{peers[p]:.1f}" if p in peers else "-" for p in ("mlx", "jax")]
+        print(f"| {kind.capitalize()}Pool{d}d k{k} s{s} p{p}, {shape} | {ours:.1f} | {floor:.1f} | {ours / floor:.2f}x | "
+              f"{cells[0]} | {cells[1]} | {best / ours:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

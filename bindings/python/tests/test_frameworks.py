@@ -1,0 +1,89 @@
+"""tidepool.mlx and tidepool.torch: layers and functions whose forward and backward run in
+Tidepool, differentiated by the frameworks' own machinery, against the frameworks' own layers."""
+
+import numpy as np
+import pytest
+
+from conftest import LAYERS
+
+
+def random_case(rng, d):
+    k = tuple(int(v) for v in rng.integers(1, 4, size=d))
+    s = tuple(int(rng.integers(1, kk + 1)) for kk in k)
+    p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+    spatial = tuple(int(rng.integers(kk + 1, kk + 8)) for kk in k)
+    return (2,) + spatial + (3,), k, s, p
+
+
+@pytest.mark.parametrize("kind, d", LAYERS)
+def test_mlx_grad_through_tidepool_equals_mlx_nn(kind, d, rng):
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import tidepool.mlx as tmlx
+
+    for _ in range(4):
+        shape, k, s, p = random_case(rng, d)
+        x = mx.array(np.round(rng.standard_normal(shape), 1).astype(np.float32))  # some ties
+        ours, theirs = getattr(tmlx, f"{kind}Pool{d}d")(k, s, p), getattr(mnn, f"{kind}Pool{d}d")(k, s, p)
+        weights = mx.array(rng.standard_normal(theirs(x).shape).astype(np.float32))
+        np.testing.assert_allclose(np.array(ours(x)), np.array(theirs(x)), rtol=1e-6, atol=1e-6)
+        grad_ours = mx.grad(lambda a: (ours(a) * weights).sum())(x)
+        grad_theirs = mx.grad(lambda a: (theirs(a) * weights).sum())(x)
+        np.testing.assert_allclose(np.array(grad_ours), np.array(grad_theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_mlx_value_and_grad_trains_through_tidepool(rng):
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import tidepool.mlx as tmlx
+
+    x = mx.array(rng.standard_normal((4, 8, 8, 3)).astype(np.float32))
+    target = mx.array(rng.standard_normal((4, 4, 4, 5)).astype(np.float32))
+    weight = mx.array(rng.standard_normal((5, 3)).astype(np.float32))
+    grads = []
+    for pool in (tmlx.MaxPool2d(3, 2, 1), mnn.MaxPool2d(3, 2, 1)):
+        linear = mnn.Linear(3, 5)
+        linear.weight, linear.bias = weight, mx.zeros((5,))
+        model = mnn.Sequential(linear, pool)
+        loss, grad = mnn.value_and_grad(model, lambda m, a, t: ((m(a) - t) ** 2).mean())(model, x, target)
+        grads.append((float(loss), np.array(grad["layers"][0]["weight"])))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_torch_autograd_matches_torchs_own_layers(d, rng):
+    torch = pytest.importorskip("torch")
+    import tidepool.torch as ttorch
+
+    functional = torch.nn.functional
+    for _ in range(4):
+        shape, k, s, p = random_case(rng, d)
+        x = np.round(rng.standard_normal(shape), 1)  # ties: PyTorch's rule is "first"
+        for kind in ("avg", "max"):
+            ours_x = torch.tensor(x, requires_grad=True)
+            theirs_x = torch.tensor(np.moveaxis(x, -1, 1).copy(), requires_grad=True)
+            options = {"ties": "first"} if kind == "max" else {}
+            ours = getattr(ttorch, f"{kind}_pool{d}d")(ours_x, k, s, p, **options)
+            theirs = getattr(functional, f"{kind}_pool{d}d")(theirs_x, k, s, p)  # count_include_pad=True: MLX's divisor
+            weights = torch.tensor(rng.standard_normal(ours.shape))
+            (ours * weights).sum().backward()
+            (theirs * weights.movedim(-1, 1)).sum().backward()
+            np.testing.assert_allclose(ours.detach().numpy(), theirs.detach().movedim(1, -1).numpy(), rtol=1e-12,
+                                       atol=1e-12)
+            np.testing.assert_allclose(ours_x.grad.numpy(), theirs_x.grad.movedim(1, -1).numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_torch_gradcheck_and_shared_memory(rng):
+    torch = pytest.importorskip("torch")
+    import tidepool.torch as ttorch
+
+    x = torch.tensor(rng.standard_normal((2, 6, 5, 3)), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: ttorch.avg_pool2d(a, 3, 2, 1), (x,))
+    assert torch.autograd.gradcheck(lambda a: ttorch.max_pool2d(a, 2, 1, 0), (x,))  # distinct values: no ties
+    # A channels-first tensor moved to channels-last is a view, read in place.
+    nchw = torch.tensor(rng.standard_normal((2, 3, 6, 5)).astype(np.float32))
+    y = ttorch.max_pool2d(nchw.movedim(1, -1), 2)
+    assert y.shape == (2, 3, 2, 3)
+    with pytest.raises(ValueError, match="ties must be 'split'"):
+        ttorch.max_pool2d(x, 2, ties="any")
