@@ -144,10 +144,6 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
         return T.widen(gradOutput[n * s.n + od * s.d + oh * s.h + ow * s.w + c * s.c])
     }
 
-    @inline(__always) func inputValue(_ n: Int, _ d: Int, _ h: Int, _ w: Int, _ c: Int) -> T.Sum {
-        T.widen(input[n * g.stepN + d * g.stepD + h * g.stepH + w * g.stepW + c * g.stepC])
-    }
-
     // MARK: average
 
     /// A box filter of the cotangent: per input plane, the cotangent planes of its D windows
