@@ -25,40 +25,15 @@ import Glibc
 ///
 /// Sums run in float32 (float64 for float64 inputs) and are rounded to the input's type once.
 
-/// A floating-point type the gradient is computed for, and the type it is summed in.
-protocol GradientType {
-    associatedtype Element
-    associatedtype Sum: BinaryFloatingPoint
-    static func widen(_ x: Element) -> Sum
-    static func narrow(_ x: Sum) -> Element
-}
-
-enum GradientFloat32: GradientType {
-    @inline(__always) static func widen(_ x: Float) -> Float { x }
-    @inline(__always) static func narrow(_ x: Float) -> Float { x }
-}
-
-enum GradientFloat64: GradientType {
-    @inline(__always) static func widen(_ x: Double) -> Double { x }
-    @inline(__always) static func narrow(_ x: Double) -> Double { x }
-}
-
-enum GradientFloat16: GradientType {
-    @inline(__always) static func widen(_ x: Float16) -> Float { Float(x) }
-    @inline(__always) static func narrow(_ x: Float) -> Float16 { Float16(x) }
-}
-
-enum GradientBFloat16: GradientType {
-    @inline(__always) static func widen(_ x: BFloat16) -> Float { x.float }
-    @inline(__always) static func narrow(_ x: Float) -> BFloat16 { BFloat16(x) }
-}
-
+/// The element types are those of the average reductions (ElementPolicies.swift): `widen`
+/// gives the sum's type, `finish(sum, windowSize: n)` rounds sum x 1/n to the element once (n
+/// = 1 for the max's sums, exact).
 func runBackwardKernels(_ call: BackwardCall) throws {
     switch call.dtype {
-    case .float32: try Backward<GradientFloat32>(call).run()
-    case .float64: try Backward<GradientFloat64>(call).run()
-    case .float16: try Backward<GradientFloat16>(call).run()
-    case .bfloat16: try Backward<GradientBFloat16>(call).run()
+    case .float32: try Backward<AverageFloat32>(call).run()
+    case .float64: try Backward<AverageFloat64>(call).run()
+    case .float16: try Backward<AverageFloat16>(call).run()
+    case .bfloat16: try Backward<AverageBFloat16>(call).run()
     default: preconditionFailure("the gradient of \(call.dtype) is refused before the kernels")
     }
 }
@@ -73,21 +48,21 @@ func windowsHolding(_ i: Int, kernel: Int, stride: Int, padding: Int, outputs: I
     return lower..<Swift.max(lower, upper)
 }
 
-private struct Backward<T: GradientType>: @unchecked Sendable {
+private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input == R.Output, R.Accumulator: BinaryFloatingPoint {
     let call: BackwardCall
     let g: PoolGeometry
-    let input: UnsafePointer<T.Element>
-    let gradOutput: UnsafePointer<T.Element>
-    let gradInput: UnsafeMutablePointer<T.Element>
+    let input: UnsafePointer<R.Input>
+    let gradOutput: UnsafePointer<R.Input>
+    let gradInput: UnsafeMutablePointer<R.Input>
     /// Per input index on each axis, the windows that hold it.
     let holdersD: [Range<Int>], holdersH: [Range<Int>], holdersW: [Range<Int>]
 
     init(_ call: BackwardCall) {
         self.call = call
         g = call.geometry
-        input = call.input.assumingMemoryBound(to: T.Element.self)
-        gradOutput = call.gradOutput.assumingMemoryBound(to: T.Element.self)
-        gradInput = call.gradInput.assumingMemoryBound(to: T.Element.self)
+        input = call.input.assumingMemoryBound(to: R.Input.self)
+        gradOutput = call.gradOutput.assumingMemoryBound(to: R.Input.self)
+        gradInput = call.gradInput.assumingMemoryBound(to: R.Input.self)
         let g = call.geometry
         holdersD = (0..<g.inD).map { windowsHolding($0, kernel: g.kernelD, stride: g.strideD, padding: g.padD, outputs: g.outD) }
         holdersH = (0..<g.inH).map { windowsHolding($0, kernel: g.kernelH, stride: g.strideH, padding: g.padH, outputs: g.outH) }
@@ -117,19 +92,26 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
         }
     }
 
-    /// Scratch of `count` values of `type`, or TP_ERR_NO_MEMORY.
-    func allocate<V>(_: V.Type, _ count: Int, _ what: String) throws -> UnsafeMutablePointer<V> {
-        let bytes = count.multipliedReportingOverflow(by: MemoryLayout<V>.stride)
-        guard !bytes.overflow, let raw = malloc(Swift.max(bytes.partialValue, 1)) else {
-            throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(count) values of scratch for \(what)")
+    /// `body` with scratch of `counts[i]` values of `V` each (64-byte aligned runs, from the
+    /// engine's ScratchPool), or TP_ERR_NO_MEMORY.
+    func withScratch<V>(_: V.Type, _ counts: [Int], _ what: String, _ body: ([UnsafeMutablePointer<V>]) throws -> Void) throws {
+        let sizes = try counts.map { try Checked.multiply(($0 + 15) / 16 * 16, MemoryLayout<V>.stride, what) }
+        let bytes = try sizes.reduce(0) { try Checked.add($0, $1, what) }
+        guard let scratch = ScratchPool.shared.take(bytes: bytes) else {
+            throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(bytes) bytes of scratch for \(what)")
         }
-        return raw.bindMemory(to: V.self, capacity: count)
+        defer { ScratchPool.shared.give(scratch, bytes: bytes) }
+        var offset = 0
+        try body(zip(counts, sizes).map { count, size in
+            defer { offset += size }
+            return (scratch + offset).bindMemory(to: V.self, capacity: count)
+        })
     }
 
     func run() throws {
         let elements = g.batch * g.inD * planeElements
         guard g.outD > 0, g.outH > 0, g.outW > 0 else {
-            gradInput.initialize(repeating: T.narrow(0), count: elements)
+            gradInput.initialize(repeating: R.finish(0, windowSize: 1), count: elements)
             return
         }
         switch (call.kind, call.ties) {
@@ -139,9 +121,9 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
         }
     }
 
-    @inline(__always) func cotangent(_ n: Int, _ od: Int, _ oh: Int, _ ow: Int, _ c: Int) -> T.Sum {
+    @inline(__always) func cotangent(_ n: Int, _ od: Int, _ oh: Int, _ ow: Int, _ c: Int) -> R.Accumulator {
         let s = call.gradSteps
-        return T.widen(gradOutput[n * s.n + od * s.d + oh * s.h + ow * s.w + c * s.c])
+        return R.widen(gradOutput[n * s.n + od * s.d + oh * s.h + ow * s.w + c * s.c])
     }
 
     // MARK: average
@@ -150,9 +132,13 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
     /// summed, then per input row the rows of its H windows, then per element its W windows.
     func average() throws {
         let c = g.channels, outPlane = g.outH * g.outW * c, outRow = g.outW * c
-        let planes = try allocate(T.Sum.self, workers(g.batch * g.inD) * (outPlane + outRow), "the average's gradient")
-        defer { free(planes) }
-        let scale = 1 / T.Sum(g.windowSize)
+        try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * (outPlane + outRow)], "the average's gradient") {
+            average(planes: $0[0], outPlane: outPlane, outRow: outRow)
+        }
+    }
+
+    func average(planes: UnsafeMutablePointer<R.Accumulator>, outPlane: Int, outRow: Int) {
+        let c = g.channels
         parallel(g.batch * g.inD) { worker, index in
             let n = index / g.inD, d = index % g.inD
             let plane = planes + worker * (outPlane + outRow), row = plane + outPlane
@@ -172,9 +158,9 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
                 for w in 0..<g.inW {
                     let target = out + (h * g.inW + w) * c
                     for ch in 0..<c {
-                        var sum: T.Sum = 0
+                        var sum: R.Accumulator = 0
                         for ow in holdersW[w] { sum += row[ow * c + ch] }
-                        target[ch] = T.narrow(sum * scale)
+                        target[ch] = R.finish(sum, windowSize: g.windowSize)
                     }
                 }
             }
@@ -207,7 +193,7 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
 
     /// `body(worker, n, d, h, w, out)` for every input position, `out` its gradient's first
     /// channel. Input planes (n, d) are spread over the threads.
-    func forEachElement(_ body: (Int, Int, Int, Int, Int, UnsafeMutablePointer<T.Element>) -> Void) {
+    func forEachElement(_ body: (Int, Int, Int, Int, Int, UnsafeMutablePointer<R.Input>) -> Void) {
         parallel(g.batch * g.inD) { worker, index in
             let n = index / g.inD, d = index % g.inD
             let plane = gradInput + index * planeElements
@@ -216,21 +202,23 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
     }
 
     /// The input's channels at (n, d, h, w), widened into `row`.
-    @inline(__always) func loadRow(_ row: UnsafeMutablePointer<T.Sum>, _ n: Int, _ d: Int, _ h: Int, _ w: Int) {
+    @inline(__always) func loadRow(_ row: UnsafeMutablePointer<R.Accumulator>, _ n: Int, _ d: Int, _ h: Int, _ w: Int) {
         let base = input + (n * g.stepN + d * g.stepD + h * g.stepH + w * g.stepW)
-        for ch in 0..<g.channels { row[ch] = T.widen(base[ch * g.stepC]) }
+        for ch in 0..<g.channels { row[ch] = R.widen(base[ch * g.stepC]) }
     }
 
     /// Per window, its maximum and the share of each element equal to it; then each input
     /// element gathers from its windows, in the order (od, oh, ow).
     func maxSplit() throws {
+        let rowCount = 4 * g.channels * workers(g.batch * Swift.max(g.outD, g.inD))
+        try withScratch(R.Accumulator.self, [outputElements, outputElements, rowCount], "the max's gradient") {
+            maxSplit(maxima: $0[0], shares: $0[1], rows: $0[2])
+        }
+    }
+
+    func maxSplit(maxima: UnsafeMutablePointer<R.Accumulator>, shares: UnsafeMutablePointer<R.Accumulator>,
+                  rows: UnsafeMutablePointer<R.Accumulator>) {
         let c = g.channels
-        let maxima = try allocate(T.Sum.self, outputElements, "the max's gradient")
-        defer { free(maxima) }
-        let shares = try allocate(T.Sum.self, outputElements, "the max's gradient")
-        defer { free(shares) }
-        let rows = try allocate(T.Sum.self, 4 * c * workers(g.batch * Swift.max(g.outD, g.inD)), "the max's gradient")
-        defer { free(rows) }
         // Windows of one element are no reduction at all (MLX reduces nothing there): the
         // cotangent passes through, NaN inputs included.
         let single = g.windowSize == 1
@@ -245,7 +233,7 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
                 }
             } } }
             for ch in 0..<c {
-                if m[ch] == -.infinity { ties[ch] += T.Sum(padded) }
+                if m[ch] == -.infinity { ties[ch] += R.Accumulator(padded) }
                 let gradient = cotangent(n, od, oh, ow, ch)
                 maxima[o + ch] = nan[ch] != 0 ? .nan : m[ch]
                 shares[o + ch] = single ? gradient : nan[ch] != 0 ? .nan : gradient / ties[ch]
@@ -262,7 +250,7 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
                     sum[ch] += single || value[ch] == maxima[o + ch] ? share : share * 0
                 }
             } } }
-            for ch in 0..<c { out[ch] = T.narrow(sum[ch]) }
+            for ch in 0..<c { out[ch] = R.finish(sum[ch], windowSize: 1) }
         }
     }
 
@@ -270,11 +258,14 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
     /// in-bounds position if none does); then each input element gathers the cotangents of
     /// the windows that picked it, in the order (od, oh, ow).
     func maxFirst() throws {
+        let rowCount = 2 * g.channels * workers(g.batch * Swift.max(g.outD, g.inD))
+        try withScratch(Int.self, [outputElements], "the max's gradient") { picks in
+            try withScratch(R.Accumulator.self, [rowCount], "the max's gradient") { maxFirst(picks: picks[0], rows: $0[0]) }
+        }
+    }
+
+    func maxFirst(picks: UnsafeMutablePointer<Int>, rows: UnsafeMutablePointer<R.Accumulator>) {
         let c = g.channels
-        let picks = try allocate(Int.self, outputElements, "the max's gradient")
-        defer { free(picks) }
-        let rows = try allocate(T.Sum.self, 2 * c * workers(g.batch * Swift.max(g.outD, g.inD)), "the max's gradient")
-        defer { free(rows) }
         forEachWindow { worker, n, _, _, _, o, rd, rh, rw, _ in
             let value = rows + worker * 2 * c, m = value + c
             // As PyTorch: the running maximum starts at -inf on the first in-bounds position,
@@ -298,7 +289,7 @@ private struct Backward<T: GradientType>: @unchecked Sendable {
                 let o = (((n * g.outD + od) * g.outH + oh) * g.outW + ow) * c
                 for ch in 0..<c where picks[o + ch] == position { sum[ch] += cotangent(n, od, oh, ow, ch) }
             } } }
-            for ch in 0..<c { out[ch] = T.narrow(sum[ch]) }
+            for ch in 0..<c { out[ch] = R.finish(sum[ch], windowSize: 1) }
         }
     }
 }

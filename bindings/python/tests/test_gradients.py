@@ -136,6 +136,8 @@ def test_integer_gradients_are_refused_because_mlxs_are_casts():
     _, (grad2,) = mx.vjp(lambda a: overlapping(a), [y], [mx.ones((1, 3, 1), dtype=mx.int8)])
     assert grad.dtype == mx.float32 and grad2.dtype == mx.int8
     assert grad2.tolist() == [[[0], [0], [0], [0]]]
+    with pytest.raises(tidepool.InvalidArgumentError, match="gradients are defined for floating-point inputs"):
+        tidepool.max_pool1d_vjp(np.array(y), np.ones((1, 3, 1), np.int8), 2, 1)
 
 
 def test_ties_first_matches_pytorch(rng):

@@ -115,6 +115,17 @@ def as_numpy(x, owner):
         raise InvalidArgumentError(f"[{owner}] input cannot be converted to an array: {error}") from error
 
 
+def layer_input(x, spatial_dims, owner, name="input"):
+    """`x` as numpy (`as_numpy`), checked to have the layer's rank (batch, spatial axes, channels)."""
+    array = as_numpy(x, owner)
+    if array.ndim != spatial_dims + 2:
+        raise InvalidArgumentError(
+            f"[{owner}] {name} must have {spatial_dims + 2} dimensions {LAYOUTS[spatial_dims]} but has {array.ndim} "
+            f"with shape {array.shape}"
+        )
+    return array
+
+
 def _engine_view(array, owner):
     """The array as the engine reads it: a supported dtype in native byte order, with
     element strides at aligned addresses. Views that already are (the usual case,
@@ -178,13 +189,8 @@ def pool(kind: int, spatial_dims: int, owner: str, x: Any, kernel_size: IntOrTup
          padding: IntOrTuple = 0, out: Optional[np.ndarray] = None, backend: Backend = IN_PROCESS) -> np.ndarray:
     """Pool `x` (channels-last, batch first) and return a new numpy array, or fill `out`."""
     kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
-    source = as_numpy(x, owner)
+    source = layer_input(x, spatial_dims, owner)
     is_bool = source.dtype == np.bool_
-    if source.ndim != spatial_dims + 2:
-        raise InvalidArgumentError(
-            f"[{owner}] input must have {spatial_dims + 2} dimensions {LAYOUTS[spatial_dims]} but has {source.ndim} "
-            f"with shape {source.shape}"
-        )
     array = _engine_view(source, owner)
     desc = _descriptor(owner, kind, kernel_size, stride, padding)
     input_tensor = _tensor(array)

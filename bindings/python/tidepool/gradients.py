@@ -12,19 +12,9 @@ import numpy as np
 from . import _lib
 from ._native import check, lib
 from .errors import InvalidArgumentError
-from .functional import LAYOUTS, IntOrTuple, _check_out, _descriptor, _engine_view, _tensor, as_numpy, normalize_arguments
+from .functional import IntOrTuple, _check_out, _descriptor, _engine_view, _tensor, layer_input, normalize_arguments
 
 TIES = {"split": _lib.TP_TIES_SPLIT, "first": _lib.TP_TIES_FIRST}
-
-
-def _array(value, spatial_dims, owner, name):
-    array = as_numpy(value, owner)
-    if array.ndim != spatial_dims + 2:
-        raise InvalidArgumentError(
-            f"[{owner}] {name} must have {spatial_dims + 2} dimensions {LAYOUTS[spatial_dims]} but has {array.ndim} "
-            f"with shape {array.shape}"
-        )
-    return _engine_view(array, owner)
 
 
 def pool_vjp(kind: int, spatial_dims: int, owner: str, x: Any, cotangent: Any, kernel_size: IntOrTuple,
@@ -33,8 +23,8 @@ def pool_vjp(kind: int, spatial_dims: int, owner: str, x: Any, cotangent: Any, k
     kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
     if ties not in TIES:
         raise InvalidArgumentError(f"[{owner}] ties must be 'split' (MLX) or 'first' (PyTorch) but got {ties!r}")
-    array = _array(x, spatial_dims, owner, "x")
-    grad = _array(cotangent, spatial_dims, owner, "cotangent")
+    array = _engine_view(layer_input(x, spatial_dims, owner, "x"), owner)
+    grad = _engine_view(layer_input(cotangent, spatial_dims, owner, "cotangent"), owner)
     desc = _descriptor(owner, kind, kernel_size, stride, padding)
     result = np.empty(array.shape, array.dtype) if out is None else _check_out(out, array.shape, array.dtype, owner)
     options = _lib.tp_backward_options(ctypes.sizeof(_lib.tp_backward_options), 0, TIES[ties], 0)

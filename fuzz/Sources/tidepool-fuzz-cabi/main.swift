@@ -210,9 +210,16 @@ public func fuzzCABI(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     // sanitised debug build would make large ones the whole run.
     guard nbytes <= bufferBytes / 8 else { return 0 }
     var cotangent = output
-    cotangent.data = UnsafeMutableRawPointer(mutating: outputBuffer)
+    cotangent.data = outputBuffer
     if r.byte() % 8 == 0 { setArray(&cotangent.shape, [r.value()]) }
     if r.byte() % 8 == 0 { setArray(&cotangent.strides, [r.signedSmall(), r.signedSmall()]) }
+    // As for the input: the cotangent view must lie in its buffer (the library cannot know a
+    // caller's allocation), or be one the library must refuse.
+    let cotangentRank = Int(cotangent.rank)
+    if let (low, high) = reach(shape: getArray(cotangent.shape, cotangentRank), strides: getArray(cotangent.strides, cotangentRank)),
+       itemSize > 0, low < 0 || high >= Int64(bufferBytes) / itemSize {
+        return 0
+    }
     var gradient = tp_tensor()
     var shape = getArray(input.shape, rank)
     check(shape.withUnsafeMutableBufferPointer { tpTensorInit(&gradient, gradients, input.dtype, input.rank, $0.baseAddress, nil) },
