@@ -59,7 +59,7 @@ test-swift: system-deps
 	$(SWIFT) test
 
 C_PROGRAMS := $(C_BUILD)/dlopen_example $(C_BUILD)/link_example $(C_BUILD)/errors_test $(C_BUILD)/remote_example \
-	$(C_BUILD)/readme_example
+	$(C_BUILD)/readme_example $(C_BUILD)/compat_v2_test
 LINK_TIDEPOOL := -L$(BUILD_DIR) -ltidepool -Wl,-rpath,$(abspath $(BUILD_DIR))
 
 $(C_BUILD)/dlopen_example: bindings/c/dlopen_example.c include/tidepool.h

@@ -9,7 +9,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bindings" / "python" / "tests"))
-from rawproto import BYE, PING, POOL, RESUBMITTED, STATS, UNREGISTER, header, pool_body  # noqa: E402
+from rawproto import BACKWARD, BYE, PING, POOL, RESUBMITTED, STATS, UNREGISTER, header, output_shape, pool_body  # noqa: E402
 
 REGION = [0x7469_6465_0000_0000 + n for n in (1, 2, 3)]  # the fuzz target's regions (4096, 16384, 65536 bytes)
 LOCAL, OTHER, TCP = 0, 4, 8
@@ -31,6 +31,25 @@ def pool(job_id, shape, dtype_code, itemsize, kind=1, kernel=2, stride=2, paddin
     for n in shape:
         count *= n
     return [frame0] if fields.get("in_loc") else [frame0, bytes(count * itemsize)]
+
+
+def backward(job_id, shape, dtype_code, itemsize, kind=1, kernel=2, stride=2, padding=0, ties=0, g_loc=0, g_region=0,
+             g_offset=0, done=None, **fields):
+    """A BACKWARD request: x and the cotangent inline unless their location is 1."""
+    count = 1
+    for n in shape:
+        count *= n
+    g_count = 1
+    for n in output_shape(shape, kernel, stride, padding):
+        g_count *= n
+    fields.setdefault("out_bytes", count * itemsize)
+    frame0 = header(BACKWARD, job_id, 1 if done else 0) + pool_body(
+        shape, dtype_code, kind, kernel, stride, padding, itemsize=itemsize, **fields)
+    frame0 += struct.pack("<iI3Q", ties, g_loc, g_region, g_offset, g_count * itemsize)
+    if done:
+        frame0 += struct.pack("<QQ", *done)
+    return [frame0] + ([bytes(count * itemsize)] if not fields.get("in_loc") else []) + \
+        ([bytes(g_count * itemsize)] if not g_loc else [])
 
 
 def daemon_seeds():
@@ -57,6 +76,14 @@ def daemon_seeds():
             record([header(BYE, 16)]),
         ]),
     }
+    seeds.update({
+        "backward-inline-2d-max": record(backward(30, (1, 6, 5, 2), 1, 4, kind=2, kernel=3, stride=1, padding=1)),
+        "backward-inline-1d-avg-f16": record(backward(31, (2, 9, 1), 3, 2, kernel=3, stride=2, padding=1, ties=1)),
+        "backward-region-3d": record(backward(32, (1, 4, 4, 4, 2), 2, 8, kind=2, kernel=2, stride=1, ties=1,
+                                              in_loc=1, in_region=REGION[1], out_loc=1, out_region=REGION[2],
+                                              g_loc=1, g_region=REGION[1], g_offset=8192, done=(REGION[0], 4088))),
+        "backward-cotangent-inline": record(backward(33, (1, 16, 1), 4, 2, kind=2, in_loc=1, in_region=REGION[0])),
+    })
     for code, itemsize in [(2, 8), (3, 2), (4, 2), (6, 2), (7, 4), (8, 8), (9, 1), (10, 2), (11, 4), (12, 8)]:
         seeds[f"inline-dtype-{code}"] = record(pool(20 + code, (1, 6, 5, 2), code, itemsize, kind=1 + code % 2,
                                                     kernel=2, stride=1, padding=1))

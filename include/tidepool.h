@@ -43,7 +43,8 @@ extern "C" {
 
 /* Version of the function table returned by tp_get_api(). Bumped when the table grows;
  * a library serves every table version up to its own. Version 2 added the client calls,
- * version 3 tp_client_cancel, version 4 tp_cpu_level, version 5 tp_pool_backward. */
+ * version 3 tp_client_cancel, version 4 tp_cpu_level, version 5 tp_pool_backward and
+ * tp_client_pool_backward / tp_client_submit_backward. */
 #define TP_API_VERSION 5
 
 /* ---- Limits ---------------------------------------------------------------------- */
@@ -374,6 +375,20 @@ tp_status tp_client_submit(tp_client *client, const tp_pool_desc *desc, const tp
  * status, or TP_ERR_NOT_FOUND for an id that is not pending on this client. */
 tp_status tp_client_wait(tp_client *client, uint64_t job, int32_t timeout_ms);
 
+/* tp_pool_backward() run by the daemon: same arguments and rules, and tp_client_pool's
+ * waiting, cancelling and statuses. The cotangent travels like an input (by reference when
+ * it lies contiguous in one of the client's buffers, packed into the request otherwise); the
+ * gradient like an output. (API version 5.) */
+tp_status tp_client_pool_backward(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                                  const tp_tensor *grad_output, const tp_tensor *grad_input,
+                                  const tp_backward_options *options);
+
+/* tp_client_pool_backward() without waiting, as tp_client_submit(): the job owns `input`,
+ * `grad_output` and `grad_input` until it ends. (API version 5.) */
+tp_status tp_client_submit_backward(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                                    const tp_tensor *grad_output, const tp_tensor *grad_input,
+                                    const tp_backward_options *options, uint64_t *job);
+
 /* End a pending job without waiting for it. Once this returns, Tidepool neither reads the
  * job's input nor writes its output in caller memory again (an output in a shared buffer
  * may still be written by the daemon until the job ends there). API version 3.
@@ -426,6 +441,12 @@ typedef struct tp_api {
     /* API version 5 */
     tp_status (*pool_backward)(const tp_pool_desc *desc, const tp_tensor *input, const tp_tensor *grad_output,
                                const tp_tensor *grad_input, const tp_backward_options *options);
+    tp_status (*client_pool_backward)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                                      const tp_tensor *grad_output, const tp_tensor *grad_input,
+                                      const tp_backward_options *options);
+    tp_status (*client_submit_backward)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                                        const tp_tensor *grad_output, const tp_tensor *grad_input,
+                                        const tp_backward_options *options, uint64_t *job);
 } tp_api;
 
 /* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library

@@ -35,7 +35,9 @@ private let apiTable: UnsafeMutablePointer<tp_api> = {
         client_wait: tp_client_wait,
         client_cancel: tp_client_cancel,
         cpu_level: tp_cpu_level,
-        pool_backward: tp_pool_backward))
+        pool_backward: tp_pool_backward,
+        client_pool_backward: tp_client_pool_backward,
+        client_submit_backward: tp_client_submit_backward))
     return table
 }()
 

@@ -153,6 +153,30 @@ public func tpClientSubmit(_ client: OpaquePointer?, _ desc: UnsafePointer<tp_po
     }
 }
 
+@_cdecl("tp_client_pool_backward")
+public func tpClientPoolBackward(_ client: OpaquePointer?, _ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<tp_tensor>?,
+                                 _ gradOutput: UnsafePointer<tp_tensor>?, _ gradInput: UnsafePointer<tp_tensor>?,
+                                 _ options: UnsafePointer<tp_backward_options>?) -> tp_status {
+    withStatus {
+        let connection = try clients.object(client)
+        let job = try BackwardArguments(desc, input, gradOutput, gradInput, options)
+        try connection.backward(job.desc, input: job.input, gradOutput: job.gradOutput, gradInput: job.gradInput, ties: job.ties)
+    }
+}
+
+@_cdecl("tp_client_submit_backward")
+public func tpClientSubmitBackward(_ client: OpaquePointer?, _ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<tp_tensor>?,
+                                   _ gradOutput: UnsafePointer<tp_tensor>?, _ gradInput: UnsafePointer<tp_tensor>?,
+                                   _ options: UnsafePointer<tp_backward_options>?, _ job: UnsafeMutablePointer<UInt64>?) -> tp_status {
+    withStatus {
+        let connection = try clients.object(client)
+        guard let job else { throw PoolError(TP_ERR_NULL_POINTER, "job is NULL") }
+        let arguments = try BackwardArguments(desc, input, gradOutput, gradInput, options)
+        job.pointee = try connection.submitBackward(arguments.desc, input: arguments.input, gradOutput: arguments.gradOutput,
+                                                    gradInput: arguments.gradInput, ties: arguments.ties)
+    }
+}
+
 @_cdecl("tp_client_wait")
 public func tpClientWait(_ client: OpaquePointer?, _ job: UInt64, _ timeoutMs: Int32) -> tp_status {
     withStatus { try clients.object(client).wait(job, timeoutMs: try checkedTimeout(timeoutMs)) }

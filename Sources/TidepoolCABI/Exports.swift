@@ -130,27 +130,40 @@ public func tpPoolBackward(_ desc: UnsafePointer<tp_pool_desc>?, _ input: Unsafe
                            _ gradOutput: UnsafePointer<tp_tensor>?, _ gradInput: UnsafePointer<tp_tensor>?,
                            _ options: UnsafePointer<tp_backward_options>?) -> tp_status {
     withStatus {
-        let pool = try PoolDescriptor(try requireNonNull(desc, "desc").pointee)
-        let source = try CTensor(try requireNonNull(input, "input").pointee, "input")
-        let cotangent = try CTensor(try requireNonNull(gradOutput, "grad_output").pointee, "grad_output")
-        let gradient = try CTensor(try requireNonNull(gradInput, "grad_input").pointee, "grad_input")
-        var ties = MaxTies.split
-        if let options = options?.pointee {
-            try checkHeader(structSize: options.struct_size, flags: options.flags,
-                            expectedSize: MemoryLayout<tp_backward_options>.size, name: "tp_backward_options")
-            guard options.reserved == 0 else {
-                throw PoolError.invalid("tp_backward_options.reserved is \(options.reserved) but must be 0")
-            }
-            switch options.max_ties {
-            case Int32(TP_TIES_SPLIT.rawValue): ties = .split
-            case Int32(TP_TIES_FIRST.rawValue): ties = .first
-            default:
-                throw PoolError.invalid("tp_backward_options.max_ties is \(options.max_ties), which is not a tp_max_ties "
-                    + "(TP_TIES_SPLIT 0, TP_TIES_FIRST 1)")
-            }
+        let job = try BackwardArguments(desc, input, gradOutput, gradInput, options)
+        try PoolEngine.shared.backward(job.desc, input: job.input, gradOutput: job.gradOutput, gradInput: job.gradInput,
+                                       ties: job.ties)
+    }
+}
+
+/// The arguments of tp_pool_backward and tp_client_*_backward, read and checked.
+struct BackwardArguments {
+    let desc: PoolDescriptor
+    let input: TensorView
+    let gradOutput: TensorView
+    let gradInput: OutputView
+    let ties: MaxTies
+
+    init(_ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<tp_tensor>?, _ gradOutput: UnsafePointer<tp_tensor>?,
+         _ gradInput: UnsafePointer<tp_tensor>?, _ options: UnsafePointer<tp_backward_options>?) throws {
+        self.desc = try PoolDescriptor(try requireNonNull(desc, "desc").pointee)
+        self.input = try CTensor(try requireNonNull(input, "input").pointee, "input").inputView
+        self.gradOutput = try CTensor(try requireNonNull(gradOutput, "grad_output").pointee, "grad_output").inputView
+        self.gradInput = try CTensor(try requireNonNull(gradInput, "grad_input").pointee, "grad_input").outputView
+        guard let options = options?.pointee else {
+            ties = .split
+            return
         }
-        try PoolEngine.shared.backward(pool, input: source.inputView, gradOutput: cotangent.inputView,
-                                       gradInput: gradient.outputView, ties: ties)
+        try checkHeader(structSize: options.struct_size, flags: options.flags,
+                        expectedSize: MemoryLayout<tp_backward_options>.size, name: "tp_backward_options")
+        guard options.reserved == 0 else {
+            throw PoolError.invalid("tp_backward_options.reserved is \(options.reserved) but must be 0")
+        }
+        guard let ties = MaxTies(code: options.max_ties) else {
+            throw PoolError.invalid("tp_backward_options.max_ties is \(options.max_ties), which is not a tp_max_ties "
+                + "(TP_TIES_SPLIT 0, TP_TIES_FIRST 1)")
+        }
+        self.ties = ties
     }
 }
 

@@ -87,6 +87,17 @@ public final class PoolClient: @unchecked Sendable {
         }
     }
 
+    /// Sends a backward job (`PoolEngine.backward` run by the daemon) and returns its id for
+    /// `wait`; the tensors' lifetimes as for `submit`.
+    public func submitBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
+                               ties: MaxTies = .split) throws -> UInt64 {
+        _ = try PoolEngine.shared.checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
+        return try state.withLock { connection in
+            try connection.submit(desc, input: input, output: gradInput, backward: (ties, gradOutput), deadline: Deadline(timeoutMs),
+                                  owner: self)
+        }
+    }
+
     /// Waits for a submitted job (-1: no limit). TP_ERR_TIMEOUT leaves it pending, to be
     /// waited for again or cancelled; any other outcome ends it.
     public func wait(_ job: UInt64, timeoutMs: Int? = nil) throws {
@@ -105,9 +116,25 @@ public final class PoolClient: @unchecked Sendable {
     /// memory is never written after this returns.
     public func pool(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws {
         try PoolEngine.shared.check(desc, input: input, output: output)
+        try run { connection, deadline in
+            try connection.submit(desc, input: input, output: output, deadline: deadline, owner: self)
+        }
+    }
+
+    /// The gradient of pooling `input` (`PoolEngine.backward`), computed by the daemon and
+    /// waited for as `pool` waits.
+    public func backward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
+                         ties: MaxTies = .split) throws {
+        _ = try PoolEngine.shared.checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
+        try run { connection, deadline in
+            try connection.submit(desc, input: input, output: gradInput, backward: (ties, gradOutput), deadline: deadline, owner: self)
+        }
+    }
+
+    private func run(_ submit: (inout Connection, Deadline) throws -> UInt64) throws {
         try state.withLock { connection in
             let deadline = Deadline(timeoutMs)
-            let job = try connection.submit(desc, input: input, output: output, deadline: deadline, owner: self)
+            let job = try submit(&connection, deadline)
             do {
                 _ = try connection.wait(job, deadline: deadline)
             } catch let error as PoolError where error.status == TP_ERR_TIMEOUT {

@@ -487,19 +487,30 @@ final class Connection {
 
     // MARK: jobs
 
-    func submit(_ desc: PoolDescriptor, input: TensorView, output: OutputView, deadline: Deadline, owner: PoolClient) throws -> UInt64 {
+    /// Sends a POOL job, or a BACKWARD job when `backward` (the tie rule and the cotangent)
+    /// is given; `output` is then the gradient.
+    func submit(_ desc: PoolDescriptor, input: TensorView, output: OutputView, backward: (MaxTies, TensorView)? = nil,
+                deadline: Deadline, owner: PoolClient) throws -> UInt64 {
         _ = try liveSocket()
         try ensureLink(deadline: deadline)
-        // `PoolEngine.check` passed: these products fit.
-        let inputBytes = input.shape.reduce(1, *) * input.dtype.size
-        let outputBytes = output.shape.reduce(1, *) * output.dtype.size
-        let contiguous = input.strides == TensorView.contiguousStrides(input.shape) || inputBytes == 0
-        let inputBuffer = contiguous ? buffer(containing: input.data, bytes: inputBytes) : nil
+        // The engine's checks passed: these products fit.
+        func bytes(_ shape: [Int], _ dtype: DType) -> Int { shape.reduce(1, *) * dtype.size }
+        /// A tensor read goes by reference when it lies contiguous in one of our buffers.
+        func reference(_ view: TensorView) -> (SharedBuffer, Int)? {
+            let count = bytes(view.shape, view.dtype)
+            let contiguous = view.strides == TensorView.contiguousStrides(view.shape) || count == 0
+            return contiguous ? buffer(containing: view.data, bytes: count) : nil
+        }
+        let inputBytes = bytes(input.shape, input.dtype), outputBytes = bytes(output.shape, output.dtype)
+        let inputBuffer = reference(input)
         let outputBuffer = buffer(containing: output.data.map(UnsafeRawPointer.init), bytes: outputBytes)
+        let cotangent = backward.map { ties, view in
+            PendingCotangent(ties: ties, view: view, buffer: reference(view), bytes: bytes(view.shape, view.dtype))
+        }
         // A done word only where nothing comes back in the reply.
         let slot = outputBuffer != nil ? takeDoneWord(deadline: deadline, owner: owner) : nil
         let job = PendingJob(desc: desc, input: input, output: output, inputBuffer: inputBuffer, outputBuffer: outputBuffer,
-                             inputBytes: inputBytes, outputBytes: outputBytes, wordSlot: slot)
+                             inputBytes: inputBytes, outputBytes: outputBytes, cotangent: cotangent, wordSlot: slot)
         let id = nextID()
         let frames: [ZMQFrame]
         do {
@@ -554,6 +565,14 @@ final class Connection {
     }
 }
 
+/// What a BACKWARD job reads besides its input: the cotangent, by reference or inline.
+struct PendingCotangent {
+    let ties: MaxTies
+    let view: TensorView
+    let buffer: (SharedBuffer, Int)?
+    let bytes: Int
+}
+
 /// A job sent and not yet answered: enough to encode it again, with the region ids of the
 /// moment (a restarted daemon gives its buffers new ones).
 struct PendingJob {
@@ -564,13 +583,15 @@ struct PendingJob {
     let outputBuffer: (SharedBuffer, Int)?
     let inputBytes: Int
     let outputBytes: Int
+    /// Set for a BACKWARD job (`output` is the gradient).
+    let cotangent: PendingCotangent?
     /// The job's done word (an offset in the page), held until the job ends.
     var wordSlot: Int?
     var resubmitted = false
     /// The daemon said its regions were another instance's, and a resume followed.
     var resumedForRestart = false
 
-    var usesRegions: Bool { inputBuffer != nil || outputBuffer != nil || wordSlot != nil }
+    var usesRegions: Bool { inputBuffer != nil || outputBuffer != nil || cotangent?.buffer != nil || wordSlot != nil }
     var inlineOutput: UnsafeMutableRawPointer? { outputBuffer == nil ? output.data : nil }
 
     func encode(id: UInt64, doneWordsRegion: UInt64?) throws -> [ZMQFrame] {
@@ -581,19 +602,25 @@ struct PendingJob {
             }
             return .region(id: buffer.regionID, offset: offset)
         }
+        // Inline tensors follow frame 0 in the order the request lists them: input, cotangent.
         var frames: [ZMQFrame] = []
-        if inputBuffer == nil {
-            guard let frame = ZMQFrame(size: inputBytes) else {
-                throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate a \(inputBytes)-byte message for the input")
+        for (name, view, buffer, bytes) in [("input", input, inputBuffer, inputBytes)]
+            + (cotangent.map { [("cotangent", $0.view, $0.buffer, $0.bytes)] } ?? []) where buffer == nil {
+            guard let frame = ZMQFrame(size: bytes) else {
+                throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate a \(bytes)-byte message for the \(name)")
             }
-            if inputBytes > 0 { packContiguous(input, into: frame.data) }
-            frames = [frame]
+            if bytes > 0 { packContiguous(view, into: frame.data) }
+            frames.append(frame)
         }
         let word = wordSlot.flatMap { slot in doneWordsRegion.map { DoneWord(region: $0, offset: slot) } }
         let request = PoolRequest(id: id, descriptor: desc, dtype: input.dtype, inputShape: input.shape,
                                   input: TensorReference(placement: try placement(inputBuffer), bytes: inputBytes),
                                   output: TensorReference(placement: try placement(outputBuffer), bytes: outputBytes),
-                                  doneWord: word, resubmitted: resubmitted)
+                                  doneWord: word, resubmitted: resubmitted,
+                                  backward: try cotangent.map { cotangent in
+                                      BackwardFields(ties: cotangent.ties, gradOutput: TensorReference(
+                                          placement: try placement(cotangent.buffer), bytes: cotangent.bytes))
+                                  })
         return [ZMQFrame(request.encode())] + frames
     }
 }

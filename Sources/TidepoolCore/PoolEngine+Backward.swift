@@ -5,8 +5,10 @@ extension PoolEngine {
     /// `gradOutput` (the vector-Jacobian product), written to `gradInput`: contiguous
     /// channels-last with the input's shape and dtype. Floating-point inputs only (see
     /// `checkBackward`). Everything is validated first; on error nothing is written.
+    /// `isCancelled` is asked before each plane; once it says yes, no further plane starts and
+    /// the call throws TP_ERR_CLOSED (the gradient is then partly written).
     public func backward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
-                         ties: MaxTies = .split, threads: Int? = nil) throws {
+                         ties: MaxTies = .split, threads: Int? = nil, isCancelled: (@Sendable () -> Bool)? = nil) throws {
         let (geometry, gradSteps) = try checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
         guard let geometry, let gradData = gradInput.data else { return }
         let threads = try threads.map { t -> Int in
@@ -19,8 +21,9 @@ extension PoolEngine {
         let call = BackwardCall(geometry: geometry, gradSteps: gradSteps, kind: desc.kind, dtype: input.dtype, ties: ties,
                                 input: input.data ?? UnsafeRawPointer(gradData),
                                 gradOutput: gradOutput.data ?? UnsafeRawPointer(gradData), gradInput: gradData,
-                                threads: threads)
+                                threads: threads, isCancelled: isCancelled)
         try kernels.runBackward(call)
+        if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }
 
     /// Checks everything `backward` would check, without touching memory; returns the
@@ -30,7 +33,7 @@ extension PoolEngine {
     /// something for them, but it is an artefact of casts (each window's share truncated to
     /// the integer type, and a gradient dtype of float32, int32 or uint32 instead of the
     /// input's where windows do not overlap), not a gradient.
-    func checkBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView) throws
+    package func checkBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView) throws
         -> (PoolGeometry?, (n: Int, d: Int, h: Int, w: Int, c: Int)) {
         let outputShape = try desc.outputShape(inputShape: input.shape)
         guard input.dtype.isFloatingPoint else {

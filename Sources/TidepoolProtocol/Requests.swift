@@ -5,6 +5,7 @@ import TidepoolCore
 /// decoded and every field checked that can be checked without the daemon's state.
 public enum Request: Sendable {
     case ping(id: UInt64)
+    /// POOL or BACKWARD (`PoolRequest.backward` set).
     case pool(PoolRequest)
     case register(RegisterRequest)
     case unregister(id: UInt64, region: UInt64)
@@ -22,7 +23,7 @@ public enum Request: Sendable {
     public var type: MessageType {
         switch self {
         case .ping: return .ping
-        case .pool: return .pool
+        case .pool(let request): return request.type
         case .register: return .register
         case .unregister: return .unregister
         case .stats: return .stats
@@ -43,8 +44,8 @@ public enum Request: Sendable {
         guard let type = MessageType(rawValue: header.type) else {
             throw ProtocolViolation(TP_ERR_PROTOCOL, "message type \(header.type) is unknown", id: header.id)
         }
-        if type == .pool {
-            return .pool(try PoolRequest.decode(first, payloadFrames: frames.count - 1, maxJobBytes: maxJobBytes))
+        if type == .pool || type == .backward {
+            return .pool(try PoolRequest.decode(first, type: type, payloadFrames: frames.count - 1, maxJobBytes: maxJobBytes))
         }
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: type, id: header.id)
@@ -63,7 +64,7 @@ public enum Request: Sendable {
         case .bye: return .bye(id: header.id)
         case .unregister: return .unregister(id: header.id, region: ByteReader.value(UInt64.self, in: first, at: Wire.headerSize))
         case .register: return .register(try RegisterRequest.decode(header: header, frame0: first, name: frames[1], maxJobBytes: maxJobBytes))
-        case .pool: fatalError("decoded above")
+        case .pool, .backward: fatalError("decoded above")
         }
     }
 

@@ -15,15 +15,15 @@ public enum Wire {
     public static let headerSize = 24
     /// Set in a reply's type; alone (0x8000), it answers a request whose type was unreadable.
     public static let replyBit: UInt16 = 0x8000
-    /// Most frames a request may have (header plus one payload).
-    public static let maxFrames = 2
+    /// Most frames a request may have (header plus the input and cotangent of an inline BACKWARD).
+    public static let maxFrames = 3
     /// Largest extent accepted for one axis; keeps every product well inside 64 bits.
     public static let maxAxisLength = 1 << 40
-    /// POOL flag: frame 0 ends with a done word's region and offset (`doneWordFieldsSize`
+    /// POOL and BACKWARD flag: frame 0 ends with a done word's region and offset (`doneWordFieldsSize`
     /// more bytes); the daemon sets the word when the job ends, before its reply.
     public static let doneWordFlag: UInt32 = 1
     public static let doneWordFieldsSize = 16
-    /// POOL flag: the job may have been sent before on a connection that was lost. A daemon
+    /// POOL and BACKWARD flag: the job may have been sent before on a connection that was lost. A daemon
     /// that knows it (running, or finished lately with a shared-memory output) does not run it
     /// again: a running one answers when it ends, a finished one is answered again.
     public static let resubmittedFlag: UInt32 = 2
@@ -33,7 +33,7 @@ public enum Wire {
 }
 
 public enum MessageType: UInt16, CaseIterable, Sendable {
-    case ping = 1, pool = 2, register = 3, unregister = 4, stats = 5, bye = 6
+    case ping = 1, pool = 2, register = 3, unregister = 4, stats = 5, bye = 6, backward = 7
 
     /// Size of frame 0 of a request of this type: the header plus the type's fixed body
     /// (POOL: without the done word's fields).
@@ -41,6 +41,7 @@ public enum MessageType: UInt16, CaseIterable, Sendable {
         switch self {
         case .ping, .stats, .bye: return Wire.headerSize
         case .pool: return Wire.headerSize + PoolRequest.bodySize
+        case .backward: return Wire.headerSize + PoolRequest.bodySize + BackwardFields.bodySize
         case .register: return Wire.headerSize + RegisterRequest.bodySize
         case .unregister: return Wire.headerSize + 8
         }
@@ -50,17 +51,18 @@ public enum MessageType: UInt16, CaseIterable, Sendable {
     public var replySize: Int {
         switch self {
         case .ping: return Wire.headerSize + PingReply.bodySize
-        case .pool: return Wire.headerSize + PoolReply.bodySize
+        case .pool, .backward: return Wire.headerSize + PoolReply.bodySize
         case .register: return Wire.headerSize + 8
         case .unregister, .stats, .bye: return Wire.headerSize
         }
     }
 
-    /// Frames of a request: REGISTER carries its object's name, an inline POOL its input.
+    /// Frames of a request: REGISTER carries its object's name, an inline POOL its input, an
+    /// inline BACKWARD its input and cotangent.
     var fixedFrameCount: Int? {
         switch self {
         case .register: return 2
-        case .pool: return nil
+        case .pool, .backward: return nil
         default: return 1
         }
     }
@@ -69,6 +71,7 @@ public enum MessageType: UInt16, CaseIterable, Sendable {
         switch self {
         case .ping: return "PING"
         case .pool: return "POOL"
+        case .backward: return "BACKWARD"
         case .register: return "REGISTER"
         case .unregister: return "UNREGISTER"
         case .stats: return "STATS"

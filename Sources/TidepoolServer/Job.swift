@@ -73,14 +73,25 @@ public struct Completion: @unchecked Sendable {
     let seconds: Double
 }
 
+/// Where a job reads one tensor: a registered region at an offset, or a received frame.
+enum JobTensor: @unchecked Sendable {
+    case region(SharedRegion, Int)
+    case frame(ZMQFrame)
+
+    var region: SharedRegion? {
+        if case .region(let region, _) = self { return region }
+        return nil
+    }
+}
+
 /// One validated job, run by the thread that took it. It holds its regions and frames, so they
 /// stay valid even if the client unregisters them meanwhile.
 public struct Job: @unchecked Sendable {
     let key: [UInt8]
     public let request: PoolRequest
     let envelope: [ZMQFrame]
-    let inputFrame: ZMQFrame?
-    let inputRegion: (SharedRegion, Int)?
+    /// The tensors read, as `request.reads` lists them.
+    let reads: [JobTensor]
     let outputRegion: (SharedRegion, Int)?
     let doneWord: (SharedRegion, Int)?
     let engine: PoolEngine
@@ -96,20 +107,23 @@ public struct Job: @unchecked Sendable {
         defer { outputReservation?.releaseUnlessHandedOver() }
         do {
             let frames = try compute(progress: progress)
-            for (reference, region) in [(request.input, inputRegion), (request.output, outputRegion)] {
-                if let (region, _) = region, region.isPoisoned, case .region(let id, _) = reference.placement { poisoned.append(id) }
+            let regions = zip(request.reads.map(\.reference), reads.map(\.region)) + [(request.output, outputRegion?.0)]
+            for (reference, region) in regions {
+                if let region, region.isPoisoned, case .region(let id, _) = reference.placement, !poisoned.contains(id) {
+                    poisoned.append(id)
+                }
             }
             if let first = poisoned.first {
                 throw ProtocolViolation(TP_ERR_SYSTEM, "region \(first) was truncated by its owner during the job; it is unregistered",
-                                        type: .pool, id: request.id)
+                                        type: request.type, id: request.id)
             }
             return Completion(key: key, id: request.id, envelope: envelope, reply: frames, failure: nil,
-                              bytes: request.input.bytes + request.output.bytes, poisonedRegions: [], cancellation: cancellation,
+                              bytes: request.reads.reduce(request.output.bytes) { $0 + $1.reference.bytes }, poisonedRegions: [], cancellation: cancellation,
                               outputInRegion: outputRegion != nil, request: request, seconds: elapsed())
         } catch {
             let violation = error as? ProtocolViolation
-                ?? (error as? PoolError).map { ProtocolViolation($0.status, $0.message, type: .pool, id: request.id) }
-                ?? ProtocolViolation(TP_ERR_INTERNAL, "internal error: \(error)", type: .pool, id: request.id)
+                ?? (error as? PoolError).map { ProtocolViolation($0.status, $0.message, type: request.type, id: request.id) }
+                ?? ProtocolViolation(TP_ERR_INTERNAL, "internal error: \(error)", type: request.type, id: request.id)
             return Completion(key: key, id: request.id, envelope: envelope, reply: Reply.error(violation).map(ZMQFrame.init),
                               failure: violation, bytes: 0, poisonedRegions: poisoned, cancellation: cancellation,
                               outputInRegion: outputRegion != nil, request: request, seconds: elapsed())
@@ -117,22 +131,23 @@ public struct Job: @unchecked Sendable {
     }
 
     private func compute(progress: @escaping @Sendable () -> Void) throws -> [ZMQFrame] {
-        let outputShape = request.outputShape
-        var input: UnsafeRawPointer
-        var alignedCopy: UnsafeMutableRawPointer?
-        defer { free(alignedCopy) }
-        if let (region, offset) = inputRegion {
-            input = UnsafeRawPointer(region.base + offset)
-        } else {
-            input = UnsafeRawPointer(inputFrame!.data)
-            // libzmq may hand a small frame inside its receive buffer at any address.
-            if Int(bitPattern: input) % request.dtype.size != 0 {
-                guard let copy = malloc(Swift.max(request.input.bytes, 1)) else {
-                    throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(request.input.bytes) bytes to align the input")
+        var alignedCopies: [UnsafeMutableRawPointer] = []
+        defer { alignedCopies.forEach { free($0) } }
+        let inputs = try zip(reads, request.reads).map { read, described -> UnsafeRawPointer in
+            switch read {
+            case .region(let region, let offset):
+                return UnsafeRawPointer(region.base + offset)
+            case .frame(let frame):
+                let data = UnsafeRawPointer(frame.data)
+                // libzmq may hand a small frame inside its receive buffer at any address.
+                guard Int(bitPattern: data) % request.dtype.size != 0 else { return data }
+                let bytes = described.reference.bytes
+                guard let copy = malloc(Swift.max(bytes, 1)) else {
+                    throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(bytes) bytes to align the \(described.name)")
                 }
-                copy.copyMemory(from: input, byteCount: request.input.bytes)
-                alignedCopy = copy
-                input = UnsafeRawPointer(copy)
+                alignedCopies.append(copy)
+                copy.copyMemory(from: data, byteCount: bytes)
+                return UnsafeRawPointer(copy)
             }
         }
         let outputFrame: ZMQFrame?
@@ -155,10 +170,16 @@ public struct Job: @unchecked Sendable {
             output = frame.data
         }
         let cancellation = cancellation
-        try engine.pool(request.descriptor, input: TensorView(data: input, dtype: request.dtype, shape: request.inputShape),
-                        output: OutputView(data: output, dtype: request.outputDType, shape: outputShape),
-                        progress: progress, isCancelled: { cancellation.isCancelled })
-        let header = ZMQFrame(PoolReply.encode(id: request.id, dtype: request.outputDType, shape: outputShape))
+        let input = TensorView(data: inputs[0], dtype: request.dtype, shape: request.inputShape)
+        let written = OutputView(data: output, dtype: request.outputDType, shape: request.outputShape)
+        if let backward = request.backward {
+            try engine.backward(request.descriptor, input: input, gradOutput: TensorView(data: inputs[1], dtype: request.dtype,
+                                                                                         shape: request.pooledShape),
+                                gradInput: written, ties: backward.ties, isCancelled: { cancellation.isCancelled })
+        } else {
+            try engine.pool(request.descriptor, input: input, output: written, progress: progress, isCancelled: { cancellation.isCancelled })
+        }
+        let header = ZMQFrame(PoolReply.encode(request.type, id: request.id, dtype: request.outputDType, shape: request.outputShape))
         return outputFrame.map { [header, $0] } ?? [header]
     }
 }

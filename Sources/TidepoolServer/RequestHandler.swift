@@ -187,7 +187,7 @@ public final class RequestHandler {
     private func startJob(_ pool: PoolRequest, key: [UInt8], peer: Peer, envelope: [ZMQFrame], frames: [ZMQFrame],
                           draining: Bool) throws -> Outcome {
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
-            ProtocolViolation(status, message, type: .pool, id: pool.id)
+            ProtocolViolation(status, message, type: pool.type, id: pool.id)
         }
         let existing = registry.existing(key, peer: peer)
         // A client that lost its connection sends again the jobs it has no answer for. Running
@@ -198,7 +198,7 @@ public final class RequestHandler {
             if let reply = existing.recentReplies[pool.id] { return .reply(reply.map(ZMQFrame.init)) }
         }
         func region(_ id: UInt64, field: String) throws -> SharedRegion {
-            guard let region = existing?.regions[id] else { throw regionViolation(id, field: field, type: .pool, id: pool.id) }
+            guard let region = existing?.regions[id] else { throw regionViolation(id, field: field, type: pool.type, id: pool.id) }
             return region
         }
         // The done word first: once it is known good, every outcome sets it.
@@ -224,12 +224,22 @@ public final class RequestHandler {
             }
             return (region, offset)
         }
-        let inputRegion = try resolve("input", pool.input)
-        let outputRegion = try resolve("output", pool.output)
-        let inputFrame = inputRegion == nil ? frames[1] : nil
-        if let inputFrame, inputFrame.size != pool.input.bytes {
-            throw violation(TP_ERR_PROTOCOL, "frame 1 holds \(inputFrame.size) bytes but input_bytes is \(pool.input.bytes)")
+        // Each tensor read is in a region or in the next frame (the decoder counted them).
+        var reads: [JobTensor] = []
+        var nextFrame = 1
+        for (name, reference) in pool.reads {
+            if let (region, offset) = try resolve(name, reference) {
+                reads.append(.region(region, offset))
+                continue
+            }
+            let frame = frames[nextFrame]
+            guard frame.size == reference.bytes else {
+                throw violation(TP_ERR_PROTOCOL, "frame \(nextFrame) holds \(frame.size) bytes but \(name)_bytes is \(reference.bytes)")
+            }
+            reads.append(.frame(frame))
+            nextFrame += 1
         }
+        let outputRegion = try resolve("output", pool.output)
         guard jobsRunning.load(ordering: .sequentiallyConsistent) < configuration.maxInflight else {
             stats.busyRejections += 1
             throw violation(TP_ERR_BUSY, "the daemon is running --max-inflight \(configuration.maxInflight) jobs; retry later")
@@ -251,8 +261,7 @@ public final class RequestHandler {
             reservation = OutputReservation(bytes: bytes, counters: [queuedBytes, state.queuedBytes])
         }
         let cancellation = JobCancellation()
-        let job = Job(key: key, request: pool, envelope: envelope, inputFrame: inputFrame, inputRegion: inputRegion,
-                      outputRegion: outputRegion, doneWord: doneWord, engine: engine, cancellation: cancellation,
+        let job = Job(key: key, request: pool, envelope: envelope, reads: reads, outputRegion: outputRegion, doneWord: doneWord, engine: engine, cancellation: cancellation,
                       outputReservation: reservation)
         state.jobs[pool.id] = cancellation
         inflight += 1
@@ -288,7 +297,7 @@ public final class RequestHandler {
             stats.jobsCompleted += 1
             stats.bytesProcessed += completion.bytes
             logger.debug("job done", metadata: [
-                "id": "\(completion.id)", "layer": "\(completion.request.descriptor)", "dtype": "\(completion.request.dtype)",
+                "id": "\(completion.id)", "type": "\(completion.request.type.name)", "layer": "\(completion.request.descriptor)", "dtype": "\(completion.request.dtype)",
                 "input": "\(pythonTuple(completion.request.inputShape))", "bytes": "\(completion.bytes)",
                 "ms": "\(format3(completion.seconds * 1e3))",
                 "tensors": "\(completion.outputInRegion ? "shared memory" : "inline")",

@@ -1,3 +1,5 @@
+import CTidepool
+
 /// What passes between TidepoolCore (validation, threads, the public engine) and a build of
 /// the kernels (TidepoolKernels, compiled once per CPU level from the same sources): plain
 /// values, so the kernels' generic code never crosses a module boundary unspecialised.
@@ -84,6 +86,19 @@ public enum MaxTies: String, CaseIterable, Sendable {
     case first
 }
 
+extension MaxTies {
+    /// The `tp_max_ties` value, in the C ABI and on the wire.
+    public var code: Int32 { Int32(self == .split ? TP_TIES_SPLIT.rawValue : TP_TIES_FIRST.rawValue) }
+
+    public init?(code: Int32) {
+        switch code {
+        case Int32(TP_TIES_SPLIT.rawValue): self = .split
+        case Int32(TP_TIES_FIRST.rawValue): self = .first
+        default: return nil
+        }
+    }
+}
+
 /// One validated backward pass (vector-Jacobian product): `gradInput`, contiguous with the
 /// input's shape, receives the gradient of the pooling with respect to `input` for the
 /// cotangent `gradOutput` (the output's shape, read through `gradSteps`).
@@ -98,10 +113,12 @@ package struct BackwardCall: @unchecked Sendable {
     package let gradOutput: UnsafeRawPointer
     package let gradInput: UnsafeMutableRawPointer
     package let threads: Int
+    /// Asked before each plane; once it says yes, no further plane starts.
+    package let isCancelled: (@Sendable () -> Bool)?
 
     package init(geometry: PoolGeometry, gradSteps: (n: Int, d: Int, h: Int, w: Int, c: Int), kind: PoolKind, dtype: DType,
                  ties: MaxTies, input: UnsafeRawPointer, gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer,
-                 threads: Int) {
+                 threads: Int, isCancelled: (@Sendable () -> Bool)? = nil) {
         self.geometry = geometry
         self.gradSteps = gradSteps
         self.kind = kind
@@ -111,13 +128,15 @@ package struct BackwardCall: @unchecked Sendable {
         self.gradOutput = gradOutput
         self.gradInput = gradInput
         self.threads = threads
+        self.isCancelled = isCancelled
     }
 }
 
 /// One build of the kernels: the same sources compiled for `level`.
 package protocol PoolKernels: Sendable {
     static var level: CPULevel { get }
-    /// Computes `call`'s gradient. Throws TP_ERR_NO_MEMORY when its scratch cannot be had.
+    /// Computes `call`'s gradient. Throws TP_ERR_NO_MEMORY when its scratch cannot be had;
+    /// returns early, leaving the gradient partly written, once `call.isCancelled` says yes.
     static func runBackward(_ call: BackwardCall) throws
     /// Pools `call`, returning the scratch bytes it used (for all its threads). Throws
     /// TP_ERR_NO_MEMORY when the windows need more scratch than the tensors justify; returns

@@ -164,4 +164,37 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
         #expect(call(.float16, [1, 2, 1], .float16, outShape: [1, 2, 2])?.message.contains("grad_input shape must be") == true)
         #expect(call(.float16, [1, 2, 1], .float16, outData: input.raw)?.message.contains("overlaps input") == true)
     }
+
+    /// A cancelled gradient stops between planes and says so; one not cancelled is whole.
+    @Test func cancellationStopsBetweenPlanes() throws {
+        final class Countdown: @unchecked Sendable {
+            var left: Int
+            init(_ left: Int) { self.left = left }
+        }
+        let shape = [2, 6, 5, 4, 3]
+        let count = shape.reduce(1, *)
+        let x = Buffer(.float32, count: count), g = Buffer(.float32, count: count), out = Buffer(.float32, count: count)
+        for i in 0..<count { x[i] = Double(i % 7); g[i] = 1 }
+        let engine = PoolEngine(threads: 1)
+        for (kind, ties) in [(PoolKind.average, MaxTies.split), (.max, .split), (.max, .first)] {
+            let desc = PoolDescriptor(kind: kind, kernelSize: [3, 3, 3], stride: [1, 1, 1], padding: [1, 1, 1])
+            func run(_ isCancelled: (@Sendable () -> Bool)?) throws {
+                for i in 0..<count { out[i] = -7 }
+                try engine.backward(desc, input: TensorView(data: x.raw, dtype: .float32, shape: shape),
+                                    gradOutput: TensorView(data: g.raw, dtype: .float32, shape: shape),
+                                    gradInput: OutputView(data: out.raw, dtype: .float32, shape: shape), ties: ties,
+                                    isCancelled: isCancelled)
+            }
+            try run { false }
+            #expect((0..<count).allSatisfy { out[$0] != -7 }, "\(kind) \(ties): every element written")
+            // One plane allowed (averages and "first" ask before each of their planes; "split" also
+            // before its windows' planes), then cancelled: the call throws, elements stay unwritten.
+            let countdown = Countdown(1)
+            #expect(throws: PoolError.self) {
+                try run { countdown.left -= 1; return countdown.left < 0 }
+            }
+            let written = (0..<count).filter { out[$0] != -7 }.count
+            #expect(written < count, "\(kind) \(ties): \(written) of \(count) written after cancelling")
+        }
+    }
 }

@@ -169,7 +169,81 @@ func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T)
         #expect(reply.id == 9)
         #expect(reply.status == TP_ERR_SHAPE)
         #expect(reply.message == "bad shape")
-        let pool = PoolReply.encode(id: 3, dtype: .float32, shape: [1, 2, 3])
+        let pool = PoolReply.encode(.pool, id: 3, dtype: .float32, shape: [1, 2, 3])
         #expect(pool.count == MessageType.pool.replySize)
+        let backward = PoolReply.encode(.backward, id: 4, dtype: .float32, shape: [1, 2, 3])
+        let decoded = try backward.withUnsafeBytes { try DecodedReply.decode($0, frame1: nil) }
+        #expect(decoded.type == .backward && decoded.id == 4 && decoded.status == TP_OK)
+    }
+}
+
+/// BACKWARD: POOL's fields plus the tie rule and the cotangent; x and the cotangent inline
+/// frames in that order.
+@Suite struct BackwardWireTests {
+    /// MaxPool2d(3, 2, 1) of (2, 9, 7, 3) float16: the cotangent is (2, 5, 4, 3).
+    let request = PoolRequest(
+        id: 78, descriptor: PoolDescriptor(kind: .max, kernelSize: [3, 3], stride: [2, 2], padding: [1, 1]),
+        dtype: .float16, inputShape: [2, 9, 7, 3],
+        input: TensorReference(placement: .region(id: 5, offset: 0), bytes: 2 * 9 * 7 * 3 * 2),
+        output: TensorReference(placement: .inline, bytes: 2 * 9 * 7 * 3 * 2),
+        backward: BackwardFields(ties: .first, gradOutput: TensorReference(placement: .inline, bytes: 2 * 5 * 4 * 3 * 2)))
+
+    func decodeBackward(_ bytes: [UInt8], payloadFrames: Int = 1, maxJobBytes: Int = 1 << 30) throws -> PoolRequest {
+        try bytes.withUnsafeBytes { try PoolRequest.decode($0, type: .backward, payloadFrames: payloadFrames, maxJobBytes: maxJobBytes) }
+    }
+
+    @Test func roundTrips() throws {
+        let bytes = request.encode()
+        #expect(bytes.count == 264 && bytes.count == MessageType.backward.requestSize)
+        #expect(bytes[6] == 7)
+        let decoded = try decodeBackward(bytes)
+        #expect(decoded == request)
+        #expect(decoded.type == .backward)
+        #expect(decoded.outputShape == [2, 9, 7, 3] && decoded.pooledShape == [2, 5, 4, 3])
+        #expect(decoded.outputDType == .float16)
+        #expect(decoded.reads.map(\.name) == ["input", "grad_output"])
+        var withWord = request
+        withWord.doneWord = DoneWord(region: 5, offset: 4096)
+        #expect(try decodeBackward(withWord.encode()) == withWord)
+        // Through Request.decode, frames counted: one inline tensor (the cotangent).
+        let frames: [[UInt8]] = [bytes, []]
+        let viaRequest = try frames[0].withUnsafeBytes { f0 in
+            try frames[1].withUnsafeBytes { f1 in try Request.decode([f0, f1], maxJobBytes: 1 << 30) }
+        }
+        #expect(viaRequest.type == .backward && viaRequest.id == 78)
+    }
+
+    @Test func everyFieldIsChecked() {
+        let bytes = request.encode()
+        expectViolation(TP_ERR_PROTOCOL, "a BACKWARD request's frame 0 is 264 bytes without a done word but this one is 232") {
+            _ = try decodeBackward(Array(bytes.prefix(232)))
+        }
+        expectViolation(TP_ERR_DTYPE, "floating-point") { _ = try decodeBackward(patched(bytes, at: 28, Int32(DType.int32.code))) }
+        expectViolation(TP_ERR_INVALID_ARGUMENT, "max_ties is -1") { _ = try decodeBackward(patched(bytes, at: 232, Int32(-1))) }
+        expectViolation(TP_ERR_PROTOCOL, "grad_output_location is 2") { _ = try decodeBackward(patched(bytes, at: 236, UInt32(2))) }
+        expectViolation(TP_ERR_PROTOCOL, "grad_output_region and grad_output_offset must be 0") {
+            _ = try decodeBackward(patched(bytes, at: 240, UInt64(1)))
+        }
+        expectViolation(TP_ERR_SHAPE, "grad_output_bytes is 0 but the cotangent (2, 5, 4, 3) of float16 needs 240") {
+            _ = try decodeBackward(patched(bytes, at: 256, UInt64(0)))
+        }
+        expectViolation(TP_ERR_SHAPE, "output_bytes is 240 but the gradient (2, 9, 7, 3) of float16 needs 756") {
+            _ = try decodeBackward(patched(bytes, at: 224, UInt64(240)))
+        }
+        let region = patched(patched(bytes, at: 236, UInt32(1)), at: 240, UInt64(5))
+        expectViolation(TP_ERR_OVERFLOW, "grad_output_offset") { _ = try decodeBackward(patched(region, at: 248, UInt64.max - 8)) }
+        expectViolation(TP_ERR_LAYOUT, "not a multiple of the 2-byte element size") {
+            _ = try decodeBackward(patched(region, at: 248, UInt64(3)))
+        }
+        // The gradient may not overlap the cotangent; x and the cotangent may share bytes.
+        let overlapping = patched(patched(patched(patched(region, at: 180, UInt32(1)), at: 208, UInt64(5)), at: 216, UInt64(1000)),
+                                  at: 248, UInt64(1100))
+        expectViolation(TP_ERR_LAYOUT, "overlaps grad_output") { _ = try decodeBackward(overlapping, payloadFrames: 0) }
+        #expect((try? decodeBackward(region, payloadFrames: 0)) != nil)
+        expectViolation(TP_ERR_PROTOCOL, "with inline grad_output has 2 frame(s) but this one has 1") {
+            _ = try decodeBackward(bytes, payloadFrames: 0)
+        }
+        expectViolation(TP_ERR_TOO_LARGE, "--max-job-bytes 1700") { _ = try decodeBackward(bytes, maxJobBytes: 1700) }
+        #expect((try? decodeBackward(bytes, maxJobBytes: 756 * 2 + 240)) != nil)
     }
 }

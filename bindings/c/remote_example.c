@@ -3,7 +3,9 @@
  * The input and output live in shared-memory buffers from tp_client_alloc(), so the job
  * moves no tensor bytes through the socket. The result is compared with the same pooling
  * run in-process. Then four jobs are submitted at once and waited for, and one job goes
- * with its tensors inline (ordinary malloc'd memory). Exits non-zero on any mismatch.
+ * with its tensors inline (ordinary malloc'd memory). Last, the gradient of a max pooling
+ * with tied maxima (tp_client_pool_backward, both tie rules; the cotangent in shared memory),
+ * compared with tp_pool_backward in-process. Exits non-zero on any mismatch.
  *
  * Usage: remote_example [endpoint]   (default: tp_default_endpoint())
  */
@@ -85,6 +87,43 @@ int main(int argc, char **argv) {
     TRY(tp_client_pool(client, &desc, &input, &output));
     mismatch |= memcmp(expected, plain_out, out_bytes) != 0;
     printf("inline job: %s\n", memcmp(expected, plain_out, out_bytes) ? "MISMATCH" : "equals in-process");
+
+    /* The gradient of MaxPool2d(3, stride 1, padding 1) on (1, 6, 6, 2) with values in
+     * {0, 1, 2}, so windows tie: the daemon against in-process, split and first. */
+    {
+        const int64_t gshape[4] = {1, 6, 6, 2}, k3[2] = {3, 3}, s1[2] = {1, 1}, p1[2] = {1, 1};
+        tp_pool_desc max_desc;
+        tp_tensor gx, gy, grad_remote, grad_local;
+        TRY(tp_pool_desc_init(&max_desc, TP_POOL_MAX, 2, k3, s1, p1));
+        tp_buffer *shared = NULL;
+        size_t n = 6 * 6 * 2, bytes = n * sizeof(float);
+        TRY(tp_client_alloc(client, 2 * bytes, &shared));
+        float *values = tp_buffer_data(shared), *cotangent = values + n;
+        float grad_a[72], grad_b[72];
+        for (size_t i = 0; i < n; i++) {
+            values[i] = (float)((i * 7) % 3);
+            cotangent[i] = (float)(i % 5) - 2.0f;
+        }
+        TRY(tp_tensor_init(&gx, values, TP_DTYPE_FLOAT32, 4, gshape, NULL));
+        TRY(tp_tensor_init(&gy, cotangent, TP_DTYPE_FLOAT32, 4, gshape, NULL)); /* the output's shape */
+        TRY(tp_tensor_init(&grad_remote, grad_a, TP_DTYPE_FLOAT32, 4, gshape, NULL));
+        TRY(tp_tensor_init(&grad_local, grad_b, TP_DTYPE_FLOAT32, 4, gshape, NULL));
+        for (int32_t ties = TP_TIES_SPLIT; ties <= TP_TIES_FIRST; ties++) {
+            tp_backward_options options = {sizeof options, 0, ties, 0};
+            uint64_t job = 0;
+            TRY(tp_client_submit_backward(client, &max_desc, &gx, &gy, &grad_remote, &options, &job));
+            TRY(tp_client_wait(client, job, -1));
+            TRY(tp_pool_backward(&max_desc, &gx, &gy, &grad_local, &options));
+            int differs = memcmp(grad_a, grad_b, bytes) != 0;
+            memset(grad_a, 0, bytes);
+            TRY(tp_client_pool_backward(client, &max_desc, &gx, &gy, &grad_remote, &options));
+            differs |= memcmp(grad_a, grad_b, bytes) != 0;
+            mismatch |= differs;
+            printf("backward job (ties %s): %s\n", ties == TP_TIES_SPLIT ? "split" : "first",
+                   differs ? "MISMATCH" : "equals in-process");
+        }
+        TRY(tp_buffer_free(shared));
+    }
 
     char stats[1024];
     TRY(tp_client_stats(client, stats, sizeof stats, NULL));

@@ -18,6 +18,7 @@ run "header is strict C++" ${CXX:-c++} -std=c++11 -pedantic -Wall -Wextra -Werro
 run "dlopen example" "$build/dlopen_example" "$library"
 run "linked example" "$build/link_example"
 run "error paths" "$build/errors_test"
+run "a caller built against 0.1.0's header (API version 2)" "$build/compat_v2_test"
 run "error paths, baseline kernels" env TIDEPOOL_CPU=baseline "$build/errors_test"
 run "linked example, baseline kernels" env TIDEPOOL_CPU=baseline "$build/link_example"
 run "AVX only in kernels chosen at run time (library)" "$root/bindings/c/check_isa.sh" "$library"

@@ -77,15 +77,21 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
 
     /// `body(worker, index)` for index in 0..<count on `workers(count)` threads, each index on
     /// one; `worker` says which thread, for its scratch.
+    /// Stops starting items once `call.isCancelled` says yes.
     func parallel(_ count: Int, _ body: (Int, Int) -> Void) {
         let workers = workers(count)
+        let isCancelled = call.isCancelled
         if workers == 1 {
-            for index in 0..<count { body(0, index) }
+            for index in 0..<count {
+                if let isCancelled, isCancelled() { return }
+                body(0, index)
+            }
             return
         }
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
             var index = worker
             while index < count {
+                if let isCancelled, isCancelled() { return }
                 body(worker, index)
                 index += workers
             }

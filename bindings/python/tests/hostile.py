@@ -20,8 +20,9 @@ import zmq
 
 import tidepool
 from conftest import assert_pool_close, reference_pool
-from rawproto import (BYE, DONE_WORD, DTYPES, MAGIC, PING, POOL, REGISTER, RESUBMITTED, STATS, UNREGISTER, VERSION,
-                      RawClient, header, make_object, pool_request, register_request)
+from rawproto import (BACKWARD, BYE, DONE_WORD, DTYPES, MAGIC, PING, POOL, REGISTER, RESUBMITTED, STATS, UNREGISTER,
+                      VERSION, RawClient, backward_request, header, make_object, output_shape, pool_request,
+                      register_request)
 
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 255, 256, 2**15, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**40 + 1, 2**55,
                2**62, 2**62 + 1, 2**63 - 4, 2**63 - 1, 2**63, 2**64 - 4, 2**64 - 1]
@@ -89,7 +90,7 @@ class Hostile:
     def valid_message(self, regions):
         """A valid request of a random type, using this connection's regions."""
         r = self.random
-        kind = r.choice([PING, STATS, BYE, REGISTER, UNREGISTER, POOL, POOL, POOL, POOL])
+        kind = r.choice([PING, STATS, BYE, REGISTER, UNREGISTER, POOL, POOL, POOL, POOL, BACKWARD, BACKWARD])
         job_id = r.getrandbits(64)
         if kind in (PING, STATS, BYE):
             return [header(kind, job_id)]
@@ -100,7 +101,7 @@ class Hostile:
             return register_request(job_id, memory.size, memory._name)
         region, memory = r.choice(regions)
         d = r.randint(1, 3)
-        dtype = r.choice(list(DTYPES))
+        dtype = r.choice([t for t in DTYPES if t.kind == "f" or kind == POOL])
         shape = (r.randint(0, 2), *[r.randint(0, 6) for _ in range(d)], r.randint(0, 4))
         x = np.zeros(shape, dtype)
         kernel, stride, padding = r.randint(1, 3), r.randint(1, 3), r.randint(0, 1)
@@ -111,6 +112,12 @@ class Hostile:
             fields.update(out_loc=1, out_region=region, out_offset=r.choice([2048, 3072]))
         done = (region, r.choice([4000, 4092, 1 << 12])) if r.random() < 0.3 else None
         flags = RESUBMITTED if r.random() < 0.1 else 0
+        if kind == BACKWARD:
+            g = np.zeros(tuple(max(n, 0) for n in output_shape(shape, kernel, stride, padding)), dtype)
+            if r.random() < 0.5:
+                fields.update(g_loc=1, g_region=region, g_offset=r.choice([0, 512, 1024]))
+            return backward_request(job_id, x, g, kind=r.choice([1, 2]), kernel=kernel, stride=stride, padding=padding,
+                                    ties=r.choice([0, 1]), flags=flags, done=done, **fields)
         return pool_request(job_id, x, kind=r.choice([1, 2]), kernel=kernel, stride=stride, padding=padding,
                             flags=flags, done=done, **fields)
 
@@ -193,6 +200,44 @@ class Hostile:
         assert_pool_close(kind, got, reference_pool(kind, d, x, kernel, stride, padding), dtype)
         self.stats["checked_jobs"] += 1
 
+    def checked_backward_job(self):
+        """A valid BACKWARD job on the checker's connection, compared bit for bit with the
+        in-process tidepool.*_vjp."""
+        r = self.random
+        client, regions = self.checker
+        d = r.randint(1, 3)
+        dtype = r.choice([np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)])
+        kind = r.choice(["Avg", "Max"])
+        shape = (r.randint(1, 2), *[r.randint(1, 7) for _ in range(d)], r.randint(1, 4))
+        kernel, stride = r.randint(1, 3), r.randint(1, 3)
+        padding = r.randint(0, kernel // 2)
+        out = output_shape(shape, kernel, stride, padding)
+        if min(out) < 0:
+            return
+        # Small integers: max windows tie, so the tie rule matters.
+        x = self.rng.integers(-2, 3, size=shape).astype(dtype)
+        g = self.rng.standard_normal(out).astype(dtype)
+        ties = r.choice(["split", "first"])
+        expected = getattr(tidepool, f"{kind.lower()}_pool{d}d_vjp")(x, g, kernel, stride, padding, ties=ties)
+        region, memory = regions[1]
+        fields = {}
+        if r.random() < 0.5 and x.nbytes + g.nbytes <= 16384:
+            np.frombuffer(memory.buf, np.uint8, x.nbytes)[:] = x.view(np.uint8).ravel()
+            np.frombuffer(memory.buf, np.uint8, g.nbytes, offset=16384)[:] = g.view(np.uint8).ravel()
+            fields.update(in_loc=1, in_region=region, g_loc=1, g_region=region, g_offset=16384)
+        if r.random() < 0.5 and expected.nbytes <= 16384:
+            fields.update(out_loc=1, out_region=region, out_offset=32768)
+        _, _, status, frames = client.call(backward_request(
+            r.getrandbits(63), x, g, kind=1 if kind == "Avg" else 2, kernel=kernel, stride=stride, padding=padding,
+            ties=("split", "first").index(ties), **fields))
+        assert status == 0, frames[1:]
+        if fields.get("out_loc"):
+            got = np.frombuffer(memory.buf, dtype, x.size, offset=32768).reshape(shape).copy()
+        else:
+            got = np.frombuffer(frames[1], dtype).reshape(shape)
+        assert got.tobytes() == expected.tobytes(), (kind, d, shape, kernel, stride, padding, dtype, ties)
+        self.stats["checked_jobs"] += 1
+
     # ---- the run -----------------------------------------------------------------------
 
     def run(self, messages, sample_every=500):
@@ -202,7 +247,7 @@ class Hostile:
         started = time.monotonic()
         while self.stats["messages"] < messages:
             if r.random() < 0.08:
-                self.checked_job()
+                self.checked_job() if r.random() < 0.7 else self.checked_backward_job()
                 continue
             index = r.randrange(len(self.hostile))
             if r.random() < 0.004:

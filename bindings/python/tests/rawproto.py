@@ -11,7 +11,7 @@ import numpy as np
 import zmq
 
 MAGIC, VERSION = 0x4C4F5054, 2
-PING, POOL, REGISTER, UNREGISTER, STATS, BYE = 1, 2, 3, 4, 5, 6
+PING, POOL, REGISTER, UNREGISTER, STATS, BYE, BACKWARD = 1, 2, 3, 4, 5, 6, 7
 DONE_WORD, RESUBMITTED = 1, 2
 DTYPES = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.float16): 3, np.dtype(np.int8): 5,
           np.dtype(np.int16): 6, np.dtype(np.int32): 7, np.dtype(np.int64): 8, np.dtype(np.uint8): 9,
@@ -55,6 +55,20 @@ def pool_request(job_id, x, kind=1, kernel=2, stride=2, padding=0, flags=0, done
     if done:
         frame0 += struct.pack("<QQ", *done)
     return [frame0, x.tobytes()] if fields.get("in_loc", 0) == 0 else [frame0]
+
+
+def backward_request(job_id, x, g, kind=1, kernel=2, stride=2, padding=0, ties=0, flags=0, done=None, g_loc=0,
+                     g_region=0, g_offset=0, g_bytes=None, **fields):
+    """A BACKWARD of array `x` for cotangent `g`: each inline unless its location is 1 (`in_loc`,
+    `g_loc`); the gradient inline unless `out_loc=1`. Inline tensors follow frame 0: x, then g."""
+    fields.setdefault("out_bytes", x.nbytes)
+    frame0 = header(BACKWARD, job_id, flags | (DONE_WORD if done else 0)) + pool_body(
+        x.shape, DTYPES[x.dtype], kind, kernel, stride, padding, itemsize=x.itemsize, **fields)
+    frame0 += struct.pack("<iI3Q", ties, g_loc, g_region, g_offset, g.nbytes if g_bytes is None else g_bytes)
+    if done:
+        frame0 += struct.pack("<QQ", *done)
+    payload = ([x.tobytes()] if fields.get("in_loc", 0) == 0 else []) + ([g.tobytes()] if g_loc == 0 else [])
+    return [frame0] + payload
 
 
 def register_request(job_id, size, name, pid=None):

@@ -53,6 +53,44 @@ def test_remote_equals_in_process_over_random_jobs(daemon):
         assert stats["cpu_level"] in ("x86-64", "x86-64-v3")
 
 
+def test_remote_gradients_equal_in_process(daemon):
+    # Every layer, float dtype and tie rule, with tensors inline and in shared memory.
+    from conftest import FLOAT_DTYPES
+    rng = np.random.default_rng(17)
+    with tidepool.connect(daemon.endpoint) as client:
+        jobs = 0
+        while jobs < 48:
+            kind, d = LAYERS[jobs % len(LAYERS)]
+            shape, kernel, stride, padding, valid = random_configuration(rng, d)
+            if not valid:
+                continue
+            dtype = FLOAT_DTYPES[jobs % len(FLOAT_DTYPES)]
+            ties = ("split", "first")[jobs // len(LAYERS) % 2]
+            # Small integers as floats: max windows tie.
+            x = rng.integers(-3, 3, shape).astype(dtype)
+            y = in_process(kind, d, x, kernel, stride, padding)
+            g = random_array(rng, y.shape, dtype)
+            name = f"{kind.lower()}_pool{d}d_vjp"
+            expected = getattr(tidepool, name)(x, g, kernel, stride, padding, ties=ties)
+            inline = getattr(client, name)(x, g, kernel, stride, padding, ties=ties)
+            shared_x, shared_g = client.empty(x.shape, dtype), client.empty(g.shape, dtype)
+            shared_x[...], shared_g[...] = x, g
+            shared = getattr(client, name)(shared_x, shared_g, kernel, stride, padding, ties=ties)
+            assert client._in_shared_memory(shared) or shared.size == 0
+            # A strided cotangent is packed into the request.
+            strided = getattr(client, name)(x, np.flip(np.flip(g, 1).copy(), 1), kernel, stride, padding, ties=ties)
+            for result in (inline, shared, strided):
+                assert result.dtype == expected.dtype and result.shape == x.shape
+                assert result.tobytes() == expected.tobytes(), (kind, d, shape, kernel, stride, padding, dtype, ties)
+            jobs += 1
+        with pytest.raises(ValueError, match="floating-point"):
+            client.max_pool1d_vjp(np.ones((1, 4, 1), np.int32), np.ones((1, 2, 1), np.int32), 2)
+        with pytest.raises(ValueError, match="grad_output shape|cotangent"):
+            client.avg_pool1d_vjp(np.ones((1, 4, 1), np.float32), np.ones((1, 3, 1), np.float32), 2)
+        stats = client.stats()
+        assert stats["jobs_completed"] == 3 * jobs and stats["jobs_failed"] == 0
+
+
 def test_strided_input_on_the_daemon_equals_in_process(daemon):
     x = np.random.default_rng(1).standard_normal((2, 10, 12, 3)).astype(np.float32)
     view = x.transpose(0, 2, 1, 3)[:, ::2]

@@ -1,5 +1,6 @@
-"""tidepool.mlx and tidepool.torch: layers and functions whose forward and backward run in
-Tidepool, differentiated by the frameworks' own machinery, against the frameworks' own layers."""
+"""tidepool.mlx, tidepool.torch and tidepool.jax: layers and functions whose forward and
+backward run in Tidepool, differentiated by the frameworks' own machinery, against the
+frameworks' own layers."""
 
 import numpy as np
 import pytest
@@ -87,3 +88,88 @@ def test_torch_gradcheck_and_shared_memory(rng):
     assert y.shape == (2, 3, 2, 3)
     with pytest.raises(ValueError, match="ties must be 'split'"):
         ttorch.max_pool2d(x, 2, ties="any")
+
+
+# ---- JAX ---------------------------------------------------------------------------------
+
+
+def jax_reference(kind, d, k, s, p):
+    """JAX's own pooling (lax.reduce_window), as engine_bench and flax define it: averages
+    divide by the full window, max pads with -inf."""
+    jax = pytest.importorskip("jax")
+    window, strides = (1,) + k + (1,), (1,) + s + (1,)
+    padding = ((0, 0),) + tuple((pp, pp) for pp in p) + ((0, 0),)
+    if kind == "Avg":
+        return lambda a: jax.lax.reduce_window(a, 0.0, jax.lax.add, window, strides, padding) / np.prod(k)
+    return lambda a: jax.lax.reduce_window(a, -np.inf, jax.lax.max, window, strides, padding)
+
+
+@pytest.mark.parametrize("kind, d", LAYERS)
+def test_jax_grad_through_tidepool_equals_mlx_and_jax(kind, d, rng):
+    jax = pytest.importorskip("jax")
+    mx = pytest.importorskip("mlx.core")
+    mnn = pytest.importorskip("mlx.nn")
+    import tidepool.jax as tjax
+
+    name = f"{kind.lower()}_pool{d}d"
+    for case in range(4):
+        shape, k, s, p = random_case(rng, d)
+        # Rounded values tie: the split of tied maxima is MLX's, which JAX's own max does not do.
+        x = np.round(rng.standard_normal(shape), 1).astype(np.float32)
+        layer = getattr(mnn, f"{kind}Pool{d}d")(k, s, p)
+        weights = rng.standard_normal(layer(mx.array(x)).shape).astype(np.float32)
+        loss = jax.jit(lambda a: (getattr(tjax, name)(a, k, s, p) * weights).sum())
+        grad = np.asarray(jax.grad(loss)(jax.numpy.asarray(x)))
+        expected = np.array(mx.grad(lambda a: (layer(a) * mx.array(weights)).sum())(mx.array(x)))
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+        # Without ties (distinct values) JAX's own pooling has the same gradient.
+        distinct = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float32) / np.prod(shape)
+        reference = jax_reference(kind, d, k, s, p)
+        ours_value, ours_vjp = jax.vjp(lambda a: getattr(tjax, name)(a, k, s, p), distinct)
+        theirs_value, theirs_vjp = jax.vjp(reference, distinct)
+        np.testing.assert_allclose(np.asarray(ours_value), np.asarray(theirs_value), rtol=1e-6, atol=1e-7)
+        cotangent = rng.standard_normal(theirs_value.shape).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(ours_vjp(cotangent)[0]), np.asarray(theirs_vjp(cotangent)[0]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_jax_vmap_dtypes_ties_and_errors(rng):
+    jax = pytest.importorskip("jax")
+    import tidepool
+    import tidepool.jax as tjax
+    from conftest import BFLOAT16
+
+    x = np.round(rng.standard_normal((2, 9, 7, 3)), 0).astype(np.float32)
+    batch = np.stack([x, 2 * x, -x])
+    # vmap folds the mapped axis into N: one call for the batch, each slice as alone.
+    mapped = jax.vmap(lambda a: tjax.max_pool2d(a, 3, 2, 1))(batch)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(mapped[i]), tidepool.max_pool2d(batch[i], 3, 2, 1))
+    grads = jax.vmap(jax.grad(lambda a: tjax.avg_pool2d(a, 2, 1, 1).sum()))(batch)
+    for i in range(3):
+        g = np.ones(tidepool.avg_pool2d(batch[i], 2, 1, 1).shape, np.float32)
+        np.testing.assert_array_equal(np.asarray(grads[i]), tidepool.avg_pool2d_vjp(batch[i], g, 2, 1, 1))
+    # ties="first" gives the whole cotangent to one maximum: PyTorch's rule.
+    g = rng.standard_normal(tidepool.max_pool2d(x, 3, 1, 1).shape).astype(np.float32)
+    for ties in ("split", "first"):
+        _, vjp = jax.vjp(lambda a: tjax.max_pool2d(a, 3, 1, 1, ties=ties), x)
+        np.testing.assert_array_equal(np.asarray(vjp(g)[0]), tidepool.max_pool2d_vjp(x, g, 3, 1, 1, ties=ties))
+    # Half precision in, half precision out, both ways.
+    for dtype in (np.float16, BFLOAT16):
+        h = x.astype(dtype)
+        y = tjax.avg_pool2d(h, 2)
+        assert y.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(y), tidepool.avg_pool2d(h, 2))
+        grad = jax.grad(lambda a: tjax.max_pool2d(a, 2).astype(np.float32).sum())(jax.numpy.asarray(h))
+        assert grad.dtype == dtype
+    # Integers pool (averages give float32) as in-process.
+    assert tjax.avg_pool1d(np.arange(8, dtype=np.int32).reshape(1, 8, 1), 2).dtype == np.float32
+    # Bad arguments fail when traced, with the engine's messages.
+    with pytest.raises(ValueError, match="kernel_size"):
+        tjax.avg_pool2d(x, 0)
+    with pytest.raises(ValueError, match=r"input must have 4 dimensions .* shape \(9, 7, 3\)"):
+        tjax.max_pool2d(x[0], 2)
+    with pytest.raises(ValueError, match="ties must be"):
+        tjax.max_pool1d(x[0], 2, ties="last")
+    with pytest.raises(ValueError, match="negative"):
+        jax.jit(lambda a: tjax.avg_pool2d(a, 12, 1))(x)

@@ -9,8 +9,8 @@ import pytest
 
 import tidepool
 from conftest import Daemon
-from rawproto import (BYE, DTYPES, MAGIC, PING, POOL, REGISTER, STATS, STATUS, UNREGISTER, RawClient, header,
-                      make_object, parse_reply, pool_body, pool_request)
+from rawproto import (BACKWARD, BYE, DTYPES, MAGIC, PING, POOL, REGISTER, STATS, STATUS, UNREGISTER, RawClient,
+                      backward_request, header, make_object, parse_reply, pool_body, pool_request)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,88 @@ def test_job_through_shared_memory(raw):
     del y
     memory.unlink()
     memory.close()
+
+
+def test_documented_backward_example(raw):
+    # docs/protocol.md's BACKWARD example: AvgPool2d(2) of an (2, 8, 8, 3) input, cotangent ones.
+    x = np.random.randn(2, 8, 8, 3).astype(np.float32)
+    g = np.ones((2, 4, 4, 3), np.float32)
+    frame0 = struct.pack("<IHHQiI", 0x4C4F5054, 2, 7, 43, 0, 0) + struct.pack(
+        "<iiii8q3q3q3qII6Q", 1, 1, 2, 4, *x.shape, 0, 0, 0, 0,
+        2, 2, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, x.nbytes, 0, 0, x.nbytes) + struct.pack("<iI3Q", 0, 0, 0, 0, g.nbytes)
+    assert len(frame0) == 264
+    kind, job_id, status, frames = raw.call([frame0, x.tobytes(), g.tobytes()])
+    assert (kind, job_id, status) == (BACKWARD | 0x8000, 43, 0), frames
+    dtype, rank, *shape = struct.unpack("<ii8q", frames[0][24:96])
+    assert (dtype, rank, tuple(shape[:rank])) == (1, 4, x.shape)
+    gradient = np.frombuffer(frames[1], np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(gradient, np.full(x.shape, 0.25, np.float32))
+
+
+@pytest.mark.parametrize("x_loc, g_loc, out_loc", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 1), (0, 0, 1)])
+def test_backward_jobs_inline_and_in_regions(raw, x_loc, g_loc, out_loc):
+    # Max with overlapping windows and ties (integers in floats), so routing matters.
+    rng = np.random.default_rng(x_loc * 4 + g_loc * 2 + out_loc)
+    x = rng.integers(0, 4, (2, 9, 7, 3)).astype(np.float32)
+    g = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)  # MaxPool2d(3, 2, 1) of x
+    for ties in (0, 1):
+        expected = tidepool.max_pool2d_vjp(x, g, 3, 2, 1, ties=("split", "first")[ties])
+        region, memory, status, _ = raw.register(x.nbytes + g.nbytes + x.nbytes + 8)
+        assert status == 0
+        view = lambda offset, like: np.frombuffer(memory.buf, like.dtype, like.size, offset).reshape(like.shape)
+        view(0, x)[...] = x
+        view(x.nbytes, g)[...] = g
+        out_offset = x.nbytes + g.nbytes
+        fields = dict(in_loc=x_loc, in_region=region if x_loc else 0, out_loc=out_loc,
+                      out_region=region if out_loc else 0, out_offset=out_offset if out_loc else 0)
+        request = backward_request(9, x, g, kind=2, kernel=3, stride=2, padding=1, ties=ties, g_loc=g_loc,
+                                   g_region=region if g_loc else 0, g_offset=x.nbytes if g_loc else 0, **fields)
+        assert len(request) == 1 + (x_loc == 0) + (g_loc == 0)
+        kind, _, status, frames = raw.call(request)
+        assert (kind, status) == (BACKWARD | 0x8000, 0), frames
+        if out_loc:
+            assert len(frames) == 1
+            gradient = view(out_offset, x).copy()
+        else:
+            gradient = np.frombuffer(frames[1], np.float32).reshape(x.shape)
+        np.testing.assert_array_equal(gradient, expected)
+        assert raw.call([header(UNREGISTER, 6) + struct.pack("<Q", region)])[2] == 0
+        memory.unlink()
+        memory.close()
+
+
+def test_backward_refusals_name_the_field(raw, shared_daemon):
+    x = np.ones((1, 8, 2), np.float32)
+    g = np.ones((1, 4, 2), np.float32)
+
+    def refused(frames, status, fragment):
+        kind, _, got, reply = raw.call(frames)
+        message = reply[1].decode() if len(reply) > 1 else ""
+        assert (kind, got) == (BACKWARD | 0x8000, STATUS[status]), message
+        assert fragment in message, message
+
+    refused(backward_request(1, x.astype(np.int32), g.astype(np.int32)), "DTYPE", "floating-point")
+    refused(backward_request(1, x, g, ties=2), "INVALID_ARGUMENT", "max_ties is 2")
+    refused(backward_request(1, x, g, g_bytes=4), "SHAPE", "grad_output_bytes is 4")
+    refused(backward_request(1, x, g, out_bytes=g.nbytes), "SHAPE", "output_bytes")
+    refused(backward_request(1, x, g)[:2], "PROTOCOL", "inline input and grad_output has 3 frame(s) but this one has 2")
+    refused(backward_request(1, x, g) + [b""], "PROTOCOL", "frames")
+    refused(backward_request(1, x, g)[0:1] + [x.tobytes(), g.tobytes()[:8]], "PROTOCOL", "frame 2 holds 8 bytes")
+    refused([backward_request(1, x, g)[0][:-8]], "PROTOCOL", "frame 0 is 264 bytes")
+    refused(backward_request(1, x, g, g_loc=1, g_region=123456), "NOT_FOUND", "123456")
+    region, memory, status, _ = raw.register(4096)
+    assert status == 0
+    # The gradient may not overlap the cotangent; x and the cotangent may share bytes.
+    refused(backward_request(1, x, g, g_loc=1, g_region=region, out_loc=1, out_region=region, out_offset=16),
+            "LAYOUT", "overlaps grad_output")
+    kind, _, status, frames = raw.call(backward_request(1, x, g, in_loc=1, in_region=region, g_loc=1, g_region=region,
+                                                        out_loc=1, out_region=region, out_offset=1024))
+    assert status == 0, frames
+    refused(backward_request(1, x, g, g_loc=1, g_region=region, g_offset=4088), "INVALID_ARGUMENT", "exceeds region")
+    memory.unlink()
+    memory.close()
+    big = np.ones((1, 1 << 17, 2), np.float32)  # 1 MiB: x, gradient and cotangent pass --max-job-bytes 1 MiB
+    refused(backward_request(1, big, np.ones((1, 1 << 16, 2), np.float32))[:1], "TOO_LARGE", "--max-job-bytes")
 
 
 def test_done_word_is_set_before_the_reply(raw):
@@ -120,7 +202,7 @@ INVALID_REQUESTS = [
     ("wrong magic", [header(PING, 1, magic=0x12345678)], "PROTOCOL", "magic is 0x12345678"),
     ("wrong version", [header(PING, 1, version=9)], "VERSION", "protocol version is 9"),
     ("unknown type", [header(77, 1)], "PROTOCOL", "message type 77 is unknown"),
-    ("too many frames", [header(PING, 1), b"a", b"b"], "PROTOCOL", "3 frames"),
+    ("too many frames", [header(PING, 1), b"a", b"b", b"c"], "PROTOCOL", "4 frames"),
     ("ping with a payload", [header(PING, 1), b"x"], "PROTOCOL", "1 frame(s) but this one has 2"),
     ("flags", [header(STATS, 1, flags=2)], "FLAGS", "flags is 0x2"),
     ("short pool frame", [header(POOL, 1) + b"\0" * 8], "PROTOCOL", "frame 0 is 232 bytes"),

@@ -126,6 +126,10 @@ PROTOTYPES = {
     "tp_client_submit": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P, ctypes.POINTER(ctypes.c_uint64)]),
     "tp_client_wait": (_STATUS, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int32]),
     "tp_client_cancel": (_STATUS, [ctypes.c_void_p, ctypes.c_uint64]),
+    "tp_client_pool_backward": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P, _TENSOR_P,
+                                          ctypes.POINTER(tp_backward_options)]),
+    "tp_client_submit_backward": (_STATUS, [ctypes.c_void_p, _DESC_P, _TENSOR_P, _TENSOR_P, _TENSOR_P,
+                                            ctypes.POINTER(tp_backward_options), ctypes.POINTER(ctypes.c_uint64)]),
 }
 
 # ---- Library lookup -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from . import _lib
 from ._native import check, error, lib
 from .errors import InvalidArgumentError
 from .functional import IntOrTuple, pool
+from .gradients import pool_vjp
 
 
 # The C ABI takes timeouts in int32 milliseconds and sizes in size_t.
@@ -134,7 +135,12 @@ class Client:
 
     def _run(self, desc, input_tensor, output_tensor, owner):
         check(lib.tp_client_pool(self._live_handle(), ctypes.byref(desc), ctypes.byref(input_tensor),
-                                           ctypes.byref(output_tensor)), f"[{owner}]")
+                                 ctypes.byref(output_tensor)), f"[{owner}]")
+
+    def _run_backward(self, desc, input_tensor, grad_output, grad_input, options, owner):
+        check(lib.tp_client_pool_backward(self._live_handle(), ctypes.byref(desc), ctypes.byref(input_tensor),
+                                          ctypes.byref(grad_output), ctypes.byref(grad_input), ctypes.byref(options)),
+              f"[{owner}]")
 
     def avg_pool1d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
                    padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -184,6 +190,59 @@ class Client:
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
         return pool(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self))
 
+    def avg_pool1d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.avg_pool1d_vjp on the daemon. x and cotangent from empty() are read in place and the
+        gradient made in shared memory when x is; other tensors travel inline. Raises as
+        tidepool.avg_pool1d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
+        daemon cannot serve it."""
+        return pool_vjp(_lib.TP_POOL_AVG, 1, "avg_pool1d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
+                        backend=_Backend(self))
+
+    def avg_pool2d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.avg_pool2d_vjp on the daemon. x and cotangent from empty() are read in place and the
+        gradient made in shared memory when x is; other tensors travel inline. Raises as
+        tidepool.avg_pool2d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
+        daemon cannot serve it."""
+        return pool_vjp(_lib.TP_POOL_AVG, 2, "avg_pool2d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
+                        backend=_Backend(self))
+
+    def avg_pool3d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.avg_pool3d_vjp on the daemon. x and cotangent from empty() are read in place and the
+        gradient made in shared memory when x is; other tensors travel inline. Raises as
+        tidepool.avg_pool3d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
+        daemon cannot serve it."""
+        return pool_vjp(_lib.TP_POOL_AVG, 3, "avg_pool3d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
+                        backend=_Backend(self))
+
+    def max_pool1d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.max_pool1d_vjp on the daemon. x and cotangent from empty() are read in place and the
+        gradient made in shared memory when x is; other tensors travel inline. Raises as
+        tidepool.max_pool1d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
+        daemon cannot serve it."""
+        return pool_vjp(_lib.TP_POOL_MAX, 1, "max_pool1d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
+                        backend=_Backend(self))
+
+    def max_pool2d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.max_pool2d_vjp on the daemon. x and cotangent from empty() are read in place and the
+        gradient made in shared memory when x is; other tensors travel inline. Raises as
+        tidepool.max_pool2d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
+        daemon cannot serve it."""
+        return pool_vjp(_lib.TP_POOL_MAX, 2, "max_pool2d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
+                        backend=_Backend(self))
+
+    def max_pool3d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+        """tidepool.max_pool3d_vjp on the daemon. x and cotangent from empty() are read in place and the
+        gradient made in shared memory when x is; other tensors travel inline. Raises as
+        tidepool.max_pool3d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
+        daemon cannot serve it."""
+        return pool_vjp(_lib.TP_POOL_MAX, 3, "max_pool3d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
+                        backend=_Backend(self))
 
 class _Backend:
     """Adapts a Client to functional.pool's backend interface."""
@@ -191,3 +250,4 @@ class _Backend:
     def __init__(self, client: Client) -> None:
         self.empty = client._empty_output
         self.run = client._run
+        self.run_backward = client._run_backward

@@ -168,6 +168,9 @@ class Backend(Protocol):
     def run(self, desc: _lib.tp_pool_desc, input_tensor: _lib.tp_tensor, output_tensor: _lib.tp_tensor,
             owner: str) -> None: ...
 
+    def run_backward(self, desc: _lib.tp_pool_desc, input_tensor: _lib.tp_tensor, grad_output: _lib.tp_tensor,
+                     grad_input: _lib.tp_tensor, options: _lib.tp_backward_options, owner: str) -> None: ...
+
 
 class InProcess:
     """Runs pooling in this process through tp_pool. The remote Client is the other backend."""
@@ -178,6 +181,10 @@ class InProcess:
     def run(self, desc, input_tensor, output_tensor, owner):
         # ctypes.CDLL releases the GIL for the duration of the call.
         check(lib.tp_pool(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)), f"[{owner}]")
+
+    def run_backward(self, desc, input_tensor, grad_output, grad_input, options, owner):
+        check(lib.tp_pool_backward(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(grad_output),
+                                   ctypes.byref(grad_input), ctypes.byref(options)), f"[{owner}]")
 
 
 IN_PROCESS = InProcess()

@@ -10,27 +10,26 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _lib
-from ._native import check, lib
 from .errors import InvalidArgumentError
-from .functional import IntOrTuple, _check_out, _descriptor, _engine_view, _tensor, layer_input, normalize_arguments
+from .functional import (IN_PROCESS, Backend, IntOrTuple, _check_out, _descriptor, _engine_view, _tensor, layer_input,
+                         normalize_arguments)
 
 TIES = {"split": _lib.TP_TIES_SPLIT, "first": _lib.TP_TIES_FIRST}
 
 
 def pool_vjp(kind: int, spatial_dims: int, owner: str, x: Any, cotangent: Any, kernel_size: IntOrTuple,
-             stride: Optional[IntOrTuple], padding: IntOrTuple, ties: str, out: Optional[np.ndarray]) -> np.ndarray:
-    """The gradient of pooling `x` for `cotangent`, into a new array or `out`."""
+             stride: Optional[IntOrTuple], padding: IntOrTuple, ties: str, out: Optional[np.ndarray],
+             backend: Backend = IN_PROCESS) -> np.ndarray:
+    """The gradient of pooling `x` for `cotangent`, into a new array or `out`, computed by `backend`."""
     kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
     if ties not in TIES:
         raise InvalidArgumentError(f"[{owner}] ties must be 'split' (MLX) or 'first' (PyTorch) but got {ties!r}")
     array = _engine_view(layer_input(x, spatial_dims, owner, "x"), owner)
     grad = _engine_view(layer_input(cotangent, spatial_dims, owner, "cotangent"), owner)
     desc = _descriptor(owner, kind, kernel_size, stride, padding)
-    result = np.empty(array.shape, array.dtype) if out is None else _check_out(out, array.shape, array.dtype, owner)
+    result = backend.empty(array.shape, array.dtype, array) if out is None else _check_out(out, array.shape, array.dtype, owner)
     options = _lib.tp_backward_options(ctypes.sizeof(_lib.tp_backward_options), 0, TIES[ties], 0)
-    # ctypes.CDLL releases the GIL for the duration of the call.
-    check(lib.tp_pool_backward(ctypes.byref(desc), ctypes.byref(_tensor(array)), ctypes.byref(_tensor(grad)),
-                               ctypes.byref(_tensor(result)), ctypes.byref(options)), f"[{owner}]")
+    backend.run_backward(desc, _tensor(array), _tensor(grad), _tensor(result), options, owner)
     return result
 
 

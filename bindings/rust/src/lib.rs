@@ -219,6 +219,17 @@ impl Pool {
     /// cotangent `grad_output` (the output's shape and `x`'s type), as MLX differentiates it;
     /// `ties` chooses max's rule for equal maxima. A new `Vec` of `x`'s shape.
     pub fn backward<T: Element>(&self, x: &[T], shape: &[usize], grad_output: &[T], ties: Ties) -> Result<Vec<T>> {
+        self.run_backward(x, shape, grad_output, ties, |input, cotangent, gradient, options| unsafe {
+            sys::tp_pool_backward(&self.desc, input, cotangent, gradient, options)
+        })
+    }
+
+    /// Checks the slices against `shape`, makes the gradient and calls `run` with the C
+    /// structs (the in-process call or the daemon's).
+    fn run_backward<T: Element>(&self, x: &[T], shape: &[usize], grad_output: &[T], ties: Ties,
+                                run: impl FnOnce(&sys::tp_tensor, &sys::tp_tensor, &sys::tp_tensor,
+                                                 &sys::tp_backward_options) -> sys::tp_status)
+        -> Result<Vec<T>> {
         if elements(shape)? != x.len() {
             return Err(invalid(format!("input has {} elements but shape {shape:?} holds {}", x.len(), elements(shape)?)));
         }
@@ -239,7 +250,7 @@ impl Pool {
             },
             ..Default::default()
         };
-        check(unsafe { sys::tp_pool_backward(&self.desc, &input, &cotangent, &grad_input, &options) })?;
+        check(run(&input, &cotangent, &grad_input, &options))?;
         Ok(gradient)
     }
 
@@ -316,6 +327,14 @@ impl Client {
         let (input, output, out_shape) = pool.tensors(x, shape, out)?;
         check(unsafe { sys::tp_client_pool(self.handle, &pool.desc, &input, &output) })?;
         Ok(out_shape)
+    }
+
+    /// `Pool::backward` on the daemon.
+    pub fn backward<T: Element>(&self, pool: &Pool, x: &[T], shape: &[usize], grad_output: &[T], ties: Ties)
+        -> Result<Vec<T>> {
+        pool.run_backward(x, shape, grad_output, ties, |input, cotangent, gradient, options| unsafe {
+            sys::tp_client_pool_backward(self.handle, &pool.desc, input, cotangent, gradient, options)
+        })
     }
 }
 

@@ -124,4 +124,10 @@ extern "C" {
                             output: *const tp_tensor, job: *mut u64) -> tp_status;
     pub fn tp_client_wait(client: *mut tp_client, job: u64, timeout_ms: i32) -> tp_status;
     pub fn tp_client_cancel(client: *mut tp_client, job: u64) -> tp_status;
+    pub fn tp_client_pool_backward(client: *mut tp_client, desc: *const tp_pool_desc, input: *const tp_tensor,
+                                   grad_output: *const tp_tensor, grad_input: *const tp_tensor,
+                                   options: *const tp_backward_options) -> tp_status;
+    pub fn tp_client_submit_backward(client: *mut tp_client, desc: *const tp_pool_desc, input: *const tp_tensor,
+                                     grad_output: *const tp_tensor, grad_input: *const tp_tensor,
+                                     options: *const tp_backward_options, job: *mut u64) -> tp_status;
 }

@@ -193,6 +193,15 @@ fn a_daemon_pools_as_the_library_does() {
         assert!(client.stats().unwrap().contains("\"jobs_completed\": 1"));
         let error = client.run_into(&pool, &x, &[2, 9, 9, 5], &mut remote).err().unwrap();
         assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT, "{error}");
+        // The gradient on the daemon equals the in-process one, for both tie rules (x's
+        // values repeat, so windows tie).
+        let cotangent: Vec<f32> = (0..local.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+        for ties in [Ties::Split, Ties::First] {
+            let expected = pool.backward(&x, &shape, &cotangent, ties).unwrap();
+            assert_eq!(client.backward(&pool, &x, &shape, &cotangent, ties).unwrap(), expected);
+        }
+        let error = client.backward(&pool, &x, &shape, &cotangent[1..], Ties::Split).err().unwrap();
+        assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT, "{error}");
     });
     let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
     let status = daemon.wait().unwrap();

@@ -65,6 +65,7 @@ func checkReply(_ frames: [ZMQFrame], request: [ZMQFrame]) {
     if decoded.status != TP_OK { precondition(!decoded.message.isEmpty, "an error reply without a message") }
     if let header = try? Header.read(request[0].bytes), MessageType(rawValue: header.type) != nil {
         precondition(decoded.id == header.id, "a reply with another id")
+        precondition(decoded.type.rawValue == header.type, "a reply of another type")
     }
 }
 

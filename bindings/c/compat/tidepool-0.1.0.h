@@ -1,0 +1,357 @@
+/*
+ * tidepool.h - the C ABI of Tidepool, channels-last pooling with MLX's semantics.
+ *
+ * This header is the one definition of every C-visible Tidepool type: the Swift
+ * sources import it as the module CTidepool, so Swift and C cannot drift apart.
+ *
+ * Semantics are those of MLX's mlx.nn.AvgPool{1,2,3}d and MaxPool{1,2,3}d:
+ *   - input is channels-last and batch-first: (N, L, C), (N, H, W, C) or (N, D, H, W, C);
+ *   - per spatial axis: kernel k > 0, stride s > 0, padding p >= 0 on both sides;
+ *   - output length floor((n + 2p - k) / s) + 1; zero gives an empty output, negative is an error;
+ *   - average pooling pads with zeros and divides by the full window (k_d * k_h * k_w);
+ *   - max pooling pads with -inf (integers: the type's lowest value) and propagates NaN;
+ *   - average keeps floating dtypes and turns integers into float32; max keeps every dtype.
+ *
+ * Conventions
+ *   - Every fallible function returns a tp_status. On failure a message naming the bad
+ *     argument is available from tp_last_error() on the same thread.
+ *   - Input structs start with `struct_size` (set it to sizeof the struct, or use the
+ *     *_init functions), so later versions can append fields without breaking old callers.
+ *     Every `flags` field is reserved and must be zero.
+ *   - No function aborts the process on bad input, null pointers included.
+ *   - Unless stated otherwise, functions are safe to call from many threads at once.
+ *   - Tidepool never frees memory it did not allocate; tensor data is owned by the caller.
+ */
+#ifndef TIDEPOOL_H
+#define TIDEPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Versioning ------------------------------------------------------------------ */
+
+#define TP_VERSION_MAJOR 0
+#define TP_VERSION_MINOR 1
+#define TP_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH, as returned by tp_version(). */
+#define TP_MAKE_VERSION(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
+#define TP_VERSION TP_MAKE_VERSION(TP_VERSION_MAJOR, TP_VERSION_MINOR, TP_VERSION_PATCH)
+
+/* Version of the function table returned by tp_get_api(). Bumped when the table grows;
+ * a library serves every table version up to its own. Version 2 added the client calls. */
+#define TP_API_VERSION 2
+
+/* ---- Limits ---------------------------------------------------------------------- */
+
+#define TP_MAX_SPATIAL_DIMS 3
+#define TP_MAX_RANK 8
+
+/* ---- Status codes ---------------------------------------------------------------- */
+
+typedef enum tp_status {
+    TP_OK = 0,
+    /* A value out of its domain: kernel/stride/padding, spatial_dims, pool kind,
+     * thread count, a negative shape entry. */
+    TP_ERR_INVALID_ARGUMENT = 1,
+    /* A required pointer was NULL (including tensor data with a non-empty shape). */
+    TP_ERR_NULL_POINTER = 2,
+    /* Unknown dtype, or an output dtype other than the one the operation produces. */
+    TP_ERR_DTYPE = 3,
+    /* Wrong rank for the pooling's spatial_dims, negative output length, or an output
+     * tensor whose shape differs from the computed output shape. */
+    TP_ERR_SHAPE = 4,
+    /* A size, stride or byte count that does not fit in 64 bits. */
+    TP_ERR_OVERFLOW = 5,
+    /* A reserved flags field was not zero. */
+    TP_ERR_FLAGS = 6,
+    /* struct_size too small for this library, or an API version it does not serve. */
+    TP_ERR_VERSION = 7,
+    /* Output not contiguous channels-last, or output memory overlapping the input. */
+    TP_ERR_LAYOUT = 8,
+    /* Memory could not be allocated. */
+    TP_ERR_NO_MEMORY = 9,
+    /* A bug in Tidepool; please report it with tp_last_error()'s text. */
+    TP_ERR_INTERNAL = 10,
+    /* Remote: a message that breaks docs/protocol.md (frames, sizes, magic, locations). */
+    TP_ERR_PROTOCOL = 11,
+    /* Remote: the job moves more bytes than the daemon's --max-job-bytes. */
+    TP_ERR_TOO_LARGE = 12,
+    /* Remote: the daemon already runs --max-inflight jobs; retry later. */
+    TP_ERR_BUSY = 13,
+    /* Remote: no reply within the timeout. */
+    TP_ERR_TIMEOUT = 14,
+    /* Remote: the daemon cannot be reached at the endpoint. */
+    TP_ERR_CONNECTION = 15,
+    /* Remote: an unknown shared-memory region or job id, or one owned by another client. */
+    TP_ERR_NOT_FOUND = 16,
+    /* Remote: the daemon is shutting down, or the client handle was closed. */
+    TP_ERR_CLOSED = 17,
+    /* An operating-system call failed (shared memory, sockets); the message has errno's text. */
+    TP_ERR_SYSTEM = 18
+} tp_status;
+
+/* ---- Data types ------------------------------------------------------------------ */
+
+typedef enum tp_dtype {
+    TP_DTYPE_FLOAT32 = 1,
+    TP_DTYPE_FLOAT64 = 2,
+    TP_DTYPE_FLOAT16 = 3,  /* IEEE 754 binary16 */
+    TP_DTYPE_BFLOAT16 = 4, /* upper 16 bits of a float32, round-to-nearest-even */
+    TP_DTYPE_INT8 = 5,
+    TP_DTYPE_INT16 = 6,
+    TP_DTYPE_INT32 = 7,
+    TP_DTYPE_INT64 = 8,
+    TP_DTYPE_UINT8 = 9,
+    TP_DTYPE_UINT16 = 10,
+    TP_DTYPE_UINT32 = 11,
+    TP_DTYPE_UINT64 = 12
+} tp_dtype;
+
+typedef enum tp_pool_kind {
+    TP_POOL_AVG = 1,
+    TP_POOL_MAX = 2
+} tp_pool_kind;
+
+/* ---- Descriptors ----------------------------------------------------------------- */
+
+/* A tensor: `rank` axes of `shape`, element `strides` (in elements, not bytes; may be
+ * zero or negative), `data` pointing at element (0, ..., 0). The caller owns `data`.
+ * For an input, any strides are accepted (views are read in place, never copied).
+ * For an output, strides must be the contiguous row-major ones (tp_tensor_init with
+ * strides == NULL sets them). */
+typedef struct tp_tensor {
+    uint32_t struct_size; /* sizeof(tp_tensor) */
+    uint32_t flags;       /* reserved, must be 0 */
+    void *data;
+    int32_t dtype; /* a tp_dtype */
+    int32_t rank;  /* 0 .. TP_MAX_RANK */
+    int64_t shape[TP_MAX_RANK];
+    int64_t strides[TP_MAX_RANK];
+} tp_tensor;
+
+/* A pooling layer: the arguments of MLX's constructor, one entry per spatial axis in
+ * the order (depth, height, width) / (height, width) / (length). Entries past
+ * spatial_dims are ignored. */
+typedef struct tp_pool_desc {
+    uint32_t struct_size; /* sizeof(tp_pool_desc) */
+    uint32_t flags;       /* reserved, must be 0 */
+    int32_t kind;         /* a tp_pool_kind */
+    int32_t spatial_dims; /* 1, 2 or 3 */
+    int64_t kernel_size[TP_MAX_SPATIAL_DIMS];
+    int64_t stride[TP_MAX_SPATIAL_DIMS];
+    int64_t padding[TP_MAX_SPATIAL_DIMS];
+} tp_pool_desc;
+
+/* ---- Library information ---------------------------------------------------------- */
+
+/* The library's version as TP_MAKE_VERSION(major, minor, patch). Compare with
+ * TP_VERSION to detect a header/library mismatch. Never fails. */
+uint32_t tp_version(void);
+
+/* The library's version as "MAJOR.MINOR.PATCH". Static storage; never NULL. */
+const char *tp_version_string(void);
+
+/* A short constant name for a status ("TP_ERR_SHAPE"); "TP_ERR_UNKNOWN" for a value this
+ * library does not define. Static storage; never NULL. */
+const char *tp_status_string(tp_status status);
+
+/* Detail of the last failed call made by this thread ("" if none failed yet). The text
+ * names the argument and the value that was wrong. Valid until the next Tidepool call on
+ * the same thread; copy it to keep it. Never NULL. */
+const char *tp_last_error(void);
+
+/* Bytes per element of a dtype; 0 for a value that is not a tp_dtype. */
+size_t tp_dtype_size(int32_t dtype);
+
+/* ---- Initialisers ---------------------------------------------------------------- */
+
+/* Fill *tensor: struct_size, flags = 0, data, dtype, rank, shape, and strides copied from
+ * `strides`, or the contiguous row-major strides when `strides` is NULL.
+ * Returns TP_ERR_NULL_POINTER (tensor, or shape with rank > 0), TP_ERR_SHAPE (rank outside
+ * 0..TP_MAX_RANK), TP_ERR_INVALID_ARGUMENT (a negative shape entry), TP_ERR_OVERFLOW
+ * (contiguous strides overflow). dtype and data are checked when the tensor is used. */
+tp_status tp_tensor_init(tp_tensor *tensor, void *data, int32_t dtype, int32_t rank,
+                         const int64_t *shape, const int64_t *strides);
+
+/* Fill *desc for a pooling of `kind` over `spatial_dims` axes. `kernel_size` holds
+ * spatial_dims entries; `stride` may be NULL (defaults to kernel_size, as in MLX) and
+ * `padding` may be NULL (no padding). Values are checked here as well as when used.
+ * Returns TP_ERR_NULL_POINTER (desc or kernel_size), TP_ERR_INVALID_ARGUMENT (kind,
+ * spatial_dims, kernel_size/stride not positive, padding negative). */
+tp_status tp_pool_desc_init(tp_pool_desc *desc, int32_t kind, int32_t spatial_dims,
+                            const int64_t *kernel_size, const int64_t *stride,
+                            const int64_t *padding);
+
+/* ---- Pooling --------------------------------------------------------------------- */
+
+/* Describe the output of pooling `input` with `desc`: fills *output with struct_size,
+ * dtype, rank, shape and contiguous strides, and sets output->data to NULL, ready for the
+ * caller to point at a buffer of tp_tensor_nbytes(output) bytes. input->data may be NULL.
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_VERSION, TP_ERR_FLAGS, TP_ERR_INVALID_ARGUMENT,
+ * TP_ERR_DTYPE, TP_ERR_SHAPE (rank != spatial_dims + 2, negative output length),
+ * TP_ERR_OVERFLOW. */
+tp_status tp_pool_output(const tp_pool_desc *desc, const tp_tensor *input, tp_tensor *output);
+
+/* Bytes spanned by a contiguous tensor (product of shape times dtype size) in *nbytes.
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_VERSION, TP_ERR_DTYPE, TP_ERR_SHAPE,
+ * TP_ERR_INVALID_ARGUMENT (negative shape entry), TP_ERR_OVERFLOW. */
+tp_status tp_tensor_nbytes(const tp_tensor *tensor, size_t *nbytes);
+
+/* Pool `input` into `output` (both owned by the caller). The output must have exactly the
+ * dtype and shape tp_pool_output() gives, contiguous strides, and must not overlap the
+ * input. Everything is validated before any element is written; on error the output is
+ * untouched. Runs on tp_get_num_threads() threads; results are bit-identical for every
+ * thread count. Safe to call from many threads at once.
+ * Returns every status of tp_pool_output(), plus TP_ERR_NULL_POINTER (data NULL with a
+ * non-empty shape), TP_ERR_DTYPE / TP_ERR_SHAPE (output mismatch), TP_ERR_LAYOUT
+ * (output not contiguous, or overlapping the input), TP_ERR_NO_MEMORY. */
+tp_status tp_pool(const tp_pool_desc *desc, const tp_tensor *input, const tp_tensor *output);
+
+/* ---- Threads --------------------------------------------------------------------- */
+
+/* Set the number of threads later tp_pool calls use (process-wide). 0 means one per
+ * online CPU (the default). Returns TP_ERR_INVALID_ARGUMENT for a negative count or one
+ * above 1024. */
+tp_status tp_set_num_threads(int32_t num_threads);
+
+/* The number of threads tp_pool uses now (never 0). */
+int32_t tp_get_num_threads(void);
+
+/* ---- Remote: the tidepoold daemon --------------------------------------------------- */
+/*
+ * A client sends pooling jobs to a running tidepoold (see docs/protocol.md) over ZeroMQ.
+ * Tensors placed in buffers from tp_client_alloc() (POSIX shared memory registered with
+ * the daemon) travel by reference: the daemon reads the input from, and writes the output
+ * into, the caller's memory, and no tensor byte crosses the socket. Any other tensor is
+ * copied into the request (and the output out of the reply), which also works over tcp.
+ *
+ * Thread safety: a client may be used from several threads; its calls are serialised.
+ * Handles are checked: a closed or unknown handle gives TP_ERR_INVALID_ARGUMENT.
+ */
+
+typedef struct tp_client tp_client; /* opaque connection to a daemon */
+typedef struct tp_buffer tp_buffer; /* opaque shared-memory buffer */
+
+/* The endpoint clients and the daemon use by default: $TIDEPOOL_ENDPOINT, else
+ * "ipc://$XDG_RUNTIME_DIR/tidepool.sock", else "ipc:///tmp/tidepool-$UID/tidepool.sock".
+ * Thread-local storage, valid until this thread's next call of it. Never NULL. */
+const char *tp_default_endpoint(void);
+
+/* Connect to the daemon at `endpoint` (NULL: tp_default_endpoint()) and ping it, waiting
+ * at most `timeout_ms` (-1: no limit) for the answer; the same limit applies to later
+ * synchronous calls. On success *client is a new handle to pass to tp_client_close().
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (timeout below -1),
+ * TP_ERR_CONNECTION (no daemon there, or no answer in time), TP_ERR_SYSTEM. */
+tp_status tp_client_connect(const char *endpoint, int32_t timeout_ms, tp_client **client);
+
+/* Tell the daemon to drop this client's buffers, close the connection and free the
+ * handle. Buffers stay mapped in this process until tp_buffer_free(). Jobs not yet waited
+ * for are abandoned (their outputs may still be written). NULL is accepted (no-op).
+ * Returns TP_ERR_INVALID_ARGUMENT for a handle that is not open. */
+tp_status tp_client_close(tp_client *client);
+
+/* Round trip of a ping, in seconds, into *seconds (which may be NULL).
+ * Returns TP_ERR_INVALID_ARGUMENT, TP_ERR_TIMEOUT, TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+tp_status tp_client_ping(tp_client *client, double *seconds);
+
+/* The daemon's counters as a JSON object, NUL-terminated, into json[0 .. capacity); the
+ * full length (without the NUL) goes to *length when length is not NULL. json may be NULL
+ * with capacity 0 to ask for the length. Truncated output is still NUL-terminated.
+ * Returns the statuses of tp_client_ping. */
+tp_status tp_client_stats(tp_client *client, char *json, size_t capacity, size_t *length);
+
+/* A new shared-memory buffer of `nbytes` bytes (page-rounded by the system), private to
+ * this user (mode 0600) and registered with the daemon; nothing is left in /dev/shm.
+ * Fill it in place; a tensor whose data lies inside it (contiguous) goes to jobs by
+ * reference. Free it with tp_buffer_free(), before or after closing the client.
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (handle, nbytes 0),
+ * TP_ERR_TOO_LARGE (over the daemon's --max-job-bytes), TP_ERR_SYSTEM, TP_ERR_TIMEOUT,
+ * TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+tp_status tp_client_alloc(tp_client *client, size_t nbytes, tp_buffer **buffer);
+
+/* The buffer's memory (page-aligned) and size; NULL / 0 for an invalid handle. */
+void *tp_buffer_data(const tp_buffer *buffer);
+size_t tp_buffer_size(const tp_buffer *buffer);
+
+/* Unregister (if the client is open) and unmap the buffer, and free the handle. NULL is
+ * accepted. Returns TP_ERR_INVALID_ARGUMENT for a handle that is not live. */
+tp_status tp_buffer_free(tp_buffer *buffer);
+
+/* Run a pooling job on the daemon and wait for it (the connect timeout applies). Same
+ * arguments and rules as tp_pool(); a strided input is packed into the request. Returns
+ * tp_pool's statuses, detected locally or by the daemon, plus TP_ERR_TOO_LARGE,
+ * TP_ERR_BUSY (daemon at --max-inflight: retry), TP_ERR_TIMEOUT, TP_ERR_CONNECTION,
+ * TP_ERR_CLOSED, TP_ERR_PROTOCOL, TP_ERR_NOT_FOUND, TP_ERR_SYSTEM. */
+tp_status tp_client_pool(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                         const tp_tensor *output);
+
+/* Send a job without waiting; *job receives its id for tp_client_wait(). Several jobs may
+ * be in flight at once. input and output must stay valid until the wait returns.
+ * Returns the argument checks of tp_client_pool plus TP_ERR_CONNECTION, TP_ERR_CLOSED. */
+tp_status tp_client_submit(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                           const tp_tensor *output, uint64_t *job);
+
+/* Wait for a submitted job, at most `timeout_ms` (-1: no limit). TP_ERR_TIMEOUT leaves the
+ * job pending (wait again); any other result ends it. Returns the job's status, or
+ * TP_ERR_NOT_FOUND for an id that is not pending on this client. */
+tp_status tp_client_wait(tp_client *client, uint64_t job, int32_t timeout_ms);
+
+/* ---- Plugin-style loading ---------------------------------------------------------- */
+
+/* Every function above, for hosts that dlopen() the library and want a single dlsym().
+ * Fields are only ever appended; check struct_size before using one added later. */
+typedef struct tp_api {
+    uint32_t struct_size; /* sizeof(tp_api) as built into the library */
+    uint32_t api_version; /* the library's TP_API_VERSION, at least the one asked for */
+    uint32_t (*version)(void);
+    const char *(*version_string)(void);
+    const char *(*status_string)(tp_status status);
+    const char *(*last_error)(void);
+    size_t (*dtype_size)(int32_t dtype);
+    tp_status (*tensor_init)(tp_tensor *tensor, void *data, int32_t dtype, int32_t rank,
+                             const int64_t *shape, const int64_t *strides);
+    tp_status (*pool_desc_init)(tp_pool_desc *desc, int32_t kind, int32_t spatial_dims,
+                                const int64_t *kernel_size, const int64_t *stride,
+                                const int64_t *padding);
+    tp_status (*pool_output)(const tp_pool_desc *desc, const tp_tensor *input,
+                             tp_tensor *output);
+    tp_status (*tensor_nbytes)(const tp_tensor *tensor, size_t *nbytes);
+    tp_status (*pool)(const tp_pool_desc *desc, const tp_tensor *input,
+                      const tp_tensor *output);
+    tp_status (*set_num_threads)(int32_t num_threads);
+    int32_t (*get_num_threads)(void);
+    /* API version 2 */
+    const char *(*default_endpoint)(void);
+    tp_status (*client_connect)(const char *endpoint, int32_t timeout_ms, tp_client **client);
+    tp_status (*client_close)(tp_client *client);
+    tp_status (*client_ping)(tp_client *client, double *seconds);
+    tp_status (*client_stats)(tp_client *client, char *json, size_t capacity, size_t *length);
+    tp_status (*client_alloc)(tp_client *client, size_t nbytes, tp_buffer **buffer);
+    void *(*buffer_data)(const tp_buffer *buffer);
+    size_t (*buffer_size)(const tp_buffer *buffer);
+    tp_status (*buffer_free)(tp_buffer *buffer);
+    tp_status (*client_pool)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                             const tp_tensor *output);
+    tp_status (*client_submit)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
+                               const tp_tensor *output, uint64_t *job);
+    tp_status (*client_wait)(tp_client *client, uint64_t job, int32_t timeout_ms);
+} tp_api;
+
+/* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library
+ * is older than that version (tp_last_error() then says which versions it serves).
+ * A table of version N fills every field up to N's; its struct_size says how far it goes.
+ * The table is static and lives as long as the library stays loaded. */
+const tp_api *tp_get_api(uint32_t api_version);
+
+/* The signature of tp_get_api, for dlsym(). */
+typedef const tp_api *(*tp_get_api_fn)(uint32_t api_version);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TIDEPOOL_H */
