@@ -95,10 +95,10 @@ test-rust: build
 test-python: build venv c-programs
 	PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q bindings/python/tests
 	@# The kernels every x86-64 runs, forced where the CPU has better ones, so they cannot rot:
-	@# MLX parity, strided views, thread counts.
+	@# MLX parity, strided views, thread counts, gradients.
 	TIDEPOOL_CPU=baseline PYTHONPATH=bindings/python $(VENV)/bin/python -m pytest -q \
 	    bindings/python/tests/test_mlx_parity.py bindings/python/tests/test_strided.py \
-	    bindings/python/tests/test_threads.py bindings/python/tests/test_api.py
+	    bindings/python/tests/test_threads.py bindings/python/tests/test_api.py bindings/python/tests/test_gradients.py
 
 # make install into a temporary prefix (and a DESTDIR staging), a C program built with
 # pkg-config against it, the installed daemon, then make uninstall.

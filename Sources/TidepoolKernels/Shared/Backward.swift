@@ -80,21 +80,13 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// Stops starting items once `call.isCancelled` says yes.
     func parallel(_ count: Int, _ body: (Int, Int) -> Void) {
         let workers = workers(count)
-        let isCancelled = call.isCancelled
+        let isCancelled = call.isCancelled ?? { false }
         if workers == 1 {
-            for index in 0..<count {
-                if let isCancelled, isCancelled() { return }
-                body(0, index)
-            }
+            for index in 0..<count where !isCancelled() { body(0, index) }
             return
         }
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            var index = worker
-            while index < count {
-                if let isCancelled, isCancelled() { return }
-                body(worker, index)
-                index += workers
-            }
+            for index in stride(from: worker, to: count, by: workers) where !isCancelled() { body(worker, index) }
         }
     }
 
@@ -144,7 +136,9 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     }
 
     func average(planes: UnsafeMutablePointer<R.Accumulator>, outPlane: Int, outRow: Int) {
-        let c = g.channels
+        // A local, so that finish's 1 / windowSize is hoisted out of the loops: read through
+        // self it is read again after every store (which might alias it), and divided again.
+        let c = g.channels, windowSize = g.windowSize
         parallel(g.batch * g.inD) { worker, index in
             let n = index / g.inD, d = index % g.inD
             let plane = planes + worker * (outPlane + outRow), row = plane + outPlane
@@ -166,7 +160,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                     for ch in 0..<c {
                         var sum: R.Accumulator = 0
                         for ow in holdersW[w] { sum += row[ow * c + ch] }
-                        target[ch] = R.finish(sum, windowSize: g.windowSize)
+                        target[ch] = R.finish(sum, windowSize: windowSize)
                     }
                 }
             }
@@ -175,127 +169,271 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
 
     // MARK: max
 
-    /// The in-bounds part of output (od, oh, ow)'s window on each axis, and its padded count.
-    @inline(__always) func window(_ od: Int, _ oh: Int, _ ow: Int) -> (Range<Int>, Range<Int>, Range<Int>, padded: Int) {
-        let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-        let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-        let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
-        let rd = d0..<Swift.max(d0, d1), rh = h0..<Swift.max(h0, h1), rw = w0..<Swift.max(w0, w1)
-        return (rd, rh, rw, g.windowSize - rd.count * rh.count * rw.count)
-    }
+    // A window's maximum, its ties and its pick are found axis by axis, as the forward pass
+    // finds maxima: per input plane (n, d), each row's windows along W (level 1), then those
+    // rows' windows along H (level 2), then the planes' along D (level 3). The gradient goes
+    // back the same way: an element receives a window's share through the row maximum it
+    // equals, the plane maximum that equals that, and the window maximum that equals that.
+    // As x <= row max <= plane max <= window max, the three equalities hold together exactly
+    // when x equals the window's maximum, so the sums are those of the definition, in
+    // O(k) steps per element instead of 2k^3 (each plane's rows and columns are redone for
+    // every window plane holding it: (kD / sD + 1) (kW + kH) + kD, plus the way back).
 
-    /// `body(worker, n, od, oh, ow, o, rd, rh, rw, padded)` for every output position: o the
-    /// flat index of its first channel, rd/rh/rw the in-bounds part of its window, `padded`
-    /// its padding positions. Output planes (n, od) are spread over the threads.
-    func forEachWindow(_ body: (Int, Int, Int, Int, Int, Int, Range<Int>, Range<Int>, Range<Int>, Int) -> Void) {
-        parallel(g.batch * g.outD) { worker, index in
-            let n = index / g.outD, od = index % g.outD
-            for oh in 0..<g.outH { for ow in 0..<g.outW {
-                let (rd, rh, rw, padded) = window(od, oh, ow)
-                body(worker, n, od, oh, ow, (((n * g.outD + od) * g.outH + oh) * g.outW + ow) * g.channels, rd, rh, rw, padded)
-            } }
+    /// Row (n, d, h) of the input, widened into `row` as contiguous (W, C): the loops over
+    /// windows then run over contiguous channels, which vectorise, whatever the input's strides.
+    func widenRow(_ n: Int, _ d: Int, _ h: Int, into row: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels, base = input + (n * g.stepN + d * g.stepD + h * g.stepH)
+        for w in 0..<g.inW {
+            let source = base + w * g.stepW, target = row + w * c
+            for ch in 0..<c { target[ch] = R.widen(source[ch * g.stepC]) }
         }
     }
 
-    /// `body(worker, n, d, h, w, out)` for every input position, `out` its gradient's first
-    /// channel. Input planes (n, d) are spread over the threads.
-    func forEachElement(_ body: (Int, Int, Int, Int, Int, UnsafeMutablePointer<R.Input>) -> Void) {
-        parallel(g.batch * g.inD) { worker, index in
-            let n = index / g.inD, d = index % g.inD
-            let plane = gradInput + index * planeElements
-            for h in 0..<g.inH { for w in 0..<g.inW { body(worker, n, d, h, w, plane + (h * g.inW + w) * g.channels) } }
-        }
+    /// `cond ? share : share * 0`: a share that is not taken still spreads NaN when it is not
+    /// finite, as MLX's `g * mask / count` does.
+    @inline(__always) func masked(_ cond: Bool, _ share: R.Accumulator) -> R.Accumulator { cond ? share : share * 0 }
+
+    /// One step of a running (maximum, tie count) over parts whose maxima and tie counts are
+    /// `v`, `count`: a greater maximum restarts the count, an equal one adds to it, NaN sticks.
+    /// Both are loaded and stored whatever the comparisons say, so the channel loops vectorise
+    /// into blends rather than masked loads and stores (slow on some CPUs).
+    @inline(__always) func tie(_ m: inout R.Accumulator, _ k: inout R.Accumulator, _ v: R.Accumulator, _ count: R.Accumulator) {
+        let mv = m, kv = k
+        let greater = v > mv
+        let added = kv + (v == mv ? count : 0)
+        k = greater ? count : added
+        // `+ 0` (which turns -0 into +0, the same to the comparisons) keeps the compiler from
+        // storing only where the maximum changes: a masked store.
+        m = greater || v != v ? v : mv + 0
     }
 
-    /// The input's channels at (n, d, h, w), widened into `row`.
-    @inline(__always) func loadRow(_ row: UnsafeMutablePointer<R.Accumulator>, _ n: Int, _ d: Int, _ h: Int, _ w: Int) {
-        let base = input + (n * g.stepN + d * g.stepD + h * g.stepH + w * g.stepW)
-        for ch in 0..<g.channels { row[ch] = R.widen(base[ch * g.stepC]) }
-    }
-
-    /// Per window, its maximum and the share of each element equal to it; then each input
-    /// element gathers from its windows, in the order (od, oh, ow).
-    func maxSplit() throws {
-        let rowCount = 4 * g.channels * workers(g.batch * Swift.max(g.outD, g.inD))
-        try withScratch(R.Accumulator.self, [outputElements, outputElements, rowCount], "the max's gradient") {
-            maxSplit(maxima: $0[0], shares: $0[1], rows: $0[2])
-        }
-    }
-
-    func maxSplit(maxima: UnsafeMutablePointer<R.Accumulator>, shares: UnsafeMutablePointer<R.Accumulator>,
-                  rows: UnsafeMutablePointer<R.Accumulator>) {
+    /// Level 1 of `split` for input plane (n, d): per row h and output column ow, the maximum of
+    /// the row's window in m1[(h * outW + ow) * C + ch] and its ties in c1 (padding counted
+    /// as -inf elements).
+    func splitRows(_ n: Int, _ d: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ c1: UnsafeMutablePointer<R.Accumulator>,
+                   _ row: UnsafeMutablePointer<R.Accumulator>) {
         let c = g.channels
-        // Windows of one element are no reduction at all (MLX reduces nothing there): the
-        // cotangent passes through, NaN inputs included.
-        let single = g.windowSize == 1
-        forEachWindow { worker, n, od, oh, ow, o, rd, rh, rw, padded in
-            let value = rows + worker * 4 * c, m = value + c, ties = m + c, nan = ties + c
-            for ch in 0..<c { m[ch] = -.infinity; ties[ch] = 0; nan[ch] = 0 }
-            for d in rd { for h in rh { for w in rw {
-                loadRow(value, n, d, h, w)
-                for ch in 0..<c {
-                    let v = value[ch]
-                    if v.isNaN { nan[ch] = 1 } else if v > m[ch] { m[ch] = v; ties[ch] = 1 } else if v == m[ch] { ties[ch] += 1 }
+        for h in 0..<g.inH {
+            widenRow(n, d, h, into: row)
+            for ow in 0..<g.outW {
+                let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+                let m = m1 + (h * g.outW + ow) * c, k = c1 + (h * g.outW + ow) * c
+                for ch in 0..<c { m[ch] = -.infinity; k[ch] = 0 }
+                for w in w0..<Swift.max(w0, w1) {
+                    let x = row + w * c
+                    for ch in 0..<c { tie(&m[ch], &k[ch], x[ch], 1) }
                 }
-            } } }
-            for ch in 0..<c {
-                if m[ch] == -.infinity { ties[ch] += R.Accumulator(padded) }
-                let gradient = cotangent(n, od, oh, ow, ch)
-                maxima[o + ch] = nan[ch] != 0 ? .nan : m[ch]
-                shares[o + ch] = single ? gradient : nan[ch] != 0 ? .nan : gradient / ties[ch]
+                let padded = R.Accumulator(g.kernelW - Swift.max(0, w1 - w0))
+                for ch in 0..<c where m[ch] == -.infinity { k[ch] += padded }
             }
         }
-        forEachElement { worker, n, d, h, w, out in
-            let value = rows + worker * 4 * c, sum = value + c
-            loadRow(value, n, d, h, w)
-            for ch in 0..<c { sum[ch] = 0 }
-            for od in holdersD[d] { for oh in holdersH[h] { for ow in holdersW[w] {
-                let o = (((n * g.outD + od) * g.outH + oh) * g.outW + ow) * c
-                for ch in 0..<c {
-                    let share = shares[o + ch]
-                    sum[ch] += single || value[ch] == maxima[o + ch] ? share : share * 0
-                }
-            } } }
-            for ch in 0..<c { out[ch] = R.finish(sum[ch], windowSize: 1) }
+    }
+
+    /// Level 2 of `split`: per output position (oh, ow) of the plane, the maximum of its rows'
+    /// maxima in m2[(oh * outW + ow) * C + ch] and the ties in c2 (padded rows count kernelW).
+    func splitColumns(_ m1: UnsafeMutablePointer<R.Accumulator>, _ c1: UnsafeMutablePointer<R.Accumulator>,
+                      _ m2: UnsafeMutablePointer<R.Accumulator>, _ c2: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels, outRow = g.outW * c
+        for oh in 0..<g.outH {
+            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+            let m = m2 + oh * outRow, k = c2 + oh * outRow
+            for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 }
+            for h in h0..<Swift.max(h0, h1) {
+                let rm = m1 + h * outRow, rk = c1 + h * outRow
+                for j in 0..<outRow { tie(&m[j], &k[j], rm[j], rk[j]) }
+            }
+            let padded = R.Accumulator((g.kernelH - Swift.max(0, h1 - h0)) * g.kernelW)
+            for j in 0..<outRow where m[j] == -.infinity { k[j] += padded }
         }
     }
 
-    /// Per window, the position PyTorch's kernel picks (greater, or NaN, wins; the first
-    /// in-bounds position if none does); then each input element gathers the cotangents of
-    /// the windows that picked it, in the order (od, oh, ow).
-    func maxFirst() throws {
-        let rowCount = 2 * g.channels * workers(g.batch * Swift.max(g.outD, g.inD))
-        try withScratch(Int.self, [outputElements], "the max's gradient") { picks in
-            try withScratch(R.Accumulator.self, [rowCount], "the max's gradient") { maxFirst(picks: picks[0], rows: $0[0]) }
-        }
-    }
-
-    func maxFirst(picks: UnsafeMutablePointer<Int>, rows: UnsafeMutablePointer<R.Accumulator>) {
+    /// Per window, its maximum (NaN when it holds one) in `maxima` and each tied element's
+    /// share of its cotangent in `shares`; then each input plane gathers its gradient.
+    func maxSplit() throws {
         let c = g.channels
-        forEachWindow { worker, n, _, _, _, o, rd, rh, rw, _ in
-            let value = rows + worker * 2 * c, m = value + c
-            // As PyTorch: the running maximum starts at -inf on the first in-bounds position,
-            // and a value greater than it, or NaN, takes its place.
-            let first = rd.isEmpty || rh.isEmpty || rw.isEmpty ? -1 : (rd.lowerBound * g.inH + rh.lowerBound) * g.inW + rw.lowerBound
-            for ch in 0..<c { m[ch] = -.infinity; picks[o + ch] = first }
-            for d in rd { for h in rh { for w in rw {
-                loadRow(value, n, d, h, w)
-                let position = (d * g.inH + h) * g.inW + w
-                for ch in 0..<c where value[ch] > m[ch] || value[ch].isNaN {
-                    m[ch] = value[ch]
-                    picks[o + ch] = position
+        let rows = g.inH * g.outW * c, plane = g.outH * g.outW * c
+        let perWorker = 2 * rows + 3 * plane + (g.inW + 1) * c
+        let workers = workers(g.batch * Swift.max(g.outD, g.inD))
+        let single = g.windowSize == 1
+        try withScratch(R.Accumulator.self, [outputElements, outputElements, workers * perWorker], "the max's gradient") {
+            let maxima = $0[0], shares = $0[1], scratch = $0[2]
+            // Level 3 and the shares, per output plane (n, od): its planes' maxima and ties.
+            parallel(g.batch * g.outD) { worker, index in
+                let n = index / g.outD, od = index % g.outD
+                let m1 = scratch + worker * perWorker, c1 = m1 + rows, m2 = c1 + rows, c2 = m2 + plane
+                let row = c2 + 2 * plane
+                let m = maxima + index * plane, k = shares + index * plane
+                for j in 0..<plane { m[j] = -.infinity; k[j] = 0 }
+                let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+                for d in d0..<Swift.max(d0, d1) {
+                    splitRows(n, d, m1, c1, row)
+                    splitColumns(m1, c1, m2, c2)
+                    for j in 0..<plane { tie(&m[j], &k[j], m2[j], c2[j]) }
                 }
-            } } }
+                let padded = R.Accumulator((g.kernelD - Swift.max(0, d1 - d0)) * g.kernelH * g.kernelW)
+                for oh in 0..<g.outH { for ow in 0..<g.outW { for ch in 0..<c {
+                    let j = (oh * g.outW + ow) * c + ch
+                    if m[j] == -.infinity { k[j] += padded }
+                    let gradient = cotangent(n, od, oh, ow, ch)
+                    // Windows of one element are no reduction at all (MLX reduces nothing there):
+                    // the cotangent passes through, NaN inputs included.
+                    k[j] = single ? gradient : m[j].isNaN ? .nan : gradient / k[j]
+                } } }
+            }
+            // The way back, per input plane (n, d): window -> plane maxima -> row maxima -> elements.
+            parallel(g.batch * g.inD) { worker, index in
+                let n = index / g.inD, d = index % g.inD
+                let m1 = scratch + worker * perWorker, c1 = m1 + rows, m2 = c1 + rows, c2 = m2 + plane, s2 = c2 + plane
+                let row = s2 + plane, sum = row + g.inW * c
+                let s1 = c1  // the row ties are not needed on the way back
+                splitRows(n, d, m1, c1, row)
+                splitColumns(m1, c1, m2, c2)
+                for j in 0..<plane { s2[j] = 0 }
+                for od in holdersD[d] {
+                    let m = maxima + (n * g.outD + od) * plane, share = shares + (n * g.outD + od) * plane
+                    for j in 0..<plane { s2[j] += masked(single || m2[j] == m[j], share[j]) }
+                }
+                let outRow = g.outW * c
+                for h in 0..<g.inH {
+                    let s = s1 + h * outRow, rm = m1 + h * outRow
+                    for j in 0..<outRow { s[j] = 0 }
+                    for oh in holdersH[h] {
+                        let pm = m2 + oh * outRow, ps = s2 + oh * outRow
+                        for j in 0..<outRow { s[j] += masked(single || rm[j] == pm[j], ps[j]) }
+                    }
+                }
+                let out = gradInput + index * planeElements
+                for h in 0..<g.inH {
+                    widenRow(n, d, h, into: row)
+                    for w in 0..<g.inW {
+                        let x = row + w * c
+                        for ch in 0..<c { sum[ch] = 0 }
+                        for ow in holdersW[w] {
+                            let rm = m1 + (h * g.outW + ow) * c, rs = s1 + (h * g.outW + ow) * c
+                            for ch in 0..<c { sum[ch] += masked(single || x[ch] == rm[ch], rs[ch]) }
+                        }
+                        let target = out + (h * g.inW + w) * c
+                        for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
+                    }
+                }
+            }
         }
-        forEachElement { worker, n, d, h, w, out in
-            let sum = rows + worker * 2 * c
-            let position = (d * g.inH + h) * g.inW + w
-            for ch in 0..<c { sum[ch] = 0 }
-            for od in holdersD[d] { for oh in holdersH[h] { for ow in holdersW[w] {
-                let o = (((n * g.outD + od) * g.outH + oh) * g.outW + ow) * c
-                for ch in 0..<c where picks[o + ch] == position { sum[ch] += cotangent(n, od, oh, ow, ch) }
-            } } }
-            for ch in 0..<c { out[ch] = R.finish(sum[ch], windowSize: 1) }
+    }
+
+    /// One step of a running (maximum, pick) in PyTorch's scan: a greater value, or NaN, takes
+    /// the place, so ties keep the first and NaNs the last.
+    @inline(__always) func pick(_ m: inout R.Accumulator, _ p: inout Int, _ v: R.Accumulator, _ at: Int) {
+        let mv = m, pv = p
+        let take = v > mv || v != v
+        m = take ? v : mv + 0  // as in `tie`
+        p = take ? at : pv
+    }
+
+    /// Level 1 of `first` for input plane (n, d): per row h and output column ow, the running
+    /// maximum of the row's window in m1 and the column picked in p1 (its first column when
+    /// nothing is taken; -1 for a window with no column in bounds).
+    func firstRows(_ n: Int, _ d: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ p1: UnsafeMutablePointer<Int>,
+                   _ row: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels
+        for h in 0..<g.inH {
+            widenRow(n, d, h, into: row)
+            for ow in 0..<g.outW {
+                let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+                let m = m1 + (h * g.outW + ow) * c, p = p1 + (h * g.outW + ow) * c
+                for ch in 0..<c { m[ch] = -.infinity; p[ch] = w1 > w0 ? w0 : -1 }
+                for w in w0..<Swift.max(w0, w1) {
+                    let x = row + w * c
+                    for ch in 0..<c { pick(&m[ch], &p[ch], x[ch], w) }
+                }
+            }
+        }
+    }
+
+    /// Level 2 of `first`: per output position (oh, ow) of the plane, the running maximum of
+    /// its rows' maxima in m2 and the row picked in p2.
+    func firstColumns(_ m1: UnsafeMutablePointer<R.Accumulator>, _ m2: UnsafeMutablePointer<R.Accumulator>,
+                      _ p2: UnsafeMutablePointer<Int>) {
+        let outRow = g.outW * g.channels
+        for oh in 0..<g.outH {
+            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+            let m = m2 + oh * outRow, p = p2 + oh * outRow
+            for j in 0..<outRow { m[j] = -.infinity; p[j] = h1 > h0 ? h0 : -1 }
+            for h in h0..<Swift.max(h0, h1) {
+                let rm = m1 + h * outRow
+                for j in 0..<outRow { pick(&m[j], &p[j], rm[j], h) }
+            }
+        }
+    }
+
+    /// Per window, the plane PyTorch's kernel picks (the position, level by level); then each
+    /// input plane gathers the cotangents of the windows that picked its elements.
+    func maxFirst() throws {
+        let c = g.channels
+        let rows = g.inH * g.outW * c, plane = g.outH * g.outW * c
+        let workers = workers(g.batch * Swift.max(g.outD, g.inD))
+        let perWorker = 2 * rows + 2 * plane + (g.inW + 1) * c, perWorkerPicks = rows + plane
+        try withScratch(Int.self, [outputElements, workers * perWorkerPicks], "the max's gradient") { picks in
+            try withScratch(R.Accumulator.self, [workers * perWorker], "the max's gradient") {
+                maxFirst(picksD: picks[0], picks: picks[1], scratch: $0[0], perWorker: perWorker, perWorkerPicks: perWorkerPicks)
+            }
+        }
+    }
+
+    func maxFirst(picksD: UnsafeMutablePointer<Int>, picks: UnsafeMutablePointer<Int>, scratch: UnsafeMutablePointer<R.Accumulator>,
+                  perWorker: Int, perWorkerPicks: Int) {
+        let c = g.channels
+        let rows = g.inH * g.outW * c, plane = g.outH * g.outW * c
+        // Level 3, per output plane (n, od): the plane each window picks.
+        parallel(g.batch * g.outD) { worker, index in
+            let n = index / g.outD, od = index % g.outD
+            let m1 = scratch + worker * perWorker, m2 = m1 + rows, m = m2 + plane, row = m + plane
+            let p1 = picks + worker * perWorkerPicks, p2 = p1 + rows, p = picksD + index * plane
+            let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+            for j in 0..<plane { m[j] = -.infinity; p[j] = d1 > d0 ? d0 : -1 }
+            for d in d0..<Swift.max(d0, d1) {
+                firstRows(n, d, m1, p1, row)
+                firstColumns(m1, m2, p2)
+                for j in 0..<plane { pick(&m[j], &p[j], m2[j], d) }
+            }
+        }
+        // The way back, per input plane (n, d): windows -> the rows they picked -> elements.
+        parallel(g.batch * g.inD) { worker, index in
+            let n = index / g.inD, d = index % g.inD
+            let m1 = scratch + worker * perWorker, m2 = m1 + rows, s2 = m2 + plane, s1 = s2 + plane
+            let row = s1 + rows, sum = row + g.inW * c
+            let p1 = picks + worker * perWorkerPicks, p2 = p1 + rows
+            firstRows(n, d, m1, p1, row)
+            firstColumns(m1, m2, p2)
+            for j in 0..<plane { s2[j] = 0 }
+            for od in holdersD[d] {
+                let p = picksD + (n * g.outD + od) * plane
+                for oh in 0..<g.outH { for ow in 0..<g.outW {
+                    let j = (oh * g.outW + ow) * c
+                    for ch in 0..<c { s2[j + ch] += p[j + ch] == d ? cotangent(n, od, oh, ow, ch) : 0 }
+                } }
+            }
+            let outRow = g.outW * c
+            for h in 0..<g.inH {
+                let s = s1 + h * outRow
+                for j in 0..<outRow { s[j] = 0 }
+                for oh in holdersH[h] {
+                    let pp = p2 + oh * outRow, ps = s2 + oh * outRow
+                    // Added whether picked or not (0 then): blends vectorise, masked stores are slow.
+                    for j in 0..<outRow { s[j] += pp[j] == h ? ps[j] : 0 }
+                }
+            }
+            let out = gradInput + index * planeElements
+            for h in 0..<g.inH {
+                for w in 0..<g.inW {
+                    for ch in 0..<c { sum[ch] = 0 }
+                    for ow in holdersW[w] {
+                        let pr = p1 + (h * g.outW + ow) * c, rs = s1 + (h * g.outW + ow) * c
+                        for ch in 0..<c { sum[ch] += pr[ch] == w ? rs[ch] : 0 }
+                    }
+                    let target = out + (h * g.inW + w) * c
+                    for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
+                }
+            }
         }
     }
 }
