@@ -39,8 +39,8 @@ deps: system-deps venv
 
 ## Build --------------------------------------------------------------------------
 
-# The kernels vectorise twice as wide with AVX2: use it when this machine has it (the
-# library is built where it runs). SWIFT_CPU= (empty) builds for baseline x86-64.
+# One build for every x86-64: the kernels are compiled for baseline x86-64 and for AVX2
+# (Sources/TidepoolKernels*) and chosen at run time; TIDEPOOL_CPU=baseline forces the first.
 
 SWIFT_RELEASE_FLAGS := -c release --static-swift-stdlib
 

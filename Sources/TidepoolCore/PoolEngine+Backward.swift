@@ -21,7 +21,7 @@ extension PoolEngine {
         let call = BackwardCall(geometry: geometry, gradSteps: gradSteps, kind: desc.kind, dtype: input.dtype, ties: ties,
                                 input: input.data ?? UnsafeRawPointer(gradData),
                                 gradOutput: gradOutput.data ?? UnsafeRawPointer(gradData), gradInput: gradData,
-                                threads: threads, isCancelled: isCancelled)
+                                threads: threads, settings: settings, isCancelled: isCancelled)
         try kernels.runBackward(call)
         if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }

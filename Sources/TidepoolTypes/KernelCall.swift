@@ -113,12 +113,14 @@ package struct BackwardCall: @unchecked Sendable {
     package let gradOutput: UnsafeRawPointer
     package let gradInput: UnsafeMutableRawPointer
     package let threads: Int
+    /// The engine's settings (of them, the gradient uses `streamingOutputBytes`).
+    package let settings: KernelSettings
     /// Asked before each plane; once it says yes, no further plane starts.
     package let isCancelled: (@Sendable () -> Bool)?
 
     package init(geometry: PoolGeometry, gradSteps: (n: Int, d: Int, h: Int, w: Int, c: Int), kind: PoolKind, dtype: DType,
                  ties: MaxTies, input: UnsafeRawPointer, gradOutput: UnsafeRawPointer, gradInput: UnsafeMutableRawPointer,
-                 threads: Int, isCancelled: (@Sendable () -> Bool)? = nil) {
+                 threads: Int, settings: KernelSettings = KernelSettings(), isCancelled: (@Sendable () -> Bool)? = nil) {
         self.geometry = geometry
         self.gradSteps = gradSteps
         self.kind = kind
@@ -128,6 +130,7 @@ package struct BackwardCall: @unchecked Sendable {
         self.gradOutput = gradOutput
         self.gradInput = gradInput
         self.threads = threads
+        self.settings = settings
         self.isCancelled = isCancelled
     }
 }

@@ -10,7 +10,7 @@ import Glibc
 /// PyTorch's whole g to its pick). Returns the gradient and, per element, the sum of the
 /// magnitudes of what it received (the scale of its rounding error).
 func referenceBackward(_ desc: PoolDescriptor, ties: MaxTies, input: Buffer, shape: [Int], strides: [Int],
-                       cotangent: Buffer) -> (values: [Double], magnitude: [Double]) {
+                       cotangent: Buffer, cotangentEvery: Int = 1) -> (values: [Double], magnitude: [Double]) {
     let s = desc.spatialDims, lift = 3 - s
     func lifted(_ v: [Int], _ fill: Int) -> [Int] { Array(repeating: fill, count: lift) + v }
     let inS = lifted(Array(shape[1...s]), 1), k = lifted(desc.kernelSize, 1), st = lifted(desc.stride, 1), p = lifted(desc.padding, 0)
@@ -34,7 +34,7 @@ func referenceBackward(_ desc: PoolDescriptor, ties: MaxTies, input: Buffer, sha
     var o = 0
     for n in 0..<batch { for od in 0..<outS[0] { for oh in 0..<outS[1] { for ow in 0..<outS[2] { for ch in 0..<c {
         defer { o += 1 }
-        let g = cotangent[o]
+        let g = cotangent[o * cotangentEvery]
         var positions: [[Int]] = []
         for a in 0..<k[0] { for b in 0..<k[1] { for e in 0..<k[2] {
             let i0: Int = od * st[0] - p[0] + a, i1: Int = oh * st[1] - p[1] + b, i2: Int = ow * st[2] - p[2] + e
@@ -64,10 +64,12 @@ func referenceBackward(_ desc: PoolDescriptor, ties: MaxTies, input: Buffer, sha
 
 /// Runs `backward` and returns the gradient.
 func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, input: Buffer, shape: [Int], strides: [Int],
-                 cotangent: Buffer, outShape: [Int], threads: Int? = nil) throws -> Buffer {
+                 cotangent: Buffer, outShape: [Int], cotangentEvery: Int = 1, threads: Int? = nil) throws -> Buffer {
     let gradient = Buffer(input.dtype, count: shape.reduce(1, *))
+    // A cotangent read every `cotangentEvery` elements: strides that multiply its contiguous ones.
+    let gradStrides = TensorView.contiguousStrides(outShape).map { $0 * cotangentEvery }
     try engine.backward(desc, input: TensorView(data: input.raw, dtype: input.dtype, shape: shape, strides: strides),
-                        gradOutput: TensorView(data: cotangent.raw, dtype: cotangent.dtype, shape: outShape),
+                        gradOutput: TensorView(data: cotangent.raw, dtype: cotangent.dtype, shape: outShape, strides: gradStrides),
                         gradInput: OutputView(data: gradient.raw, dtype: input.dtype, shape: shape), ties: ties, threads: threads)
     return gradient
 }
@@ -93,17 +95,22 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
     }
 
     /// Random configurations of every layer and float dtype, contiguous and strided, with ties
-    /// (values on a coarse grid), -inf and NaN, against the float64 definition; 1 and 3
-    /// threads bit-identical; both CPU levels.
+    /// (values on a coarse grid), -inf and NaN, against the float64 definition; strided
+    /// inputs and cotangents; 1 and 3 threads, both CPU levels and streamed stores bit-identical.
     @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
     func matchesTheDefinition(dtype: DType) throws {
         var rng = SplitMix64(seed: 900 + UInt64(dtype.code))
+        // Each CPU level, and one engine that streams every gradient out (large ones do).
         let engines = CPULevel.allCases.filter(KernelSelection.supports).map { PoolEngine(threads: 1, cpuLevel: $0) }
-        for trial in 0..<60 {
+            + [PoolEngine(threads: 1, streamingOutputBytes: 0)]
+        for trial in 0..<100 {
             let dims = Int.random(in: 1...3, using: &rng)
             let kernel = (0..<dims).map { _ in Int.random(in: 1...4, using: &rng) }
             let stride = kernel.map { Int.random(in: 1...($0 + 1), using: &rng) }
-            let padding = kernel.map { Int.random(in: 0...($0 / 2), using: &rng) }
+            // Padding up to half the kernel as MLX allows, and wider in some trials (the C ABI
+            // takes it: windows wholly in padding, more outputs than inputs).
+            let wide = trial % 7 == 5
+            let padding = kernel.map { Int.random(in: 0...(wide ? $0 + 2 : $0 / 2), using: &rng) }
             let kind: PoolKind = trial % 2 == 0 ? .average : .max
             let ties: MaxTies = trial % 4 == 3 ? .first : .split
             let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
@@ -120,14 +127,16 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
                 input[i] = u < 3 ? -.infinity : u < 5 ? .nan : coarse ? Double(rng.next() % 3) : rng.normal()
             }
             let outShape = try desc.outputShape(inputShape: shape)
-            let cotangent = randomInput(dtype, shape: outShape, seed: rng.next())
-            let expected = referenceBackward(desc, ties: ties, input: input, shape: shape, strides: strides, cotangent: cotangent)
+            let cotangentEvery = trial % 3 == 1 ? 3 : 1
+            let cotangent = randomInput(dtype, shape: [outShape.reduce(1, *) * cotangentEvery], seed: rng.next())
+            let expected = referenceBackward(desc, ties: ties, input: input, shape: shape, strides: strides, cotangent: cotangent,
+                                             cotangentEvery: cotangentEvery)
             let (rtol, atol) = averageTolerance(dtype)
             var first: Buffer?
             for engine in engines {
                 for threads in [1, 3] {
                     let got = try runBackward(engine, desc, ties: ties, input: input, shape: shape, strides: strides,
-                                              cotangent: cotangent, outShape: outShape, threads: threads)
+                                              cotangent: cotangent, outShape: outShape, cotangentEvery: cotangentEvery, threads: threads)
                     if let first {
                         #expect(memcmp(first.raw, got.raw, got.count * dtype.size) == 0, "\(desc) \(ties) \(shape) \(engine.cpuLevel) threads \(threads)")
                     } else {

@@ -1,4 +1,5 @@
 import CTidepool
+import CTidepoolStream
 import Dispatch
 import TidepoolTypes
 
@@ -56,6 +57,12 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     let gradInput: UnsafeMutablePointer<R.Input>
     /// Per input index on each axis, the windows that hold it.
     let holdersD: [Range<Int>], holdersH: [Range<Int>], holdersW: [Range<Int>]
+    /// The most H windows holding one input row: the rows `throughRows` keeps.
+    let rowRing: Int
+    /// Whether the gradient's rows go out with streaming stores (tidepool_stream.h): a large
+    /// gradient is written once and not read back soon, and the stores then skip reading each
+    /// line first.
+    let streams: Bool
 
     init(_ call: BackwardCall) {
         self.call = call
@@ -67,6 +74,9 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         holdersD = (0..<g.inD).map { windowsHolding($0, kernel: g.kernelD, stride: g.strideD, padding: g.padD, outputs: g.outD) }
         holdersH = (0..<g.inH).map { windowsHolding($0, kernel: g.kernelH, stride: g.strideH, padding: g.padH, outputs: g.outH) }
         holdersW = (0..<g.inW).map { windowsHolding($0, kernel: g.kernelW, stride: g.strideW, padding: g.padW, outputs: g.outW) }
+        rowRing = Swift.max(1, holdersH.lazy.map(\.count).max() ?? 1)
+        // The gradient's byte count fits (checked before the kernels).
+        streams = g.inputElements * MemoryLayout<R.Input>.stride >= call.settings.streamingOutputBytes
     }
 
     var planeElements: Int { g.inH * g.inW * g.channels }
@@ -92,6 +102,41 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
 
     /// `body` with scratch of `counts[i]` values of `V` each (64-byte aligned runs, from the
     /// engine's ScratchPool), or TP_ERR_NO_MEMORY.
+    /// Per input row h of a plane, in order: `fill(oh, slot)` for each output row oh of its H
+    /// windows not filled yet (slot oh % rowRing of a ring of rows), then `row(h)`. Each output
+    /// row is filled once per plane: the windows of consecutive rows ascend, and at most
+    /// rowRing of them hold one row, so a slot is refilled only once no row needs it.
+    @inline(__always) func throughRows(_ fill: (Int, Int) -> Void, _ row: (Int) -> Void) {
+        var next = 0
+        for h in 0..<g.inH {
+            let holders = holdersH[h]
+            for oh in Swift.max(next, holders.lowerBound)..<Swift.max(next, holders.upperBound) { fill(oh, oh % rowRing) }
+            next = Swift.max(next, holders.upperBound)
+            row(h)
+        }
+    }
+
+    /// `body` with a staging row of W * C elements per worker for `writeRow`; the streaming
+    /// stores are fenced once it returns.
+    func withStagedRows(_ body: (UnsafeMutablePointer<R.Input>) throws -> Void) throws {
+        let count = streams ? workers(g.batch * g.inD) * stagedRow : 1
+        try withScratch(R.Input.self, [count], "the gradient's staging rows") { try body($0[0]) }
+        if streams { tpstream_fence() }
+    }
+
+    /// A worker's staging row's length (whole 64-byte lines, so each starts aligned).
+    var stagedRow: Int { aligned(g.inW * g.channels) }
+
+    /// Gradient row (n, d, h) written by `body(target)`: straight into the gradient, or into
+    /// `staged` (this worker's row of `withStagedRows`) and streamed out.
+    @inline(__always) func writeRow(_ n: Int, _ d: Int, _ h: Int, staged: UnsafeMutablePointer<R.Input>,
+                                    _ body: (UnsafeMutablePointer<R.Input>) -> Void) {
+        let destination = gradInput + ((n * g.inD + d) * g.inH + h) * g.inW * g.channels
+        guard streams else { body(destination); return }
+        body(staged)
+        tpstream_copy(destination, staged, g.inW * g.channels * MemoryLayout<R.Input>.stride)
+    }
+
     func withScratch<V>(_: V.Type, _ counts: [Int], _ what: String, _ body: ([UnsafeMutablePointer<V>]) throws -> Void) throws {
         let sizes = try counts.map { try Checked.multiply(($0 + 15) / 16 * 16, MemoryLayout<V>.stride, what) }
         let bytes = try sizes.reduce(0) { try Checked.add($0, $1, what) }
@@ -119,49 +164,101 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         }
     }
 
-    @inline(__always) func cotangent(_ n: Int, _ od: Int, _ oh: Int, _ ow: Int, _ c: Int) -> R.Accumulator {
-        let s = call.gradSteps
-        return R.widen(gradOutput[n * s.n + od * s.d + oh * s.h + ow * s.w + c * s.c])
-    }
-
     // MARK: average
 
-    /// A box filter of the cotangent: per input plane, the cotangent planes of its D windows
-    /// summed, then per input row the rows of its H windows, then per element its W windows.
+    /// A box filter of the cotangent, one axis at a time, row by row so that everything but
+    /// the cotangent and the gradient stays in the first-level caches: per input row (n, d, h),
+    /// the cotangent rows (od, oh) of its windows summed over D (each such row once per input
+    /// plane, kept in a ring while the H windows that need it pass), then over H, then spread
+    /// along W tap by tap (a contiguous run per tap when the stride is 1, which vectorises for
+    /// any channel count), then rounded once.
     func average() throws {
-        let c = g.channels, outPlane = g.outH * g.outW * c, outRow = g.outW * c
-        try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * (outPlane + outRow)], "the average's gradient") {
-            average(planes: $0[0], outPlane: outPlane, outRow: outRow)
+        let c = g.channels, outRow = g.outW * c
+        let perWorker = aligned(rowRing * outRow) + aligned(outRow) + aligned(g.inW * c)
+        try withStagedRows { staged in
+            try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the average's gradient") {
+                average(scratch: $0[0], perWorker: perWorker, staged: staged)
+            }
         }
     }
 
-    func average(planes: UnsafeMutablePointer<R.Accumulator>, outPlane: Int, outRow: Int) {
+    /// `count` rounded up to whole 64-byte lines of accumulators, so that the parts of a
+    /// worker's scratch start aligned.
+    func aligned(_ count: Int) -> Int { (count + 15) / 16 * 16 }
+
+    /// The output positions along an axis whose tap `t` falls on an input index in bounds.
+    @inline(__always) func outputsOfTap(_ t: Int, stride: Int, padding: Int, length: Int, outputs: Int) -> Range<Int> {
+        // Output o's tap t reads index o * stride - padding + t, in [0, length).
+        let lower = padding - t <= 0 ? 0 : (padding - t + stride - 1) / stride
+        let last = length - 1 + padding - t
+        let upper = last < 0 ? 0 : Swift.min(outputs, last / stride + 1)
+        return lower..<Swift.max(lower, upper)
+    }
+
+    /// `target` = the sum over the D windows holding plane d of the cotangent's row (n, od, oh),
+    /// as contiguous (W, C) accumulators.
+    func sumOverD(_ n: Int, _ d: Int, _ oh: Int, into target: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels, outRow = g.outW * c, s = call.gradSteps
+        let holders = holdersD[d]
+        guard !holders.isEmpty else { target.initialize(repeating: 0, count: outRow); return }
+        let contiguous = s.c == 1 && s.w == c
+        for od in holders {
+            let source = gradOutput + (n * s.n + od * s.d + oh * s.h)
+            let first = od == holders.lowerBound
+            if contiguous {
+                if first { for j in 0..<outRow { target[j] = R.widen(source[j]) } }
+                else { for j in 0..<outRow { target[j] += R.widen(source[j]) } }
+            } else {
+                for ow in 0..<g.outW {
+                    let from = source + ow * s.w, to = target + ow * c
+                    if first { for ch in 0..<c { to[ch] = R.widen(from[ch * s.c]) } }
+                    else { for ch in 0..<c { to[ch] += R.widen(from[ch * s.c]) } }
+                }
+            }
+        }
+    }
+
+    func average(scratch: UnsafeMutablePointer<R.Accumulator>, perWorker: Int, staged: UnsafeMutablePointer<R.Input>) {
         // A local, so that finish's 1 / windowSize is hoisted out of the loops: read through
         // self it is read again after every store (which might alias it), and divided again.
-        let c = g.channels, windowSize = g.windowSize
+        let c = g.channels, outRow = g.outW * c, windowSize = g.windowSize
         parallel(g.batch * g.inD) { worker, index in
             let n = index / g.inD, d = index % g.inD
-            let plane = planes + worker * (outPlane + outRow), row = plane + outPlane
-            plane.initialize(repeating: 0, count: outPlane)
-            for od in holdersD[d] {
-                for oh in 0..<g.outH { for ow in 0..<g.outW { for ch in 0..<c {
-                    plane[(oh * g.outW + ow) * c + ch] += cotangent(n, od, oh, ow, ch)
-                } } }
-            }
-            let out = gradInput + (n * g.inD + d) * planeElements
-            for h in 0..<g.inH {
-                row.initialize(repeating: 0, count: outRow)
-                for oh in holdersH[h] {
-                    let source = plane + oh * outRow
-                    for j in 0..<outRow { row[j] += source[j] }
-                }
-                for w in 0..<g.inW {
-                    let target = out + (h * g.inW + w) * c
-                    for ch in 0..<c {
-                        var sum: R.Accumulator = 0
-                        for ow in holdersW[w] { sum += row[ow * c + ch] }
-                        target[ch] = R.finish(sum, windowSize: windowSize)
+            let rows = scratch + worker * perWorker, summed = rows + aligned(rowRing * outRow)
+            let spread = summed + aligned(outRow), staging = staged + worker * stagedRow
+            throughRows({ oh, slot in sumOverD(n, d, oh, into: rows + slot * outRow) }) { h in
+                let holders = holdersH[h]
+                // Over H: the ring's rows of this row's windows (one of them is used in place).
+                let row: UnsafeMutablePointer<R.Accumulator>
+                if holders.count == 1 {
+                    row = rows + (holders.lowerBound % rowRing) * outRow
+                } else {
+                    row = summed
+                    row.initialize(repeating: 0, count: outRow)
+                    for oh in holders {
+                        let source = rows + (oh % rowRing) * outRow
+                        for j in 0..<outRow { row[j] += source[j] }
                     }
+                }
+                // Along W: each output column's sum goes to the inputs under its taps.
+                spread.initialize(repeating: 0, count: g.inW * c)
+                for t in 0..<g.kernelW {
+                    let outputs = outputsOfTap(t, stride: g.strideW, padding: g.padW, length: g.inW, outputs: g.outW)
+                    if outputs.isEmpty { continue }
+                    if g.strideW == 1 {
+                        // One contiguous run (from the tap's first input in bounds): it vectorises
+                        // for any channel count.
+                        let target = spread + (outputs.lowerBound - g.padW + t) * c, source = row + outputs.lowerBound * c
+                        for j in 0..<outputs.count * c { target[j] += source[j] }
+                    } else {
+                        for ow in outputs {
+                            let target = spread + (ow * g.strideW - g.padW + t) * c, source = row + ow * c
+                            for ch in 0..<c { target[ch] += source[ch] }
+                        }
+                    }
+                }
+                writeRow(n, d, h, staged: staging) { target in
+                    for j in 0..<g.inW * c { target[j] = R.finish(spread[j], windowSize: windowSize) }
                 }
             }
         }
@@ -176,22 +273,56 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     // equals, the plane maximum that equals that, and the window maximum that equals that.
     // As x <= row max <= plane max <= window max, the three equalities hold together exactly
     // when x equals the window's maximum, so the sums are those of the definition, in
-    // O(k) steps per element instead of 2k^3 (each plane's rows and columns are redone for
-    // every window plane holding it: (kD / sD + 1) (kW + kH) + kD, plus the way back).
+    // O(k) steps per element instead of 2k^3.
+    //
+    // The planes stream through `throughPlanes`: each plane's levels are found once, folded
+    // into the windows holding it (MLX's split) or read back from the ring when a window
+    // completes (PyTorch's picks), and kept in a ring until the last window holding the plane
+    // is complete; then the plane takes its gradient. No temporary grows with the tensor.
 
-    /// Row (n, d, h) of the input, widened into `row` as contiguous (W, C): the loops over
-    /// windows then run over contiguous channels, which vectorise, whatever the input's strides.
-    func widenRow(_ n: Int, _ d: Int, _ h: Int, into row: UnsafeMutablePointer<R.Accumulator>) {
-        let c = g.channels, base = input + (n * g.stepN + d * g.stepD + h * g.stepH)
-        for w in 0..<g.inW {
-            let source = base + w * g.stepW, target = row + w * c
-            for ch in 0..<c { target[ch] = R.widen(source[ch * g.stepC]) }
+    /// Row (n, d, h) of the input as contiguous (W, C) accumulators, so that the loops over
+    /// windows run over contiguous channels, which vectorise, whatever the input's strides.
+    func inputRow(_ n: Int, _ d: Int, _ h: Int, _ row: UnsafeMutablePointer<R.Accumulator>) -> UnsafePointer<R.Accumulator> {
+        contiguousRow(input + (n * g.stepN + d * g.stepD + h * g.stepH), positions: g.inW, step: g.stepW, channelStep: g.stepC, row)
+    }
+
+    /// The cotangent's row (n, od, oh) as contiguous (W, C) accumulators, as `inputRow`.
+    func cotangentRow(_ n: Int, _ od: Int, _ oh: Int, _ row: UnsafeMutablePointer<R.Accumulator>) -> UnsafePointer<R.Accumulator> {
+        let s = call.gradSteps
+        return contiguousRow(gradOutput + (n * s.n + od * s.d + oh * s.h), positions: g.outW, step: s.w, channelStep: s.c, row)
+    }
+
+    /// `positions` positions of C elements from `base` (`step` and `channelStep` apart) as
+    /// contiguous accumulators: the tensor itself where it is that already, else widened into
+    /// `row`.
+    @inline(__always) func contiguousRow(_ base: UnsafePointer<R.Input>, positions: Int, step: Int, channelStep: Int,
+                                         _ row: UnsafeMutablePointer<R.Accumulator>) -> UnsafePointer<R.Accumulator> {
+        let c = g.channels, contiguous = channelStep == 1 && step == c
+        if contiguous && R.Input.self == R.Accumulator.self {
+            return UnsafeRawPointer(base).assumingMemoryBound(to: R.Accumulator.self)
         }
+        if contiguous {
+            for j in 0..<positions * c { row[j] = R.widen(base[j]) }
+        } else {
+            for position in 0..<positions {
+                let source = base + position * step, target = row + position * c
+                for ch in 0..<c { target[ch] = R.widen(source[ch * channelStep]) }
+            }
+        }
+        return UnsafePointer(row)
     }
 
     /// `cond ? share : share * 0`: a share that is not taken still spreads NaN when it is not
-    /// finite, as MLX's `g * mask / count` does.
-    @inline(__always) func masked(_ cond: Bool, _ share: R.Accumulator) -> R.Accumulator { cond ? share : share * 0 }
+    /// finite, as MLX's `g * mask / count` does. Written as a product with a selected constant,
+    /// so that the compiler does not make the loads under it conditional (masked loads).
+    @inline(__always) func masked(_ cond: Bool, _ share: R.Accumulator) -> R.Accumulator { share * (cond ? 1 : 0) }
+
+    /// Whether x (an element, a row's or a plane's maximum) reaches the maximum m above it:
+    /// equal, or NaN. A NaN x lies in a window whose maximum and share are NaN, which spreads
+    /// whatever the mask says, except in a window of one element, whose cotangent passes
+    /// through untouched (MLX reduces nothing there): `x != x` gives it that, with no test of
+    /// the window size in the loops (which the compiler vectorised poorly).
+    @inline(__always) func reaches(_ x: R.Accumulator, _ m: R.Accumulator) -> Bool { x == m || x != x }
 
     /// One step of a running (maximum, tie count) over parts whose maxima and tie counts are
     /// `v`, `count`: a greater maximum restarts the count, an equal one adds to it, NaN sticks.
@@ -207,6 +338,15 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         m = greater || v != v ? v : mv + 0
     }
 
+    /// A window part's padding, `padded` positions of -inf, tied into its count: they tie only
+    /// with a maximum of -inf. Stored unconditionally (see `tie`).
+    @inline(__always) func tiePadding(_ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>,
+                                      _ count: Int, _ padded: Int) {
+        guard padded > 0 else { return }
+        let extra = R.Accumulator(padded)
+        for j in 0..<count { k[j] = k[j] + (m[j] == -.infinity ? extra : 0) }
+    }
+
     /// Level 1 of `split` for input plane (n, d): per row h and output column ow, the maximum of
     /// the row's window in m1[(h * outW + ow) * C + ch] and its ties in c1 (padding counted
     /// as -inf elements).
@@ -214,17 +354,16 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                    _ row: UnsafeMutablePointer<R.Accumulator>) {
         let c = g.channels
         for h in 0..<g.inH {
-            widenRow(n, d, h, into: row)
+            let elements = inputRow(n, d, h, row)
             for ow in 0..<g.outW {
                 let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
                 let m = m1 + (h * g.outW + ow) * c, k = c1 + (h * g.outW + ow) * c
                 for ch in 0..<c { m[ch] = -.infinity; k[ch] = 0 }
                 for w in w0..<Swift.max(w0, w1) {
-                    let x = row + w * c
+                    let x = elements + w * c
                     for ch in 0..<c { tie(&m[ch], &k[ch], x[ch], 1) }
                 }
-                let padded = R.Accumulator(g.kernelW - Swift.max(0, w1 - w0))
-                for ch in 0..<c where m[ch] == -.infinity { k[ch] += padded }
+                tiePadding(m, k, c, g.kernelW - Swift.max(0, w1 - w0))
             }
         }
     }
@@ -242,87 +381,162 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                 let rm = m1 + h * outRow, rk = c1 + h * outRow
                 for j in 0..<outRow { tie(&m[j], &k[j], rm[j], rk[j]) }
             }
-            let padded = R.Accumulator((g.kernelH - Swift.max(0, h1 - h0)) * g.kernelW)
-            for j in 0..<outRow where m[j] == -.infinity { k[j] += padded }
+            tiePadding(m, k, outRow, (g.kernelH - Swift.max(0, h1 - h0)) * g.kernelW)
         }
     }
 
-    /// Per window, its maximum (NaN when it holds one) in `maxima` and each tied element's
-    /// share of its cotangent in `shares`; then each input plane gathers its gradient.
-    func maxSplit() throws {
-        let c = g.channels
-        let rows = g.inH * g.outW * c, plane = g.outH * g.outW * c
-        let perWorker = 2 * rows + 3 * plane + (g.inW + 1) * c
-        let workers = workers(g.batch * Swift.max(g.outD, g.inD))
-        let single = g.windowSize == 1
-        try withScratch(R.Accumulator.self, [outputElements, outputElements, workers * perWorker], "the max's gradient") {
-            let maxima = $0[0], shares = $0[1], scratch = $0[2]
-            // Level 3 and the shares, per output plane (n, od): its planes' maxima and ties.
-            parallel(g.batch * g.outD) { worker, index in
-                let n = index / g.outD, od = index % g.outD
-                let m1 = scratch + worker * perWorker, c1 = m1 + rows, m2 = c1 + rows, c2 = m2 + plane
-                let row = c2 + 2 * plane
-                let m = maxima + index * plane, k = shares + index * plane
-                for j in 0..<plane { m[j] = -.infinity; k[j] = 0 }
-                let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-                for d in d0..<Swift.max(d0, d1) {
-                    splitRows(n, d, m1, c1, row)
-                    splitColumns(m1, c1, m2, c2)
-                    for j in 0..<plane { tie(&m[j], &k[j], m2[j], c2[j]) }
+    /// A worker's row of the max's scratch: an input or cotangent row (W or outW positions;
+    /// outW is the larger where the padding is wider than half the kernel), then C sums.
+    var rowLine: Int { aligned((Swift.max(g.inW, g.outW) + 1) * g.channels) }
+
+    /// The ring sizes of `throughPlanes`: planes kept (a plane is needed until the last window
+    /// holding it is complete, at most kernelD - 1 planes later, and a window is found from its
+    /// at most kernelD planes) and windows kept (window od is in use from its last plane, not
+    /// before od * strideD - padD, to the gradient of its last plane, at most 2 kernelD - 2
+    /// planes after od * strideD - padD).
+    var planeRing: Int { Swift.max(1, Swift.min(g.kernelD, g.inD)) }
+    var windowRing: Int { Swift.max(1, Swift.min(g.outD, (2 * g.kernelD - 2) / g.strideD + 1)) }
+
+    /// The pipeline of the max's gradient, per batch element n and run of input planes [a, b)
+    /// (runs split only to give every thread work): for each plane dd that the windows of the
+    /// run's planes hold, ascending, `levels(worker, n, dd, planeSlot)`; then for each window od
+    /// holding dd, `fold(worker, dd, windowSlot, first)` (`first`: dd is its first plane), while
+    /// the plane's levels are still in the caches, and after its last plane
+    /// `complete(worker, n, od, windowSlot)` (its planes d are all in the ring, slot
+    /// d % planeRing); then `back(worker, n, d, planeSlot)` for each plane of the run whose
+    /// windows are all complete. Planes and windows just outside a run are redone by the next
+    /// run, the same way, so the results do not depend on the runs.
+    func throughPlanes(levels: (Int, Int, Int, Int) -> Void, fold: (Int, Int, Int, Bool) -> Void,
+                       complete: (Int, Int, Int, Int) -> Void, back: (Int, Int, Int, Int) -> Void) {
+        let runs = Swift.min(g.inD, Swift.max(1, (2 * call.threads + g.batch - 1) / g.batch))
+        let isCancelled = call.isCancelled ?? { false }
+        let (rp, rw) = (planeRing, windowRing)
+        func bounds(_ od: Int) -> (Int, Int) {
+            windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        }
+        // The plane after which plane d can take its gradient: the last plane of its last window.
+        func ready(_ d: Int) -> Int { holdersD[d].isEmpty ? d : Swift.max(d, bounds(holdersD[d].upperBound - 1).1 - 1) }
+        parallel(g.batch * runs) { worker, item in
+            let n = item / runs, run = item % runs
+            let a = run * g.inD / runs, b = (run + 1) * g.inD / runs
+            guard a < b else { return }
+            let holders = holdersD[a..<b].filter { !$0.isEmpty }
+            let windows = (holders.first?.lowerBound ?? 0)..<(holders.last?.upperBound ?? 0)
+            var (first, last) = (a, b)
+            if !windows.isEmpty { first = Swift.min(a, bounds(windows.lowerBound).0); last = Swift.max(b, bounds(windows.upperBound - 1).1) }
+            var next = a  // the next plane of the run to take its gradient
+            for dd in first..<last {
+                if isCancelled() { return }
+                levels(worker, n, dd, dd % rp)
+                for od in holdersD[dd] where windows.contains(od) {
+                    let (d0, d1) = bounds(od)
+                    fold(worker, dd, od % rw, dd == d0)
+                    if dd == d1 - 1 { complete(worker, n, od, od % rw) }
                 }
-                let padded = R.Accumulator((g.kernelD - Swift.max(0, d1 - d0)) * g.kernelH * g.kernelW)
-                for oh in 0..<g.outH { for ow in 0..<g.outW { for ch in 0..<c {
-                    let j = (oh * g.outW + ow) * c + ch
-                    if m[j] == -.infinity { k[j] += padded }
-                    let gradient = cotangent(n, od, oh, ow, ch)
-                    // Windows of one element are no reduction at all (MLX reduces nothing there):
-                    // the cotangent passes through, NaN inputs included.
-                    k[j] = single ? gradient : m[j].isNaN ? .nan : gradient / k[j]
-                } } }
-            }
-            // The way back, per input plane (n, d): window -> plane maxima -> row maxima -> elements.
-            parallel(g.batch * g.inD) { worker, index in
-                let n = index / g.inD, d = index % g.inD
-                let m1 = scratch + worker * perWorker, c1 = m1 + rows, m2 = c1 + rows, c2 = m2 + plane, s2 = c2 + plane
-                let row = s2 + plane, sum = row + g.inW * c
-                let s1 = c1  // the row ties are not needed on the way back
-                splitRows(n, d, m1, c1, row)
-                splitColumns(m1, c1, m2, c2)
-                for j in 0..<plane { s2[j] = 0 }
-                for od in holdersD[d] {
-                    let m = maxima + (n * g.outD + od) * plane, share = shares + (n * g.outD + od) * plane
-                    for j in 0..<plane { s2[j] += masked(single || m2[j] == m[j], share[j]) }
-                }
-                let outRow = g.outW * c
-                for h in 0..<g.inH {
-                    let s = s1 + h * outRow, rm = m1 + h * outRow
-                    for j in 0..<outRow { s[j] = 0 }
-                    for oh in holdersH[h] {
-                        let pm = m2 + oh * outRow, ps = s2 + oh * outRow
-                        for j in 0..<outRow { s[j] += masked(single || rm[j] == pm[j], ps[j]) }
-                    }
-                }
-                let out = gradInput + index * planeElements
-                for h in 0..<g.inH {
-                    widenRow(n, d, h, into: row)
-                    for w in 0..<g.inW {
-                        let x = row + w * c
-                        for ch in 0..<c { sum[ch] = 0 }
-                        for ow in holdersW[w] {
-                            let rm = m1 + (h * g.outW + ow) * c, rs = s1 + (h * g.outW + ow) * c
-                            for ch in 0..<c { sum[ch] += masked(single || x[ch] == rm[ch], rs[ch]) }
-                        }
-                        let target = out + (h * g.inW + w) * c
-                        for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
-                    }
+                while next < b && ready(next) <= dd {
+                    back(worker, n, next, next % rp)
+                    next += 1
                 }
             }
         }
+    }
+
+    /// Per window, its maximum (NaN when it holds one) and each tied element's share of its
+    /// cotangent; each plane then gathers its gradient back through its levels.
+    func maxSplit() throws {
+        let c = g.channels
+        let rows = aligned(g.inH * g.outW * c), plane = aligned(g.outH * g.outW * c), line = rowLine
+        let (rp, rw) = (planeRing, windowRing)
+        // Per worker: the ring's row and plane maxima, the windows' maxima and shares, one
+        // plane's row and plane tie counts (the row's shares on the way back), the plane
+        // shares' ring of rows, a row.
+        let perWorker = rp * (rows + plane) + 2 * rw * plane + rows + 2 * plane + line
+        let single = g.windowSize == 1
+        let outRow = g.outW * c, planeCount = g.outH * outRow
+        try withStagedRows { staged in try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the max's gradient") {
+            let scratch = $0[0]
+            func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
+                                          c2: UnsafeMutablePointer<R.Accumulator>, wm: UnsafeMutablePointer<R.Accumulator>,
+                                          ws: UnsafeMutablePointer<R.Accumulator>, c1: UnsafeMutablePointer<R.Accumulator>,
+                                          s2: UnsafeMutablePointer<R.Accumulator>, row: UnsafeMutablePointer<R.Accumulator>) {
+                let m1 = scratch + worker * perWorker, m2 = m1 + rp * rows, wm = m2 + rp * plane, ws = wm + rw * plane
+                let c1 = ws + rw * plane, c2 = c1 + rows, s2 = c2 + plane
+                return (m1, m2, c2, wm, ws, c1, s2, s2 + plane)
+            }
+            throughPlanes(levels: { worker, n, d, slot in
+                let p = parts(worker)
+                splitRows(n, d, p.m1 + slot * rows, p.c1, p.row)
+                splitColumns(p.m1 + slot * rows, p.c1, p.m2 + slot * plane, p.c2)
+            }, fold: { worker, d, slot, first in
+                // Level 3: plane d, just found (its maxima in its ring slot, its ties in c2).
+                // Folded now, while they are in the caches: read again from the ring when the
+                // window completes, they come from memory instead.
+                let p = parts(worker), m = p.wm + slot * plane, k = p.ws + slot * plane, m2 = p.m2 + (d % rp) * plane
+                if first { for j in 0..<planeCount { m[j] = -.infinity; k[j] = 0 } }
+                for j in 0..<planeCount { tie(&m[j], &k[j], m2[j], p.c2[j]) }
+            }, complete: { worker, n, od, slot in
+                // The padding's ties, then each tied element's share.
+                let p = parts(worker), m = p.wm + slot * plane, k = p.ws + slot * plane
+                let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+                let padded = (g.kernelD - (d1 - d0)) * g.kernelH * g.kernelW
+                for oh in 0..<g.outH {
+                    let mr = m + oh * outRow, kr = k + oh * outRow
+                    tiePadding(mr, kr, outRow, padded)
+                    let gradient = cotangentRow(n, od, oh, p.row)
+                    // Windows of one element are no reduction at all (MLX reduces nothing there):
+                    // the cotangent passes through, NaN inputs included.
+                    if single {
+                        for j in 0..<outRow { kr[j] = gradient[j] }
+                    } else {
+                        for j in 0..<outRow {
+                            // A NaN window's share is its maximum (NaN): a select of two loaded
+                            // values, which vectorises where a NaN constant did not.
+                            let mv = mr[j], share = gradient[j] / kr[j]
+                            kr[j] = mv != mv ? mv : share
+                        }
+                    }
+                }
+            }, back: { worker, n, d, slot in
+                // Row by row (the shares stay in the first-level caches): the plane's share of
+                // each output row from its windows, in a ring; the row's share of each of its
+                // windows' rows; then each element's.
+                let p = parts(worker), m1 = p.m1 + slot * rows, m2 = p.m2 + slot * plane
+                let s2 = p.s2, s1 = p.c1, row = p.row, sum = row + Swift.max(g.inW, g.outW) * c, staging = staged + worker * stagedRow
+                throughRows({ oh, ringSlot in
+                    let s = s2 + ringSlot * outRow, pm = m2 + oh * outRow
+                    for j in 0..<outRow { s[j] = 0 }
+                    for od in holdersD[d] {
+                        let m = p.wm + (od % rw) * plane + oh * outRow, share = p.ws + (od % rw) * plane + oh * outRow
+                        for j in 0..<outRow { s[j] += masked(reaches(pm[j], m[j]), share[j]) }
+                    }
+                }) { h in
+                    let rm = m1 + h * outRow
+                    for j in 0..<outRow { s1[j] = 0 }
+                    for oh in holdersH[h] {
+                        let pm = m2 + oh * outRow, ps = s2 + (oh % rowRing) * outRow
+                        for j in 0..<outRow { s1[j] += masked(reaches(rm[j], pm[j]), ps[j]) }
+                    }
+                    let x0 = inputRow(n, d, h, row)
+                    writeRow(n, d, h, staged: staging) { out in
+                        for w in 0..<g.inW {
+                            let x = x0 + w * c
+                            for ch in 0..<c { sum[ch] = 0 }
+                            for ow in holdersW[w] {
+                                let rm = m1 + (h * g.outW + ow) * c, rs = s1 + ow * c
+                                for ch in 0..<c { sum[ch] += masked(reaches(x[ch], rm[ch]), rs[ch]) }
+                            }
+                            let target = out + w * c
+                            for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
+                        }
+                    }
+                }
+            })
+        } }
     }
 
     /// One step of a running (maximum, pick) in PyTorch's scan: a greater value, or NaN, takes
     /// the place, so ties keep the first and NaNs the last.
-    @inline(__always) func pick(_ m: inout R.Accumulator, _ p: inout Int, _ v: R.Accumulator, _ at: Int) {
+    @inline(__always) func pick<P: FixedWidthInteger>(_ m: inout R.Accumulator, _ p: inout P, _ v: R.Accumulator, _ at: P) {
         let mv = m, pv = p
         let take = v > mv || v != v
         m = take ? v : mv + 0  // as in `tie`
@@ -332,18 +546,18 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// Level 1 of `first` for input plane (n, d): per row h and output column ow, the running
     /// maximum of the row's window in m1 and the column picked in p1 (its first column when
     /// nothing is taken; -1 for a window with no column in bounds).
-    func firstRows(_ n: Int, _ d: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ p1: UnsafeMutablePointer<Int>,
-                   _ row: UnsafeMutablePointer<R.Accumulator>) {
+    func firstRows<P: FixedWidthInteger>(_ n: Int, _ d: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ p1: UnsafeMutablePointer<P>,
+                                         _ row: UnsafeMutablePointer<R.Accumulator>) {
         let c = g.channels
         for h in 0..<g.inH {
-            widenRow(n, d, h, into: row)
+            let elements = inputRow(n, d, h, row)
             for ow in 0..<g.outW {
                 let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
                 let m = m1 + (h * g.outW + ow) * c, p = p1 + (h * g.outW + ow) * c
-                for ch in 0..<c { m[ch] = -.infinity; p[ch] = w1 > w0 ? w0 : -1 }
+                for ch in 0..<c { m[ch] = -.infinity; p[ch] = w1 > w0 ? P(w0) : -1 }
                 for w in w0..<Swift.max(w0, w1) {
-                    let x = row + w * c
-                    for ch in 0..<c { pick(&m[ch], &p[ch], x[ch], w) }
+                    let x = elements + w * c, at = P(w)
+                    for ch in 0..<c { pick(&m[ch], &p[ch], x[ch], at) }
                 }
             }
         }
@@ -351,89 +565,104 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
 
     /// Level 2 of `first`: per output position (oh, ow) of the plane, the running maximum of
     /// its rows' maxima in m2 and the row picked in p2.
-    func firstColumns(_ m1: UnsafeMutablePointer<R.Accumulator>, _ m2: UnsafeMutablePointer<R.Accumulator>,
-                      _ p2: UnsafeMutablePointer<Int>) {
+    func firstColumns<P: FixedWidthInteger>(_ m1: UnsafeMutablePointer<R.Accumulator>, _ m2: UnsafeMutablePointer<R.Accumulator>,
+                                            _ p2: UnsafeMutablePointer<P>) {
         let outRow = g.outW * g.channels
         for oh in 0..<g.outH {
             let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
             let m = m2 + oh * outRow, p = p2 + oh * outRow
-            for j in 0..<outRow { m[j] = -.infinity; p[j] = h1 > h0 ? h0 : -1 }
+            for j in 0..<outRow { m[j] = -.infinity; p[j] = h1 > h0 ? P(h0) : -1 }
             for h in h0..<Swift.max(h0, h1) {
-                let rm = m1 + h * outRow
-                for j in 0..<outRow { pick(&m[j], &p[j], rm[j], h) }
+                let rm = m1 + h * outRow, at = P(h)
+                for j in 0..<outRow { pick(&m[j], &p[j], rm[j], at) }
             }
         }
     }
 
-    /// Per window, the plane PyTorch's kernel picks (the position, level by level); then each
-    /// input plane gathers the cotangents of the windows that picked its elements.
+    /// Per window, the plane PyTorch's kernel picks (the position, level by level); each plane
+    /// then gathers the cotangents of the windows that picked its elements. Picks are indices
+    /// along one axis: 32-bit (as wide as float32's lanes, half the memory) unless an axis is
+    /// longer.
     func maxFirst() throws {
-        let c = g.channels
-        let rows = g.inH * g.outW * c, plane = g.outH * g.outW * c
-        let workers = workers(g.batch * Swift.max(g.outD, g.inD))
-        let perWorker = 2 * rows + 2 * plane + (g.inW + 1) * c, perWorkerPicks = rows + plane
-        try withScratch(Int.self, [outputElements, workers * perWorkerPicks], "the max's gradient") { picks in
-            try withScratch(R.Accumulator.self, [workers * perWorker], "the max's gradient") {
-                maxFirst(picksD: picks[0], picks: picks[1], scratch: $0[0], perWorker: perWorker, perWorkerPicks: perWorkerPicks)
-            }
-        }
+        if Swift.max(g.inD, g.inH, g.inW) < Int(Int32.max) { try maxFirst(Int32.self) } else { try maxFirst(Int.self) }
     }
 
-    func maxFirst(picksD: UnsafeMutablePointer<Int>, picks: UnsafeMutablePointer<Int>, scratch: UnsafeMutablePointer<R.Accumulator>,
-                  perWorker: Int, perWorkerPicks: Int) {
+    func maxFirst<P: FixedWidthInteger>(_: P.Type) throws {
         let c = g.channels
-        let rows = g.inH * g.outW * c, plane = g.outH * g.outW * c
-        // Level 3, per output plane (n, od): the plane each window picks.
-        parallel(g.batch * g.outD) { worker, index in
-            let n = index / g.outD, od = index % g.outD
-            let m1 = scratch + worker * perWorker, m2 = m1 + rows, m = m2 + plane, row = m + plane
-            let p1 = picks + worker * perWorkerPicks, p2 = p1 + rows, p = picksD + index * plane
-            let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-            for j in 0..<plane { m[j] = -.infinity; p[j] = d1 > d0 ? d0 : -1 }
-            for d in d0..<Swift.max(d0, d1) {
-                firstRows(n, d, m1, p1, row)
-                firstColumns(m1, m2, p2)
-                for j in 0..<plane { pick(&m[j], &p[j], m2[j], d) }
-            }
-        }
-        // The way back, per input plane (n, d): windows -> the rows they picked -> elements.
-        parallel(g.batch * g.inD) { worker, index in
-            let n = index / g.inD, d = index % g.inD
-            let m1 = scratch + worker * perWorker, m2 = m1 + rows, s2 = m2 + plane, s1 = s2 + plane
-            let row = s1 + rows, sum = row + g.inW * c
-            let p1 = picks + worker * perWorkerPicks, p2 = p1 + rows
-            firstRows(n, d, m1, p1, row)
-            firstColumns(m1, m2, p2)
-            for j in 0..<plane { s2[j] = 0 }
-            for od in holdersD[d] {
-                let p = picksD + (n * g.outD + od) * plane
-                for oh in 0..<g.outH { for ow in 0..<g.outW {
-                    let j = (oh * g.outW + ow) * c
-                    for ch in 0..<c { s2[j + ch] += p[j + ch] == d ? cotangent(n, od, oh, ow, ch) : 0 }
-                } }
-            }
-            let outRow = g.outW * c
-            for h in 0..<g.inH {
-                let s = s1 + h * outRow
-                for j in 0..<outRow { s[j] = 0 }
-                for oh in holdersH[h] {
-                    let pp = p2 + oh * outRow, ps = s2 + oh * outRow
-                    // Added whether picked or not (0 then): blends vectorise, masked stores are slow.
-                    for j in 0..<outRow { s[j] += pp[j] == h ? ps[j] : 0 }
+        let rows = aligned(g.inH * g.outW * c), plane = aligned(g.outH * g.outW * c), line = rowLine
+        let (rp, rw) = (planeRing, windowRing)
+        let workers = workers(g.batch * g.inD)
+        // Per worker: the ring's plane maxima, one plane's row maxima (the row's cotangents on
+        // the way back), the plane cotangents' ring of rows (a window's running maxima while it
+        // is found), a row; the ring's row and plane picks, the windows' picked planes.
+        let perWorker = rp * plane + rows + plane + line, perWorkerPicks = rp * (rows + plane) + rw * plane
+        let outRow = g.outW * c
+        try withStagedRows { staged in try withScratch(P.self, [workers * perWorkerPicks], "the max's gradient") { picks in
+            try withScratch(R.Accumulator.self, [workers * perWorker], "the max's gradient") {
+                let scratch = $0[0], picks = picks[0]
+                func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
+                                              s2: UnsafeMutablePointer<R.Accumulator>, row: UnsafeMutablePointer<R.Accumulator>,
+                                              p1: UnsafeMutablePointer<P>, p2: UnsafeMutablePointer<P>, wp: UnsafeMutablePointer<P>) {
+                    let m2 = scratch + worker * perWorker, m1 = m2 + rp * plane, s2 = m1 + rows
+                    let p1 = picks + worker * perWorkerPicks, p2 = p1 + rp * rows
+                    return (m1, m2, s2, s2 + plane, p1, p2, p2 + rp * plane)
                 }
-            }
-            let out = gradInput + index * planeElements
-            for h in 0..<g.inH {
-                for w in 0..<g.inW {
-                    for ch in 0..<c { sum[ch] = 0 }
-                    for ow in holdersW[w] {
-                        let pr = p1 + (h * g.outW + ow) * c, rs = s1 + (h * g.outW + ow) * c
-                        for ch in 0..<c { sum[ch] += pr[ch] == w ? rs[ch] : 0 }
+                throughPlanes(levels: { worker, n, d, slot in
+                    let p = parts(worker)
+                    firstRows(n, d, p.m1, p.p1 + slot * rows, p.row)
+                    firstColumns(p.m1, p.m2 + slot * plane, p.p2 + slot * plane)
+                }, fold: { _, _, _, _ in
+                    // Found when the window completes: its picks are what is kept, not its maxima.
+                }, complete: { worker, _, od, slot in
+                    // Level 3, row by row: a window picks its first plane unless a later one
+                    // takes the place.
+                    let p = parts(worker), picked = p.wp + slot * plane, m = p.s2
+                    let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+                    for oh in 0..<g.outH {
+                        let pr = picked + oh * outRow, first = P(d0)
+                        for j in 0..<outRow { m[j] = -.infinity; pr[j] = first }
+                        for d in d0..<d1 {
+                            let pm = p.m2 + (d % rp) * plane + oh * outRow, at = P(d)
+                            for j in 0..<outRow { pick(&m[j], &pr[j], pm[j], at) }
+                        }
                     }
-                    let target = out + (h * g.inW + w) * c
-                    for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
-                }
+                }, back: { worker, n, d, slot in
+                    // Row by row, as in `maxSplit`: the cotangents of the windows that picked
+                    // this plane, per output row, in a ring; those of the rows that picked row h;
+                    // then each element's.
+                    let p = parts(worker), p1 = p.p1 + slot * rows, p2 = p.p2 + slot * plane
+                    let s2 = p.s2, s1 = p.m1, row = p.row, sum = row + Swift.max(g.inW, g.outW) * c, staging = staged + worker * stagedRow
+                    let here = P(d)
+                    throughRows({ oh, ringSlot in
+                        let s = s2 + ringSlot * outRow
+                        for j in 0..<outRow { s[j] = 0 }
+                        for od in holdersD[d] {
+                            let gradient = cotangentRow(n, od, oh, row), pp = p.wp + (od % rw) * plane + oh * outRow
+                            // Added whether picked or not (0 then): blends vectorise, masked stores are slow.
+                            for j in 0..<outRow { s[j] += pp[j] == here ? gradient[j] : 0 }
+                        }
+                    }) { h in
+                        for j in 0..<outRow { s1[j] = 0 }
+                        let rowHere = P(h)
+                        for oh in holdersH[h] {
+                            let pp = p2 + oh * outRow, ps = s2 + (oh % rowRing) * outRow
+                            for j in 0..<outRow { s1[j] += pp[j] == rowHere ? ps[j] : 0 }
+                        }
+                        writeRow(n, d, h, staged: staging) { out in
+                            for w in 0..<g.inW {
+                                for ch in 0..<c { sum[ch] = 0 }
+                                let columnHere = P(w)
+                                for ow in holdersW[w] {
+                                    let pr = p1 + (h * g.outW + ow) * c, rs = s1 + ow * c
+                                    for ch in 0..<c { sum[ch] += pr[ch] == columnHere ? rs[ch] : 0 }
+                                }
+                                let target = out + w * c
+                                for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
+                            }
+                        }
+                    }
+                })
             }
-        }
+        } }
     }
 }
