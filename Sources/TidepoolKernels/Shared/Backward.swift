@@ -100,8 +100,6 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         }
     }
 
-    /// `body` with scratch of `counts[i]` values of `V` each (64-byte aligned runs, from the
-    /// engine's ScratchPool), or TP_ERR_NO_MEMORY.
     /// Per input row h of a plane, in order: `fill(oh, slot)` for each output row oh of its H
     /// windows not filled yet (slot oh % rowRing of a ring of rows), then `row(h)`. Each output
     /// row is filled once per plane: the windows of consecutive rows ascend, and at most
@@ -137,6 +135,8 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         tpstream_copy(destination, staged, g.inW * g.channels * MemoryLayout<R.Input>.stride)
     }
 
+    /// `body` with scratch of `counts[i]` values of `V` each (64-byte aligned runs, from the
+    /// engine's ScratchPool), or TP_ERR_NO_MEMORY.
     func withScratch<V>(_: V.Type, _ counts: [Int], _ what: String, _ body: ([UnsafeMutablePointer<V>]) throws -> Void) throws {
         let sizes = try counts.map { try Checked.multiply(($0 + 15) / 16 * 16, MemoryLayout<V>.stride, what) }
         let bytes = try sizes.reduce(0) { try Checked.add($0, $1, what) }
