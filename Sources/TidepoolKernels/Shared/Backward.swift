@@ -151,6 +151,24 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         })
     }
 
+    /// Refuses (`checkScratch`) a worker's scratch of `parts` (counts of values of a size);
+    /// the call's tensors are the input, the cotangent and the gradient. The counts are sums
+    /// of products of the padded axes, which the engine keeps below 2^55 elements.
+    func limitScratch(_ parts: [(count: Int, size: Int)]) throws {
+        func bytes(_ count: Int, _ size: Int) -> Int? {
+            let product = count.multipliedReportingOverflow(by: size)
+            return product.overflow ? nil : product.partialValue
+        }
+        let perWorker = parts.reduce(Int?.some(0)) { total, part in
+            guard let total, let more = bytes(part.count, part.size) else { return nil }
+            let sum = total.addingReportingOverflow(more)
+            return sum.overflow ? nil : sum.partialValue
+        }
+        let element = MemoryLayout<R.Input>.stride, input = bytes(g.inputElements, element) ?? Int.max
+        let cotangent = bytes(outputElements, element) ?? Int.max
+        try checkScratch(perWorker: perWorker, tensorBytes: [input, cotangent, input], g)
+    }
+
     func run() throws {
         let elements = g.batch * g.inD * planeElements
         guard g.outD > 0, g.outH > 0, g.outW > 0 else {
@@ -175,6 +193,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     func average() throws {
         let c = g.channels, outRow = g.outW * c
         let perWorker = aligned(rowRing * outRow) + aligned(outRow) + aligned(g.inW * c)
+        try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride)])
         try withStagedRows { staged in
             try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the average's gradient") {
                 average(scratch: $0[0], perWorker: perWorker, staged: staged)
@@ -183,8 +202,10 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     }
 
     /// `count` rounded up to whole 64-byte lines of accumulators, so that the parts of a
-    /// worker's scratch start aligned.
-    func aligned(_ count: Int) -> Int { (count + 15) / 16 * 16 }
+    /// worker's scratch start aligned, and one line more: parts and ring slots are often a
+    /// power of two long (planes of 64 x 64 x 32), and parts at the same offset modulo 4 KiB
+    /// make a load wait for an unrelated store to another (4K aliasing) and share the L2's sets.
+    func aligned(_ count: Int) -> Int { (count + 15) / 16 * 16 + 16 }
 
     /// The output positions along an axis whose tap `t` falls on an input index in bounds.
     @inline(__always) func outputsOfTap(_ t: Int, stride: Int, padding: Int, length: Int, outputs: Int) -> Range<Int> {
@@ -321,8 +342,10 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// equal, or NaN. A NaN x lies in a window whose maximum and share are NaN, which spreads
     /// whatever the mask says, except in a window of one element, whose cotangent passes
     /// through untouched (MLX reduces nothing there): `x != x` gives it that, with no test of
-    /// the window size in the loops (which the compiler vectorised poorly).
-    @inline(__always) func reaches(_ x: R.Accumulator, _ m: R.Accumulator) -> Bool { x == m || x != x }
+    /// the window size in the loops (which the compiler vectorised poorly). The two never hold
+    /// together, so `!=` is their `or` without a short circuit, which the compiler had turned
+    /// into two masked loads of the share per element.
+    @inline(__always) func reaches(_ x: R.Accumulator, _ m: R.Accumulator) -> Bool { (x == m) != (x != x) }
 
     /// One step of a running (maximum, tie count) over parts whose maxima and tie counts are
     /// `v`, `count`: a greater maximum restarts the count, an equal one adds to it, NaN sticks.
@@ -347,42 +370,53 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         for j in 0..<count { k[j] = k[j] + (m[j] == -.infinity ? extra : 0) }
     }
 
-    /// Level 1 of `split` for input plane (n, d): per row h and output column ow, the maximum of
-    /// the row's window in m1[(h * outW + ow) * C + ch] and its ties in c1 (padding counted
-    /// as -inf elements).
-    func splitRows(_ n: Int, _ d: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ c1: UnsafeMutablePointer<R.Accumulator>,
-                   _ row: UnsafeMutablePointer<R.Accumulator>) {
-        let c = g.channels
-        for h in 0..<g.inH {
-            let elements = inputRow(n, d, h, row)
-            for ow in 0..<g.outW {
-                let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
-                let m = m1 + (h * g.outW + ow) * c, k = c1 + (h * g.outW + ow) * c
-                for ch in 0..<c { m[ch] = -.infinity; k[ch] = 0 }
-                for w in w0..<Swift.max(w0, w1) {
-                    let x = elements + w * c
-                    for ch in 0..<c { tie(&m[ch], &k[ch], x[ch], 1) }
-                }
-                tiePadding(m, k, c, g.kernelW - Swift.max(0, w1 - w0))
+    /// Level 1 of `split` for input row (n, d, h): per output column ow, the maximum of the
+    /// row's window in m[ow * C + ch] and its ties in k (padding counted as -inf elements).
+    func splitRow(_ n: Int, _ d: Int, _ h: Int, _ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>,
+                  _ row: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels, elements = inputRow(n, d, h, row)
+        for ow in 0..<g.outW {
+            let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+            let m = m + ow * c, k = k + ow * c
+            for ch in 0..<c { m[ch] = -.infinity; k[ch] = 0 }
+            for w in w0..<Swift.max(w0, w1) {
+                let x = elements + w * c
+                for ch in 0..<c { tie(&m[ch], &k[ch], x[ch], 1) }
             }
+            tiePadding(m, k, c, g.kernelW - Swift.max(0, w1 - w0))
         }
     }
 
-    /// Level 2 of `split`: per output position (oh, ow) of the plane, the maximum of its rows'
-    /// maxima in m2[(oh * outW + ow) * C + ch] and the ties in c2 (padded rows count kernelW).
-    func splitColumns(_ m1: UnsafeMutablePointer<R.Accumulator>, _ c1: UnsafeMutablePointer<R.Accumulator>,
-                      _ m2: UnsafeMutablePointer<R.Accumulator>, _ c2: UnsafeMutablePointer<R.Accumulator>) {
-        let c = g.channels, outRow = g.outW * c
-        for oh in 0..<g.outH {
-            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-            let m = m2 + oh * outRow, k = c2 + oh * outRow
-            for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 }
-            for h in h0..<Swift.max(h0, h1) {
-                let rm = m1 + h * outRow, rk = c1 + h * outRow
-                for j in 0..<outRow { tie(&m[j], &k[j], rm[j], rk[j]) }
-            }
-            tiePadding(m, k, outRow, (g.kernelH - Swift.max(0, h1 - h0)) * g.kernelW)
+    /// Level 2 of `split` for output row oh of a plane: the maximum of its rows' maxima (row h
+    /// at m1 + h * outW * C, its ties in the ring `c1` at slot h % columnRing) in m and the
+    /// ties in k (padded rows count kernelW each).
+    func splitColumn(_ oh: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ c1: UnsafeMutablePointer<R.Accumulator>,
+                     _ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>) {
+        let outRow = g.outW * g.channels
+        let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+        for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 }
+        for h in h0..<Swift.max(h0, h1) {
+            let rm = m1 + h * outRow, rk = c1 + (h % columnRing) * outRow
+            for j in 0..<outRow { tie(&m[j], &k[j], rm[j], rk[j]) }
         }
+        tiePadding(m, k, outRow, (g.kernelH - Swift.max(0, h1 - h0)) * g.kernelW)
+    }
+
+    /// The rows of level 1 an output row's level 2 reads, kept in a ring: its window's rows,
+    /// the last just found.
+    var columnRing: Int { Swift.max(1, Swift.min(g.kernelH, g.inH)) }
+
+    /// Level 1 and level 2 of input plane (n, d), output row by output row: `row(h)` for each
+    /// input row in order, each as soon as an output row needs it (all of them, needed or not),
+    /// and `column(oh)` once the rows of its window are found.
+    @inline(__always) func byRows(_ row: (Int) -> Void, _ column: (Int) -> Void) {
+        var next = 0  // the next input row to find
+        for oh in 0..<g.outH {
+            let (_, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+            while next < h1 { row(next); next += 1 }
+            column(oh)
+        }
+        while next < g.inH { row(next); next += 1 }
     }
 
     /// A worker's row of the max's scratch: an input or cotangent row (W or outW positions;
@@ -397,25 +431,25 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     var planeRing: Int { Swift.max(1, Swift.min(g.kernelD, g.inD)) }
     var windowRing: Int { Swift.max(1, Swift.min(g.outD, (2 * g.kernelD - 2) / g.strideD + 1)) }
 
+    /// The in-bounds planes [d0, d1) of D window od.
+    @inline(__always) func planes(of od: Int) -> (Int, Int) {
+        windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+    }
+
     /// The pipeline of the max's gradient, per batch element n and run of input planes [a, b)
     /// (runs split only to give every thread work): for each plane dd that the windows of the
-    /// run's planes hold, ascending, `levels(worker, n, dd, planeSlot)`; then for each window od
-    /// holding dd, `fold(worker, dd, windowSlot, first)` (`first`: dd is its first plane), while
-    /// the plane's levels are still in the caches, and after its last plane
-    /// `complete(worker, n, od, windowSlot)` (its planes d are all in the ring, slot
-    /// d % planeRing); then `back(worker, n, d, planeSlot)` for each plane of the run whose
-    /// windows are all complete. Planes and windows just outside a run are redone by the next
-    /// run, the same way, so the results do not depend on the runs.
-    func throughPlanes(levels: (Int, Int, Int, Int) -> Void, fold: (Int, Int, Int, Bool) -> Void,
-                       complete: (Int, Int, Int, Int) -> Void, back: (Int, Int, Int, Int) -> Void) {
+    /// run's planes hold, ascending, `plane(worker, n, dd, planeSlot, windows)`, which finds
+    /// the plane's levels (ring slot dd % planeRing), folds them into `windows` (those of the
+    /// run's that hold dd; slot od % windowRing; dd is window od's first plane when it is
+    /// `planes(of: od).0`) and completes those whose last plane dd is; then
+    /// `back(worker, n, d, planeSlot)` for each plane of the run whose windows are all
+    /// complete. Planes and windows just outside a run are redone by the next run, the same
+    /// way, so the results do not depend on the runs.
+    func throughPlanes(plane: (Int, Int, Int, Int, Range<Int>) -> Void, back: (Int, Int, Int, Int) -> Void) {
         let runs = Swift.min(g.inD, Swift.max(1, (2 * call.threads + g.batch - 1) / g.batch))
         let isCancelled = call.isCancelled ?? { false }
-        let (rp, rw) = (planeRing, windowRing)
-        func bounds(_ od: Int) -> (Int, Int) {
-            windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-        }
         // The plane after which plane d can take its gradient: the last plane of its last window.
-        func ready(_ d: Int) -> Int { holdersD[d].isEmpty ? d : Swift.max(d, bounds(holdersD[d].upperBound - 1).1 - 1) }
+        func ready(_ d: Int) -> Int { holdersD[d].isEmpty ? d : Swift.max(d, planes(of: holdersD[d].upperBound - 1).1 - 1) }
         parallel(g.batch * runs) { worker, item in
             let n = item / runs, run = item % runs
             let a = run * g.inD / runs, b = (run + 1) * g.inD / runs
@@ -423,18 +457,13 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
             let holders = holdersD[a..<b].filter { !$0.isEmpty }
             let windows = (holders.first?.lowerBound ?? 0)..<(holders.last?.upperBound ?? 0)
             var (first, last) = (a, b)
-            if !windows.isEmpty { first = Swift.min(a, bounds(windows.lowerBound).0); last = Swift.max(b, bounds(windows.upperBound - 1).1) }
+            if !windows.isEmpty { first = Swift.min(a, planes(of: windows.lowerBound).0); last = Swift.max(b, planes(of: windows.upperBound - 1).1) }
             var next = a  // the next plane of the run to take its gradient
             for dd in first..<last {
                 if isCancelled() { return }
-                levels(worker, n, dd, dd % rp)
-                for od in holdersD[dd] where windows.contains(od) {
-                    let (d0, d1) = bounds(od)
-                    fold(worker, dd, od % rw, dd == d0)
-                    if dd == d1 - 1 { complete(worker, n, od, od % rw) }
-                }
+                plane(worker, n, dd, dd % planeRing, holdersD[dd].clamped(to: windows))
                 while next < b && ready(next) <= dd {
-                    back(worker, n, next, next % rp)
+                    back(worker, n, next, next % planeRing)
                     next += 1
                 }
             }
@@ -444,55 +473,57 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// Per window, its maximum (NaN when it holds one) and each tied element's share of its
     /// cotangent; each plane then gathers its gradient back through its levels.
     func maxSplit() throws {
-        let c = g.channels
-        let rows = aligned(g.inH * g.outW * c), plane = aligned(g.outH * g.outW * c), line = rowLine
+        let c = g.channels, outRow = g.outW * c
+        let rows = aligned(g.inH * outRow), plane = aligned(g.outH * outRow), line = rowLine
         let (rp, rw) = (planeRing, windowRing)
-        // Per worker: the ring's row and plane maxima, the windows' maxima and shares, one
-        // plane's row and plane tie counts (the row's shares on the way back), the plane
-        // shares' ring of rows, a row.
-        let perWorker = rp * (rows + plane) + 2 * rw * plane + rows + 2 * plane + line
+        let (ties1, ties2, shares2, shares1) = (aligned(columnRing * outRow), aligned(outRow), aligned(rowRing * outRow), aligned(outRow))
+        // Per worker: the ring's row and plane maxima, the windows' maxima and shares, the ring
+        // of row tie counts level 2 reads, one output row's tie counts, the plane shares' ring
+        // of rows and a row's shares on the way back, a row.
+        let perWorker = rp * (rows + plane) + 2 * rw * plane + ties1 + ties2 + shares2 + shares1 + line
+        try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride)])
         let single = g.windowSize == 1
-        let outRow = g.outW * c, planeCount = g.outH * outRow
         try withStagedRows { staged in try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the max's gradient") {
             let scratch = $0[0]
             func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
-                                          c2: UnsafeMutablePointer<R.Accumulator>, wm: UnsafeMutablePointer<R.Accumulator>,
-                                          ws: UnsafeMutablePointer<R.Accumulator>, c1: UnsafeMutablePointer<R.Accumulator>,
-                                          s2: UnsafeMutablePointer<R.Accumulator>, row: UnsafeMutablePointer<R.Accumulator>) {
+                                          wm: UnsafeMutablePointer<R.Accumulator>, ws: UnsafeMutablePointer<R.Accumulator>,
+                                          c1: UnsafeMutablePointer<R.Accumulator>, c2: UnsafeMutablePointer<R.Accumulator>,
+                                          s2: UnsafeMutablePointer<R.Accumulator>, s1: UnsafeMutablePointer<R.Accumulator>,
+                                          row: UnsafeMutablePointer<R.Accumulator>) {
                 let m1 = scratch + worker * perWorker, m2 = m1 + rp * rows, wm = m2 + rp * plane, ws = wm + rw * plane
-                let c1 = ws + rw * plane, c2 = c1 + rows, s2 = c2 + plane
-                return (m1, m2, c2, wm, ws, c1, s2, s2 + plane)
+                let c1 = ws + rw * plane, c2 = c1 + ties1, s2 = c2 + ties2, s1 = s2 + shares2
+                return (m1, m2, wm, ws, c1, c2, s2, s1, s1 + shares1)
             }
-            throughPlanes(levels: { worker, n, d, slot in
-                let p = parts(worker)
-                splitRows(n, d, p.m1 + slot * rows, p.c1, p.row)
-                splitColumns(p.m1 + slot * rows, p.c1, p.m2 + slot * plane, p.c2)
-            }, fold: { worker, d, slot, first in
-                // Level 3: plane d, just found (its maxima in its ring slot, its ties in c2).
-                // Folded now, while they are in the caches: read again from the ring when the
-                // window completes, they come from memory instead.
-                let p = parts(worker), m = p.wm + slot * plane, k = p.ws + slot * plane, m2 = p.m2 + (d % rp) * plane
-                if first { for j in 0..<planeCount { m[j] = -.infinity; k[j] = 0 } }
-                for j in 0..<planeCount { tie(&m[j], &k[j], m2[j], p.c2[j]) }
-            }, complete: { worker, n, od, slot in
-                // The padding's ties, then each tied element's share.
-                let p = parts(worker), m = p.wm + slot * plane, k = p.ws + slot * plane
-                let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-                let padded = (g.kernelD - (d1 - d0)) * g.kernelH * g.kernelW
-                for oh in 0..<g.outH {
-                    let mr = m + oh * outRow, kr = k + oh * outRow
-                    tiePadding(mr, kr, outRow, padded)
-                    let gradient = cotangentRow(n, od, oh, p.row)
-                    // Windows of one element are no reduction at all (MLX reduces nothing there):
-                    // the cotangent passes through, NaN inputs included.
-                    if single {
-                        for j in 0..<outRow { kr[j] = gradient[j] }
-                    } else {
-                        for j in 0..<outRow {
-                            // A NaN window's share is its maximum (NaN): a select of two loaded
-                            // values, which vectorises where a NaN constant did not.
-                            let mv = mr[j], share = gradient[j] / kr[j]
-                            kr[j] = mv != mv ? mv : share
+            throughPlanes(plane: { worker, n, d, slot, windows in
+                // Output row by output row, so that everything but the rings' rows stays in the
+                // first-level caches: the rows' and the row's maxima, folded into each window
+                // holding the plane (level 3), and a window's shares once this is its last plane.
+                let p = parts(worker), m1 = p.m1 + slot * rows, m2 = p.m2 + slot * plane
+                byRows({ h in
+                    splitRow(n, d, h, m1 + h * outRow, p.c1 + (h % columnRing) * outRow, p.row)
+                }) { oh in
+                    let pm = m2 + oh * outRow, pk = p.c2
+                    splitColumn(oh, m1, p.c1, pm, pk)
+                    for od in windows {
+                        let (d0, d1) = planes(of: od)
+                        let m = p.wm + (od % rw) * plane + oh * outRow, k = p.ws + (od % rw) * plane + oh * outRow
+                        if d == d0 { for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 } }
+                        for j in 0..<outRow { tie(&m[j], &k[j], pm[j], pk[j]) }
+                        guard d == d1 - 1 else { continue }
+                        // The padding's ties, then each tied element's share.
+                        tiePadding(m, k, outRow, (g.kernelD - (d1 - d0)) * g.kernelH * g.kernelW)
+                        let gradient = cotangentRow(n, od, oh, p.row)
+                        // Windows of one element are no reduction at all (MLX reduces nothing
+                        // there): the cotangent passes through, NaN inputs included.
+                        if single {
+                            for j in 0..<outRow { k[j] = gradient[j] }
+                        } else {
+                            for j in 0..<outRow {
+                                // A NaN window's share is its maximum (NaN): a select of two
+                                // loaded values, which vectorises where a NaN constant did not.
+                                let mv = m[j], share = gradient[j] / k[j]
+                                k[j] = mv != mv ? mv : share
+                            }
                         }
                     }
                 }
@@ -501,7 +532,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                 // each output row from its windows, in a ring; the row's share of each of its
                 // windows' rows; then each element's.
                 let p = parts(worker), m1 = p.m1 + slot * rows, m2 = p.m2 + slot * plane
-                let s2 = p.s2, s1 = p.c1, row = p.row, sum = row + Swift.max(g.inW, g.outW) * c, staging = staged + worker * stagedRow
+                let s2 = p.s2, s1 = p.s1, row = p.row, sum = row + Swift.max(g.inW, g.outW) * c, staging = staged + worker * stagedRow
                 throughRows({ oh, ringSlot in
                     let s = s2 + ringSlot * outRow, pm = m2 + oh * outRow
                     for j in 0..<outRow { s[j] = 0 }
@@ -543,39 +574,33 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         p = take ? at : pv
     }
 
-    /// Level 1 of `first` for input plane (n, d): per row h and output column ow, the running
-    /// maximum of the row's window in m1 and the column picked in p1 (its first column when
+    /// Level 1 of `first` for input row (n, d, h): per output column ow, the running maximum
+    /// of the row's window in m[ow * C + ch] and the column picked in p (its first column when
     /// nothing is taken; -1 for a window with no column in bounds).
-    func firstRows<P: FixedWidthInteger>(_ n: Int, _ d: Int, _ m1: UnsafeMutablePointer<R.Accumulator>, _ p1: UnsafeMutablePointer<P>,
-                                         _ row: UnsafeMutablePointer<R.Accumulator>) {
-        let c = g.channels
-        for h in 0..<g.inH {
-            let elements = inputRow(n, d, h, row)
-            for ow in 0..<g.outW {
-                let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
-                let m = m1 + (h * g.outW + ow) * c, p = p1 + (h * g.outW + ow) * c
-                for ch in 0..<c { m[ch] = -.infinity; p[ch] = w1 > w0 ? P(w0) : -1 }
-                for w in w0..<Swift.max(w0, w1) {
-                    let x = elements + w * c, at = P(w)
-                    for ch in 0..<c { pick(&m[ch], &p[ch], x[ch], at) }
-                }
+    func firstRow<P: FixedWidthInteger>(_ n: Int, _ d: Int, _ h: Int, _ m: UnsafeMutablePointer<R.Accumulator>,
+                                        _ p: UnsafeMutablePointer<P>, _ row: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels, elements = inputRow(n, d, h, row)
+        for ow in 0..<g.outW {
+            let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+            let m = m + ow * c, p = p + ow * c
+            for ch in 0..<c { m[ch] = -.infinity; p[ch] = w1 > w0 ? P(w0) : -1 }
+            for w in w0..<Swift.max(w0, w1) {
+                let x = elements + w * c, at = P(w)
+                for ch in 0..<c { pick(&m[ch], &p[ch], x[ch], at) }
             }
         }
     }
 
-    /// Level 2 of `first`: per output position (oh, ow) of the plane, the running maximum of
-    /// its rows' maxima in m2 and the row picked in p2.
-    func firstColumns<P: FixedWidthInteger>(_ m1: UnsafeMutablePointer<R.Accumulator>, _ m2: UnsafeMutablePointer<R.Accumulator>,
-                                            _ p2: UnsafeMutablePointer<P>) {
+    /// Level 2 of `first` for output row oh of a plane: the running maximum of its rows' maxima
+    /// (row h in the ring `m1` at slot h % columnRing) in m and the row picked in p.
+    func firstColumn<P: FixedWidthInteger>(_ oh: Int, _ m1: UnsafeMutablePointer<R.Accumulator>,
+                                           _ m: UnsafeMutablePointer<R.Accumulator>, _ p: UnsafeMutablePointer<P>) {
         let outRow = g.outW * g.channels
-        for oh in 0..<g.outH {
-            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-            let m = m2 + oh * outRow, p = p2 + oh * outRow
-            for j in 0..<outRow { m[j] = -.infinity; p[j] = h1 > h0 ? P(h0) : -1 }
-            for h in h0..<Swift.max(h0, h1) {
-                let rm = m1 + h * outRow, at = P(h)
-                for j in 0..<outRow { pick(&m[j], &p[j], rm[j], at) }
-            }
+        let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+        for j in 0..<outRow { m[j] = -.infinity; p[j] = h1 > h0 ? P(h0) : -1 }
+        for h in h0..<Swift.max(h0, h1) {
+            let rm = m1 + (h % columnRing) * outRow, at = P(h)
+            for j in 0..<outRow { pick(&m[j], &p[j], rm[j], at) }
         }
     }
 
@@ -592,38 +617,44 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         let rows = aligned(g.inH * g.outW * c), plane = aligned(g.outH * g.outW * c), line = rowLine
         let (rp, rw) = (planeRing, windowRing)
         let workers = workers(g.batch * g.inD)
-        // Per worker: the ring's plane maxima, one plane's row maxima (the row's cotangents on
-        // the way back), the plane cotangents' ring of rows (a window's running maxima while it
-        // is found), a row; the ring's row and plane picks, the windows' picked planes.
-        let perWorker = rp * plane + rows + plane + line, perWorkerPicks = rp * (rows + plane) + rw * plane
-        let outRow = g.outW * c
+        let outRow = g.outW * c, (rows1, shares2) = (aligned(columnRing * outRow), aligned(rowRing * outRow))
+        // Per worker: the ring's plane maxima, the ring of row maxima level 2 reads (a row's
+        // cotangents on the way back), the plane cotangents' ring of rows (a window's running
+        // maxima while it is found), a row; the ring's row and plane picks, the windows'
+        // picked planes.
+        let perWorker = rp * plane + rows1 + shares2 + line, perWorkerPicks = rp * (rows + plane) + rw * plane
+        try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride), (perWorkerPicks, MemoryLayout<P>.stride)])
         try withStagedRows { staged in try withScratch(P.self, [workers * perWorkerPicks], "the max's gradient") { picks in
             try withScratch(R.Accumulator.self, [workers * perWorker], "the max's gradient") {
                 let scratch = $0[0], picks = picks[0]
                 func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
                                               s2: UnsafeMutablePointer<R.Accumulator>, row: UnsafeMutablePointer<R.Accumulator>,
                                               p1: UnsafeMutablePointer<P>, p2: UnsafeMutablePointer<P>, wp: UnsafeMutablePointer<P>) {
-                    let m2 = scratch + worker * perWorker, m1 = m2 + rp * plane, s2 = m1 + rows
+                    let m2 = scratch + worker * perWorker, m1 = m2 + rp * plane, s2 = m1 + rows1
                     let p1 = picks + worker * perWorkerPicks, p2 = p1 + rp * rows
-                    return (m1, m2, s2, s2 + plane, p1, p2, p2 + rp * plane)
+                    return (m1, m2, s2, s2 + shares2, p1, p2, p2 + rp * plane)
                 }
-                throughPlanes(levels: { worker, n, d, slot in
-                    let p = parts(worker)
-                    firstRows(n, d, p.m1, p.p1 + slot * rows, p.row)
-                    firstColumns(p.m1, p.m2 + slot * plane, p.p2 + slot * plane)
-                }, fold: { _, _, _, _ in
-                    // Found when the window completes: its picks are what is kept, not its maxima.
-                }, complete: { worker, _, od, slot in
-                    // Level 3, row by row: a window picks its first plane unless a later one
-                    // takes the place.
-                    let p = parts(worker), picked = p.wp + slot * plane, m = p.s2
-                    let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-                    for oh in 0..<g.outH {
-                        let pr = picked + oh * outRow, first = P(d0)
-                        for j in 0..<outRow { m[j] = -.infinity; pr[j] = first }
-                        for d in d0..<d1 {
-                            let pm = p.m2 + (d % rp) * plane + oh * outRow, at = P(d)
-                            for j in 0..<outRow { pick(&m[j], &pr[j], pm[j], at) }
+                throughPlanes(plane: { worker, n, d, slot, windows in
+                    let p = parts(worker), p1 = p.p1 + slot * rows, m2 = p.m2 + slot * plane, p2 = p.p2 + slot * plane
+                    byRows({ h in
+                        firstRow(n, d, h, p.m1 + (h % columnRing) * outRow, p1 + h * outRow, p.row)
+                    }) { oh in
+                        firstColumn(oh, p.m1, m2 + oh * outRow, p2 + oh * outRow)
+                    }
+                    // Level 3 once a window's last plane is found, row by row: a window picks
+                    // its first plane unless a later one takes the place. (Its picks are what
+                    // is kept, not its maxima, so nothing is folded before.)
+                    for od in windows {
+                        let (d0, d1) = planes(of: od)
+                        guard d == d1 - 1 else { continue }
+                        let picked = p.wp + (od % rw) * plane, m = p.s2
+                        for oh in 0..<g.outH {
+                            let pr = picked + oh * outRow, first = P(d0)
+                            for j in 0..<outRow { m[j] = -.infinity; pr[j] = first }
+                            for d in d0..<d1 {
+                                let pm = p.m2 + (d % rp) * plane + oh * outRow, at = P(d)
+                                for j in 0..<outRow { pick(&m[j], &pr[j], pm[j], at) }
+                            }
                         }
                     }
                 }, back: { worker, n, d, slot in

@@ -25,6 +25,29 @@ package func kernelPlan(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DTy
     return try withReduction(kind, dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, settings: settings))
 }
 
+/// Scratch per thread that is always allowed (see `checkScratch`).
+let minimumScratchLimit = 64 << 20
+
+/// Refuses `perWorker` bytes of scratch per thread (nil: more than Int.max) past 4 times the
+/// bytes of the call's tensors (`tensorBytes`: those it reads and writes), at least 64 MiB,
+/// with TP_ERR_NO_MEMORY. Scratch grows with the kernel and the padding, not only with the
+/// tensors (a window of 2^30 over one element would need gigabytes), so a small request cannot
+/// make the process allocate without limit. The sum and its multiple saturate.
+func checkScratch(perWorker: Int?, tensorBytes: [Int], _ geometry: PoolGeometry) throws {
+    let total = tensorBytes.reduce(0) { sum, bytes in
+        let added = sum.addingReportingOverflow(bytes)
+        return added.overflow ? Int.max : added.partialValue
+    }
+    let scaled = total.multipliedReportingOverflow(by: 4)
+    let limit = scaled.overflow ? Int.max : Swift.max(minimumScratchLimit, scaled.partialValue)
+    guard let perWorker, perWorker <= limit else {
+        throw PoolError(TP_ERR_NO_MEMORY,
+            "windows of kernel_size \(geometry.kernelDescription) with padding \(geometry.paddingDescription) need "
+                + "\(perWorker.map { "\($0)" } ?? "over 2^63") bytes of scratch per thread, "
+                + "more than the \(limit) allowed for these tensors (4 times their size, at least 64 MiB)")
+    }
+}
+
 /// One validated operation, split over threads.
 private struct Job: ReductionVisitor, @unchecked Sendable {
     let call: KernelCall
@@ -34,9 +57,6 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
     static let minimumWorkPerThread = 1 << 15
-    /// Scratch per thread that is always allowed (see `visit`).
-    static let minimumScratchLimit = 64 << 20
-
     func visit<R: WindowReduction>(_: R.Type) throws -> Int {
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let threads = call.threads
@@ -48,21 +68,10 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
         // The output's byte count fits (plan checked it).
         let outputBytes = geometry.pixels * geometry.channels * MemoryLayout<R.Output>.stride
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
-        // Scratch grows with the kernel and the padding, not only with the tensors: a window
-        // of 2^30 over one element would need gigabytes. Refused past a bound proportional to
-        // the tensors, so a small request cannot make the process allocate without limit.
-        // Both byte counts were checked to fit (plan); their sum and its multiple saturate.
+        // Both byte counts were checked to fit (plan).
         let inputBytes = geometry.inputElements * MemoryLayout<R.Input>.stride
-        let tensorBytes = inputBytes.addingReportingOverflow(outputBytes)
-        let scaled = tensorBytes.partialValue.multipliedReportingOverflow(by: 4)
-        let limit = tensorBytes.overflow || scaled.overflow ? Int.max : Swift.max(Self.minimumScratchLimit, scaled.partialValue)
         let perWorker = plan.scratchCount.multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
-        guard !perWorker.overflow, perWorker.partialValue <= limit else {
-            throw PoolError(TP_ERR_NO_MEMORY,
-                "windows of kernel_size \(geometry.kernelDescription) with padding \(geometry.paddingDescription) need "
-                    + "\(perWorker.overflow ? "over 2^63" : "\(perWorker.partialValue)") bytes of scratch per thread, "
-                    + "more than the \(limit) allowed for these tensors (4 times their size, at least 64 MiB)")
-        }
+        try checkScratch(perWorker: perWorker.overflow ? nil : perWorker.partialValue, tensorBytes: [inputBytes, outputBytes], geometry)
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel
         // more to zero than the pooling itself on mid-sized tensors.
         let bytes = perWorker.partialValue * workers

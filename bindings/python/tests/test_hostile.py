@@ -60,6 +60,19 @@ def test_absurd_padding_is_refused_before_allocating():
         tidepool.max_pool1d(np.ones((1, 1, 1), np.float32), kernel_size=2**30, stride=2**31, padding=2**30)
 
 
+@pytest.mark.parametrize("ties", ["split", "first"])
+def test_gradient_scratch_is_bounded_by_the_tensors(ties):
+    # The max's gradient keeps each row's window maxima (H rows x outW columns): one window of
+    # 2^20 rows over a 4 MB column, widened to 2048 columns by padding, would take 8 GB per
+    # thread for tensors of 8 MB. Refused by name, before allocating; a sane call still runs.
+    x = np.ones((1, 2**20, 1, 1), np.float32)
+    g = np.ones((1, 1, 2048, 1), np.float32)
+    with pytest.raises(tidepool.OutOfMemoryError, match="scratch per thread"):
+        tidepool.max_pool2d_vjp(x, g, (2**20, 2), 1, (0, 2**10), ties=ties)
+    small = tidepool.max_pool2d_vjp(x[:, :4], g[:, :, :2], (4, 2), 1, (0, 1), ties=ties)
+    assert small.shape == (1, 4, 1, 1) and np.isfinite(small).all()
+
+
 # ---- the daemon ----------------------------------------------------------------------------------
 
 
