@@ -361,6 +361,14 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         m = greater || v != v ? v : mv + 0
     }
 
+    /// A running (maximum, tie count) started from its first part: `tie` from (-inf, 0) with
+    /// one store per value instead of a store, a load and a store. The same values, except
+    /// the count where the maximum is NaN, which nothing reads (NaN windows share NaN).
+    @inline(__always) func seed(_ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>,
+                                _ v: UnsafePointer<R.Accumulator>, _ count: UnsafePointer<R.Accumulator>, _ n: Int) {
+        for j in 0..<n { m[j] = v[j]; k[j] = count[j] }
+    }
+
     /// A window part's padding, `padded` positions of -inf, tied into its count: they tie only
     /// with a maximum of -inf. Stored unconditionally (see `tie`).
     @inline(__always) func tiePadding(_ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>,
@@ -394,8 +402,12 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                      _ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>) {
         let outRow = g.outW * g.channels
         let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-        for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 }
-        for h in h0..<Swift.max(h0, h1) {
+        if h1 > h0 {
+            seed(m, k, m1 + h0 * outRow, c1 + (h0 % columnRing) * outRow, outRow)
+        } else {
+            for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 }
+        }
+        for h in (h0 + 1)..<Swift.max(h0 + 1, h1) {
             let rm = m1 + h * outRow, rk = c1 + (h % columnRing) * outRow
             for j in 0..<outRow { tie(&m[j], &k[j], rm[j], rk[j]) }
         }
@@ -507,8 +519,11 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                     for od in windows {
                         let (d0, d1) = planes(of: od)
                         let m = p.wm + (od % rw) * plane + oh * outRow, k = p.ws + (od % rw) * plane + oh * outRow
-                        if d == d0 { for j in 0..<outRow { m[j] = -.infinity; k[j] = 0 } }
-                        for j in 0..<outRow { tie(&m[j], &k[j], pm[j], pk[j]) }
+                        if d == d0 {
+                            seed(m, k, pm, pk, outRow)
+                        } else {
+                            for j in 0..<outRow { tie(&m[j], &k[j], pm[j], pk[j]) }
+                        }
                         guard d == d1 - 1 else { continue }
                         // The padding's ties, then each tied element's share.
                         tiePadding(m, k, outRow, (g.kernelD - (d1 - d0)) * g.kernelH * g.kernelW)
@@ -597,8 +612,14 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                                            _ m: UnsafeMutablePointer<R.Accumulator>, _ p: UnsafeMutablePointer<P>) {
         let outRow = g.outW * g.channels
         let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-        for j in 0..<outRow { m[j] = -.infinity; p[j] = h1 > h0 ? P(h0) : -1 }
-        for h in h0..<Swift.max(h0, h1) {
+        if h1 > h0 {
+            // `pick` from (-inf, h0) takes row h0's maximum, -inf included: one store each.
+            let rm = m1 + (h0 % columnRing) * outRow, first = P(h0)
+            for j in 0..<outRow { m[j] = rm[j]; p[j] = first }
+        } else {
+            for j in 0..<outRow { m[j] = -.infinity; p[j] = -1 }
+        }
+        for h in (h0 + 1)..<Swift.max(h0 + 1, h1) {
             let rm = m1 + (h % columnRing) * outRow, at = P(h)
             for j in 0..<outRow { pick(&m[j], &p[j], rm[j], at) }
         }
