@@ -61,21 +61,28 @@ def jax_pool(kind, d, k, s, p):
 
 def main():
     rng = np.random.default_rng(0)
-    print("\nGradients (vector-Jacobian products), float32, milliseconds (medians):")
-    print("| case | Tidepool | floor | Tidepool / floor | mx.vjp | jax.vjp | best peer / Tidepool |")
-    print("|---|---|---|---|---|---|---|")
+    cases = []
     for name, kind, shape, k, s, p in CASES:
         d = len(shape) - 2
         x = rng.standard_normal(shape).astype(np.float32)
         y = getattr(tidepool, f"{kind}_pool{d}d")(x, k, s, p)
         g = rng.standard_normal(y.shape).astype(np.float32)
+        cases.append((kind, shape, k, s, p, d, x, g))
+    # Tidepool and the floor of every case first, run for run in turn (the machine is shared),
+    # then the peers: JAX's threads keep spinning for a while after its calls and slowed the
+    # next case's Tidepool cells when the peers ran case by case (k3 s2 p1: 66-72 ms against
+    # 40-48 alone).
+    ours = []
+    for kind, shape, k, s, p, d, x, g in cases:
         out = np.empty_like(x)
         vjp = getattr(tidepool, f"{kind}_pool{d}d_vjp")
-        # Tidepool and the floor first, run for run in turn (the machine is shared), then the
-        # peers: JAX's threads may still spin for a while after its calls.
         rules = ("split", "first") if kind == "max" else ("split",)
-        ours, floor = median_pair_ms([lambda t=t: vjp(x, g, k, s, p, ties=t, out=out) for t in rules],
-                                     lambda: (x.copy(), g.copy()), 9)
+        ours.append((rules, *median_pair_ms([lambda t=t: vjp(x, g, k, s, p, ties=t, out=out) for t in rules],
+                                             lambda: (x.copy(), g.copy()), 9)))
+    print("\nGradients (vector-Jacobian products), float32, milliseconds (medians):")
+    print("| case | Tidepool | floor | Tidepool / floor | mx.vjp | jax.vjp | best peer / Tidepool |")
+    print("|---|---|---|---|---|---|---|")
+    for (kind, shape, k, s, p, d, x, g), (rules, times, floor) in zip(cases, ours):
         peers = {}
         if mx is not None:
             layer = getattr(mnn, f"{kind.capitalize()}Pool{d}d")(k, s, p)
@@ -93,7 +100,7 @@ def main():
         best = min(peers.values()) if peers else float("nan")
         cells = [f"{peers[p]:.1f}" if p in peers else "-" for p in ("mlx", "jax")]
         # Max under both tie rules: MLX's split (mx.vjp's) and PyTorch's first.
-        for ties, time_ms in zip(rules, ours):
+        for ties, time_ms in zip(rules, times):
             label = f"{kind.capitalize()}Pool{d}d k{k} s{s} p{p}{', ties=first' if ties == 'first' else ''}, {shape}"
             print(f"| {label} | {time_ms:.1f} | {floor:.1f} | {time_ms / floor:.2f}x | "
                   f"{cells[0]} | {cells[1]} | {best / time_ms:.1f}x |")
