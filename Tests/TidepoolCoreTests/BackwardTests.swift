@@ -114,7 +114,7 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
             let kind: PoolKind = trial % 2 == 0 ? .average : .max
             let ties: MaxTies = trial % 4 == 3 ? .first : .split
             let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
-            let c = [1, 2, 3, 8, 9].randomElement(using: &rng)!
+            let c = [1, 2, 3, 4, 8, 9].randomElement(using: &rng)!
             let spatial = zip(kernel, padding).map { kk, pp in Int.random(in: Swift.max(1, kk - 2 * pp)...(kk + 6), using: &rng) }
             let shape = [Int.random(in: 1...2, using: &rng)] + spatial + [c]
             let every = trial % 3 == 0 ? 2 : 1

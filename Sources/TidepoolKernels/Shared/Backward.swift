@@ -272,9 +272,17 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                         let target = spread + (outputs.lowerBound - g.padW + t) * c, source = row + outputs.lowerBound * c
                         for j in 0..<outputs.count * c { target[j] += source[j] }
                     } else {
-                        for ow in outputs {
-                            let target = spread + (ow * g.strideW - g.padW + t) * c, source = row + ow * c
-                            for ch in 0..<c { target[ch] += source[ch] }
+                        let target = spread + (outputs.lowerBound * g.strideW - g.padW + t) * c, source = row + outputs.lowerBound * c
+                        let step = g.strideW * c, count = outputs.count
+                        // The few-channel counts as constants, so the channel loop unrolls (a loop
+                        // of 3 or 4 iterations per output was most of the small and the C = 3
+                        // cases' time).
+                        switch c {
+                        case 1: spreadTap(target, source, count: count, step: step, channels: 1)
+                        case 2: spreadTap(target, source, count: count, step: step, channels: 2)
+                        case 3: spreadTap(target, source, count: count, step: step, channels: 3)
+                        case 4: spreadTap(target, source, count: count, step: step, channels: 4)
+                        default: spreadTap(target, source, count: count, step: step, channels: c)
                         }
                     }
                 }
@@ -282,6 +290,16 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                     for j in 0..<g.inW * c { target[j] = R.finish(spread[j], windowSize: windowSize) }
                 }
             }
+        }
+    }
+
+    /// One W tap of the average's gradient at a stride above 1: output i's `channels` sums
+    /// (contiguous in `source`) added to the input `step` elements after output i - 1's.
+    @inline(__always) func spreadTap(_ target: UnsafeMutablePointer<R.Accumulator>, _ source: UnsafePointer<R.Accumulator>,
+                                     count: Int, step: Int, channels: Int) {
+        for i in 0..<count {
+            let t = target + i * step, s = source + i * channels
+            for ch in 0..<channels { t[ch] += s[ch] }
         }
     }
 
