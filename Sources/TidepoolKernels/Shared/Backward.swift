@@ -155,17 +155,11 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// the call's tensors are the input, the cotangent and the gradient. The counts are sums
     /// of products of the padded axes, which the engine keeps below 2^55 elements.
     func limitScratch(_ parts: [(count: Int, size: Int)]) throws {
-        func bytes(_ count: Int, _ size: Int) -> Int? {
-            let product = count.multipliedReportingOverflow(by: size)
-            return product.overflow ? nil : product.partialValue
-        }
-        let perWorker = parts.reduce(Int?.some(0)) { total, part in
-            guard let total, let more = bytes(part.count, part.size) else { return nil }
-            let sum = total.addingReportingOverflow(more)
-            return sum.overflow ? nil : sum.partialValue
-        }
-        let element = MemoryLayout<R.Input>.stride, input = bytes(g.inputElements, element) ?? Int.max
-        let cotangent = bytes(outputElements, element) ?? Int.max
+        // nil (and Int.max) where a product or sum passes 64 bits.
+        let perWorker = try? parts.reduce(0) { try Checked.add($0, Checked.multiply($1.count, $1.size, ""), "") }
+        let element = MemoryLayout<R.Input>.stride
+        let input = (try? Checked.multiply(g.inputElements, element, "")) ?? Int.max
+        let cotangent = (try? Checked.multiply(outputElements, element, "")) ?? Int.max
         try checkScratch(perWorker: perWorker, tensorBytes: [input, cotangent, input], g)
     }
 

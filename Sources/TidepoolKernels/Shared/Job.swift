@@ -34,12 +34,8 @@ let minimumScratchLimit = 64 << 20
 /// tensors (a window of 2^30 over one element would need gigabytes), so a small request cannot
 /// make the process allocate without limit. The sum and its multiple saturate.
 func checkScratch(perWorker: Int?, tensorBytes: [Int], _ geometry: PoolGeometry) throws {
-    let total = tensorBytes.reduce(0) { sum, bytes in
-        let added = sum.addingReportingOverflow(bytes)
-        return added.overflow ? Int.max : added.partialValue
-    }
-    let scaled = total.multipliedReportingOverflow(by: 4)
-    let limit = scaled.overflow ? Int.max : Swift.max(minimumScratchLimit, scaled.partialValue)
+    let scaled = try? Checked.multiply(tensorBytes.reduce(0) { try Checked.add($0, $1, "") }, 4, "")
+    let limit = scaled.map { Swift.max(minimumScratchLimit, $0) } ?? Int.max
     guard let perWorker, perWorker <= limit else {
         throw PoolError(TP_ERR_NO_MEMORY,
             "windows of kernel_size \(geometry.kernelDescription) with padding \(geometry.paddingDescription) need "
