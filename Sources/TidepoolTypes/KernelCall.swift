@@ -31,17 +31,22 @@ public struct KernelSettings: Sendable, Equatable {
     public static let defaultTileBudgetBytes = 512 << 10
     /// Outputs at least this large (with 8+ channels) are written with streaming stores.
     public static let defaultStreamingOutputBytes = 4 << 20
+    /// State per thread of the max's gradient (its planes of row, plane and window maxima),
+    /// before its planes are cut into bands of rows.
+    public static let defaultGradientStateBytes = 2 << 20
 
     public var tileBudgetBytes: Int
     public var streamingOutputBytes: Int
+    public var gradientStateBytes: Int
     /// Whether the C vector kernels (`VectorFinish`) run where the CPU has them; tests turn
     /// them off to compare with the Swift loops.
     public var usesVectorKernels: Bool
 
     public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
-                usesVectorKernels: Bool = true) {
+                usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes) {
         self.tileBudgetBytes = tileBudgetBytes
         self.streamingOutputBytes = streamingOutputBytes
+        self.gradientStateBytes = gradientStateBytes
         self.usesVectorKernels = usesVectorKernels
     }
 }
@@ -113,7 +118,8 @@ package struct BackwardCall: @unchecked Sendable {
     package let gradOutput: UnsafeRawPointer
     package let gradInput: UnsafeMutableRawPointer
     package let threads: Int
-    /// The engine's settings (of them, the gradient uses `streamingOutputBytes`).
+    /// The engine's settings (of them, the gradient uses `streamingOutputBytes` and
+    /// `gradientStateBytes`).
     package let settings: KernelSettings
     /// Asked before each plane; once it says yes, no further plane starts.
     package let isCancelled: (@Sendable () -> Bool)?

@@ -96,13 +96,15 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
 
     /// Random configurations of every layer and float dtype, contiguous and strided, with ties
     /// (values on a coarse grid), -inf and NaN, against the float64 definition; strided
-    /// inputs and cotangents; 1 and 3 threads, both CPU levels and streamed stores bit-identical.
+    /// inputs and cotangents; 1 and 3 threads, both CPU levels, streamed stores and planes cut
+    /// into bands bit-identical.
     @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
     func matchesTheDefinition(dtype: DType) throws {
         var rng = SplitMix64(seed: 900 + UInt64(dtype.code))
-        // Each CPU level, and one engine that streams every gradient out (large ones do).
+        // Each CPU level, one engine that streams every gradient out (large ones do) and one
+        // that cuts the max's planes into as many bands of rows as it can (large planes are).
         let engines = CPULevel.allCases.filter(KernelSelection.supports).map { PoolEngine(threads: 1, cpuLevel: $0) }
-            + [PoolEngine(threads: 1, streamingOutputBytes: 0)]
+            + [PoolEngine(threads: 1, streamingOutputBytes: 0), PoolEngine(threads: 1, gradientStateBytes: 0)]
         for trial in 0..<100 {
             let dims = Int.random(in: 1...3, using: &rng)
             let kernel = (0..<dims).map { _ in Int.random(in: 1...4, using: &rng) }
@@ -115,7 +117,10 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
             let ties: MaxTies = trial % 4 == 3 ? .first : .split
             let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
             let c = [1, 2, 3, 4, 8, 9].randomElement(using: &rng)!
-            let spatial = zip(kernel, padding).map { kk, pp in Int.random(in: Swift.max(1, kk - 2 * pp)...(kk + 6), using: &rng) }
+            var spatial = zip(kernel, padding).map { kk, pp in Int.random(in: Swift.max(1, kk - 2 * pp)...(kk + 6), using: &rng) }
+            // Taller planes in some trials, cut into several bands of rows (the H axis is the
+            // last but one of 2-d and 3-d).
+            if dims > 1 && trial % 4 == 1 { spatial[dims - 2] = Int.random(in: (8 * kernel[dims - 2])...(8 * kernel[dims - 2] + 9), using: &rng) }
             let shape = [Int.random(in: 1...2, using: &rng)] + spatial + [c]
             let every = trial % 3 == 0 ? 2 : 1
             var strides = TensorView.contiguousStrides(Array(shape.dropLast()) + [c * every])

@@ -100,13 +100,13 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         }
     }
 
-    /// Per input row h of a plane, in order: `fill(oh, slot)` for each output row oh of its H
-    /// windows not filled yet (slot oh % rowRing of a ring of rows), then `row(h)`. Each output
-    /// row is filled once per plane: the windows of consecutive rows ascend, and at most
-    /// rowRing of them hold one row, so a slot is refilled only once no row needs it.
-    @inline(__always) func throughRows(_ fill: (Int, Int) -> Void, _ row: (Int) -> Void) {
+    /// Per input row h of a plane (of `rows`), in order: `fill(oh, slot)` for each output row
+    /// oh of its H windows not filled yet (slot oh % rowRing of a ring of rows), then `row(h)`.
+    /// Each output row is filled once per plane: the windows of consecutive rows ascend, and at
+    /// most rowRing of them hold one row, so a slot is refilled only once no row needs it.
+    @inline(__always) func throughRows(_ rows: Range<Int>, _ fill: (Int, Int) -> Void, _ row: (Int) -> Void) {
         var next = 0
-        for h in 0..<g.inH {
+        for h in rows {
             let holders = holdersH[h]
             for oh in Swift.max(next, holders.lowerBound)..<Swift.max(next, holders.upperBound) { fill(oh, oh % rowRing) }
             next = Swift.max(next, holders.upperBound)
@@ -114,10 +114,10 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         }
     }
 
-    /// `body` with a staging row of W * C elements per worker for `writeRow`; the streaming
-    /// stores are fenced once it returns.
-    func withStagedRows(_ body: (UnsafeMutablePointer<R.Input>) throws -> Void) throws {
-        let count = streams ? workers(g.batch * g.inD) * stagedRow : 1
+    /// `body` with a staging row of W * C elements per worker of `parallel(items)` for
+    /// `writeRow`; the streaming stores are fenced once it returns.
+    func withStagedRows(_ items: Int, _ body: (UnsafeMutablePointer<R.Input>) throws -> Void) throws {
+        let count = streams ? workers(items) * stagedRow : 1
         try withScratch(R.Input.self, [count], "the gradient's staging rows") { try body($0[0]) }
         if streams { tpstream_fence() }
     }
@@ -188,7 +188,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         let c = g.channels, outRow = g.outW * c
         let perWorker = aligned(rowRing * outRow) + aligned(outRow) + aligned(g.inW * c)
         try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride)])
-        try withStagedRows { staged in
+        try withStagedRows(g.batch * g.inD) { staged in
             try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the average's gradient") {
                 average(scratch: $0[0], perWorker: perWorker, staged: staged)
             }
@@ -241,7 +241,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
             let n = index / g.inD, d = index % g.inD
             let rows = scratch + worker * perWorker, summed = rows + aligned(rowRing * outRow)
             let spread = summed + aligned(outRow), staging = staged + worker * stagedRow
-            throughRows({ oh, slot in sumOverD(n, d, oh, into: rows + slot * outRow) }) { h in
+            throughRows(0..<g.inH, { oh, slot in sumOverD(n, d, oh, into: rows + slot * outRow) }) { h in
                 let holders = holdersH[h]
                 // Over H: the ring's rows of this row's windows (one of them is used in place).
                 let row: UnsafeMutablePointer<R.Accumulator>
@@ -430,17 +430,58 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// the last just found.
     var columnRing: Int { Swift.max(1, Swift.min(g.kernelH, g.inH)) }
 
-    /// Level 1 and level 2 of input plane (n, d), output row by output row: `row(h)` for each
-    /// input row in order, each as soon as an output row needs it (all of them, needed or not),
-    /// and `column(oh)` once the rows of its window are found.
-    @inline(__always) func byRows(_ row: (Int) -> Void, _ column: (Int) -> Void) {
-        var next = 0  // the next input row to find
-        for oh in 0..<g.outH {
-            let (_, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-            while next < h1 { row(next); next += 1 }
+    /// Level 1 and level 2 of a band of input plane (n, d), output row by output row: `row(h)`
+    /// for each of the band's level rows in order, each as soon as an output row needs it (all
+    /// of them, needed or not), and `column(oh)` for each of its windows once the rows of the
+    /// window are found.
+    @inline(__always) func byRows(_ band: RowBand, _ row: (Int) -> Void, _ column: (Int) -> Void) {
+        var next = band.levels.lowerBound  // the next input row to find
+        for oh in band.windows {
+            while next < rowsOf(oh).1 { row(next); next += 1 }
             column(oh)
         }
-        while next < g.inH { row(next); next += 1 }
+        while next < band.levels.upperBound { row(next); next += 1 }
+    }
+
+    /// The in-bounds rows [h0, h1) of H window oh.
+    @inline(__always) func rowsOf(_ oh: Int) -> (Int, Int) {
+        windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+    }
+
+    /// Input rows whose gradient one item of `throughPlanes` writes (`rows`), the H windows
+    /// that hold them (`windows`) and the rows those windows read (`levels`, which hold
+    /// `rows`). Bands side by side each find the rows and windows they share, the same way, so
+    /// results do not depend on the bands; a band's state is its levels' and windows' rows.
+    struct RowBand {
+        let rows: Range<Int>, windows: Range<Int>, levels: Range<Int>
+    }
+
+    func band(_ rows: Range<Int>) -> RowBand {
+        let held = holdersH[rows].filter { !$0.isEmpty }
+        let windows = (held.first?.lowerBound ?? 0)..<(held.last?.upperBound ?? 0)
+        guard !windows.isEmpty else { return RowBand(rows: rows, windows: windows, levels: rows) }
+        let levels = Swift.min(rows.lowerBound, rowsOf(windows.lowerBound).0)..<Swift.max(rows.upperBound, rowsOf(windows.upperBound - 1).1)
+        return RowBand(rows: rows, windows: windows, levels: levels)
+    }
+
+    /// The planes of `throughPlanes` cut into the fewest bands (1, 2, 4, ... of equal rows)
+    /// whose state, `state(levels, windows)` bytes per worker for a band of so many level rows
+    /// and window rows, fits `gradientStateBytes`. Whole planes of state (5 windows' and 6
+    /// ring planes for k3 s1) are a full-size temporary where the planes are large: 3 to 4
+    /// times a 2-d image, found by one thread per image. Bands are kept at least 2 kernelH
+    /// rows long, so that the rows and windows found again at their edges stay a fraction of
+    /// the work. Returns the bands and their largest level and window counts.
+    func bands(_ state: (Int, Int) -> Int) -> (bands: [RowBand], levels: Int, windows: Int) {
+        func cut(_ count: Int) -> (bands: [RowBand], levels: Int, windows: Int) {
+            let bands = (0..<count).map { band(($0 * g.inH / count)..<(($0 + 1) * g.inH / count)) }
+            return (bands, bands.lazy.map(\.levels.count).max() ?? 0, bands.lazy.map(\.windows.count).max() ?? 0)
+        }
+        var count = 1, chosen = cut(1)
+        while state(chosen.levels, chosen.windows) > call.settings.gradientStateBytes && g.inH / (2 * count) >= Swift.max(2, 2 * g.kernelH) {
+            count *= 2
+            chosen = cut(count)
+        }
+        return chosen
     }
 
     /// A worker's row of the max's scratch: an input or cotangent row (W or outW positions;
@@ -460,22 +501,24 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
     }
 
-    /// The pipeline of the max's gradient, per batch element n and run of input planes [a, b)
-    /// (runs split only to give every thread work): for each plane dd that the windows of the
-    /// run's planes hold, ascending, `plane(worker, n, dd, planeSlot, windows)`, which finds
-    /// the plane's levels (ring slot dd % planeRing), folds them into `windows` (those of the
-    /// run's that hold dd; slot od % windowRing; dd is window od's first plane when it is
-    /// `planes(of: od).0`) and completes those whose last plane dd is; then
-    /// `back(worker, n, d, planeSlot)` for each plane of the run whose windows are all
-    /// complete. Planes and windows just outside a run are redone by the next run, the same
-    /// way, so the results do not depend on the runs.
-    func throughPlanes(plane: (Int, Int, Int, Int, Range<Int>) -> Void, back: (Int, Int, Int, Int) -> Void) {
-        let runs = Swift.min(g.inD, Swift.max(1, (2 * call.threads + g.batch - 1) / g.batch))
+    /// The pipeline of the max's gradient, per batch element n, band of rows (`bands`) and run
+    /// of input planes [a, b) (runs split only to give every thread work): for each plane dd
+    /// that the windows of the run's planes hold, ascending, `plane(worker, n, dd, planeSlot,
+    /// windows, band)`, which finds the band's levels of the plane (ring slot dd % planeRing),
+    /// folds them into `windows` (those of the run's that hold dd; slot od % windowRing; dd is
+    /// window od's first plane when it is `planes(of: od).0`) and completes those whose last
+    /// plane dd is; then `back(worker, n, d, planeSlot, band)` for each plane of the run whose
+    /// windows are all complete. Planes and windows just outside a run are redone by the next
+    /// run, the same way, so the results do not depend on the runs (nor on the bands).
+    func throughPlanes(_ bands: [RowBand], plane: (Int, Int, Int, Int, Range<Int>, RowBand) -> Void,
+                       back: (Int, Int, Int, Int, RowBand) -> Void) {
+        let items = g.batch * bands.count
+        let runs = Swift.min(g.inD, Swift.max(1, (2 * call.threads + items - 1) / items))
         let isCancelled = call.isCancelled ?? { false }
         // The plane after which plane d can take its gradient: the last plane of its last window.
         func ready(_ d: Int) -> Int { holdersD[d].isEmpty ? d : Swift.max(d, planes(of: holdersD[d].upperBound - 1).1 - 1) }
-        parallel(g.batch * runs) { worker, item in
-            let n = item / runs, run = item % runs
+        parallel(items * runs) { worker, item in
+            let band = bands[item % bands.count], n = item / bands.count / runs, run = item / bands.count % runs
             let a = run * g.inD / runs, b = (run + 1) * g.inD / runs
             guard a < b else { return }
             let holders = holdersD[a..<b].filter { !$0.isEmpty }
@@ -485,9 +528,9 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
             var next = a  // the next plane of the run to take its gradient
             for dd in first..<last {
                 if isCancelled() { return }
-                plane(worker, n, dd, dd % planeRing, holdersD[dd].clamped(to: windows))
+                plane(worker, n, dd, dd % planeRing, holdersD[dd].clamped(to: windows), band)
                 while next < b && ready(next) <= dd {
-                    back(worker, n, next, next % planeRing)
+                    back(worker, n, next, next % planeRing, band)
                     next += 1
                 }
             }
@@ -497,17 +540,21 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// Per window, its maximum (NaN when it holds one) and each tied element's share of its
     /// cotangent; each plane then gathers its gradient back through its levels.
     func maxSplit() throws {
-        let c = g.channels, outRow = g.outW * c
-        let rows = aligned(g.inH * outRow), plane = aligned(g.outH * outRow), line = rowLine
+        let c = g.channels, outRow = g.outW * c, line = rowLine
         let (rp, rw) = (planeRing, windowRing)
         let (ties1, ties2, shares2, shares1) = (aligned(columnRing * outRow), aligned(outRow), aligned(rowRing * outRow), aligned(outRow))
-        // Per worker: the ring's row and plane maxima, the windows' maxima and shares, the ring
-        // of row tie counts level 2 reads, one output row's tie counts, the plane shares' ring
-        // of rows and a row's shares on the way back, a row.
-        let perWorker = rp * (rows + plane) + 2 * rw * plane + ties1 + ties2 + shares2 + shares1 + line
+        // Per worker: the ring's band of row and plane maxima, the windows' maxima and shares,
+        // the ring of row tie counts level 2 reads, one output row's tie counts, the plane
+        // shares' ring of rows and a row's shares on the way back, a row.
+        func perWorker(_ levels: Int, _ windows: Int) -> Int {
+            let rows = aligned(levels * outRow), plane = aligned(windows * outRow)
+            return rp * (rows + plane) + 2 * rw * plane + ties1 + ties2 + shares2 + shares1 + line
+        }
+        let (bands, levels, windows) = bands { (try? Checked.multiply(perWorker($0, $1), MemoryLayout<R.Accumulator>.stride, "")) ?? .max }
+        let rows = aligned(levels * outRow), plane = aligned(windows * outRow), perWorker = perWorker(levels, windows)
         try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride)])
-        let single = g.windowSize == 1
-        try withStagedRows { staged in try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the max's gradient") {
+        let single = g.windowSize == 1, items = g.batch * g.inD * bands.count
+        try withStagedRows(items) { staged in try withScratch(R.Accumulator.self, [workers(items) * perWorker], "the max's gradient") {
             let scratch = $0[0]
             func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
                                           wm: UnsafeMutablePointer<R.Accumulator>, ws: UnsafeMutablePointer<R.Accumulator>,
@@ -518,19 +565,22 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                 let c1 = ws + rw * plane, c2 = c1 + ties1, s2 = c2 + ties2, s1 = s2 + shares2
                 return (m1, m2, wm, ws, c1, c2, s2, s1, s1 + shares1)
             }
-            throughPlanes(plane: { worker, n, d, slot, windows in
+            throughPlanes(bands, plane: { worker, n, d, slot, windows, band in
                 // Output row by output row, so that everything but the rings' rows stays in the
                 // first-level caches: the rows' and the row's maxima, folded into each window
                 // holding the plane (level 3), and a window's shares once this is its last plane.
-                let p = parts(worker), m1 = p.m1 + slot * rows, m2 = p.m2 + slot * plane
-                byRows({ h in
+                // (The band's first level row and window are the planes' first rows: their
+                // bases are moved back, so that rows are found by their index in the plane.)
+                let p = parts(worker), (wm, ws) = (p.wm - band.windows.lowerBound * outRow, p.ws - band.windows.lowerBound * outRow)
+                let m1 = p.m1 + slot * rows - band.levels.lowerBound * outRow, m2 = p.m2 + slot * plane - band.windows.lowerBound * outRow
+                byRows(band, { h in
                     splitRow(n, d, h, m1 + h * outRow, p.c1 + (h % columnRing) * outRow, p.row)
                 }) { oh in
                     let pm = m2 + oh * outRow, pk = p.c2
                     splitColumn(oh, m1, p.c1, pm, pk)
                     for od in windows {
                         let (d0, d1) = planes(of: od)
-                        let m = p.wm + (od % rw) * plane + oh * outRow, k = p.ws + (od % rw) * plane + oh * outRow
+                        let m = wm + (od % rw) * plane + oh * outRow, k = ws + (od % rw) * plane + oh * outRow
                         if d == d0 {
                             seed(m, k, pm, pk, outRow)
                         } else {
@@ -554,17 +604,18 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                         }
                     }
                 }
-            }, back: { worker, n, d, slot in
+            }, back: { worker, n, d, slot, band in
                 // Row by row (the shares stay in the first-level caches): the plane's share of
                 // each output row from its windows, in a ring; the row's share of each of its
                 // windows' rows; then each element's.
-                let p = parts(worker), m1 = p.m1 + slot * rows, m2 = p.m2 + slot * plane
+                let p = parts(worker), (wm, ws) = (p.wm - band.windows.lowerBound * outRow, p.ws - band.windows.lowerBound * outRow)
+                let m1 = p.m1 + slot * rows - band.levels.lowerBound * outRow, m2 = p.m2 + slot * plane - band.windows.lowerBound * outRow
                 let s2 = p.s2, s1 = p.s1, row = p.row, sum = row + Swift.max(g.inW, g.outW) * c, staging = staged + worker * stagedRow
-                throughRows({ oh, ringSlot in
+                throughRows(band.rows, { oh, ringSlot in
                     let s = s2 + ringSlot * outRow, pm = m2 + oh * outRow
                     for j in 0..<outRow { s[j] = 0 }
                     for od in holdersD[d] {
-                        let m = p.wm + (od % rw) * plane + oh * outRow, share = p.ws + (od % rw) * plane + oh * outRow
+                        let m = wm + (od % rw) * plane + oh * outRow, share = ws + (od % rw) * plane + oh * outRow
                         for j in 0..<outRow { s[j] += masked(reaches(pm[j], m[j]), share[j]) }
                     }
                 }) { h in
@@ -646,18 +697,26 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     }
 
     func maxFirst<P: FixedWidthInteger>(_: P.Type) throws {
-        let c = g.channels
-        let rows = aligned(g.inH * g.outW * c), plane = aligned(g.outH * g.outW * c), line = rowLine
+        let c = g.channels, line = rowLine
         let (rp, rw) = (planeRing, windowRing)
-        let workers = workers(g.batch * g.inD)
         let outRow = g.outW * c, (rows1, shares2) = (aligned(columnRing * outRow), aligned(rowRing * outRow))
-        // Per worker: the ring's plane maxima, the ring of row maxima level 2 reads (a row's
-        // cotangents on the way back), the plane cotangents' ring of rows (a window's running
-        // maxima while it is found), a row; the ring's row and plane picks, the windows'
-        // picked planes.
-        let perWorker = rp * plane + rows1 + shares2 + line, perWorkerPicks = rp * (rows + plane) + rw * plane
+        // Per worker: the ring's band of plane maxima, the ring of row maxima level 2 reads (a
+        // row's cotangents on the way back), the plane cotangents' ring of rows (a window's
+        // running maxima while it is found), a row; the ring's band of row and plane picks,
+        // the windows' picked planes.
+        func perWorker(_ levels: Int, _ windows: Int) -> (Int, Int) {
+            let rows = aligned(levels * outRow), plane = aligned(windows * outRow)
+            return (rp * plane + rows1 + shares2 + line, rp * (rows + plane) + rw * plane)
+        }
+        let (bands, levels, windows) = bands {
+            let (values, picks) = perWorker($0, $1)
+            return (try? Checked.add(Checked.multiply(values, MemoryLayout<R.Accumulator>.stride, ""),
+                                     Checked.multiply(picks, MemoryLayout<P>.stride, ""), "")) ?? .max
+        }
+        let rows = aligned(levels * outRow), plane = aligned(windows * outRow), (perWorker, perWorkerPicks) = perWorker(levels, windows)
         try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride), (perWorkerPicks, MemoryLayout<P>.stride)])
-        try withStagedRows { staged in try withScratch(P.self, [workers * perWorkerPicks], "the max's gradient") { picks in
+        let items = g.batch * g.inD * bands.count, workers = workers(items)
+        try withStagedRows(items) { staged in try withScratch(P.self, [workers * perWorkerPicks], "the max's gradient") { picks in
             try withScratch(R.Accumulator.self, [workers * perWorker], "the max's gradient") {
                 let scratch = $0[0], picks = picks[0]
                 func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
@@ -667,9 +726,11 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                     let p1 = picks + worker * perWorkerPicks, p2 = p1 + rp * rows
                     return (m1, m2, s2, s2 + shares2, p1, p2, p2 + rp * plane)
                 }
-                throughPlanes(plane: { worker, n, d, slot, windows in
-                    let p = parts(worker), p1 = p.p1 + slot * rows, m2 = p.m2 + slot * plane, p2 = p.p2 + slot * plane
-                    byRows({ h in
+                throughPlanes(bands, plane: { worker, n, d, slot, windows, band in
+                    // (Bases moved back by the band's first rows, as in `maxSplit`.)
+                    let p = parts(worker), wp = p.wp - band.windows.lowerBound * outRow, p1 = p.p1 + slot * rows - band.levels.lowerBound * outRow
+                    let m2 = p.m2 + slot * plane - band.windows.lowerBound * outRow, p2 = p.p2 + slot * plane - band.windows.lowerBound * outRow
+                    byRows(band, { h in
                         firstRow(n, d, h, p.m1 + (h % columnRing) * outRow, p1 + h * outRow, p.row)
                     }) { oh in
                         firstColumn(oh, p.m1, m2 + oh * outRow, p2 + oh * outRow)
@@ -680,28 +741,29 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                     for od in windows {
                         let (d0, d1) = planes(of: od)
                         guard d == d1 - 1 else { continue }
-                        let picked = p.wp + (od % rw) * plane, m = p.s2
-                        for oh in 0..<g.outH {
+                        let picked = wp + (od % rw) * plane, m = p.s2
+                        for oh in band.windows {
                             let pr = picked + oh * outRow, first = P(d0)
                             for j in 0..<outRow { m[j] = -.infinity; pr[j] = first }
                             for d in d0..<d1 {
-                                let pm = p.m2 + (d % rp) * plane + oh * outRow, at = P(d)
+                                let pm = p.m2 + (d % rp) * plane + (oh - band.windows.lowerBound) * outRow, at = P(d)
                                 for j in 0..<outRow { pick(&m[j], &pr[j], pm[j], at) }
                             }
                         }
                     }
-                }, back: { worker, n, d, slot in
+                }, back: { worker, n, d, slot, band in
                     // Row by row, as in `maxSplit`: the cotangents of the windows that picked
                     // this plane, per output row, in a ring; those of the rows that picked row h;
                     // then each element's.
-                    let p = parts(worker), p1 = p.p1 + slot * rows, p2 = p.p2 + slot * plane
+                    let p = parts(worker), wp = p.wp - band.windows.lowerBound * outRow, p1 = p.p1 + slot * rows - band.levels.lowerBound * outRow
+                    let p2 = p.p2 + slot * plane - band.windows.lowerBound * outRow
                     let s2 = p.s2, s1 = p.m1, row = p.row, sum = row + Swift.max(g.inW, g.outW) * c, staging = staged + worker * stagedRow
                     let here = P(d)
-                    throughRows({ oh, ringSlot in
+                    throughRows(band.rows, { oh, ringSlot in
                         let s = s2 + ringSlot * outRow
                         for j in 0..<outRow { s[j] = 0 }
                         for od in holdersD[d] {
-                            let gradient = cotangentRow(n, od, oh, row), pp = p.wp + (od % rw) * plane + oh * outRow
+                            let gradient = cotangentRow(n, od, oh, row), pp = wp + (od % rw) * plane + oh * outRow
                             // Added whether picked or not (0 then): blends vectorise, masked stores are slow.
                             for j in 0..<outRow { s[j] += pp[j] == here ? gradient[j] : 0 }
                         }

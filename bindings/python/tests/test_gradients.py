@@ -108,6 +108,32 @@ def test_strided_views_are_read_in_place_and_threads_do_not_change_bits(rng):
     assert tidepool.max_pool2d_vjp(x, g, 3, 1, 1, out=out) is out
 
 
+MEMORY_CHILD = """
+import resource, sys, numpy as np, tidepool
+x = np.random.default_rng(0).standard_normal((1, 1024, 1024, 16)).astype(np.float32)
+g = np.random.default_rng(1).standard_normal((1, 1024, 1024, 16)).astype(np.float32)
+out = np.zeros_like(x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tidepool.max_pool2d_vjp(x, g, 3, 1, 1, ties=sys.argv[1], out=out)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, int(np.count_nonzero(out)))
+"""
+
+
+@pytest.mark.parametrize("ties", ["split", "first"])
+def test_max_gradient_state_does_not_grow_with_the_image(ties):
+    """The max's state (row, plane and window maxima) is kept for a band of rows, not a
+    whole plane: on a 64 MiB image, whose planes of state would be 3-4 times that, the peak
+    resident memory of a fresh process grows by a few MiB at most."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, ties], capture_output=True, text=True, timeout=120, check=True)
+    grown_kib, nonzero = map(int, done.stdout.split())
+    assert grown_kib < 16 * 1024, f"peak memory grew by {grown_kib} KiB"
+    # Every window's maximum receives its share: about one element in 3 of a random image.
+    assert nonzero > 1024 * 1024 * 16 // 8
+
+
 def test_refusals_name_what_is_wrong():
     x = np.zeros((1, 4, 1), np.float32)
     g = np.zeros((1, 2, 1), np.float32)
