@@ -42,7 +42,9 @@ public final class PoolEngine: Sendable {
         kernels = KernelSelection.kernels(level)
     }
 
-    public static var onlineCPUs: Int { Swift.max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
+    /// The CPUs online when first asked: glibc's sysconf opens and reads
+    /// /sys/devices/system/cpu/online on every call, which cost a tiny pooling most of its time.
+    public static let onlineCPUs: Int = Swift.max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
 
     /// The number of threads `pool` uses (never 0).
     public var threadCount: Int {
