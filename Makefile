@@ -275,10 +275,11 @@ $(BENCH_VENV)/.installed:
 # The engine's cases are listed once, in benchmarks/cases.txt. CASE=text runs only the cases
 # whose name contains text (e.g. make bench CASE="k5 s1 p2"), and skips the daemon's part.
 CASE ?=
-bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_VENV)/.installed
+bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_BUILD)/tiny_bench $(BENCH_VENV)/.installed
 	@echo "Tidepool engine benchmark, $$(date -u +%Y-%m-%d), $$(nproc) CPUs, $$(uname -m)"
 	CASE="$(CASE)" $(BENCH_VENV)/bin/python benchmarks/engine_bench.py
 	CASE="$(CASE)" PYTHONPATH=bindings/python:benchmarks $(BENCH_VENV)/bin/python benchmarks/gradient_bench.py
+	@if [ -z "$(CASE)" ]; then PYTHONPATH=bindings/python $(BENCH_VENV)/bin/python benchmarks/tiny_bench.py; fi
 	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
 
 clean:

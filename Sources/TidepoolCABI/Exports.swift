@@ -120,8 +120,15 @@ public func tpTensorNBytes(_ tensor: UnsafePointer<tp_tensor>?, _ nbytes: Unsafe
 public func tpPool(_ desc: UnsafePointer<tp_pool_desc>?, _ input: UnsafePointer<tp_tensor>?,
                    _ output: UnsafePointer<tp_tensor>?) -> tp_status {
     withStatus {
+        let cache = PoolPlanCache.current
+        if let desc, let input, let output, let prepared = cache.lookup(desc, input, output) {
+            try PoolEngine.shared.pool(prepared, input: input.pointee.data, output: output.pointee.data)
+            return
+        }
         let (pool, source, destination) = try poolArguments(desc, input, output)
-        try PoolEngine.shared.pool(pool, input: source, output: destination)
+        let prepared = try PoolEngine.shared.prepare(pool, input: source, output: destination)
+        if let desc, let input, let output { cache.store(prepared, desc, input, output) }
+        try PoolEngine.shared.pool(prepared, input: source.data, output: destination.data)
     }
 }
 

@@ -69,6 +69,36 @@ public final class PoolEngine: Sendable {
     /// geometry to run, or nil when the output is empty (nothing to compute). Called by
     /// `pool` before any element is written.
     func plan(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> PoolGeometry? {
+        let prepared = try prepare(desc, input: input, output: output)
+        try prepared.place(input: input.data, output: output.data)
+        return prepared.geometry
+    }
+
+    /// A pooling checked for everything but its data addresses (`prepare`): `pool(_:input:
+    /// output:)` runs it on tensors of the same description at any addresses, checking only
+    /// those, so a caller pooling many small tensors alike pays for the rest once.
+    public struct Prepared: @unchecked Sendable {
+        let kind: PoolKind
+        let dtype: DType
+        let inputShape: [Int], outputShape: [Int]
+        /// The bytes each tensor touches from its address (nil: no elements).
+        let inputReach: Range<Int>?, outputReach: Range<Int>?
+        /// nil when the output is empty.
+        let geometry: PoolGeometry?
+
+        /// The checks of the data addresses: not null where there are elements, no address
+        /// range past 64 bits, no overlap.
+        func place(input: UnsafeRawPointer?, output: UnsafeRawPointer?) throws {
+            let inputSpan = try inputReach.map { try TensorView.place($0, at: input, shape: inputShape, what: "input") }
+            let outputSpan = try outputReach.map { try TensorView.place($0, at: output, shape: outputShape, what: "output") }
+            if let inputSpan, let outputSpan, inputSpan.overlaps(outputSpan) {
+                throw PoolError(TP_ERR_LAYOUT, "output memory overlaps the input; pooling cannot run in place")
+            }
+        }
+    }
+
+    /// Checks everything about an operation but its data addresses (see `Prepared`).
+    public func prepare(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws -> Prepared {
         let expectedShape = try desc.outputShape(inputShape: input.shape)
         let expectedDType = input.dtype.result(of: desc.kind)
         guard output.dtype == expectedDType else {
@@ -81,15 +111,13 @@ public final class PoolEngine: Sendable {
                     + "but is \(pythonTuple(output.shape))")
         }
         try output.checkContiguous()
-        let inputSpan = try input.byteSpan(what: "input")
-        let outputSpan = try output.asInput.byteSpan(what: "output")
-        if let inputSpan, let outputSpan, inputSpan.overlaps(outputSpan) {
-            throw PoolError(TP_ERR_LAYOUT, "output memory overlaps the input; pooling cannot run in place")
-        }
-        // Checked by outputSpan: the output's element count fits, so every product of its
+        let inputReach = try input.reach(what: "input")
+        let outputReach = try output.asInput.reach(what: "output")
+        // Checked by outputReach: the output's element count fits, so every product of its
         // shape entries does too.
-        guard !expectedShape.contains(0) else { return nil }
-        return try PoolGeometry(desc, input: input, outputShape: expectedShape)
+        let geometry = expectedShape.contains(0) ? nil : try PoolGeometry(desc, input: input, outputShape: expectedShape)
+        return Prepared(kind: desc.kind, dtype: input.dtype, inputShape: input.shape, outputShape: output.shape,
+                        inputReach: inputReach, outputReach: outputReach, geometry: geometry)
     }
 
     /// Pools `input` into `output`. Everything is validated first; on error nothing is
@@ -100,20 +128,28 @@ public final class PoolEngine: Sendable {
     /// the call throws TP_ERR_CLOSED (the output is then partly written).
     public func pool(_ desc: PoolDescriptor, input: TensorView, output: OutputView, threads: Int? = nil,
                      progress: (@Sendable () -> Void)? = nil, isCancelled: (@Sendable () -> Bool)? = nil) throws {
-        guard let geometry = try plan(desc, input: input, output: output), let outputData = output.data else { return }
+        try pool(prepare(desc, input: input, output: output), input: input.data, output: output.data, threads: threads,
+                 progress: progress, isCancelled: isCancelled)
+    }
+
+    /// Pools the tensors at `input` and `output`, described as when `prepared`, as the
+    /// other `pool` does: the addresses are checked first; on error nothing is written.
+    public func pool(_ prepared: Prepared, input: UnsafeRawPointer?, output: UnsafeMutableRawPointer?, threads: Int? = nil,
+                     progress: (@Sendable () -> Void)? = nil, isCancelled: (@Sendable () -> Bool)? = nil) throws {
+        try prepared.place(input: input, output: output)
+        guard let geometry = prepared.geometry, let outputData = output else { return }
         // An input with no elements is never read (every window lies in padding), so any
         // non-null address stands in for its data.
-        let inputData = input.data ?? UnsafeRawPointer(outputData)
+        let inputData = input ?? UnsafeRawPointer(outputData)
         let threads = try threads.map { t -> Int in
             guard (1...Self.maxThreads).contains(t) else {
                 throw PoolError.invalid("thread count must be between 1 and \(Self.maxThreads) but got \(t)")
             }
             return t
         } ?? threadCount
-        let call = KernelCall(geometry: geometry, kind: desc.kind, dtype: input.dtype, input: inputData, output: outputData,
+        let call = KernelCall(geometry: geometry, kind: prepared.kind, dtype: prepared.dtype, input: inputData, output: outputData,
                               threads: threads, settings: settings, progress: progress, isCancelled: isCancelled)
         largestScratch.max(try kernels.run(call), ordering: .relaxed)
         if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }
 }
-

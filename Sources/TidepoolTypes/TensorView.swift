@@ -37,17 +37,14 @@ public struct TensorView {
         return count
     }
 
-    /// The byte range the view can touch, or nil when it has no elements.
-    /// Validates shape, strides and the null-data rule on the way.
-    package func byteSpan(what: String) throws -> Range<Int>? {
+    /// The bytes the view can touch as offsets from its data address, or nil when it has no
+    /// elements. Validates shape and strides on the way (not the data address: `place`).
+    package func reach(what: String) throws -> Range<Int>? {
         guard strides.count == shape.count else {
             throw PoolError.shape("\(what) has \(shape.count) shape entries but \(strides.count) strides")
         }
         let count = try TensorView.elementCount(shape, dtype: dtype, what: what)
         guard count > 0 else { return nil }
-        guard let data else {
-            throw PoolError(TP_ERR_NULL_POINTER, "\(what) data is null but its shape \(pythonTuple(shape)) is not empty")
-        }
         var low = 0, high = 0
         for axis in shape.indices {
             let reach = try Checked.multiply(strides[axis], shape[axis] - 1, "\(what) stride \(strides[axis]) of axis \(axis)")
@@ -55,8 +52,23 @@ public struct TensorView {
         }
         let lowBytes = try Checked.multiply(low, dtype.size, "\(what) extent")
         let highBytes = try Checked.multiply(try Checked.add(high, 1, "\(what) extent"), dtype.size, "\(what) extent")
+        return lowBytes..<highBytes
+    }
+
+    /// The byte range `reach` (of a view of `shape`) covers at address `data`, which must not
+    /// be null.
+    package static func place(_ reach: Range<Int>, at data: UnsafeRawPointer?, shape: [Int], what: String) throws -> Range<Int> {
+        guard let data else {
+            throw PoolError(TP_ERR_NULL_POINTER, "\(what) data is null but its shape \(pythonTuple(shape)) is not empty")
+        }
         let base = Int(bitPattern: data)
-        return (try Checked.add(base, lowBytes, "\(what) address"))..<(try Checked.add(base, highBytes, "\(what) address"))
+        return (try Checked.add(base, reach.lowerBound, "\(what) address"))..<(try Checked.add(base, reach.upperBound, "\(what) address"))
+    }
+
+    /// The byte range the view can touch, or nil when it has no elements.
+    /// Validates shape, strides and the null-data rule on the way.
+    package func byteSpan(what: String) throws -> Range<Int>? {
+        try reach(what: what).map { try TensorView.place($0, at: data, shape: shape, what: what) }
     }
 }
 

@@ -39,6 +39,38 @@ int main(void) {
     output.data = y;
     expect("valid pool", tp_pool(&desc, &input, &output), TP_OK, "");
 
+    /* The same structs again (tp_pool keeps what it checked for them): other data, other
+     * answers; then each struct changed in place is checked again in full. */
+    {
+        float a[2 * 4 * 4 * 3], b[2 * 2 * 2 * 3];
+        int right = 1;
+        for (int round = 1; round <= 3; round++) {
+            for (int i = 0; i < 2 * 4 * 4 * 3; i++) a[i] = (float)(round * i);
+            input.data = a;
+            output.data = b;
+            expect("pool the same structs again", tp_pool(&desc, &input, &output), TP_OK, "");
+            /* Output (n, 0, 0, c) averages rows 0-1, columns 0-1: i = n*48 + {0, 3, 12, 15} + c. */
+            for (int n = 0; n < 2; n++)
+                for (int c = 0; c < 3; c++) {
+                    float want = (float)round * (float)(4 * (n * 48 + c) + 30) / 4.0f;
+                    if (b[n * 12 + c] != want) right = 0;
+                }
+        }
+        if (right) passed++; else { failed++; fprintf(stderr, "FAIL reused structs: wrong averages\n"); }
+        output.shape[1] = 3;
+        expect("output shape changed in place", tp_pool(&desc, &input, &output), TP_ERR_SHAPE, "output shape must be");
+        output.shape[1] = 2;
+        desc.kernel_size[0] = 5;
+        expect("kernel changed in place", tp_pool(&desc, &input, &output), TP_ERR_SHAPE, "output shape must be (2, 0, 2, 3)");
+        desc.kernel_size[0] = 2;
+        input.dtype = TP_DTYPE_FLOAT64;
+        expect("input dtype changed in place", tp_pool(&desc, &input, &output), TP_ERR_DTYPE, "output dtype must be float64");
+        input.dtype = TP_DTYPE_FLOAT32;
+        input.data = x;
+        output.data = y;
+        expect("and back", tp_pool(&desc, &input, &output), TP_OK, "");
+    }
+
     /* Null pointers. */
     expect("null desc", tp_pool(NULL, &input, &output), TP_ERR_NULL_POINTER, "desc");
     expect("null input", tp_pool(&desc, NULL, &output), TP_ERR_NULL_POINTER, "input");

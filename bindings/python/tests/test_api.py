@@ -150,6 +150,12 @@ def test_layers_reuse_what_they_checked_and_stay_exact():
     view = rng.standard_normal((2, 5, 12, 3)).astype(np.float32)[:, :, ::2]
     for _ in range(2):
         assert layer(view).tobytes() == tidepool.avg_pool2d(view, 2, 1, 1).tobytes()
+    frozen = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    frozen.flags.writeable = False
+    for _ in range(2):
+        assert layer(frozen).tobytes() == tidepool.avg_pool2d(frozen, 2, 1, 1).tobytes()
+    for _ in range(2):
+        assert layer(np.zeros((0, 5, 6, 3), np.float32)).shape == (0, 6, 7, 3)
     raw = np.zeros(2 * 5 * 6 * 3 * 4 + 1, np.uint8)
     odd = raw[1:].view(np.float32).reshape(2, 5, 6, 3)  # misaligned: copied, as the checked path does
     odd[...] = rng.standard_normal(odd.shape)

@@ -202,6 +202,15 @@ public func fuzzCABI(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     _ = tpSetNumThreads(2)
     check(tpPool(&desc, &input, &output), "tp_pool (2 threads)")
     precondition(memcmp(outputBuffer, secondOutput, outputBytes) == 0, "results differ between 1 and 2 threads")
+    // The same structs again (tp_pool keeps what it checked for them: the call above took
+    // that path) with the output over the input: refused there too.
+    if (input.data! - inputBuffer) + outputBytes <= bufferBytes, nbytes > 0 {
+        output.data = input.data
+        let overlapping = tpPool(&desc, &input, &output)
+        check(overlapping, "tp_pool (same structs, output over the input)")
+        precondition(overlapping != TP_OK, "an output overlapping the input was accepted for structs checked before")
+        output.data = secondOutput
+    }
 
     // The backward pass of the same layer: the output as the cotangent (sometimes a wrong
     // one), a gradient of the input's shape, options of any size and rule; refused for

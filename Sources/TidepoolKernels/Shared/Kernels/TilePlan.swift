@@ -35,9 +35,11 @@ struct ScratchLayout {
     /// Whole windows: the partial sums of one position's channels.
     var partial = 0..<0
 
-    /// Accumulators per worker.
+    /// Accumulators per worker. (No array of the regions: this is asked on every call, and a
+    /// tiny pooling's cost is mostly such overhead.)
     var count: Int {
-        [reducedRows, planeRing, merged, paddedRow, evenPlaneSums, oddPlaneSums, partial].map(\.upperBound).max()!
+        Swift.max(reducedRows.upperBound, planeRing.upperBound, merged.upperBound, paddedRow.upperBound,
+                  evenPlaneSums.upperBound, oddPlaneSums.upperBound, partial.upperBound)
     }
 
     /// Appends a region of `size` accumulators after those laid out so far.
