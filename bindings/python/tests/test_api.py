@@ -146,7 +146,7 @@ def test_layers_reuse_what_they_checked_and_stay_exact():
         for _ in range(3):
             x = (rng.standard_normal((2, 5, 6, 3)) * 10).astype(dtype)
             assert layer(x).tobytes() == tidepool.avg_pool2d(x, 2, 1, 1).tobytes()
-    assert len(layer._plans) == 3
+    assert len(layer._plan.kept) == 3
     view = rng.standard_normal((2, 5, 12, 3)).astype(np.float32)[:, :, ::2]
     for _ in range(2):
         assert layer(view).tobytes() == tidepool.avg_pool2d(view, 2, 1, 1).tobytes()
@@ -179,3 +179,20 @@ def test_layers_reuse_what_they_checked_and_stay_exact():
     for t in threads:
         t.join()
     assert not wrong
+
+
+def test_functional_forms_keep_plans_but_check_every_argument():
+    """The functional forms keep a plan per set of plain int arguments: a float that equals
+    a kept int is still refused, lists and numpy ints take the checked path, and results are
+    those of the layer."""
+    x = np.random.default_rng(3).standard_normal((1, 6, 6, 2)).astype(np.float32)
+    first = tidepool.max_pool2d(x, 2, 1)
+    assert tidepool.max_pool2d(x, 2, 1).tobytes() == first.tobytes() == tidepool.nn.MaxPool2d(2, 1)(x).tobytes()
+    assert tidepool.max_pool2d(x, (2, 2), (1, 1)).tobytes() == first.tobytes()
+    assert tidepool.max_pool2d(x, [2, 2], np.int64(1)).tobytes() == first.tobytes()
+    with pytest.raises(tidepool.InvalidArgumentError, match=r"\[max_pool2d\] 'kernel_size' must be an integer"):
+        tidepool.max_pool2d(x, 2.0, 1)
+    with pytest.raises(tidepool.InvalidArgumentError, match=r"\[max_pool2d\] 'stride' must be an integer"):
+        tidepool.max_pool2d(x, 2, (1.0, 1))
+    with pytest.raises(tidepool.InvalidArgumentError, match=r"\[max_pool2d\] input must have 4 dimensions"):
+        tidepool.max_pool2d(x[0], 2, 1)

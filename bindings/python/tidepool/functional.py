@@ -214,6 +214,90 @@ def pool(kind: int, spatial_dims: int, owner: str, x: Any, kernel_size: IntOrTup
     return result
 
 
+_char_at = ctypes.c_char.from_buffer
+
+
+def _address(array):
+    """The address of a non-empty array's data: through ctypes' buffer view where numpy
+    exports one (C-contiguous, writeable), a third of `ndarray.ctypes.data`'s cost."""
+    if array.flags.c_contiguous and array.flags.writeable:
+        return ctypes.addressof(_char_at(array))
+    return array.ctypes.data
+
+
+class Plan:
+    """One pooling (kind, rank, kernel_size, stride, padding) checked and described once, and
+    the tensors of each (shape, strides, dtype) of numpy array it has pooled (up to 16): such
+    an array goes straight to tp_pool with copies of those tensors (threads may share a plan;
+    the library still checks every call). Anything else, and the first call of each, goes
+    through `pool`. Used by the layer classes and the functional forms."""
+
+    MAX_KEPT = 16
+
+    def __init__(self, kind, spatial_dims, owner, kernel_size, stride, padding):
+        self.kind, self.spatial_dims, self.owner = kind, spatial_dims, owner
+        self.kernel_size, self.stride, self.padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
+        self.desc = _descriptor(owner, kind, self.kernel_size, self.stride, self.padding)
+        self.kept = {}
+
+    def __call__(self, x, out=None):
+        if out is None and type(x) is np.ndarray:
+            kept = self.kept.get((x.shape, x.strides, x.dtype))
+            if kept is not None:
+                address = _address(x)
+                if address % x.itemsize == 0:
+                    shape, dtype, input_bytes, output_bytes = kept
+                    result = np.empty(shape, dtype)
+                    source = _lib.tp_tensor.from_buffer_copy(input_bytes)
+                    target = _lib.tp_tensor.from_buffer_copy(output_bytes)
+                    source.data = address
+                    target.data = ctypes.addressof(_char_at(result))
+                    status = lib.tp_pool(self.desc, source, target)
+                    if status:
+                        check(status, f"[{self.owner}]")
+                    return result
+        result = pool(self.kind, self.spatial_dims, self.owner, x, self.kernel_size, self.stride, self.padding, out)
+        if out is None and type(x) is np.ndarray:
+            self._keep(x, result)
+        return result
+
+    def _keep(self, x, result):
+        """Keeps the tensors of a call that `pool` took as it is (a supported dtype in native
+        order, whole-element strides: no copy, no change of dtype) and that has elements."""
+        dtype = x.dtype
+        if dtype not in _DTYPE_CODES or not dtype.isnative or any(s % dtype.itemsize for s in x.strides):
+            return
+        if x.size == 0 or result.size == 0:  # no address to take (and nothing to gain)
+            return
+        if len(self.kept) >= self.MAX_KEPT:
+            self.kept.clear()
+        self.kept[(x.shape, x.strides, dtype)] = (result.shape, result.dtype, bytes(_tensor(x)), bytes(_tensor(result)))
+
+
+_FUNCTION_PLANS = {}
+
+
+def _is_plain(value):
+    """An int, or a tuple of ints, exactly: such arguments key a kept plan (2.0 == 2, and a
+    float must still be refused by the checks)."""
+    return type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
+
+
+def _planned(kind, spatial_dims, owner, x, kernel_size, stride, padding, out):
+    """A functional form's call through a kept `Plan` for its arguments where they are plain
+    ints (up to 64 argument sets), through `pool` otherwise."""
+    if not (_is_plain(kernel_size) and (stride is None or _is_plain(stride)) and _is_plain(padding)):
+        return pool(kind, spatial_dims, owner, x, kernel_size, stride, padding, out)
+    key = (kind, spatial_dims, kernel_size, stride, padding)
+    plan = _FUNCTION_PLANS.get(key)
+    if plan is None:
+        plan = Plan(kind, spatial_dims, owner, kernel_size, stride, padding)
+        if len(_FUNCTION_PLANS) >= 64:
+            _FUNCTION_PLANS.clear()
+        _FUNCTION_PLANS[key] = plan
+    return plan(x, out)
+
+
 def _check_out(out, shape, dtype, owner):
     if not isinstance(out, np.ndarray):
         raise InvalidArgumentError(f"[{owner}] out must be a numpy array but is {type(out).__name__}")
@@ -246,7 +330,7 @@ def avg_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return pool(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out)
 
 
 def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
@@ -269,7 +353,7 @@ def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return pool(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out)
 
 
 def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
@@ -292,7 +376,7 @@ def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return pool(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out)
 
 
 def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
@@ -315,7 +399,7 @@ def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return pool(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out)
 
 
 def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
@@ -338,7 +422,7 @@ def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return pool(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out)
 
 
 def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
@@ -361,7 +445,7 @@ def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return pool(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out)
 
 
 def set_num_threads(num_threads: int) -> None:
