@@ -106,49 +106,44 @@ func foldPair<L: SourceLoader>(
     }
 }
 
-/// Writes finished outputs from up to 6 sources (after `partial`, when `hasPartial`).
+/// Writes finished outputs from 3 to 6 sources.
 @inline(__always)
 func finishPass<L: SourceLoader>(
     _: L.Type, _ output: UnsafeMutablePointer<L.Reduction.Output>, _ length: Int, windowSize: Int, count: Int,
-    hasPartial: Bool, _ partial: UnsafePointer<L.Reduction.Accumulator>, _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>, _ s4: UnsafePointer<L.Source>, _ s5: UnsafePointer<L.Source>
+    _ s0: UnsafePointer<L.Source>, _ s1: UnsafePointer<L.Source>, _ s2: UnsafePointer<L.Source>, _ s3: UnsafePointer<L.Source>, _ s4: UnsafePointer<L.Source>, _ s5: UnsafePointer<L.Source>
 ) {
     typealias R = L.Reduction
-    let o = output, w = windowSize, p = partial, load = L.load
-    switch (count, hasPartial) {
-    case (1, false): for j in 0..<length { o[j] = R.finish(load(s0[j]), windowSize: w) }
-    case (2, false): for j in 0..<length { o[j] = R.finish(R.merge(load(s0[j]), load(s1[j])), windowSize: w) }
-    case (3, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), windowSize: w) }
-    case (4, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), windowSize: w) }
-    case (5, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), windowSize: w) }
-    case (_, false): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])), windowSize: w) }
-    case (1, true): for j in 0..<length { o[j] = R.finish(R.merge(p[j], load(s0[j])), windowSize: w) }
-    case (2, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), windowSize: w) }
-    case (3, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), load(s2[j])), windowSize: w) }
-    case (4, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), windowSize: w) }
-    case (_, true): for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(p[j], load(s0[j])), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), windowSize: w) }
+    let o = output, w = windowSize, load = L.load
+    switch count {
+    case 3: for j in 0..<length { o[j] = R.finish(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), windowSize: w) }
+    case 4: for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), windowSize: w) }
+    case 5: for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), windowSize: w) }
+    default: for j in 0..<length { o[j] = R.finish(R.merge(R.merge(R.merge(R.merge(R.merge(load(s0[j]), load(s1[j])), load(s2[j])), load(s3[j])), load(s4[j])), load(s5[j])), windowSize: w) }
     }
 }
 
 /// The last step of a window: folds `taps` (through `partial` when there are more than
-/// fit one pass) and writes the finished outputs, in the same order as `foldTaps`.
+/// fit one pass) and writes the finished outputs, in the same order as `foldTaps`. `taps`
+/// is not empty.
 @inline(__always)
 func finishTaps<L: SourceLoader>(
     _: L.Type, _ output: UnsafeMutablePointer<L.Reduction.Output>, _ length: Int, partial: UnsafeMutablePointer<L.Reduction.Accumulator>,
     taps: Range<Int>, source: (Int) -> UnsafePointer<L.Source>, windowSize: Int
 ) {
     typealias R = L.Reduction
-    var k = taps.lowerBound
-    var hasPartial = false
     if taps.count > sourcesPerPass {
-        // Fold all but the last pass's worth into `partial`.
-        let split = taps.upperBound - (sourcesPerPass - 1)
-        foldTaps(L.self, partial, length, taps: k..<split, first: true, source: source)
-        k = split
-        hasPartial = true
+        // Every tap folded into `partial` (a left fold in tap order, as below), then finished
+        // from it. A last pass reading `partial` beside its 5 sources was compiled scalar,
+        // with a branch per merge, for the max of floats: MaxPool3d k7 took 7x k5's time.
+        foldTaps(L.self, partial, length, taps: taps, first: true, source: source)
+        let o = output, p = partial
+        for j in 0..<length { o[j] = R.finish(p[j], windowSize: windowSize) }
+        return
     }
+    let k = taps.lowerBound
     let count = taps.upperBound - k
     let s0 = source(k)
-    if !hasPartial && count <= 2 {
+    if count <= 2 {
         // The common small windows, as plain loops the vectoriser always takes.
         let o = output, load = L.load
         if count == 1 {
@@ -159,6 +154,5 @@ func finishTaps<L: SourceLoader>(
         }
         return
     }
-    finishPass(L.self, output, length, windowSize: windowSize, count: count, hasPartial: hasPartial, UnsafePointer(partial),
-               s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
+    finishPass(L.self, output, length, windowSize: windowSize, count: count, s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
 }
