@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.installed
 C_BUILD := bindings/c/build
 CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench \
+.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench bench-grid \
 	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall wheel test-wheel test-rust
 
 ## Dependencies ---------------------------------------------------------------
@@ -281,6 +281,13 @@ bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_BUI
 	CASE="$(CASE)" PYTHONPATH=bindings/python:benchmarks $(BENCH_VENV)/bin/python benchmarks/gradient_bench.py
 	@if [ -z "$(CASE)" ]; then PYTHONPATH=bindings/python $(BENCH_VENV)/bin/python benchmarks/tiny_bench.py; fi
 	@if [ -z "$(CASE)" ]; then benchmarks/run_daemon_bench.sh; fi
+
+# The grid of cells (benchmarks/grid_bench.py): kernels 2-11, strides, channels 1-64 and every
+# dtype for the six layers, each against its floor; GRID_ARGS="--peers" adds MLX, JAX and
+# PyTorch (slow: minutes per 3-d cell for some), GRID_ARGS="--only k7" a subset.
+GRID_ARGS ?=
+bench-grid: build $(BENCH_VENV)/.installed
+	PYTHONPATH=bindings/python:benchmarks $(BENCH_VENV)/bin/python benchmarks/grid_bench.py $(GRID_ARGS)
 
 clean:
 	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD) dist bindings/rust/target

@@ -54,14 +54,15 @@ def runs_for(nbytes):
 
 
 def peers():
-    """name -> function(kind, x, k, s, p) returning a callable that runs the pooling once."""
+    """name -> function(kind, x, k, s, p) returning a callable that runs the pooling once, for
+    channels-last x of 1, 2 or 3 spatial axes (its rank says which)."""
     found = {}
     try:
         import mlx.core as mx
         import mlx.nn as mnn
 
         def mlx_case(kind, x, k, s, p):
-            layer = (mnn.AvgPool3d if kind == "avg" else mnn.MaxPool3d)(k, s, p)
+            layer = getattr(mnn, f"{kind.capitalize()}Pool{x.ndim - 2}d")(k, s, p)
             xm = mx.array(x)
             mx.eval(xm)
             return lambda: mx.eval(layer(xm))
@@ -73,11 +74,14 @@ def peers():
         import torch
 
         def torch_case(kind, x, k, s, p):
-            xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)  # NCDHW view of channels-last memory
-            xt = xt.contiguous(memory_format=torch.channels_last_3d)
+            d = x.ndim - 2
+            xt = torch.from_numpy(x).movedim(-1, 1)  # (N, C, spatial) view of channels-last memory
+            if d > 1:
+                xt = xt.contiguous(memory_format=torch.channels_last_3d if d == 3 else torch.channels_last)
+            pool = getattr(torch.nn.functional, f"{kind}_pool{d}d")
             if kind == "avg":
-                return lambda: torch.nn.functional.avg_pool3d(xt, k, s, p, count_include_pad=True)
-            return lambda: torch.nn.functional.max_pool3d(xt, k, s, p)
+                return lambda: pool(xt, k, s, p, count_include_pad=True)
+            return lambda: pool(xt, k, s, p)
 
         found[f"PyTorch {torch.__version__.split('+')[0]}"] = torch_case
     except ImportError:
@@ -88,10 +92,11 @@ def peers():
         from jax import lax
 
         def jax_case(kind, x, k, s, p):
-            window, strides = (1, k, k, k, 1), (1, s, s, s, 1)
-            padding = ((0, 0), (p, p), (p, p), (p, p), (0, 0))
+            d = x.ndim - 2
+            window, strides = (1,) + (k,) * d + (1,), (1,) + (s,) * d + (1,)
+            padding = ((0, 0),) + ((p, p),) * d + ((0, 0),)
             if kind == "avg":
-                f = jax.jit(lambda v: lax.reduce_window(v, 0.0, lax.add, window, strides, padding) / (k ** 3))
+                f = jax.jit(lambda v: lax.reduce_window(v, 0.0, lax.add, window, strides, padding) / (k ** d))
             else:
                 f = jax.jit(lambda v: lax.reduce_window(v, -jnp.inf, lax.max, window, strides, padding))
             xj = jnp.asarray(x)

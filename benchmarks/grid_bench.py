@@ -1,0 +1,124 @@
+"""make bench-grid: Tidepool's pooling over a grid of cells, each against its byte floor and,
+with --peers, against the best of MLX, JAX and PyTorch (each when importable), side by side in
+one run (the peers as engine_bench.py runs them).
+
+The grid varies one thing at a time around a base cell per layer (k3 s1 p1, 8 channels,
+float32, an input of about 64 MB, past this machine kind's 32 MB L3): the kernel (2 to 11 at
+stride 1, padding k // 2), the stride (1, 2, k at k3), the channels (1 to 64) and the dtype,
+for 1-d, 2-d and 3-d average and max pooling. Each cell: Tidepool at 1 and 2 threads (a layer
+object, so the call's own cost is a few microseconds), the floor (numpy's x.copy() scaled to
+the bytes the pooling moves: input read, output written) measured beside it, run for run, and
+the ratios. Medians of --runs runs. `--only TEXT` keeps the cells whose name contains TEXT.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import tidepool
+from engine_bench import peers
+
+try:
+    import ml_dtypes
+
+    DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "uint8", "int16", "int32", "int64"]
+except ImportError:  # bfloat16 needs ml_dtypes
+    ml_dtypes = None
+    DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64"]
+
+INPUT_BYTES = 64 << 20
+
+
+def dtype_of(name):
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def shape_for(d, channels, itemsize):
+    """Channels-last, batch 4, equal spatial axes, about INPUT_BYTES."""
+    side = round((INPUT_BYTES / (4 * channels * itemsize)) ** (1 / d))
+    return (4,) + (side,) * d + (channels,)
+
+
+def cells():
+    """(name, kind, d, k, s, p, channels, dtype name)."""
+    grid = []
+    for d in (1, 2, 3):
+        for kind in ("avg", "max"):
+            seen = set()
+
+            def add(k, s, p, c, t):
+                if (k, s, p, c, t) in seen:
+                    return
+                seen.add((k, s, p, c, t))
+                layer = f"{kind.capitalize()}Pool{d}d"
+                grid.append((f"{layer} k{k} s{s} p{p} C={c} {t}", kind, d, k, s, p, c, t))
+
+            for k in (2, 3, 5, 7, 9, 11):
+                add(k, 1, k // 2, 8, "float32")
+            for s in (2, 3):
+                add(3, s, 1, 8, "float32")
+            for c in (1, 2, 3, 4, 8, 32, 64):
+                add(3, 1, 1, c, "float32")
+            for t in DTYPES:
+                add(3, 1, 1, 8, t)
+    return grid
+
+
+def measure(functions, runs):
+    """Medians (ms) of each of `functions`, called in turn run after run."""
+    for function in functions:
+        function()
+    times = [[] for _ in functions]
+    for _ in range(runs):
+        for function, kept in zip(functions, times):
+            start = time.perf_counter()
+            function()
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(kept) * 1e3 for kept in times]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="cells whose name contains this text")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--peers", action="store_true", help="measure MLX, JAX and PyTorch on float32 cells")
+    args = parser.parse_args()
+    available = peers() if args.peers else {}
+    rng = np.random.default_rng(0)
+    header = ["cell", "MB moved", "floor ms", "1 thr ms", "2 thr ms", "1 thr / floor", "2 thr / floor"]
+    if available:
+        header += list(available) + ["best peer / Tidepool"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name, kind, d, k, s, p, c, t in cells():
+        if args.only not in name:
+            continue
+        dtype = dtype_of(t)
+        x = (rng.standard_normal(shape_for(d, c, dtype.itemsize)) * 20).astype(dtype)
+        layer = getattr(tidepool.nn, f"{kind.capitalize()}Pool{d}d")(k, s, p)
+        out = layer(x)
+        moved = x.nbytes + out.nbytes
+
+        def threads(n):
+            def run():
+                tidepool.set_num_threads(n)
+                layer(x, out=out)
+            return run
+
+        one, two, copy = measure([threads(1), threads(2), lambda: x.copy()], args.runs)
+        tidepool.set_num_threads(0)
+        floor = copy * moved / (2 * x.nbytes)
+        row = [name, f"{moved / 2**20:.0f}", f"{floor:.2f}", f"{one:.2f}", f"{two:.2f}", f"{one / floor:.2f}x", f"{two / floor:.2f}x"]
+        if available:
+            if t == "float32":
+                peer_ms = [measure([make(kind, x, k, s, p)], 3)[0] for make in available.values()]
+                row += [f"{ms:.2f}" for ms in peer_ms] + [f"{min(peer_ms) / two:.1f}x"]
+            else:
+                row += ["-"] * (len(available) + 1)
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
