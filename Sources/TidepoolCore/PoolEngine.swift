@@ -32,12 +32,14 @@ public final class PoolEngine: Sendable {
     /// the process here rather than at an illegal instruction later.
     public init(threads: Int = 0, tileBudgetBytes: Int = KernelSettings.defaultTileBudgetBytes,
                 streamingOutputBytes: Int = KernelSettings.defaultStreamingOutputBytes, usesVectorKernels: Bool = true,
-                gradientStateBytes: Int = KernelSettings.defaultGradientStateBytes, cpuLevel: CPULevel? = nil) {
+                gradientStateBytes: Int = KernelSettings.defaultGradientStateBytes,
+                blockScanTaps: Int = KernelSettings.defaultBlockScanTaps, cpuLevel: CPULevel? = nil) {
         let level = cpuLevel ?? KernelSelection.processLevel
         precondition(KernelSelection.supports(level), "this CPU cannot run the kernels built for \(level)")
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
         settings = KernelSettings(tileBudgetBytes: tileBudgetBytes, streamingOutputBytes: streamingOutputBytes,
-                                  usesVectorKernels: usesVectorKernels, gradientStateBytes: gradientStateBytes)
+                                  usesVectorKernels: usesVectorKernels, gradientStateBytes: gradientStateBytes,
+                                  blockScanTaps: blockScanTaps)
         self.cpuLevel = level
         kernels = KernelSelection.kernels(level)
     }

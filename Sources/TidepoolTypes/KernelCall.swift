@@ -34,17 +34,25 @@ public struct KernelSettings: Sendable, Equatable {
     /// State per thread of the max's gradient (its planes of row, plane and window maxima),
     /// before its planes are cut into bands of rows.
     public static let defaultGradientStateBytes = 2 << 20
+    /// Windows of at least this many taps along an axis (and at least twice its stride) fold by
+    /// block scans, and the max along W by doubling, whose cost does not grow with the window,
+    /// instead of tap by tap.
+    public static let defaultBlockScanTaps = 6
 
     public var tileBudgetBytes: Int
     public var streamingOutputBytes: Int
     public var gradientStateBytes: Int
+    /// Tests lower it to take the block scans on small windows too.
+    public var blockScanTaps: Int
     /// Whether the C vector kernels (`VectorFinish`) run where the CPU has them; tests turn
     /// them off to compare with the Swift loops.
     public var usesVectorKernels: Bool
 
     public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
-                usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes) {
+                usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes,
+                blockScanTaps: Int = defaultBlockScanTaps) {
         self.tileBudgetBytes = tileBudgetBytes
+        self.blockScanTaps = blockScanTaps
         self.streamingOutputBytes = streamingOutputBytes
         self.gradientStateBytes = gradientStateBytes
         self.usesVectorKernels = usesVectorKernels

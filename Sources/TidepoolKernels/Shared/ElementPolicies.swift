@@ -27,12 +27,16 @@ public protocol WindowReduction {
     static var widenOutweighsAPass: Bool { get }
     /// The vector kernels that fold and finish this type's outputs on this CPU, if any.
     static var vectorFinish: VectorFinish? { get }
+    /// Whether `merge(a, a)` is `a`, so that a window may merge the results of two parts that
+    /// overlap (max; never sums).
+    static var mergesOverlaps: Bool { get }
 }
 
 extension WindowReduction {
     @inlinable public static var finishOutweighsACopy: Bool { false }
     @inlinable public static var widenOutweighsAPass: Bool { false }
     public static var vectorFinish: VectorFinish? { nil }
+    @inlinable public static var mergesOverlaps: Bool { false }
 }
 
 // MARK: average
@@ -155,6 +159,7 @@ public enum MaxFloat<F: BinaryFloatingPoint>: WindowReduction {
     @inlinable public static func widen(_ x: F) -> F { x }
     @inlinable public static func merge(_ a: F, _ b: F) -> F { nanPropagatingMax(a, b) }
     @inlinable public static func finish(_ best: F, windowSize: Int) -> F { best }
+    @inlinable public static var mergesOverlaps: Bool { true }
 }
 
 /// A 16-bit float by its bit pattern: float16 and bfloat16 differ only in where infinity is.
@@ -191,6 +196,7 @@ public enum MaxHalfFloat<H: HalfFloatBits>: WindowReduction {
     @inlinable public static func finish(_ best: Int16, windowSize: Int) -> H {
         H(bitPattern: UInt16(bitPattern: best ^ ((best >> 15) & 0x7FFF)))
     }
+    @inlinable public static var mergesOverlaps: Bool { true }
 }
 
 public enum MaxInteger<I: FixedWidthInteger>: WindowReduction {
@@ -198,4 +204,5 @@ public enum MaxInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static func widen(_ x: I) -> I { x }
     @inlinable public static func merge(_ a: I, _ b: I) -> I { b > a ? b : a }
     @inlinable public static func finish(_ best: I, windowSize: Int) -> I { best }
+    @inlinable public static var mergesOverlaps: Bool { true }
 }

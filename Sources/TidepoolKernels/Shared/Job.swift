@@ -25,6 +25,21 @@ package func kernelPlan(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DTy
     return try withReduction(kind, dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, settings: settings))
 }
 
+/// The output rows, columns and channels of a tile that `runKernels` cuts for `geometry` (one
+/// worker), for tests.
+package func tileShape(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DType, _ settings: KernelSettings) throws
+    -> (rows: Int, columns: Int, channels: Int) {
+    struct Planner: ReductionVisitor {
+        let geometry: PoolGeometry, settings: KernelSettings
+        func visit<R: WindowReduction>(_: R.Type) -> (rows: Int, columns: Int, channels: Int) {
+            let plan = TilePlan(geometry, kernel: KernelPlan(geometry, R.self, settings), accumulatorSize: MemoryLayout<R.Accumulator>.stride,
+                                workers: 1, budgetBytes: settings.tileBudgetBytes)
+            return (plan.tileOH, plan.tileOW, plan.tileC)
+        }
+    }
+    return try withReduction(kind, dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, settings: settings))
+}
+
 /// Scratch per thread that is always allowed (see `checkScratch`).
 let minimumScratchLimit = 64 << 20
 

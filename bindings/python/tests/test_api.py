@@ -135,37 +135,43 @@ def test_a_library_older_than_the_package_is_skipped_with_the_reason(monkeypatch
 
 def test_layers_reuse_what_they_checked_and_stay_exact():
     """A layer keeps the tensors of each (shape, strides, dtype) it has pooled and calls
-    tp_pool with copies of them next time: every call's result is the functional form's, for
+    tp_pool with copies of them next time: every call's result is that of the checked path, for
     new arrays at other addresses, other dtypes, strided views, a misaligned address (which
     takes the checked path again), and from threads sharing the layer."""
     import threading
+
+    from tidepool.functional import pool
+
+    def checked(x):
+        """The full path, which keeps nothing (the functional forms keep plans too)."""
+        return pool(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, 2, 1, 1)
 
     rng = np.random.default_rng(7)
     layer = tidepool.nn.AvgPool2d(2, 1, 1)
     for dtype in (np.float32, np.float64, np.int8, np.float32):
         for _ in range(3):
             x = (rng.standard_normal((2, 5, 6, 3)) * 10).astype(dtype)
-            assert layer(x).tobytes() == tidepool.avg_pool2d(x, 2, 1, 1).tobytes()
+            assert layer(x).tobytes() == checked(x).tobytes()
     assert len(layer._plan.kept) == 3
     view = rng.standard_normal((2, 5, 12, 3)).astype(np.float32)[:, :, ::2]
     for _ in range(2):
-        assert layer(view).tobytes() == tidepool.avg_pool2d(view, 2, 1, 1).tobytes()
+        assert layer(view).tobytes() == checked(view).tobytes()
     frozen = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
     frozen.flags.writeable = False
     for _ in range(2):
-        assert layer(frozen).tobytes() == tidepool.avg_pool2d(frozen, 2, 1, 1).tobytes()
+        assert layer(frozen).tobytes() == checked(frozen).tobytes()
     for _ in range(2):
         assert layer(np.zeros((0, 5, 6, 3), np.float32)).shape == (0, 6, 7, 3)
     raw = np.zeros(2 * 5 * 6 * 3 * 4 + 1, np.uint8)
     odd = raw[1:].view(np.float32).reshape(2, 5, 6, 3)  # misaligned: copied, as the checked path does
     odd[...] = rng.standard_normal(odd.shape)
-    assert layer(odd).tobytes() == tidepool.avg_pool2d(np.ascontiguousarray(odd), 2, 1, 1).tobytes()
-    assert layer(odd).tobytes() == tidepool.avg_pool2d(np.ascontiguousarray(odd), 2, 1, 1).tobytes()
+    assert layer(odd).tobytes() == checked(np.ascontiguousarray(odd)).tobytes()
+    assert layer(odd).tobytes() == checked(np.ascontiguousarray(odd)).tobytes()
     with pytest.raises(tidepool.InvalidArgumentError, match=r"\[AvgPool2d\] input must have 4 dimensions"):
         layer(np.zeros((5, 6, 3), np.float32))
 
     inputs = [rng.standard_normal((1, 9, 9, 2)).astype(np.float32) for _ in range(4)]
-    expected = [tidepool.avg_pool2d(x, 2, 1, 1).tobytes() for x in inputs]
+    expected = [checked(x).tobytes() for x in inputs]
     wrong = []
 
     def worker(i):

@@ -72,6 +72,13 @@ public struct KernelPlan: Sendable {
     /// The AVX-512 kernels (`VectorFinish`) finish the outputs, where the strategy, the type and
     /// this CPU allow.
     let vectorFinish: VectorFinish?
+    /// Windows along H (rows reduced along W) and along D (the plane ring) fold by block scans
+    /// (BlockScans.swift), at a cost that does not grow with the window, instead of tap by tap.
+    public let scansH: Bool
+    public let scansD: Bool
+    /// Max along W at every position (rows not reduced as one run): windows of 2^j columns
+    /// doubled level by level, each window the merge of two that overlap (BlockScans.swift).
+    public let doublesW: Bool
 
     public var usesVectorFinish: Bool { vectorFinish != nil }
     /// Whether outputs are taken at every `stride`-th position of rows reduced at every position.
@@ -120,6 +127,10 @@ public struct KernelPlan: Sendable {
         // store into cache instead of waiting on each line (overlapping D windows only: the
         // reduction must be long enough to hide the fetch).
         prefetchOutput = g.kernelD > g.strideD
+        scansH = (strategy == .widthFirst || strategy == .depthFirst) && Self.scans(g.kernelH, stride: g.strideH, settings)
+        scansD = (strategy == .widthFirst || strategy == .heightFirst) && Self.scans(g.kernelD, stride: g.strideD, settings)
+        doublesW = R.mergesOverlaps && (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun
+            && g.kernelW >= Swift.max(2, settings.blockScanTaps)
         let vector = settings.usesVectorKernels ? R.vectorFinish : nil
         switch strategy {
         case .depthFirst: vectorFinish = vector
@@ -128,6 +139,14 @@ public struct KernelPlan: Sendable {
         case .widthFirst, .heightFirst: vectorFinish = vector?.finishesRuns == true ? vector : nil
         case .wholeWindows: vectorFinish = nil
         }
+    }
+
+    /// Whether windows of `kernel` taps at `stride` fold by block scans: three merges per input
+    /// element and one per output, where a fold costs kernel / stride merges per input element
+    /// (less for the pairs of 2 to 5 taps). Small windows, and windows that overlap little, keep
+    /// the folds.
+    static func scans(_ kernel: Int, stride: Int, _ settings: KernelSettings) -> Bool {
+        kernel >= Swift.max(2, settings.blockScanTaps) && kernel / 2 >= stride
     }
 
     /// Whether a geometry can run depth first: stride 1 along every axis, output rows as

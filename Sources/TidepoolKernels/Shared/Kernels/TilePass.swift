@@ -51,6 +51,9 @@ struct TilePass<R: WindowReduction> {
     let evenPlaneSums: UnsafeMutablePointer<R.Accumulator>
     let oddPlaneSums: UnsafeMutablePointer<R.Accumulator>
     let partial: UnsafeMutablePointer<R.Accumulator>
+    let prefixRow: UnsafeMutablePointer<R.Accumulator>
+    let prefixPlane: UnsafeMutablePointer<R.Accumulator>
+    let doubledRow: UnsafeMutablePointer<R.Accumulator>
     /// The tile's rows hold all channels of dense positions, so a row is one contiguous run.
     let fusedRow: Bool
     /// Tap k of position q reads column firstColumn + q + k (W reduced at every position): the
@@ -66,6 +69,8 @@ struct TilePass<R: WindowReduction> {
     /// input's pitch) of all channels, with an interior.
     let planeRun: Bool
     var newestPlane = Int.min
+    /// The first input plane the tile reduced (block scans along D start their prefixes there).
+    var firstPlane = Int.max
 
     init(_ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
          output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>) {
@@ -90,6 +95,9 @@ struct TilePass<R: WindowReduction> {
         evenPlaneSums = scratch + layout.evenPlaneSums.lowerBound
         oddPlaneSums = scratch + layout.oddPlaneSums.lowerBound
         partial = scratch + layout.partial.lowerBound
+        prefixRow = scratch + layout.prefixRow.lowerBound
+        prefixPlane = scratch + layout.prefixPlane.lowerBound
+        doubledRow = scratch + layout.doubledRow.lowerBound
         fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
         firstColumn = positions.lowerBound - g.padW
         columnSpan = positions.count + g.kernelW - 1
@@ -118,6 +126,10 @@ struct TilePass<R: WindowReduction> {
     /// Reduces `paddedRow` (the span's columns, widened) along W into `destination`, every
     /// position the same way.
     func reducePaddedRow(into destination: UnsafeMutablePointer<R.Accumulator>) {
+        if kernel.doublesW {
+            doubleAlongW(into: destination)
+            return
+        }
         let padded = paddedRow, channels = channels
         foldTaps(AccumulatorLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
                  source: { UnsafePointer(padded + $0 * channels) })
@@ -187,6 +199,10 @@ struct TilePass<R: WindowReduction> {
     /// `blockRow` on, along H into output rows `rows`, the first at `plane`.
     func reduceAlongH(_ block: UnsafeMutablePointer<R.Accumulator>, from blockRow: Int, rows: Range<Int>,
                       into plane: UnsafeMutablePointer<R.Accumulator>) {
+        if kernel.scansH {
+            scanAlongH(block, from: blockRow, rows: rows, into: plane)
+            return
+        }
         let rowLength = rowLength
         func row(_ h: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(block + (h - blockRow) * rowLength) }
         var oh = rows.lowerBound

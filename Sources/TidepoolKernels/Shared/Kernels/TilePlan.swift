@@ -34,12 +34,19 @@ struct ScratchLayout {
     var oddPlaneSums = 0..<0
     /// Whole windows: the partial sums of one position's channels.
     var partial = 0..<0
+    /// Block scans along H: the running prefix, one row.
+    var prefixRow = 0..<0
+    /// Doubling along W: the other of the two rows it alternates between (with `paddedRow`).
+    var doubledRow = 0..<0
+    /// Block scans along D: the prefix of the newest block's planes.
+    var prefixPlane = 0..<0
 
     /// Accumulators per worker. (No array of the regions: this is asked on every call, and a
     /// tiny pooling's cost is mostly such overhead.)
     var count: Int {
         Swift.max(reducedRows.upperBound, planeRing.upperBound, merged.upperBound, paddedRow.upperBound,
-                  evenPlaneSums.upperBound, oddPlaneSums.upperBound, partial.upperBound)
+                  evenPlaneSums.upperBound, oddPlaneSums.upperBound, partial.upperBound, prefixRow.upperBound,
+                  prefixPlane.upperBound, doubledRow.upperBound)
     }
 
     /// Appends a region of `size` accumulators after those laid out so far.
@@ -75,24 +82,55 @@ public struct TilePlan {
         // Rows of scratch per output row of a tile: sh reduced input rows, kd plane rows, one
         // merged row, plus kh - 1 more reduced rows per tile. Depth first: sh rows of D sums
         // for each plane of a pair and one merged row, plus 2 (kh - 1).
-        let rowsPerOutputRow = depthFirst ? 2 * g.strideH + 1 : g.strideH + g.kernelD + 1
-        let rowsHeld = (depthFirst ? 2 : 1) * g.kernelH
+        // Block scans add a plane of prefixes along D, and a row of them along H.
+        let rowsPerOutputRow = (depthFirst ? 2 * g.strideH + 1 : g.strideH + g.kernelD + 1) + (kernel.scansD ? 1 : 0)
+        let rowsHeld = (depthFirst ? 2 : 1) * g.kernelH + (kernel.scansH ? 1 : 0)
         let rowsNeeded = rowsHeld + rowsPerOutputRow
         // Channels are tiled only when one position's channels alone overflow the budget.
-        tileC = depthFirst ? g.channels : Swift.min(g.channels, Swift.max(1, budget / rowsNeeded))
+        let tileC = depthFirst ? g.channels : Swift.min(g.channels, Swift.max(1, budget / rowsNeeded))
+        self.tileC = tileC
         let positionsAll = width.positions(0, g.outW).count
         let positionsFit = Swift.max(1, budget / (rowsNeeded * tileC))
+        // As many rows as fit beside the held ones, then evened out so that no tile is a small
+        // remainder (tiles of equal cost keep both workers busy to the end).
+        func tileRows(_ ow: Int) -> Int {
+            let rowsFit = budget / (width.positions(0, Swift.min(ow, g.outW)).count * tileC) - rowsHeld
+            return evenSplit(g.outH, largest: Swift.max(1, rowsFit / rowsPerOutputRow))
+        }
+        var ow: Int
         if depthFirst || positionsFit >= positionsAll {
-            tileOW = g.outW
+            ow = g.outW
         } else {
             // Outputs whose positions fit: position span of k outputs is (k - 1) * stride / step + 1.
-            tileOW = Swift.max(1, (positionsFit - 1) * width.step / width.stride + 1)
+            ow = Swift.max(1, (positionsFit - 1) * width.step / width.stride + 1)
         }
+        // Width first reduces each of a tile's rows along W, the kh - sh rows it shares with the
+        // tile above too. Rows so long that few fit (many channels, tall windows) would redo
+        // most of that work (k7 on 8192-element rows: 8 rows reduced for every 2 output rows),
+        // so such rows are cut along W where that costs less: narrower tiles re-read kw - 1
+        // columns instead. Fused rows of 8+ channels only, which stay vectorised when cut.
+        if kernel.strategy == .widthFirst && tileC == g.channels && g.channels >= KernelLimits.vectorChannels
+            && g.stepC == 1 && g.stepW == g.channels && g.kernelH > g.strideH {
+            func cost(_ ow: Int) -> Double {
+                let rows = tileRows(ow), positions = width.positions(0, Swift.min(ow, g.outW)).count
+                return Double((rows - 1) * g.strideH + g.kernelH) / Double(rows * g.strideH)
+                    * Double(positions + g.kernelW - 1) / Double(positions)
+            }
+            // Halving the width while a tile keeps 2 kw positions; the cheapest, if it saves a
+            // fifth.
+            let whole = cost(ow)
+            var best = ow, bestCost = whole, candidate = ow
+            while candidate > 1 {
+                candidate = (candidate + 1) / 2
+                guard width.positions(0, Swift.min(candidate, g.outW)).count >= Swift.max(2 * g.kernelW, 8) else { break }
+                let c = cost(candidate)
+                if c < bestCost { best = candidate; bestCost = c }
+            }
+            if bestCost < 0.8 * whole { ow = best }
+        }
+        tileOW = ow
         rowCapacity = width.positions(0, Swift.min(tileOW, g.outW)).count * tileC
-        let rowsFit = budget / rowCapacity - rowsHeld
-        // As many rows as fit, then evened out so that no tile is a small remainder (tiles of
-        // equal cost keep both workers busy to the end).
-        tileOH = evenSplit(g.outH, largest: Swift.max(1, rowsFit / rowsPerOutputRow))
+        tileOH = tileRows(tileOW)
         let ohTiles = (g.outH + tileOH - 1) / tileOH
         let owTiles = (g.outW + tileOW - 1) / tileOW
         let cTiles = (g.channels + tileC - 1) / tileC
@@ -120,6 +158,9 @@ public struct TilePlan {
         case .wholeWindows:
             layout.partial = layout.next(tileC)
         }
+        if kernel.scansH { layout.prefixRow = layout.next(rowCapacity) }
+        if kernel.scansD { layout.prefixPlane = layout.next(tileOH * rowCapacity) }
+        if kernel.doublesW { layout.doubledRow = layout.next(paddedRowCapacity) }
         scratch = layout
     }
 

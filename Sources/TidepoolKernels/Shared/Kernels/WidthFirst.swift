@@ -28,20 +28,25 @@ extension TilePass {
             for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
                 reducePlane(d, outputAhead: outputAhead)
                 outputAhead = .none
+                firstPlane = Swift.min(firstPlane, d)
+                if kernel.scansD { scanPlaneAlongD(d) }
                 newestPlane = d
             }
+            // The window's sources: its ring planes, or with block scans S[d0] and the prefix.
+            let scanned = kernel.scansD && d0 < d1 ? scannedPlanes(d0, d1) : nil
+            let taps = scanned.map { 0..<$0.count } ?? d0..<Swift.max(d0, d1)
             if wholeRows {
                 let target = inScratch ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
                 if d0 >= d1 {
                     for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
                     inParts(0..<planeLength, prefetching: upcomingInput(after: od)) { part in
-                        if let vector = kernel.vectorFinish, d1 - d0 <= sourcesPerPass {
-                            vector.runs(R.self, target + part.lowerBound, part.count, taps: d0..<d1,
-                                        source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                        if let vector = kernel.vectorFinish, taps.count <= sourcesPerPass {
+                            vector.runs(R.self, target + part.lowerBound, part.count, taps: taps,
+                                        source: { windowPlane($0, scanned) + part.lowerBound }, windowSize: windowSize)
                         } else {
-                            finishTaps(AccumulatorLoader<R>.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: d0..<d1,
-                                       source: { plane($0) + part.lowerBound }, windowSize: windowSize)
+                            finishTaps(AccumulatorLoader<R>.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: taps,
+                                       source: { windowPlane($0, scanned) + part.lowerBound }, windowSize: windowSize)
                         }
                     }
                 }
@@ -62,7 +67,7 @@ extension TilePass {
             if d0 >= d1 {
                 for j in 0..<planeLength { merged[j] = R.identity }
             } else {
-                foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: d0..<d1, first: true, source: plane)
+                foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: taps, first: true, source: { windowPlane($0, scanned) })
             }
             let upcoming = upcomingInput(after: od)
             // Reduced at the output positions, of all channels: each tile row's outputs are one
@@ -108,6 +113,14 @@ extension TilePass {
 
     func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
 
+    /// Tap k of an output plane's window: ring plane k, or the k-th of `scanned`'s sources.
+    @inline(__always)
+    func windowPlane(_ k: Int, _ scanned: (count: Int, first: UnsafePointer<R.Accumulator>, second: UnsafePointer<R.Accumulator>)?)
+        -> UnsafePointer<R.Accumulator> {
+        guard let scanned else { return plane(k) }
+        return k == 0 ? scanned.first : scanned.second
+    }
+
     /// Copies every stride-th position of the tile's subsampled rows, finished in `from`, to
     /// the output rows at `to`.
     @inline(__always)
@@ -131,7 +144,7 @@ extension TilePass {
         }
         // For a fixed tap, the positions read a contiguous run of the fused row.
         let channels = channels, first = firstColumn
-        if inputColumns == 0..<columnSpan && !kernel.widenOnce {
+        if inputColumns == 0..<columnSpan && !kernel.widenOnce && !kernel.doublesW {
             foldTaps(InputLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
                      source: { UnsafePointer(row + (first + $0) * channels) })
             return
@@ -139,7 +152,8 @@ extension TilePass {
         // With few channels and wide padding, the edge positions' scalar loops cost more than
         // one more vector pass over the row; otherwise fold the interior straight from the
         // input and the few edge positions one by one.
-        if !kernel.widenOnce && (channels >= KernelLimits.vectorChannels || 4 * g.padW * g.kernelW * 8 <= columnSpan * channels) {
+        if !kernel.widenOnce && !kernel.doublesW
+            && (channels >= KernelLimits.vectorChannels || 4 * g.padW * g.kernelW * 8 <= columnSpan * channels) {
             let interior = interiorPositions
             if !interior.isEmpty {
                 let start = interior.lowerBound * channels
@@ -150,9 +164,9 @@ extension TilePass {
             reduceEdge(interior.upperBound..<positions.count, row: row, first: first, into: destination)
             return
         }
-        // Windows reach into padding, or widening costs more than a pass: widen the row once,
-        // with identity where the padding is, and fold every position the same way (the order
-        // of taps is unchanged).
+        // Windows reach into padding, widening costs more than a pass, or the max doubles along
+        // W: widen the row once, with identity where the padding is, and reduce every position
+        // the same way (the order of taps is unchanged).
         fillPaddingOfPaddedRow()
         let source = row + first * channels
         for j in (inputColumns.lowerBound * channels)..<(inputColumns.upperBound * channels) { paddedRow[j] = R.widen(source[j]) }

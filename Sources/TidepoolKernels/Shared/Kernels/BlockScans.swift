@@ -1,0 +1,179 @@
+import TidepoolTypes
+
+/// Block scans (van Herk 1992, Gil and Werman 1993): windows of any size along H or D in three
+/// merges per input element and one per output, where folding tap by tap costs one merge per
+/// tap (`KernelPlan.scans` says where).
+///
+/// The axis is cut into blocks of `kernel` positions, aligned in the padded coordinates
+/// (block j starts at j * kernel - padding) and clipped to the axis, so every tile and thread
+/// cuts them the same way. Within a block, the prefix P[i] folds the block's positions up to i
+/// (left to right), the suffix S[i] those from i to the block's end (as x[i] merged with
+/// S[i + 1]). A window of at most `kernel` positions meets at most one block boundary m:
+/// - across m, it is S[start] merged with P[end - 1];
+/// - starting at a block's start, P[end - 1];
+/// - otherwise it ends at its block's end (a window clipped by the axis's end), S[start].
+///
+/// Each output folds the same positions in an order set by the geometry alone, so results do
+/// not depend on tiles or threads. Max gives the left fold's bits in (d, h, w) order: `merge`
+/// keeps the first of equal values and the last NaN of its two arguments, so merging the
+/// results of two adjacent ranges gives the result of their concatenation, however bracketed
+/// (signed zeros and NaN payloads included; the folds' pairs merge the middle taps first and
+/// may keep another zero or NaN, never another value). Integer sums are exact. A float sum
+/// adds at most kernel - 1 terms into each of S and P, then the two: the error bound of a
+/// plain sum of the window.
+extension TilePass {
+    /// The block (clipped to [0, length)) that holds position `i` of an axis.
+    func scanBlock(_ i: Int, kernel: Int, padding: Int, length: Int) -> Range<Int> {
+        // i + padding >= 0 for every position of the axis, and start + kernel <= i + padding +
+        // kernel: the padded length n + 2p fits (PoolDescriptor checks it), and a kernel that
+        // scans is bounded by the scratch a call may have (it holds kernel rows or planes).
+        let start = (i + padding) / kernel * kernel - padding
+        return Swift.max(0, start)..<Swift.max(Swift.max(0, start), Swift.min(length, start + kernel))
+    }
+
+    /// `destination[j] = merge(a[j], b[j])` for `length` accumulators.
+    @inline(__always)
+    func mergeRuns(_ destination: UnsafeMutablePointer<R.Accumulator>, _ a: UnsafePointer<R.Accumulator>,
+                   _ b: UnsafePointer<R.Accumulator>, _ length: Int) {
+        for j in 0..<length { destination[j] = R.merge(a[j], b[j]) }
+    }
+
+    /// Rows `rows` of `block` (from `blockRow` on) replaced by their suffixes within their
+    /// blocks of H: each row merged with the (already suffixed) row below it in its block.
+    func suffixRows(_ block: UnsafeMutablePointer<R.Accumulator>, from blockRow: Int, rows: Range<Int>) {
+        var h = rows.upperBound - 2
+        while h >= rows.lowerBound {
+            let row = block + (h - blockRow) * rowLength
+            if scanBlock(h + 1, kernel: g.kernelH, padding: g.padH, length: g.inH).lowerBound != h + 1 {
+                mergeRuns(row, row, row + rowLength, rowLength)
+            }
+            h -= 1
+        }
+    }
+
+    /// `reduceAlongH` by block scans. `block` holds the tile's input rows (`inputRows`), reduced
+    /// along W, from `blockRow` on; they are overwritten by their suffixes block by block, once
+    /// no output reads them as they were. The prefix is one running row (`prefixRow`): each
+    /// output reads it at its window's last row, and those only increase.
+    func scanAlongH(_ block: UnsafeMutablePointer<R.Accumulator>, from blockRow: Int, rows: Range<Int>,
+                    into plane: UnsafeMutablePointer<R.Accumulator>) {
+        let rowLength = rowLength, prefix = prefixRow
+        let available = blockRow..<inputRows.upperBound
+        func row(_ h: Int) -> UnsafeMutablePointer<R.Accumulator> { block + (h - blockRow) * rowLength }
+        // The block whose prefix `prefix` holds, up to row `prefixAt` (below its start: empty);
+        // rows below `suffixed` are suffixes already.
+        var current = 0..<0, prefixAt = Int.min
+        var suffixed = available.lowerBound
+        for oh in rows {
+            let out = plane + (oh - rows.lowerBound) * rowLength
+            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+            if h0 >= h1 {
+                for j in 0..<rowLength { out[j] = R.identity }
+                continue
+            }
+            let last = scanBlock(h1 - 1, kernel: g.kernelH, padding: g.padH, length: g.inH)
+            let start = Swift.max(last.lowerBound, available.lowerBound)
+            if last != current {
+                // Windows from here on end in `last` or later: the rows before it are read only
+                // as suffixes now.
+                suffixRows(block, from: blockRow, rows: suffixed..<Swift.max(suffixed, last.lowerBound))
+                suffixed = Swift.max(suffixed, last.lowerBound)
+                current = last
+                prefixAt = start - 1
+            }
+            if prefixAt < start {
+                for j in 0..<rowLength { prefix[j] = row(start)[j] }
+                prefixAt = start
+            }
+            while prefixAt < h1 - 2 {
+                prefixAt += 1
+                mergeRuns(prefix, prefix, row(prefixAt), rowLength)
+            }
+            if h0 < last.lowerBound {
+                // Across the boundary: the prefix takes in the window's last row and the output
+                // is the first row's suffix merged with it, in one pass.
+                if prefixAt < h1 - 1 {
+                    prefixAt += 1
+                    let newest = row(prefixAt), suffix = row(h0)
+                    for j in 0..<rowLength {
+                        let p = R.merge(prefix[j], newest[j])
+                        prefix[j] = p
+                        out[j] = R.merge(suffix[j], p)
+                    }
+                } else {
+                    mergeRuns(out, row(h0), prefix, rowLength)
+                }
+                continue
+            }
+            if prefixAt < h1 - 1 {
+                prefixAt += 1
+                mergeRuns(prefix, prefix, row(prefixAt), rowLength)
+            }
+            if h0 == last.lowerBound {
+                for j in 0..<rowLength { out[j] = prefix[j] }
+            } else {
+                // A window clipped by the axis's end, inside one block: its rows are still as
+                // reduced along W (this block's suffixes come later), so fold them.
+                foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: h0..<h1, first: true, source: { UnsafePointer(row($0)) })
+            }
+        }
+    }
+
+    /// Scans input plane d, just reduced into its ring slot, along D: the prefix plane takes it
+    /// in, and when it is the last of its block, the block's planes held in the ring become
+    /// their suffixes. Planes arrive in order from `firstPlane`, the tile's first.
+    func scanPlaneAlongD(_ d: Int) {
+        let block = scanBlock(d, kernel: g.kernelD, padding: g.padD, length: g.inD)
+        let start = Swift.max(block.lowerBound, firstPlane)
+        let newest = plane(d)
+        if d == start {
+            for j in 0..<planeLength { prefixPlane[j] = newest[j] }
+        } else {
+            mergeRuns(prefixPlane, prefixPlane, newest, planeLength)
+        }
+        guard d == block.upperBound - 1 else { return }
+        var e = d - 1
+        while e >= start {
+            let target = planeRing + (e % g.kernelD) * planeSlot
+            mergeRuns(target, target, plane(e + 1), planeLength)
+            e -= 1
+        }
+    }
+
+    /// The sources that fold output plane od's window [d0, d1) (not empty) from the scanned ring:
+    /// S[d0] and the prefix, or one of them (see the type's comment).
+    func scannedPlanes(_ d0: Int, _ d1: Int) -> (count: Int, first: UnsafePointer<R.Accumulator>, second: UnsafePointer<R.Accumulator>) {
+        let last = scanBlock(d1 - 1, kernel: g.kernelD, padding: g.padD, length: g.inD)
+        let prefix = UnsafePointer(prefixPlane)
+        if d0 < last.lowerBound { return (2, plane(d0), prefix) }
+        return d0 == last.lowerBound ? (1, prefix, prefix) : (1, plane(d0), prefix)
+    }
+
+    /// `reducePaddedRow` for max by doubling (`KernelPlan.doublesW`): level by level, column j
+    /// holds the max of columns j ..< j + 2^i (two of the level below, 2^(i-1) apart), between
+    /// `paddedRow` and `doubledRow`, up to the largest 2^i within the kernel; each position is
+    /// then the merge of the two such windows that start at its first and end at its last
+    /// column. About log2(kernel) + 1 merges per position instead of kernel - 1; the bits are
+    /// the left fold's (see the type's comment: parts that overlap are merged the same way).
+    /// The padding columns of `paddedRow` are set back to the identity afterwards.
+    func doubleAlongW(into destination: UnsafeMutablePointer<R.Accumulator>) {
+        let channels = channels
+        var from = paddedRow, to = doubledRow
+        var width = 1, valid = columnSpan
+        while 2 * width <= g.kernelW {
+            // Two pointers and plain loops (`mergeRuns`): an index sum in the loop, checked for
+            // overflow, kept the loop scalar with a branch per merge.
+            mergeRuns(to, from, from + width * channels, (valid - width) * channels)
+            swap(&from, &to)
+            valid -= width
+            width *= 2
+        }
+        let offset = (g.kernelW - width) * channels
+        if offset == 0 {
+            for j in 0..<rowLength { destination[j] = from[j] }
+        } else {
+            mergeRuns(destination, from, from + offset, rowLength)
+        }
+        fillPaddingOfPaddedRow()
+    }
+}

@@ -1,0 +1,201 @@
+import Testing
+import TidepoolCore
+import TidepoolKernels
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Block scans along H and D (BlockScans.swift) against the float64 reference, against the
+/// tap-by-tap folds (bit for bit for integer sums, and for max of values without ties or NaNs;
+/// see `maxKeepsNaNPayloadsAndSignedZeros` for those) and against themselves under
+/// other tilings and thread counts (bit for bit), at their edges: windows near the axis's
+/// length, padding wider than the kernel, strides up to half the kernel, windows clipped at
+/// both ends, tiles and blocks starting anywhere.
+@Suite struct BlockScanTests {
+    /// Scans wherever a window has 2+ taps and overlaps its neighbours.
+    static let scanning = PoolEngine(threads: 1, blockScanTaps: 2)
+    static let scanningTiny = [64, 160, 700, 4096].map { PoolEngine(threads: 3, tileBudgetBytes: $0, blockScanTaps: 2) }
+    static let folding = PoolEngine(threads: 2, blockScanTaps: .max)
+
+    static func bytes(_ run: PoolRun) -> Int { run.output.count * run.output.dtype.size }
+
+    /// Runs `desc` on every engine and checks the results (see the suite's comment).
+    func check(_ desc: PoolDescriptor, _ dtype: DType, shape: [Int], storage: Buffer, againstReference: Bool = true,
+               comparesFolds: Bool = true, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let strides = TensorView.contiguousStrides(shape)
+        let scanned = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.scanning)
+        if againstReference {
+            let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides),
+                                        sourceLocation: sourceLocation)
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: scanned.output, expected: expected.values)
+            #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")", sourceLocation: sourceLocation)
+        }
+        for engine in Self.scanningTiny {
+            let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
+            #expect(memcmp(run.output.raw, scanned.output.raw, Self.bytes(run)) == 0,
+                    "\(desc) \(dtype) \(shape) budget \(engine.settings.tileBudgetBytes)", sourceLocation: sourceLocation)
+        }
+        if comparesFolds && (desc.kind == .max || !dtype.isFloatingPoint) {
+            let folded = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.folding)
+            #expect(memcmp(folded.output.raw, scanned.output.raw, Self.bytes(folded)) == 0,
+                    "\(desc) \(dtype) \(shape): scans differ from folds", sourceLocation: sourceLocation)
+        }
+    }
+
+    /// The plans do scan: an edit that turned the scans off would leave the tests above
+    /// comparing folds with folds.
+    @Test func theseGeometriesScan() throws {
+        // (8 channels: rows of fewer reduce along W as one run, without doubling.)
+        let input = TensorView(data: nil, dtype: .float32, shape: [1, 9, 9, 9, 8])
+        let small = PoolDescriptor(kind: .max, kernelSize: [3, 4, 2], stride: [1, 1, 1], padding: [1, 2, 0])
+        let plan = try #require(try Self.scanning.kernelPlan(small, input: input))
+        #expect(plan.scansH && plan.scansD && plan.doublesW)
+        let folds = try #require(try Self.folding.kernelPlan(small, input: input))
+        #expect(!folds.scansH && !folds.scansD && !folds.doublesW)
+        // Sums never double (overlapping parts would count twice).
+        let average = PoolDescriptor(kind: .average, kernelSize: [3, 4, 2], stride: [1, 1, 1], padding: [1, 2, 0])
+        #expect(try !#require(try Self.scanning.kernelPlan(average, input: input)).doublesW)
+        // By default: k7 s1 scans, k3 s1 and k7 s4 (little overlap) fold.
+        let k7 = PoolDescriptor(kind: .average, kernelSize: [7, 3, 7], stride: [1, 1, 4], padding: [3, 1, 3])
+        let byDefault = try #require(try PoolEngine(threads: 2).kernelPlan(k7, input: input))
+        #expect(byDefault.scansD && !byDefault.scansH)
+        // (W strided over 8 channels is reduced at the output's positions, so H after it.)
+        let strided = PoolDescriptor(kind: .average, kernelSize: [7, 7, 3], stride: [4, 3, 2], padding: [3, 3, 1])
+        let stridedPlan = try #require(try PoolEngine(threads: 2).kernelPlan(strided, input: input))
+        #expect(stridedPlan.strategy == .widthFirst)
+        #expect(!stridedPlan.scansD && stridedPlan.scansH)
+    }
+
+    @Test(arguments: DType.allCases)
+    func randomWindowsMatchTheReferenceAndTheFolds(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0x5CA_0000 ^ UInt64(dtype.code))
+        for _ in 0..<25 {
+            let kernel = (0..<3).map { _ in Int.random(in: 2...11, using: &rng) }
+            let stride = kernel.map { Int.random(in: 1...Swift.max(1, $0 / 2), using: &rng) }
+            let padding = kernel.map { k in Bool.random(using: &rng) ? k / 2 : Int.random(in: 0...(k + 2), using: &rng) }
+            // Axes from shorter than the kernel to a few blocks long.
+            let shape = [Int.random(in: 1...2, using: &rng)] + kernel.enumerated().map { axis, k in
+                axis == 2 ? Int.random(in: 1...12, using: &rng) : Int.random(in: 1...(3 * k + 2), using: &rng)
+            } + [Int.random(in: 1...3, using: &rng)]
+            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            guard let outputShape = try? desc.outputShape(inputShape: shape), !outputShape.contains(0) else { continue }
+            try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+        }
+    }
+
+    /// Windows of every size up to past the axis's length along H and D, at stride 1 and
+    /// centred (the common case), with many channels (wide rows) and one.
+    @Test(arguments: [DType.float32, .bfloat16, .int16, .float64], PoolKind.allCases)
+    func everyKernelAlongHAndD(dtype: DType, kind: PoolKind) throws {
+        for k in 2...13 {
+            for channels in [1, 9] {
+                let desc = PoolDescriptor(kind: kind, kernelSize: [k, k, 2], stride: [1, 1, 1], padding: [k / 2, k / 2, 1])
+                let shape = [1, 11, 12, 3, channels]
+                try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: UInt64(k * 100 + channels)))
+            }
+        }
+    }
+
+    /// Max keeps the first of equal values and the last NaN, in (d, h, w) order (block scans
+    /// along H and D, doubling along W): NaN payloads
+    /// and signed zeros come out bit for bit as a left fold over the window gives them (the
+    /// folds' pairs merge in another order, so only their values are compared). 16-bit floats
+    /// compare as integer keys, so their folds and scans agree bit for bit (`check`).
+    @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
+    func maxKeepsNaNPayloadsAndSignedZeros(dtype: DType) throws {
+        let shape = [2, 9, 10, 13, 3]
+        let count = shape.reduce(1, *)
+        let storage = Buffer(dtype, count: count)
+        var rng = SplitMix64(seed: 77)
+        for i in 0..<count {
+            switch rng.next() % 8 {
+            case 0: storage[i] = 0
+            case 1: storage[i] = -0.0
+            case 2: storage[i] = -.infinity
+            case 3:
+                // A NaN with a payload that names its position, of either sign.
+                let payload = UInt64(i % 61 + 1), negative = rng.next() % 2 == 0
+                switch dtype {
+                case .float32: storage.raw.storeBytes(of: (negative ? 0xFFC0_0000 : 0x7FC0_0000) | UInt32(payload), toByteOffset: i * 4, as: UInt32.self)
+                case .float64: storage.raw.storeBytes(of: (negative ? 0xFFF8_0000_0000_0000 : 0x7FF8_0000_0000_0000) | payload, toByteOffset: i * 8, as: UInt64.self)
+                case .float16: storage.raw.storeBytes(of: (negative ? 0xFE00 : 0x7E00) | UInt16(payload), toByteOffset: i * 2, as: UInt16.self)
+                default: storage.raw.storeBytes(of: (negative ? 0xFFC0 : 0x7FC0) | UInt16(payload), toByteOffset: i * 2, as: UInt16.self)
+                }
+            default: storage[i] = Double(Int(rng.next() % 5)) - 4  // many ties, all <= 0
+            }
+        }
+        let strides = TensorView.contiguousStrides(shape)
+        for k in [2, 3, 5, 6, 8, 11] {
+            // Rows at stride 1: W is reduced before H (a row stride would reduce H first, in
+            // another order of positions than the reference's).
+            let desc = PoolDescriptor(kind: .max, kernelSize: [k, k, k], stride: [Swift.max(1, k / 3), 1, 1], padding: [k / 2, k - 1, k / 2])
+            switch dtype {
+            case .float32, .float64:
+                try check(desc, dtype, shape: shape, storage: storage, againstReference: false, comparesFolds: false)
+                let scanned = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.scanning)
+                let expected = dtype == .float32 ? leftFoldMax(Float.self, desc, storage, shape).map { UInt64($0.bitPattern) }
+                    : leftFoldMax(Double.self, desc, storage, shape).map { $0.bitPattern }
+                let actual = (0..<scanned.output.count).map {
+                    dtype == .float32 ? UInt64(scanned.output.raw.load(fromByteOffset: $0 * 4, as: UInt32.self))
+                        : scanned.output.raw.load(fromByteOffset: $0 * 8, as: UInt64.self)
+                }
+                let bad = (0..<actual.count).filter { actual[$0] != expected[$0] }
+                #expect(bad.isEmpty, "k\(k) \(dtype): \(bad.count) of \(actual.count) differ, first \(bad.first ?? -1) \(String(actual[bad.first ?? 0], radix: 16)) \(String(expected[bad.first ?? 0], radix: 16))")
+                let folded = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.folding)
+                #expect((0..<folded.output.count).allSatisfy { i in
+                    let a = folded.output[i], b = scanned.output[i]
+                    return a == b || (a.isNaN && b.isNaN)
+                }, "k\(k) \(dtype)")
+            default:
+                try check(desc, dtype, shape: shape, storage: storage, againstReference: false)
+            }
+        }
+    }
+
+    /// MLX's max over each window of a contiguous (N, D, H, W, C) input, folded left to right
+    /// in (d, h, w) order from the first in-bounds position, on the raw values: the order of
+    /// width first with block scans along H and D.
+    func leftFoldMax<F: BinaryFloatingPoint>(_: F.Type, _ desc: PoolDescriptor, _ storage: Buffer, _ shape: [Int]) -> [F] {
+        let out = try! desc.outputShape(inputShape: shape)
+        let x = storage.raw.assumingMemoryBound(to: F.self)
+        var result: [F] = []
+        for n in 0..<out[0] { for od in 0..<out[1] { for oh in 0..<out[2] { for ow in 0..<out[3] { for c in 0..<out[4] {
+            var best: F? = nil
+            for d in (od * desc.stride[0] - desc.padding[0])..<(od * desc.stride[0] - desc.padding[0] + desc.kernelSize[0]) where 0..<shape[1] ~= d {
+                for h in (oh * desc.stride[1] - desc.padding[1])..<(oh * desc.stride[1] - desc.padding[1] + desc.kernelSize[1]) where 0..<shape[2] ~= h {
+                    for w in (ow * desc.stride[2] - desc.padding[2])..<(ow * desc.stride[2] - desc.padding[2] + desc.kernelSize[2]) where 0..<shape[3] ~= w {
+                        let v = x[(((n * shape[1] + d) * shape[2] + h) * shape[3] + w) * shape[4] + c]
+                        best = best.map { (v > $0 || v.isNaN) ? v : $0 } ?? v
+                    }
+                }
+            }
+            result.append(best ?? -F.infinity)
+        } } } } }
+        return result
+    }
+
+    /// Rows so long that few fit a tile beside the kh rows it holds (64 channels, 300 wide, k7)
+    /// are cut along W, so that each tile reduces fewer rows twice: the tiles are narrower than
+    /// the row and taller than without the cut, and the results exact (folds and scans alike).
+    @Test(arguments: PoolKind.allCases)
+    func longRowsOfManyChannelsAreCutAlongW(kind: PoolKind) throws {
+        let shape = [1, 40, 300, 64]
+        let desc = PoolDescriptor(kind: kind, kernelSize: [7, 7], stride: [1, 1], padding: [3, 3])
+        let view = TensorView(data: nil, dtype: .float32, shape: shape)
+        let geometry = try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
+        let cut = try tileShape(geometry, kind, .float32, KernelSettings())
+        // Without the cut: tiles of the 186 columns that fit the budget and 1 output row each
+        // (8 input rows reduced along W for it).
+        #expect(cut.columns < 186 && cut.channels == 64 && cut.rows >= 4, "\(cut)")
+        let input = randomInput(.float32, shape: shape, seed: 300)
+        try check(desc, .float32, shape: shape, storage: input)
+        let strides = TensorView.contiguousStrides(shape)
+        let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+        for engine in [PoolEngine(threads: 2), Self.folding] {
+            let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+            #expect(firstMismatch(desc, dtype: .float32, actual: run.output, expected: expected.values) == nil)
+        }
+    }
+}
