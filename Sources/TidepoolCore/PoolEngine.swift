@@ -33,7 +33,7 @@ public final class PoolEngine: Sendable {
     public init(threads: Int = 0, tileBudgetBytes: Int = KernelSettings.defaultTileBudgetBytes,
                 streamingOutputBytes: Int = KernelSettings.defaultStreamingOutputBytes, usesVectorKernels: Bool = true,
                 gradientStateBytes: Int = KernelSettings.defaultGradientStateBytes,
-                blockScanTaps: Int = KernelSettings.defaultBlockScanTaps, cpuLevel: CPULevel? = nil) {
+                blockScanTaps: Int? = nil, cpuLevel: CPULevel? = nil) {
         let level = cpuLevel ?? KernelSelection.processLevel
         precondition(KernelSelection.supports(level), "this CPU cannot run the kernels built for \(level)")
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)

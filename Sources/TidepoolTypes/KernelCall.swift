@@ -36,21 +36,26 @@ public struct KernelSettings: Sendable, Equatable {
     public static let defaultGradientStateBytes = 2 << 20
     /// Windows of at least this many taps along an axis (and at least twice its stride) fold by
     /// block scans, and the max along W by doubling, whose cost does not grow with the window,
-    /// instead of tap by tap.
+    /// instead of tap by tap: from 6 taps, and for the max of float32 and float64 from 4. Their
+    /// merge (two compares and a blend, so that NaNs win) costs more than an add or an integer
+    /// max (16-bit floats compare as integers), so the scans' fixed passes pay off sooner
+    /// (docs/performance.md has the measurements).
     public static let defaultBlockScanTaps = 6
+    public static let defaultFloatMaxBlockScanTaps = 4
 
     public var tileBudgetBytes: Int
     public var streamingOutputBytes: Int
     public var gradientStateBytes: Int
-    /// Tests lower it to take the block scans on small windows too.
-    public var blockScanTaps: Int
+    /// Both thresholds above at once, where set: tests lower it to take the block scans on small
+    /// windows too, or raise it to keep the folds.
+    public var blockScanTaps: Int?
     /// Whether the C vector kernels (`VectorFinish`) run where the CPU has them; tests turn
     /// them off to compare with the Swift loops.
     public var usesVectorKernels: Bool
 
     public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
                 usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes,
-                blockScanTaps: Int = defaultBlockScanTaps) {
+                blockScanTaps: Int? = nil) {
         self.tileBudgetBytes = tileBudgetBytes
         self.blockScanTaps = blockScanTaps
         self.streamingOutputBytes = streamingOutputBytes

@@ -65,6 +65,19 @@ import Glibc
         let stridedPlan = try #require(try PoolEngine(threads: 2).kernelPlan(strided, input: input))
         #expect(stridedPlan.strategy == .widthFirst)
         #expect(!stridedPlan.scansD && stridedPlan.scansH)
+        // The max of float32 and float64 scans from 4 taps; sums and integer maxima from 6.
+        let k4 = PoolDescriptor(kind: .max, kernelSize: [4, 4, 4], stride: [1, 1, 1], padding: [2, 2, 2])
+        for dtype in [DType.float32, .float64] {
+            let floatMax = try #require(try PoolEngine(threads: 2).kernelPlan(k4, input: TensorView(data: nil, dtype: dtype, shape: [1, 9, 9, 9, 8])))
+            #expect(floatMax.scansD && floatMax.scansH && floatMax.doublesW, "\(dtype)")
+        }
+        for dtype in [DType.int32, .float16] {
+            let foldingMax = try #require(try PoolEngine(threads: 2).kernelPlan(k4, input: TensorView(data: nil, dtype: dtype, shape: [1, 9, 9, 9, 8])))
+            #expect(!foldingMax.scansD && !foldingMax.scansH && !foldingMax.doublesW, "\(dtype)")
+        }
+        let k5 = PoolDescriptor(kind: .average, kernelSize: [5, 5, 5], stride: [1, 1, 1], padding: [2, 2, 2])
+        let sums = try #require(try PoolEngine(threads: 2).kernelPlan(k5, input: input))
+        #expect(!sums.scansD && !sums.scansH)
     }
 
     @Test(arguments: DType.allCases)

@@ -30,6 +30,9 @@ public protocol WindowReduction {
     /// Whether `merge(a, a)` is `a`, so that a window may merge the results of two parts that
     /// overlap (max; never sums).
     static var mergesOverlaps: Bool { get }
+    /// Windows of this many taps and more fold by block scans (`KernelPlan.scans`), unless the
+    /// engine's settings say otherwise.
+    static var blockScanTaps: Int { get }
 }
 
 extension WindowReduction {
@@ -37,6 +40,7 @@ extension WindowReduction {
     @inlinable public static var widenOutweighsAPass: Bool { false }
     public static var vectorFinish: VectorFinish? { nil }
     @inlinable public static var mergesOverlaps: Bool { false }
+    @inlinable public static var blockScanTaps: Int { KernelSettings.defaultBlockScanTaps }
 }
 
 // MARK: average
@@ -160,6 +164,7 @@ public enum MaxFloat<F: BinaryFloatingPoint>: WindowReduction {
     @inlinable public static func merge(_ a: F, _ b: F) -> F { nanPropagatingMax(a, b) }
     @inlinable public static func finish(_ best: F, windowSize: Int) -> F { best }
     @inlinable public static var mergesOverlaps: Bool { true }
+    @inlinable public static var blockScanTaps: Int { KernelSettings.defaultFloatMaxBlockScanTaps }
 }
 
 /// A 16-bit float by its bit pattern: float16 and bfloat16 differ only in where infinity is.

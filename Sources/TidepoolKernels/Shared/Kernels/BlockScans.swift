@@ -60,8 +60,8 @@ extension TilePass {
         let rowLength = rowLength, prefix = prefixRow
         let available = blockRow..<inputRows.upperBound
         func row(_ h: Int) -> UnsafeMutablePointer<R.Accumulator> { block + (h - blockRow) * rowLength }
-        // The block whose prefix `prefix` holds, up to row `prefixAt` (below its start: empty);
-        // rows below `suffixed` are suffixes already.
+        // The block whose prefix `prefix` holds, up to row `prefixAt`; rows below `suffixed` are
+        // suffixes already.
         var current = 0..<0, prefixAt = Int.min
         var suffixed = available.lowerBound
         for oh in rows {
@@ -75,13 +75,10 @@ extension TilePass {
             let start = Swift.max(last.lowerBound, available.lowerBound)
             if last != current {
                 // Windows from here on end in `last` or later: the rows before it are read only
-                // as suffixes now.
+                // as suffixes now. The prefix starts over at the block's first row here.
                 suffixRows(block, from: blockRow, rows: suffixed..<Swift.max(suffixed, last.lowerBound))
                 suffixed = Swift.max(suffixed, last.lowerBound)
                 current = last
-                prefixAt = start - 1
-            }
-            if prefixAt < start {
                 for j in 0..<rowLength { prefix[j] = row(start)[j] }
                 prefixAt = start
             }
@@ -139,8 +136,7 @@ extension TilePass {
         guard d == block.upperBound - 1 else { return }
         var e = d - 1
         while e >= start {
-            let target = planeRing + (e % g.kernelD) * planeSlot
-            mergeRuns(target, target, plane(e + 1), planeLength)
+            mergeRuns(ringSlot(e), ringSlot(e), plane(e + 1), planeLength)
             e -= 1
         }
     }
@@ -158,8 +154,12 @@ extension TilePass {
     /// holds the max of columns j ..< j + 2^i (two of the level below, 2^(i-1) apart), between
     /// `paddedRow` and `doubledRow`, up to the largest 2^i within the kernel; each position is
     /// then the merge of the two such windows that start at its first and end at its last
-    /// column. About log2(kernel) + 1 merges per position instead of kernel - 1; the bits are
-    /// the left fold's (see the type's comment: parts that overlap are merged the same way).
+    /// column. About log2(kernel) + 1 merges per position instead of kernel - 1, with the left
+    /// fold's bits. The type's comment argues it for adjacent parts; for parts that overlap it
+    /// holds too: the right part holds the window's last columns, so a NaN there is the
+    /// window's last NaN, which `merge` keeps; without one, the left part holds the window's
+    /// first columns, so where its maximum is not below the right's, its first maximum is the
+    /// window's, and `merge` keeps the left of equal values.
     /// The padding columns of `paddedRow` are set back to the identity afterwards.
     func doubleAlongW(into destination: UnsafeMutablePointer<R.Accumulator>) {
         let channels = channels

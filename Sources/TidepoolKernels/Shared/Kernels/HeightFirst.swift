@@ -8,7 +8,7 @@ extension TilePass {
     /// rows are folded (widened) into `paddedRow`, identity where the padding is, and that row
     /// is reduced along W at every position.
     func reducePlaneHeightFirst(_ d: Int) {
-        let plane = planeRing + (d % g.kernelD) * planeSlot
+        let plane = ringSlot(d)
         let channels = channels, stepW = g.stepW, stepC = g.stepC
         let base = input + tile.n * g.stepN + d * g.stepD + (firstColumn + inputColumns.lowerBound) * stepW + tile.c.lowerBound * stepC
         let valid = paddedRow + inputColumns.lowerBound * channels, validCount = inputColumns.count * channels

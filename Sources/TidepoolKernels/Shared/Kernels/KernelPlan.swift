@@ -127,10 +127,11 @@ public struct KernelPlan: Sendable {
         // store into cache instead of waiting on each line (overlapping D windows only: the
         // reduction must be long enough to hide the fetch).
         prefetchOutput = g.kernelD > g.strideD
-        scansH = (strategy == .widthFirst || strategy == .depthFirst) && Self.scans(g.kernelH, stride: g.strideH, settings)
-        scansD = (strategy == .widthFirst || strategy == .heightFirst) && Self.scans(g.kernelD, stride: g.strideD, settings)
+        let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
+        scansH = (strategy == .widthFirst || strategy == .depthFirst) && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
+        scansD = (strategy == .widthFirst || strategy == .heightFirst) && Self.scans(g.kernelD, stride: g.strideD, from: scanTaps)
         doublesW = R.mergesOverlaps && (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun
-            && g.kernelW >= Swift.max(2, settings.blockScanTaps)
+            && g.kernelW >= scanTaps
         let vector = settings.usesVectorKernels ? R.vectorFinish : nil
         switch strategy {
         case .depthFirst: vectorFinish = vector
@@ -143,10 +144,10 @@ public struct KernelPlan: Sendable {
 
     /// Whether windows of `kernel` taps at `stride` fold by block scans: three merges per input
     /// element and one per output, where a fold costs kernel / stride merges per input element
-    /// (less for the pairs of 2 to 5 taps). Small windows, and windows that overlap little, keep
-    /// the folds.
-    static func scans(_ kernel: Int, stride: Int, _ settings: KernelSettings) -> Bool {
-        kernel >= Swift.max(2, settings.blockScanTaps) && kernel / 2 >= stride
+    /// (less for the pairs of 2 to 5 taps). Windows smaller than `taps` (`KernelSettings`' scan
+    /// thresholds), and windows that overlap little, keep the folds.
+    static func scans(_ kernel: Int, stride: Int, from taps: Int) -> Bool {
+        kernel >= taps && kernel / 2 >= stride
     }
 
     /// Whether a geometry can run depth first: stride 1 along every axis, output rows as

@@ -108,10 +108,13 @@ extension TilePass {
                 for h in part { reduceRow(d: d, h: h, into: reducedRows + (h - firstRow) * rowLength) }
             }
         }
-        reduceAlongH(reducedRows, from: firstRow, rows: tile.oh, into: planeRing + (d % g.kernelD) * planeSlot)
+        reduceAlongH(reducedRows, from: firstRow, rows: tile.oh, into: ringSlot(d))
     }
 
-    func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(planeRing + (d % g.kernelD) * planeSlot) }
+    /// The ring slot of input plane d.
+    func ringSlot(_ d: Int) -> UnsafeMutablePointer<R.Accumulator> { planeRing + (d % g.kernelD) * planeSlot }
+
+    func plane(_ d: Int) -> UnsafePointer<R.Accumulator> { UnsafePointer(ringSlot(d)) }
 
     /// Tap k of an output plane's window: ring plane k, or the k-th of `scanned`'s sources.
     @inline(__always)
@@ -197,24 +200,31 @@ extension TilePass {
                          into: destination, store: { $0 })
     }
 
-    /// Positions `slots` of a fused row, each folding only its in-bounds taps.
+    /// Positions `slots` of a fused row, at one of its ends, each folding only its in-bounds taps.
     func reduceEdge(_ slots: Range<Int>, row: UnsafePointer<R.Input>, first: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        guard !slots.isEmpty else { return }
         guard channels >= KernelLimits.vectorChannels else {
             // A channel's taps in a register: the vector loop below would be a chain of
             // stores and reloads when there are only a few channels.
             reduceEdgeOfRows(InputLoader<R>.self, slots, rows: 1, block: row, first: first, into: destination, store: { $0 })
             return
         }
-        for slot in slots {
-            let out = destination + slot * channels
-            let column = first + slot
-            let taps = tapsInBounds(ofWindowAt: column)
-            for c in 0..<channels { out[c] = R.identity }
-            for k in taps {
-                let source = row + (column + k) * channels
-                for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c])) }
-            }
-        }
+        // The slots' columns are widened into `paddedRow` (at their offsets in the span, the
+        // identity where the padding is) and folded as one run, like the interior. A loop per
+        // position and tap over a run-time channel count cost more than the interior's fold
+        // when windows are wide (k11 on rows of 81 positions: 10 edge positions of 81).
+        // Padding taps add the identity, which leaves every sum and maximum as the in-bounds
+        // taps alone give it.
+        let channels = channels, padded = paddedRow
+        let columns = slots.lowerBound..<(slots.upperBound + g.kernelW - 1)
+        let lower = Swift.min(Swift.max(columns.lowerBound, inputColumns.lowerBound), columns.upperBound)
+        let upper = Swift.max(Swift.min(columns.upperBound, inputColumns.upperBound), lower)
+        let source = row + first * channels
+        for j in (columns.lowerBound * channels)..<(lower * channels) { padded[j] = R.identity }
+        for j in (lower * channels)..<(upper * channels) { padded[j] = R.widen(source[j]) }
+        for j in (upper * channels)..<(columns.upperBound * channels) { padded[j] = R.identity }
+        foldTaps(AccumulatorLoader<R>.self, destination + slots.lowerBound * channels, slots.count * channels, taps: 0..<g.kernelW,
+                 first: true, source: { UnsafePointer(padded + (slots.lowerBound + $0) * channels) })
     }
 }
 
