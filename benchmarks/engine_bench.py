@@ -153,7 +153,7 @@ def main():
             floor = base["copy_floor"] * row["bytes"] / base["bytes"]
             cells.append(f"{row['threads2_ms']:.2f} ({row['threads2_ms'] / floor:.2f}x)")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nMilliseconds, medians. Tidepool allocates only per-thread scratch of at most 512 KB,"
+    print("\nMilliseconds, medians. Tidepool allocates only per-thread scratch of at most 896 KB,"
           " reused across calls (checked in Tests/TidepoolCoreTests: MemoryTests).")
 
 

@@ -1,4 +1,7 @@
 import CTidepool
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What passes between TidepoolCore (validation, threads, the public engine) and a build of
 /// the kernels (TidepoolKernels, compiled once per CPU level from the same sources): plain
@@ -27,8 +30,9 @@ public enum CPULevel: String, CaseIterable, Sendable, CustomStringConvertible {
 
 /// An engine's settings that the kernels follow; tests change them to reach every path.
 public struct KernelSettings: Sendable, Equatable {
-    /// Scratch per thread for a tile.
-    public static let defaultTileBudgetBytes = 512 << 10
+    /// Scratch per thread for a tile: most of a core's L2, where a tile's rows and planes stay
+    /// between their passes (`tileBudget(level2CacheBytes:)`).
+    public static let defaultTileBudgetBytes = tileBudget(level2CacheBytes: sysconf(Int32(_SC_LEVEL2_CACHE_SIZE)))
     /// Outputs at least this large (with 8+ channels) are written with streaming stores.
     public static let defaultStreamingOutputBytes = 4 << 20
     /// State per thread of the max's gradient (its planes of row, plane and window maxima),
@@ -42,6 +46,13 @@ public struct KernelSettings: Sendable, Equatable {
     /// (docs/performance.md has the measurements).
     public static let defaultBlockScanTaps = 6
     public static let defaultFloatMaxBlockScanTaps = 4
+
+    /// Seven eighths of an L2 of `level2CacheBytes` per core, from 512 KB (also where the size
+    /// is unknown: sysconf gives 0 or -1) to 896 KB (the largest measured). The budget changes
+    /// tiles, never results (the plan does not depend on it), so machines may differ in it.
+    public static func tileBudget(level2CacheBytes: Int) -> Int {
+        Swift.min(Swift.max(level2CacheBytes / 8 * 7, 512 << 10), 896 << 10)
+    }
 
     public var tileBudgetBytes: Int
     public var streamingOutputBytes: Int

@@ -198,10 +198,18 @@ import Glibc
         let desc = PoolDescriptor(kind: kind, kernelSize: [7, 7], stride: [1, 1], padding: [3, 3])
         let view = TensorView(data: nil, dtype: .float32, shape: shape)
         let geometry = try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
-        let cut = try tileShape(geometry, kind, .float32, KernelSettings())
-        // Without the cut: tiles of the 186 columns that fit the budget and 1 output row each
-        // (8 input rows reduced along W for it).
+        let cut = try tileShape(geometry, kind, .float32, KernelSettings(tileBudgetBytes: 512 << 10))
+        // Without the cut: tiles of the 186 columns that fit 512 KB and 1 output row each (8
+        // input rows reduced along W for it).
         #expect(cut.columns < 186 && cut.channels == 64 && cut.rows >= 4, "\(cut)")
+        // Rows that redo little keep whole-row tiles: k3 on 724 columns of 8 channels, 6 output
+        // rows per tile (1.33 input rows each), would be cut to 91 columns for 1.06.
+        let short = PoolDescriptor(kind: kind, kernelSize: [3, 3], stride: [1, 1], padding: [1, 1])
+        let wide = [4, 724, 724, 8]
+        let wideGeometry = try PoolGeometry(short, input: TensorView(data: nil, dtype: .float32, shape: wide),
+                                            outputShape: try short.outputShape(inputShape: wide))
+        let whole = try tileShape(wideGeometry, kind, .float32, KernelSettings(tileBudgetBytes: 512 << 10))
+        #expect(whole.columns == 724 && whole.rows >= 5, "\(whole)")
         let input = randomInput(.float32, shape: shape, seed: 300)
         try check(desc, .float32, shape: shape, storage: input)
         let strides = TensorView.contiguousStrides(shape)

@@ -122,6 +122,16 @@ struct StrategyTests {
         let plan = try #require(try PoolEngine(threads: 2).kernelPlan(desc, input: strided))
         #expect(plan.strategy == .widthFirst && !plan.rowsAsOneRun)
     }
+
+    /// The default tile budget follows the L2 of a core, within 512 to 896 KB, and an unknown
+    /// size (sysconf's 0 or -1) gives the smallest.
+    @Test func tileBudgetFollowsTheL2() {
+        let budget = KernelSettings.tileBudget(level2CacheBytes:)
+        #expect(budget(-1) == 512 << 10 && budget(0) == 512 << 10 && budget(512 << 10) == 512 << 10)
+        #expect(budget(768 << 10) == 672 << 10 && budget(1 << 20) == 896 << 10 && budget(2 << 20) == 896 << 10)
+        #expect(budget(Int.max) == 896 << 10)
+        #expect((512 << 10...896 << 10).contains(KernelSettings.defaultTileBudgetBytes))
+    }
 }
 
 extension PoolEngine {

@@ -46,6 +46,8 @@ enum KernelLimits {
     /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
     /// the taps one fold adds.
     static let wholeWindowTaps = 2 * sourcesPerPass
+    /// The smallest default tile budget (`KernelSettings.tileBudget(level2CacheBytes:)`).
+    static let smallestTileBudgetBytes = KernelSettings.tileBudget(level2CacheBytes: 0)
 }
 
 /// How a geometry runs: the strategy and its options. Built only by `init(_:_:...)`.
@@ -154,12 +156,13 @@ public struct KernelPlan: Sendable {
     /// long as input rows (centred windows), windows of 2 to 5 planes (pairs along D) and
     /// at most one fold pass of columns, no wider than a row, dense rows of few channels (W
     /// reduces as a plane run), and short enough that a tile of one output row fits the
-    /// default budget (depth first, tiles hold whole rows).
+    /// smallest default budget (depth first, tiles hold whole rows; the machine's budget would
+    /// make the plan, and so the bits, depend on the machine).
     static func suitsDepthFirst(_ g: PoolGeometry, accumulatorSize: Int) -> Bool {
         g.strideD == 1 && g.strideH == 1 && g.strideW == 1 && foldsInPairs(g.kernelD) && g.outW == g.inW
             && g.kernelW <= Swift.min(sourcesPerPass, g.inW) && g.channels < KernelLimits.vectorChannels && g.stepC == 1
             && g.stepW == g.channels && g.stepH == g.inW * g.channels
-            && (2 * g.kernelH + 3) * g.inW * g.channels * accumulatorSize <= TilePlan.defaultBudgetBytes
+            && (2 * g.kernelH + 3) * g.inW * g.channels * accumulatorSize <= KernelLimits.smallestTileBudgetBytes
     }
 
     /// Whether windows fold whole, tap by tap from the input: where no two windows overlap
