@@ -114,6 +114,8 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
                 poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine,
                          progress: call.progress)
             }
+            // Each worker orders its own streaming stores before the call returns.
+            if kernel.streamOutput { tpstream_fence() }
         }
         return bytes
     }

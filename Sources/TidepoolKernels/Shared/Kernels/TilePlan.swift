@@ -117,11 +117,12 @@ public struct TilePlan {
                     * Double(positions + g.kernelW - 1) / Double(positions)
             }
             // Halving the width while a tile keeps 2 kw positions; the cheapest, if it saves a
-            // fifth, and only where whole rows would reduce half again the rows they need: a
-            // cut tile loses the whole-row finish (one vector run, streamed out), which costs
-            // more than a little redone W work (AvgPool2d k3 s1 p1 on 724-wide rows of 8
-            // channels, cut to 91 positions for 1.06 rows per output row instead of 1.34, ran
-            // 1.5x slower).
+            // fifth, and only where whole rows would reduce twice the rows they need: a cut
+            // tile loses the whole-row finish (one vector run, streamed out), which costs more
+            // than some redone W work (AvgPool2d k3 s1 p1 on 724-wide rows of 8 channels, cut
+            // to 91 positions for 1.06 rows per output row instead of 1.34, ran 1.5x slower;
+            // k7, 1.13 instead of 1.6, 10% slower). Streaming the cut rows' short runs was
+            // slower still.
             let whole = cost(ow)
             var best = ow, bestCost = whole, candidate = ow
             while candidate > 1 {
@@ -130,7 +131,7 @@ public struct TilePlan {
                 let c = cost(candidate)
                 if c < bestCost { best = candidate; bestCost = c }
             }
-            if whole >= 1.5 && bestCost < 0.8 * whole { ow = best }
+            if whole >= 2 && bestCost < 0.8 * whole { ow = best }
         }
         tileOW = ow
         rowCapacity = width.positions(0, Swift.min(tileOW, g.outW)).count * tileC
