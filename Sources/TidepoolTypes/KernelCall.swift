@@ -57,8 +57,9 @@ public struct KernelSettings: Sendable, Equatable {
     public var tileBudgetBytes: Int
     public var streamingOutputBytes: Int
     public var gradientStateBytes: Int
-    /// Both thresholds above at once, where set: tests lower it to take the block scans on small
-    /// windows too, or raise it to keep the folds.
+    /// Where set, both scan thresholds (`defaultBlockScanTaps`, `defaultFloatMaxBlockScanTaps`) at
+    /// once: tests lower it to take the block scans on small windows too, or raise it to keep the
+    /// folds.
     public var blockScanTaps: Int?
     /// Whether the C vector kernels (`VectorFinish`) run where the CPU has them; tests turn
     /// them off to compare with the Swift loops.
