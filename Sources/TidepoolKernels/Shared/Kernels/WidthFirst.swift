@@ -170,9 +170,7 @@ extension TilePass {
         // Windows reach into padding, widening costs more than a pass, or the max doubles along
         // W: widen the row once, with identity where the padding is, and reduce every position
         // the same way (the order of taps is unchanged).
-        fillPaddingOfPaddedRow()
-        let source = row + first * channels
-        for j in (inputColumns.lowerBound * channels)..<(inputColumns.upperBound * channels) { paddedRow[j] = R.widen(source[j]) }
+        widenIntoPaddedRow(0..<columnSpan, row: row)
         reducePaddedRow(into: destination)
     }
 
@@ -200,6 +198,18 @@ extension TilePass {
                          into: destination, store: { $0 })
     }
 
+    /// Columns `columns` of the tile's span (offsets from `firstColumn`) of input row `row`,
+    /// widened into `paddedRow` at the same offsets, the identity where they lie in padding.
+    func widenIntoPaddedRow(_ columns: Range<Int>, row: UnsafePointer<R.Input>) {
+        let channels = channels, padded = paddedRow
+        let lower = Swift.min(Swift.max(columns.lowerBound, inputColumns.lowerBound), columns.upperBound)
+        let upper = Swift.max(Swift.min(columns.upperBound, inputColumns.upperBound), lower)
+        let source = row + firstColumn * channels
+        for j in (columns.lowerBound * channels)..<(lower * channels) { padded[j] = R.identity }
+        for j in (lower * channels)..<(upper * channels) { padded[j] = R.widen(source[j]) }
+        for j in (upper * channels)..<(columns.upperBound * channels) { padded[j] = R.identity }
+    }
+
     /// Positions `slots` of a fused row, at one of its ends, each folding only its in-bounds taps.
     func reduceEdge(_ slots: Range<Int>, row: UnsafePointer<R.Input>, first: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
         guard !slots.isEmpty else { return }
@@ -216,13 +226,7 @@ extension TilePass {
         // Padding taps add the identity, which leaves every sum and maximum as the in-bounds
         // taps alone give it.
         let channels = channels, padded = paddedRow
-        let columns = slots.lowerBound..<(slots.upperBound + g.kernelW - 1)
-        let lower = Swift.min(Swift.max(columns.lowerBound, inputColumns.lowerBound), columns.upperBound)
-        let upper = Swift.max(Swift.min(columns.upperBound, inputColumns.upperBound), lower)
-        let source = row + first * channels
-        for j in (columns.lowerBound * channels)..<(lower * channels) { padded[j] = R.identity }
-        for j in (lower * channels)..<(upper * channels) { padded[j] = R.widen(source[j]) }
-        for j in (upper * channels)..<(columns.upperBound * channels) { padded[j] = R.identity }
+        widenIntoPaddedRow(slots.lowerBound..<(slots.upperBound + g.kernelW - 1), row: row)
         foldTaps(AccumulatorLoader<R>.self, destination + slots.lowerBound * channels, slots.count * channels, taps: 0..<g.kernelW,
                  first: true, source: { UnsafePointer(padded + (slots.lowerBound + $0) * channels) })
     }
