@@ -50,12 +50,17 @@ import Glibc
         let input = TensorView(data: nil, dtype: .float32, shape: [1, 9, 9, 9, 8])
         let small = PoolDescriptor(kind: .max, kernelSize: [3, 4, 2], stride: [1, 1, 1], padding: [1, 2, 0])
         let plan = try #require(try Self.scanning.kernelPlan(small, input: input))
-        #expect(plan.scansH && plan.scansD && plan.doublesW)
+        #expect(plan.scansH && plan.scansD && plan.doublesW && !plan.pairsW)
         let folds = try #require(try Self.folding.kernelPlan(small, input: input))
-        #expect(!folds.scansH && !folds.scansD && !folds.doublesW)
-        // Sums never double (overlapping parts would count twice).
-        let average = PoolDescriptor(kind: .average, kernelSize: [3, 4, 2], stride: [1, 1, 1], padding: [1, 2, 0])
-        #expect(try !#require(try Self.scanning.kernelPlan(average, input: input)).doublesW)
+        #expect(!folds.scansH && !folds.scansD && !folds.pairsW && !folds.doublesW)
+        // Sums pair along W up to 12 columns and fold beyond; they never double (overlapping
+        // parts would count twice).
+        let pairs = PoolDescriptor(kind: .average, kernelSize: [3, 4, 12], stride: [1, 1, 1], padding: [1, 2, 6])
+        let pairsPlan = try #require(try Self.scanning.kernelPlan(pairs, input: input))
+        #expect(pairsPlan.pairsW && !pairsPlan.doublesW)
+        let average = PoolDescriptor(kind: .average, kernelSize: [3, 4, 13], stride: [1, 1, 1], padding: [1, 2, 6])
+        let averagePlan = try #require(try Self.scanning.kernelPlan(average, input: input))
+        #expect(!averagePlan.doublesW && !averagePlan.pairsW)
         // By default: k7 s1 scans, k3 s1 and k7 s4 (little overlap) fold.
         let k7 = PoolDescriptor(kind: .average, kernelSize: [7, 3, 7], stride: [1, 1, 4], padding: [3, 1, 3])
         let byDefault = try #require(try PoolEngine(threads: 2).kernelPlan(k7, input: input))
@@ -73,11 +78,58 @@ import Glibc
         }
         for dtype in [DType.int32, .float16] {
             let foldingMax = try #require(try PoolEngine(threads: 2).kernelPlan(k4, input: TensorView(data: nil, dtype: dtype, shape: [1, 9, 9, 9, 8])))
-            #expect(!foldingMax.scansD && !foldingMax.scansH && !foldingMax.doublesW, "\(dtype)")
+            #expect(!foldingMax.scansD && !foldingMax.scansH && !foldingMax.pairsW && !foldingMax.doublesW, "\(dtype)")
         }
         let k5 = PoolDescriptor(kind: .average, kernelSize: [5, 5, 5], stride: [1, 1, 1], padding: [2, 2, 2])
         let sums = try #require(try PoolEngine(threads: 2).kernelPlan(k5, input: input))
-        #expect(!sums.scansD && !sums.scansH)
+        #expect(!sums.scansD && !sums.scansH && !sums.pairsW)
+        // Sums pair along W from 6 columns: AvgPool2d k7 on 8 channels.
+        let k7Rows = PoolDescriptor(kind: .average, kernelSize: [7, 7], stride: [1, 1], padding: [3, 3])
+        let k7Plan = try #require(try PoolEngine(threads: 2).kernelPlan(k7Rows, input: TensorView(data: nil, dtype: .float32, shape: [1, 9, 9, 8])))
+        #expect(k7Plan.pairsW && !k7Plan.doublesW)
+        // Not in 1-d, where sums add left to right as MLX's do (bit-identical for float32).
+        let k7Line = PoolDescriptor(kind: .average, kernelSize: [7], stride: [1], padding: [3])
+        let linePlan = try #require(try PoolEngine(threads: 2).kernelPlan(k7Line, input: TensorView(data: nil, dtype: .float32, shape: [1, 99, 8])))
+        #expect(!linePlan.pairsW)
+    }
+
+    /// W windows of every size from 2 to past the pairs' 12 columns (sums: pairs, then folds;
+    /// max: doubling),
+    /// over rows from shorter than the window to a few windows long, centred, unpadded and
+    /// padded wider than the window, at row strides 1 and 2 (width then height first), on
+    /// fused rows of 8, 9 and 16 channels (the tiny budgets cut them along W and C) and on rows
+    /// whose positions are 11 elements apart (a view of the first 8 channels: not fused).
+    @Test(arguments: [DType.float32, .bfloat16, .int16, .float64, .int64], PoolKind.allCases)
+    func everyKernelAlongW(dtype: DType, kind: PoolKind) throws {
+        var rng = SplitMix64(seed: 0xA1_0000 ^ UInt64(dtype.code) ^ (kind == .max ? 1 : 0))
+        for k in 2...14 {
+            for (index, channels) in [8, 9, 16].enumerated() {
+                let padding = [k / 2, 0, k + 1][(k + index) % 3]
+                let width = [Swift.max(1, k - 1 - 2 * padding), k + 2, 3 * k + 1][(k + 2 * index) % 3]
+                let strideH = 1 + (k + index) % 2
+                let desc = PoolDescriptor(kind: kind, kernelSize: [3, k], stride: [strideH, 1], padding: [1, padding])
+                let shape = [2, 5, width, channels]
+                guard let out = try? desc.outputShape(inputShape: shape), !out.contains(0) else { continue }
+                try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+            }
+            // Not fused: 8 channels of positions 11 elements apart.
+            let desc = PoolDescriptor(kind: kind, kernelSize: [2, k], stride: [1, 1], padding: [1, k / 2])
+            let shape = [1, 4, 2 * k + 3, 8], storageShape = [1, 4, 2 * k + 3, 11]
+            let storage = randomInput(dtype, shape: storageShape, seed: rng.next())
+            let strides = TensorView.contiguousStrides(storageShape)
+            let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
+            let scanned = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.scanning)
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: scanned.output, expected: expected.values)
+            #expect(mismatch == nil, "k\(k) \(dtype) \(kind) strided: \(mismatch ?? "")")
+            let dense = randomInput(dtype, shape: shape, seed: 0)
+            for i in 0..<(shape.reduce(1, *)) {
+                let position = i / 8, c = i % 8
+                dense[i] = storage[position * 11 + c]
+            }
+            let fused = try runEngine(desc, storage: dense, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape),
+                                      engine: Self.scanning)
+            #expect(memcmp(fused.output.raw, scanned.output.raw, Self.bytes(fused)) == 0, "k\(k) \(dtype) \(kind): strided differs from dense")
+        }
     }
 
     @Test(arguments: DType.allCases)
@@ -118,7 +170,13 @@ import Glibc
     /// compare as integer keys, so their folds and scans agree bit for bit (`check`).
     @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
     func maxKeepsNaNPayloadsAndSignedZeros(dtype: DType) throws {
-        let shape = [2, 9, 10, 13, 3]
+        // 3 channels: rows reduce along W as one run; 8: W doubles.
+        for shape in [[2, 9, 10, 13, 3], [1, 6, 7, 17, 8]] {
+            try maxKeepsNaNPayloadsAndSignedZeros(dtype: dtype, shape: shape)
+        }
+    }
+
+    func maxKeepsNaNPayloadsAndSignedZeros(dtype: DType, shape: [Int]) throws {
         let count = shape.reduce(1, *)
         let storage = Buffer(dtype, count: count)
         var rng = SplitMix64(seed: 77)
@@ -140,7 +198,7 @@ import Glibc
             }
         }
         let strides = TensorView.contiguousStrides(shape)
-        for k in [2, 3, 5, 6, 8, 11] {
+        for k in [2, 3, 5, 6, 8, 11, 13] {
             // Rows at stride 1: W is reduced before H (a row stride would reduce H first, in
             // another order of positions than the reference's).
             let desc = PoolDescriptor(kind: .max, kernelSize: [k, k, k], stride: [Swift.max(1, k / 3), 1, 1], padding: [k / 2, k - 1, k / 2])

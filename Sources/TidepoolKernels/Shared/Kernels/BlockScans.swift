@@ -150,6 +150,31 @@ extension TilePass {
         return d0 == last.lowerBound ? (1, prefix, prefix) : (1, plane(d0), prefix)
     }
 
+    /// Sums along W as pairs (`KernelPlan.pairsW`): pair j adds columns j and j + 1 of the
+    /// span (`source`, from `firstColumn`, the identity in the padding), once for all windows;
+    /// position q then folds pairs q, q + 2, ... and, for an odd kernel, column q + kernel - 1,
+    /// in one pass left to right. Half the adds and loads of a tap-by-tap fold, and the same
+    /// order for every position, tile and thread. Integer sums are exact; a float sum adds
+    /// pairs first, within the error bound of a plain sum of the window.
+    func pairAlongW<L: SourceLoader>(_: L.Type, _ source: UnsafePointer<L.Source>, into destination: UnsafeMutablePointer<R.Accumulator>)
+        where L.Reduction == R {
+        let channels = channels, pairs = doubledRow, kernel = g.kernelW, load = L.load
+        // Pairs that windows start at: positions.count + 2 (kernel / 2 - 1), the last reading
+        // column positions.count + 2 (kernel / 2) - 2 < columnSpan.
+        let pairCount = positions.count + 2 * (kernel / 2 - 1)
+        // Two pointers, not an index sum in the loop (see `doubleAlongW`).
+        let next = source + channels
+        for j in 0..<(pairCount * channels) { pairs[j] = R.merge(load(source[j]), load(next[j])) }
+        let pitch = 2 * channels
+        if kernel % 2 == 0 {
+            foldTaps(AccumulatorLoader<R>.self, destination, rowLength, taps: 0..<(kernel / 2), first: true,
+                     source: { UnsafePointer(pairs + $0 * pitch) })
+        } else {
+            foldRunsThenLast(L.self, destination, rowLength, runs: UnsafePointer(pairs), pitch: pitch, count: kernel / 2,
+                             last: source + (kernel - 1) * channels)
+        }
+    }
+
     /// `reducePaddedRow` for max by doubling (`KernelPlan.doublesW`): level by level, column j
     /// holds the max of columns j ..< j + 2^i (two of the level below, 2^(i-1) apart), between
     /// `paddedRow` and `doubledRow`, up to the largest 2^i within the kernel; each position is

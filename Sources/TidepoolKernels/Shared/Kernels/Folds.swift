@@ -156,3 +156,30 @@ func finishTaps<L: SourceLoader>(
     }
     finishPass(L.self, output, length, windowSize: windowSize, count: count, s0, count > 1 ? source(k + 1) : s0, count > 2 ? source(k + 2) : s0, count > 3 ? source(k + 3) : s0, count > 4 ? source(k + 4) : s0, count > 5 ? source(k + 5) : s0)
 }
+
+/// Folds `count` (1 to 5) accumulator runs `pitch` apart from `runs`, then `last` (loaded by
+/// `L`), into `destination` in one pass, left to right: an odd W window's pairs and its last
+/// column (`TilePass.pairAlongW`).
+@inline(__always)
+func foldRunsThenLast<L: SourceLoader>(
+    _: L.Type, _ destination: UnsafeMutablePointer<L.Reduction.Accumulator>, _ length: Int,
+    runs: UnsafePointer<L.Reduction.Accumulator>, pitch: Int, count: Int, last: UnsafePointer<L.Source>
+) {
+    typealias R = L.Reduction
+    let load = L.load, d = destination, x = last, p0 = runs
+    switch count {
+    case 1: for j in 0..<length { d[j] = R.merge(p0[j], load(x[j])) }
+    case 2:
+        let p1 = p0 + pitch
+        for j in 0..<length { d[j] = R.merge(R.merge(p0[j], p1[j]), load(x[j])) }
+    case 3:
+        let p1 = p0 + pitch, p2 = p1 + pitch
+        for j in 0..<length { d[j] = R.merge(R.merge(R.merge(p0[j], p1[j]), p2[j]), load(x[j])) }
+    case 4:
+        let p1 = p0 + pitch, p2 = p1 + pitch, p3 = p2 + pitch
+        for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(p0[j], p1[j]), p2[j]), p3[j]), load(x[j])) }
+    default:
+        let p1 = p0 + pitch, p2 = p1 + pitch, p3 = p2 + pitch, p4 = p3 + pitch
+        for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(p0[j], p1[j]), p2[j]), p3[j]), p4[j]), load(x[j])) }
+    }
+}

@@ -46,6 +46,9 @@ enum KernelLimits {
     /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
     /// the taps one fold adds.
     static let wholeWindowTaps = 2 * sourcesPerPass
+    /// W windows of up to this many columns fold as pairs (`KernelPlan.pairsW`): their pairs,
+    /// and an odd window's last column, fit one fold pass.
+    static let pairedWTaps = 2 * sourcesPerPass
     /// The smallest default tile budget (`KernelSettings.tileBudget(level2CacheBytes:)`).
     static let smallestTileBudgetBytes = KernelSettings.tileBudget(level2CacheBytes: 0)
 }
@@ -78,6 +81,13 @@ public struct KernelPlan: Sendable {
     /// (BlockScans.swift), at a cost that does not grow with the window, instead of tap by tap.
     public let scansH: Bool
     public let scansD: Bool
+    /// Sums along W at every position (rows not reduced as one run), windows of
+    /// `blockScanTaps` to `KernelLimits.pairedWTaps` columns: each column added to the next
+    /// once, and each window folds its pairs (and an odd window's last column) in one pass
+    /// (BlockScans.swift), about half the adds and loads of the tap-by-tap fold. Windows over
+    /// more than one axis only. (Not for max: a float max's merge is several instructions, and
+    /// doubling needs fewer of them.)
+    public let pairsW: Bool
     /// Max along W at every position (rows not reduced as one run): windows of 2^j columns
     /// doubled level by level, each window the merge of two that overlap (BlockScans.swift).
     public let doublesW: Bool
@@ -132,8 +142,12 @@ public struct KernelPlan: Sendable {
         let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
         scansH = (strategy == .widthFirst || strategy == .depthFirst) && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
         scansD = (strategy == .widthFirst || strategy == .heightFirst) && Self.scans(g.kernelD, stride: g.strideD, from: scanTaps)
-        doublesW = R.mergesOverlaps && (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun
-            && g.kernelW >= scanTaps
+        let scansW = (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun && g.kernelW >= scanTaps
+        // Windows along W alone keep adding left to right, as MLX does (float32 averages in 1-d
+        // are bit-identical to MLX's, test_mlx_parity.py): pairs only where H or D windows have
+        // changed the order already.
+        pairsW = scansW && !R.mergesOverlaps && g.kernelW <= KernelLimits.pairedWTaps && (g.kernelH > 1 || g.kernelD > 1)
+        doublesW = scansW && R.mergesOverlaps
         let vector = settings.usesVectorKernels ? R.vectorFinish : nil
         switch strategy {
         case .depthFirst: vectorFinish = vector

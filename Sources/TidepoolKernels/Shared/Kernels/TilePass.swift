@@ -9,8 +9,9 @@ import TidepoolTypes
 /// per thread whatever the tensor's size.
 ///
 /// Every output is folded in an order set by the geometry and the type alone, whatever the
-/// tiling (W offsets, then rows by increasing h, then planes by increasing d; H before W in
-/// `Strategy.heightFirst`; D, then H, then W in `Strategy.depthFirst`; full windows of 2 to 5
+/// tiling (W offsets, or for sums of 6 to 12 columns their pairs, then rows by increasing h,
+/// then planes by increasing d; H before W in `Strategy.heightFirst`; D, then H, then W in
+/// `Strategy.depthFirst`; full windows of 2 to 5
 /// rows or planes at stride 1 in the order of `foldPair`, set by the output row's or plane's
 /// parity; windows that do not overlap, tap by tap in (d, h, w) order in
 /// `Strategy.wholeWindows`), so results do not depend on the thread count. Which strategy and
@@ -126,6 +127,10 @@ struct TilePass<R: WindowReduction> {
     /// Reduces `paddedRow` (the span's columns, widened) along W into `destination`, every
     /// position the same way.
     func reducePaddedRow(into destination: UnsafeMutablePointer<R.Accumulator>) {
+        if kernel.pairsW {
+            pairAlongW(AccumulatorLoader<R>.self, UnsafePointer(paddedRow), into: destination)
+            return
+        }
         if kernel.doublesW {
             doubleAlongW(into: destination)
             return

@@ -36,7 +36,8 @@ struct ScratchLayout {
     var partial = 0..<0
     /// Block scans along H: the running prefix, one row.
     var prefixRow = 0..<0
-    /// Doubling along W: the other of the two rows it alternates between (with `paddedRow`).
+    /// Doubling along W: the other of the two rows it alternates between (with `paddedRow`);
+    /// pairs along W: the row of pairs.
     var doubledRow = 0..<0
     /// Block scans along D: the prefix of the newest block's planes.
     var prefixPlane = 0..<0
@@ -165,7 +166,7 @@ public struct TilePlan {
         }
         if kernel.scansH { layout.prefixRow = layout.next(rowCapacity) }
         if kernel.scansD { layout.prefixPlane = layout.next(tileOH * rowCapacity) }
-        if kernel.doublesW { layout.doubledRow = layout.next(paddedRowCapacity) }
+        if kernel.doublesW || kernel.pairsW { layout.doubledRow = layout.next(paddedRowCapacity) }
         scratch = layout
     }
 

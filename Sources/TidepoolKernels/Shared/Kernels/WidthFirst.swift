@@ -140,6 +140,22 @@ extension TilePass {
     /// Reduces input row (d, h) along W into `destination`.
     func reduceRow(d: Int, h: Int, into destination: UnsafeMutablePointer<R.Accumulator>) {
         let row = input + tile.n * g.stepN + d * g.stepD + h * g.stepH
+        if kernel.pairsW {
+            // Every position through the pairs, whatever the layout and the tile (a sum's order
+            // is the pairs' everywhere): straight from a fused row whose span is all input,
+            // else from the span widened into `paddedRow`.
+            if fusedRow && inputColumns == 0..<columnSpan && !kernel.widenOnce {
+                pairAlongW(InputLoader<R>.self, UnsafePointer(row + firstColumn * channels), into: destination)
+                return
+            }
+            if fusedRow {
+                widenIntoPaddedRow(0..<columnSpan, row: row)
+            } else {
+                gatherIntoPaddedRow(row + tile.c.lowerBound * g.stepC)
+            }
+            reducePaddedRow(into: destination)
+            return
+        }
         guard fusedRow && width.step == 1 else {
             reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, step: width.step,
                             channels: channels, into: destination)
@@ -208,6 +224,17 @@ extension TilePass {
         for j in (columns.lowerBound * channels)..<(lower * channels) { padded[j] = R.identity }
         for j in (lower * channels)..<(upper * channels) { padded[j] = R.widen(source[j]) }
         for j in (upper * channels)..<(columns.upperBound * channels) { padded[j] = R.identity }
+    }
+
+    /// The tile's span of a row in any layout (`row` at the tile's first channel), widened
+    /// into `paddedRow`, the identity where the padding is.
+    func gatherIntoPaddedRow(_ row: UnsafePointer<R.Input>) {
+        fillPaddingOfPaddedRow()
+        let channels = channels, padded = paddedRow, stepW = g.stepW, stepC = g.stepC
+        for column in inputColumns {
+            let source = row + (firstColumn + column) * stepW
+            for c in 0..<channels { padded[column * channels + c] = R.widen(source[c * stepC]) }
+        }
     }
 
     /// Positions `slots` of a fused row, at one of its ends, each folding only its in-bounds taps.
