@@ -93,12 +93,11 @@ import Glibc
         #expect(!linePlan.pairsW)
     }
 
-    /// W windows of every size from 2 to past the pairs' 12 columns (sums: pairs, then folds;
-    /// max: doubling),
-    /// over rows from shorter than the window to a few windows long, centred, unpadded and
-    /// padded wider than the window, at row strides 1 and 2 (width then height first), on
-    /// fused rows of 8, 9 and 16 channels (the tiny budgets cut them along W and C) and on rows
-    /// whose positions are 11 elements apart (a view of the first 8 channels: not fused).
+    /// W windows of every size from 2 to past the pairs' 12 columns (sums: pairs, then folds; max:
+    /// doubling), over rows from shorter than the window to a few windows long, centred, unpadded
+    /// and padded wider than the window, at row strides 1 and 2 (width then height first), on fused
+    /// rows of 8, 9 and 16 channels (the tiny budgets cut them along W and C) and on rows whose
+    /// positions are 11 elements apart (a view of the first 8 channels: not fused).
     @Test(arguments: [DType.float32, .bfloat16, .int16, .float64, .int64], PoolKind.allCases)
     func everyKernelAlongW(dtype: DType, kind: PoolKind) throws {
         var rng = SplitMix64(seed: 0xA1_0000 ^ UInt64(dtype.code) ^ (kind == .max ? 1 : 0))

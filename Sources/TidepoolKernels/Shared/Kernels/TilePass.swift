@@ -9,13 +9,12 @@ import TidepoolTypes
 /// per thread whatever the tensor's size.
 ///
 /// Every output is folded in an order set by the geometry and the type alone, whatever the
-/// tiling (W offsets, or for sums of 6 to 12 columns their pairs, then rows by increasing h,
-/// then planes by increasing d; H before W in `Strategy.heightFirst`; D, then H, then W in
-/// `Strategy.depthFirst`; full windows of 2 to 5
-/// rows or planes at stride 1 in the order of `foldPair`, set by the output row's or plane's
-/// parity; windows that do not overlap, tap by tap in (d, h, w) order in
-/// `Strategy.wholeWindows`), so results do not depend on the thread count. Which strategy and
-/// options run is decided in KernelPlan.swift alone.
+/// tiling (W offsets, or their pairs for sums of 6 to 12 columns over 2+ axes (`pairsW`), then
+/// rows by increasing h, then planes by increasing d; H before W in `Strategy.heightFirst`; D,
+/// then H, then W in `Strategy.depthFirst`; full windows of 2 to 5 rows or planes at stride 1
+/// in the order of `foldPair`, set by the output row's or plane's parity; windows that do not
+/// overlap, tap by tap in (d, h, w) order in `Strategy.wholeWindows`), so results do not depend
+/// on the thread count. Which strategy and options run is decided in KernelPlan.swift alone.
 
 /// Pools one tile. `scratch` holds `plan.scratchCount` accumulators.
 func poolTile<R: WindowReduction>(
