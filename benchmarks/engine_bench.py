@@ -153,8 +153,9 @@ def main():
             floor = base["copy_floor"] * row["bytes"] / base["bytes"]
             cells.append(f"{row['threads2_ms']:.2f} ({row['threads2_ms'] / floor:.2f}x)")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("\nMilliseconds, medians. Tidepool allocates only per-thread scratch of at most 896 KB,"
-          " reused across calls (checked in Tests/TidepoolCoreTests: MemoryTests).")
+    print("\nMilliseconds, medians. Tidepool allocates only per-thread scratch, tiles of 512 to 896 KB"
+          " (the core's L2) plus a few rows, reused across calls (at most 2 MiB for these cases:"
+          " Tests/TidepoolCoreTests/PoolingTests.swift, MemoryTests).")
 
 
 if __name__ == "__main__":
