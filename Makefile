@@ -15,7 +15,7 @@ VENV_STAMP := $(VENV)/.installed
 C_BUILD := bindings/c/build
 CFLAGS_STRICT := -std=c99 -Wall -Wextra -Werror -O2 -Iinclude
 
-.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench bench-grid \
+.PHONY: build c-programs deps system-deps venv test test-swift test-c test-python test-fuzz test-install run bench bench-grid bench-pyramid \
 	clean fuzz fuzz-build sanitize sanitize-swift sanitize-c soak man install uninstall wheel test-wheel test-rust
 
 ## Dependencies ---------------------------------------------------------------
@@ -288,6 +288,14 @@ bench: build $(BENCH_BUILD)/daemon_bench $(BENCH_BUILD)/engine_bench $(BENCH_BUI
 GRID_ARGS ?=
 bench-grid: build $(BENCH_VENV)/.installed
 	PYTHONPATH=bindings/python:benchmarks $(BENCH_VENV)/bin/python benchmarks/grid_bench.py $(GRID_ARGS)
+
+# Multiscale pyramids of a volume on disk larger than memory (benchmarks/pyramid_bench.py):
+# tidepool.dask against dask.array.coarsen and skimage's downscale_local_mean, side by side.
+# PYRAMID_ARGS="--shape 512 512 512" for a quick one.
+PYRAMID_ARGS ?=
+bench-pyramid: build $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/pip install -q "dask[array]" zarr scikit-image
+	PYTHONPATH=bindings/python $(BENCH_VENV)/bin/python benchmarks/pyramid_bench.py $(PYRAMID_ARGS)
 
 clean:
 	rm -rf .build .build-tsan .build-asan fuzz/.build fuzz/.work $(C_BUILD) $(BENCH_BUILD) dist bindings/rust/target

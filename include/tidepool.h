@@ -11,13 +11,15 @@
  *   - average pooling pads with zeros and divides by the full window (k_d * k_h * k_w);
  *   - max pooling pads with -inf (integers: the type's lowest value) and propagates NaN;
  *   - average keeps floating dtypes and turns integers into float32; max keeps every dtype.
+ * PyTorch's ceil_mode and count_include_pad=False are tp_pool_desc flags (0.3.0 on); with
+ * flags 0 a descriptor means MLX's rules above.
  *
  * Conventions
  *   - Every fallible function returns a tp_status. On failure a message naming the bad
  *     argument is available from tp_last_error() on the same thread.
  *   - Input structs start with `struct_size` (set it to sizeof the struct, or use the
  *     *_init functions), so later versions can append fields without breaking old callers.
- *     Every `flags` field is reserved and must be zero.
+ *     Every `flags` bit not defined here is reserved and must be zero.
  *   - No function aborts the process on bad input, null pointers included.
  *   - Unless stated otherwise, functions are safe to call from many threads at once.
  *   - Tidepool never frees memory it did not allocate; tensor data is owned by the caller.
@@ -35,7 +37,7 @@ extern "C" {
 /* ---- Versioning ------------------------------------------------------------------ */
 
 #define TP_VERSION_MAJOR 0
-#define TP_VERSION_MINOR 2
+#define TP_VERSION_MINOR 3
 #define TP_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH, as returned by tp_version(). */
 #define TP_MAKE_VERSION(major, minor, patch) ((major) * 10000 + (minor) * 100 + (patch))
@@ -68,7 +70,7 @@ typedef enum tp_status {
     TP_ERR_SHAPE = 4,
     /* A size, stride or byte count that does not fit in 64 bits. */
     TP_ERR_OVERFLOW = 5,
-    /* A reserved flags field was not zero. */
+    /* A reserved flag bit was set (a bit this library does not define). */
     TP_ERR_FLAGS = 6,
     /* struct_size too small for this library, or an API version it does not serve. */
     TP_ERR_VERSION = 7,
@@ -140,16 +142,34 @@ typedef struct tp_tensor {
 
 /* A pooling layer: the arguments of MLX's constructor, one entry per spatial axis in
  * the order (depth, height, width) / (height, width) / (length). Entries past
- * spatial_dims are ignored. */
+ * spatial_dims are ignored. `flags` holds PyTorch's options (tp_pool_flags, 0.3.0 on); 0
+ * means MLX's rules. */
 typedef struct tp_pool_desc {
     uint32_t struct_size; /* sizeof(tp_pool_desc) */
-    uint32_t flags;       /* reserved, must be 0 */
+    uint32_t flags;       /* tp_pool_flags or'ed; other bits reserved, must be 0 */
     int32_t kind;         /* a tp_pool_kind */
     int32_t spatial_dims; /* 1, 2 or 3 */
     int64_t kernel_size[TP_MAX_SPATIAL_DIMS];
     int64_t stride[TP_MAX_SPATIAL_DIMS];
     int64_t padding[TP_MAX_SPATIAL_DIMS];
 } tp_pool_desc;
+
+/* PyTorch's pooling options, as bits of tp_pool_desc.flags (0.3.0 on). They are flags rather
+ * than fields appended to the struct because tp_pool_desc_init writes the caller's struct: a
+ * longer struct would overrun those of callers built against an older header, while a library
+ * older than 0.3.0 refuses these bits with TP_ERR_FLAGS instead of ignoring them. */
+typedef enum tp_pool_flags {
+    /* PyTorch's ceil_mode: output length ceil((n + 2p - k) / s) + 1, less one when that last
+     * window would start at or past n + p (in the right padding). Window positions past the
+     * padding count as padding: ignored by max, zero in a sum. Without it, MLX's floor rule. */
+    TP_POOL_CEIL_MODE = 1,
+    /* Averages only: PyTorch's count_include_pad=False. A window's sum is divided by its
+     * positions inside the input; a window with none (padding wider than the kernel) gives 0.
+     * Without it (count_include_pad=True, MLX's rule) the divisor is the window's positions
+     * inside the padded input: the kernel size, except for a ceil-mode window reaching past the
+     * padding, as PyTorch divides. With TP_POOL_MAX it is TP_ERR_INVALID_ARGUMENT. */
+    TP_POOL_EXCLUDE_PADDING = 2
+} tp_pool_flags;
 
 /* ---- Library information ---------------------------------------------------------- */
 
@@ -193,7 +213,8 @@ tp_status tp_tensor_init(tp_tensor *tensor, void *data, int32_t dtype, int32_t r
 
 /* Fill *desc for a pooling of `kind` over `spatial_dims` axes. `kernel_size` holds
  * spatial_dims entries; `stride` may be NULL (defaults to kernel_size, as in MLX) and
- * `padding` may be NULL (no padding). Values are checked here as well as when used.
+ * `padding` may be NULL (no padding). flags is set to 0 (MLX's rules; or in tp_pool_flags
+ * afterwards for PyTorch's options). Values are checked here as well as when used.
  * Returns TP_ERR_NULL_POINTER (desc or kernel_size), TP_ERR_INVALID_ARGUMENT (kind,
  * spatial_dims, kernel_size/stride not positive, padding negative). */
 tp_status tp_pool_desc_init(tp_pool_desc *desc, int32_t kind, int32_t spatial_dims,
@@ -251,7 +272,8 @@ typedef struct tp_backward_options {
  * gradient with respect to `input` of pooling `input` by `desc`, for the cotangent
  * `grad_output` (the output's dtype and shape, any strides), written to `grad_input` (the
  * input's dtype and shape, contiguous). Average: each element receives, from every window
- * holding it, that window's cotangent divided by the full window size (padding counted). Max:
+ * holding it, that window's cotangent divided by the window's divisor (the full window size,
+ * padding counted, unless desc's tp_pool_flags say otherwise). Max:
  * see tp_max_ties. Floating-point dtypes only; sums in float32 (float64 for float64), rounded
  * once. Validated before any element is written; bit-identical for every thread count; safe
  * from many threads at once. `options` may be NULL. (API version 5.)

@@ -21,15 +21,19 @@ func requireNonNull<T>(_ pointer: UnsafePointer<T>?, _ name: String) throws -> U
     return pointer
 }
 
-/// Checks the struct_size/flags header every input struct starts with.
-func checkHeader(structSize: UInt32, flags: UInt32, expectedSize: Int, name: String) throws {
+/// Checks the struct_size/flags header every input struct starts with: `defined` are the
+/// flag bits this struct has (none but tp_pool_desc's).
+func checkHeader(structSize: UInt32, flags: UInt32, expectedSize: Int, name: String, defined: UInt32 = 0) throws {
     guard Int(structSize) >= expectedSize else {
         throw PoolError(TP_ERR_VERSION,
             "\(name).struct_size is \(structSize) but this library needs at least \(expectedSize) (sizeof(\(name))); "
                 + "set it to sizeof(\(name)) (the init functions do)")
     }
-    guard flags == 0 else {
-        throw PoolError(TP_ERR_FLAGS, "\(name).flags is 0x\(String(flags, radix: 16)) but reserved flags must be 0")
+    guard flags & ~defined == 0 else {
+        let allowed = defined == 0 ? "reserved flags must be 0"
+            : "only the bits 0x\(String(defined, radix: 16)) (tp_pool_flags: TP_POOL_CEIL_MODE, TP_POOL_EXCLUDE_PADDING) are "
+                + "defined; other bits are reserved and must be 0"
+        throw PoolError(TP_ERR_FLAGS, "\(name).flags is 0x\(String(flags, radix: 16)) but \(allowed)")
     }
 }
 
@@ -42,7 +46,9 @@ func dtype(fromCode code: Int32, _ name: String) throws -> DType {
 
 extension PoolDescriptor {
     init(_ c: tp_pool_desc) throws {
-        try checkHeader(structSize: c.struct_size, flags: c.flags, expectedSize: MemoryLayout<tp_pool_desc>.size, name: "tp_pool_desc")
+        let defined = UInt32(TP_POOL_CEIL_MODE.rawValue | TP_POOL_EXCLUDE_PADDING.rawValue)
+        try checkHeader(structSize: c.struct_size, flags: c.flags, expectedSize: MemoryLayout<tp_pool_desc>.size, name: "tp_pool_desc",
+                        defined: defined)
         guard let kind = PoolKind(code: c.kind) else {
             throw PoolError(TP_ERR_INVALID_ARGUMENT, "tp_pool_desc.kind is \(c.kind), which is not a tp_pool_kind (TP_POOL_AVG or TP_POOL_MAX)")
         }
@@ -51,7 +57,8 @@ extension PoolDescriptor {
         }
         let n = Int(c.spatial_dims)
         self.init(kind: kind, kernelSize: int64Array(c.kernel_size, count: n), stride: int64Array(c.stride, count: n),
-                  padding: int64Array(c.padding, count: n))
+                  padding: int64Array(c.padding, count: n), ceilMode: c.flags & UInt32(TP_POOL_CEIL_MODE.rawValue) != 0,
+                  countIncludePad: c.flags & UInt32(TP_POOL_EXCLUDE_PADDING.rawValue) == 0)
         try validate()
     }
 }

@@ -104,6 +104,7 @@ public struct PoolRequest: Equatable, Sendable {
     public func encode() -> [UInt8] {
         var writer = ByteWriter(capacity: type.requestSize + Wire.doneWordFieldsSize)
         let flags = (doneWord == nil ? 0 : Wire.doneWordFlag) | (resubmitted ? Wire.resubmittedFlag : 0)
+            | (descriptor.ceilMode ? Wire.ceilModeFlag : 0) | (descriptor.countIncludePad ? 0 : Wire.excludePaddingFlag)
         Header(type: type.rawValue, id: id, flags: flags).write(to: &writer)
         writer.put(descriptor.kind.code)
         writer.put(dtype.code)
@@ -150,9 +151,9 @@ public struct PoolRequest: Equatable, Sendable {
         func violation(_ status: tp_status, _ message: String) -> ProtocolViolation {
             ProtocolViolation(status, message, type: type, id: header.id)
         }
-        guard header.flags & ~(Wire.doneWordFlag | Wire.resubmittedFlag) == 0 else {
-            throw violation(TP_ERR_FLAGS,
-                "flags is 0x\(String(header.flags, radix: 16)); only bit 0 (done word) and bit 1 (resubmitted) are defined")
+        guard header.flags & ~Wire.jobFlags == 0 else {
+            throw violation(TP_ERR_FLAGS, "flags is 0x\(String(header.flags, radix: 16)); only bit 0 (done word), bit 1 "
+                + "(resubmitted), bit 2 (ceil_mode) and bit 3 (count_include_pad=False) are defined")
         }
         let withDoneWord = header.flags & Wire.doneWordFlag != 0
         let size = type.requestSize + (withDoneWord ? Wire.doneWordFieldsSize : 0)
@@ -200,7 +201,9 @@ public struct PoolRequest: Equatable, Sendable {
             throw violation(TP_ERR_SHAPE, "shape[\(axis)] is \(shape[axis]); each entry must be between 0 and 2^40")
         }
         let descriptor = PoolDescriptor(kind: kind, kernelSize: Array(kernel.prefix(spatialDims)),
-                                        stride: Array(stride.prefix(spatialDims)), padding: Array(padding.prefix(spatialDims)))
+                                        stride: Array(stride.prefix(spatialDims)), padding: Array(padding.prefix(spatialDims)),
+                                        ceilMode: header.flags & Wire.ceilModeFlag != 0,
+                                        countIncludePad: header.flags & Wire.excludePaddingFlag == 0)
         let pooledShape: [Int]
         do {
             pooledShape = try descriptor.outputShape(inputShape: shape)

@@ -27,6 +27,13 @@ public enum Wire {
     /// that knows it (running, or finished lately with a shared-memory output) does not run it
     /// again: a running one answers when it ends, a finished one is answered again.
     public static let resubmittedFlag: UInt32 = 2
+    /// POOL and BACKWARD flags: PyTorch's pooling options (`PoolDescriptor.ceilMode`, and
+    /// count_include_pad=False for averages). A daemon older than them refuses them (FLAGS)
+    /// rather than running MLX's rules in their place.
+    public static let ceilModeFlag: UInt32 = 4
+    public static let excludePaddingFlag: UInt32 = 8
+    /// Every POOL and BACKWARD flag.
+    public static let jobFlags = doneWordFlag | resubmittedFlag | ceilModeFlag | excludePaddingFlag
     /// A done word's values: 0 while the job runs (the client's), 1 done, 2 failed (see the reply).
     public static let doneWordSucceeded: UInt32 = 1
     public static let doneWordFailed: UInt32 = 2

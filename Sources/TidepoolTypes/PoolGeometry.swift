@@ -9,6 +9,20 @@ package struct PoolGeometry: Sendable {
     package var padD = 0, padH = 0, padW = 0
     /// Input element strides of (N, D, H, W, C).
     package var stepN = 0, stepD = 0, stepH = 0, stepW = 0, stepC = 1
+    /// What an average divides a window's sum by (`AverageDivisor`); the kernels divide by
+    /// `windowSize` and the windows for which that is wrong are redone (`divisorDiffers`).
+    package var divisor = AverageDivisor.window
+
+    /// What an average's window sum is divided by, per axis (the divisor is the product).
+    package enum AverageDivisor: Sendable, Equatable {
+        /// The kernel: MLX's rule, and PyTorch's count_include_pad=True without ceil_mode.
+        case window
+        /// The window's positions inside the padded input: count_include_pad=True with
+        /// ceil_mode, whose last window may reach past the padding.
+        case paddedInput
+        /// The window's positions inside the input: count_include_pad=False.
+        case input
+    }
 
     /// The largest padded volume (batch x padded D x H x W x channels) the engine takes.
     /// Every size the kernels derive (row pitches, tile and scratch sizes, window sizes times
@@ -34,9 +48,15 @@ package struct PoolGeometry: Sendable {
         (outD, outH, outW) = (spatialOut[0], spatialOut[1], spatialOut[2])
         (kernelD, kernelH, kernelW) = (kernel[0], kernel[1], kernel[2])
         (padD, padH, padW) = (padding[0], padding[1], padding[2])
-        // The padded lengths fit (outputShape checked n + 2p), and a non-empty output has
-        // k <= n + 2p on every axis, so the window size is at most the padded volume.
-        let padded = (0..<3).map { spatialIn[$0] + 2 * padding[$0] }
+        // The padded lengths fit (outputShape checked n + 2p), and a non-empty output has its
+        // windows inside the extents below, so the window size is at most their volume.
+        // With ceil_mode the last window may reach past the padding (by less than its stride):
+        // bound the extent the windows cover, not only the padded length.
+        let padded = try (0..<3).map { axis -> Int in
+            let reach = try Checked.add(try Checked.multiply(spatialOut[axis] - 1, stride[axis], "window start"), kernel[axis],
+                                        "window end")
+            return Swift.max(spatialIn[axis] + 2 * padding[axis], reach)
+        }
         let volume = try Checked.product([batch, channels] + padded, "padded volume of input \(pythonTuple(input.shape)) with "
             + "padding \(pythonTuple(desc.padding))")
         guard volume <= Self.maximumPaddedVolume else {
@@ -46,6 +66,11 @@ package struct PoolGeometry: Sendable {
         // A stride past the padded length gives the same windows as the padded length (only
         // window 0 exists), and keeps stride x channels inside the bound above.
         (strideD, strideH, strideW) = (Swift.min(stride[0], padded[0]), Swift.min(stride[1], padded[1]), Swift.min(stride[2], padded[2]))
+        if desc.kind == .average {
+            divisor = !desc.countIncludePad ? .input : desc.ceilMode ? .paddedInput : .window
+            // Where every window is whole (no padding reached), the kernel size it is.
+            if !divisorDiffers { divisor = .window }
+        }
         if input.shape.contains(0) {
             // Nothing is read (every window lies in padding), so strides were not checked
             // (TensorView.byteSpan) and must not reach the address arithmetic: zero them.
@@ -57,6 +82,48 @@ package struct PoolGeometry: Sendable {
     }
 
     @inlinable package var windowSize: Int { kernelD * kernelH * kernelW }
+
+    /// An average's divisor along one axis for output index `o` (see `AverageDivisor`).
+    @inlinable package func divisor(_ o: Int, stride: Int, padding: Int, kernel: Int, length: Int) -> Int {
+        let start = o * stride - padding
+        switch divisor {
+        case .window: return kernel
+        case .paddedInput: return Swift.min(start + kernel, length + padding) - start
+        case .input: return Swift.max(0, Swift.min(start + kernel, length) - Swift.max(start, 0))
+        }
+    }
+
+    /// The output indices along one axis whose divisor is the whole kernel; outside them an
+    /// average's outputs must be divided by another count. Windows o of `kernel` taps starting
+    /// at o * stride - padding, `outputs` of them over `length` input positions.
+    @inlinable package func fullDivisors(stride: Int, padding: Int, kernel: Int, length: Int, outputs: Int) -> Range<Int> {
+        switch divisor {
+        case .window: return 0..<outputs
+        case .paddedInput:
+            // o * stride - padding + kernel <= length + padding.
+            let room = length + 2 * padding - kernel
+            return 0..<(room < 0 ? 0 : Swift.min(outputs, room / stride + 1))
+        case .input:
+            // o * stride >= padding and o * stride - padding + kernel <= length.
+            let lower = Swift.min(outputs, (padding + stride - 1) / stride)
+            let room = length + padding - kernel
+            let upper = room < 0 ? 0 : Swift.min(outputs, room / stride + 1)
+            return lower..<Swift.max(lower, upper)
+        }
+    }
+
+    /// Per axis (D, H, W), the outputs whose divisor is the whole kernel.
+    package var fullDivisorOutputs: (d: Range<Int>, h: Range<Int>, w: Range<Int>) {
+        (fullDivisors(stride: strideD, padding: padD, kernel: kernelD, length: inD, outputs: outD),
+         fullDivisors(stride: strideH, padding: padH, kernel: kernelH, length: inH, outputs: outH),
+         fullDivisors(stride: strideW, padding: padW, kernel: kernelW, length: inW, outputs: outW))
+    }
+
+    /// Whether some output's divisor is not `windowSize`.
+    package var divisorDiffers: Bool {
+        let full = fullDivisorOutputs
+        return full.d.count != outD || full.h.count != outH || full.w.count != outW
+    }
     /// Input elements, as the shape says (a broadcast view may hold fewer in memory).
     @inlinable package var inputElements: Int { batch * inD * inH * inW * channels }
     package var kernelDescription: String { "(\(kernelD), \(kernelH), \(kernelW))" }

@@ -16,8 +16,7 @@ func referenceBackward(_ desc: PoolDescriptor, ties: MaxTies, input: Buffer, sha
     let inS = lifted(Array(shape[1...s]), 1), k = lifted(desc.kernelSize, 1), st = lifted(desc.stride, 1), p = lifted(desc.padding, 0)
     var outS: [Int] = []
     for axis in 0..<3 {
-        let padded: Int = inS[axis] + 2 * p[axis]
-        outS.append((padded - k[axis]) / st[axis] + 1)
+        outS.append(referenceLength(inS[axis], kernel: k[axis], stride: st[axis], padding: p[axis], ceilMode: desc.ceilMode))
     }
     let steps = lifted(Array(strides[1...s]), 0)
     let batch = shape[0], c = shape[s + 1], stepN = strides[0], stepC = strides[s + 1]
@@ -44,7 +43,15 @@ func referenceBackward(_ desc: PoolDescriptor, ties: MaxTies, input: Buffer, sha
         func add(_ i: [Int], _ v: Double) { values[flat(n, i, ch)] += v; magnitude[flat(n, i, ch)] += abs(v) }
         switch (desc.kind, ties) {
         case (.average, _):
-            for i in positions { add(i, g / Double(windowSize)) }
+            // The forward's divisor (see referencePool): the window, clipped to the padded
+            // input under ceil_mode, or its positions in the input for count_include_pad=False.
+            var inPadded = 1
+            for (axis, o) in [od, oh, ow].enumerated() {
+                let start = o * st[axis] - p[axis]
+                inPadded *= min(start + k[axis], inS[axis] + p[axis]) - start
+            }
+            let divisor = desc.countIncludePad ? (desc.ceilMode ? inPadded : windowSize) : positions.count
+            for i in positions { add(i, g / Double(divisor)) }
         case (.max, .split):
             let vs = positions.map { x(n, $0, ch) }
             if windowSize == 1 { for i in positions { add(i, g) }; continue }
@@ -115,7 +122,10 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
             let padding = kernel.map { Int.random(in: 0...(wide ? $0 + 2 : $0 / 2), using: &rng) }
             let kind: PoolKind = trial % 2 == 0 ? .average : .max
             let ties: MaxTies = trial % 4 == 3 ? .first : .split
-            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            // PyTorch's options in some trials: ceil_mode (windows past the padding), and for
+            // averages count_include_pad=False (a divisor per window).
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding, ceilMode: trial % 3 == 2,
+                                      countIncludePad: kind == .max || trial % 8 < 5)
             let c = [1, 2, 3, 4, 8, 9].randomElement(using: &rng)!
             var spatial = zip(kernel, padding).map { kk, pp in Int.random(in: Swift.max(1, kk - 2 * pp)...(kk + 6), using: &rng) }
             // Taller planes in some trials, cut into several bands of rows (the H axis is the

@@ -106,15 +106,27 @@ func lowestValue(_ dtype: DType) -> Double {
     }
 }
 
+/// One axis's output length by the definitions, in floating point (the engine works in
+/// integers): MLX's floor((n + 2p - k) / s) + 1, or with ceil_mode PyTorch's ceil(...) + 1
+/// less one when the last window starts at or past n + p (ATen's pooling_output_shape).
+func referenceLength(_ n: Int, kernel k: Int, stride s: Int, padding p: Int, ceilMode: Bool) -> Int {
+    let ratio = Double(n + 2 * p - k) / Double(s)
+    var length = Int(ceilMode ? ratio.rounded(.up) : ratio.rounded(.down)) + 1
+    if ceilMode && (length - 1) * s >= n + p { length -= 1 }
+    return length
+}
+
 /// Window-by-window float64 pooling over N-d indices, written from MLX's definition
-/// (pad, take every window, reduce) and sharing no code with the engine. `offset` and
-/// `strides` locate the input's elements inside `storage`.
+/// (pad, take every window, reduce) and PyTorch's for its options (ceil_mode's windows past
+/// the padding count as padding; the average's divisor is the window clipped to the padded
+/// input, or to the input for count_include_pad=False, 0 / 0 giving 0 as in ATen), sharing no
+/// code with the engine. `offset` and `strides` locate the input's elements inside `storage`.
 func referencePool(_ desc: PoolDescriptor, storage: Buffer, offset: Int, shape: [Int], strides: [Int]) -> (shape: [Int], values: [Double])? {
     let s = desc.spatialDims
     var outShape = [shape[0]]
     for a in 0..<s {
-        let span = shape[a + 1] + 2 * desc.padding[a] - desc.kernelSize[a]
-        let length = Int((Double(span) / Double(desc.stride[a])).rounded(.down)) + 1
+        let length = referenceLength(shape[a + 1], kernel: desc.kernelSize[a], stride: desc.stride[a], padding: desc.padding[a],
+                                     ceilMode: desc.ceilMode)
         if length < 0 { return nil }
         outShape.append(length)
     }
@@ -131,6 +143,13 @@ func referencePool(_ desc: PoolDescriptor, storage: Buffer, offset: Int, shape: 
         }
         var acc = desc.kind == .average ? 0.0 : lowestValue(storage.dtype)
         var sawNaN = false
+        var inPadded = 1, inInput = 1
+        for a in 0..<s {
+            let start = outIndex[a + 1] * desc.stride[a] - desc.padding[a], n = shape[a + 1]
+            inPadded *= min(start + desc.kernelSize[a], n + desc.padding[a]) - start
+            inInput *= max(0, min(start + desc.kernelSize[a], n) - max(start, 0))
+        }
+        let divisor = desc.countIncludePad ? (desc.ceilMode ? inPadded : windowSize) : inInput
         // Walk every window position, padded ones included.
         var k = [Int](repeating: 0, count: s)
         repeat {
@@ -152,7 +171,7 @@ func referencePool(_ desc: PoolDescriptor, storage: Buffer, offset: Int, shape: 
             }
             if a < 0 { break }
         } while true
-        values[flat] = desc.kind == .average ? acc / Double(windowSize) : (sawNaN ? .nan : acc)
+        values[flat] = desc.kind == .average ? (divisor == 0 ? 0 : acc / Double(divisor)) : (sawNaN ? .nan : acc)
     }
     return (outShape, values)
 }

@@ -50,7 +50,7 @@ func patched<T: FixedWidthInteger>(_ bytes: [UInt8], at offset: Int, _ value: T)
         expectViolation(TP_ERR_PROTOCOL, "shorter than the 24-byte header") { _ = try decode(Array(bytes.prefix(10))) }
         expectViolation(TP_ERR_PROTOCOL, "magic is 0x1") { _ = try decode(patched(bytes, at: 0, UInt32(1))) }
         expectViolation(TP_ERR_VERSION, "protocol version is 1") { _ = try decode(patched(bytes, at: 4, UInt16(1))) }
-        expectViolation(TP_ERR_FLAGS, "flags is 0x8") { _ = try decode(patched(bytes, at: 20, UInt32(8))) }
+        expectViolation(TP_ERR_FLAGS, "flags is 0x10") { _ = try decode(patched(bytes, at: 20, UInt32(16))) }
         expectViolation(TP_ERR_PROTOCOL, "frame 0 is 232 bytes without a done word but this one is 231") {
             _ = try decode(Array(bytes.dropLast()))
         }

@@ -147,8 +147,43 @@ int main(void) {
     old.struct_size = 8;
     expect("struct_size", tp_pool(&old, &input, &output), TP_ERR_VERSION, "struct_size is 8");
     tp_pool_desc flagged_desc = desc;
-    flagged_desc.flags = 1;
-    expect("desc flags", tp_pool(&flagged_desc, &input, &output), TP_ERR_FLAGS, "reserved flags must be 0");
+    flagged_desc.flags = 4;
+    expect("desc flags", tp_pool(&flagged_desc, &input, &output), TP_ERR_FLAGS, "other bits are reserved");
+    flagged_desc.flags = 0x80000000u | TP_POOL_CEIL_MODE;
+    expect("desc high flag", tp_pool(&flagged_desc, &input, &output), TP_ERR_FLAGS, "flags is 0x80000001");
+
+    /* PyTorch's options: count_include_pad=False is for averages; ceil_mode keeps a last
+     * window, and an output of the floor rule's shape is then refused. */
+    tp_pool_desc max_desc;
+    expect("max desc", tp_pool_desc_init(&max_desc, TP_POOL_MAX, 2, kernel, NULL, NULL), TP_OK, "");
+    max_desc.flags = TP_POOL_EXCLUDE_PADDING;
+    expect("max excluding padding", tp_pool(&max_desc, &input, &output), TP_ERR_INVALID_ARGUMENT,
+           "count_include_pad=False applies to average pooling only");
+    const int64_t odd_shape[4] = {2, 5, 5, 3}, three[2] = {3, 3};
+    float odd[2 * 5 * 5 * 3] = {0};
+    tp_tensor odd_input, ceil_output;
+    expect("odd input", tp_tensor_init(&odd_input, odd, TP_DTYPE_FLOAT32, 4, odd_shape, NULL), TP_OK, "");
+    tp_pool_desc ceil_desc;
+    expect("ceil desc", tp_pool_desc_init(&ceil_desc, TP_POOL_AVG, 2, three, kernel, NULL), TP_OK, "");
+    ceil_desc.flags = TP_POOL_CEIL_MODE | TP_POOL_EXCLUDE_PADDING;
+    expect("ceil output", tp_pool_output(&ceil_desc, &odd_input, &ceil_output), TP_OK, "");
+    if (ceil_output.shape[1] != 2 || ceil_output.shape[2] != 2) {
+        failed++;
+        fprintf(stderr, "FAIL ceil output: (5 + 0 - 3) / 2 rounded up + 1 is 2, not %lld\n", (long long)ceil_output.shape[1]);
+    }
+    const int64_t four[2] = {4, 4};
+    expect("ceil past the input", tp_pool_desc_init(&max_desc, TP_POOL_MAX, 2, four, kernel, NULL), TP_OK, "");
+    max_desc.flags = TP_POOL_CEIL_MODE;
+    expect("ceil window past the input", tp_pool_output(&max_desc, &odd_input, &ceil_output), TP_OK, "");
+    if (ceil_output.shape[1] != 2) {
+        failed++;
+        fprintf(stderr, "FAIL ceil: (5 - 4) / 2 rounded up + 1 is 2, not %lld\n", (long long)ceil_output.shape[1]);
+    }
+    /* 2 x 2 windows over 5 x 5: 2 x 2 outputs by the floor rule, 3 x 3 with ceil_mode. */
+    expect("ceil 2x2", tp_pool_desc_init(&max_desc, TP_POOL_MAX, 2, kernel, NULL, NULL), TP_OK, "");
+    max_desc.flags = TP_POOL_CEIL_MODE;
+    ceil_output = output;  /* (2, 2, 2, 3) */
+    expect("ceil shape", tp_pool(&max_desc, &odd_input, &ceil_output), TP_ERR_SHAPE, "ceil_mode=True");
 
     /* Layout. */
     tp_tensor strided_output = output;

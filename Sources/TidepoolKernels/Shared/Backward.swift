@@ -216,6 +216,10 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         let c = g.channels, outRow = g.outW * c, s = call.gradSteps
         let holders = holdersD[d]
         guard !holders.isEmpty else { target.initialize(repeating: 0, count: outRow); return }
+        if g.divisor != .window {
+            sumOverDScaled(n, d, oh, into: target)
+            return
+        }
         let contiguous = s.c == 1 && s.w == c
         for od in holders {
             let source = gradOutput + (n * s.n + od * s.d + oh * s.h)
@@ -229,6 +233,26 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
                     if first { for ch in 0..<c { to[ch] = R.widen(from[ch * s.c]) } }
                     else { for ch in 0..<c { to[ch] += R.widen(from[ch * s.c]) } }
                 }
+            }
+        }
+    }
+
+    /// `sumOverD` for averages whose windows have divisors of their own (ceil_mode,
+    /// count_include_pad=False): each cotangent scaled by windowSize / its window's divisor
+    /// first, so that the final x 1 / windowSize leaves g / divisor. A window with no input
+    /// position passes nothing back (it read nothing).
+    func sumOverDScaled(_ n: Int, _ d: Int, _ oh: Int, into target: UnsafeMutablePointer<R.Accumulator>) {
+        let c = g.channels, s = call.gradSteps, whole = R.Accumulator(g.windowSize)
+        let countH = g.divisor(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+        target.initialize(repeating: 0, count: g.outW * c)
+        for od in holdersD[d] {
+            let countD = g.divisor(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+            let source = gradOutput + (n * s.n + od * s.d + oh * s.h)
+            for ow in 0..<g.outW {
+                let count = countD * countH * g.divisor(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+                let scale = count == 0 ? 0 : whole / R.Accumulator(count)
+                let from = source + ow * s.w, to = target + ow * c
+                for ch in 0..<c { to[ch] += R.widen(from[ch * s.c]) * scale }
             }
         }
     }

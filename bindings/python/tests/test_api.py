@@ -20,7 +20,9 @@ def test_functions_are_written_out_with_types_and_docs(name):
     function = getattr(tidepool, name)
     assert function.__module__ == "tidepool.functional" and function.__name__ == name
     signature = inspect.signature(function)
-    assert list(signature.parameters) == ["x", "kernel_size", "stride", "padding", "out"]
+    options = ["ceil_mode", "count_include_pad"] if name.startswith("avg") else ["ceil_mode"]
+    assert list(signature.parameters) == ["x", "kernel_size", "stride", "padding", *options, "out"]
+    assert signature.parameters["ceil_mode"].default is False
     assert signature.parameters["out"].kind is inspect.Parameter.KEYWORD_ONLY
     assert signature.parameters["stride"].default is None and signature.parameters["padding"].default == 0
     assert all(p.annotation is not inspect.Parameter.empty for p in signature.parameters.values())
@@ -32,23 +34,26 @@ def test_functions_are_written_out_with_types_and_docs(name):
 def test_client_methods_are_written_out_in_the_class(name):
     method = tidepool.Client.__dict__[name]  # defined in the class body, not attached at import
     signature = inspect.signature(method)
-    assert list(signature.parameters) == ["self", "x", "kernel_size", "stride", "padding", "out"]
+    options = ["ceil_mode", "count_include_pad"] if name.startswith("avg") else ["ceil_mode"]
+    assert list(signature.parameters) == ["self", "x", "kernel_size", "stride", "padding", *options, "out"]
     assert signature.return_annotation == "np.ndarray"
     assert f"tidepool.{name}" in method.__doc__
 
 
 def test_layer_classes_show_their_constructor():
     signature = inspect.signature(tidepool.nn.MaxPool2d)
-    assert list(signature.parameters) == ["kernel_size", "stride", "padding"]
+    assert list(signature.parameters) == ["kernel_size", "stride", "padding", "ceil_mode"]
+    assert list(inspect.signature(tidepool.nn.AvgPool3d).parameters) == ["kernel_size", "stride", "padding", "ceil_mode",
+                                                                         "count_include_pad"]
     assert "(N, H, W, C)" in tidepool.nn.MaxPool2d.__doc__
 
 
 @pytest.mark.parametrize("name", ["AvgPool1d", "AvgPool2d", "AvgPool3d", "MaxPool1d", "MaxPool2d", "MaxPool3d"])
 def test_unknown_keywords_name_the_public_class(name):
-    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword argument 'ceil_mode'"):
-        getattr(tidepool.nn, name)(2, ceil_mode=True)
-    with pytest.raises(TypeError, match=r"^avg_pool2d\(\) got an unexpected keyword argument 'count_include_pad'"):
-        tidepool.avg_pool2d(np.zeros((1, 2, 2, 1), np.float32), 2, count_include_pad=False)
+    with pytest.raises(TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword argument 'return_indices'"):
+        getattr(tidepool.nn, name)(2, return_indices=True)
+    with pytest.raises(TypeError, match=r"^avg_pool2d\(\) got an unexpected keyword argument 'divisor_override'"):
+        tidepool.avg_pool2d(np.zeros((1, 2, 2, 1), np.float32), 2, divisor_override=3)
 
 
 def test_package_is_marked_typed():

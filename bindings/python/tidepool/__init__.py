@@ -49,7 +49,7 @@ from .functional import (
 
 
 def library_version() -> str:
-    """The loaded libtidepool.so's version string, e.g. "0.2.0"."""
+    """The loaded libtidepool.so's version string, e.g. "0.3.0"."""
     return _c.tp_version_string().decode()
 
 

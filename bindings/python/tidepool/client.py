@@ -15,7 +15,7 @@ import numpy as np
 from . import _lib
 from ._native import check, error, lib
 from .errors import InvalidArgumentError
-from .functional import IntOrTuple, pool
+from .functional import IntOrTuple, pool, pool_flags
 from .gradients import pool_vjp
 
 
@@ -143,106 +143,118 @@ class Client:
               f"[{owner}]")
 
     def avg_pool1d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+                   padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """tidepool.avg_pool1d on the daemon: 1-d average pooling of channels-last x (N, L, C).
         An input from empty() is read in place and the output made in shared memory too;
         other inputs travel inline. Raises as tidepool.avg_pool1d does, and
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
-        return pool(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+        return pool(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out, backend=_Backend(self),
+                    flags=pool_flags("avg_pool1d", _lib.TP_POOL_AVG, ceil_mode, count_include_pad))
 
     def avg_pool2d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+                   padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """tidepool.avg_pool2d on the daemon: 2-d average pooling of channels-last x (N, H, W, C).
         An input from empty() is read in place and the output made in shared memory too;
         other inputs travel inline. Raises as tidepool.avg_pool2d does, and
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
-        return pool(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+        return pool(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out, backend=_Backend(self),
+                    flags=pool_flags("avg_pool2d", _lib.TP_POOL_AVG, ceil_mode, count_include_pad))
 
     def avg_pool3d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+                   padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """tidepool.avg_pool3d on the daemon: 3-d average pooling of channels-last x (N, D, H, W, C).
         An input from empty() is read in place and the output made in shared memory too;
         other inputs travel inline. Raises as tidepool.avg_pool3d does, and
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
-        return pool(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+        return pool(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self),
+                    flags=pool_flags("avg_pool3d", _lib.TP_POOL_AVG, ceil_mode, count_include_pad))
 
     def max_pool1d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+                   padding: IntOrTuple = 0, ceil_mode: bool = False, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """tidepool.max_pool1d on the daemon: 1-d max pooling of channels-last x (N, L, C).
         An input from empty() is read in place and the output made in shared memory too;
         other inputs travel inline. Raises as tidepool.max_pool1d does, and
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
-        return pool(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+        return pool(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out, backend=_Backend(self),
+                    flags=pool_flags("max_pool1d", _lib.TP_POOL_MAX, ceil_mode))
 
     def max_pool2d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+                   padding: IntOrTuple = 0, ceil_mode: bool = False, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """tidepool.max_pool2d on the daemon: 2-d max pooling of channels-last x (N, H, W, C).
         An input from empty() is read in place and the output made in shared memory too;
         other inputs travel inline. Raises as tidepool.max_pool2d does, and
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
-        return pool(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+        return pool(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out, backend=_Backend(self),
+                    flags=pool_flags("max_pool2d", _lib.TP_POOL_MAX, ceil_mode))
 
     def max_pool3d(self, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-                   padding: IntOrTuple = 0, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+                   padding: IntOrTuple = 0, ceil_mode: bool = False, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """tidepool.max_pool3d on the daemon: 3-d max pooling of channels-last x (N, D, H, W, C).
         An input from empty() is read in place and the output made in shared memory too;
         other inputs travel inline. Raises as tidepool.max_pool3d does, and
         tidepool.ConnectionError, TimeoutError or BusyError when the daemon cannot serve it."""
-        return pool(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self))
+        return pool(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out, backend=_Backend(self),
+                    flags=pool_flags("max_pool3d", _lib.TP_POOL_MAX, ceil_mode))
 
     def avg_pool1d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None,
+               ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
         """tidepool.avg_pool1d_vjp on the daemon. x and cotangent from empty() are read in place and the
         gradient made in shared memory when x is; other tensors travel inline. Raises as
         tidepool.avg_pool1d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
         daemon cannot serve it."""
         return pool_vjp(_lib.TP_POOL_AVG, 1, "avg_pool1d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
-                        backend=_Backend(self))
+                        backend=_Backend(self), ceil_mode=ceil_mode, count_include_pad=count_include_pad)
 
     def avg_pool2d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None,
+               ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
         """tidepool.avg_pool2d_vjp on the daemon. x and cotangent from empty() are read in place and the
         gradient made in shared memory when x is; other tensors travel inline. Raises as
         tidepool.avg_pool2d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
         daemon cannot serve it."""
         return pool_vjp(_lib.TP_POOL_AVG, 2, "avg_pool2d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
-                        backend=_Backend(self))
+                        backend=_Backend(self), ceil_mode=ceil_mode, count_include_pad=count_include_pad)
 
     def avg_pool3d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None,
+               ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
         """tidepool.avg_pool3d_vjp on the daemon. x and cotangent from empty() are read in place and the
         gradient made in shared memory when x is; other tensors travel inline. Raises as
         tidepool.avg_pool3d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
         daemon cannot serve it."""
         return pool_vjp(_lib.TP_POOL_AVG, 3, "avg_pool3d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
-                        backend=_Backend(self))
+                        backend=_Backend(self), ceil_mode=ceil_mode, count_include_pad=count_include_pad)
 
     def max_pool1d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None,
+               ceil_mode: bool = False) -> np.ndarray:
         """tidepool.max_pool1d_vjp on the daemon. x and cotangent from empty() are read in place and the
         gradient made in shared memory when x is; other tensors travel inline. Raises as
         tidepool.max_pool1d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
         daemon cannot serve it."""
         return pool_vjp(_lib.TP_POOL_MAX, 1, "max_pool1d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
-                        backend=_Backend(self))
+                        backend=_Backend(self), ceil_mode=ceil_mode)
 
     def max_pool2d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None,
+               ceil_mode: bool = False) -> np.ndarray:
         """tidepool.max_pool2d_vjp on the daemon. x and cotangent from empty() are read in place and the
         gradient made in shared memory when x is; other tensors travel inline. Raises as
         tidepool.max_pool2d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
         daemon cannot serve it."""
         return pool_vjp(_lib.TP_POOL_MAX, 2, "max_pool2d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
-                        backend=_Backend(self))
+                        backend=_Backend(self), ceil_mode=ceil_mode)
 
     def max_pool3d_vjp(self, x: Any, cotangent: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None) -> np.ndarray:
+               padding: IntOrTuple = 0, *, ties: str = "split", out: Optional[np.ndarray] = None,
+               ceil_mode: bool = False) -> np.ndarray:
         """tidepool.max_pool3d_vjp on the daemon. x and cotangent from empty() are read in place and the
         gradient made in shared memory when x is; other tensors travel inline. Raises as
         tidepool.max_pool3d_vjp does, and tidepool.ConnectionError, TimeoutError or BusyError when the
         daemon cannot serve it."""
         return pool_vjp(_lib.TP_POOL_MAX, 3, "max_pool3d_vjp", x, cotangent, kernel_size, stride, padding, ties, out,
-                        backend=_Backend(self))
+                        backend=_Backend(self), ceil_mode=ceil_mode)
 
 class _Backend:
     """Adapts a Client to functional.pool's backend interface."""

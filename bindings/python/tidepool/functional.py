@@ -85,11 +85,28 @@ def normalize_arguments(owner, spatial_dims, kernel_size, stride, padding):
     return kernel_size, stride, padding
 
 
-def _descriptor(owner, kind, kernel_size, stride, padding):
+def pool_flags(owner, kind, ceil_mode=False, count_include_pad=True):
+    """PyTorch's options as tp_pool_desc flags (0: MLX's rules). Each must be a bool (or
+    0/1); count_include_pad=False is for averages."""
+
+    def as_bool(name, value):
+        if isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1)):
+            return bool(value)
+        raise InvalidArgumentError(f"[{owner}] '{name}' must be True or False but got {value!r}")
+
+    ceil_mode = as_bool("ceil_mode", ceil_mode)
+    count_include_pad = as_bool("count_include_pad", count_include_pad)
+    if kind == _lib.TP_POOL_MAX and not count_include_pad:
+        raise InvalidArgumentError(f"[{owner}] count_include_pad=False applies to average pooling only")
+    return (_lib.TP_POOL_CEIL_MODE if ceil_mode else 0) | (0 if count_include_pad else _lib.TP_POOL_EXCLUDE_PADDING)
+
+
+def _descriptor(owner, kind, kernel_size, stride, padding, flags=0):
     n = len(kernel_size)
     arrays = [(ctypes.c_int64 * n)(*values) for values in (kernel_size, stride, padding)]
     desc = _lib.tp_pool_desc()
     check(lib.tp_pool_desc_init(ctypes.byref(desc), kind, n, *arrays), f"[{owner}]")
+    desc.flags = flags
     return desc
 
 
@@ -193,16 +210,16 @@ LAYOUTS = {1: "(N, L, C)", 2: "(N, H, W, C)", 3: "(N, D, H, W, C)"}
 
 
 def pool(kind: int, spatial_dims: int, owner: str, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-         padding: IntOrTuple = 0, out: Optional[np.ndarray] = None, backend: Backend = IN_PROCESS) -> np.ndarray:
-    """Pool `x` (channels-last, batch first) and return a new numpy array, or fill `out`."""
+         padding: IntOrTuple = 0, out: Optional[np.ndarray] = None, backend: Backend = IN_PROCESS, flags: int = 0) -> np.ndarray:
+    """Pool `x` (channels-last, batch first) and return a new numpy array, or fill `out`.
+    `flags`: PyTorch's options (`pool_flags`)."""
     kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
     source = layer_input(x, spatial_dims, owner)
     is_bool = source.dtype == np.bool_
     array = _engine_view(source, owner)
-    desc = _descriptor(owner, kind, kernel_size, stride, padding)
+    desc = _descriptor(owner, kind, kernel_size, stride, padding, flags)
     input_tensor = _tensor(array)
-    output_tensor = _lib.tp_tensor()
-    check(lib.tp_pool_output(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)), f"[{owner}]")
+    output_tensor = _output_tensor(desc, input_tensor, owner)
     shape = tuple(output_tensor.shape[axis] for axis in range(output_tensor.rank))
     dtype = _DTYPES_BY_CODE[output_tensor.dtype]
     result_dtype = np.dtype(np.bool_) if is_bool and kind == _lib.TP_POOL_MAX else dtype
@@ -212,6 +229,29 @@ def pool(kind: int, spatial_dims: int, owner: str, x: Any, kernel_size: IntOrTup
     output_tensor.dtype = _DTYPE_CODES[engine_output.dtype]
     backend.run(desc, input_tensor, output_tensor, owner)
     return result
+
+
+def _output_tensor(desc, input_tensor, owner):
+    """The output's tensor (shape, dtype; no data) as tp_pool_output describes it."""
+    output_tensor = _lib.tp_tensor()
+    check(lib.tp_pool_output(ctypes.byref(desc), ctypes.byref(input_tensor), ctypes.byref(output_tensor)), f"[{owner}]")
+    return output_tensor
+
+
+def output_description(kind: int, spatial_dims: int, owner: str, shape: Tuple[int, ...], dtype: Any,
+                       kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+                       flags: int = 0) -> Tuple[Tuple[int, ...], np.dtype]:
+    """The shape and dtype of pooling an array of `shape` and `dtype`, as the library computes
+    them, with the checks and errors of pooling one (a stand-in of zero strides is checked:
+    nothing of that size is allocated)."""
+    kernel_size, stride, padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
+    stand_in = np.broadcast_to(np.zeros((), dtype), tuple(shape))
+    array = _engine_view(layer_input(stand_in, spatial_dims, owner), owner)
+    output = _output_tensor(_descriptor(owner, kind, kernel_size, stride, padding, flags), _tensor(array), owner)
+    result_dtype = _DTYPES_BY_CODE[output.dtype]
+    if stand_in.dtype == np.bool_ and kind == _lib.TP_POOL_MAX:
+        result_dtype = np.dtype(np.bool_)
+    return tuple(output.shape[axis] for axis in range(output.rank)), result_dtype
 
 
 _char_at = ctypes.c_char.from_buffer
@@ -226,7 +266,7 @@ def _address(array):
 
 
 class Plan:
-    """One pooling (kind, rank, kernel_size, stride, padding) checked and described once, and
+    """One pooling (kind, rank, kernel_size, stride, padding, flags) checked and described once, and
     the tensors of each (shape, strides, dtype) of numpy array it has pooled (up to 16): such
     an array goes straight to tp_pool with copies of those tensors (threads may share a plan;
     the library still checks every call). Anything else, and the first call of each, goes
@@ -234,10 +274,10 @@ class Plan:
 
     MAX_KEPT = 16
 
-    def __init__(self, kind, spatial_dims, owner, kernel_size, stride, padding):
-        self.kind, self.spatial_dims, self.owner = kind, spatial_dims, owner
+    def __init__(self, kind, spatial_dims, owner, kernel_size, stride, padding, flags=0):
+        self.kind, self.spatial_dims, self.owner, self.flags = kind, spatial_dims, owner, flags
         self.kernel_size, self.stride, self.padding = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
-        self.desc = _descriptor(owner, kind, self.kernel_size, self.stride, self.padding)
+        self.desc = _descriptor(owner, kind, self.kernel_size, self.stride, self.padding, flags)
         self.kept = {}
 
     def __call__(self, x, out=None):
@@ -256,7 +296,8 @@ class Plan:
                     if status:
                         check(status, f"[{self.owner}]")
                     return result
-        result = pool(self.kind, self.spatial_dims, self.owner, x, self.kernel_size, self.stride, self.padding, out)
+        result = pool(self.kind, self.spatial_dims, self.owner, x, self.kernel_size, self.stride, self.padding, out,
+                      flags=self.flags)
         if out is None and type(x) is np.ndarray:
             self._keep(x, result)
         return result
@@ -283,15 +324,16 @@ def _is_plain(value):
     return type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
 
 
-def _planned(kind, spatial_dims, owner, x, kernel_size, stride, padding, out):
+def _planned(kind, spatial_dims, owner, x, kernel_size, stride, padding, out, ceil_mode=False, count_include_pad=True):
     """A functional form's call through a kept `Plan` for its arguments where they are plain
     ints (up to 64 argument sets), through `pool` otherwise."""
+    flags = pool_flags(owner, kind, ceil_mode, count_include_pad)
     if not (_is_plain(kernel_size) and (stride is None or _is_plain(stride)) and _is_plain(padding)):
-        return pool(kind, spatial_dims, owner, x, kernel_size, stride, padding, out)
-    key = (kind, spatial_dims, kernel_size, stride, padding)
+        return pool(kind, spatial_dims, owner, x, kernel_size, stride, padding, out, flags=flags)
+    key = (kind, spatial_dims, kernel_size, stride, padding, flags)
     plan = _FUNCTION_PLANS.get(key)
     if plan is None:
-        plan = Plan(kind, spatial_dims, owner, kernel_size, stride, padding)
+        plan = Plan(kind, spatial_dims, owner, kernel_size, stride, padding, flags)
         if len(_FUNCTION_PLANS) >= 64:
             _FUNCTION_PLANS.clear()
         _FUNCTION_PLANS[key] = plan
@@ -310,8 +352,8 @@ def _check_out(out, shape, dtype, owner):
 
 # ---- Public functions --------------------------------------------------------------------
 
-def avg_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+def avg_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """1-d average pooling of a channels-last array, exactly as mlx.nn.AvgPool1d.
 
     Args:
@@ -320,6 +362,11 @@ def avg_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         kernel_size: int or tuple of 1 ints, the window.
         stride: int or tuple of 1 ints; defaults to kernel_size.
         padding: int or tuple of 1 ints: zeros on both sides of each axis, counted in the average.
+        ceil_mode: PyTorch's: output lengths rounded up, keeping a last window that reaches
+            past the padding (it starts inside the input or its left padding). Default False
+            (MLX's floor rule).
+        count_include_pad: PyTorch's: True (the default, MLX's rule) divides by the window's
+            positions inside the padded input; False by those inside the input.
         out: optional writeable C-contiguous numpy array of the output's shape and dtype
             to fill instead of allocating.
 
@@ -330,11 +377,11 @@ def avg_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return _planned(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_AVG, 1, "avg_pool1d", x, kernel_size, stride, padding, out, ceil_mode, count_include_pad)
 
 
-def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """2-d average pooling of a channels-last array, exactly as mlx.nn.AvgPool2d.
 
     Args:
@@ -343,6 +390,11 @@ def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         kernel_size: int or tuple of 2 ints, the window.
         stride: int or tuple of 2 ints; defaults to kernel_size.
         padding: int or tuple of 2 ints: zeros on both sides of each axis, counted in the average.
+        ceil_mode: PyTorch's: output lengths rounded up, keeping a last window that reaches
+            past the padding (it starts inside the input or its left padding). Default False
+            (MLX's floor rule).
+        count_include_pad: PyTorch's: True (the default, MLX's rule) divides by the window's
+            positions inside the padded input; False by those inside the input.
         out: optional writeable C-contiguous numpy array of the output's shape and dtype
             to fill instead of allocating.
 
@@ -353,11 +405,11 @@ def avg_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return _planned(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_AVG, 2, "avg_pool2d", x, kernel_size, stride, padding, out, ceil_mode, count_include_pad)
 
 
-def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """3-d average pooling of a channels-last array, exactly as mlx.nn.AvgPool3d.
 
     Args:
@@ -366,6 +418,11 @@ def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         kernel_size: int or tuple of 3 ints, the window.
         stride: int or tuple of 3 ints; defaults to kernel_size.
         padding: int or tuple of 3 ints: zeros on both sides of each axis, counted in the average.
+        ceil_mode: PyTorch's: output lengths rounded up, keeping a last window that reaches
+            past the padding (it starts inside the input or its left padding). Default False
+            (MLX's floor rule).
+        count_include_pad: PyTorch's: True (the default, MLX's rule) divides by the window's
+            positions inside the padded input; False by those inside the input.
         out: optional writeable C-contiguous numpy array of the output's shape and dtype
             to fill instead of allocating.
 
@@ -376,11 +433,11 @@ def avg_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return _planned(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_AVG, 3, "avg_pool3d", x, kernel_size, stride, padding, out, ceil_mode, count_include_pad)
 
 
-def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+               ceil_mode: bool = False, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """1-d max pooling of a channels-last array, exactly as mlx.nn.MaxPool1d.
 
     Args:
@@ -389,6 +446,9 @@ def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         kernel_size: int or tuple of 1 ints, the window.
         stride: int or tuple of 1 ints; defaults to kernel_size.
         padding: int or tuple of 1 ints: -inf (integers: their lowest value) on both sides of each axis.
+        ceil_mode: PyTorch's: output lengths rounded up, keeping a last window that reaches
+            past the padding (it starts inside the input or its left padding). Default False
+            (MLX's floor rule).
         out: optional writeable C-contiguous numpy array of the output's shape and dtype
             to fill instead of allocating.
 
@@ -399,11 +459,11 @@ def max_pool1d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return _planned(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_MAX, 1, "max_pool1d", x, kernel_size, stride, padding, out, ceil_mode)
 
 
-def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+               ceil_mode: bool = False, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """2-d max pooling of a channels-last array, exactly as mlx.nn.MaxPool2d.
 
     Args:
@@ -412,6 +472,9 @@ def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         kernel_size: int or tuple of 2 ints, the window.
         stride: int or tuple of 2 ints; defaults to kernel_size.
         padding: int or tuple of 2 ints: -inf (integers: their lowest value) on both sides of each axis.
+        ceil_mode: PyTorch's: output lengths rounded up, keeping a last window that reaches
+            past the padding (it starts inside the input or its left padding). Default False
+            (MLX's floor rule).
         out: optional writeable C-contiguous numpy array of the output's shape and dtype
             to fill instead of allocating.
 
@@ -422,11 +485,11 @@ def max_pool2d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return _planned(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_MAX, 2, "max_pool2d", x, kernel_size, stride, padding, out, ceil_mode)
 
 
-def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0, *,
-               out: Optional[np.ndarray] = None) -> np.ndarray:
+def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+               ceil_mode: bool = False, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """3-d max pooling of a channels-last array, exactly as mlx.nn.MaxPool3d.
 
     Args:
@@ -435,6 +498,9 @@ def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         kernel_size: int or tuple of 3 ints, the window.
         stride: int or tuple of 3 ints; defaults to kernel_size.
         padding: int or tuple of 3 ints: -inf (integers: their lowest value) on both sides of each axis.
+        ceil_mode: PyTorch's: output lengths rounded up, keeping a last window that reaches
+            past the padding (it starts inside the input or its left padding). Default False
+            (MLX's floor rule).
         out: optional writeable C-contiguous numpy array of the output's shape and dtype
             to fill instead of allocating.
 
@@ -445,7 +511,7 @@ def max_pool3d(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = N
         tidepool.InvalidArgumentError (a ValueError): invalid arguments, input or out.
         tidepool.OutOfMemoryError (a MemoryError): the engine's scratch could not be allocated.
     """
-    return _planned(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out)
+    return _planned(_lib.TP_POOL_MAX, 3, "max_pool3d", x, kernel_size, stride, padding, out, ceil_mode)
 
 
 def set_num_threads(num_threads: int) -> None:

@@ -7,7 +7,7 @@ PyTorch's max gradient. Requires `torch`."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -36,61 +36,68 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 class _Pool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, name: str, kernel_size: Any, stride: Any, padding: Any, ties: str) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, name: str, kernel_size: Any, stride: Any, padding: Any, ties: str,
+                options: Dict[str, bool]) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.arguments = (name, kernel_size, stride, padding, ties)
-        return _tensor(getattr(functional, name)(_numpy(x, name), kernel_size, stride, padding))
+        ctx.arguments = (name, kernel_size, stride, padding, ties, options)
+        return _tensor(getattr(functional, name)(_numpy(x, name), kernel_size, stride, padding, **options))
 
     @staticmethod
     def backward(ctx: Any, cotangent: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        name, kernel_size, stride, padding, ties = ctx.arguments
+        name, kernel_size, stride, padding, ties, options = ctx.arguments
         backward = getattr(gradients, f"{name}_vjp")
-        grad = backward(_numpy(x, name), _numpy(cotangent, name), kernel_size, stride, padding, ties=ties)
-        return _tensor(grad), None, None, None, None, None
+        grad = backward(_numpy(x, name), _numpy(cotangent, name), kernel_size, stride, padding, ties=ties, **options)
+        return _tensor(grad), None, None, None, None, None, None
 
 
 def _apply(name: str, x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple], padding: IntOrTuple,
-           ties: str) -> torch.Tensor:
+           ties: str, **options: bool) -> torch.Tensor:
     if ties not in gradients.TIES:
         raise InvalidArgumentError(f"[{name}] ties must be 'split' (MLX) or 'first' (PyTorch) but got {ties!r}")
-    return _Pool.apply(x, name, kernel_size, stride, padding, ties)
+    return _Pool.apply(x, name, kernel_size, stride, padding, ties, options)
 
 
 def avg_pool1d(x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0) -> torch.Tensor:
-    """tidepool.avg_pool1d on an (N, L, C) tensor, differentiable."""
-    return _apply("avg_pool1d", x, kernel_size, stride, padding, "split")
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> torch.Tensor:
+    """tidepool.avg_pool1d on an (N, L, C) tensor, differentiable; ceil_mode and
+    count_include_pad as torch.nn.functional.avg_pool1d's."""
+    return _apply("avg_pool1d", x, kernel_size, stride, padding, "split", ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad)
 
 
 def avg_pool2d(x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0) -> torch.Tensor:
-    """tidepool.avg_pool2d on an (N, H, W, C) tensor, differentiable."""
-    return _apply("avg_pool2d", x, kernel_size, stride, padding, "split")
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> torch.Tensor:
+    """tidepool.avg_pool2d on an (N, H, W, C) tensor, differentiable; ceil_mode and
+    count_include_pad as torch.nn.functional.avg_pool2d's."""
+    return _apply("avg_pool2d", x, kernel_size, stride, padding, "split", ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad)
 
 
 def avg_pool3d(x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
-               padding: IntOrTuple = 0) -> torch.Tensor:
-    """tidepool.avg_pool3d on an (N, D, H, W, C) tensor, differentiable."""
-    return _apply("avg_pool3d", x, kernel_size, stride, padding, "split")
+               padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> torch.Tensor:
+    """tidepool.avg_pool3d on an (N, D, H, W, C) tensor, differentiable; ceil_mode and
+    count_include_pad as torch.nn.functional.avg_pool3d's."""
+    return _apply("avg_pool3d", x, kernel_size, stride, padding, "split", ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad)
 
 
 def max_pool1d(x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
-               *, ties: str = "split") -> torch.Tensor:
+               ceil_mode: bool = False, *, ties: str = "split") -> torch.Tensor:
     """tidepool.max_pool1d on an (N, L, C) tensor, differentiable; ties="first" is PyTorch's gradient."""
-    return _apply("max_pool1d", x, kernel_size, stride, padding, ties)
+    return _apply("max_pool1d", x, kernel_size, stride, padding, ties, ceil_mode=ceil_mode)
 
 
 def max_pool2d(x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
-               *, ties: str = "split") -> torch.Tensor:
+               ceil_mode: bool = False, *, ties: str = "split") -> torch.Tensor:
     """tidepool.max_pool2d on an (N, H, W, C) tensor, differentiable; ties="first" is PyTorch's gradient."""
-    return _apply("max_pool2d", x, kernel_size, stride, padding, ties)
+    return _apply("max_pool2d", x, kernel_size, stride, padding, ties, ceil_mode=ceil_mode)
 
 
 def max_pool3d(x: torch.Tensor, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
-               *, ties: str = "split") -> torch.Tensor:
+               ceil_mode: bool = False, *, ties: str = "split") -> torch.Tensor:
     """tidepool.max_pool3d on an (N, D, H, W, C) tensor, differentiable; ties="first" is PyTorch's gradient."""
-    return _apply("max_pool3d", x, kernel_size, stride, padding, ties)
+    return _apply("max_pool3d", x, kernel_size, stride, padding, ties, ceil_mode=ceil_mode)
 
 
 __all__ = ["avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d"]

@@ -162,6 +162,24 @@ impl Pool {
         Ok(Pool { desc: unsafe { desc.assume_init() } })
     }
 
+    /// PyTorch's `ceil_mode` (`TP_POOL_CEIL_MODE`): output lengths rounded up, keeping a last
+    /// window that reaches past the padding when it starts inside the input or its left padding.
+    /// Off by default (MLX's floor rule). Needs a library of 0.3.0 or later (an older one refuses
+    /// it with `TP_ERR_FLAGS`).
+    pub fn ceil_mode(mut self, on: bool) -> Pool {
+        self.desc.flags = if on { self.desc.flags | sys::TP_POOL_CEIL_MODE } else { self.desc.flags & !sys::TP_POOL_CEIL_MODE };
+        self
+    }
+
+    /// PyTorch's `count_include_pad` for averages: `true` (the default, MLX's rule) divides a
+    /// window's sum by its positions inside the padded input, `false` (`TP_POOL_EXCLUDE_PADDING`)
+    /// by those inside the input. `false` with max pooling is refused when the pooling runs.
+    pub fn count_include_pad(mut self, on: bool) -> Pool {
+        let bit = sys::TP_POOL_EXCLUDE_PADDING;
+        self.desc.flags = if on { self.desc.flags & !bit } else { self.desc.flags | bit };
+        self
+    }
+
     pub fn kind(&self) -> PoolKind {
         if self.desc.kind == sys::TP_POOL_AVG { PoolKind::Avg } else { PoolKind::Max }
     }

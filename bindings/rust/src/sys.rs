@@ -45,6 +45,9 @@ pub const TP_DTYPE_UINT64: i32 = 12;
 pub const TP_POOL_AVG: i32 = 1;
 pub const TP_POOL_MAX: i32 = 2;
 
+pub const TP_POOL_CEIL_MODE: u32 = 1;
+pub const TP_POOL_EXCLUDE_PADDING: u32 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct tp_tensor {

@@ -125,6 +125,22 @@ fn borrowed_output_is_filled_in_place() {
 }
 
 #[test]
+fn pytorch_options() {
+    // avg_pool1d(arange(1, 6), 2, 2, ceil_mode=True) and (3, 1, 1, count_include_pad=False),
+    // as PyTorch gives them.
+    let x = [1.0f64, 2.0, 3.0, 4.0, 5.0];
+    let ceil = Pool::new(PoolKind::Avg, &[2], None, &[0]).unwrap().ceil_mode(true);
+    assert_eq!(ceil.avg(&x, &[1, 5, 1]).unwrap(), (vec![1.5, 3.5, 5.0], vec![1, 3, 1]));
+    let inside = Pool::new(PoolKind::Avg, &[3], Some(&[1]), &[1]).unwrap().count_include_pad(false);
+    assert_eq!(inside.avg(&x, &[1, 5, 1]).unwrap().0, vec![1.5, 2.0, 3.0, 4.0, 4.5]);
+    let max = Pool::new(PoolKind::Max, &[2], None, &[0]).unwrap().ceil_mode(true);
+    assert_eq!(max.max(&x, &[1, 5, 1]).unwrap().0, vec![2.0, 4.0, 5.0]);
+    let error = max.count_include_pad(false).max(&x, &[1, 5, 1]).err().unwrap();
+    assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT);
+    assert!(error.message.contains("count_include_pad=False applies to average pooling only"), "{}", error.message);
+}
+
+#[test]
 fn errors_carry_the_status_and_the_message() {
     let error = Pool::new(PoolKind::Max, &[0, 2], None, &[0, 0]).err().unwrap();
     assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT);

@@ -1,5 +1,5 @@
 // libFuzzer target: the C ABI as a C caller would use it, with every field of every struct
-// drawn from the input: struct sizes, flags, kinds, dtypes, ranks, shapes, strides, kernel,
+// drawn from the input: struct sizes, flags (PyTorch's options among them), kinds, dtypes, ranks, shapes, strides, kernel,
 // stride and padding (values where arithmetic breaks are favoured: 0, 2^31, 2^40, 2^62,
 // 2^63 - 1, negatives), over a 64 KiB input buffer and a 64 KiB output buffer.
 //
@@ -131,6 +131,11 @@ public func fuzzCABI(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         setArray(&desc.stride, [r.value(), r.value(), r.value()])
         setArray(&desc.padding, [r.value(), r.value(), r.value()])
     }
+
+    // PyTorch's options (tp_pool_flags, bits 0-1) when the input's last byte is 0xA0-0xA3:
+    // read from the end, so that the inputs of the corpus and the regressions keep meaning
+    // what they meant before the options existed.
+    if size > 0, data[size - 1] & 0xFC == 0xA0 { desc.flags = UInt32(data[size - 1] & 3) }
 
     var input = tp_tensor()
     input.struct_size = r.structSize(MemoryLayout<tp_tensor>.size)

@@ -23,6 +23,7 @@ func poolTile<R: WindowReduction>(
 ) {
     var pass = TilePass<R>(g, plan, tile, input: input, output: output, scratch: scratch)
     pass.run(progress: progress)
+    if g.divisor != .window { pass.redoDivisors() }
 }
 
 /// One tile's passes. A struct with methods rather than nested functions: methods of a

@@ -1,0 +1,315 @@
+"""The six poolings on dask arrays, and multiscale pyramids of them.
+
+`tidepool.dask.avg_pool3d(x, kernel_size, stride, padding, ceil_mode=False,
+count_include_pad=True)` (and the other five) return a dask array of the values
+`tidepool.avg_pool3d` gives for the whole array in memory, for any chunking: bit for bit for
+max pooling, averages of integers and averages whose windows do not overlap; within one
+rounding for averages of floats whose windows overlap (the engine chooses the order of a
+window's additions from the tensor's sizes, and a block is smaller than the whole).
+
+- The output is cut where the input is: output chunk i holds the windows that start in input
+  chunk i (the window of output o starts at o * stride - padding). Its task reads that chunk and,
+  where windows cross into the next chunks, only the slices of them the windows reach (the halo,
+  kernel - stride wide along an axis where windows overlap), so neighbouring chunks exchange
+  exactly what is needed and nothing moves twice.
+- Where windows do not overlap (kernel <= stride), there is no padding and every chunk boundary
+  is a multiple of the stride (a multiscale pyramid's 2 x 2 x 2 means of even chunks), each
+  output chunk is made from its input chunk alone: one task per chunk, no halo.
+- Nothing is rechunked: chunk boundaries that are not multiples of the stride only make some
+  tasks read a slice of a neighbour. Batch and channel chunks are kept as they are.
+
+Each task pools its block in this process's (or the dask worker's) libtidepool, so the compute
+goes to where the chunk is; it works on the threaded scheduler and on dask.distributed.
+
+`pyramid(x, levels, factor=2)` returns the levels of a multiscale pyramid: each the mean over
+`factor` along every spatial axis with ceil_mode=True and count_include_pad=False (an odd axis
+keeps its last, partial window: no data is dropped), optionally written to Zarr with OME-NGFF
+`multiscales` metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _lib, functional
+from .errors import InvalidArgumentError
+from .functional import IntOrTuple, normalize_arguments, pool_flags
+
+try:
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+except ImportError as error:  # pragma: no cover - the message is the point
+    raise ImportError("tidepool.dask needs dask: pip install 'dask[array]'") from error
+
+_KINDS = {"avg": _lib.TP_POOL_AVG, "max": _lib.TP_POOL_MAX}
+
+
+def _cumulative(chunks: Sequence[int]) -> List[int]:
+    bounds = [0]
+    for size in chunks:
+        bounds.append(bounds[-1] + size)
+    return bounds
+
+
+class _AxisBlock:
+    """One output chunk along one spatial axis: outputs [o0, o1), computed from input
+    [begin, end) pooled with `padding` on this axis, keeping local outputs from `skip`."""
+
+    __slots__ = ("o0", "o1", "begin", "end", "padding", "skip")
+
+    def __init__(self, o0, o1, begin, end, padding, skip):
+        self.o0, self.o1, self.begin, self.end, self.padding, self.skip = o0, o1, begin, end, padding, skip
+
+
+def _axis_blocks(n: int, chunks: Sequence[int], k: int, s: int, p: int, length: int) -> List[_AxisBlock]:
+    """The output chunks of one spatial axis of `n` inputs chunked as `chunks`, windows of `k`
+    taps at stride `s` with padding `p`, `length` outputs (the library's count, ceil_mode's
+    included), and the input each needs.
+
+    A window of output o covers [o * s - p, o * s - p + k). Pooling [begin, end) with padding q
+    gives local window j at begin + j * s - q, counts positions outside [begin, end) as padding
+    (zero, or never the max) and divides as for padding; so a block is exact when every window
+    it keeps lies inside [begin, end) except where that boundary is the input's own edge. Three
+    cases meet that: windows that start before the input's start read from 0 with the padding p
+    (local j = global o); the last chunk reads to the input's end with the padding p, from
+    begin = o0 * s - p + p - m * s with m = ceil(p / s) (its first kept window then starts m * s - p
+    >= 0 after begin: it never reaches the padding on the left); other chunks read exactly
+    their windows' span with no padding."""
+    if length == 0:
+        return []
+    starts = _cumulative(chunks)[:-1]
+    bounds = [0]
+    for c in starts[1:]:
+        o = min(length, max(0, -(-(c + p) // s)))  # the first output whose window starts at or after c
+        if o > bounds[-1]:
+            bounds.append(o)
+    if bounds[-1] < length:
+        bounds.append(length)
+    blocks = []
+    for o0, o1 in zip(bounds[:-1], bounds[1:]):
+        first, reach = o0 * s - p, (o1 - 1) * s - p + k
+        if first <= 0:
+            blocks.append(_AxisBlock(o0, o1, 0, min(n, reach), p, o0))
+        elif reach > n or o1 == length:
+            # Windows reaching the input's end: read to it, with the padding p on the right.
+            m = -(-p // s)
+            begin = first + p - m * s
+            whole = begin < 0 or begin >= n  # (windows wholly in wide padding: the whole axis)
+            blocks.append(_AxisBlock(o0, o1, 0, n, p, o0) if whole else _AxisBlock(o0, o1, begin, n, p, m))
+        else:
+            blocks.append(_AxisBlock(o0, o1, first, reach, 0, 0))
+    # A block inside one chunk reads to that chunk's end: the chunk itself, not a slice of it,
+    # goes to the task (positions past the kept windows are only read, never used).
+    ends = _cumulative(chunks)[1:]
+    for block in blocks:
+        home = next((e for e in ends if e > block.begin), n)
+        if block.end <= home:
+            block.end = home
+    return blocks
+
+
+def _pool_block(pieces, *, kind, spatial_dims, owner, kernel_size, stride, padding, flags, keep):
+    """One output chunk: the input pieces (a nested list, one level per axis) joined, pooled
+    and the kept outputs cut out."""
+    block = pieces
+    for _ in range(spatial_dims + 2):
+        if isinstance(block, list) and len(block) == 1:
+            block = block[0]
+        else:
+            break
+    if isinstance(block, list):
+        block = np.block(pieces)
+    result = functional.pool(kind, spatial_dims, owner, block, kernel_size, stride, padding, flags=flags)
+    return result[keep]
+
+
+def _chunk_pieces(bounds: List[int], begin: int, end: int) -> List[Tuple[int, slice]]:
+    """The input chunks (index, slice within the chunk) that [begin, end) covers, in order."""
+    pieces = []
+    for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        a, b = max(lo, begin), min(hi, end)
+        if a < b:
+            pieces.append((index, slice(a - lo, b - lo)))
+    if not pieces:
+        # An empty span (an input axis of length 0): an empty slice of a chunk.
+        pieces.append((0, slice(0, 0)))
+    return pieces
+
+
+def pool(kind: str, spatial_dims: int, x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None,
+         padding: IntOrTuple = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> "da.Array":
+    """The pooling `kind` ("avg" or "max") of the dask array `x` over `spatial_dims` axes."""
+    owner = f"{kind}_pool{spatial_dims}d"
+    code = _KINDS[kind]
+    flags = pool_flags(owner, code, ceil_mode, count_include_pad)
+    if not isinstance(x, da.Array):
+        x = da.asarray(x)
+    k, s, p = normalize_arguments(owner, spatial_dims, kernel_size, stride, padding)
+    if any(np.isnan(c) for chunks in x.chunks for c in chunks):
+        raise InvalidArgumentError(f"[{owner}] the input's chunk sizes must be known (call x.compute_chunk_sizes())")
+    shape, dtype = functional.output_description(code, spatial_dims, owner, x.shape, x.dtype, k, s, p, flags)
+    axes = [_axis_blocks(x.shape[a + 1], x.chunks[a + 1], k[a], s[a], p[a], shape[a + 1]) for a in range(spatial_dims)]
+    name = f"{owner}-tidepool-{tokenize(x, k, s, p, flags)}"
+    out_chunks = (x.chunks[0],) + tuple(tuple(b.o1 - b.o0 for b in blocks) for blocks in axes) + (x.chunks[-1],)
+    if any(len(c) == 0 for c in out_chunks) or 0 in shape:
+        empty = np.empty(shape, dtype)
+        return da.from_array(empty, chunks=tuple(c if len(c) else (0,) for c in out_chunks))
+    bounds = [_cumulative(c) for c in x.chunks]
+    piece_name = f"{name}-halo"
+    graph = {}
+    for n_index, c_index in itertools.product(range(len(x.chunks[0])), range(len(x.chunks[-1]))):
+        for out_index in itertools.product(*(range(len(blocks)) for blocks in axes)):
+            chosen = [axes[a][i] for a, i in enumerate(out_index)]
+            per_axis = [_chunk_pieces(bounds[a + 1], b.begin, b.end) for a, b in enumerate(chosen)]
+            keys = np.empty([len(pieces) for pieces in per_axis], dtype=object)
+            for combo in itertools.product(*(range(len(pieces)) for pieces in per_axis)):
+                in_index = tuple(per_axis[a][j][0] for a, j in enumerate(combo))
+                local = tuple(per_axis[a][j][1] for a, j in enumerate(combo))
+                chunk_key = (x.name, n_index, *in_index, c_index)
+                whole = all(sl.start == 0 and sl.stop == bounds[a + 1][in_index[a] + 1] - bounds[a + 1][in_index[a]]
+                            for a, sl in enumerate(local))
+                if whole:
+                    keys[combo] = chunk_key
+                else:
+                    # Only the slice a window reaches travels to the task (the halo).
+                    piece_key = (piece_name, n_index, *out_index, c_index, *combo)
+                    graph[piece_key] = (operator.getitem, chunk_key, (slice(None), *local, slice(None)))
+                    keys[combo] = piece_key
+            # Batch and channel axes: one piece each (the chunk's own).
+            nested = [_wrap_channels(keys.tolist(), spatial_dims)]
+            keep = (slice(None),) + tuple(slice(b.skip, b.skip + b.o1 - b.o0) for b in chosen) + (slice(None),)
+            task = functools.partial(_pool_block, kind=code, spatial_dims=spatial_dims, owner=owner, kernel_size=k,
+                                     stride=s, padding=tuple(b.padding for b in chosen), flags=flags, keep=keep)
+            graph[(name, n_index, *out_index, c_index)] = (task, nested)
+    layers = HighLevelGraph.from_collections(name, graph, dependencies=[x])
+    return da.Array(layers, name, chunks=out_chunks, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
+
+
+def _wrap_channels(nested, depth):
+    """Nests each innermost key once more: the channel axis, last, has one piece."""
+    if depth == 0:
+        return [nested]
+    return [_wrap_channels(item, depth - 1) for item in nested]
+
+
+def _function(kind: str, spatial_dims: int, options: str):
+    def pooling(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+                ceil_mode: bool = False, count_include_pad: bool = True) -> "da.Array":
+        return pool(kind, spatial_dims, x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+    def max_pooling(x: Any, kernel_size: IntOrTuple, stride: Optional[IntOrTuple] = None, padding: IntOrTuple = 0,
+                    ceil_mode: bool = False) -> "da.Array":
+        return pool(kind, spatial_dims, x, kernel_size, stride, padding, ceil_mode)
+
+    chosen = pooling if kind == "avg" else max_pooling
+    chosen.__name__ = chosen.__qualname__ = f"{kind}_pool{spatial_dims}d"
+    chosen.__doc__ = (f"tidepool.{kind}_pool{spatial_dims}d of a dask array {functional.LAYOUTS[spatial_dims]}, lazily: "
+                      f"a dask array of the same values for any chunking ({options}; see the module's doc).")
+    return chosen
+
+
+avg_pool1d = _function("avg", 1, "ceil_mode, count_include_pad as tidepool.avg_pool1d")
+avg_pool2d = _function("avg", 2, "ceil_mode, count_include_pad as tidepool.avg_pool2d")
+avg_pool3d = _function("avg", 3, "ceil_mode, count_include_pad as tidepool.avg_pool3d")
+max_pool1d = _function("max", 1, "ceil_mode as tidepool.max_pool1d")
+max_pool2d = _function("max", 2, "ceil_mode as tidepool.max_pool2d")
+max_pool3d = _function("max", 3, "ceil_mode as tidepool.max_pool3d")
+
+
+def pyramid(x: Any, levels: int, factor: int = 2, *, store: Any = None, rechunk: bool = True,
+            name: Optional[str] = None, zarr_options: Optional[dict] = None) -> List["da.Array"]:
+    """The levels of a multiscale pyramid of `x` (N, D, H, W, C) (or (N, H, W, C), (N, L, C)):
+    level 0 is `x`, level l + 1 the mean of level l over `factor` along every spatial axis, with
+    ceil_mode=True and count_include_pad=False, so an odd axis keeps its last, partial window
+    (the mean of the positions it holds) and no data is dropped.
+
+    Args:
+        x: a dask array (or anything dask.array.asarray takes), channels last, batch first.
+        levels: the number of levels past `x` (>= 0).
+        factor: the downsampling factor per spatial axis (>= 1).
+        store: optional Zarr store or path: the levels are written there as arrays "0", "1", ...
+            (axes t, c, z, y, x: channels moved before space, as OME-NGFF requires) with OME-NGFF
+            0.4 `multiscales` metadata, and the returned levels read back from it. Needs `zarr`.
+        rechunk: where a level's chunks fall under half of `x`'s along an axis, rechunk that
+            level back to `x`'s chunk sizes (merging neighbours), so high levels do not become
+            millions of tiny tasks. With `store`, a level whose chunks are not regular (odd chunk
+            sizes halved) is also rechunked to Zarr's regular grid before it is written. These
+            are the only rechunks tidepool.dask does.
+        name: the multiscales' name in the metadata.
+        zarr_options: keywords for zarr's create_array of each level (compressors=None, ...).
+
+    Returns:
+        The levels as dask arrays, `x` first; computing them (or writing them) runs the work.
+    """
+    if not isinstance(levels, int) or levels < 0:
+        raise InvalidArgumentError(f"[pyramid] levels must be a non-negative int but got {levels!r}")
+    if not isinstance(factor, int) or factor < 1:
+        raise InvalidArgumentError(f"[pyramid] factor must be a positive int but got {factor!r}")
+    if not isinstance(x, da.Array):
+        x = da.asarray(x)
+    spatial_dims = x.ndim - 2
+    if spatial_dims not in (1, 2, 3):
+        raise InvalidArgumentError(f"[pyramid] x must have 3, 4 or 5 dimensions (batch, spatial axes, channels) but has {x.ndim}")
+    target = x.chunksize
+
+    def next_level(level):
+        level = pool("avg", spatial_dims, level, factor, factor, 0, ceil_mode=True, count_include_pad=False)
+        if rechunk and any(2 * max(c) < t for c, t in zip(level.chunks[1:-1], target[1:-1])):
+            level = level.rechunk((level.chunksize[0],) + tuple(target[1:-1]) + (level.chunksize[-1],))
+        return level
+
+    if store is None:
+        result = [x]
+        for _ in range(levels):
+            result.append(next_level(result[-1]))
+        return result
+    return _write_ngff(x, levels, next_level, store, factor, name, zarr_options or {})
+
+
+def _write_ngff(x: "da.Array", levels: int, next_level, store: Any, factor: int, name: Optional[str],
+                zarr_options: dict) -> List["da.Array"]:
+    """Writes `x` and its `levels` levels to a Zarr group with OME-NGFF 0.4 multiscales
+    metadata, one level at a time: each is computed from the previous one as read back from
+    the store, so no level is computed twice and memory holds a few chunks per worker,
+    whatever the volume. Returns the levels as read back (channels last again, as views)."""
+    try:
+        import zarr
+    except ImportError as error:
+        raise ImportError("writing a pyramid needs zarr: pip install zarr") from error
+    spatial_dims = x.ndim - 2
+    space = ["z", "y", "x"][3 - spatial_dims:]
+    order = (0, x.ndim - 1) + tuple(range(1, spatial_dims + 1))  # (N, C, spatial...) on disk
+    inverse = tuple(int(i) for i in np.argsort(order))
+    group = zarr.open_group(store, mode="w")
+    datasets, result = [], []
+    level = x
+    for index in range(levels + 1):
+        if index:
+            level = next_level(result[-1])
+        # Zarr chunks are regular; dask's must each fill one of them (writes without a lock), so
+        # irregular ones (odd chunk sizes halved) are rechunked to the regular grid first.
+        if any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in level.chunks):
+            level = level.rechunk(level.chunksize)
+        moved = level.transpose(order)
+        array = group.create_array(str(index), shape=moved.shape, chunks=moved.chunksize, dtype=moved.dtype,
+                                   overwrite=True, **zarr_options)
+        da.store(moved, array, lock=False)
+        result.append(da.from_zarr(array).transpose(inverse))
+        scale = [1.0, 1.0] + [float(factor ** index)] * spatial_dims
+        datasets.append({"path": str(index), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+        {"name": a, "type": "space"} for a in space]
+    group.attrs["multiscales"] = [{"version": "0.4", "name": name or "tidepool-pyramid", "axes": axes,
+                                   "datasets": datasets, "type": "mean",
+                                   "metadata": {"method": "tidepool.dask.pyramid", "factor": factor,
+                                                "ceil_mode": True, "count_include_pad": False}}]
+    return result
+
+
+__all__ = ["avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d", "pool", "pyramid"]
