@@ -106,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "tidepoold",
             dependencies: [
-                "CTidepoolSystem", "TidepoolServer", "TidepoolCore", "TidepoolEndpoint", "TidepoolSync",
+                "CTidepoolSystem", "TidepoolServer", "TidepoolCore", "TidepoolEndpoint", "TidepoolSync", "TidepoolZMQ",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

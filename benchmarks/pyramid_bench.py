@@ -4,7 +4,8 @@ tidepool.dask.pyramid, and the same levels with the tools people use now, dask.a
 its own process (peak memory is that process's maximum resident set), reads the source
 volume from Zarr and writes every level to its own Zarr group, one level at a time, each level
 made from the previous one as read back (the same I/O for all three; level 0 is the source
-itself, not copied). Medians of --runs runs,
+itself, not copied). A fourth method, floor, runs the same pipeline with no pooling (each block
+subsampled): the time of dask and Zarr alone, under every method's. Medians of --runs runs,
 methods interleaved run by run (the machine is shared and noisy).
 
 The peers are what their users run, with their edges: coarsen drops an odd axis's last plane
@@ -110,9 +111,15 @@ def build(method, source, out, levels, threads):
         elif method == "coarsen":
             level = da.coarsen(np.mean, level, {1: 2, 2: 2, 3: 2}, trim_excess=True).astype(np.float32)
         else:
+            # skimage, or the floor: every second sample of each block, the least work a block
+            # can do to give a level of the right shape, so its time is the pipeline's own (dask's
+            # scheduling, Zarr's chunk reads and writes), which no pooling kernel can go below.
             chunks = tuple(tuple(-(-c // 2) for c in axis) if i in (1, 2, 3) else axis for i, axis in enumerate(level.chunks))
-            level = level.map_blocks(lambda b: downscale_local_mean(b, (1, 2, 2, 2, 1)).astype(np.float32),
-                                     chunks=chunks, dtype=np.float32)
+            if method == "floor":
+                reduce = lambda b: b[:, ::2, ::2, ::2, :].astype(np.float32)  # noqa: E731
+            else:
+                reduce = lambda b: downscale_local_mean(b, (1, 2, 2, 2, 1)).astype(np.float32)  # noqa: E731
+            level = level.map_blocks(reduce, chunks=chunks, dtype=np.float32)
         if any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in level.chunks):
             level = level.rechunk(level.chunksize)
         target = group.create_array(str(index), shape=level.shape, chunks=level.chunksize, dtype=level.dtype,
@@ -132,7 +139,8 @@ def main():
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--dir", default="/var/tmp/tidepool-pyramid-bench")
-    parser.add_argument("--methods", nargs="+", default=["tidepool", "coarsen", "skimage"])
+    parser.add_argument("--methods", nargs="+", default=["tidepool", "coarsen", "skimage", "floor"],
+                        help="tidepool, coarsen, skimage, and floor (no pooling: every 2nd sample, the pipeline's own time)")
     parser.add_argument("--keep", action="store_true", help="keep the source volume and the pyramids")
     parser.add_argument("--in-memory", type=int, metavar="SIDE",
                         help="instead: a SIDE^3 volume in memory, levels written to memory (no disk)")

@@ -84,6 +84,11 @@ def daemon_seeds():
                                               g_loc=1, g_region=REGION[1], g_offset=8192, done=(REGION[0], 4088))),
         "backward-cotangent-inline": record(backward(33, (1, 16, 1), 4, 2, kind=2, in_loc=1, in_region=REGION[0])),
     })
+    # Every input is also parsed as a CurveZMQ certificate: one seed is a real one (the key pair
+    # of zmq_curve(7)'s example).
+    seeds["curve-certificate"] = (b'#   ZeroMQ CURVE **Secret** Certificate\n\nmetadata\ncurve\n'
+                                  b'    public-key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"\n'
+                                  b'    secret-key = "JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6"\n')
     for code, itemsize in [(2, 8), (3, 2), (4, 2), (6, 2), (7, 4), (8, 8), (9, 1), (10, 2), (11, 4), (12, 8)]:
         seeds[f"inline-dtype-{code}"] = record(pool(20 + code, (1, 6, 5, 2), code, itemsize, kind=1 + code % 2,
                                                     kernel=2, stride=1, padding=1))

@@ -46,8 +46,8 @@ extern "C" {
 /* Version of the function table returned by tp_get_api(). Bumped when the table grows;
  * a library serves every table version up to its own. Version 2 added the client calls,
  * version 3 tp_client_cancel, version 4 tp_cpu_level, version 5 tp_pool_backward and
- * tp_client_pool_backward / tp_client_submit_backward. */
-#define TP_API_VERSION 5
+ * tp_client_pool_backward / tp_client_submit_backward, version 6 tp_client_connect_v2. */
+#define TP_API_VERSION 6
 
 /* ---- Limits ---------------------------------------------------------------------- */
 
@@ -330,10 +330,41 @@ const char *tp_default_endpoint(void);
  * An ipc endpoint is used only if its socket belongs to this user or root and its
  * directory cannot be controlled by another user (the default directories must be this
  * user's, mode 0700): otherwise another user's daemon could receive the tensors.
- * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (timeout below -1),
+ * A tcp endpoint speaks CurveZMQ when $TIDEPOOL_CURVE_SERVER_KEY and
+ * $TIDEPOOL_CURVE_CLIENT_CERT are set (see tp_client_options).
+ * Returns TP_ERR_NULL_POINTER, TP_ERR_INVALID_ARGUMENT (timeout below -1, or unusable keys),
  * TP_ERR_CONNECTION (no daemon there, or no answer in time), TP_ERR_PERMISSION (an ipc
  * socket or directory another user controls), TP_ERR_SYSTEM. */
 tp_status tp_client_connect(const char *endpoint, int32_t timeout_ms, tp_client **client);
+
+/* How tp_client_connect_v2 connects. Zero it, then set struct_size, e.g.
+ *   tp_client_options options = { .struct_size = sizeof options, .timeout_ms = 5000 };
+ * CurveZMQ (tcp endpoints only; docs/protocol.md): the connection is encrypted and the daemon
+ * admits it only if the client's public key is among its authorized keys. Both keys or
+ * neither: a NULL field takes the environment variable named beside it, an empty string ""
+ * means none (and ignores the variable). tp_client_connect also reads the variables. For an
+ * ipc endpoint the variables are ignored and explicit keys are TP_ERR_INVALID_ARGUMENT (the
+ * kernel names ipc peers; the daemon does not speak CURVE there). (API version 6.) */
+typedef struct tp_client_options {
+    uint32_t struct_size; /* sizeof(tp_client_options) */
+    uint32_t flags;       /* reserved, must be 0 */
+    int32_t timeout_ms;   /* as tp_client_connect's timeout_ms */
+    int32_t reserved;     /* must be 0 */
+    /* The daemon's public key: 40 Z85 characters, or the path of its public certificate
+     * (NAME.key, as `tidepoold keygen NAME`, CZMQ's zcert or pyzmq's create_certificates
+     * write it). NULL: $TIDEPOOL_CURVE_SERVER_KEY. */
+    const char *curve_server_key;
+    /* The path of this client's secret certificate (NAME.key_secret: both keys; a regular file
+     * of this user, mode 0600 or stricter). NULL: $TIDEPOOL_CURVE_CLIENT_CERT. */
+    const char *curve_client_cert;
+} tp_client_options;
+
+/* tp_client_connect with options (NULL: timeout_ms -1 and the environment's keys).
+ * Returns the statuses of tp_client_connect, with TP_ERR_VERSION / TP_ERR_FLAGS for the
+ * options' header, TP_ERR_INVALID_ARGUMENT for keys or certificates that cannot be used (the
+ * message names the file and why), and TP_ERR_CONNECTION when the daemon refuses the
+ * handshake (a key it does not authorize, or CURVE on one side only), saying so. */
+tp_status tp_client_connect_v2(const char *endpoint, const tp_client_options *options, tp_client **client);
 
 /* Tell the daemon to drop this client's buffers, close the connection and free the
  * handle. Buffers stay mapped in this process until tp_buffer_free(). Jobs not yet waited
@@ -469,6 +500,8 @@ typedef struct tp_api {
     tp_status (*client_submit_backward)(tp_client *client, const tp_pool_desc *desc, const tp_tensor *input,
                                         const tp_tensor *grad_output, const tp_tensor *grad_input,
                                         const tp_backward_options *options, uint64_t *job);
+    /* API version 6 */
+    tp_status (*client_connect_v2)(const char *endpoint, const tp_client_options *options, tp_client **client);
 } tp_api;
 
 /* The function table for `api_version` (pass TP_API_VERSION), or NULL when this library

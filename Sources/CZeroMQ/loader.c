@@ -33,7 +33,14 @@
       (message, property), NULL)                                                                    \
     X(int, msg_send, (zmq_msg_t *message, void *socket, int flags), (message, socket, flags), -1)   \
     X(int, msg_recv, (zmq_msg_t *message, void *socket, int flags), (message, socket, flags), -1)   \
-    X(int, poll, (zmq_pollitem_t *items, int count, long timeout), (items, count, timeout), -1)
+    X(int, poll, (zmq_pollitem_t *items, int count, long timeout), (items, count, timeout), -1)      \
+    X(int, has, (const char *capability), (capability), 0)                                          \
+    X(int, curve_keypair, (char *z85_public_key, char *z85_secret_key),                             \
+      (z85_public_key, z85_secret_key), -1)                                                         \
+    X(int, curve_public, (char *z85_public_key, const char *z85_secret_key),                        \
+      (z85_public_key, z85_secret_key), -1)                                                         \
+    X(char *, z85_encode, (char *dest, const uint8_t *data, size_t size), (dest, data, size), NULL) \
+    X(uint8_t *, z85_decode, (uint8_t *dest, const char *string), (dest, string), NULL)
 
 #define TPZMQ_POINTER(ret, name, params, args, failure) static ret(*real_##name) params;
 TPZMQ_FUNCTIONS(TPZMQ_POINTER)

@@ -37,7 +37,8 @@ private let apiTable: UnsafeMutablePointer<tp_api> = {
         cpu_level: tp_cpu_level,
         pool_backward: tp_pool_backward,
         client_pool_backward: tp_client_pool_backward,
-        client_submit_backward: tp_client_submit_backward))
+        client_submit_backward: tp_client_submit_backward,
+        client_connect_v2: tp_client_connect_v2))
     return table
 }()
 

@@ -72,8 +72,32 @@ public func tpClientConnect(_ endpoint: UnsafePointer<CChar>?, _ timeoutMs: Int3
     withStatus {
         guard let client else { throw PoolError(TP_ERR_NULL_POINTER, "client is NULL") }
         let address = endpoint.map { String(cString: $0) } ?? Endpoint.defaultEndpoint()
-        let connection = try PoolClient(endpoint: address, timeoutMs: try checkedTimeout(timeoutMs))
-        client.pointee = clients.register(connection)
+        let timeout = try checkedTimeout(timeoutMs)
+        let curve = try CurveClientKeys.resolve(endpoint: address, serverKey: nil, clientCert: nil)
+        client.pointee = clients.register(try PoolClient(endpoint: address, timeoutMs: timeout, curve: curve))
+    }
+}
+
+@_cdecl("tp_client_connect_v2")
+public func tpClientConnectV2(_ endpoint: UnsafePointer<CChar>?, _ options: UnsafePointer<tp_client_options>?,
+                              _ client: UnsafeMutablePointer<OpaquePointer?>?) -> tp_status {
+    withStatus {
+        guard let client else { throw PoolError(TP_ERR_NULL_POINTER, "client is NULL") }
+        let address = endpoint.map { String(cString: $0) } ?? Endpoint.defaultEndpoint()
+        var timeout = -1
+        var serverKey: String?, clientCert: String?
+        if let options = options?.pointee {
+            try checkHeader(structSize: options.struct_size, flags: options.flags,
+                            expectedSize: MemoryLayout<tp_client_options>.size, name: "tp_client_options")
+            guard options.reserved == 0 else {
+                throw PoolError.invalid("tp_client_options.reserved is \(options.reserved) but must be 0")
+            }
+            timeout = try checkedTimeout(options.timeout_ms)
+            serverKey = options.curve_server_key.map { String(cString: $0) }
+            clientCert = options.curve_client_cert.map { String(cString: $0) }
+        }
+        let curve = try CurveClientKeys.resolve(endpoint: address, serverKey: serverKey, clientCert: clientCert)
+        client.pointee = clients.register(try PoolClient(endpoint: address, timeoutMs: timeout, curve: curve))
     }
 }
 

@@ -29,7 +29,8 @@ public final class PoolClient: @unchecked Sendable {
     /// Checks the endpoint (an ipc socket must be this user's or root's, in a directory no
     /// other user controls), connects and pings the daemon, so an unreachable endpoint fails
     /// here with TP_ERR_CONNECTION rather than on the first job.
-    public init(endpoint: String, timeoutMs: Int) throws {
+    /// With `curve`, the connection speaks CurveZMQ (tcp endpoints: `CurveClientKeys.resolve`).
+    public init(endpoint: String, timeoutMs: Int, curve: CurveClientKeys? = nil) throws {
         self.endpoint = endpoint
         self.timeoutMs = timeoutMs
         do {
@@ -37,7 +38,7 @@ public final class PoolClient: @unchecked Sendable {
         } catch let error as EndpointError {
             throw PoolError(error.missing ? TP_ERR_CONNECTION : TP_ERR_PERMISSION, error.description)
         }
-        let connection = try Connection(endpoint: endpoint)
+        let connection = try Connection(endpoint: endpoint, curve: curve)
         state = Locked(connection)
         try state.withLock { connection in
             do {

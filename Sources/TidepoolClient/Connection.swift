@@ -38,7 +38,12 @@ final class Connection {
     static let doneWordsBytes = 4096
 
     let endpoint: String
+    let curve: CurveClientKeys?
     private var socket: ZMQSocket?
+    /// Why the daemon's end refused the last handshake (CURVE keys, or a mechanism it does not
+    /// speak); nil after a handshake that succeeded. A link down for this reason fails calls at
+    /// once: waiting would not mend it.
+    private var refusal: String?
     private var monitor: ZMQMonitor?
     /// nil while the link is up; else when it went down.
     private var downSince: Double?
@@ -69,8 +74,9 @@ final class Connection {
         case job(PendingJob)
     }
 
-    init(endpoint: String) throws {
+    init(endpoint: String, curve: CurveClientKeys?) throws {
         self.endpoint = endpoint
+        self.curve = curve
         let context: ZMQContext
         do {
             context = try Connection.context.get()
@@ -97,9 +103,14 @@ final class Connection {
             try socket.set(.heartbeatTimeout, Self.heartbeatTimeoutMs)
             try socket.set(.reconnectInterval, Int32(100))
             try socket.set(.reconnectIntervalMax, Int32(500))
+            if let curve {
+                try socket.set(.curveServerKey, curve.serverKey.bytes)
+                try socket.set(.curvePublicKey, curve.client.publicKey.bytes)
+                try socket.set(.curveSecretKey, curve.client.secretKey!.bytes)
+            }
             let name = "inproc://tidepool-client-monitor-\(getpid())-\(Self.monitors.wrappingAdd(1, ordering: .relaxed).oldValue)"
             monitor = try ZMQMonitor(context, watching: socket, name: name,
-                                     events: [.disconnected, .handshakeSucceeded])
+                                     events: [.disconnected, .handshakeSucceeded, .handshakeFailedAuth, .handshakeFailedProtocol])
             try socket.connect(endpoint)
             self.socket = socket
         } catch let error as ZMQError {
@@ -136,12 +147,23 @@ final class Connection {
     /// Reads the monitor's events: the link went down, or came back.
     private func takeEvents() throws {
         _ = try liveSocket()
-        while let event = monitor?.next() {
+        while let (event, value) = monitor?.next() {
             if event == .disconnected {
                 if downSince == nil { downSince = monotonicSeconds() }
             } else if event == .handshakeSucceeded {
                 downSince = nil
                 needsResume = true
+                refusal = nil
+            } else if event == .handshakeFailedAuth {
+                refusal = "the daemon at \(endpoint) refused this client (ZAP status \(value)): its CURVE public key "
+                    + "\(curve?.client.publicKey.z85 ?? "") is not among the daemon's authorized keys"
+            } else if event == .handshakeFailedProtocol {
+                refusal = curve == nil
+                    ? "the daemon at \(endpoint) refused ZeroMQ's handshake (protocol error 0x\(String(value, radix: 16))): it "
+                        + "requires CURVE; give curve_server_key and curve_client_cert (or $\(CurveClientKeys.serverKeyVariable) "
+                        + "and $\(CurveClientKeys.clientCertVariable))"
+                    : "the CURVE handshake with \(endpoint) failed (protocol error 0x\(String(value, radix: 16))): the daemon "
+                        + "does not speak CURVE there, or the server key is not its key"
             }
         }
     }
@@ -155,6 +177,7 @@ final class Connection {
             if answered() { return }
             try takeEvents()
             if let since = downSince {
+                if let refusal { throw PoolError(TP_ERR_CONNECTION, refusal) }
                 // A lost link gets the grace to come back; the first one, the caller's whole
                 // limit if it has one (a daemon may be slow to start), else the grace too.
                 let giveUp = instance == 0 && deadline.time.isFinite

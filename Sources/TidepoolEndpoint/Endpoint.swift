@@ -27,6 +27,21 @@ public enum Endpoint {
         return endpoint
     }
 
+    /// Whether a tcp address (as `bindAddress` gives it) binds loopback only: a host of
+    /// 127.0.0.0/8, ::1, localhost or the interface lo. Anything else (a wildcard, another
+    /// address, a host name, another interface) may be reachable from other hosts.
+    public static func isLoopbackTCP(_ address: String) -> Bool {
+        guard address.hasPrefix("tcp://") else { return false }
+        let rest = address.dropFirst("tcp://".count)
+        guard let colon = rest.lastIndex(of: ":") else { return false }
+        var host = rest[..<colon]
+        if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        if host == "localhost" || host == "lo" || host == "::1" { return true }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127"
+            && octets.allSatisfy { !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCII) && UInt8($0) != nil }
+    }
+
     /// The socket path of an ipc endpoint, nil for other transports.
     public static func ipcPath(_ endpoint: String) -> String? {
         endpoint.hasPrefix("ipc://") ? String(endpoint.dropFirst("ipc://".count)) : nil

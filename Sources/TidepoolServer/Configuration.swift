@@ -18,6 +18,14 @@ public struct ServerConfiguration: Sendable {
     /// Called on the thread that runs each job, before it runs (the lead has then passed to
     /// another thread); tests block in it to hold jobs in flight deterministically.
     public var jobGate: (@Sendable () -> Void)?
+    /// CurveZMQ on every tcp endpoint: the daemon's secret certificate (NAME.key_secret) and
+    /// the directory of the public certificates (*.key) of the clients it admits. Both or
+    /// neither.
+    public var curveSecretKey: String?
+    public var curveAuthorizedKeys: String?
+    /// Serve tcp on an address other hosts may reach without CURVE (anyone reaching the port
+    /// could run jobs).
+    public var insecure = false
 
     public init(endpoints: [String] = [Endpoint.defaultEndpoint()], threads: Int = 0, maxInflight: Int = 64,
                 maxJobBytes: Int = 1 << 30, maxQueuedBytes: Int? = nil, shutdownLingerMs: Int32 = 2000) {
@@ -37,6 +45,21 @@ public struct ServerConfiguration: Sendable {
         guard maxInflight > 0 else { throw ServerError("--max-inflight must be positive") }
         guard maxJobBytes > 0 else { throw ServerError("--max-job-bytes must be positive") }
         guard maxJobBytes <= Int.max - 4096 else { throw ServerError("--max-job-bytes must be below 2^63 - 4096") }
+        guard (curveSecretKey == nil) == (curveAuthorizedKeys == nil) else {
+            throw ServerError(curveSecretKey == nil
+                ? "--curve-authorized-keys needs --curve-secret-key (the daemon's own secret certificate)"
+                : "--curve-secret-key needs --curve-authorized-keys DIR (the public certificates of the clients to admit)")
+        }
+        if curveSecretKey == nil && !insecure {
+            for endpoint in endpoints {
+                let address = Endpoint.bindAddress(endpoint)
+                if address.hasPrefix("tcp://") && !Endpoint.isLoopbackTCP(address) {
+                    throw ServerError("refusing to serve \(address) without CURVE: other hosts may reach it, and anyone who "
+                        + "can would run jobs unauthenticated and unencrypted; give --curve-secret-key and "
+                        + "--curve-authorized-keys (see `tidepoold keygen`), bind a loopback address, or pass --insecure")
+                }
+            }
+        }
         guard maxQueuedBytes / 2 >= maxJobBytes else {
             throw ServerError("--max-queued-bytes (\(maxQueuedBytes)) must be at least twice --max-job-bytes (\(maxJobBytes)), "
                 + "so that one client's largest job fits in its half")

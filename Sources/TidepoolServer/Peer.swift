@@ -1,4 +1,5 @@
 import CTidepoolSystem
+import Logging
 import TidepoolZMQ
 
 #if canImport(Glibc)
@@ -11,7 +12,8 @@ import Glibc
 public enum Peer: Equatable, Sendable, CustomStringConvertible {
     /// A process on this host, over ipc, with its SO_PEERCRED credentials.
     case local(uid: uid_t, gid: gid_t, pid: pid_t)
-    /// A tcp peer: only an address, no proof of who it is.
+    /// A tcp peer: its address and, with CURVE, " key <Z85>", the public key it proved it
+    /// holds (without CURVE, no proof of who it is).
     case remote(address: String)
     /// No label (a connection accepted without the handler); trusted with nothing.
     case unknown
@@ -62,22 +64,28 @@ public enum Peer: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// The daemon's ZAP handler (ZeroMQ RFC 27): a thread that answers libzmq's authentication
-/// requests for every new connection. It accepts every connection and labels it with the
+/// requests for every new connection, and labels each connection it admits with the
 /// endpoint's transport and, for ipc, the peer's kernel credentials (see `Peer`). Endpoints are
 /// bound with ZMQ_ZAP_DOMAIN set to `ipcDomain` or `tcpDomain`, so the label never has to guess
-/// the transport.
+/// the transport. Without CURVE it admits every connection; with it (`curve`), a tcp
+/// connection is admitted only if it completed CURVE with a client key `curve` authorizes, and
+/// every refusal is logged with the client's key and address.
 final class PeerAuthenticator: @unchecked Sendable {
     static let ipcDomain = "tidepool-ipc"
     static let tcpDomain = "tidepool-tcp"
     static let endpoint = "inproc://zeromq.zap.01"
 
+    private let curve: CurveAuthorization?
+    private let logger: Logger
     private let socket: ZMQSocket
     private let stopFd: Int32
     private var thread = pthread_t()
     private var running = false
 
     /// Binds the handler's socket in `context`; it must exist before any endpoint accepts.
-    init(context: ZMQContext) throws {
+    init(context: ZMQContext, curve: CurveAuthorization?, logger: Logger) throws {
+        self.curve = curve
+        self.logger = logger
         socket = try ZMQSocket(context, type: .rep)
         try socket.set(.linger, Int32(0))
         try socket.bind(Self.endpoint)
@@ -114,6 +122,32 @@ final class PeerAuthenticator: @unchecked Sendable {
         close(stopFd)
     }
 
+    /// The ZAP reply's status, reason and user id for one connection.
+    private func decide(domain: String, address: String, mechanism: String, credentials: [UInt8])
+        -> (status: String, reason: String, label: String)
+    {
+        let label = Peer.label(domain: domain, address: address)
+        guard domain == Self.tcpDomain, let curve else { return ("200", "OK", label) }
+        // The tcp endpoints were bound as CURVE servers, so libzmq asks only after a CURVE
+        // handshake; anything else is refused all the same.
+        guard mechanism == "CURVE", let key = CurveKey(bytes: credentials) else {
+            curve.countRefusal()
+            logger.warning("refused a tcp connection: not CURVE", metadata: ["address": "\(address)", "mechanism": "\(mechanism)"])
+            return ("400", "CURVE required", "")
+        }
+        guard curve.isAuthorized(key) else {
+            curve.countRefusal()
+            logger.warning("refused a tcp connection: its CURVE key is not authorized", metadata: [
+                "address": "\(address)", "client_key": "\(key.z85)", "authorized_keys": "\(curve.directory)",
+            ])
+            return ("400", "client key not authorized", "")
+        }
+        logger.debug("admitted a tcp connection", metadata: ["address": "\(address)", "client_key": "\(key.z85)"])
+        // The key is part of who the peer is: a routing id taken over by another key's
+        // connection is another client (`ClientRegistry.existing`), even from the same address.
+        return ("200", "OK", "\(label) key \(key.z85)")
+    }
+
     private func serve() {
         defer { socket.close() }
         while true {
@@ -128,8 +162,9 @@ final class PeerAuthenticator: @unchecked Sendable {
                 try? socket.send(["1.0", text.count > 1 ? text[1] : "", "500", "malformed ZAP request", "", ""].map { ZMQFrame(Array($0.utf8)) })
                 continue
             }
-            let label = Peer.label(domain: text[2], address: text[3])
-            try? socket.send(["1.0", text[1], "200", "OK", label, ""].map { ZMQFrame(Array($0.utf8)) })
+            let (status, reason, label) = decide(domain: text[2], address: text[3], mechanism: text[5],
+                                                 credentials: frames.count > 6 ? frames[6].array : [])
+            try? socket.send(["1.0", text[1], status, reason, label, ""].map { ZMQFrame(Array($0.utf8)) })
         }
     }
 }

@@ -32,6 +32,7 @@ public final class PoolServer: @unchecked Sendable {
     private let context: ZMQContext
     private let socket: ZMQSocket
     private let authenticator: PeerAuthenticator
+    private let curve: CurveAuthorization?
     private let handler: RequestHandler
     private let engine: PoolEngine
     private let socketFd: Int32
@@ -64,14 +65,25 @@ public final class PoolServer: @unchecked Sendable {
         self.logger = logger
         engine = PoolEngine()
         try engine.setThreadCount(configuration.threads)
-        handler = RequestHandler(configuration: configuration, logger: logger, engine: engine)
+        var curve: CurveAuthorization?
+        if let secret = configuration.curveSecretKey, let directory = configuration.curveAuthorizedKeys {
+            let loaded = try CurveAuthorization(secretCertificate: secret, authorizedKeys: directory)
+            for reason in loaded.skippedAtStart { logger.warning("skipped an authorized key", metadata: ["reason": "\(reason)"]) }
+            if loaded.authorizedCount == 0 {
+                logger.warning("no authorized CURVE keys: every tcp client is refused until keys are added (then SIGHUP)",
+                               metadata: ["directory": "\(directory)"])
+            }
+            curve = loaded
+        }
+        self.curve = curve
+        handler = RequestHandler(configuration: configuration, logger: logger, engine: engine, curve: curve)
         let context = try ZMQContext()
         var authenticator: PeerAuthenticator?
         var socket: ZMQSocket?
         var bound: [String] = []
         do {
             // The ZAP handler must be bound before an endpoint accepts a connection.
-            let zap = try PeerAuthenticator(context: context)
+            let zap = try PeerAuthenticator(context: context, curve: curve, logger: logger)
             authenticator = zap
             try zap.start()
             let router = try ZMQSocket(context, type: .router)
@@ -99,6 +111,16 @@ public final class PoolServer: @unchecked Sendable {
                 }
                 // The domain tells the ZAP handler the transport of each connection (`Peer`).
                 try router.set(.zapDomain, address.hasPrefix("ipc://") ? PeerAuthenticator.ipcDomain : PeerAuthenticator.tcpDomain)
+                // Security options are taken by each endpoint as it is bound: CURVE on tcp,
+                // none on ipc (there the kernel names the peer, and shared memory needs it).
+                if let curve {
+                    if address.hasPrefix("tcp://") {
+                        try router.set(.curveSecretKey, curve.certificate.secretKey!.bytes)
+                        try router.set(.curveServer, Int32(1))
+                    } else {
+                        try router.set(.curveServer, Int32(0))
+                    }
+                }
                 do {
                     try router.bind(address)
                 } catch {
@@ -136,6 +158,23 @@ public final class PoolServer: @unchecked Sendable {
     public func requestShutdown() {
         shutdownRequested.store(true, ordering: .sequentiallyConsistent)
         tpsys_eventfd_signal(wakeFd)
+    }
+
+    /// Reads the CURVE authorized-keys directory again (SIGHUP) and logs the outcome; a
+    /// directory that cannot be read keeps the keys loaded before. Safe from any thread.
+    public func reloadAuthorizedKeys() {
+        guard let curve else {
+            logger.notice("SIGHUP: nothing to reload (no --curve-authorized-keys)")
+            return
+        }
+        do {
+            let (count, skipped) = try curve.reload()
+            for reason in skipped { logger.warning("skipped an authorized key", metadata: ["reason": "\(reason)"]) }
+            logger.notice("authorized keys reloaded", metadata: ["directory": "\(curve.directory)", "keys": "\(count)"])
+        } catch {
+            logger.error("cannot reload the authorized keys; keeping the \(curve.authorizedCount) loaded before",
+                         metadata: ["error": "\(error)"])
+        }
     }
 
     /// Serves until `requestShutdown`; then answers every job in flight, releases every

@@ -28,6 +28,8 @@ public final class RequestHandler {
     }
 
     public let configuration: ServerConfiguration
+    /// CURVE keys and refusals, for STATS (nil without CURVE).
+    let curve: CurveAuthorization?
     let logger: Logger
     let engine: PoolEngine
     /// Random, drawn at start: region ids carry its upper half, PING answers it.
@@ -55,7 +57,8 @@ public final class RequestHandler {
     /// `instance` and `firstSequence` fix the region ids, for fuzzing (a fuzzer learns ids
     /// that stay the same from run to run); a daemon draws both at random.
     public init(configuration: ServerConfiguration, logger: Logger, engine: PoolEngine, instance: UInt64? = nil,
-                firstSequence: UInt32? = nil) {
+                firstSequence: UInt32? = nil, curve: CurveAuthorization? = nil) {
+        self.curve = curve
         self.configuration = configuration
         self.logger = logger
         self.engine = engine
@@ -107,7 +110,8 @@ public final class RequestHandler {
             case .stats(let id):
                 let json = stats.json(inflight: inflight, clients: registry.clientCount, regions: regionCount, queuedBytes: queuedBytes.current,
                                       uptimeSeconds: monotonicSeconds() - startTime, configuration: configuration,
-                                      threads: engine.threadCount, cpuLevel: engine.cpuLevel)
+                                      threads: engine.threadCount, cpuLevel: engine.cpuLevel,
+                                      curve: curve.map { ($0.authorizedCount, $0.refusals) })
                 return .reply([ZMQFrame(Reply.success(.stats, id: id)), ZMQFrame(Array(json.utf8))])
             case .bye(let id):
                 registry.drop(key, reason: "it said BYE")

@@ -13,8 +13,9 @@ struct ServerStats {
     var permissionDenials = 0
 
     func json(inflight: Int, clients: Int, regions: Int, queuedBytes: Int, uptimeSeconds: Double,
-              configuration: ServerConfiguration, threads: Int, cpuLevel: CPULevel) -> String {
-        let fields: [(String, String)] = [
+              configuration: ServerConfiguration, threads: Int, cpuLevel: CPULevel,
+              curve: (authorizedKeys: Int, refusals: Int)? = nil) -> String {
+        var fields: [(String, String)] = [
             ("version", "\"\(TidepoolVersion.string)\""),
             ("protocol_version", "\(Wire.version)"),
             ("uptime_seconds", String(format3(uptimeSeconds))),
@@ -35,7 +36,11 @@ struct ServerStats {
             ("max_inflight", "\(configuration.maxInflight)"),
             ("max_job_bytes", "\(configuration.maxJobBytes)"),
             ("max_queued_bytes", "\(configuration.maxQueuedBytes)"),
+            ("curve", curve == nil ? "false" : "true"),
         ]
+        if let curve {
+            fields += [("curve_authorized_keys", "\(curve.authorizedKeys)"), ("curve_refusals", "\(curve.refusals)")]
+        }
         return "{" + fields.map { "\"\($0.0)\": \($0.1)" }.joined(separator: ", ") + "}"
     }
 

@@ -155,6 +155,11 @@ public struct ZMQOption: Sendable, CustomStringConvertible {
     public static let routerMandatory = ZMQOption(raw: ZMQ_ROUTER_MANDATORY, description: "ZMQ_ROUTER_MANDATORY")
     public static let routerHandover = ZMQOption(raw: ZMQ_ROUTER_HANDOVER, description: "ZMQ_ROUTER_HANDOVER")
     public static let zapDomain = ZMQOption(raw: ZMQ_ZAP_DOMAIN, description: "ZMQ_ZAP_DOMAIN")
+    /// 1: the endpoints bound from now on speak CURVE as its server; 0: NULL (no security).
+    public static let curveServer = ZMQOption(raw: ZMQ_CURVE_SERVER, description: "ZMQ_CURVE_SERVER")
+    public static let curvePublicKey = ZMQOption(raw: ZMQ_CURVE_PUBLICKEY, description: "ZMQ_CURVE_PUBLICKEY")
+    public static let curveSecretKey = ZMQOption(raw: ZMQ_CURVE_SECRETKEY, description: "ZMQ_CURVE_SECRETKEY")
+    public static let curveServerKey = ZMQOption(raw: ZMQ_CURVE_SERVERKEY, description: "ZMQ_CURVE_SERVERKEY")
 }
 
 /// Socket monitor events (ZMQ_EVENT_*), a set of them for `ZMQSocket.monitor`.
@@ -163,6 +168,11 @@ public struct ZMQEvent: OptionSet, Sendable {
     public init(rawValue: Int32) { self.rawValue = rawValue }
     public static let disconnected = ZMQEvent(rawValue: ZMQ_EVENT_DISCONNECTED)
     public static let handshakeSucceeded = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+    /// The security handshake failed: the peer speaks another mechanism, or its keys are wrong
+    /// (the value is a ZMQ_PROTOCOL_ERROR_* code).
+    public static let handshakeFailedProtocol = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    /// The peer's authenticator refused this side (the value is the ZAP status code, e.g. 400).
+    public static let handshakeFailedAuth = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 }
 
 public final class ZMQSocket {
@@ -305,12 +315,15 @@ public final class ZMQMonitor {
         try socket.connect(name)
     }
 
-    /// The next event waiting, nil when none is.
-    public func next() -> ZMQEvent? {
+    /// The next event waiting and its value, nil when none is.
+    public func next() -> (event: ZMQEvent, value: UInt32)? {
         while true {
             guard let frames = try? socket.receive(dontWait: true) else { return nil }
-            guard let first = frames.first, first.size >= 2 else { continue }
-            return withExtendedLifetime(first) { ZMQEvent(rawValue: Int32(UInt16(littleEndian: first.bytes.loadUnaligned(as: UInt16.self)))) }
+            guard let first = frames.first, first.size >= 6 else { continue }
+            return withExtendedLifetime(first) {
+                (ZMQEvent(rawValue: Int32(UInt16(littleEndian: first.bytes.loadUnaligned(as: UInt16.self)))),
+                 UInt32(littleEndian: first.bytes.loadUnaligned(fromByteOffset: 2, as: UInt32.self)))
+            }
         }
     }
 

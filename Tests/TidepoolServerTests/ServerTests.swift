@@ -21,13 +21,16 @@ final class RunningServer: @unchecked Sendable {
     let endpoint: String
     private let stopped = DispatchSemaphore(value: 0)
 
-    init(endpoint: String? = nil, maxInflight: Int = 64, maxJobBytes: Int = 1 << 30, jobGate: (@Sendable () -> Void)? = nil) throws {
+    init(endpoint: String? = nil, maxInflight: Int = 64, maxJobBytes: Int = 1 << 30, jobGate: (@Sendable () -> Void)? = nil,
+         logger: Logger? = nil, configure: (inout ServerConfiguration) -> Void = { _ in }) throws {
         let directory = "/tmp/tidepool-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         self.endpoint = endpoint ?? "ipc://\(directory)/tidepool.sock"
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let logger = logger ?? quiet
         var configuration = ServerConfiguration(endpoints: [self.endpoint], threads: 2, maxInflight: maxInflight, maxJobBytes: maxJobBytes)
         configuration.jobGate = jobGate
+        configure(&configuration)
         server = try PoolServer(configuration: configuration, logger: logger)
         let thread = Thread { [server, stopped] in
             try? server.run()

@@ -284,7 +284,50 @@ int main(void) {
         passed++;
     else
         failed++;
-    expect("API version 6", tp_get_api(6) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 5");
+    const tp_api *v6 = tp_get_api(6);
+    if (v6 != NULL && v6->struct_size >= offsetof(tp_api, client_connect_v2) + sizeof v6->client_connect_v2 &&
+        v6->client_connect_v2 == tp_client_connect_v2)
+        passed++;
+    else
+        failed++;
+    expect("API version 7", tp_get_api(7) == NULL ? TP_ERR_VERSION : TP_OK, TP_ERR_VERSION, "serves versions 1 to 6");
+
+    /* tp_client_connect_v2's options are checked before anything is connected to. */
+    {
+        tp_client *client = NULL;
+        tp_client_options options = {.struct_size = sizeof options, .timeout_ms = 100};
+        expect("connect_v2, client NULL", tp_client_connect_v2("tcp://127.0.0.1:1", &options, NULL), TP_ERR_NULL_POINTER,
+               "client is NULL");
+        options.struct_size = 8;
+        expect("connect_v2, old options", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client), TP_ERR_VERSION,
+               "tp_client_options.struct_size is 8");
+        options.struct_size = sizeof options;
+        options.flags = 1;
+        expect("connect_v2, flags", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client), TP_ERR_FLAGS,
+               "tp_client_options.flags is 0x1");
+        options.flags = 0;
+        options.reserved = 3;
+        expect("connect_v2, reserved", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client),
+               TP_ERR_INVALID_ARGUMENT, "reserved is 3");
+        options.reserved = 0;
+        options.timeout_ms = -2;
+        expect("connect_v2, timeout", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client),
+               TP_ERR_INVALID_ARGUMENT, "timeout_ms must be -1");
+        options.timeout_ms = 100;
+        options.curve_server_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7";
+        options.curve_client_cert = "";
+        expect("connect_v2, server key alone", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client),
+               TP_ERR_INVALID_ARGUMENT, "but not curve_client_cert");
+        options.curve_client_cert = "/nonexistent/client.key_secret";
+        expect("connect_v2, missing certificate", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client),
+               TP_ERR_INVALID_ARGUMENT, "/nonexistent/client.key_secret");
+        options.curve_server_key = "not a key";
+        expect("connect_v2, server key neither Z85 nor a file", tp_client_connect_v2("tcp://127.0.0.1:1", &options, &client),
+               TP_ERR_INVALID_ARGUMENT, "not a key");
+        expect("connect_v2, keys on ipc", tp_client_connect_v2("ipc:///nonexistent/tidepool.sock", &options, &client),
+               TP_ERR_INVALID_ARGUMENT, "are for tcp:// endpoints");
+        if (client == NULL) passed++; else failed++;
+    }
 
     /* The gradient of MaxPool1d(2, stride=1) on [1, 3, 3, 2] for a cotangent of ones: MLX's
      * split [0, 1.5, 1.5, 0], PyTorch's first [0, 2, 1, 0]. */

@@ -9,6 +9,7 @@
 #define TIDEPOOL_ZMQ_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <zmq.h>
 
 /* The library's name, as dlopen() is given it. */
@@ -39,6 +40,12 @@ const char *tpzmq_msg_gets(const zmq_msg_t *message, const char *property);
 int tpzmq_msg_send(zmq_msg_t *message, void *socket, int flags);
 int tpzmq_msg_recv(zmq_msg_t *message, void *socket, int flags);
 int tpzmq_poll(zmq_pollitem_t *items, int count, long timeout);
+/* CurveZMQ: 1 when libzmq was built with it ("curve"), 0 otherwise or when not loaded. */
+int tpzmq_has(const char *capability);
+int tpzmq_curve_keypair(char *z85_public_key, char *z85_secret_key);
+int tpzmq_curve_public(char *z85_public_key, const char *z85_secret_key);
+char *tpzmq_z85_encode(char *dest, const uint8_t *data, size_t size);
+uint8_t *tpzmq_z85_decode(uint8_t *dest, const char *string);
 int tpzmq_errno(void);
 const char *tpzmq_strerror(int code);
 /* 0.0.0 when libzmq cannot be loaded. */

@@ -128,13 +128,14 @@ class Daemon:
     """tidepoold started on a private ipc endpoint (plus any `--endpoint` in `options`); ready
     once it printed its endpoints, which `endpoints` lists as bound (tcp port 0 resolved)."""
 
-    def __init__(self, *options, directory=None):
+    def __init__(self, *options, directory=None, prefix=()):
+        """`prefix` runs the daemon through a command, e.g. ("ip", "netns", "exec", NAME)."""
         self.directory = directory or tempfile.mkdtemp(prefix="tidepool-test-")
         self.endpoint = f"ipc://{self.directory}/tidepool.sock"
         self.log_path = Path(self.directory) / "daemon.log"
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [str(TIDEPOOLD), "--endpoint", self.endpoint, "--log-level", "info", *options],
+                [*prefix, str(TIDEPOOLD), "--endpoint", self.endpoint, "--log-level", "info", *options],
                 stdout=subprocess.PIPE, stderr=log, text=True)
         line = self.process.stdout.readline()  # blocks until the daemon has bound
         assert "listening on" in line, f"tidepoold did not start: {line!r} {self.logs()}"

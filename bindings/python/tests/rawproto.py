@@ -116,9 +116,13 @@ def make_object(size, mode=0o600, name=None):
 
 
 class RawClient:
-    def __init__(self, endpoint, context=None):
+    def __init__(self, endpoint, context=None, curve=None):
+        """`curve`: (server public key, client public key, client secret key), Z85 bytes, for a
+        CURVE tcp endpoint (docs/protocol.md, "CurveZMQ")."""
         self.socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            self.socket.curve_serverkey, self.socket.curve_publickey, self.socket.curve_secretkey = curve
         self.socket.connect(endpoint)
 
     def call(self, frames, timeout_ms=10000):

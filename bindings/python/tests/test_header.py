@@ -56,7 +56,8 @@ def test_every_status_dtype_and_kind_is_in_the_binding():
     assert not missing, f"header constants the binding lacks: {missing}"
 
 
-STRUCTS = {"tp_tensor": _lib.tp_tensor, "tp_pool_desc": _lib.tp_pool_desc, "tp_backward_options": _lib.tp_backward_options}
+STRUCTS = {"tp_tensor": _lib.tp_tensor, "tp_pool_desc": _lib.tp_pool_desc, "tp_backward_options": _lib.tp_backward_options,
+           "tp_client_options": _lib.tp_client_options}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,7 @@ C_TYPES = {
     "tp_pool_desc *": ctypes.POINTER(_lib.tp_pool_desc),
     "const tp_pool_desc *": ctypes.POINTER(_lib.tp_pool_desc),
     "const tp_backward_options *": ctypes.POINTER(_lib.tp_backward_options),
+    "const tp_client_options *": ctypes.POINTER(_lib.tp_client_options),
     # Opaque handles travel as void pointers.
     "tp_client *": ctypes.c_void_p,
     "tp_client **": ctypes.POINTER(ctypes.c_void_p),

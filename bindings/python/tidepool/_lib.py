@@ -12,7 +12,7 @@ from pathlib import Path
 
 # ---- Constants (include/tidepool.h) ---------------------------------------------------
 
-TP_API_VERSION = 5
+TP_API_VERSION = 6
 TP_MAX_SPATIAL_DIMS = 3
 TP_MAX_RANK = 8
 
@@ -95,6 +95,17 @@ class tp_backward_options(ctypes.Structure):
     ]
 
 
+class tp_client_options(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("timeout_ms", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("curve_server_key", ctypes.c_char_p),
+        ("curve_client_cert", ctypes.c_char_p),
+    ]
+
+
 _STATUS = ctypes.c_int  # tp_status is a C enum: int-sized
 _I64P = ctypes.POINTER(ctypes.c_int64)
 _TENSOR_P = ctypes.POINTER(tp_tensor)
@@ -118,6 +129,7 @@ PROTOTYPES = {
     "tp_get_num_threads": (ctypes.c_int32, []),
     "tp_default_endpoint": (ctypes.c_char_p, []),
     "tp_client_connect": (_STATUS, [ctypes.c_char_p, ctypes.c_int32, ctypes.POINTER(ctypes.c_void_p)]),
+    "tp_client_connect_v2": (_STATUS, [ctypes.c_char_p, ctypes.POINTER(tp_client_options), ctypes.POINTER(ctypes.c_void_p)]),
     "tp_client_close": (_STATUS, [ctypes.c_void_p]),
     "tp_client_ping": (_STATUS, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_double)]),
     "tp_client_stats": (_STATUS, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import os
 import threading
 import weakref
 from typing import Any, Dict, Optional, Sequence, Union
@@ -24,18 +25,37 @@ _MAX_TIMEOUT = ((1 << 31) - 1) // 1000
 _MAX_BYTES = (1 << 63) - 1
 
 
+def _path_or_text(name, value):
+    """A key or path argument as the C string the library takes (None stays NULL)."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise InvalidArgumentError(f"{name} must be a str or a path, not {type(value).__name__}")
+    text = os.fsencode(value)
+    if b"\0" in text:
+        raise InvalidArgumentError(f"{name} contains a NUL character")
+    return text
+
+
 def default_endpoint() -> str:
     """$TIDEPOOL_ENDPOINT, else ipc://$XDG_RUNTIME_DIR/tidepool.sock, else
     ipc:///tmp/tidepool-$UID/tidepool.sock (the daemon's default too)."""
     return lib.tp_default_endpoint().decode()
 
 
-def connect(endpoint: Optional[str] = None, timeout: Optional[float] = 10.0) -> "Client":
+def connect(endpoint: Optional[str] = None, timeout: Optional[float] = 10.0, *,
+            curve_server_key: Optional[Union[str, "os.PathLike[str]"]] = None,
+            curve_client_cert: Optional[Union[str, "os.PathLike[str]"]] = None) -> "Client":
     """Connect to tidepoold at `endpoint` (default: default_endpoint()) and ping it.
 
     `timeout` (seconds, None for no limit) bounds the connection and every later call.
-    Raises tidepool.ConnectionError when no daemon answers there."""
-    return Client(endpoint, timeout)
+    For a tcp endpoint served with CurveZMQ (docs/protocol.md), `curve_server_key` is the
+    daemon's public key (40 Z85 characters, or the path of its public certificate NAME.key)
+    and `curve_client_cert` the path of this client's secret certificate (NAME.key_secret, mode
+    0600); None takes $TIDEPOOL_CURVE_SERVER_KEY / $TIDEPOOL_CURVE_CLIENT_CERT, "" means none.
+    Raises tidepool.ConnectionError when no daemon answers there or it refuses this client,
+    InvalidArgumentError for keys that cannot be used."""
+    return Client(endpoint, timeout, curve_server_key=curve_server_key, curve_client_cert=curve_client_cert)
 
 
 class Client:
@@ -44,16 +64,22 @@ class Client:
     Its avg_pool1d ... max_pool3d methods take the module functions' arguments. An input
     made by empty() travels by reference, and the output is then made in shared memory
     too, so the job copies nothing; other inputs are sent inline. Thread-safe (calls on one
-    client are serialised)."""
+    client are serialised). The arguments are connect()'s."""
 
-    def __init__(self, endpoint: Optional[str] = None, timeout: Optional[float] = 10.0) -> None:
+    def __init__(self, endpoint: Optional[str] = None, timeout: Optional[float] = 10.0, *,
+                 curve_server_key: Optional[Union[str, "os.PathLike[str]"]] = None,
+                 curve_client_cert: Optional[Union[str, "os.PathLike[str]"]] = None) -> None:
         if timeout is not None and not 0 <= timeout <= _MAX_TIMEOUT:
             raise InvalidArgumentError(f"timeout must be between 0 and {_MAX_TIMEOUT} seconds, or None, but is {timeout}")
         self.endpoint = endpoint or default_endpoint()
         self.timeout = timeout
-        timeout_ms = -1 if timeout is None else int(round(timeout * 1000))
+        options = _lib.tp_client_options()
+        options.struct_size = ctypes.sizeof(options)
+        options.timeout_ms = -1 if timeout is None else int(round(timeout * 1000))
+        options.curve_server_key = _path_or_text("curve_server_key", curve_server_key)
+        options.curve_client_cert = _path_or_text("curve_client_cert", curve_client_cert)
         handle = ctypes.c_void_p()
-        check(lib.tp_client_connect(self.endpoint.encode(), timeout_ms, ctypes.byref(handle)))
+        check(lib.tp_client_connect_v2(self.endpoint.encode(), ctypes.byref(options), ctypes.byref(handle)))
         self._handle = handle
         self._buffers = {}  # address -> size of live shared buffers
         self._lock = threading.Lock()

@@ -29,6 +29,7 @@ keeps its last, partial window: no data is dropped), optionally written to Zarr 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import operator
@@ -108,7 +109,8 @@ def _axis_blocks(n: int, chunks: Sequence[int], k: int, s: int, p: int, length: 
     # goes to the task (positions past the kept windows are only read, never used).
     ends = _cumulative(chunks)[1:]
     for block in blocks:
-        home = next((e for e in ends if e > block.begin), n)
+        after = bisect.bisect_right(ends, block.begin)  # the chunk holding block.begin
+        home = ends[after] if after < len(ends) else n
         if block.end <= home:
             block.end = home
     return blocks
@@ -132,7 +134,10 @@ def _pool_block(pieces, *, kind, spatial_dims, owner, kernel_size, stride, paddi
 def _chunk_pieces(bounds: List[int], begin: int, end: int) -> List[Tuple[int, slice]]:
     """The input chunks (index, slice within the chunk) that [begin, end) covers, in order."""
     pieces = []
-    for index, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for index in range(max(bisect.bisect_right(bounds, begin) - 1, 0), len(bounds) - 1):
+        lo, hi = bounds[index], bounds[index + 1]
+        if lo >= end:
+            break
         a, b = max(lo, begin), min(hi, end)
         if a < b:
             pieces.append((index, slice(a - lo, b - lo)))
@@ -161,12 +166,14 @@ def pool(kind: str, spatial_dims: int, x: Any, kernel_size: IntOrTuple, stride: 
         empty = np.empty(shape, dtype)
         return da.from_array(empty, chunks=tuple(c if len(c) else (0,) for c in out_chunks))
     bounds = [_cumulative(c) for c in x.chunks]
+    # Each block's input chunks, found once per axis (not once per block of the other axes).
+    axis_pieces = [[_chunk_pieces(bounds[a + 1], b.begin, b.end) for b in blocks] for a, blocks in enumerate(axes)]
     piece_name = f"{name}-halo"
     graph = {}
     for n_index, c_index in itertools.product(range(len(x.chunks[0])), range(len(x.chunks[-1]))):
         for out_index in itertools.product(*(range(len(blocks)) for blocks in axes)):
             chosen = [axes[a][i] for a, i in enumerate(out_index)]
-            per_axis = [_chunk_pieces(bounds[a + 1], b.begin, b.end) for a, b in enumerate(chosen)]
+            per_axis = [axis_pieces[a][i] for a, i in enumerate(out_index)]
             keys = np.empty([len(pieces) for pieces in per_axis], dtype=object)
             for combo in itertools.product(*(range(len(pieces)) for pieces in per_axis)):
                 in_index = tuple(per_axis[a][j][0] for a, j in enumerate(combo))

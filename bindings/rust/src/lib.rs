@@ -322,6 +322,29 @@ impl Client {
         Ok(Client { handle })
     }
 
+    /// Connects to a tcp endpoint served with CurveZMQ (docs/protocol.md): `server_key` is
+    /// the daemon's public key (40 Z85 characters, or the path of its NAME.key certificate),
+    /// `client_cert` the path of this client's secret certificate (NAME.key_secret, mode 0600).
+    /// `connect` takes them from $TIDEPOOL_CURVE_SERVER_KEY and $TIDEPOOL_CURVE_CLIENT_CERT.
+    /// A daemon that refuses this client's key fails with TP_ERR_CONNECTION saying so.
+    pub fn connect_curve(endpoint: &str, timeout_ms: i32, server_key: &str, client_cert: &str) -> Result<Client> {
+        let text = |value: &str, name: &str| CString::new(value).map_err(|_| invalid(format!("{name} holds a NUL byte")));
+        let endpoint = text(endpoint, "the endpoint")?;
+        let server_key = text(server_key, "server_key")?;
+        let client_cert = text(client_cert, "client_cert")?;
+        let options = sys::tp_client_options {
+            struct_size: std::mem::size_of::<sys::tp_client_options>() as u32,
+            flags: 0,
+            timeout_ms,
+            reserved: 0,
+            curve_server_key: server_key.as_ptr(),
+            curve_client_cert: client_cert.as_ptr(),
+        };
+        let mut handle = ptr::null_mut();
+        check(unsafe { sys::tp_client_connect_v2(endpoint.as_ptr(), &options, &mut handle) })?;
+        Ok(Client { handle })
+    }
+
     /// The round trip of a ping, in seconds.
     pub fn ping(&self) -> Result<f64> {
         let mut seconds = 0.0;

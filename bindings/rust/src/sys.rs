@@ -64,6 +64,17 @@ pub const TP_TIES_SPLIT: i32 = 0;
 pub const TP_TIES_FIRST: i32 = 1;
 
 #[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct tp_client_options {
+    pub struct_size: u32,
+    pub flags: u32,
+    pub timeout_ms: i32,
+    pub reserved: i32,
+    pub curve_server_key: *const c_char,
+    pub curve_client_cert: *const c_char,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct tp_backward_options {
     pub struct_size: u32,
@@ -114,6 +125,8 @@ extern "C" {
     pub fn tp_get_num_threads() -> i32;
     pub fn tp_default_endpoint() -> *const c_char;
     pub fn tp_client_connect(endpoint: *const c_char, timeout_ms: i32, client: *mut *mut tp_client) -> tp_status;
+    pub fn tp_client_connect_v2(endpoint: *const c_char, options: *const tp_client_options,
+                                client: *mut *mut tp_client) -> tp_status;
     pub fn tp_client_close(client: *mut tp_client) -> tp_status;
     pub fn tp_client_ping(client: *mut tp_client, seconds: *mut c_double) -> tp_status;
     pub fn tp_client_stats(client: *mut tp_client, json: *mut c_char, capacity: usize, length: *mut usize) -> tp_status;

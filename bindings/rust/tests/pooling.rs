@@ -181,8 +181,7 @@ fn version_is_the_headers() {
 
 #[test]
 fn a_daemon_pools_as_the_library_does() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let daemon_path = std::env::var_os("TIDEPOOLD").map(PathBuf::from).unwrap_or_else(|| root.join(".build/release/tidepoold"));
+    let daemon_path = tidepoold();
     let directory = std::env::temp_dir().join(format!("tidepool-rust-{}", std::process::id()));
     std::fs::create_dir_all(&directory).unwrap();
     let endpoint = format!("ipc://{}/tidepool.sock", directory.display());
@@ -219,13 +218,7 @@ fn a_daemon_pools_as_the_library_does() {
         let error = client.backward(&pool, &x, &shape, &cotangent[1..], Ties::Split).err().unwrap();
         assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT, "{error}");
     });
-    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
-    let status = daemon.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&directory);
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    assert!(status.success(), "tidepoold exited with {status}");
+    stop(daemon, &directory, result);
 }
 
 #[test]
@@ -243,4 +236,57 @@ fn gradients_follow_mlx_and_pytorch() {
     let error = pool.backward(&[1i8, 3, 3, 2], &[1, 4, 1], &[1i8; 3], Ties::Split).unwrap_err();
     assert!(error.to_string().contains("floating-point inputs"), "{error}");
     assert!(pool.backward(&x, &[1, 4, 1], &[1.0f32; 2], Ties::Split).is_err());
+}
+
+#[test]
+fn curve_admits_the_authorized_client_only() {
+    let daemon_path = tidepoold();
+    let directory = std::env::temp_dir().join(format!("tidepool-rust-curve-{}", std::process::id()));
+    let authorized = directory.join("authorized");
+    std::fs::create_dir_all(&authorized).unwrap();
+    for name in ["server", "alice", "mallory"] {
+        let made = Command::new(&daemon_path).arg("keygen").arg(directory.join(name)).output().unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    std::fs::copy(directory.join("alice.key"), authorized.join("alice.key")).unwrap();
+    let mut daemon = Command::new(&daemon_path)
+        .args(["--endpoint", "tcp://127.0.0.1:0", "--log-level", "error", "--curve-authorized-keys"])
+        .arg(&authorized)
+        .arg("--curve-secret-key")
+        .arg(directory.join("server.key_secret"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let path = |name: &str| directory.join(name).to_str().unwrap().to_owned();
+    let result = std::panic::catch_unwind(|| {
+        let endpoint = line.split("listening on ").nth(1).expect(&line).trim().to_owned();
+        let client = Client::connect_curve(&endpoint, 10_000, &path("server.key"), &path("alice.key_secret")).unwrap();
+        assert!(client.ping().unwrap() >= 0.0);
+        assert!(client.stats().unwrap().contains("\"curve\": true"));
+        let refused = Client::connect_curve(&endpoint, 3_000, &path("server.key"), &path("mallory.key_secret")).err().unwrap();
+        assert_eq!(refused.status, tidepool::sys::TP_ERR_CONNECTION, "{refused}");
+        let error = Client::connect_curve(&endpoint, 3_000, &path("server.key"), "").err().unwrap();
+        assert_eq!(error.status, tidepool::sys::TP_ERR_INVALID_ARGUMENT, "{error}");
+    });
+    stop(daemon, &directory, result);
+}
+
+/// The daemon to test: $TIDEPOOLD, else this checkout's release build.
+fn tidepoold() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::var_os("TIDEPOOLD").map(PathBuf::from).unwrap_or_else(|| root.join(".build/release/tidepoold"))
+}
+
+/// Stops a test's daemon (SIGTERM), removes its directory, and fails as the test body did, or
+/// if the daemon did not exit 0.
+fn stop(mut daemon: std::process::Child, directory: &std::path::Path, result: std::thread::Result<()>) {
+    let _ = Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status();
+    let status = daemon.wait().unwrap();
+    let _ = std::fs::remove_dir_all(directory);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(status.success(), "tidepoold exited with {status}");
 }

@@ -8,6 +8,7 @@
 //   flags bits 0-1: frames (0: one, 1: two, 2: three, 3: one), bit 2-3: peer, bit 4: draining.
 // Checked beyond "no crash, no sanitizer report": every reply decodes as a reply with the
 // request's id, no job stays in flight, and the handler holds no more regions than allowed.
+// Every input is also parsed as a CurveZMQ certificate (the daemon's other outside input).
 
 import CTidepool
 import Logging
@@ -72,6 +73,14 @@ func checkReply(_ frames: [ZMQFrame], request: [ZMQFrame]) {
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzDaemon(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeBufferPointer(start: data, count: size)
+    // The same bytes as a certificate file, which the daemon reads with this parser
+    // (--curve-secret-key, every authorized key): two 32-byte keys or a CurveError.
+    let text = String(decoding: bytes, as: UTF8.self)
+    for secret in [false, true] {
+        if let certificate = try? CurveCertificate.parse(text, path: "fuzz", secret: secret) {
+            precondition(certificate.publicKey.bytes.count == 32 && (!secret || certificate.secretKey?.bytes.count == 32))
+        }
+    }
     let handler = freshHandler()
     var offset = 0
     var messages = 0
