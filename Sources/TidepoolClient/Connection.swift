@@ -147,7 +147,7 @@ final class Connection {
     /// Reads the monitor's events: the link went down, or came back.
     private func takeEvents() throws {
         _ = try liveSocket()
-        while let (event, value) = monitor?.next() {
+        while let (event, value, _) = monitor?.next() {
             if event == .disconnected {
                 if downSince == nil { downSince = monotonicSeconds() }
             } else if event == .handshakeSucceeded {

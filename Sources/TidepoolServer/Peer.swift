@@ -78,6 +78,10 @@ final class PeerAuthenticator: @unchecked Sendable {
     private let curve: CurveAuthorization?
     private let logger: Logger
     private let socket: ZMQSocket
+    /// With CURVE, the router's failed handshakes: libzmq refuses a client without CURVE (or
+    /// with another server key) before it asks ZAP, so they are logged from here. Read by the
+    /// handler's thread; set before `start`.
+    private var handshakes: ZMQMonitor?
     private let stopFd: Int32
     private var thread = pthread_t()
     private var running = false
@@ -94,6 +98,13 @@ final class PeerAuthenticator: @unchecked Sendable {
             socket.close()
             throw ServerError("eventfd: \(String(cString: strerror(errno)))")
         }
+    }
+
+    /// Logs the failed handshakes of `router` (call before `start`, and `router.stopMonitor()`
+    /// before closing it).
+    func watchHandshakes(of router: ZMQSocket, context: ZMQContext) throws {
+        handshakes = try ZMQMonitor(context, watching: router, name: "inproc://tidepool-handshakes",
+                                    events: [.handshakeFailedProtocol, .handshakeFailedNoDetail])
     }
 
     func start() throws {
@@ -118,6 +129,7 @@ final class PeerAuthenticator: @unchecked Sendable {
             running = false
         } else {
             socket.close()
+            handshakes?.socket.close()
         }
         close(stopFd)
     }
@@ -149,10 +161,31 @@ final class PeerAuthenticator: @unchecked Sendable {
     }
 
     private func serve() {
-        defer { socket.close() }
+        defer {
+            socket.close()
+            handshakes?.socket.close()
+        }
+        let targets: [PollTarget] = [.socket(socket), .fd(stopFd)] + (handshakes.map { [.socket($0.socket)] } ?? [])
         while true {
-            guard let ready = try? poll([.socket(socket), .fd(stopFd)], timeoutMs: -1) else { return }
+            guard let ready = try? poll(targets, timeoutMs: -1) else { return }
             if ready[1] { return }
+            if ready.count > 2 && ready[2] {
+                // tcp only: ipc peers speak no CURVE, and probes of the socket file (another
+                // daemon checking whether this one serves) end during the handshake.
+                while let (event, value, endpoint) = handshakes?.next() {
+                    guard endpoint.hasPrefix("tcp://") else { continue }
+                    if event == .handshakeFailedProtocol {
+                        curve?.countRefusal()
+                        logger.warning("refused a connection that failed the handshake: a tcp client without CURVE, or with another server key",
+                                       metadata: ["endpoint": "\(endpoint)", "protocol_error": "0x\(String(value, radix: 16))"])
+                    } else {
+                        // Which side gave up first is a race: a client without CURVE may leave
+                        // as soon as it reads this side's greeting.
+                        logger.warning("a tcp connection ended during the handshake (a client without CURVE, or a probe)",
+                                       metadata: ["endpoint": "\(endpoint)", "errno": "\(value)"])
+                    }
+                }
+            }
             guard ready[0], let frames = try? socket.receive(dontWait: true) else { continue }
             // version, request id, domain, address, routing id, mechanism, credentials...
             let text = frames.map { String(decoding: $0.bytes, as: UTF8.self) }

@@ -85,9 +85,10 @@ public final class PoolServer: @unchecked Sendable {
             // The ZAP handler must be bound before an endpoint accepts a connection.
             let zap = try PeerAuthenticator(context: context, curve: curve, logger: logger)
             authenticator = zap
-            try zap.start()
             let router = try ZMQSocket(context, type: .router)
             socket = router
+            if curve != nil { try zap.watchHandshakes(of: router, context: context) }
+            try zap.start()
             // Replies to clients that have gone fail at once instead of queueing.
             try router.set(.routerMandatory, Int32(1))
             // A client reconnecting with its own routing id takes it over from its dead
@@ -129,6 +130,7 @@ public final class PoolServer: @unchecked Sendable {
                 bound.append(router.lastEndpoint)
             }
         } catch {
+            socket?.stopMonitor()
             socket?.close()
             authenticator?.stop()
             context.terminate()
@@ -367,6 +369,7 @@ public final class PoolServer: @unchecked Sendable {
     /// linger), and removes the ipc socket files, which libzmq leaves behind. (Unbinding first
     /// would drop the connections accepted on the endpoint, and their replies.)
     private func stopSocket() {
+        socket.stopMonitor()
         socket.close()
         authenticator.stop()
         context.terminate()

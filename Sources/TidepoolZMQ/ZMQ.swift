@@ -171,6 +171,8 @@ public struct ZMQEvent: OptionSet, Sendable {
     /// The security handshake failed: the peer speaks another mechanism, or its keys are wrong
     /// (the value is a ZMQ_PROTOCOL_ERROR_* code).
     public static let handshakeFailedProtocol = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+    /// The connection ended during the security handshake (the value is the errno).
+    public static let handshakeFailedNoDetail = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
     /// The peer's authenticator refused this side (the value is the ZAP status code, e.g. 400).
     public static let handshakeFailedAuth = ZMQEvent(rawValue: ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
 }
@@ -315,14 +317,17 @@ public final class ZMQMonitor {
         try socket.connect(name)
     }
 
-    /// The next event waiting and its value, nil when none is.
-    public func next() -> (event: ZMQEvent, value: UInt32)? {
+    /// The next event waiting, its value and the endpoint it names (for a bound socket's
+    /// connection, the local endpoint), nil when none is.
+    public func next() -> (event: ZMQEvent, value: UInt32, endpoint: String)? {
         while true {
             guard let frames = try? socket.receive(dontWait: true) else { return nil }
             guard let first = frames.first, first.size >= 6 else { continue }
+            // `array`, not `bytes`: the frame must live while its bytes are read (see `data`).
+            let endpoint = frames.count > 1 ? String(decoding: frames[1].array, as: UTF8.self) : ""
             return withExtendedLifetime(first) {
                 (ZMQEvent(rawValue: Int32(UInt16(littleEndian: first.bytes.loadUnaligned(as: UInt16.self)))),
-                 UInt32(littleEndian: first.bytes.loadUnaligned(fromByteOffset: 2, as: UInt32.self)))
+                 UInt32(littleEndian: first.bytes.loadUnaligned(fromByteOffset: 2, as: UInt32.self)), endpoint)
             }
         }
     }
