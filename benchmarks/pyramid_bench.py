@@ -5,7 +5,9 @@ its own process (peak memory is that process's maximum resident set), reads the 
 volume from Zarr and writes every level to its own Zarr group, one level at a time, each level
 made from the previous one as read back (the same I/O for all three; level 0 is the source
 itself, not copied). A fourth method, floor, runs the same pipeline with no pooling (each block
-subsampled): the time of dask and Zarr alone, under every method's. Medians of --runs runs,
+subsampled): the time of dask and Zarr alone, under every method's. A fifth, read, only reads
+the source once through dask and Zarr (nothing pooled, nothing written): the least any pyramid
+over that store pays, however its levels are fused. Medians of --runs runs,
 methods interleaved run by run (the machine is shared and noisy).
 
 The peers are what their users run, with their edges: coarsen drops an odd axis's last plane
@@ -102,6 +104,10 @@ def build(method, source, out, levels, threads):
         x = da.from_zarr(source)
         group = zarr.open_group(out, mode="w")
     start = time.perf_counter()
+    if method == "read":
+        # One element kept per block: the source's chunks read and dropped.
+        x.map_blocks(lambda b: b[:1, :1, :1, :1, :1], chunks=tuple((1,) * len(c) for c in x.chunks)).compute()
+        levels = 0
     level = x
     for index in range(1, levels + 1):
         if method == "tidepool":
@@ -140,7 +146,8 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--dir", default="/var/tmp/tidepool-pyramid-bench")
     parser.add_argument("--methods", nargs="+", default=["tidepool", "coarsen", "skimage", "floor"],
-                        help="tidepool, coarsen, skimage, and floor (no pooling: every 2nd sample, the pipeline's own time)")
+                        help="tidepool, coarsen, skimage, floor (no pooling: every 2nd sample, the pipeline's own time) "
+                             "and read (the source read once, nothing written)")
     parser.add_argument("--keep", action="store_true", help="keep the source volume and the pyramids")
     parser.add_argument("--in-memory", type=int, metavar="SIDE",
                         help="instead: a SIDE^3 volume in memory, levels written to memory (no disk)")

@@ -1,5 +1,6 @@
 import CTidepool
 import TidepoolCore
+import TidepoolEndpoint
 import TidepoolZMQ
 
 #if canImport(Glibc)
@@ -37,8 +38,8 @@ public struct CurveClientKeys: Sendable {
             }
             return nil
         }
-        let serverText = serverKey ?? environment(serverKeyVariable) ?? ""
-        let certPath = clientCert ?? environment(clientCertVariable) ?? ""
+        let serverText = serverKey ?? Endpoint.environment(serverKeyVariable) ?? ""
+        let certPath = clientCert ?? Endpoint.environment(clientCertVariable) ?? ""
         if serverText.isEmpty && certPath.isEmpty { return nil }
         func origin(_ given: String?, _ variable: String, _ name: String) -> String { given == nil ? "$\(variable)" : name }
         guard !serverText.isEmpty else {
@@ -65,5 +66,4 @@ public struct CurveClientKeys: Sendable {
         }
     }
 
-    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 }

@@ -183,7 +183,8 @@ public enum Endpoint {
         return String(repeating: "0", count: Swift.max(0, 4 - text.count)) + text
     }
 
-    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+    /// The value of environment variable `name`, nil where unset.
+    public static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
     static func lastError() -> String { String(cString: strerror(errno)) }
 }
 
