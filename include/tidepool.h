@@ -240,7 +240,9 @@ tp_status tp_tensor_nbytes(const tp_tensor *tensor, size_t *nbytes);
  * dtype and shape tp_pool_output() gives, contiguous strides, and must not overlap the
  * input. Everything is validated before any element is written; on error the output is
  * untouched. Runs on tp_get_num_threads() threads; results are bit-identical for every
- * thread count. Safe to call from many threads at once.
+ * thread count and every input layout but broadcast or self-overlapping ones (a float average
+ * of an input whose rows are not dense copies it into a dense buffer first, a few batch entries
+ * at a time, so that it adds in the contiguous input's order). Safe to call from many threads at once.
  * Returns every status of tp_pool_output(), plus TP_ERR_NULL_POINTER (data NULL with a
  * non-empty shape), TP_ERR_DTYPE / TP_ERR_SHAPE (output mismatch), TP_ERR_LAYOUT
  * (output not contiguous, or overlapping the input), TP_ERR_NO_MEMORY. */

@@ -83,6 +83,25 @@ package struct PoolGeometry: Sendable {
 
     @inlinable package var windowSize: Int { kernelD * kernelH * kernelW }
 
+    /// Whether each input plane is one dense run (channels, then W, then H), the layout the
+    /// kernels' plan prefers (KernelPlan).
+    package var hasDenseRows: Bool { stepC == 1 && stepW == channels && stepH == inW * channels }
+
+    /// Whether the memory the input spans holds at least as many elements as the input has
+    /// and no axis is broadcast (zero step): a dense copy is then no larger than what the
+    /// caller already holds. Axes of one element may have any step (it is never used), so
+    /// only the others count, in saturating arithmetic.
+    package var spansItsElements: Bool {
+        var span: UInt = 1
+        for (step, extent) in [(stepN, batch), (stepD, inD), (stepH, inH), (stepW, inW), (stepC, channels)] where extent > 1 {
+            if step == 0 { return false }
+            let (reach, overflow) = step.magnitude.multipliedReportingOverflow(by: UInt(extent - 1))
+            let (sum, more) = span.addingReportingOverflow(reach)
+            span = overflow || more ? UInt.max : sum
+        }
+        return span >= UInt(inputElements)
+    }
+
     /// An average's divisor along one axis for output index `o` (see `AverageDivisor`).
     @inlinable package func divisor(_ o: Int, stride: Int, padding: Int, kernel: Int, length: Int) -> Int {
         let start = o * stride - padding

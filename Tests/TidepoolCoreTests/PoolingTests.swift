@@ -203,6 +203,58 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                   storageCount: 720, offset: 0, shape: [2, 4, 5, 6, 3], strides: [360, 30, 6, 1, 120])
     }
 
+    /// A float average's bits do not depend on the input's layout: a view (every other channel
+    /// from the second column, or channels-first storage) gives the bits of the same values
+    /// made contiguous, though the plan reads whether rows are dense (such views are packed
+    /// first). Windows up to 8 (block scans, pairs), channels on both sides of 8.
+    @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
+    func floatAveragesOfViewsHaveTheContiguousBits(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0x1A70 ^ UInt64(dtype.code))
+        for trial in 0..<80 {
+            let spatial = 1 + trial % 3
+            let kernel = (0..<spatial).map { _ in Int.random(in: 1...8, using: &rng) }
+            let stride = kernel.map { Int.random(in: 1...$0, using: &rng) }
+            let padding = kernel.map { Int.random(in: 0...($0 / 2), using: &rng) }
+            let channels = [1, 2, 3, 5, 8, 9][Int.random(in: 0..<6, using: &rng)]
+            let shape = [Int.random(in: 1...2, using: &rng)] + kernel.map { Int.random(in: $0...($0 + 12), using: &rng) } + [channels]
+            let desc = PoolDescriptor(kind: .average, kernelSize: kernel, stride: stride, padding: padding,
+                                      ceilMode: trial % 4 == 1, countIncludePad: trial % 3 != 0)
+            let rank = shape.count
+            let storage: Buffer, offset: Int, strides: [Int]
+            if trial % 3 == 2 {
+                // Channels-first storage (N, C, spatial...) read as channels-last.
+                let first = [shape[0], channels] + shape[1..<(rank - 1)]
+                let firstStrides = TensorView.contiguousStrides(first)
+                storage = randomInput(dtype, shape: first, seed: rng.next())
+                offset = 0
+                strides = [firstStrides[0]] + firstStrides[2...] + [firstStrides[1]]
+            } else {
+                var wide = shape
+                wide[rank - 2] += 2
+                wide[rank - 1] *= 2
+                let wideStrides = TensorView.contiguousStrides(wide)
+                storage = randomInput(dtype, shape: wide, seed: rng.next())
+                offset = wideStrides[rank - 2]
+                strides = Array(wideStrides[..<(rank - 1)]) + [2]
+            }
+            // The same values, contiguous.
+            let contiguous = Buffer(dtype, count: shape.reduce(1, *))
+            let contiguousStrides = TensorView.contiguousStrides(shape)
+            for flat in 0..<contiguous.count {
+                var address = offset, rest = flat
+                for axis in 0..<rank {
+                    address += rest / contiguousStrides[axis] * strides[axis]
+                    rest %= contiguousStrides[axis]
+                }
+                (contiguous.raw + flat * dtype.size).copyMemory(from: storage.raw + address * dtype.size, byteCount: dtype.size)
+            }
+            let view = try runEngine(desc, storage: storage, offset: offset, shape: shape, strides: strides)
+            let dense = try runEngine(desc, storage: contiguous, offset: 0, shape: shape, strides: contiguousStrides)
+            #expect(memcmp(view.output.raw, dense.output.raw, view.output.count * view.output.dtype.size) == 0,
+                    "\(desc) \(dtype) \(shape) strides \(strides)")
+        }
+    }
+
     @Test(arguments: PoolKind.allCases)
     func slicedTransposedReversedAndBroadcast(kind: PoolKind) throws {
         let desc = PoolDescriptor(kind: kind, kernelSize: [3, 2], stride: [2, 1], padding: [1, 1])

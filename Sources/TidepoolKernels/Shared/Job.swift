@@ -12,7 +12,82 @@ import Glibc
 /// Runs `call` with the reduction of its kind and dtype; the body of every build's
 /// `PoolKernels.run`.
 func runKernels(_ call: KernelCall) throws -> Int {
-    try withReduction(call.kind, call.dtype, windowSize: call.geometry.windowSize, Job(call: call))
+    let g = call.geometry
+    if call.kind == .average && call.dtype.isFloatingPoint && !g.hasDenseRows && g.inputElements > 0 && g.spansItsElements {
+        return try runPacked(call)
+    }
+    return try withReduction(call.kind, call.dtype, windowSize: call.geometry.windowSize, Job(call: call))
+}
+
+/// `call` on a dense copy of its input, a few batch entries at a time. The plan reads the
+/// input's layout (dense rows reduce as one run; depth first and whole windows need them), and
+/// a float sum's bits depend on the plan's order of additions: packed, a strided view gives
+/// the bits of the same values in a contiguous array. (Max and integer sums are exact in any
+/// order and read strided input in place, as are broadcast and overlapping views, whose copy
+/// could be far larger than the memory they read.) At most `packedBytes` of scratch, or one
+/// entry (no more than the memory the view spans), checked as the kernels' scratch is.
+private func runPacked(_ call: KernelCall) throws -> Int {
+    let g = call.geometry, size = call.dtype.size
+    // Fits: the input's element count was checked (PoolGeometry), and one entry is part of it.
+    let entryBytes = g.inD * g.inH * g.inW * g.channels * size
+    let entries = Swift.min(g.batch, Swift.max(1, packedBytes / entryBytes))
+    let bytes = entries * entryBytes
+    try checkScratch(perWorker: bytes, tensorBytes: [g.inputElements * size], g)
+    guard let packed = ScratchPool.shared.take(bytes: bytes) else {
+        throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(bytes) bytes to pack a strided input")
+    }
+    defer { ScratchPool.shared.give(packed, bytes: bytes) }
+    let outputEntry = g.outD * g.outH * g.outW * g.channels * size
+    var scratch = 0
+    for first in stride(from: 0, to: g.batch, by: entries) {
+        if let isCancelled = call.isCancelled, isCancelled() { break }
+        var dense = g
+        dense.batch = Swift.min(entries, g.batch - first)
+        (dense.stepC, dense.stepW) = (1, g.channels)
+        dense.stepH = g.inW * dense.stepW
+        dense.stepD = g.inH * dense.stepH
+        dense.stepN = g.inD * dense.stepD
+        for n in 0..<dense.batch {
+            pack(g, n: first + n, size: size, from: call.input, into: packed + n * entryBytes)
+        }
+        let part = KernelCall(geometry: dense, kind: call.kind, dtype: call.dtype, input: UnsafeRawPointer(packed),
+                              output: call.output + first * outputEntry, threads: call.threads, settings: call.settings,
+                              progress: call.progress, isCancelled: call.isCancelled)
+        scratch = Swift.max(scratch, try withReduction(call.kind, call.dtype, windowSize: g.windowSize, Job(call: part)))
+    }
+    return scratch + bytes
+}
+
+/// Bytes of packed input held at once (`runPacked`), unless one batch entry is larger.
+let packedBytes = 4 << 20
+
+/// Copies batch entry `n` of the input (elements of `size` bytes at `g`'s steps) into `target`,
+/// channels innermost, then W, H, D.
+private func pack(_ g: PoolGeometry, n: Int, size: Int, from input: UnsafeRawPointer, into target: UnsafeMutableRawPointer) {
+    func elements<E>(_: E.Type) {
+        let source = input.assumingMemoryBound(to: E.self) + n * g.stepN
+        var out = target.assumingMemoryBound(to: E.self)
+        for d in 0..<g.inD {
+            for h in 0..<g.inH {
+                let row = source + d * g.stepD + h * g.stepH
+                if g.stepC == 1 && g.stepW == g.channels {
+                    out.update(from: row, count: g.inW * g.channels)
+                    out += g.inW * g.channels
+                    continue
+                }
+                for w in 0..<g.inW {
+                    let position = row + w * g.stepW
+                    for c in 0..<g.channels { out[c] = position[c * g.stepC] }
+                    out += g.channels
+                }
+            }
+        }
+    }
+    switch size {
+    case 2: elements(UInt16.self)
+    case 4: elements(UInt32.self)
+    default: elements(UInt64.self)
+    }
 }
 
 /// The plan (strategy and options, see KernelPlan.swift) that `runKernels` follows for

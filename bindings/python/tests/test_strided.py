@@ -28,6 +28,30 @@ def test_strided_views_match_reference_without_copy(kind, dtype, rng):
         assert_pool_close(kind, ours, expected, np.dtype(dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, BFLOAT16], ids=str)
+def test_float_averages_and_gradients_of_views_have_the_contiguous_bits(dtype, rng):
+    # The plan, and with it a float average's order of additions, reads whether rows are
+    # dense; a view is packed first, so its bits are those of the same values made contiguous.
+    # Windows up to 8 (block scans, pairs), 1-3 spatial axes, channels on both sides of 8.
+    for trial in range(40):
+        d = 1 + trial % 3
+        k = tuple(int(v) for v in rng.integers(1, 9, size=d))
+        s = tuple(int(rng.integers(1, kk + 1)) for kk in k)
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        channels = int(rng.choice([1, 3, 5, 8, 9]))
+        shape = (2,) + tuple(int(rng.integers(kk, kk + 12)) for kk in k) + (2 * channels,)
+        base = (rng.standard_normal(shape) * 2.0 ** rng.integers(-12, 12, size=shape)).astype(dtype)
+        view = base[..., 1::2]
+        dense = np.ascontiguousarray(view)
+        pool = getattr(tidepool, f"avg_pool{d}d")
+        options = {"ceil_mode": trial % 4 == 1, "count_include_pad": trial % 3 != 0}
+        got = pool(view, k, s, p, **options)
+        assert got.tobytes() == pool(dense, k, s, p, **options).tobytes(), (shape, k, s, p, options)
+        cotangent = rng.standard_normal(got.shape).astype(dtype)
+        vjp = getattr(tidepool, f"avg_pool{d}d_vjp")
+        assert vjp(view, cotangent, k, s, p, **options).tobytes() == vjp(dense, cotangent, k, s, p, **options).tobytes()
+
+
 def test_unaligned_and_byte_swapped_inputs_are_copied_and_correct(rng):
     raw = rng.integers(0, 64, 4 * 6 * 2 + 1, dtype=np.uint8)  # small exponents: finite floats
     unaligned = np.frombuffer(raw.data, dtype=np.float32, count=12, offset=1)

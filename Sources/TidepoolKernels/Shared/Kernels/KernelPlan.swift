@@ -117,8 +117,7 @@ public struct KernelPlan: Sendable {
         } else {
             strategy = .widthFirst
         }
-        let denseRows = g.stepC == 1 && g.stepW == g.channels && g.stepH == g.inW * g.channels
-        rowsAsOneRun = strategy == .widthFirst && denseRows && !widenOnce && width.step == 1
+        rowsAsOneRun = strategy == .widthFirst && g.hasDenseRows && !widenOnce && width.step == 1
             && g.channels < KernelLimits.vectorChannels
         let narrowing = outputSize <= accumulatorSize
         rowsFinishAsRuns = !width.subsampled || (narrowing && R.finishOutweighsACopy)
@@ -174,8 +173,7 @@ public struct KernelPlan: Sendable {
     /// make the plan, and so the bits, depend on the machine).
     static func suitsDepthFirst(_ g: PoolGeometry, accumulatorSize: Int) -> Bool {
         g.strideD == 1 && g.strideH == 1 && g.strideW == 1 && foldsInPairs(g.kernelD) && g.outW == g.inW
-            && g.kernelW <= Swift.min(sourcesPerPass, g.inW) && g.channels < KernelLimits.vectorChannels && g.stepC == 1
-            && g.stepW == g.channels && g.stepH == g.inW * g.channels
+            && g.kernelW <= Swift.min(sourcesPerPass, g.inW) && g.channels < KernelLimits.vectorChannels && g.hasDenseRows
             && (2 * g.kernelH + 3) * g.inW * g.channels * accumulatorSize <= KernelLimits.smallestTileBudgetBytes
     }
 

@@ -39,7 +39,7 @@ extension TilePass {
     /// Input rows `rows` of planes `planes` of the tile's batch entry, when rows are dense (a
     /// contiguous run per plane); nothing otherwise.
     func inputRegion(planes: Range<Int>, rows: Range<Int>) -> PrefetchRegion {
-        guard g.stepC == 1, g.stepW == g.channels, g.stepH == g.inW * g.channels, !planes.isEmpty, !rows.isEmpty else {
+        guard g.hasDenseRows, !planes.isEmpty, !rows.isEmpty else {
             return .none
         }
         let size = MemoryLayout<R.Input>.stride
