@@ -357,7 +357,7 @@ def _gradient_blocks(n: int, chunks: Sequence[int], k: int, s: int, p: int, leng
     return blocks
 
 
-def _vjp_block(x_pieces, cotangent_pieces, *, kind, spatial_dims, owner, kernel_size, stride, padding, ties, flags,
+def _vjp_block(x_pieces, cotangent_pieces, *, kind, spatial_dims, owner, kernel_size, stride, padding, ties, options,
                local_outputs, keep):
     """One input chunk's gradient: the input and cotangent pieces joined (the cotangent padded
     with zeros to the local pooling's outputs where they pass the array's end), the backward
@@ -368,8 +368,7 @@ def _vjp_block(x_pieces, cotangent_pieces, *, kind, spatial_dims, owner, kernel_
     if any(after for _, after in missing):
         cotangent = np.pad(cotangent, [(0, 0)] + missing + [(0, 0)])
     grad = gradients.pool_vjp(kind, spatial_dims, owner, x, cotangent, kernel_size, stride, padding, ties, None,
-                              ceil_mode=bool(flags & _lib.TP_POOL_CEIL_MODE),
-                              count_include_pad=not flags & _lib.TP_POOL_EXCLUDE_PADDING)
+                              **options)
     return grad[keep]
 
 
@@ -443,8 +442,8 @@ def pool_vjp(kind: str, spatial_dims: int, x: Any, cotangent: Any, kernel_size: 
                                         [cotangent_pieces[a][i] for a, i in enumerate(index)])
             keep = (slice(None),) + tuple(slice(b.i0 - b.begin, b.i1 - b.begin) for b in chosen) + (slice(None),)
             task = functools.partial(_vjp_block, kind=code, spatial_dims=spatial_dims, owner=owner, kernel_size=k,
-                                     stride=s, padding=tuple(b.padding for b in chosen), ties=ties, flags=flags,
-                                     local_outputs=tuple(b.count for b in chosen), keep=keep)
+                                     stride=s, padding=tuple(b.padding for b in chosen), ties=ties,
+                                     options={"ceil_mode": ceil_mode, "count_include_pad": count_include_pad}, local_outputs=tuple(b.count for b in chosen), keep=keep)
             graph[key] = (task, inputs, cotangents)
     layers = HighLevelGraph.from_collections(name, graph, dependencies=[x, cotangent])
     return da.Array(layers, name, chunks=x.chunks, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype))
