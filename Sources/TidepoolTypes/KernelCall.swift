@@ -64,11 +64,17 @@ public struct KernelSettings: Sendable, Equatable {
     /// Whether the C vector kernels (`VectorFinish`) run where the CPU has them; tests turn
     /// them off to compare with the Swift loops.
     public var usesVectorKernels: Bool
+    /// 2-d poolings whose H windows scan run with their rows as planes (`KernelPlan.forCall`)
+    /// where a plane holds more than this many bytes of accumulators: by default the smallest
+    /// tile budget (a plane that fits one tile redoes no rows). Tests set 0 to take that path
+    /// on small planes, or Int.max to keep the H scans.
+    public var rowsAsPlanesAbove: Int
 
     public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
                 usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes,
-                blockScanTaps: Int? = nil) {
+                blockScanTaps: Int? = nil, rowsAsPlanesAbove: Int = tileBudget(level2CacheBytes: 0)) {
         self.tileBudgetBytes = tileBudgetBytes
+        self.rowsAsPlanesAbove = rowsAsPlanesAbove
         self.blockScanTaps = blockScanTaps
         self.streamingOutputBytes = streamingOutputBytes
         self.gradientStateBytes = gradientStateBytes

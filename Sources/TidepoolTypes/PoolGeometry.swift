@@ -151,6 +151,27 @@ package struct PoolGeometry: Sendable {
     @inlinable package var pixels: Int { batch * outD * outH * outW }
 }
 
+extension PoolGeometry {
+    /// A 2-d pooling (one input and output plane, no D window) relabelled so that its rows
+    /// are planes of one row: D takes H's extents, window, stride, padding and step, H is one
+    /// row. The outputs keep their order in memory (row oh of entry n is plane oh of entry n).
+    /// H's step is never used (one row), but says whether a plane is dense (`hasDenseRows`):
+    /// a row's length where its positions are. (Here, not in the kernels: code in the kernel
+    /// modules is built for the CPU level that runs it, and a type's extension there would be
+    /// outside the run-time-chosen symbols `make test` checks.)
+    package var rowsAsPlanes: PoolGeometry {
+        var g = self
+        (g.inD, g.inH) = (inH, 1)
+        (g.outD, g.outH) = (outH, 1)
+        (g.kernelD, g.kernelH) = (kernelH, 1)
+        (g.strideD, g.strideH) = (strideH, 1)
+        (g.padD, g.padH) = (padH, 0)
+        // Fits: the input's element count was checked.
+        (g.stepD, g.stepH) = (stepH, stepC == 1 && stepW == channels ? inW * channels : 0)
+        return g
+    }
+}
+
 /// The in-bounds part [lower, upper) of the window at output index `o` on one axis;
 /// empty when the window lies entirely in padding.
 @inlinable @inline(__always)

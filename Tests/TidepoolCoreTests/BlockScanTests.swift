@@ -14,9 +14,11 @@ import Glibc
 /// both ends, tiles and blocks starting anywhere.
 @Suite struct BlockScanTests {
     /// Scans wherever a window has 2+ taps and overlaps its neighbours.
-    static let scanning = PoolEngine(threads: 1, blockScanTaps: 2)
-    static let scanningTiny = [64, 160, 700, 4096].map { PoolEngine(threads: 3, tileBudgetBytes: $0, blockScanTaps: 2) }
+    static let scanning = PoolEngine(threads: 1, blockScanTaps: 2, rowsAsPlanesAbove: 0)
+    static let scanningTiny = [64, 160, 700, 4096].map { PoolEngine(threads: 3, tileBudgetBytes: $0, blockScanTaps: 2, rowsAsPlanesAbove: 0) }
     static let folding = PoolEngine(threads: 2, blockScanTaps: .max)
+    /// H scans on 2-d poolings, whose rows the engines above run as planes.
+    static let scanningRows = PoolEngine(threads: 2, blockScanTaps: 2, rowsAsPlanesAbove: .max)
 
     static func bytes(_ run: PoolRun) -> Int { run.output.count * run.output.dtype.size }
 
@@ -30,6 +32,13 @@ import Glibc
                                         sourceLocation: sourceLocation)
             let mismatch = firstMismatch(desc, dtype: dtype, actual: scanned.output, expected: expected.values)
             #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")", sourceLocation: sourceLocation)
+        }
+        if againstReference && shape.count == 4 {
+            let rows = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.scanningRows)
+            let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides),
+                                        sourceLocation: sourceLocation)
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: rows.output, expected: expected.values)
+            #expect(mismatch == nil, "\(desc) \(dtype) \(shape), H scans: \(mismatch ?? "")", sourceLocation: sourceLocation)
         }
         for engine in Self.scanningTiny {
             let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
@@ -149,6 +158,60 @@ import Glibc
         }
     }
 
+    /// 2-d poolings whose H windows scan run with their rows as planes (`KernelPlan.forCall`):
+    /// against the float64 reference, other tilings and thread counts (`check`), and the H
+    /// scans they replace (bit for bit for max and integer sums), at the edges: windows longer
+    /// than the column, padding wider than the kernel, W strides up to half the kernel, ceil_mode
+    /// and count_include_pad=False (divisors redone), one to nine channels, strided storage.
+    @Test(arguments: [DType.float32, .bfloat16, .int16, .float64, .uint8])
+    func twoDimensionalRowsRunAsPlanes(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0x20_0000 ^ UInt64(dtype.code))
+        let rowScans = Self.scanningRows
+        var relabelled = 0
+        for _ in 0..<40 {
+            let kernel = [Int.random(in: 2...11, using: &rng), Int.random(in: 1...9, using: &rng)]
+            // Rows at stride 1 half the time: strided rows keep the H scans (checked all the same).
+            let stride = [Bool.random(using: &rng) ? 1 : Int.random(in: 1...Swift.max(1, kernel[0] / 2), using: &rng),
+                          Int.random(in: 1...Swift.max(1, kernel[1] / 2), using: &rng)]
+            let padding = kernel.map { k in Bool.random(using: &rng) ? k / 2 : Int.random(in: 0...(k + 2), using: &rng) }
+            let shape = [Int.random(in: 1...2, using: &rng), Int.random(in: 1...(3 * kernel[0] + 2), using: &rng),
+                         Int.random(in: 1...12, using: &rng), [1, 3, 8, 9][Int.random(in: 0...3, using: &rng)]]
+            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding,
+                                      ceilMode: Bool.random(using: &rng), countIncludePad: Bool.random(using: &rng))
+            guard let outputShape = try? desc.outputShape(inputShape: shape), !outputShape.contains(0) else { continue }
+            let input = TensorView(data: nil, dtype: dtype, shape: shape)
+            let plan = try #require(try Self.scanning.kernelPlan(desc, input: input))
+            let scansRows = try #require(try rowScans.kernelPlan(desc, input: input))
+            #expect(!scansRows.rowsAsPlanes)
+            if plan.rowsAsPlanes {
+                relabelled += 1
+                #expect(plan.scansD && !plan.scansH && scansRows.scansH, "\(desc) \(shape)")
+            }
+            let storage = randomInput(dtype, shape: shape, seed: rng.next())
+            try check(desc, dtype, shape: shape, storage: storage)
+            if desc.kind == .max || !dtype.isFloatingPoint {
+                let strides = TensorView.contiguousStrides(shape)
+                let planes = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.scanning)
+                let rows = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: rowScans)
+                #expect(memcmp(planes.output.raw, rows.output.raw, Self.bytes(rows)) == 0, "\(desc) \(dtype) \(shape)")
+            }
+        }
+        // Many of them: rows at stride 1 whose W does not stride over few channels (height first).
+        #expect(relabelled >= 10, "\(relabelled) of 40")
+        // Strided storage (every other channel of 16): float sums are packed first, the rest
+        // read in place, with the same results as the contiguous values.
+        let desc = PoolDescriptor(kind: .average, kernelSize: [7, 5], stride: [1, 1], padding: [3, 2])
+        let shape = [2, 13, 11, 8], storageShape = [2, 13, 11, 16]
+        let storage = randomInput(dtype, shape: storageShape, seed: rng.next())
+        var strides = TensorView.contiguousStrides(storageShape)
+        strides[3] = 2
+        let strided = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: Self.scanning)
+        let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
+        let mismatch = firstMismatch(desc, dtype: dtype, actual: strided.output, expected: expected.values)
+        #expect(mismatch == nil, "strided \(dtype): \(mismatch ?? "")")
+    }
+
     /// Windows of every size up to past the axis's length along H and D, at stride 1 and
     /// centred (the common case), with many channels (wide rows) and one.
     @Test(arguments: [DType.float32, .bfloat16, .int16, .float64], PoolKind.allCases)
@@ -249,10 +312,11 @@ import Glibc
     /// Rows so long that few fit a tile beside the kh rows it holds (64 channels, 300 wide, k7)
     /// are cut along W, so that each tile reduces fewer rows twice: the tiles are narrower than
     /// the row and taller than without the cut, and the results exact (folds and scans alike).
+    /// (Two planes: a 2-d pooling whose H windows scan runs its rows as planes, uncut.)
     @Test(arguments: PoolKind.allCases)
     func longRowsOfManyChannelsAreCutAlongW(kind: PoolKind) throws {
-        let shape = [1, 40, 300, 64]
-        let desc = PoolDescriptor(kind: kind, kernelSize: [7, 7], stride: [1, 1], padding: [3, 3])
+        let shape = [1, 2, 40, 300, 64]
+        let desc = PoolDescriptor(kind: kind, kernelSize: [1, 7, 7], stride: [1, 1, 1], padding: [0, 3, 3])
         let view = TensorView(data: nil, dtype: .float32, shape: shape)
         let geometry = try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
         let cut = try tileShape(geometry, kind, .float32, KernelSettings(tileBudgetBytes: 512 << 10))
@@ -267,6 +331,14 @@ import Glibc
                                             outputShape: try short.outputShape(inputShape: wide))
         let whole = try tileShape(wideGeometry, kind, .float32, KernelSettings(tileBudgetBytes: 512 << 10))
         #expect(whole.columns == 724 && whole.rows >= 5, "\(whole)")
+        // One plane: its rows run as planes, tiles of one row each, cut only where the budget
+        // needs it (186 columns for 7 planes and the prefix beside them).
+        let flat = PoolDescriptor(kind: kind, kernelSize: [7, 7], stride: [1, 1], padding: [3, 3])
+        let flatShape = [1, 40, 300, 64]
+        let flatGeometry = try PoolGeometry(flat, input: TensorView(data: nil, dtype: .float32, shape: flatShape),
+                                            outputShape: try flat.outputShape(inputShape: flatShape))
+        let planes = try tileShape(flatGeometry, kind, .float32, KernelSettings(tileBudgetBytes: 512 << 10))
+        #expect(planes.rows == 1 && planes.columns == 186, "\(planes)")
         let input = randomInput(.float32, shape: shape, seed: 300)
         try check(desc, .float32, shape: shape, storage: input)
         let strides = TensorView.contiguousStrides(shape)

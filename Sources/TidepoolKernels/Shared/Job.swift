@@ -91,23 +91,25 @@ private func pack(_ g: PoolGeometry, n: Int, size: Int, from input: UnsafeRawPoi
 }
 
 /// The plan (strategy and options, see KernelPlan.swift) that `runKernels` follows for
-/// `geometry`, for tests and for explaining a path.
+/// `geometry` (for a 2-d pooling whose rows run as planes, the plan of that geometry), for
+/// tests and for explaining a path.
 package func kernelPlan(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DType, _ settings: KernelSettings) throws -> KernelPlan {
     struct Planner: ReductionVisitor {
         let geometry: PoolGeometry, settings: KernelSettings
-        func visit<R: WindowReduction>(_: R.Type) -> KernelPlan { KernelPlan(geometry, R.self, settings) }
+        func visit<R: WindowReduction>(_: R.Type) -> KernelPlan { KernelPlan.forCall(geometry, R.self, settings).1 }
     }
     return try withReduction(kind, dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, settings: settings))
 }
 
 /// The output rows, columns and channels of a tile that `runKernels` cuts for `geometry` (one
-/// worker), for tests.
+/// worker; a 2-d pooling whose rows run as planes has tiles of one row), for tests.
 package func tileShape(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DType, _ settings: KernelSettings) throws
     -> (rows: Int, columns: Int, channels: Int) {
     struct Planner: ReductionVisitor {
         let geometry: PoolGeometry, settings: KernelSettings
         func visit<R: WindowReduction>(_: R.Type) -> (rows: Int, columns: Int, channels: Int) {
-            let plan = TilePlan(geometry, kernel: KernelPlan(geometry, R.self, settings), accumulatorSize: MemoryLayout<R.Accumulator>.stride,
+            let (geometry, kernel) = KernelPlan.forCall(geometry, R.self, settings)
+            let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
                                 workers: 1, budgetBytes: settings.tileBudgetBytes)
             return (plan.tileOH, plan.tileOW, plan.tileC)
         }
@@ -137,17 +139,18 @@ func checkScratch(perWorker: Int?, tensorBytes: [Int], _ geometry: PoolGeometry)
 /// One validated operation, split over threads.
 private struct Job: ReductionVisitor, @unchecked Sendable {
     let call: KernelCall
-    var geometry: PoolGeometry { call.geometry }
     var settings: KernelSettings { call.settings }
 
     /// Below this many element reads a call runs on the calling thread: waking workers
     /// would cost more than it saves.
     static let minimumWorkPerThread = 1 << 15
     func visit<R: WindowReduction>(_: R.Type) throws -> Int {
+        // The geometry the kernels run (a 2-d pooling's rows may run as planes); errors name
+        // the call's own.
+        let (geometry, kernel) = KernelPlan.forCall(call.geometry, R.self, settings)
         let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let threads = call.threads
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
-        let kernel = KernelPlan(geometry, R.self, settings)
         let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
                             workers: serial ? 1 : threads, budgetBytes: settings.tileBudgetBytes)
         defer { if kernel.streamOutput { tpstream_fence() } }
@@ -157,7 +160,7 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
         // Both byte counts were checked to fit (plan).
         let inputBytes = geometry.inputElements * MemoryLayout<R.Input>.stride
         let perWorker = plan.scratchCount.multipliedReportingOverflow(by: MemoryLayout<R.Accumulator>.stride)
-        try checkScratch(perWorker: perWorker.overflow ? nil : perWorker.partialValue, tensorBytes: [inputBytes, outputBytes], geometry)
+        try checkScratch(perWorker: perWorker.overflow ? nil : perWorker.partialValue, tensorBytes: [inputBytes, outputBytes], call.geometry)
         // Scratch for every worker, reused across calls: fresh pages would cost the kernel
         // more to zero than the pooling itself on mid-sized tensors.
         let bytes = perWorker.partialValue * workers
@@ -168,7 +171,6 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
         let accumulators = scratch.bindMemory(to: R.Accumulator.self, capacity: workers * plan.scratchCount)
         let typedInput = call.input.assumingMemoryBound(to: R.Input.self)
         let typedOutput = call.output.assumingMemoryBound(to: R.Output.self)
-        let geometry = geometry
 
         if workers == 1 {
             for index in 0..<plan.tileCount {

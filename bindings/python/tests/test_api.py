@@ -192,6 +192,62 @@ def test_layers_reuse_what_they_checked_and_stay_exact():
     assert not wrong
 
 
+def test_layers_fill_out_on_the_kept_path_and_check_it():
+    """`layer(x, out=out)` takes the kept tensors too (the checked path cost 8x a call): the
+    same bits as a new result, `out` returned; an `out` of the wrong shape, dtype or layout,
+    read-only, or overlapping the input still gets the checked path's error and is not
+    written."""
+    rng = np.random.default_rng(11)
+    layer = tidepool.nn.MaxPool2d(3, 1, 1)
+    x = rng.standard_normal((2, 7, 6, 4)).astype(np.float32)
+    original = x.copy()
+    expected = layer(x)
+    out = np.full_like(expected, np.nan)
+    assert layer(x, out=out) is out
+    assert out.tobytes() == expected.tobytes()
+    assert len(layer._plan.kept) == 1
+    # Kept from a call with `out` alone, then used with and without it.
+    fresh = tidepool.nn.AvgPool2d(2, 1, 0)
+    y = rng.standard_normal((1, 5, 5, 3))
+    first = np.zeros((1, 4, 4, 3))
+    fresh(y, out=first)
+    assert len(fresh._plan.kept) == 1
+    again = np.zeros((1, 4, 4, 3))
+    assert fresh(y, out=again) is again and again.tobytes() == first.tobytes() == fresh(y).tobytes()
+    frozen = np.zeros_like(expected)
+    frozen.flags.writeable = False
+    bad = [
+        (np.zeros((2, 7, 6, 3), np.float32), "out must have shape"),
+        (np.zeros_like(expected, dtype=np.float64), "out must have shape"),
+        (np.zeros((2, 7, 6, 8), np.float32)[..., ::2], "writeable C-contiguous"),
+        (frozen, "writeable C-contiguous"),
+        ([[0.0]], "out must be a numpy array"),
+    ]
+    for candidate, message in bad:
+        with pytest.raises(tidepool.InvalidArgumentError, match=message):
+            layer(x, out=candidate)
+    assert not frozen.any()
+    with pytest.raises(tidepool.Error, match="overlaps the input"):
+        layer(x, out=x)
+    assert x.tobytes() == original.tobytes()
+
+
+def test_layers_reuse_plans_for_every_float_dtype():
+    """Second calls take the kept path for 16-bit floats too: bfloat16 (ml_dtypes) exports no
+    buffer format, and taking its address through one raised ValueError on every second call."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(12)
+    for dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
+        x = rng.standard_normal((2, 6, 6, 3)).astype(dtype)
+        for layer in (tidepool.nn.MaxPool2d(2, 1), tidepool.nn.AvgPool2d(3, 1, 1)):
+            first = layer(x)
+            assert layer(x).tobytes() == first.tobytes()
+            out = np.zeros_like(first)
+            assert layer(x, out=out) is out and out.tobytes() == first.tobytes()
+            assert len(layer._plan.kept) == 1
+        assert tidepool.max_pool2d(x, 2).tobytes() == tidepool.max_pool2d(x, 2).tobytes()
+
+
 def test_functional_forms_keep_plans_but_check_every_argument():
     """The functional forms keep a plan per set of plain int arguments: a float that equals
     a kept int is still refused, lists and numpy ints take the checked path, and results are

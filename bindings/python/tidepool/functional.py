@@ -259,8 +259,9 @@ _char_at = ctypes.c_char.from_buffer
 
 def _address(array):
     """The address of a non-empty array's data: through ctypes' buffer view where numpy
-    exports one (C-contiguous, writeable), a third of `ndarray.ctypes.data`'s cost."""
-    if array.flags.c_contiguous and array.flags.writeable:
+    exports one (C-contiguous, writeable, a dtype of numpy's own: ml_dtypes' bfloat16 has no
+    buffer format), a third of `ndarray.ctypes.data`'s cost."""
+    if array.flags.c_contiguous and array.flags.writeable and array.dtype.isbuiltin == 1:
         return ctypes.addressof(_char_at(array))
     return array.ctypes.data
 
@@ -268,7 +269,8 @@ def _address(array):
 class Plan:
     """One pooling (kind, rank, kernel_size, stride, padding, flags) checked and described once, and
     the tensors of each (shape, strides, dtype) of numpy array it has pooled (up to 16): such
-    an array goes straight to tp_pool with copies of those tensors (threads may share a plan;
+    an array goes straight to tp_pool with copies of those tensors, into a new array or a
+    writeable C-contiguous `out` of the output's shape and dtype (threads may share a plan;
     the library still checks every call). Anything else, and the first call of each, goes
     through `pool`. Used by the layer classes and the functional forms."""
 
@@ -281,24 +283,34 @@ class Plan:
         self.kept = {}
 
     def __call__(self, x, out=None):
-        if out is None and type(x) is np.ndarray:
+        if type(x) is np.ndarray:
             kept = self.kept.get((x.shape, x.strides, x.dtype))
             if kept is not None:
                 address = _address(x)
-                if address % x.itemsize == 0:
-                    shape, dtype, input_bytes, output_bytes = kept
+                shape, dtype, input_bytes, output_bytes = kept
+                if out is None:
                     result = np.empty(shape, dtype)
+                elif (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+                        and out.flags.writeable):
+                    # An `out` the checked path would take (the library refuses one that
+                    # overlaps the input); anything else goes there for its error.
+                    result = out
+                else:
+                    result = None
+                if result is not None and address % x.itemsize == 0:
                     source = _lib.tp_tensor.from_buffer_copy(input_bytes)
                     target = _lib.tp_tensor.from_buffer_copy(output_bytes)
                     source.data = address
-                    target.data = ctypes.addressof(_char_at(result))
+                    target.data = _address(result)
                     status = lib.tp_pool(self.desc, source, target)
                     if status:
                         check(status, f"[{self.owner}]")
                     return result
         result = pool(self.kind, self.spatial_dims, self.owner, x, self.kernel_size, self.stride, self.padding, out,
                       flags=self.flags)
-        if out is None and type(x) is np.ndarray:
+        if type(x) is np.ndarray:
+            # `out`, once checked, is described as a new result would be (C-contiguous, the
+            # output's shape and dtype).
             self._keep(x, result)
         return result
 

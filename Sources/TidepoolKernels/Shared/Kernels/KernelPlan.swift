@@ -91,6 +91,10 @@ public struct KernelPlan: Sendable {
     /// Max along W at every position (rows not reduced as one run): windows of 2^j columns
     /// doubled level by level, each window the merge of two that overlap (BlockScans.swift).
     public let doublesW: Bool
+    /// A 2-d pooling runs as a 3-d one whose planes are its rows (`KernelPlan.forCall`): its H
+    /// windows scan along D, where the ring streams each column of tiles from top to bottom.
+    /// Set on the plan of the relabelled geometry.
+    public private(set) var rowsAsPlanes = false
 
     public var usesVectorFinish: Bool { vectorFinish != nil }
     /// Whether outputs are taken at every `stride`-th position of rows reduced at every position.
@@ -155,6 +159,38 @@ public struct KernelPlan: Sendable {
         case .widthFirst, .heightFirst: vectorFinish = vector?.finishesRuns == true ? vector : nil
         case .wholeWindows: vectorFinish = nil
         }
+    }
+
+    /// The geometry a call runs and its plan: `g` and its plan, or `g` with its rows as planes
+    /// (`PoolGeometry.rowsAsPlanes`) and that geometry's plan, for a 2-d pooling whose H windows
+    /// scan (width first, rows at stride 1) over a plane of more than
+    /// `KernelSettings.rowsAsPlanesAbove` bytes of accumulators, where the relabelled geometry
+    /// scans along D.
+    ///
+    /// Why: H scans run on tiles of a few output rows, each reducing again the kh - 1 input
+    /// rows it shares with the tile above (and rows so long that few fit are cut along W,
+    /// which loses the whole-row finish); the plane ring streams down each column of tiles and
+    /// reduces every input row once. A plane that fits one tile redoes nothing, and as rows
+    /// it would only add a pass of the ring per row and tiles for other threads; strided rows
+    /// redo fewer rows per tile, and there the ring costs more than it saves. The threshold is
+    /// the smallest tile budget, never the machine's, so the plan (and the bits) depend on
+    /// the geometry and the type alone. docs/performance.md has the measurements.
+    ///
+    /// The windows' order is the same (block scans aligned in padded coordinates, suffix then
+    /// prefix), except that a window clipped by the axis's end inside one block folds as a
+    /// suffix, right to left, instead of left to right: a float sum's last bit may differ
+    /// there, within the same error bound; max and integer sums are exact either way.
+    static func forCall<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings) -> (PoolGeometry, KernelPlan) {
+        let plan = KernelPlan(g, R.self, settings)
+        // The plane's accumulators fit: the input's element count was checked.
+        let planeBytes = g.inH * g.inW * g.channels * MemoryLayout<R.Accumulator>.stride
+        guard plan.strategy == .widthFirst && plan.scansH && g.strideH == 1 && g.inD == 1 && g.outD == 1 && g.kernelD == 1
+            && g.padD == 0 && planeBytes > settings.rowsAsPlanesAbove else { return (g, plan) }
+        let rows = g.rowsAsPlanes
+        var rowPlan = KernelPlan(rows, R.self, settings)
+        guard rowPlan.strategy == .widthFirst && rowPlan.scansD else { return (g, plan) }
+        rowPlan.rowsAsPlanes = true
+        return (rows, rowPlan)
     }
 
     /// Whether windows of `kernel` taps at `stride` fold by block scans: three merges per input

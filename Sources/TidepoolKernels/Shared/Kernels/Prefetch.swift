@@ -47,11 +47,13 @@ extension TilePass {
                               planeBytes: rows.count * g.stepH * size, planes: planes.count, planeStride: g.stepD * size)
     }
 
-    /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching part of
-    /// `region` after each (in one part when there is nothing to prefetch).
+    /// Runs `body` over `range` cut into `prefetchChunks` parts (fewer when it is shorter: no
+    /// part is empty), prefetching the matching part of `region` after each (in one part when
+    /// there is nothing to prefetch). A 2-d pooling's rows run as planes of one row, and
+    /// sixteen calls of the body and of the prefetch for one row cost more than the row.
     @inline(__always)
     func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, _ body: (Range<Int>) -> Void) {
-        let parts = region.isEmpty ? 1 : Self.prefetchChunks
+        let parts = region.isEmpty || range.isEmpty ? 1 : Swift.min(Self.prefetchChunks, range.count)
         for part in 0..<parts {
             body((range.lowerBound + range.count * part / parts)..<(range.lowerBound + range.count * (part + 1) / parts))
             prefetch(region, part: part, of: parts)

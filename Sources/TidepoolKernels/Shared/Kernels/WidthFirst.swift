@@ -101,14 +101,19 @@ extension TilePass {
             reducePlaneHeightFirst(d)
             return
         }
+        // Rows that H leaves as they are (one tap, stride 1, no padding, as a 2-d pooling's
+        // rows run as planes: `KernelPlan.rowsAsPlanes`) are the plane's output rows: they are
+        // reduced along W straight into its ring slot, not copied there from `reducedRows`.
+        let rowsAreOutputs = g.kernelH == 1 && g.strideH == 1 && g.padH == 0
+        let target = rowsAreOutputs ? ringSlot(d) : reducedRows
         if planeRun {
-            reduceRowsAsOneRun(d: d, rows: inputRows, outputAhead: outputAhead)
+            reduceRowsAsOneRun(d: d, rows: inputRows, into: target, outputAhead: outputAhead)
         } else {
             inParts(inputRows, prefetching: outputAhead) { part in
-                for h in part { reduceRow(d: d, h: h, into: reducedRows + (h - firstRow) * rowLength) }
+                for h in part { reduceRow(d: d, h: h, into: target + (h - firstRow) * rowLength) }
             }
         }
-        reduceAlongH(reducedRows, from: firstRow, rows: tile.oh, into: ringSlot(d))
+        if !rowsAreOutputs { reduceAlongH(reducedRows, from: firstRow, rows: tile.oh, into: ringSlot(d)) }
     }
 
     /// The ring slot of input plane d.
@@ -190,12 +195,13 @@ extension TilePass {
         reducePaddedRow(into: destination)
     }
 
-    /// Reduces input rows `rows` of plane d along W as one vector run over all of them, which
+    /// Reduces input rows `rows` of plane d (from `firstRow` on) along W into `reduced`, at
+    /// `rowLength` apart, as one vector run over all of them, which
     /// `planeRun` allows: with few channels a row is a few vectors long, and loops per
     /// row would cost more than their folds. Positions outside `interiorPositions` (windows crossing a
     /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
     /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
-    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, outputAhead: PrefetchRegion) {
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, into reduced: UnsafeMutablePointer<R.Accumulator>, outputAhead: PrefetchRegion) {
         guard !rows.isEmpty else { return }
         let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
         let channels = channels, first = firstColumn, interior = interiorPositions
@@ -204,10 +210,10 @@ extension TilePass {
         let start = interior.lowerBound * channels
         let length = ((rows.count - 1) * g.inW + interior.upperBound) * channels - start
         inParts(start..<(start + length), prefetching: outputAhead) { part in
-            foldTaps(InputLoader<R>.self, reducedRows + part.lowerBound, part.count, taps: 0..<g.kernelW, first: true,
+            foldTaps(InputLoader<R>.self, reduced + part.lowerBound, part.count, taps: 0..<g.kernelW, first: true,
                      source: { UnsafePointer(block + (first + $0) * channels + part.lowerBound) })
         }
-        let destination = reducedRows + (rows.lowerBound - firstRow) * rowLength
+        let destination = reduced + (rows.lowerBound - firstRow) * rowLength
         reduceEdgeOfRows(InputLoader<R>.self, 0..<interior.lowerBound, rows: rows.count, block: block, first: first,
                          into: destination, store: { $0 })
         reduceEdgeOfRows(InputLoader<R>.self, interior.upperBound..<positions.count, rows: rows.count, block: block, first: first,
