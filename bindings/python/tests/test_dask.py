@@ -104,7 +104,8 @@ def test_float_averages_of_overlapping_windows_are_bit_identical(rng):
 def test_a_last_task_never_starts_a_kept_window_at_its_first_input(rng):
     # Depth 20 in chunks of 5, 10, 5; k 8, s 2, p 4, ceil_mode: 11 outputs, the last task keeps
     # output 10, window [16, 24) clipped to [16, 20), inside the block [12, 20) of block scans
-    # along D: the whole array folds it tap by tap. Had that task begun at input 16 (output 8,
+    # along D: the whole array folds it as that block's suffix, right to left. Had that task
+    # begun at input 16 (output 8,
     # a multiple of the period 4, with padding 4 before it), its engine would clip its first
     # block to [16, 20) and fold the window as that block's prefix: another order, another
     # last bit. It begins at 8 (output 4) instead.
@@ -114,6 +115,18 @@ def test_a_last_task_never_starts_a_kept_window_at_its_first_input(rng):
                                 ceil_mode=True)
         expected = tidepool.avg_pool3d(x, (8, 1, 1), (2, 1, 1), (4, 0, 0), ceil_mode=True)
         assert lazy.compute().tobytes() == expected.tobytes()
+
+
+def test_rows_as_planes_or_not_give_the_same_bits(rng):
+    """A 2-d float average over a plane past 512 KB runs its rows as planes; tasks' blocks
+    (32 rows and their halo: about 330 KB) scan along H. Both fold every window in one
+    order, the clipped bottom windows too (254 rows: the last block of 7 rows holds 5, and
+    the last window starts inside it)."""
+    x = (rng.standard_normal((1, 254, 254, 8)) * 2.0 ** rng.integers(-20, 20, size=(1, 254, 254, 8))).astype(np.float32)
+    for k, p in ((7, 3), (9, 4), (6, 2)):
+        expected = tidepool.avg_pool2d(x, k, 1, p)
+        lazy = tdask.avg_pool2d(da.from_array(x, chunks=(1, (32,) * 7 + (30,), 254, 8)), k, 1, p)
+        assert lazy.compute(scheduler="threads").tobytes() == expected.tobytes(), f"k {k} p {p}"
 
 
 def test_depth_first_shapes_keep_whole_rows(rng):

@@ -11,7 +11,8 @@ import TidepoolTypes
 /// S[i + 1]). A window of at most `kernel` positions meets at most one block boundary m:
 /// - across m, it is S[start] merged with P[end - 1];
 /// - starting at a block's start, P[end - 1];
-/// - otherwise it ends at its block's end (a window clipped by the axis's end), S[start].
+/// - otherwise it ends at its block's end (a window clipped by the axis's end), S[start]
+///   (along H, where that block's suffixes are not made yet, folded in the same order).
 ///
 /// Each output folds the same positions in an order set by the geometry alone, so results do
 /// not depend on tiles or threads. Max gives the left fold's bits in (d, h, w) order: `merge`
@@ -110,8 +111,16 @@ extension TilePass {
                 for j in 0..<rowLength { out[j] = prefix[j] }
             } else {
                 // A window clipped by the axis's end, inside one block: its rows are still as
-                // reduced along W (this block's suffixes come later), so fold them.
-                foldTaps(AccumulatorLoader<R>.self, out, rowLength, taps: h0..<h1, first: true, source: { UnsafePointer(row($0)) })
+                // reduced along W (this block's suffixes come later), so fold them right to
+                // left, as the suffix S[h0] is made (x[h0] merged with S[h0 + 1]) and as the
+                // scans along D read it: a 2-d pooling gives the same bits with its rows as
+                // planes (`KernelPlan.forCall`) and without.
+                for j in 0..<rowLength { out[j] = row(h1 - 1)[j] }
+                var h = h1 - 2
+                while h >= h0 {
+                    mergeRuns(out, row(h), out, rowLength)
+                    h -= 1
+                }
             }
         }
     }

@@ -176,10 +176,10 @@ public struct KernelPlan: Sendable {
     /// the smallest tile budget, never the machine's, so the plan (and the bits) depend on
     /// the geometry and the type alone. docs/performance.md has the measurements.
     ///
-    /// The windows' order is the same (block scans aligned in padded coordinates, suffix then
-    /// prefix), except that a window clipped by the axis's end inside one block folds as a
-    /// suffix, right to left, instead of left to right: a float sum's last bit may differ
-    /// there, within the same error bound; max and integer sums are exact either way.
+    /// Every window folds in the same order either way (block scans aligned in padded
+    /// coordinates, suffix then prefix; a window clipped by the axis's end inside one block is
+    /// that block's suffix), so the bits do not depend on the choice: a dask task's block and
+    /// the whole array may choose differently.
     static func forCall<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings) -> (PoolGeometry, KernelPlan) {
         let plan = KernelPlan(g, R.self, settings)
         // The plane's accumulators fit: the input's element count was checked.
