@@ -381,6 +381,7 @@ def pool_vjp(kind: str, spatial_dims: int, x: Any, cotangent: Any, kernel_size: 
     owner = f"{kind}_pool{spatial_dims}d_vjp"
     code = _KINDS[kind]
     flags = pool_flags(owner, code, ceil_mode, count_include_pad)
+    options = {"ceil_mode": ceil_mode, "count_include_pad": count_include_pad}
     if not isinstance(x, da.Array):
         x = da.asarray(x)
     if not isinstance(cotangent, da.Array):
@@ -394,8 +395,7 @@ def pool_vjp(kind: str, spatial_dims: int, x: Any, cotangent: Any, kernel_size: 
                                    f"but has {tuple(cotangent.shape)} and {cotangent.dtype}")
     # The library's checks of dtype and ties, on empty stand-ins.
     gradients.pool_vjp(code, spatial_dims, owner, np.zeros((0,) + x.shape[1:], x.dtype),
-                       np.zeros((0,) + shape[1:], x.dtype), k, s, p, ties, None, ceil_mode=ceil_mode,
-                       count_include_pad=count_include_pad)
+                       np.zeros((0,) + shape[1:], x.dtype), k, s, p, ties, None, **options)
     # Batch and channel chunks of the cotangent as x's: a task takes one of each.
     cotangent = cotangent.rechunk({0: x.chunks[0], x.ndim - 1: x.chunks[-1]})
     name = f"{owner}-tidepool-{tokenize(x, cotangent, k, s, p, flags, ties)}"
@@ -442,8 +442,8 @@ def pool_vjp(kind: str, spatial_dims: int, x: Any, cotangent: Any, kernel_size: 
                                         [cotangent_pieces[a][i] for a, i in enumerate(index)])
             keep = (slice(None),) + tuple(slice(b.i0 - b.begin, b.i1 - b.begin) for b in chosen) + (slice(None),)
             task = functools.partial(_vjp_block, kind=code, spatial_dims=spatial_dims, owner=owner, kernel_size=k,
-                                     stride=s, padding=tuple(b.padding for b in chosen), ties=ties,
-                                     options={"ceil_mode": ceil_mode, "count_include_pad": count_include_pad}, local_outputs=tuple(b.count for b in chosen), keep=keep)
+                                     stride=s, padding=tuple(b.padding for b in chosen), ties=ties, options=options,
+                                     local_outputs=tuple(b.count for b in chosen), keep=keep)
             graph[key] = (task, inputs, cotangents)
     layers = HighLevelGraph.from_collections(name, graph, dependencies=[x, cotangent])
     return da.Array(layers, name, chunks=x.chunks, dtype=x.dtype, meta=np.empty((0,) * x.ndim, x.dtype))

@@ -285,8 +285,8 @@ class Plan:
     def __call__(self, x, out=None):
         if type(x) is np.ndarray:
             kept = self.kept.get((x.shape, x.strides, x.dtype))
-            if kept is not None:
-                address = _address(x)
+            address = None if kept is None else _address(x)
+            if address is not None and address % x.itemsize == 0:
                 shape, dtype, input_bytes, output_bytes = kept
                 if out is None:
                     result = np.empty(shape, dtype)
@@ -297,7 +297,7 @@ class Plan:
                     result = out
                 else:
                     result = None
-                if result is not None and address % x.itemsize == 0:
+                if result is not None:
                     source = _lib.tp_tensor.from_buffer_copy(input_bytes)
                     target = _lib.tp_tensor.from_buffer_copy(output_bytes)
                     source.data = address
