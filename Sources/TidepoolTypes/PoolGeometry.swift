@@ -78,10 +78,24 @@ package struct PoolGeometry: Sendable {
         } else {
             (stepN, stepD, stepH, stepW) = (input.strides[0], steps[0], steps[1], steps[2])
             stepC = input.strides[desc.spatialDims + 1]
+            denseStepsOfUnitAxes()
         }
     }
 
     @inlinable package var windowSize: Int { kernelD * kernelH * kernelW }
+
+    /// Gives an axis of one element the step a dense layout would have where the axes inside it
+    /// are dense. Such a step is never used to address an element, but the plan reads steps to
+    /// tell a dense plane (`hasDenseRows`): with the lifted axes' step of 0, every 1-d input and
+    /// every view with a unit axis of another step counted as strided, and float averages of
+    /// them were packed (a copy of the whole input) before pooling. Fits: the products are
+    /// element counts of the (checked, non-empty) input.
+    private mutating func denseStepsOfUnitAxes() {
+        if channels == 1 { stepC = 1 }
+        if inW == 1 && stepC == 1 { stepW = channels }
+        if inH == 1 && stepC == 1 && stepW == channels { stepH = inW * channels }
+        if inD == 1 && hasDenseRows { stepD = inH * stepH }
+    }
 
     /// Whether each input plane is one dense run (channels, then W, then H), the layout the
     /// kernels' plan prefers (KernelPlan).

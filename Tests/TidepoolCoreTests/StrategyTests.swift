@@ -63,6 +63,30 @@ struct StrategyTests {
         #expect(try c.plan().strategy == c.strategy)
     }
 
+    /// A contiguous input of any rank, and a view whose only odd steps are those of unit axes
+    /// (never used to address an element), has dense rows: the plan reads whole planes as
+    /// runs and a float average is not packed first. 1-d inputs, lifted with steps of 0,
+    /// counted as strided before, and every 1-d float average copied its whole input.
+    @Test func unitAxesKeepRowsDense() throws {
+        func geometry(_ shape: [Int], strides: [Int]? = nil) throws -> PoolGeometry {
+            let dims = shape.count - 2
+            let desc = PoolDescriptor(kind: .average, kernelSize: Array(repeating: 1, count: dims),
+                                      stride: Array(repeating: 1, count: dims), padding: Array(repeating: 0, count: dims))
+            let view = TensorView(data: nil, dtype: .float32, shape: shape, strides: strides)
+            return try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
+        }
+        for shape in [[4, 4096, 8], [2, 1, 3], [3, 5, 1], [4, 9, 7, 8], [2, 1, 7, 3], [2, 6, 1, 3], [2, 3, 4, 5, 6], [1, 1, 1, 9, 2]] {
+            #expect(try geometry(shape).hasDenseRows, "\(shape)")
+        }
+        // Unit axes with any step: a plane of (1, 7, 3) and one channel of (5, 4, 1).
+        #expect(try geometry([2, 1, 7, 3], strides: [21, 0, 3, 1]).hasDenseRows)
+        #expect(try geometry([2, 1, 7, 3], strides: [21, 1000, 3, 1]).hasDenseRows)
+        #expect(try geometry([2, 5, 4, 1], strides: [20, 4, 1, 7]).hasDenseRows)
+        // Strided where it matters: every other channel, every other row.
+        #expect(try !geometry([2, 7, 3], strides: [42, 6, 2]).hasDenseRows)
+        #expect(try !geometry([2, 5, 7, 3], strides: [210, 42, 3, 1]).hasDenseRows)
+    }
+
     /// Every strategy is reached by some case above, so every path keeps a pinned geometry.
     @Test func everyStrategyIsPinned() {
         #expect(Set(Self.cases.map(\.strategy)) == Set(Strategy.allCases))
@@ -93,6 +117,13 @@ struct StrategyTests {
         // k3 s2 with 3 channels: W reduced at every position, the output subsampled.
         let subsampled = try Self.cases[6].plan()
         #expect(subsampled.subsampledRows && subsampled.rowsFinishAsRuns == false)
+        // 8 channels at stride 2 (a span of 16) too, so H first: position by position, one
+        // vector per position, cost 3-d pooling twice its floor. At stride 3 (24) positions stay.
+        for (stride, strategy) in [(2, Strategy.heightFirst), (3, .widthFirst)] {
+            let eight = Case(kind: .max, dtype: .float32, shape: [4, 81, 81, 81, 8], kernel: 3, stride: stride, padding: 1,
+                             strategy: strategy)
+            #expect(try eight.plan().strategy == strategy && eight.plan().subsampledRows == (stride == 2))
+        }
         // bfloat16 rows finish through the vector kernel where the CPU has it; float16 never.
         let bf16 = Case(kind: .average, dtype: .bfloat16, shape: [2, 8, 16, 16, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
         #expect(try bf16.plan().strategy == .widthFirst)

@@ -38,8 +38,9 @@ enum KernelLimits {
     /// Channels that fill a vector register's lanes well: with fewer, a fused (W, C) row is
     /// too short per position for per-position loops, and rows are handled as runs instead.
     static let vectorChannels = 8
-    /// With a W stride above 1 and few channels, W is reduced at every position (and the
-    /// output subsampled) while the stride's span of channels is at most this many elements.
+    /// With a W stride above 1, W is reduced at every position (and the output subsampled)
+    /// while the stride's span of channels is at most this many elements (so 8 channels at
+    /// most, at stride 2).
     static let subsampledSpan = 16
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
@@ -226,7 +227,9 @@ public struct KernelPlan: Sendable {
 
 /// How the W axis is reduced. With few channels and a W stride above 1, reducing at every
 /// position (stride 1) keeps the fused row contiguous and vectorised, and the output then
-/// takes every `stride`-th position; otherwise positions are the output's own.
+/// takes every `stride`-th position; otherwise positions are the output's own. (Eight
+/// channels at stride 2 count as few: position by position, each a loop of one vector sized
+/// at run time, 3-d k3 s2 ran at twice its floor.)
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -236,8 +239,7 @@ struct WidthPlan: Sendable {
 
     init(_ g: PoolGeometry) {
         stride = g.strideW
-        step = g.strideW > 1 && g.channels < KernelLimits.vectorChannels && g.strideW * g.channels <= KernelLimits.subsampledSpan
-            ? 1 : g.strideW
+        step = g.strideW > 1 && g.strideW * g.channels <= KernelLimits.subsampledSpan ? 1 : g.strideW
     }
 
     /// Positions covering outputs [ow0, ow1).
