@@ -45,9 +45,9 @@ let package = Package(
         .target(name: "CTidepoolStream"),
         // AVX-512 kernels for the last step of 16-bit float averages, chosen at run time.
         .target(name: "CTidepoolVector"),
-        // The one lock type (a pthread mutex, which ThreadSanitizer understands) and the one
-        // clock (CLOCK_MONOTONIC) of the daemon and the client.
-        .target(name: "TidepoolSync"),
+        // The one lock type (a pthread mutex, which ThreadSanitizer understands), the one
+        // clock (CLOCK_MONOTONIC) of the daemon and the client, and the kernels' worker threads.
+        .target(name: "TidepoolSync", dependencies: ["CTidepoolSystem"]),
         // The values every layer shares: dtypes, descriptors, tensor views, errors, the checked
         // geometry, and what passes between TidepoolCore and a build of the kernels.
         .target(name: "TidepoolTypes", dependencies: ["CTidepool"]),
@@ -111,7 +111,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "TidepoolKernels", "TidepoolTypes", "CTidepool", "CTidepoolVector"]),
+        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "TidepoolKernels", "TidepoolTypes", "TidepoolSync", "CTidepool",
+                                                            "CTidepoolVector"]),
         .testTarget(name: "TidepoolProtocolTests", dependencies: ["TidepoolProtocol", "TidepoolCore", "CTidepool"]),
         .testTarget(
             name: "TidepoolServerTests",

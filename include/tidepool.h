@@ -288,7 +288,15 @@ tp_status tp_pool_backward(const tp_pool_desc *desc, const tp_tensor *input, con
 
 /* Set the number of threads later tp_pool calls use (process-wide). 0 means one per
  * online CPU (the default). Returns TP_ERR_INVALID_ARGUMENT for a negative count or one
- * above 1024. */
+ * above 1024.
+ *
+ * A call runs on the calling thread and on helper threads the library starts on first need
+ * (named "tidepool-help"; at most one per other online CPU, however many are asked for) and
+ * keeps: a helper spins for about 0.1 ms after a call, then sleeps. Small calls run on the
+ * calling thread alone, as does a call made while another thread's call has the helpers.
+ * Helpers block every signal but faults (SIGBUS, SIGSEGV, SIGFPE, SIGILL, SIGTRAP), so
+ * signals sent to the process reach the host's threads. fork() waits for a call in progress
+ * (pthread_atfork), and the child starts helpers of its own. */
 tp_status tp_set_num_threads(int32_t num_threads);
 
 /* The number of threads tp_pool uses now (never 0). */

@@ -182,3 +182,5 @@ int tpsys_notify(const char *state) {
     errno = saved;
     return sent < 0 ? -1 : 1;
 }
+
+void tpsys_name_thread(const char *name) { pthread_setname_np(pthread_self(), name); }

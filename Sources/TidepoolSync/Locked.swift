@@ -25,6 +25,13 @@ public final class Locked<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// For a lock that threads of the process may hold when another forks (the kernels'
+    /// scratch pool): `pthread_atfork` handlers call `lockBeforeFork` (prepare) and
+    /// `unlockAfterFork` (parent and child), so the child, whose one thread is the forking
+    /// one, gets the lock free and the value whole, not as a vanished thread left it.
+    public func lockBeforeFork() { pthread_mutex_lock(mutex) }
+    public func unlockAfterFork() { pthread_mutex_unlock(mutex) }
+
     /// Runs `body` with the lock held. Not reentrant: `body` must not take the same lock.
     @inline(__always)
     public func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {

@@ -125,7 +125,7 @@ struct Tidepoold: ParsableCommand {
     }
 
     func run() throws {
-        // Block SIGINT/SIGTERM before any thread exists, so every thread (libzmq's, Dispatch's)
+        // Block SIGINT/SIGTERM before any thread exists, so every thread (libzmq's, the engine's)
         // inherits the mask and the signals wait for the one thread that takes them with
         // sigwait. Otherwise one can be delivered to a thread that does not handle it.
         var stopSignals = sigset_t()

@@ -1,6 +1,6 @@
 /* Small C shims for what Swift cannot express or cannot do safely: the pidfd_open system
- * call, eventfds, a SIGBUS guard for memory mapped from other processes, and words in shared
- * memory that one process sets and another waits on. */
+ * call, eventfds, a SIGBUS guard for memory mapped from other processes, words in shared
+ * memory that one process sets and another waits on, and a spin loop's pause. */
 #ifndef TIDEPOOL_SYSTEM_H
 #define TIDEPOOL_SYSTEM_H
 
@@ -44,5 +44,18 @@ uint32_t tpsys_word_wait(uint32_t *word, int timeout_ms);
 /* Tells the service manager `state` ("READY=1", "STOPPING=1", ...) as sd_notify(3) does, when
  * $NOTIFY_SOCKET names one: 1 when sent, 0 when there is none, -1/errno on failure. */
 int tpsys_notify(const char *state);
+
+/* Names the calling thread (at most 15 bytes are kept) for ps, top -H and debuggers. */
+void tpsys_name_thread(const char *name);
+
+/* One turn of a spin-wait loop (the worker pool's): the pause instruction, which tells the
+ * CPU, and a hypervisor, that this thread only waits. */
+static inline void tpsys_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 #endif

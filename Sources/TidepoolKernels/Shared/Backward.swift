@@ -1,6 +1,6 @@
 import CTidepool
 import CTidepoolStream
-import Dispatch
+import TidepoolSync
 import TidepoolTypes
 
 #if canImport(Glibc)
@@ -85,18 +85,18 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// How many threads `parallel` uses for `count` items.
     func workers(_ count: Int) -> Int { Swift.max(1, Swift.min(call.threads, count)) }
 
-    /// `body(worker, index)` for index in 0..<count on `workers(count)` threads, each index on
-    /// one; `worker` says which thread, for its scratch.
+    /// `body(worker, index)` for index in 0..<count on up to `workers(count)` threads, each
+    /// index on one; `worker` says which thread, for its scratch.
     /// Stops starting items once `call.isCancelled` says yes.
     func parallel(_ count: Int, _ body: (Int, Int) -> Void) {
-        let workers = workers(count)
         let isCancelled = call.isCancelled ?? { false }
-        if workers == 1 {
-            for index in 0..<count where !isCancelled() { body(0, index) }
-            return
-        }
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            for index in stride(from: worker, to: count, by: workers) where !isCancelled() { body(worker, index) }
+        WorkerPool.shared.forEach(count, workers: workers(count)) { worker, index in
+            if isCancelled() { return false }
+            body(worker, index)
+            return true
+        } finish: { _ in
+            // Each thread orders its own streamed rows (`writeRow`) before the call returns.
+            if streams { tpstream_fence() }
         }
     }
 
@@ -115,11 +115,10 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     }
 
     /// `body` with a staging row of W * C elements per worker of `parallel(items)` for
-    /// `writeRow`; the streaming stores are fenced once it returns.
+    /// `writeRow` (`parallel` fences the streaming stores of each of its threads).
     func withStagedRows(_ items: Int, _ body: (UnsafeMutablePointer<R.Input>) throws -> Void) throws {
         let count = streams ? workers(items) * stagedRow : 1
         try withScratch(R.Input.self, [count], "the gradient's staging rows") { try body($0[0]) }
-        if streams { tpstream_fence() }
     }
 
     /// A worker's staging row's length (whole 64-byte lines, so each starts aligned).

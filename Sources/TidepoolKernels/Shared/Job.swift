@@ -1,7 +1,5 @@
 import CTidepool
 import CTidepoolStream
-import Dispatch
-import Synchronization
 import TidepoolSync
 import TidepoolTypes
 
@@ -153,7 +151,6 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
         let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
         let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
                             workers: serial ? 1 : threads, budgetBytes: settings.tileBudgetBytes)
-        defer { if kernel.streamOutput { tpstream_fence() } }
         // The output's byte count fits (plan checked it).
         let outputBytes = geometry.pixels * geometry.channels * MemoryLayout<R.Output>.stride
         let workers = serial ? 1 : Swift.min(threads, plan.tileCount)
@@ -172,26 +169,14 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
         let typedInput = call.input.assumingMemoryBound(to: R.Input.self)
         let typedOutput = call.output.assumingMemoryBound(to: R.Output.self)
 
-        if workers == 1 {
-            for index in 0..<plan.tileCount {
-                if let isCancelled = call.isCancelled, isCancelled() { return bytes }
-                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
-                         scratch: accumulators, progress: call.progress)
-            }
-            return bytes
-        }
-        // Tiles are handed out on demand, which balances tiles that cost less near padded edges.
-        let nextTile = Atomic<Int>(0)
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let mine = accumulators + worker * plan.scratchCount
-            while true {
-                let index = nextTile.wrappingAdd(1, ordering: .relaxed).oldValue
-                if index >= plan.tileCount { break }
-                if let isCancelled = call.isCancelled, isCancelled() { break }
-                poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput, scratch: mine,
-                         progress: call.progress)
-            }
-            // Each worker orders its own streaming stores before the call returns.
+        // Tiles are taken on demand, which balances tiles that cost less near padded edges.
+        WorkerPool.shared.forEach(plan.tileCount, workers: workers) { worker, index in
+            if let isCancelled = call.isCancelled, isCancelled() { return false }
+            poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
+                     scratch: accumulators + worker * plan.scratchCount, progress: call.progress)
+            return true
+        } finish: { _ in
+            // Each thread orders its own streaming stores before the call returns.
             if kernel.streamOutput { tpstream_fence() }
         }
         return bytes
@@ -252,6 +237,13 @@ final class ScratchPool: Sendable {
     /// would hold hundreds of megabytes for the life of the process.
     static let largestKept = 16 << 20
     private let idle = Locked<[(pointer: UnsafeMutableRawPointer, bytes: Int)]>([])
+
+    private init() {
+        // A host may fork while another of its threads is in a call (multiprocessing): the
+        // child must not find the lock held by a thread it does not have.
+        pthread_atfork({ ScratchPool.shared.idle.lockBeforeFork() }, { ScratchPool.shared.idle.unlockAfterFork() },
+                       { ScratchPool.shared.idle.unlockAfterFork() })
+    }
 
     /// A buffer of at least `bytes` bytes (64-byte aligned), or nil when memory runs out.
     func take(bytes: Int) -> UnsafeMutableRawPointer? {
