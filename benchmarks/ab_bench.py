@@ -48,7 +48,7 @@ def child(case, calls, cpu):
         start = clock()
         layer(x)
         times.append(clock() - start)
-    print(statistics.median(times) * 1e3)
+    print(statistics.median(times) * 1e3, tidepool.library_path)
 
 
 def main():
@@ -73,8 +73,14 @@ def main():
                 env = dict(os.environ, TIDEPOOL_LIBRARY=library, PYTHONPATH=binding)
                 command = [sys.executable, __file__, "--child", "--calls", str(args.calls)] + (["--cpu"] if args.cpu else [])
                 run = subprocess.run(command + [args.before, args.after, case],
-                                     env=env, capture_output=True, text=True, check=True)
-                times[(case, name)].append(float(run.stdout))
+                                     env=env, capture_output=True, text=True)
+                if run.returncode != 0:
+                    sys.exit(f"{case!r} with {library} failed (exit {run.returncode}):\n{run.stderr}")
+                median, loaded = run.stdout.split(maxsplit=1)
+                # The binding falls back to other candidates when TIDEPOOL_LIBRARY does not load.
+                if os.path.realpath(loaded.strip()) != os.path.realpath(library):
+                    sys.exit(f"asked for {library}, the binding loaded {loaded.strip()}")
+                times[(case, name)].append(float(median))
     unit = "CPU ms" if args.cpu else "ms"
     print(f"| case | threads | before {unit} | after {unit} | after / before |")
     print("|---|---|---|---|---|")

@@ -225,11 +225,12 @@ public struct KernelPlan: Sendable {
     }
 }
 
-/// How the W axis is reduced. With few channels and a W stride above 1, reducing at every
-/// position (stride 1) keeps the fused row contiguous and vectorised, and the output then
-/// takes every `stride`-th position; otherwise positions are the output's own. (Eight
-/// channels at stride 2 count as few: position by position, each a loop of one vector sized
-/// at run time, 3-d k3 s2 ran at twice its floor.)
+/// How the W axis is reduced. With a W stride above 1 whose span of channels (stride x
+/// channels) is at most `KernelLimits.subsampledSpan` elements, reducing at every position
+/// (stride 1) keeps the fused row contiguous and vectorised, and the output then takes every
+/// `stride`-th position; otherwise positions are the output's own. (Eight channels at stride 2
+/// are within it: position by position, each a loop of one vector sized at run time, 3-d k3
+/// s2 ran at twice its floor.)
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
