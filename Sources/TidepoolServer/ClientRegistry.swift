@@ -21,13 +21,15 @@ final class ClientRegistry {
     private let instance: UInt64
     private var nextSequence: UInt32
     private let logger: Logger
+    private let logLimiter: LogLimiter
     /// Client states kept before idle ones are looked for.
     static let pruneThreshold = 256
 
-    init(instance: UInt64, firstSequence: UInt32, logger: Logger) {
+    init(instance: UInt64, firstSequence: UInt32, logger: Logger, logLimiter: LogLimiter) {
         self.instance = instance
         nextSequence = firstSequence
         self.logger = logger
+        self.logLimiter = logLimiter
     }
 
     deinit {
@@ -115,8 +117,9 @@ final class ClientRegistry {
     func drop(_ key: [UInt8], reason: String?) {
         guard let state = clients[key] else { return }
         if let reason, !state.regions.isEmpty || !state.jobs.isEmpty {
-            logger.info("released a client", metadata: ["regions": "\(state.regions.count)", "jobs_cancelled": "\(state.jobs.count)",
-                                                        "reason": "\(reason)"])
+            logLimiter.log(logger, .info, "released a client", metadata: [
+                "regions": "\(state.regions.count)", "jobs_cancelled": "\(state.jobs.count)", "reason": "\(reason)",
+            ])
         }
         if let reason {
             logger.debug("client gone", metadata: ["client": "\(state.owner)", "reason": "\(reason)"])

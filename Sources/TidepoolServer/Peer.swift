@@ -69,7 +69,8 @@ public enum Peer: Equatable, Sendable, CustomStringConvertible {
 /// bound with ZMQ_ZAP_DOMAIN set to `ipcDomain` or `tcpDomain`, so the label never has to guess
 /// the transport. Without CURVE it admits every connection; with it (`curve`), a tcp
 /// connection is admitted only if it completed CURVE with a client key `curve` authorizes, and
-/// every refusal is logged with the client's key and address.
+/// every refusal is logged with the client's key and address (a flood of them held back and
+/// counted: `LogLimiter`).
 final class PeerAuthenticator: @unchecked Sendable {
     static let ipcDomain = "tidepool-ipc"
     static let tcpDomain = "tidepool-tcp"
@@ -77,6 +78,7 @@ final class PeerAuthenticator: @unchecked Sendable {
 
     private let curve: CurveAuthorization?
     private let logger: Logger
+    private let logLimiter = LogLimiter()
     private let socket: ZMQSocket
     /// With CURVE, the router's failed handshakes: libzmq refuses a client without CURVE (or
     /// with another server key) before it asks ZAP, so they are logged from here. Read by the
@@ -144,12 +146,13 @@ final class PeerAuthenticator: @unchecked Sendable {
         // handshake; anything else is refused all the same.
         guard mechanism == "CURVE", let key = CurveKey(bytes: credentials) else {
             curve.countRefusal()
-            logger.warning("refused a tcp connection: not CURVE", metadata: ["address": "\(address)", "mechanism": "\(mechanism)"])
+            logLimiter.log(logger, .warning, "refused a tcp connection: not CURVE",
+                           metadata: ["address": "\(address)", "mechanism": "\(mechanism)"])
             return ("400", "CURVE required", "")
         }
         guard curve.isAuthorized(key) else {
             curve.countRefusal()
-            logger.warning("refused a tcp connection: its CURVE key is not authorized", metadata: [
+            logLimiter.log(logger, .warning, "refused a tcp connection: its CURVE key is not authorized", metadata: [
                 "address": "\(address)", "client_key": "\(key.z85)", "authorized_keys": "\(curve.directory)",
             ])
             return ("400", "client key not authorized", "")
@@ -176,12 +179,13 @@ final class PeerAuthenticator: @unchecked Sendable {
                     guard endpoint.hasPrefix("tcp://") else { continue }
                     if event == .handshakeFailedProtocol {
                         curve?.countRefusal()
-                        logger.warning("refused a connection that failed the handshake: a tcp client without CURVE, or with another server key",
+                        logLimiter.log(logger, .warning,
+                                       "refused a connection that failed the handshake: a tcp client without CURVE, or with another server key",
                                        metadata: ["endpoint": "\(endpoint)", "protocol_error": "0x\(String(value, radix: 16))"])
                     } else {
                         // Which side gave up first is a race: a client without CURVE may leave
                         // as soon as it reads this side's greeting.
-                        logger.warning("a tcp connection ended during the handshake (a client without CURVE, or a probe)",
+                        logLimiter.log(logger, .warning, "a tcp connection ended during the handshake (a client without CURVE, or a probe)",
                                        metadata: ["endpoint": "\(endpoint)", "errno": "\(value)"])
                     }
                 }

@@ -31,6 +31,9 @@ public final class RequestHandler {
     /// CURVE keys and refusals, for STATS (nil without CURVE).
     let curve: CurveAuthorization?
     let logger: Logger
+    /// Lines a client can cause (refusals, failed jobs) go through it: a flood of them is
+    /// held back and counted, not written line by line.
+    let logLimiter = LogLimiter()
     let engine: PoolEngine
     /// Random, drawn at start: region ids carry its upper half, PING answers it.
     public let instance: UInt64
@@ -68,7 +71,8 @@ public final class RequestHandler {
         instanceTag = RegionID.instanceTag(ofInstance: drawn)
         // A random start too: even two instances that drew the same tag (one chance in 2^32)
         // would hand out different ids.
-        registry = ClientRegistry(instance: drawn, firstSequence: firstSequence ?? UInt32.random(in: 1...UInt32.max), logger: logger)
+        registry = ClientRegistry(instance: drawn, firstSequence: firstSequence ?? UInt32.random(in: 1...UInt32.max), logger: logger,
+                                  logLimiter: logLimiter)
     }
 
     public var clientCount: Int { registry.clientCount }
@@ -128,8 +132,10 @@ public final class RequestHandler {
         if violation.status == TP_ERR_PROTOCOL || violation.status == TP_ERR_VERSION { stats.protocolErrors += 1 }
         if violation.status == TP_ERR_PERMISSION { stats.permissionDenials += 1 }
         if violation.status != TP_ERR_BUSY {
-            logger.notice("request refused", metadata: ["type": "\(violation.type?.name ?? "?")", "id": "\(violation.id)",
-                                                        "status": "\(statusName(violation.status) ?? "?")", "error": "\(violation.message)"])
+            logLimiter.log(logger, .notice, "request refused", metadata: [
+                "type": "\(violation.type?.name ?? "?")", "id": "\(violation.id)", "status": "\(statusName(violation.status) ?? "?")",
+                "error": "\(violation.message)",
+            ])
         }
         return Reply.error(violation).map(ZMQFrame.init)
     }
@@ -295,8 +301,9 @@ public final class RequestHandler {
         inflight -= 1
         if let failure = completion.failure {
             stats.jobsFailed += 1
-            logger.notice("job failed", metadata: ["id": "\(completion.id)", "status": "\(statusName(failure.status) ?? "?")",
-                                                   "error": "\(failure.message)"])
+            logLimiter.log(logger, .notice, "job failed", metadata: [
+                "id": "\(completion.id)", "status": "\(statusName(failure.status) ?? "?")", "error": "\(failure.message)",
+            ])
         } else {
             stats.jobsCompleted += 1
             stats.bytesProcessed += completion.bytes
@@ -313,7 +320,7 @@ public final class RequestHandler {
                 if completion.outputInRegion { state.remember(completion.id, reply: completion.reply.map(\.array)) }
             }
             for id in completion.poisonedRegions where state.regions.removeValue(forKey: id) != nil {
-                logger.warning("unregistered a region its owner truncated during a job", metadata: ["region": "\(id)"])
+                logLimiter.log(logger, .warning, "unregistered a region its owner truncated during a job", metadata: ["region": "\(id)"])
             }
             registry.prune(completion.key)
         }

@@ -5,6 +5,7 @@ import TidepoolCore
 import TidepoolProtocol
 import TidepoolServer
 import TidepoolSharedMemory
+import TidepoolSync
 import TidepoolZMQ
 
 #if canImport(Glibc)
@@ -17,9 +18,9 @@ final class HandlerHarness {
     let me = Peer.local(uid: geteuid(), gid: getegid(), pid: getpid())
     var nextID: UInt64 = 100
 
-    init(maxInflight: Int = 8, maxJobBytes: Int = 1 << 20, maxQueuedBytes: Int? = nil) {
-        var logger = Logger(label: "test")
-        logger.logLevel = .critical
+    init(maxInflight: Int = 8, maxJobBytes: Int = 1 << 20, maxQueuedBytes: Int? = nil, logger given: Logger? = nil) {
+        var logger = given ?? Logger(label: "test")
+        if given == nil { logger.logLevel = .critical }
         let configuration = ServerConfiguration(endpoints: ["ipc:///nonexistent/x.sock"], threads: 1, maxInflight: maxInflight,
                                                 maxJobBytes: maxJobBytes, maxQueuedBytes: maxQueuedBytes)
         handler = RequestHandler(configuration: configuration, logger: logger, engine: PoolEngine(threads: 1))
@@ -291,5 +292,48 @@ extension HandlerTests {
         let (linked, linkMessage, _) = h.reply(h.send(RegisterRequest(id: 2, size: 4096, pid: getpid(), name: link).encode()))
         #expect(linked == TP_ERR_SYSTEM, "\(linkMessage)")
         #expect(h.handler.regionCount == 0)
+    }
+}
+
+/// Lines a client can cause are held back past a burst (`LogLimiter`), and counted.
+extension HandlerTests {
+    @Test func logLimiterHoldsBackAndCounts() {
+        let clock = Locked(0.0)
+        let limiter = LogLimiter(burst: 3, interval: 10, now: { clock.withLock { $0 } })
+        #expect((0..<5).map { _ in limiter.admit("a") } == [0, 0, 0, nil, nil])
+        // Kinds are limited apart.
+        #expect(limiter.admit("b") == 0)
+        clock.withLock { $0 = 9.9 }
+        #expect(limiter.admit("a") == nil)
+        // A new window: the first line says how many were held back since the last one logged.
+        clock.withLock { $0 = 10 }
+        #expect(limiter.admit("a") == 3)
+        #expect(limiter.admit("a") == 0)
+        #expect(limiter.admit("a") == 0)
+        #expect(limiter.admit("a") == nil)
+        clock.withLock { $0 = 25 }
+        #expect(limiter.admit("a") == 1)
+    }
+
+    /// A flood of refused requests writes a burst of lines, not one per request; the stats
+    /// count every one.
+    @Test func refusalFloodsAreHeldBack() throws {
+        let lines = Locked<[String]>([])
+        var logger = Logger(label: "test") { _ in CapturedLog(lines: lines) }
+        logger.logLevel = .info
+        let h = HandlerHarness(logger: logger)
+        for i in 0..<500 {
+            // A PING one byte too long: refused as a protocol error.
+            let (status, _, _) = h.reply(h.send([Request.bare(.ping, id: UInt64(i)) + [0]]))
+            #expect(status == TP_ERR_PROTOCOL)
+        }
+        let refused = lines.withLock { $0.filter { $0.contains("request refused") } }
+        #expect(refused.count == LogLimiter().burst, "\(refused.count) lines for 500 refusals")
+        guard case .reply(let frames) = h.send([Request.bare(.stats, id: 1)]), frames.count == 2 else {
+            Issue.record("no STATS reply")
+            return
+        }
+        let json = String(decoding: frames[1].bytes, as: UTF8.self)
+        #expect(json.contains("\"protocol_errors\": 500"), "\(json)")
     }
 }
