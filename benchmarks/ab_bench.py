@@ -10,7 +10,9 @@ A case is: layer (Avg or Max), spatial dims (1-3), kernel, stride, channels, dty
 optionally, `nan` (1% of the input NaN). Padding is kernel // 2; the input is about 64 MB, batch
 4, equal spatial axes (as in grid_bench.py). Each process times --calls calls after one: wall
 time, or with --cpu the process's CPU time per call (user + system, all threads), which a busy
-machine disturbs less where the work is the CPU's.
+machine disturbs less where the work is the CPU's. With --reuse-output every call writes one
+output array (`out=`): the kernel's time without the page faults of a fresh 64 MB output, which
+otherwise add several milliseconds that vary from process to process.
 """
 
 import argparse
@@ -21,7 +23,7 @@ import sys
 import time
 
 
-def child(case, calls, cpu):
+def child(case, calls, cpu, reuse):
     import numpy as np
 
     import tidepool
@@ -41,12 +43,13 @@ def child(case, calls, cpu):
         flat[np.random.default_rng(2).integers(0, flat.size, flat.size // 100)] = np.nan
     layer = getattr(tidepool.nn, f"{kind}Pool{dims}d")(kernel, stride, kernel // 2)
     tidepool.set_num_threads(threads)
-    layer(x)
+    out = layer(x)
+    kwargs = {"out": out} if reuse else {}
     clock = time.process_time if cpu else time.perf_counter
     times = []
     for _ in range(calls):
         start = clock()
-        layer(x)
+        layer(x, **kwargs)
         times.append(clock() - start)
     print(statistics.median(times) * 1e3, tidepool.library_path)
 
@@ -59,10 +62,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=15)
     parser.add_argument("--cpu", action="store_true", help="CPU time per call instead of wall time")
+    parser.add_argument("--reuse-output", action="store_true", help="every call writes the same output array (out=)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.cases[0].split(), args.calls, args.cpu)
+        child(args.cases[0].split(), args.calls, args.cpu, args.reuse_output)
         return
     libraries = [("before", os.path.abspath(args.before)), ("after", os.path.abspath(args.after))]
     binding = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bindings", "python")
@@ -71,13 +75,14 @@ def main():
         for case in args.cases:
             for name, library in libraries if round_index % 2 == 0 else libraries[::-1]:
                 env = dict(os.environ, TIDEPOOL_LIBRARY=library, PYTHONPATH=binding)
-                command = [sys.executable, __file__, "--child", "--calls", str(args.calls)] + (["--cpu"] if args.cpu else [])
+                command = [sys.executable, __file__, "--child", "--calls", str(args.calls)] + (["--cpu"] if args.cpu else []) \
+                    + (["--reuse-output"] if args.reuse_output else [])
                 run = subprocess.run(command + [args.before, args.after, case],
                                      env=env, capture_output=True, text=True)
                 if run.returncode != 0:
                     sys.exit(f"{case!r} with {library} failed (exit {run.returncode}):\n{run.stderr}")
                 median, loaded = run.stdout.split(maxsplit=1)
-                # The binding falls back to other candidates when TIDEPOOL_LIBRARY does not load.
+                # The binding loads TIDEPOOL_LIBRARY or fails; older bindings fell back to another.
                 if os.path.realpath(loaded.strip()) != os.path.realpath(library):
                     sys.exit(f"asked for {library}, the binding loaded {loaded.strip()}")
                 times[(case, name)].append(float(median))

@@ -631,6 +631,65 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     }
 }
 
+extension StreamingTests {
+    /// Output planes of many cache lines, finished and streamed a chunk at a time: 9 channels
+    /// so planes start at every offset within a line, windows that scan along D and H (k7)
+    /// and that fold (k3), tiles of whole planes and tiles cut along H, 1- to 8-byte outputs.
+    /// The same bits as outputs stored through the cache, and the reference.
+    @Test(arguments: [DType.float32, .float64, .float16, .int8, .uint16], PoolKind.allCases)
+    func planesLongerThanAChunkStreamEqually(dtype: DType, kind: PoolKind) throws {
+        let shape = [2, 9, 23, 37, 9]
+        let input = randomInput(dtype, shape: shape, seed: 41)
+        let strides = TensorView.contiguousStrides(shape)
+        for (kernel, padding) in [([7, 3, 5], [3, 1, 2]), ([3, 3, 3], [1, 1, 1])] {
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: [1, 1, 1], padding: padding)
+            let cached = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                       engine: PoolEngine(threads: 2, streamingOutputBytes: .max))
+            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+            #expect(firstMismatch(desc, dtype: dtype, actual: cached.output, expected: expected.values) == nil)
+            // Tiles of whole rows of all channels (the streamed finish), a whole plane's rows
+            // and fewer: the budgets that give them, for this type's accumulators.
+            let view = TensorView(data: nil, dtype: dtype, shape: shape)
+            let geometry = try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
+            var rows: Set<Int> = []
+            for budget in [1 << 20, KernelSettings.defaultTileBudgetBytes, 96 << 10, 48 << 10, 24 << 10, 12 << 10] {
+                let tile = try tileShape(geometry, kind, dtype, KernelSettings(tileBudgetBytes: budget))
+                guard tile.columns == 37 && tile.channels == 9 && rows.insert(tile.rows == 23 ? 23 : 0).inserted else { continue }
+                let streamed = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                             engine: PoolEngine(threads: 2, tileBudgetBytes: budget, streamingOutputBytes: 0))
+                #expect(memcmp(streamed.output.raw, cached.output.raw, cached.output.count * cached.output.dtype.size) == 0,
+                        "\(desc) \(dtype) budget \(budget)")
+            }
+            #expect(rows == [23, 0], "\(desc) \(dtype): tiles of whole rows, all and some of them")
+        }
+    }
+}
+
+@Suite struct MidSizedCallTests {
+    /// One output plane that fits one tile is cut along H among the workers where each part
+    /// keeps twice the rows it shares with its neighbour: the same bits as one thread, and
+    /// the reference, where it is cut (k3, k7 on 40 rows) and where it is not (k7 on 20).
+    @Test(arguments: PoolKind.allCases)
+    func aPlaneOfOneTileIsCutAmongWorkers(kind: PoolKind) throws {
+        for (kernel, rows, cut) in [(3, 40, true), (7, 40, true), (7, 20, false)] {
+            let shape = [1, rows, 24, 8]
+            let desc = PoolDescriptor(kind: kind, kernelSize: [kernel, kernel], stride: [1, 1], padding: [kernel / 2, kernel / 2])
+            let view = TensorView(data: nil, dtype: .float32, shape: shape)
+            let geometry = try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
+            #expect(try tileShape(geometry, kind, .float32, KernelSettings()).rows == rows)
+            let two = try tileShape(geometry, kind, .float32, KernelSettings(), workers: 2)
+            #expect(two.rows == (cut ? rows / 2 : rows) && two.columns == 24 && two.channels == 8, "k\(kernel) on \(rows): \(two)")
+            let input = randomInput(.float32, shape: shape, seed: UInt64(kernel * rows))
+            let strides = TensorView.contiguousStrides(shape)
+            let one = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: PoolEngine(threads: 1))
+            let both = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: PoolEngine(threads: 2))
+            #expect(memcmp(one.output.raw, both.output.raw, one.output.count * 4) == 0, "k\(kernel) on \(rows)")
+            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+            #expect(firstMismatch(desc, dtype: .float32, actual: both.output, expected: expected.values) == nil)
+        }
+    }
+}
+
 @Suite struct WholeWindowTests {
     /// Windows that do not overlap, over 8+ channels, fold whole from the input: every dtype and
     /// kind against the float64 reference, and bit for bit across thread counts and budgets

@@ -99,20 +99,21 @@ package func kernelPlan(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DTy
     return try withReduction(kind, dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, settings: settings))
 }
 
-/// The output rows, columns and channels of a tile that `runKernels` cuts for `geometry` (one
-/// worker; a 2-d pooling whose rows run as planes has tiles of one row), for tests.
-package func tileShape(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DType, _ settings: KernelSettings) throws
+/// The output rows, columns and channels of a tile that `runKernels` cuts for `geometry` with
+/// `workers` threads (a 2-d pooling whose rows run as planes has tiles of one row), for tests.
+package func tileShape(_ geometry: PoolGeometry, _ kind: PoolKind, _ dtype: DType, _ settings: KernelSettings, workers: Int = 1) throws
     -> (rows: Int, columns: Int, channels: Int) {
     struct Planner: ReductionVisitor {
-        let geometry: PoolGeometry, settings: KernelSettings
+        let geometry: PoolGeometry, settings: KernelSettings, workers: Int
         func visit<R: WindowReduction>(_: R.Type) -> (rows: Int, columns: Int, channels: Int) {
             let (geometry, kernel) = KernelPlan.forCall(geometry, R.self, settings)
             let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
-                                workers: 1, budgetBytes: settings.tileBudgetBytes)
+                                workers: workers, budgetBytes: settings.tileBudgetBytes)
             return (plan.tileOH, plan.tileOW, plan.tileC)
         }
     }
-    return try withReduction(kind, dtype, windowSize: geometry.windowSize, Planner(geometry: geometry, settings: settings))
+    return try withReduction(kind, dtype, windowSize: geometry.windowSize,
+                             Planner(geometry: geometry, settings: settings, workers: workers))
 }
 
 /// Scratch per thread that is always allowed (see `checkScratch`).

@@ -136,10 +136,21 @@ public struct TilePlan {
         }
         tileOW = ow
         rowCapacity = width.positions(0, Swift.min(tileOW, g.outW)).count * tileC
-        tileOH = tileRows(tileOW)
-        let ohTiles = (g.outH + tileOH - 1) / tileOH
         let owTiles = (g.outW + tileOW - 1) / tileOW
         let cTiles = (g.channels + tileC - 1) / tileC
+        var rows = tileRows(tileOW)
+        // A call with fewer tiles than workers, and one output plane per batch entry (depth
+        // cannot be split, below): its rows are cut among the workers where each part still
+        // has at least twice the rows it shares with its neighbour (a part reduces kh - sh
+        // input rows again; with fewer rows per part that costs more than the worker saves).
+        let tilesBesideRows = g.batch * owTiles * cTiles
+        if workers > 1 && g.outD == 1 && g.outH > 1 && tilesBesideRows > 0 && tilesBesideRows * ((g.outH + rows - 1) / rows) < workers {
+            let parts = (workers + tilesBesideRows - 1) / tilesBesideRows
+            let cut = evenSplit(g.outH, largest: (g.outH + parts - 1) / parts)
+            if cut < rows && cut * g.strideH >= 2 * (g.kernelH - Swift.min(g.strideH, g.kernelH)) { rows = cut }
+        }
+        tileOH = rows
+        let ohTiles = (g.outH + tileOH - 1) / tileOH
         // Split depth only as far as needed to give every worker a few tiles: each block
         // recomputes the (kd - sd) planes it shares with its neighbour.
         let others = g.batch * ohTiles * owTiles * cTiles

@@ -36,18 +36,16 @@ extension TilePass {
             let scanned = kernel.scansD && d0 < d1 ? scannedPlanes(d0, d1) : nil
             let taps = scanned.map { 0..<$0.count } ?? d0..<Swift.max(d0, d1)
             if wholeRows {
+                if streaming && !width.subsampled && d0 < d1 {
+                    finishStreamed(to: out, taps: taps, scanned: scanned, prefetching: upcomingInput(after: od))
+                    continue
+                }
                 let target = inScratch ? UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self) : out
                 if d0 >= d1 {
                     for j in 0..<planeLength { target[j] = R.finish(R.identity, windowSize: windowSize) }
                 } else {
                     inParts(0..<planeLength, prefetching: upcomingInput(after: od)) { part in
-                        if let vector = kernel.vectorFinish, taps.count <= sourcesPerPass {
-                            vector.runs(R.self, target + part.lowerBound, part.count, taps: taps,
-                                        source: { windowPlane($0, scanned) + part.lowerBound }, windowSize: windowSize)
-                        } else {
-                            finishTaps(AccumulatorLoader<R>.self, target + part.lowerBound, part.count, partial: merged + part.lowerBound, taps: taps,
-                                       source: { windowPlane($0, scanned) + part.lowerBound }, windowSize: windowSize)
-                        }
+                        finishRun(part, into: target + part.lowerBound, partial: merged + part.lowerBound, taps: taps, scanned: scanned)
                     }
                 }
                 if width.subsampled {
@@ -90,6 +88,53 @@ extension TilePass {
                     for c in 0..<channels { to[c] = R.finish(from[c], windowSize: windowSize) }
                 }
             }
+        }
+    }
+
+    /// Finishes accumulators `run` of the output plane's window (`taps` of `windowPlane`) into
+    /// `target`, `partial` holding sums between passes (it may be where `target` is: the
+    /// finished values fit where their accumulators were).
+    @inline(__always)
+    func finishRun(_ run: Range<Int>, into target: UnsafeMutablePointer<R.Output>, partial: UnsafeMutablePointer<R.Accumulator>,
+                   taps: Range<Int>, scanned: (count: Int, first: UnsafePointer<R.Accumulator>, second: UnsafePointer<R.Accumulator>)?) {
+        if let vector = kernel.vectorFinish, taps.count <= sourcesPerPass {
+            vector.runs(R.self, target, run.count, taps: taps, source: { windowPlane($0, scanned) + run.lowerBound },
+                        windowSize: g.windowSize)
+        } else {
+            finishTaps(AccumulatorLoader<R>.self, target, run.count, partial: partial, taps: taps,
+                       source: { windowPlane($0, scanned) + run.lowerBound }, windowSize: g.windowSize)
+        }
+    }
+
+    /// Bytes of output finished into scratch at a time and streamed out (`finishStreamed`):
+    /// a small part of L1, beside the lines the sources stream through.
+    static var streamedChunkBytes: Int { 4096 }
+
+    /// Finishes the tile's output plane (whole rows, `planeLength` outputs at `out`) a chunk at
+    /// a time into the start of `merged` and streams each chunk out while it is in L1: finished
+    /// whole into scratch first, the plane went through L2 twice more (stored, then read back
+    /// by the copy). Chunks end on the output's cache lines (where `out` is aligned to its
+    /// type), so no line is written by two streams. `region` is prefetched in
+    /// `prefetchChunks` parts spread over the pass, as `inParts` spreads them.
+    func finishStreamed(to out: UnsafeMutablePointer<R.Output>, taps: Range<Int>,
+                        scanned: (count: Int, first: UnsafePointer<R.Accumulator>, second: UnsafePointer<R.Accumulator>)?,
+                        prefetching region: PrefetchRegion) {
+        let size = MemoryLayout<R.Output>.stride, address = Int(bitPattern: out)
+        let buffer = UnsafeMutableRawPointer(merged).assumingMemoryBound(to: R.Output.self)
+        // Outputs before the first line boundary: they go with the first chunk.
+        let lead = address % size == 0 ? ((64 - (address & 63)) & 63) / size : 0
+        let chunk = Self.streamedChunkBytes / size
+        let parts = region.isEmpty ? 0 : Self.prefetchChunks
+        var start = 0, prefetched = 0
+        while start < planeLength {
+            let end = Swift.min(planeLength, (start == 0 ? lead : start) + chunk)
+            finishRun(start..<end, into: buffer, partial: merged, taps: taps, scanned: scanned)
+            tpstream_copy(out + start, buffer, (end - start) * size)
+            while prefetched < parts && (prefetched + 1) * planeLength <= end * parts {
+                prefetch(region, part: prefetched, of: parts)
+                prefetched += 1
+            }
+            start = end
         }
     }
 
