@@ -81,18 +81,54 @@ def test_library_errors_carry_status():
     assert info.value.status == _lib.TP_ERR_SHAPE
 
 
-def test_missing_library_lists_the_paths_tried(tmp_path):
-    # A copy of the package far from the repository's build, with a bogus override.
+def test_missing_library_lists_the_paths_tried(tmp_path, monkeypatch):
+    # A copy of the package far from the repository's build: none of its candidates is there.
     shutil.copytree(Path(tidepool.__file__).parent, tmp_path / "tidepool",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    env = dict(os.environ, TIDEPOOL_LIBRARY="/nonexistent/libtidepool.so", PYTHONPATH=str(tmp_path),
-               LD_LIBRARY_PATH="")
-    result = subprocess.run([sys.executable, "-c", "import tidepool"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert result.returncode != 0
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), LD_LIBRARY_PATH="")
+    env.pop("TIDEPOOL_LIBRARY", None)
+    result = subprocess.run([sys.executable, "-c", "import tidepool; print(tidepool.library_path)"], env=env,
+                            cwd=tmp_path, capture_output=True, text=True)
+    if result.returncode == 0:
+        # An installed library (make install) is the last candidate: nothing else was there.
+        from tidepool import _lib
+
+        assert result.stdout.strip() == _lib.ctypes.util.find_library("tidepool")
+        return
     assert "LibraryNotFoundError" in result.stderr
-    assert "/nonexistent/libtidepool.so: no such file" in result.stderr
-    assert str(tmp_path / "tidepool" / "libtidepool.so") in result.stderr
+    assert f"{tmp_path / 'tidepool' / 'libtidepool.so'}: no such file" in result.stderr
+
+
+def test_failed_override_is_an_error_not_a_fallback(tmp_path):
+    # The checkout's own library would load; an override that does not must not be replaced
+    # by it silently (a mistyped path would measure or ship another build).
+    env = dict(os.environ, TIDEPOOL_LIBRARY=str(tmp_path / "nonexistent.so"),
+               PYTHONPATH=str(Path(tidepool.__file__).parent.parent))
+    result = subprocess.run([sys.executable, "-c", "import tidepool"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "LibraryNotFoundError: TIDEPOOL_LIBRARY names a library that cannot be used" in result.stderr
+    assert f"{tmp_path / 'nonexistent.so'}: no such file" in result.stderr
+    # A file that is not a library, and one without the functions this package needs.
+    (tmp_path / "garbage.so").write_bytes(b"not an ELF file")
+    env["TIDEPOOL_LIBRARY"] = str(tmp_path / "garbage.so")
+    result = subprocess.run([sys.executable, "-c", "import tidepool"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "garbage.so" in result.stderr and "cannot be used" in result.stderr
+    from tidepool import _lib
+
+    env["TIDEPOOL_LIBRARY"] = _lib.ctypes.util.find_library("c")
+    result = subprocess.run([sys.executable, "-c", "import tidepool"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "lacks tp_" in result.stderr and "cannot be used" in result.stderr
+
+
+def test_candidates_are_the_override_alone(monkeypatch):
+    from tidepool import _lib
+
+    monkeypatch.setenv("TIDEPOOL_LIBRARY", "/some/where/libtidepool.so")
+    assert _lib.candidate_paths() == ["/some/where/libtidepool.so"]
+    monkeypatch.setenv("TIDEPOOL_LIBRARY", "")
+    assert _lib.candidate_paths()[0] == str(Path(_lib.__file__).resolve().parent / "libtidepool.so")
+    monkeypatch.delenv("TIDEPOOL_LIBRARY")
+    assert len(_lib.candidate_paths()) >= 2
 
 
 def test_library_override_is_used(tmp_path):

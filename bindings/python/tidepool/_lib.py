@@ -152,15 +152,21 @@ PROTOTYPES = {
 LIBRARY_NAME = "libtidepool.so"
 
 
+def override_path():
+    """$TIDEPOOL_LIBRARY, or None when it is unset or empty."""
+    return os.environ.get("TIDEPOOL_LIBRARY") or None
+
+
 def candidate_paths():
-    """Where the library is looked for, in order: $TIDEPOOL_LIBRARY, next to this package
-    (a wheel carries it there), the repository's .build/release when running from a checkout,
-    then the system's (libtidepool.so.0, as `make install` leaves it)."""
+    """Where the library is looked for: $TIDEPOOL_LIBRARY alone when it is set (a path that
+    does not load is an error, not a reason to load another library the user did not ask
+    for); otherwise next to this package (a wheel carries it there), the repository's
+    .build/release when running from a checkout, then the system's (libtidepool.so.0, as
+    `make install` leaves it), in that order."""
+    if override_path():
+        return [override_path()]
     here = Path(__file__).resolve().parent
-    candidates = []
-    if os.environ.get("TIDEPOOL_LIBRARY"):
-        candidates.append(os.environ["TIDEPOOL_LIBRARY"])
-    candidates.append(str(here / LIBRARY_NAME))
+    candidates = [str(here / LIBRARY_NAME)]
     repository = here.parent.parent.parent
     if (repository / "Package.swift").exists():  # running from a checkout, not an installed package
         candidates.append(str(repository / ".build" / "release" / LIBRARY_NAME))
@@ -188,7 +194,8 @@ def load_library():
             tried.append(f"{path}: {error}")
             continue
         # A library older than this package (a system one, or TIDEPOOL_LIBRARY) lacks some
-        # functions: said, and the next candidate tried, rather than an AttributeError later.
+        # functions: said, and the next candidate tried (if any), rather than an
+        # AttributeError later.
         missing = [name for name in PROTOTYPES if not hasattr(lib, name)]
         if missing:
             version = b"?"

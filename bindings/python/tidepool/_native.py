@@ -16,6 +16,11 @@ from .errors import (
 )
 
 lib, library_path, _tried = _lib.load_library()
+if lib is None and _lib.override_path():
+    raise LibraryNotFoundError(
+        f"TIDEPOOL_LIBRARY names a library that cannot be used ({_tried[0]}); "
+        "fix the path, or unset TIDEPOOL_LIBRARY to load the package's own library"
+    )
 if lib is None:
     raise LibraryNotFoundError(
         "cannot load libtidepool.so (build it with `make build`, or set TIDEPOOL_LIBRARY); tried:\n  "
