@@ -39,6 +39,17 @@ extension TilePass {
         for j in 0..<length { destination[j] = R.merge(a[j], b[j]) }
     }
 
+    /// `destination[j] = merge(a[j], destination[j])` for `length` accumulators: a run merged
+    /// into the run after it, in place. Not `mergeRuns(destination, a, destination, ...)`: the
+    /// compiler's overlap check between the destination and its equal second source failed at
+    /// run time and took the scalar loop, with a branch per merge for the max (half the H
+    /// scan's time in MaxPool3d k7 on rows of 81, whose last windows are clipped). Out of line
+    /// so the check is the call's own, not hoisted out of the caller's loop.
+    @inline(never)
+    func mergeIntoLater(_ destination: UnsafeMutablePointer<R.Accumulator>, _ a: UnsafePointer<R.Accumulator>, _ length: Int) {
+        for j in 0..<length { destination[j] = R.merge(a[j], destination[j]) }
+    }
+
     /// Rows `rows` of `block` (from `blockRow` on) replaced by their suffixes within their
     /// blocks of H: each row merged with the (already suffixed) row below it in its block.
     func suffixRows(_ block: UnsafeMutablePointer<R.Accumulator>, from blockRow: Int, rows: Range<Int>) {
@@ -118,7 +129,7 @@ extension TilePass {
                 for j in 0..<rowLength { out[j] = row(h1 - 1)[j] }
                 var h = h1 - 2
                 while h >= h0 {
-                    mergeRuns(out, row(h), out, rowLength)
+                    mergeIntoLater(out, row(h), rowLength)
                     h -= 1
                 }
             }
