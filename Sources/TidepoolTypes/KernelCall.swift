@@ -69,11 +69,18 @@ public struct KernelSettings: Sendable, Equatable {
     /// tile budget (a plane that fits one tile redoes no rows). Tests set 0 to take that path
     /// on small planes, or Int.max to keep the H scans.
     public var rowsAsPlanesAbove: Int
+    /// Calls and gradients whose windows read fewer elements than this run on the calling
+    /// thread alone: waking a worker would cost more than it saves. Tests set 0 to split
+    /// small calls among threads too.
+    public static let defaultSerialWorkBelow = 1 << 16
+    public var serialWorkBelow: Int
 
     public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
                 usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes,
-                blockScanTaps: Int? = nil, rowsAsPlanesAbove: Int = tileBudget(level2CacheBytes: 0)) {
+                blockScanTaps: Int? = nil, rowsAsPlanesAbove: Int = tileBudget(level2CacheBytes: 0),
+                serialWorkBelow: Int = defaultSerialWorkBelow) {
         self.tileBudgetBytes = tileBudgetBytes
+        self.serialWorkBelow = serialWorkBelow
         self.rowsAsPlanesAbove = rowsAsPlanesAbove
         self.blockScanTaps = blockScanTaps
         self.streamingOutputBytes = streamingOutputBytes

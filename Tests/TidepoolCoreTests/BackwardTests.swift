@@ -110,8 +110,10 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
         var rng = SplitMix64(seed: 900 + UInt64(dtype.code))
         // Each CPU level, one engine that streams every gradient out (large ones do) and one
         // that cuts the max's planes into as many bands of rows as it can (large planes are).
-        let engines = CPULevel.allCases.filter(KernelSelection.supports).map { PoolEngine(threads: 1, cpuLevel: $0) }
-            + [PoolEngine(threads: 1, streamingOutputBytes: 0), PoolEngine(threads: 1, gradientStateBytes: 0)]
+        // All split these small gradients among threads (by default they stay on the caller's).
+        let engines = CPULevel.allCases.filter(KernelSelection.supports).map { PoolEngine(threads: 1, serialWorkBelow: 0, cpuLevel: $0) }
+            + [PoolEngine(threads: 1, streamingOutputBytes: 0, serialWorkBelow: 0),
+               PoolEngine(threads: 1, gradientStateBytes: 0, serialWorkBelow: 0)]
         for trial in 0..<100 {
             let dims = Int.random(in: 1...3, using: &rng)
             let kernel = (0..<dims).map { _ in Int.random(in: 1...4, using: &rng) }
@@ -187,6 +189,53 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
         #expect(call(.float16, [1, 3, 1], .float16)?.message.contains("grad_output shape must be (1, 2, 1)") == true)
         #expect(call(.float16, [1, 2, 1], .float16, outShape: [1, 2, 2])?.message.contains("grad_input shape must be") == true)
         #expect(call(.float16, [1, 2, 1], .float16, outData: input.raw)?.message.contains("overlaps input") == true)
+    }
+
+    /// A gradient as small as a forward call that stays on the calling thread stays there
+    /// too (handing it to a helper cost more than the gradient); with the threshold at 0 the
+    /// same gradient is split, the same bits. Each call asks `isCancelled` on the threads
+    /// that run it, before each plane.
+    @Test func aTinyGradientStaysOnTheCallingThread() throws {
+        final class Threads: @unchecked Sendable {
+            private var lock = pthread_mutex_t()
+            private(set) var others = 0
+            let caller = pthread_self()
+            init() { pthread_mutex_init(&lock, nil) }
+            func ask() -> Bool {
+                pthread_mutex_lock(&lock)
+                if pthread_equal(pthread_self(), caller) == 0 { others += 1 }
+                pthread_mutex_unlock(&lock)
+                return false
+            }
+        }
+        // 4 x 6 planes, 4 x 5 x 5 x 5 windows of 8 taps over 4 channels: 16,000 window reads.
+        let shape = [4, 6, 6, 6, 4]
+        let count = shape.reduce(1, *)
+        let x = Buffer(.float32, count: count), out = Buffer(.float32, count: count)
+        for i in 0..<count { x[i] = Double((i * 37) % 101) }
+        func desc(_ kind: PoolKind) -> PoolDescriptor {
+            PoolDescriptor(kind: kind, kernelSize: [2, 2, 2], stride: [1, 1, 1], padding: [0, 0, 0])
+        }
+        let outShape = try desc(.max).outputShape(inputShape: shape)
+        let g = Buffer(.float32, count: outShape.reduce(1, *))
+        for i in 0..<g.count { g[i] = Double(i % 5) }
+        func run(_ engine: PoolEngine, _ kind: PoolKind) throws -> (others: Int, gradient: [Double]) {
+            let threads = Threads()
+            // Back to back, so the helpers of the previous call are still awake to join.
+            for _ in 0..<50 {
+                try engine.backward(desc(kind), input: TensorView(data: x.raw, dtype: .float32, shape: shape),
+                                    gradOutput: TensorView(data: g.raw, dtype: .float32, shape: outShape),
+                                    gradInput: OutputView(data: out.raw, dtype: .float32, shape: shape), threads: 2,
+                                    isCancelled: { threads.ask() })
+            }
+            return (threads.others, (0..<count).map { out[$0] })
+        }
+        for kind in [PoolKind.average, .max] {
+            let serial = try run(PoolEngine(threads: 2), kind)
+            #expect(serial.others == 0, "\(kind): \(serial.others) planes asked on another thread")
+            let split = try run(PoolEngine(threads: 2, serialWorkBelow: 0), kind)
+            #expect(split.gradient == serial.gradient, "\(kind): split among threads, the same gradient")
+        }
     }
 
     /// A cancelled gradient stops between planes and says so; one not cancelled is whole.

@@ -15,7 +15,10 @@ import Glibc
 @Suite struct BlockScanTests {
     /// Scans wherever a window has 2+ taps and overlaps its neighbours.
     static let scanning = PoolEngine(threads: 1, blockScanTaps: 2, rowsAsPlanesAbove: 0)
-    static let scanningTiny = [64, 160, 700, 4096].map { PoolEngine(threads: 3, tileBudgetBytes: $0, blockScanTaps: 2, rowsAsPlanesAbove: 0) }
+    /// Tiny tiles on 3 threads, small calls too (by default they stay on the caller's).
+    static let scanningTiny = [64, 160, 700, 4096].map {
+        PoolEngine(threads: 3, tileBudgetBytes: $0, blockScanTaps: 2, rowsAsPlanesAbove: 0, serialWorkBelow: 0)
+    }
     static let folding = PoolEngine(threads: 2, blockScanTaps: .max)
     /// H scans on 2-d poolings, whose rows the engines above run as planes.
     static let scanningRows = PoolEngine(threads: 2, blockScanTaps: 2, rowsAsPlanesAbove: .max)

@@ -349,7 +349,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .uint16, .int64, .float64], [64, 512, 4096])
     func tinyTilesMatchTheReferenceAndTheDefault(dtype: DType, budget: Int) throws {
         var rng = SplitMix64(seed: 0xC0FFEE ^ UInt64(budget) ^ UInt64(dtype.code) << 20)
-        let tiny = PoolEngine(threads: 3, tileBudgetBytes: budget)
+        // Split among threads even where small calls stay on the caller's (`serialWorkBelow`).
+        let tiny = PoolEngine(threads: 3, tileBudgetBytes: budget, serialWorkBelow: 0)
         for _ in 0..<25 {
             let spatial = Int.random(in: 1...3, using: &rng)
             let kernel = (0..<spatial).map { _ in Int.random(in: 1...5, using: &rng) }
@@ -442,7 +443,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     @Test(arguments: [DType.float32, .float16, .bfloat16, .float64])
     func rowPairsFoldAlikeWhereverTilesBegin(dtype: DType) throws {
         let whole = PoolEngine(threads: 1)
-        let tiny = [64, 96, 128, 160, 224].map { PoolEngine(threads: 2, tileBudgetBytes: $0) }
+        let tiny = [64, 96, 128, 160, 224].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
         for kind in PoolKind.allCases {
             for kernelH in 2...6 {
                 for (padding, channels) in [(0, 1), (kernelH / 2, 1), (kernelH / 2, 4)] {
@@ -506,7 +507,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     }
 
     @Test func stridedViewsWithTinyTiles() throws {
-        let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128)
+        let tiny = PoolEngine(threads: 2, tileBudgetBytes: 128, serialWorkBelow: 0)
         let storage = randomInput(.float32, shape: [2 * 9 * 10 * 6], seed: 4)
         // Channels-first storage (N, C, H, W) = (2, 6, 9, 10) read as (N, H, W, C).
         for kind in PoolKind.allCases {

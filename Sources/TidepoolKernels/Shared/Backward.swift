@@ -63,6 +63,10 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// gradient is written once and not read back soon, and the stores then skip reading each
     /// line first.
     let streams: Bool
+    /// The threads the gradient may use: the call's, or one where its work is as small as a
+    /// forward call's that stays on its thread (`staysOnCallingThread`): handing a tiny
+    /// gradient to a worker cost more than the gradient.
+    let threads: Int
 
     init(_ call: BackwardCall) {
         self.call = call
@@ -74,7 +78,8 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
         holdersD = (0..<g.inD).map { windowsHolding($0, kernel: g.kernelD, stride: g.strideD, padding: g.padD, outputs: g.outD) }
         holdersH = (0..<g.inH).map { windowsHolding($0, kernel: g.kernelH, stride: g.strideH, padding: g.padH, outputs: g.outH) }
         holdersW = (0..<g.inW).map { windowsHolding($0, kernel: g.kernelW, stride: g.strideW, padding: g.padW, outputs: g.outW) }
-        rowRing = Swift.max(1, holdersH.lazy.map(\.count).max() ?? 1)
+        rowRing = Swift.max(1, holdersH.lazy.map { $0.count }.max() ?? 1)
+        threads = staysOnCallingThread(g, call.settings) ? 1 : call.threads
         // The gradient's byte count fits (checked before the kernels).
         streams = g.inputElements * MemoryLayout<R.Input>.stride >= call.settings.streamingOutputBytes
     }
@@ -83,7 +88,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     var outputElements: Int { g.pixels * g.channels }
 
     /// How many threads `parallel` uses for `count` items.
-    func workers(_ count: Int) -> Int { Swift.max(1, Swift.min(call.threads, count)) }
+    func workers(_ count: Int) -> Int { Swift.max(1, Swift.min(threads, count)) }
 
     /// `body(worker, index)` for index in 0..<count on up to `workers(count)` threads, each
     /// index on one; `worker` says which thread, for its scratch.
@@ -497,7 +502,9 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     func bands(_ state: (Int, Int) -> Int) -> (bands: [RowBand], levels: Int, windows: Int) {
         func cut(_ count: Int) -> (bands: [RowBand], levels: Int, windows: Int) {
             let bands = (0..<count).map { band(($0 * g.inH / count)..<(($0 + 1) * g.inH / count)) }
-            return (bands, bands.lazy.map(\.levels.count).max() ?? 0, bands.lazy.map(\.windows.count).max() ?? 0)
+            // Closures, not key paths: a key path into this generic type is built at run time,
+            // on every call (a third of a tiny gradient's time went to it).
+            return (bands, bands.lazy.map { $0.levels.count }.max() ?? 0, bands.lazy.map { $0.windows.count }.max() ?? 0)
         }
         var count = 1, chosen = cut(1)
         while state(chosen.levels, chosen.windows) > call.settings.gradientStateBytes && g.inH / (2 * count) >= Swift.max(2, 2 * g.kernelH) {
@@ -536,7 +543,7 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     func throughPlanes(_ bands: [RowBand], plane: (Int, Int, Int, Int, Range<Int>, RowBand) -> Void,
                        back: (Int, Int, Int, Int, RowBand) -> Void) {
         let items = g.batch * bands.count
-        let runs = Swift.min(g.inD, Swift.max(1, (2 * call.threads + items - 1) / items))
+        let runs = Swift.min(g.inD, Swift.max(1, (2 * threads + items - 1) / items))
         let isCancelled = call.isCancelled ?? { false }
         // The plane after which plane d can take its gradient: the last plane of its last window.
         func ready(_ d: Int) -> Int { holdersD[d].isEmpty ? d : Swift.max(d, planes(of: holdersD[d].upperBound - 1).1 - 1) }

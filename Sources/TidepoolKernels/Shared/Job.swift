@@ -135,21 +135,24 @@ func checkScratch(perWorker: Int?, tensorBytes: [Int], _ geometry: PoolGeometry)
     }
 }
 
+/// Whether a pooling of `g`, or its gradient, runs on the calling thread alone: its windows
+/// read fewer elements than `settings.serialWorkBelow`.
+func staysOnCallingThread(_ g: PoolGeometry, _ settings: KernelSettings) -> Bool {
+    let work = g.pixels.multipliedReportingOverflow(by: g.channels * g.windowSize)
+    return !work.overflow && work.partialValue < settings.serialWorkBelow
+}
+
 /// One validated operation, split over threads.
 private struct Job: ReductionVisitor, @unchecked Sendable {
     let call: KernelCall
     var settings: KernelSettings { call.settings }
 
-    /// Below this many element reads a call runs on the calling thread: waking workers
-    /// would cost more than it saves.
-    static let minimumWorkPerThread = 1 << 15
     func visit<R: WindowReduction>(_: R.Type) throws -> Int {
         // The geometry the kernels run (a 2-d pooling's rows may run as planes); errors name
         // the call's own.
         let (geometry, kernel) = KernelPlan.forCall(call.geometry, R.self, settings)
-        let work = geometry.pixels.multipliedReportingOverflow(by: geometry.channels * geometry.windowSize)
         let threads = call.threads
-        let serial = threads == 1 || (!work.overflow && work.partialValue < Self.minimumWorkPerThread * 2)
+        let serial = threads == 1 || staysOnCallingThread(geometry, settings)
         let plan = TilePlan(geometry, kernel: kernel, accumulatorSize: MemoryLayout<R.Accumulator>.stride,
                             workers: serial ? 1 : threads, budgetBytes: settings.tileBudgetBytes)
         // The output's byte count fits (plan checked it).
