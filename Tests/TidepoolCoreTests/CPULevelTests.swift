@@ -79,8 +79,8 @@ import Glibc
     /// reference on random configurations.
     @Test func baselineMatchesTheReference() throws {
         var rng = SplitMix64(seed: 77)
-        let engines = [(KernelSettings.defaultTileBudgetBytes, PoolEngine(threads: 2, cpuLevel: .baseline)),
-                       (300, PoolEngine(threads: 2, tileBudgetBytes: 300, cpuLevel: .baseline))]
+        let engines = [(KernelSettings.defaultTileBudgetBytes, PoolEngine(threads: 2, serialWorkBelow: 0, cpuLevel: .baseline)),
+                       (300, PoolEngine(threads: 2, tileBudgetBytes: 300, serialWorkBelow: 0, cpuLevel: .baseline))]
         for _ in 0..<Self.configurations {
             let c = Config(&rng)
             try checkEngines(engines, c.desc, c.dtype, storage: c.storage, shape: c.shape, strides: c.strides)
@@ -94,7 +94,7 @@ import Glibc
     func avx2GivesTheBaselinesBits() throws {
         var rng = SplitMix64(seed: 78)
         let baseline = PoolEngine(threads: 1, cpuLevel: .baseline)
-        let others = [PoolEngine(threads: 1, cpuLevel: .avx2), PoolEngine(threads: 2, tileBudgetBytes: 300, cpuLevel: .avx2)]
+        let others = [PoolEngine(threads: 1, cpuLevel: .avx2), PoolEngine(threads: 2, tileBudgetBytes: 300, serialWorkBelow: 0, cpuLevel: .avx2)]
         for _ in 0..<Self.configurations {
             let c = Config(&rng)
             let expected = try runEngine(c.desc, storage: c.storage, offset: 0, shape: c.shape, strides: c.strides,

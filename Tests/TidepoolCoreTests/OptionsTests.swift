@@ -79,7 +79,8 @@ import Glibc
     @Test(arguments: DType.allCases)
     func randomConfigurations(dtype: DType) throws {
         var rng = SplitMix64(seed: 0xCE11_0000 ^ UInt64(dtype.code))
-        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 3, tileBudgetBytes: 512), PoolEngine(threads: 2, streamingOutputBytes: 0)]
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 3, tileBudgetBytes: 512, serialWorkBelow: 0),
+                       PoolEngine(threads: 2, streamingOutputBytes: 0, serialWorkBelow: 0)]
         var checked = 0
         for trial in 0..<80 {
             let spatial = Int.random(in: 1...3, using: &rng)

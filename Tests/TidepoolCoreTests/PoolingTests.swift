@@ -376,7 +376,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// runs in parts between prefetches, each part with its own slice of partial sums.
     @Test(arguments: [DType.float32, .float16, .int8, .int32], [512, 1 << 19])
     func deepOverlappingWindowsFinishInParts(dtype: DType, budget: Int) throws {
-        let engine = PoolEngine(threads: 2, tileBudgetBytes: budget)
+        let engine = PoolEngine(threads: 2, tileBudgetBytes: budget, serialWorkBelow: 0)
         let shape = [2, 14, 5, 6, 4]
         for kind in PoolKind.allCases {
             for (kernel, stride, padding) in [([7, 2, 3], [1, 1, 2], [3, 1, 1]), ([9, 1, 1], [2, 1, 1], [4, 0, 0])] {
@@ -472,7 +472,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     @Test(arguments: [DType.float16, .bfloat16, .int16, .int8, .int32])
     func planePairsFoldAlikeWhereverTilesBegin(dtype: DType) throws {
         let whole = PoolEngine(threads: 1)
-        let others = [PoolEngine(threads: 2)] + [96, 400, 1000].map { PoolEngine(threads: 2, tileBudgetBytes: $0) }
+        let others = [PoolEngine(threads: 2)] + [96, 400, 1000].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
         for kind in PoolKind.allCases {
             for kernelD in 2...6 {
                 for (padding, channels) in [(0, 1), (kernelD / 2, 1), (kernelD / 2, 3)] {
@@ -699,7 +699,8 @@ extension StreamingTests {
     /// beyond the kernel, and a view whose pixels are not dense (no prefetch).
     @Test(arguments: DType.allCases)
     func nonOverlappingWindowsFoldWhole(dtype: DType) throws {
-        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 300), PoolEngine(threads: 2, tileBudgetBytes: 3000)]
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 300, serialWorkBelow: 0),
+                       PoolEngine(threads: 2, tileBudgetBytes: 3000, serialWorkBelow: 0)]
         // kernel, stride, padding, shape, pixel pitch (nil: dense)
         let cases: [([Int], [Int], [Int], [Int], Int?)] = [
             ([2, 2, 2], [2, 2, 2], [0, 0, 0], [2, 4, 6, 8, 8], nil),

@@ -54,7 +54,7 @@ func cpuFlags() -> Set<Substring> {
     @Test(arguments: [DType.float16, .bfloat16])
     func finishAsTheSwiftLoopsDo(dtype: DType) throws {
         let plain = PoolEngine(threads: 1, usesVectorKernels: false)
-        let vectorEngines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 700)]
+        let vectorEngines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 700, serialWorkBelow: 0)]
         var cases: [(PoolDescriptor, [Int])] = []
         for (width, channels) in [(1, 1), (5, 3), (15, 1), (16, 1), (17, 1), (7, 5), (33, 1), (40, 2), (70, 1), (13, 7)] {
             for kernelW in 1...Swift.min(6, width) {
