@@ -139,7 +139,7 @@ struct StrategyTests {
     /// for any engine); and strided inputs leave the dense-row paths.
     @Test func planIgnoresThreadsAndBudget() throws {
         for c in Self.cases {
-            for engine in [PoolEngine(threads: 1), PoolEngine(threads: 7, tileBudgetBytes: 2048, serialWorkBelow: 0)] {
+            for engine in [PoolEngine(threads: 1), PoolEngine(threads: 7, tileBudgetBytes: 2048)] {
                 let plan = try c.plan(engine)
                 #expect(plan.strategy == c.strategy, "\(c)")
             }
