@@ -248,6 +248,45 @@ def test_layers_reuse_plans_for_every_float_dtype():
         assert tidepool.max_pool2d(x, 2).tobytes() == tidepool.max_pool2d(x, 2).tobytes()
 
 
+def test_bfloat16_comes_with_ml_dtypes_imported_after_tidepool():
+    """`import tidepool` does not import ml_dtypes (most of a second on its own); a bfloat16
+    array made after it still pools, takes gradients and is listed in SUPPORTED_DTYPES, and an
+    unsupported dtype's error lists bfloat16. Run in a fresh interpreter: this one has
+    ml_dtypes (conftest)."""
+    pytest.importorskip("ml_dtypes")
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        import numpy as np
+        import tidepool
+        assert "ml_dtypes" not in sys.modules, "import tidepool imported ml_dtypes"
+        x = np.arange(2 * 6 * 6 * 3, dtype=np.float32).reshape(2, 6, 6, 3)
+        assert tidepool.nn.AvgPool2d(2)(x).shape == (2, 3, 3, 3)
+        assert "ml_dtypes" not in sys.modules, "a float32 call imported ml_dtypes"
+        import ml_dtypes
+        half = x.astype(ml_dtypes.bfloat16)
+        for layer in (tidepool.nn.MaxPool2d(2, 1), tidepool.nn.AvgPool2d(3, 1, 1)):
+            y = layer(half)
+            assert y.dtype == half.dtype, y.dtype
+            expected = layer(half.astype(np.float32)).astype(ml_dtypes.bfloat16)
+            assert np.array_equal(y.astype(np.float32), expected.astype(np.float32))
+        grad = tidepool.max_pool2d_vjp(half, np.ones((2, 3, 3, 3), half.dtype), 2)
+        assert grad.dtype == half.dtype and float(grad.astype(np.float32).sum()) == 2 * 3 * 3 * 3
+        assert np.dtype(ml_dtypes.bfloat16) in tidepool.SUPPORTED_DTYPES
+        try:
+            tidepool.avg_pool2d(x.astype(np.complex64), 2)
+        except tidepool.InvalidArgumentError as error:
+            assert "bfloat16, float16" in str(error), str(error)
+        else:
+            raise AssertionError("complex64 was accepted")
+        print("ok")
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_functional_forms_keep_plans_but_check_every_argument():
     """The functional forms keep a plan per set of plain int arguments: a float that equals
     a kept int is still refused, lists and numpy ints take the checked path, and results are

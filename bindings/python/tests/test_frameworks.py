@@ -90,6 +90,35 @@ def test_torch_gradcheck_and_shared_memory(rng):
         ttorch.max_pool2d(x, 2, ties="any")
 
 
+def test_bfloat16_through_torch_and_mlx(rng):
+    """bfloat16 tensors and arrays go through their 16 bits (ml_dtypes' bfloat16 on the numpy
+    side) both ways: results and gradients are bfloat16, equal to pooling the float32 values
+    and rounding (max exactly; a bfloat16 average is the float32 one rounded once)."""
+    torch = pytest.importorskip("torch")
+    mx = pytest.importorskip("mlx.core")
+    import tidepool.mlx as tmlx
+    import tidepool.torch as ttorch
+
+    values = np.round(rng.standard_normal((2, 6, 6, 3)), 2).astype(np.float32)
+    values = torch.tensor(values).to(torch.bfloat16).to(torch.float32).numpy()  # exactly representable
+    for kind in ("avg", "max"):
+        x = torch.tensor(values).to(torch.bfloat16).requires_grad_()
+        y = getattr(ttorch, f"{kind}_pool2d")(x, 2, 1, 0)
+        assert y.dtype == torch.bfloat16
+        expected = getattr(ttorch, f"{kind}_pool2d")(torch.tensor(values), 2, 1, 0).to(torch.bfloat16)
+        assert torch.equal(y, expected)
+        y.float().sum().backward()
+        assert x.grad.dtype == torch.bfloat16 and float(x.grad.float().sum()) == y.numel()
+
+        layer = getattr(tmlx, f"{kind.capitalize()}Pool2d")(2, 1, 0)
+        a = mx.array(values).astype(mx.bfloat16)
+        out = layer(a)
+        assert out.dtype == mx.bfloat16
+        assert np.array_equal(np.array(out.astype(mx.float32)), y.detach().float().numpy())
+        grad = mx.grad(lambda v: layer(v).astype(mx.float32).sum())(a)
+        assert grad.dtype == mx.bfloat16 and float(grad.astype(mx.float32).sum()) == y.numel()
+
+
 # ---- JAX ---------------------------------------------------------------------------------
 
 

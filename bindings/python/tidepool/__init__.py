@@ -35,8 +35,8 @@ from .gradients import (
     max_pool2d_vjp,
     max_pool3d_vjp,
 )
+from . import functional as _functional
 from .functional import (
-    SUPPORTED_DTYPES,
     avg_pool1d,
     avg_pool2d,
     avg_pool3d,
@@ -46,6 +46,14 @@ from .functional import (
     max_pool3d,
     set_num_threads,
 )
+
+
+def __getattr__(name):
+    # SUPPORTED_DTYPES is computed when first asked for: it imports ml_dtypes (for bfloat16),
+    # which `import tidepool` does not.
+    if name == "SUPPORTED_DTYPES":
+        return _functional.supported_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def library_version() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import numbers
+import sys
 from typing import Any, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
@@ -16,14 +17,6 @@ from .errors import Error, InvalidArgumentError
 
 #: An int for every spatial axis, or a tuple with one int per axis.
 IntOrTuple = Union[int, Sequence[int]]
-
-try:
-    import ml_dtypes
-
-    bfloat16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # bfloat16 support is optional
-    ml_dtypes = None
-    bfloat16 = None
 
 _DTYPE_CODES = {
     np.dtype(np.float32): _lib.TP_DTYPE_FLOAT32,
@@ -38,11 +31,38 @@ _DTYPE_CODES = {
     np.dtype(np.uint32): _lib.TP_DTYPE_UINT32,
     np.dtype(np.uint64): _lib.TP_DTYPE_UINT64,
 }
-if bfloat16 is not None:
-    _DTYPE_CODES[bfloat16] = _lib.TP_DTYPE_BFLOAT16
 _DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
-SUPPORTED_DTYPES = tuple(_DTYPE_CODES)
+
+def bfloat16_dtype(load: bool = True) -> Optional[np.dtype]:
+    """ml_dtypes' bfloat16 (which joins the dtype tables the first time it is asked for), or
+    None without the ml_dtypes package. ml_dtypes is imported here, when bfloat16 is first
+    needed, not with tidepool: its import takes most of a second, and an array of its bfloat16
+    cannot exist before it is imported. With `load=False` it is not imported: None unless
+    something already did."""
+    if not load and "ml_dtypes" not in sys.modules:
+        return None
+    try:
+        import ml_dtypes
+    except ImportError:  # bfloat16 support is optional
+        return None
+    dtype = np.dtype(ml_dtypes.bfloat16)
+    if dtype not in _DTYPE_CODES:
+        _DTYPE_CODES[dtype] = _lib.TP_DTYPE_BFLOAT16
+        _DTYPES_BY_CODE[_lib.TP_DTYPE_BFLOAT16] = dtype
+    return dtype
+
+
+def supported_dtypes() -> Tuple[np.dtype, ...]:
+    """Every dtype the engine takes: bfloat16 among them when ml_dtypes is installed."""
+    bfloat16_dtype()
+    return tuple(_DTYPE_CODES)
+
+
+def __getattr__(name):
+    if name == "SUPPORTED_DTYPES":  # computed when asked for: it may import ml_dtypes
+        return supported_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 INT64_MAX = (1 << 63) - 1
 INT32_MAX = (1 << 31) - 1
@@ -121,6 +141,7 @@ def as_numpy(x, owner):
     """Anything numpy.asarray accepts, plus MLX bfloat16 arrays (which numpy cannot read
     directly: they go through their uint16 bits into ml_dtypes' bfloat16)."""
     if _is_mlx_bfloat16(x):
+        bfloat16 = bfloat16_dtype()
         if bfloat16 is None:
             raise InvalidArgumentError(f"[{owner}] bfloat16 input needs the ml_dtypes package (pip install ml_dtypes)")
         import mlx.core as mx
@@ -153,9 +174,11 @@ def _engine_view(array, owner):
     if not dtype.isnative:
         array = array.astype(dtype.newbyteorder("="))
         dtype = array.dtype
+    if dtype not in _DTYPE_CODES and dtype.name == "bfloat16":
+        bfloat16_dtype(load=False)  # joins the tables if it is ml_dtypes' (then already imported)
     if dtype not in _DTYPE_CODES:
-        supported = ", ".join(sorted(str(d) for d in _DTYPE_CODES))
-        hint = "" if bfloat16 is not None else " (bfloat16 needs ml_dtypes)"
+        supported = ", ".join(sorted(str(d) for d in supported_dtypes()))
+        hint = "" if bfloat16_dtype() is not None else " (bfloat16 needs ml_dtypes)"
         raise InvalidArgumentError(f"[{owner}] dtype {dtype} is not supported; supported: {supported}{hint}")
     itemsize = dtype.itemsize
     if any(s % itemsize for s in array.strides) or array.ctypes.data % itemsize:

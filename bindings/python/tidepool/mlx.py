@@ -20,7 +20,8 @@ from .functional import IntOrTuple, as_numpy, normalize_arguments
 
 
 def _to_mlx(array: np.ndarray) -> mx.array:
-    if functional.bfloat16 is not None and array.dtype == functional.bfloat16:
+    bfloat16 = functional.bfloat16_dtype(load=False)  # an array of it means ml_dtypes is loaded
+    if bfloat16 is not None and array.dtype == bfloat16:
         return mx.array(array.view(np.uint16)).view(mx.bfloat16)
     return mx.array(array)
 

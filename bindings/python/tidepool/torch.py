@@ -22,14 +22,16 @@ def _numpy(tensor: torch.Tensor, owner: str) -> np.ndarray:
         raise InvalidArgumentError(f"[{owner}] tensors must be on the CPU but one is on {tensor.device}")
     tensor = tensor.detach()
     if tensor.dtype == torch.bfloat16:
-        if functional.bfloat16 is None:
+        bfloat16 = functional.bfloat16_dtype()
+        if bfloat16 is None:
             raise InvalidArgumentError(f"[{owner}] bfloat16 tensors need the ml_dtypes package")
-        return tensor.view(torch.int16).numpy().view(functional.bfloat16)
+        return tensor.view(torch.int16).numpy().view(bfloat16)
     return tensor.numpy()
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    if functional.bfloat16 is not None and array.dtype == functional.bfloat16:
+    bfloat16 = functional.bfloat16_dtype(load=False)  # an array of it means ml_dtypes is loaded
+    if bfloat16 is not None and array.dtype == bfloat16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
 
