@@ -54,6 +54,12 @@ public struct KernelSettings: Sendable, Equatable {
         Swift.min(Swift.max(level2CacheBytes / 8 * 7, 512 << 10), 896 << 10)
     }
 
+    /// Scratch per thread for a tile of windows one row and one plane tall (1-d pooling), whose
+    /// tiles share no rows: the L1 data cache, from 32 KB (also where sysconf does not know)
+    /// to 64 KB, so that a tile's rows stay in L1 between their passes (`TilePlan`). Never
+    /// above `tileBudgetBytes`; like it, it changes tiles, never results.
+    public static let rowTileBudgetBytes = Swift.min(Swift.max(sysconf(Int32(_SC_LEVEL1_DCACHE_SIZE)), 32 << 10), 64 << 10)
+
     public var tileBudgetBytes: Int
     public var streamingOutputBytes: Int
     public var gradientStateBytes: Int

@@ -666,6 +666,42 @@ extension StreamingTests {
     }
 }
 
+@Suite struct RowTileTests {
+    /// Windows one row and one plane tall (1-d pooling) share no rows between tiles: their
+    /// rows are cut into tiles that fit `KernelSettings.rowTileBudgetBytes`, however large the
+    /// L2 budget, and each output finishes straight from its one reduced plane. Against the
+    /// float64 reference, and bit for bit across thread counts and a budget that cuts the rows
+    /// into tiles of a few windows (folds, the max's doubling, strides, an even kernel, rows
+    /// shorter than a tile).
+    @Test(arguments: PoolKind.allCases, [DType.float32, .float16, .int8, .float64])
+    func oneDimensionalRowsAreCutToL1(kind: PoolKind, dtype: DType) throws {
+        let large = KernelSettings(tileBudgetBytes: 4 << 20)
+        for (kernel, stride, padding, channels, length) in [(3, 1, 1, 8, 3000), (7, 1, 3, 8, 3000), (11, 1, 5, 3, 6000),
+                                                            (7, 2, 3, 1, 20000), (4, 1, 2, 16, 2000), (9, 3, 4, 8, 40)] {
+            let shape = [2, length, channels]
+            let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [padding])
+            let view = TensorView(data: nil, dtype: dtype, shape: shape)
+            let outputShape = try desc.outputShape(inputShape: shape)
+            let geometry = try PoolGeometry(desc, input: view, outputShape: outputShape)
+            let tile = try tileShape(geometry, kind, dtype, large)
+            if length > 1000 {
+                #expect(tile.columns < outputShape[1] && tile.channels == channels, "\(desc) \(dtype) \(shape): \(tile)")
+            }
+            let input = randomInput(dtype, shape: shape, seed: UInt64(kernel * 100 + channels))
+            let strides = TensorView.contiguousStrides(shape)
+            let one = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                    engine: PoolEngine(threads: 1, tileBudgetBytes: 4 << 20))
+            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: one.output, expected: expected.values)
+            #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")")
+            let small = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                      engine: PoolEngine(threads: 2, tileBudgetBytes: 2 << 10, serialWorkBelow: 0))
+            #expect(memcmp(small.output.raw, one.output.raw, one.output.count * one.output.dtype.size) == 0,
+                    "\(desc) \(dtype) \(shape): small tiles on two threads")
+        }
+    }
+}
+
 @Suite struct MidSizedCallTests {
     /// One output plane that fits one tile is cut along H among the workers where each part
     /// keeps twice the rows it shares with its neighbour: the same bits as one thread, and

@@ -138,6 +138,10 @@ func checkScratch(perWorker: Int?, tensorBytes: [Int], _ geometry: PoolGeometry)
 /// Whether a pooling of `g`, or its gradient, runs on the calling thread alone: its windows
 /// read fewer elements than `settings.serialWorkBelow`.
 func staysOnCallingThread(_ g: PoolGeometry, _ settings: KernelSettings) -> Bool {
+    // `channels * windowSize` needs no check: each kernel is at most its axis's padded length,
+    // and the padded volume, channels included, fits in 64 bits (`PoolGeometry.init` checks
+    // both); kernels run only where that volume is not 0 (an empty output or gradient returns
+    // before them: a probe with batch 0, 2^40 channels and a window of 2^54 returns success).
     let work = g.pixels.multipliedReportingOverflow(by: g.channels * g.windowSize)
     return !work.overflow && work.partialValue < settings.serialWorkBelow
 }

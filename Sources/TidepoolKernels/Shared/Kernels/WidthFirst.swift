@@ -62,8 +62,13 @@ extension TilePass {
                 }
                 continue
             }
+            // A window of one plane (every 1-d and 2-d pooling) finishes straight from it: its
+            // fold into `merged` would be a copy of the plane.
+            var reduced = UnsafePointer(merged)
             if d0 >= d1 {
                 for j in 0..<planeLength { merged[j] = R.identity }
+            } else if taps.count == 1 {
+                reduced = windowPlane(taps.lowerBound, scanned)
             } else {
                 foldTaps(AccumulatorLoader<R>.self, merged, planeLength, taps: taps, first: true, source: { windowPlane($0, scanned) })
             }
@@ -74,7 +79,7 @@ extension TilePass {
             let runs = width.step == width.stride && channels == g.channels
             for oh in tile.oh {
                 prefetch(upcoming, part: oh - tile.oh.lowerBound, of: tile.oh.count)
-                let source = merged + (oh - tile.oh.lowerBound) * rowLength
+                let source = reduced + (oh - tile.oh.lowerBound) * rowLength
                 let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
                 if runs {
                     let from = source + (tile.ow.lowerBound - positions.lowerBound) * channels
