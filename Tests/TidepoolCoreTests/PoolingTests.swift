@@ -669,10 +669,11 @@ extension StreamingTests {
 @Suite struct RowTileTests {
     /// Windows one row and one plane tall (1-d pooling) share no rows between tiles: their
     /// rows are cut into tiles that fit `KernelSettings.rowTileBudgetBytes`, however large the
-    /// L2 budget, and each output finishes straight from its one reduced plane. Against the
-    /// float64 reference, and bit for bit across thread counts and a budget that cuts the rows
-    /// into tiles of a few windows (folds, the max's doubling, strides, an even kernel, rows
-    /// shorter than a tile).
+    /// L2 budget, and each output finishes straight from its one reduced plane (and, for large
+    /// outputs, each tile's run is streamed out). Against the float64 reference, and bit for
+    /// bit across thread counts, a budget that cuts the rows into tiles of a few windows and
+    /// streamed runs (folds, the max's doubling, strides, an even kernel, rows shorter than a
+    /// tile).
     @Test(arguments: PoolKind.allCases, [DType.float32, .float16, .int8, .float64])
     func oneDimensionalRowsAreCutToL1(kind: PoolKind, dtype: DType) throws {
         let large = KernelSettings(tileBudgetBytes: 4 << 20)
@@ -698,6 +699,11 @@ extension StreamingTests {
                                       engine: PoolEngine(threads: 2, tileBudgetBytes: 2 << 10, serialWorkBelow: 0))
             #expect(memcmp(small.output.raw, one.output.raw, one.output.count * one.output.dtype.size) == 0,
                     "\(desc) \(dtype) \(shape): small tiles on two threads")
+            // Each tile's run streamed out (8+ channels), tiles ending anywhere in a cache line.
+            let streamed = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                         engine: PoolEngine(threads: 2, streamingOutputBytes: 0, serialWorkBelow: 0))
+            #expect(memcmp(streamed.output.raw, one.output.raw, one.output.count * one.output.dtype.size) == 0,
+                    "\(desc) \(dtype) \(shape): streamed")
         }
     }
 }

@@ -69,8 +69,12 @@ public struct KernelPlan: Sendable {
     /// finishing costs more than a copy (then they finish in scratch and the kept positions are
     /// copied out) and the outputs fit where their accumulators were.
     public let rowsFinishAsRuns: Bool
-    /// Whole-row outputs are finished in scratch and streamed to memory, bypassing the cache.
+    /// Whole-row outputs are finished in scratch and streamed to memory, bypassing the cache
+    /// (and so are the runs of `rowWindows` tiles).
     public let streamOutput: Bool
+    /// Windows one row and one plane tall (1-d pooling), width first: tiles share no rows, so
+    /// they are cut to fit the L1 (`TilePlan`), and each tile's outputs are one run.
+    public let rowWindows: Bool
     /// The next plane's input rows are prefetched while the current plane finishes.
     public let prefetchInput: Bool
     /// The output plane is prefetched for writing while input is reduced (width first).
@@ -132,6 +136,7 @@ public struct KernelPlan: Sendable {
         // accumulators were. Whole windows write straight to the output: staging rows to stream
         // them did not pay.
         let outputBytes = g.pixels * g.channels * outputSize  // fits: PoolEngine.plan checked it
+        rowWindows = strategy == .widthFirst && g.kernelH == 1 && g.kernelD == 1
         streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= settings.streamingOutputBytes
             && g.channels >= KernelLimits.vectorChannels && narrowing
         // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte

@@ -98,7 +98,7 @@ public struct TilePlan {
         // as long as a tile keeps 4 kw positions (the kw - 1 columns read twice stay few).
         // Measured: 1-d k3-k7 over 3-64 channels took 10-30% less CPU time than with L2-sized
         // tiles, C=1 k7 and C=64 k11 about the same (docs/performance.md).
-        if kernel.strategy == .widthFirst && g.kernelH == 1 && g.kernelD == 1 {
+        if kernel.rowWindows {
             let rowBudget = Swift.min(budgetBytes, KernelSettings.rowTileBudgetBytes) / accumulatorSize
             positionsFit = Swift.min(positionsFit, Swift.max(rowBudget / (5 * tileC), 4 * g.kernelW, 1))
         }
