@@ -153,12 +153,16 @@ public enum AverageWideInteger<I: FixedWidthInteger>: WindowReduction {
 
 // MARK: max
 
-/// MLX's max propagates NaN: once a NaN is seen it wins. Written with the NaN test first, the
-/// vectoriser makes it an unordered compare beside the ordered one, an OR and one blend per
-/// merge (AVX2), where `(b > a || b.isNaN) ? b : a` compiled to five instructions (the NaN test
-/// on the bits as integers, and two blends).
+/// MLX's max propagates NaN: once a NaN is seen it wins; of equal values the first stays.
+/// `a < b ? b : a` is exactly x86's `maxps b, a` (the second operand where unordered or
+/// equal), and the NaN test then picks b where b is NaN: three vector instructions per merge
+/// (max, ordered compare, blend). Spelt `b != b`, not `b.isNaN`, and as two steps: the
+/// optimiser folded `b.isNaN ? b : (b > a ? b : a)` into one select on an OR of two compares
+/// (four instructions: unordered and ordered compares, OR, blend), and `isNaN` beside the max
+/// compiled to a test on the bits as integers (five).
 @inlinable func nanPropagatingMax<F: FloatingPoint>(_ a: F, _ b: F) -> F {
-    b.isNaN ? b : (b > a ? b : a)
+    let larger = a < b ? b : a
+    return b != b ? b : larger
 }
 
 public enum MaxFloat<F: BinaryFloatingPoint>: WindowReduction {

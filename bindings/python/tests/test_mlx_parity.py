@@ -207,3 +207,49 @@ def test_booleans_pool_like_mlx():
     x = np.array([[[True], [False], [False], [False]]])
     np.testing.assert_array_equal(tidepool.max_pool1d(x, 2), mlx_pool("Max", 1, x, 2))
     np.testing.assert_array_equal(tidepool.avg_pool1d(x, 2), mlx_pool("Avg", 1, x, 2))
+
+
+def left_fold_max(x, kernel, padding):
+    """Max over each stride-1 window of a channels-last array, folded over the window's
+    positions in (d, h, w) order from -inf: a NaN always wins (the last one seen), a value
+    only when greater (the first of equal values stays, so the first of -0 and +0), as MLX's
+    max reduces. np.where copies the chosen bits, payloads and signs included."""
+    d = len(kernel)
+    padded = np.pad(x, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)], constant_values=-np.inf)
+    out_shape = [padded.shape[1 + i] - kernel[i] + 1 for i in range(d)]
+    state = np.full((x.shape[0], *out_shape, x.shape[-1]), -np.inf, dtype=x.dtype)
+    for offset in np.ndindex(*kernel):
+        b = padded[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset, out_shape))]
+        state = np.where(np.isnan(b) | (b > state), b, state)
+    return state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, kernel", [(1, 7), (1, 11), (2, 7), (3, 5)])
+def test_float_max_keeps_first_zero_and_last_nan_bit_for_bit(dtype, d, kernel):
+    # Windows of these sizes reduce by doubling along W and block scans along H and D, which
+    # give the left fold's bits (the smaller windows' pairs merge in another order). Rows of 16
+    # channels run through the vectorised merges of the release build; an exact merge keeps
+    # the first of -0 and +0 and the last NaN's payload and sign, where x86's maxps alone
+    # would keep the second operand of equal or unordered values.
+    rng = np.random.default_rng(kernel * 10 + d)
+    side = {1: 300, 2: 40, 3: 12}[d]
+    shape = (2,) + (side,) * d + (16,)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    choice = rng.integers(0, 8, size=shape)
+    x = (rng.integers(0, 5, size=shape) - 4).astype(dtype)  # many ties, all <= 0
+    x[choice == 0] = 0.0
+    x[choice == 1] = -0.0
+    x[choice == 2] = -np.inf
+    nans = choice == 3
+    quiet = bits(0x7FC00000) if dtype == np.float32 else bits(0x7FF8000000000000)
+    sign = bits(1) << bits(8 * np.dtype(dtype).itemsize - 1)
+    payloads = rng.integers(1, 61, size=int(nans.sum())).astype(bits) | quiet
+    payloads[rng.integers(0, 2, size=payloads.size) == 1] |= sign
+    x.view(bits)[nans] = payloads
+    layer = getattr(tidepool.nn, f"MaxPool{d}d")(kernel, 1, kernel // 2)
+    ours = layer(x)
+    expected = left_fold_max(x, (kernel,) * d, (kernel // 2,) * d)
+    differ = ours.view(bits) != expected.view(bits)
+    assert not differ.any(), f"{int(differ.sum())} of {differ.size} outputs differ in their bits"
+    assert np.isnan(ours).any() and (np.signbit(ours) & (ours == 0)).any()
