@@ -49,7 +49,11 @@ func windowsHolding(_ i: Int, kernel: Int, stride: Int, padding: Int, outputs: I
     return lower..<Swift.max(lower, upper)
 }
 
-private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input == R.Output, R.Accumulator: BinaryFloatingPoint {
+/// One gradient's state. A class, not a struct: the closures of `parallel` and the scratch
+/// helpers capture it, and each capture of a struct retained its arrays and the call's closure
+/// one by one (swift_retain and swift_release took a fifth of a tiny gradient's time); a class
+/// is one reference.
+private final class Backward<R: WindowReduction>: @unchecked Sendable where R.Input == R.Output, R.Accumulator: BinaryFloatingPoint {
     let call: BackwardCall
     let g: PoolGeometry
     let input: UnsafePointer<R.Input>
@@ -64,8 +68,8 @@ private struct Backward<R: WindowReduction>: @unchecked Sendable where R.Input =
     /// line first.
     let streams: Bool
     /// The threads the gradient may use: the call's, or one where its work is as small as a
-    /// forward call's that stays on its thread (`staysOnCallingThread`): handing a tiny
-    /// gradient to a worker cost more than the gradient.
+    /// forward call's that stays on its thread (`staysOnCallingThread`): waking a worker for a
+    /// tiny gradient costs more than the share of the work it would take over.
     let threads: Int
 
     init(_ call: BackwardCall) {
