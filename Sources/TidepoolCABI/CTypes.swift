@@ -6,7 +6,7 @@ import TidepoolCore
 
 /// The first `count` entries of a fixed-size C array of int64_t (imported as a tuple).
 func int64Array<Tuple>(_ tuple: Tuple, count: Int) -> [Int] {
-    withUnsafeBytes(of: tuple) { Array($0.bindMemory(to: Int64.self).prefix(count)).map { Int($0) } }
+    withUnsafeBytes(of: tuple) { $0.bindMemory(to: Int64.self).prefix(count).map { Int($0) } }
 }
 
 func setInt64Array<Tuple>(_ tuple: inout Tuple, _ values: [Int]) {
@@ -37,9 +37,10 @@ func checkHeader(structSize: UInt32, flags: UInt32, expectedSize: Int, name: Str
     }
 }
 
-func dtype(fromCode code: Int32, _ name: String) throws -> DType {
+/// `name` is built only for the error: a tensor's "input.dtype" was formatted on every call.
+func dtype(fromCode code: Int32, _ name: @autoclosure () -> String) throws -> DType {
     guard let dtype = DType(code: code) else {
-        throw PoolError(TP_ERR_DTYPE, "\(name) is \(code), which is not a tp_dtype (1 to 12)")
+        throw PoolError(TP_ERR_DTYPE, "\(name()) is \(code), which is not a tp_dtype (1 to 12)")
     }
     return dtype
 }

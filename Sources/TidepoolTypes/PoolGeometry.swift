@@ -36,36 +36,42 @@ package struct PoolGeometry: Sendable {
     /// must not be empty (an empty output is never computed, so its geometry is not needed).
     /// Throws TP_ERR_OVERFLOW when the padded volume exceeds `maximumPaddedVolume`.
     package init(_ desc: PoolDescriptor, input: TensorView, outputShape: [Int]) throws {
-        let lift = PoolDescriptor.maxSpatialDims - desc.spatialDims
-        func lifted(_ values: [Int], _ fill: Int) -> [Int] { Array(repeating: fill, count: lift) + values }
-        let spatialIn = lifted(Array(input.shape[1...desc.spatialDims]), 1)
-        let spatialOut = lifted(Array(outputShape[1...desc.spatialDims]), 1)
-        let kernel = lifted(desc.kernelSize, 1), stride = lifted(desc.stride, 1), padding = lifted(desc.padding, 0)
-        let steps = lifted(Array(input.strides[1...desc.spatialDims]), 0)
+        let s = desc.spatialDims, lift = PoolDescriptor.maxSpatialDims - s
+        // (D, H, W) from the call's spatial axes, `values[first...]`, with `fill` for the axes
+        // a 1-d or 2-d pooling lacks. Tuples, not arrays: every gradient and every pooling the
+        // plan cache has not seen builds a geometry, and the arrays this took (a dozen
+        // allocated and freed) were a seventh of a tiny gradient's instructions.
+        func lifted(_ values: [Int], from first: Int, _ fill: Int) -> (Int, Int, Int) {
+            func axis(_ a: Int) -> Int { a < lift ? fill : values[first + a - lift] }
+            return (axis(0), axis(1), axis(2))
+        }
+        let stride = lifted(desc.stride, from: 0, 1)
         batch = input.shape[0]
-        channels = input.shape[desc.spatialDims + 1]
-        (inD, inH, inW) = (spatialIn[0], spatialIn[1], spatialIn[2])
-        (outD, outH, outW) = (spatialOut[0], spatialOut[1], spatialOut[2])
-        (kernelD, kernelH, kernelW) = (kernel[0], kernel[1], kernel[2])
-        (padD, padH, padW) = (padding[0], padding[1], padding[2])
+        channels = input.shape[s + 1]
+        (inD, inH, inW) = lifted(input.shape, from: 1, 1)
+        (outD, outH, outW) = lifted(outputShape, from: 1, 1)
+        (kernelD, kernelH, kernelW) = lifted(desc.kernelSize, from: 0, 1)
+        (padD, padH, padW) = lifted(desc.padding, from: 0, 0)
         // The padded lengths fit (outputShape checked n + 2p), and a non-empty output has its
         // windows inside the extents below, so the window size is at most their volume.
         // With ceil_mode the last window may reach past the padding (by less than its stride):
         // bound the extent the windows cover, not only the padded length.
-        let padded = try (0..<3).map { axis -> Int in
-            let reach = try Checked.add(try Checked.multiply(spatialOut[axis] - 1, stride[axis], "window start"), kernel[axis],
-                                        "window end")
-            return Swift.max(spatialIn[axis] + 2 * padding[axis], reach)
+        func extent(_ length: Int, _ outputs: Int, _ kernel: Int, _ stride: Int, _ padding: Int) throws -> Int {
+            let reach = try Checked.add(try Checked.multiply(outputs - 1, stride, "window start"), kernel, "window end")
+            return Swift.max(length + 2 * padding, reach)
         }
-        let volume = try Checked.product([batch, channels] + padded, "padded volume of input \(pythonTuple(input.shape)) with "
-            + "padding \(pythonTuple(desc.padding))")
+        let padded = (try extent(inD, outD, kernelD, stride.0, padD), try extent(inH, outH, kernelH, stride.1, padH),
+                      try extent(inW, outW, kernelW, stride.2, padW))
+        func volumeName() -> String { "padded volume of input \(pythonTuple(input.shape)) with padding \(pythonTuple(desc.padding))" }
+        func times(_ a: Int, _ b: Int) throws -> Int { try Checked.multiply(a, b, volumeName()) }
+        let volume = try times(times(times(times(batch, channels), padded.0), padded.1), padded.2)
         guard volume <= Self.maximumPaddedVolume else {
-            throw PoolError.overflow("the padded input \(pythonTuple([batch] + padded.suffix(desc.spatialDims) + [channels])) has "
-                + "\(volume) elements, more than the 2^55 this engine takes")
+            throw PoolError.overflow("the padded input \(pythonTuple([batch] + [padded.0, padded.1, padded.2].suffix(s) + [channels])) "
+                + "has \(volume) elements, more than the 2^55 this engine takes")
         }
         // A stride past the padded length gives the same windows as the padded length (only
         // window 0 exists), and keeps stride x channels inside the bound above.
-        (strideD, strideH, strideW) = (Swift.min(stride[0], padded[0]), Swift.min(stride[1], padded[1]), Swift.min(stride[2], padded[2]))
+        (strideD, strideH, strideW) = (Swift.min(stride.0, padded.0), Swift.min(stride.1, padded.1), Swift.min(stride.2, padded.2))
         if desc.kind == .average {
             divisor = !desc.countIncludePad ? .input : desc.ceilMode ? .paddedInput : .window
             // Where every window is whole (no padding reached), the kernel size it is.
@@ -76,8 +82,9 @@ package struct PoolGeometry: Sendable {
             // (TensorView.byteSpan) and must not reach the address arithmetic: zero them.
             (stepN, stepD, stepH, stepW, stepC) = (0, 0, 0, 0, 0)
         } else {
-            (stepN, stepD, stepH, stepW) = (input.strides[0], steps[0], steps[1], steps[2])
-            stepC = input.strides[desc.spatialDims + 1]
+            stepN = input.strides[0]
+            (stepD, stepH, stepW) = lifted(input.strides, from: 1, 0)
+            stepC = input.strides[s + 1]
             denseStepsOfUnitAxes()
         }
     }
