@@ -65,12 +65,11 @@ extension PoolEngine {
                 }
             }
         }
-        // The cotangent's steps lifted to (N, D, H, W, C) as the geometry's are, 0 on the axes a
-        // 1-d or 2-d pooling lacks.
-        let s = desc.spatialDims, lift = PoolDescriptor.maxSpatialDims - s
-        func step(_ axis: Int) -> Int { axis < lift ? 0 : gradOutput.strides[1 + axis - lift] }
+        // The cotangent's steps lifted to (N, D, H, W, C) as the geometry's are.
+        let s = desc.spatialDims
+        let lifted = PoolGeometry.lifted(gradOutput.strides, from: 1, spatialDims: s, fill: 0)
         let steps = outputShape.contains(0) ? (0, 0, 0, 0, 0)
-            : (gradOutput.strides[0], step(0), step(1), step(2), gradOutput.strides[s + 1])
+            : (gradOutput.strides[0], lifted.0, lifted.1, lifted.2, gradOutput.strides[s + 1])
         // The gradient is empty only with the input; an empty output leaves a gradient of zeros.
         guard !input.shape.contains(0) else { return (nil, steps) }
         return (try PoolGeometry(desc, input: input, outputShape: outputShape), steps)

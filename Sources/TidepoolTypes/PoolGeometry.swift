@@ -36,14 +36,12 @@ package struct PoolGeometry: Sendable {
     /// must not be empty (an empty output is never computed, so its geometry is not needed).
     /// Throws TP_ERR_OVERFLOW when the padded volume exceeds `maximumPaddedVolume`.
     package init(_ desc: PoolDescriptor, input: TensorView, outputShape: [Int]) throws {
-        let s = desc.spatialDims, lift = PoolDescriptor.maxSpatialDims - s
-        // (D, H, W) from the call's spatial axes, `values[first...]`, with `fill` for the axes
-        // a 1-d or 2-d pooling lacks. Tuples, not arrays: every gradient and every pooling the
-        // plan cache has not seen builds a geometry, and the arrays this took (a dozen
-        // allocated and freed) were a seventh of a tiny gradient's instructions.
+        let s = desc.spatialDims
+        // Tuples, not arrays: every gradient and every pooling the plan cache has not seen
+        // builds a geometry, and the arrays this took (a dozen allocated and freed) were a
+        // seventh of a tiny gradient's instructions.
         func lifted(_ values: [Int], from first: Int, _ fill: Int) -> (Int, Int, Int) {
-            func axis(_ a: Int) -> Int { a < lift ? fill : values[first + a - lift] }
-            return (axis(0), axis(1), axis(2))
+            Self.lifted(values, from: first, spatialDims: s, fill: fill)
         }
         let stride = lifted(desc.stride, from: 0, 1)
         batch = input.shape[0]
@@ -87,6 +85,14 @@ package struct PoolGeometry: Sendable {
             stepC = input.strides[s + 1]
             denseStepsOfUnitAxes()
         }
+    }
+
+    /// (D, H, W) from a call's `spatialDims` spatial axes, `values[first...]`, with `fill` for
+    /// the axes a 1-d or 2-d pooling lacks (the leading ones).
+    package static func lifted(_ values: [Int], from first: Int, spatialDims: Int, fill: Int) -> (Int, Int, Int) {
+        let lift = PoolDescriptor.maxSpatialDims - spatialDims
+        func axis(_ a: Int) -> Int { a < lift ? fill : values[first + a - lift] }
+        return (axis(0), axis(1), axis(2))
     }
 
     @inlinable package var windowSize: Int { kernelD * kernelH * kernelW }

@@ -159,7 +159,7 @@ public enum AverageWideInteger<I: FixedWidthInteger>: WindowReduction {
 /// (max, ordered compare, blend). Spelt `b != b`, not `b.isNaN`, and as two steps: the
 /// optimiser folded `b.isNaN ? b : (b > a ? b : a)` into one select on an OR of two compares
 /// (four instructions: unordered and ordered compares, OR, blend), and `isNaN` beside the max
-/// compiled to a test on the bits as integers (five).
+/// compiled to a test on the bits as integers, with integer compares and more blends.
 @inlinable func nanPropagatingMax<F: FloatingPoint>(_ a: F, _ b: F) -> F {
     let larger = a < b ? b : a
     return b != b ? b : larger
