@@ -207,23 +207,51 @@ extension TilePass {
     /// window's, and `merge` keeps the left of equal values.
     /// The padding columns of `paddedRow` are set back to the identity afterwards.
     func doubleAlongW(into destination: UnsafeMutablePointer<R.Accumulator>) {
+        doubleLevels(paddedRow, doubledRow, width: 1, into: destination)
+        fillPaddingOfPaddedRow()
+    }
+
+    /// `doubleAlongW` for fused input row `row` (at the tile's first channel), its first level
+    /// (each column merged with the next) read straight from the row, as `pairAlongW` adds
+    /// pairs: widening the row into `paddedRow` first, a copy for a float max, was a pass of
+    /// its own over every row. The same merges of the same values, so the same bits; the
+    /// identity stands for the padding as it does in `paddedRow`, which is left as scratch.
+    func doubleAlongW(row: UnsafePointer<R.Input>, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        let channels = channels, inputs = inputColumns, count = columnSpan - 1
+        let pairs = g.kernelW == 2 ? destination : doubledRow
+        let source = row + firstColumn * channels
+        // Pairs of two input columns in one vector loop (two pointers, see `doubleLevels`); the
+        // few that touch the padding column by column.
+        let inner = Swift.min(inputs.lowerBound, count)..<Swift.max(Swift.min(inputs.lowerBound, count), inputs.upperBound - 1)
+        let next = source + channels
+        for j in (inner.lowerBound * channels)..<(inner.upperBound * channels) { pairs[j] = R.merge(R.widen(source[j]), R.widen(next[j])) }
+        func column(_ q: Int, _ c: Int) -> R.Accumulator { inputs.contains(q) ? R.widen(source[q * channels + c]) : R.identity }
+        for q in 0..<inner.lowerBound {
+            for c in 0..<channels { pairs[q * channels + c] = R.merge(column(q, c), column(q + 1, c)) }
+        }
+        for q in inner.upperBound..<count {
+            for c in 0..<channels { pairs[q * channels + c] = R.merge(column(q, c), column(q + 1, c)) }
+        }
+        if g.kernelW > 2 { doubleLevels(doubledRow, paddedRow, width: 2, into: destination) }
+    }
+
+    /// The doubling's levels from windows of `width` columns at `from` (the span's columns
+    /// less width - 1), alternating with `to`, then each position's two windows into
+    /// `destination`. A level whose windows are the kernel is the result, written there.
+    private func doubleLevels(_ from: UnsafeMutablePointer<R.Accumulator>, _ to: UnsafeMutablePointer<R.Accumulator>, width: Int,
+                              into destination: UnsafeMutablePointer<R.Accumulator>) {
         let channels = channels
-        var from = paddedRow, to = doubledRow
-        var width = 1, valid = columnSpan
+        var from = from, to = to, width = width, valid = columnSpan - width + 1
         while 2 * width <= g.kernelW {
             // Two pointers and plain loops (`mergeRuns`): an index sum in the loop, checked for
             // overflow, kept the loop scalar with a branch per merge.
-            mergeRuns(to, from, from + width * channels, (valid - width) * channels)
+            let target = 2 * width == g.kernelW ? destination : to
+            mergeRuns(target, from, from + width * channels, (valid - width) * channels)
+            if target == destination { return }
             swap(&from, &to)
             valid -= width
             width *= 2
         }
-        let offset = (g.kernelW - width) * channels
-        if offset == 0 {
-            for j in 0..<rowLength { destination[j] = from[j] }
-        } else {
-            mergeRuns(destination, from, from + offset, rowLength)
-        }
-        fillPaddingOfPaddedRow()
+        mergeRuns(destination, from, from + (g.kernelW - width) * channels, rowLength)
     }
 }

@@ -250,9 +250,15 @@ extension TilePass {
             reduceEdge(interior.upperBound..<positions.count, row: row, first: first, into: destination)
             return
         }
-        // Windows reach into padding, widening costs more than a pass, or the max doubles along
-        // W: widen the row once, with identity where the padding is, and reduce every position
-        // the same way (the order of taps is unchanged).
+        // The max doubles along W from the row itself (its first level reads each input twice,
+        // so not where widening costs more than a pass).
+        if kernel.doublesW && !kernel.widenOnce {
+            doubleAlongW(row: row, into: destination)
+            return
+        }
+        // Windows reach into padding or widening costs more than a pass: widen the row once,
+        // with identity where the padding is, and reduce every position the same way (the
+        // order of taps is unchanged).
         widenIntoPaddedRow(0..<columnSpan, row: row)
         reducePaddedRow(into: destination)
     }
