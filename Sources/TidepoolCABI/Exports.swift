@@ -137,9 +137,19 @@ public func tpPoolBackward(_ desc: UnsafePointer<tp_pool_desc>?, _ input: Unsafe
                            _ gradOutput: UnsafePointer<tp_tensor>?, _ gradInput: UnsafePointer<tp_tensor>?,
                            _ options: UnsafePointer<tp_backward_options>?) -> tp_status {
     withStatus {
+        // As tp_pool: structs equal to the last call's on this thread skip reading and checking.
+        let cache = PoolPlanCache.current
+        if let desc, let input, let gradOutput, let gradInput,
+           let prepared = cache.lookupBackward(desc, input, gradOutput, gradInput, options) {
+            try PoolEngine.shared.backward(prepared, input: input.pointee.data, gradOutput: gradOutput.pointee.data,
+                                           gradInput: gradInput.pointee.data)
+            return
+        }
         let job = try BackwardArguments(desc, input, gradOutput, gradInput, options)
-        try PoolEngine.shared.backward(job.desc, input: job.input, gradOutput: job.gradOutput, gradInput: job.gradInput,
-                                       ties: job.ties)
+        let prepared = try PoolEngine.shared.prepareBackward(job.desc, input: job.input, gradOutput: job.gradOutput,
+                                                             gradInput: job.gradInput, ties: job.ties)
+        if let desc, let input, let gradOutput, let gradInput { cache.storeBackward(prepared, desc, input, gradOutput, gradInput, options) }
+        try PoolEngine.shared.backward(prepared, input: job.input.data, gradOutput: job.gradOutput.data, gradInput: job.gradInput.data)
     }
 }
 

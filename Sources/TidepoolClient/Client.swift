@@ -92,7 +92,7 @@ public final class PoolClient: @unchecked Sendable {
     /// `wait`; the tensors' lifetimes as for `submit`.
     public func submitBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
                                ties: MaxTies = .split) throws -> UInt64 {
-        _ = try PoolEngine.shared.checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
+        try PoolEngine.shared.checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
         return try state.withLock { connection in
             try connection.submit(desc, input: input, output: gradInput, backward: (ties, gradOutput), deadline: Deadline(timeoutMs),
                                   owner: self)
@@ -126,7 +126,7 @@ public final class PoolClient: @unchecked Sendable {
     /// waited for as `pool` waits.
     public func backward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
                          ties: MaxTies = .split) throws {
-        _ = try PoolEngine.shared.checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
+        try PoolEngine.shared.checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
         try run { connection, deadline in
             try connection.submit(desc, input: input, output: gradInput, backward: (ties, gradOutput), deadline: deadline, owner: self)
         }

@@ -4,13 +4,24 @@ extension PoolEngine {
     /// The gradient of pooling `input` by `desc` with respect to `input`, for the cotangent
     /// `gradOutput` (the vector-Jacobian product), written to `gradInput`: contiguous
     /// channels-last with the input's shape and dtype. Floating-point inputs only (see
-    /// `checkBackward`). Everything is validated first; on error nothing is written.
+    /// `prepareBackward`). Everything is validated first; on error nothing is written.
     /// `isCancelled` is asked before each plane; once it says yes, no further plane starts and
     /// the call throws TP_ERR_CLOSED (the gradient is then partly written).
     public func backward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
                          ties: MaxTies = .split, threads: Int? = nil, isCancelled: (@Sendable () -> Bool)? = nil) throws {
-        let (geometry, gradSteps) = try checkBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput)
-        guard let geometry, let gradData = gradInput.data else { return }
+        try backward(prepareBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput, ties: ties),
+                     input: input.data, gradOutput: gradOutput.data, gradInput: gradInput.data, threads: threads,
+                     isCancelled: isCancelled)
+    }
+
+    /// The gradient of tensors at `input`, `gradOutput` and `gradInput`, described as when
+    /// `prepared`, as the other `backward` computes it: the addresses are checked first; on
+    /// error nothing is written.
+    public func backward(_ prepared: PreparedBackward, input: UnsafeRawPointer?, gradOutput: UnsafeRawPointer?,
+                         gradInput: UnsafeMutableRawPointer?, threads: Int? = nil,
+                         isCancelled: (@Sendable () -> Bool)? = nil) throws {
+        try prepared.place(input: input, gradOutput: gradOutput, gradInput: gradInput)
+        guard let geometry = prepared.geometry, let gradData = gradInput else { return }
         let threads = try threads.map { t -> Int in
             guard (1...Self.maxThreads).contains(t) else {
                 throw PoolError.invalid("thread count must be between 1 and \(Self.maxThreads) but got \(t)")
@@ -18,23 +29,63 @@ extension PoolEngine {
             return t
         } ?? threadCount
         // An input with no elements is never read; neither is an empty cotangent.
-        let call = BackwardCall(geometry: geometry, gradSteps: gradSteps, kind: desc.kind, dtype: input.dtype, ties: ties,
-                                input: input.data ?? UnsafeRawPointer(gradData),
-                                gradOutput: gradOutput.data ?? UnsafeRawPointer(gradData), gradInput: gradData,
+        let call = BackwardCall(geometry: geometry, gradSteps: prepared.gradSteps, kind: prepared.kind, dtype: prepared.dtype,
+                                ties: prepared.ties, input: input ?? UnsafeRawPointer(gradData),
+                                gradOutput: gradOutput ?? UnsafeRawPointer(gradData), gradInput: gradData,
                                 threads: threads, settings: settings, isCancelled: isCancelled)
         try kernels.runBackward(call)
         if isCancelled?() == true { throw PoolError(TP_ERR_CLOSED, "the job was cancelled") }
     }
 
-    /// Checks everything `backward` would check, without touching memory; returns the
-    /// geometry (nil when the gradient is empty) and the cotangent's lifted strides.
+    /// A gradient checked for everything but its data addresses (`prepareBackward`), as
+    /// `Prepared` is a pooling: `backward(_:input:gradOutput:gradInput:)` runs it on tensors
+    /// of the same description at any addresses, checking only those.
+    public struct PreparedBackward: @unchecked Sendable {
+        let kind: PoolKind
+        let dtype: DType
+        let ties: MaxTies
+        let inputShape: [Int], gradOutputShape: [Int]
+        /// The bytes each tensor touches from its address (nil: no elements).
+        let inputReach: Range<Int>?, gradOutputReach: Range<Int>?, gradInputReach: Range<Int>?
+        /// nil when the gradient is empty.
+        let geometry: PoolGeometry?
+        /// The cotangent's element steps lifted to (N, D, H, W, C) as the geometry's are.
+        let gradSteps: (n: Int, d: Int, h: Int, w: Int, c: Int)
+
+        /// The checks of the data addresses: not null where there are elements, no address
+        /// range past 64 bits, a gradient overlapping neither the input nor the cotangent.
+        func place(input: UnsafeRawPointer?, gradOutput: UnsafeRawPointer?, gradInput: UnsafeRawPointer?) throws {
+            let inputSpan = try inputReach.map { try TensorView.place($0, at: input, shape: inputShape, what: "input") }
+            let gradOutputSpan = try gradOutputReach.map {
+                try TensorView.place($0, at: gradOutput, shape: gradOutputShape, what: "grad_output")
+            }
+            guard let gradInputSpan = try gradInputReach.map({
+                try TensorView.place($0, at: gradInput, shape: inputShape, what: "grad_input")
+            }) else { return }
+            // Two tests, not a loop over an array of them: this runs on every call.
+            if let inputSpan, inputSpan.overlaps(gradInputSpan) {
+                throw PoolError(TP_ERR_LAYOUT, "grad_input memory overlaps input; the gradient cannot be written in place")
+            }
+            if let gradOutputSpan, gradOutputSpan.overlaps(gradInputSpan) {
+                throw PoolError(TP_ERR_LAYOUT, "grad_input memory overlaps grad_output; the gradient cannot be written in place")
+            }
+        }
+    }
+
+    /// Checks everything `backward` would check, without touching memory.
+    public func checkBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView) throws {
+        try prepareBackward(desc, input: input, gradOutput: gradOutput, gradInput: gradInput, ties: .split)
+            .place(input: input.data, gradOutput: gradOutput.data, gradInput: gradInput.data)
+    }
+
+    /// Checks everything about a gradient but its data addresses (see `PreparedBackward`).
     ///
     /// Integer inputs are refused (TP_ERR_DTYPE), as JAX and PyTorch refuse them: MLX returns
     /// something for them, but it is an artefact of casts (each window's share truncated to
     /// the integer type, and a gradient dtype of float32, int32 or uint32 instead of the
     /// input's where windows do not overlap), not a gradient.
-    package func checkBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView) throws
-        -> (PoolGeometry?, (n: Int, d: Int, h: Int, w: Int, c: Int)) {
+    public func prepareBackward(_ desc: PoolDescriptor, input: TensorView, gradOutput: TensorView, gradInput: OutputView,
+                                ties: MaxTies) throws -> PreparedBackward {
         let outputShape = try desc.outputShape(inputShape: input.shape)
         guard input.dtype.isFloatingPoint else {
             throw PoolError(TP_ERR_DTYPE, "gradients are defined for floating-point inputs (float32, float64, float16, "
@@ -55,23 +106,18 @@ extension PoolEngine {
                 + "\(pythonTuple(gradInput.shape))")
         }
         try gradInput.checkContiguous(what: "grad_input")
-        let inputSpan = try input.byteSpan(what: "input")
-        let gradOutputSpan = try gradOutput.byteSpan(what: "grad_output")
-        let gradInputSpan = try gradInput.asInput.byteSpan(what: "grad_input")
-        if let gradInputSpan {
-            for (name, span) in [("input", inputSpan), ("grad_output", gradOutputSpan)] {
-                if let span, span.overlaps(gradInputSpan) {
-                    throw PoolError(TP_ERR_LAYOUT, "grad_input memory overlaps \(name); the gradient cannot be written in place")
-                }
-            }
-        }
+        let inputReach = try input.reach(what: "input")
+        let gradOutputReach = try gradOutput.reach(what: "grad_output")
+        let gradInputReach = try gradInput.asInput.reach(what: "grad_input")
         // The cotangent's steps lifted to (N, D, H, W, C) as the geometry's are.
         let s = desc.spatialDims
         let lifted = PoolGeometry.lifted(gradOutput.strides, from: 1, spatialDims: s, fill: 0)
         let steps = outputShape.contains(0) ? (0, 0, 0, 0, 0)
             : (gradOutput.strides[0], lifted.0, lifted.1, lifted.2, gradOutput.strides[s + 1])
         // The gradient is empty only with the input; an empty output leaves a gradient of zeros.
-        guard !input.shape.contains(0) else { return (nil, steps) }
-        return (try PoolGeometry(desc, input: input, outputShape: outputShape), steps)
+        let geometry = input.shape.contains(0) ? nil : try PoolGeometry(desc, input: input, outputShape: outputShape)
+        return PreparedBackward(kind: desc.kind, dtype: input.dtype, ties: ties, inputShape: input.shape,
+                                gradOutputShape: gradOutput.shape, inputReach: inputReach, gradOutputReach: gradOutputReach,
+                                gradInputReach: gradInputReach, geometry: geometry, gradSteps: steps)
     }
 }

@@ -345,6 +345,35 @@ int main(void) {
         tp_backward_options options = {sizeof options, 0, TP_TIES_FIRST, 0};
         expect("backward, first", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_OK, "");
         if (grad[0] == 0 && grad[1] == 2 && grad[2] == 1 && grad[3] == 0) passed++; else failed++;
+        /* The same structs again (tp_pool_backward keeps what it checked for them): other data,
+         * other answers; the rule changed in place, or the options dropped, is read again; a
+         * gradient placed over the input or the cotangent, or reshaped in place, is refused. */
+        {
+            float ys[4] = {5, 4, 4, 6};
+            x.data = ys;
+            expect("backward, same structs, other data", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_OK, "");
+            if (grad[0] == 1 && grad[1] == 1 && grad[2] == 0 && grad[3] == 1) passed++; else failed++;
+            options.max_ties = TP_TIES_SPLIT;
+            expect("backward, rule changed in place", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_OK, "");
+            if (grad[0] == 1 && grad[1] == 0.5f && grad[2] == 0.5f && grad[3] == 1) passed++; else failed++;
+            options.max_ties = TP_TIES_FIRST;
+            expect("backward, first again", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_OK, "");
+            expect("backward, options dropped", tp_pool_backward(&max1, &x, &g, &gx, NULL), TP_OK, "");
+            if (grad[0] == 1 && grad[1] == 0.5f && grad[2] == 0.5f && grad[3] == 1) passed++; else failed++;
+            gx.data = ys;
+            expect("backward, same structs, gradient over the input", tp_pool_backward(&max1, &x, &g, &gx, NULL),
+                   TP_ERR_LAYOUT, "grad_input memory overlaps input");
+            g.data = grad;
+            gx.data = grad;
+            expect("backward, same structs, gradient over the cotangent", tp_pool_backward(&max1, &x, &g, &gx, NULL),
+                   TP_ERR_LAYOUT, "grad_input memory overlaps grad_output");
+            g.data = ones;
+            gx.shape[1] = 3;
+            expect("backward, gradient reshaped in place", tp_pool_backward(&max1, &x, &g, &gx, NULL), TP_ERR_SHAPE,
+                   "grad_input shape must be (1, 4, 1)");
+            gx.shape[1] = 4;
+            x.data = xs;
+        }
         options.max_ties = 7;
         expect("backward, unknown tie rule", tp_pool_backward(&max1, &x, &g, &gx, &options), TP_ERR_INVALID_ARGUMENT,
                "max_ties is 7");

@@ -261,5 +261,19 @@ public func fuzzCABI(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     _ = tpSetNumThreads(2)
     check(runBackward(), "tp_pool_backward (2 threads)")
     precondition(memcmp(gradients, gradients + bufferBytes, nbytes) == 0, "gradients differ between 1 and 2 threads")
+    // The same structs again (tp_pool_backward keeps what it checked for them: the call above
+    // took that path) with the gradient over the input, then over the cotangent: refused.
+    if (input.data! - inputBuffer) + nbytes <= bufferBytes {
+        gradient.data = input.data
+        let overInput = runBackward()
+        check(overInput, "tp_pool_backward (same structs, gradient over the input)")
+        precondition(overInput != TP_OK, "a gradient overlapping the input was accepted for structs checked before")
+    }
+    if outputBytes > 0 && nbytes <= bufferBytes {
+        gradient.data = outputBuffer
+        let overCotangent = runBackward()
+        check(overCotangent, "tp_pool_backward (same structs, gradient over the cotangent)")
+        precondition(overCotangent != TP_OK, "a gradient overlapping the cotangent was accepted for structs checked before")
+    }
     return 0
 }
