@@ -172,6 +172,59 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
         }
     }
 
+    /// Windows that do not overlap, in gradients small enough to stay on the calling thread,
+    /// take the max's gradient window by window (`maxSplitDirect`): the same bits as the
+    /// pipeline that every other gradient takes (forced here by a threshold of 0), on values
+    /// made of ties, signed zeros, infinities and NaN, cotangents of the same, strided views,
+    /// padding as wide as MLX allows and wider, ceil_mode; and the float64 definition.
+    @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
+    func windowsThatDoNotOverlapGiveThePipelinesBits(dtype: DType) throws {
+        var rng = SplitMix64(seed: 1700 + UInt64(dtype.code))
+        let direct = CPULevel.allCases.filter(KernelSelection.supports).map { PoolEngine(threads: 1, cpuLevel: $0) }
+        let pipeline = PoolEngine(threads: 1, serialWorkBelow: 0)
+        let special: [Double] = [0, -0.0, 1, 2, -1, .infinity, -.infinity, .nan]
+        for trial in 0..<150 {
+            let dims = Int.random(in: 1...3, using: &rng)
+            let kernel = (0..<dims).map { _ in Int.random(in: 1...3, using: &rng) }
+            let stride = kernel.map { Int.random(in: $0...($0 + 2), using: &rng) }
+            let padding = kernel.map { Int.random(in: 0...(trial % 9 == 4 ? $0 + 1 : $0 / 2), using: &rng) }
+            let desc = PoolDescriptor(kind: .max, kernelSize: kernel, stride: stride, padding: padding, ceilMode: trial % 3 == 2)
+            let c = [1, 2, 3, 4, 8, 9].randomElement(using: &rng)!
+            let spatial = zip(kernel, padding).map { kk, pp in Int.random(in: Swift.max(1, kk - 2 * pp)...(3 * kk + 4), using: &rng) }
+            let shape = [Int.random(in: 1...2, using: &rng)] + spatial + [c]
+            let every = trial % 4 == 1 ? 2 : 1
+            var strides = TensorView.contiguousStrides(Array(shape.dropLast()) + [c * every])
+            strides[strides.count - 1] = every
+            let input = Buffer(dtype, count: shape.reduce(1, *) * every)
+            for i in 0..<input.count {
+                input[i] = trial % 2 == 0 ? special.randomElement(using: &rng)! : Double(rng.next() % 3) - 1
+            }
+            let outShape = try desc.outputShape(inputShape: shape)
+            let cotangentEvery = trial % 4 == 2 ? 3 : 1
+            let cotangent = randomInput(dtype, shape: [outShape.reduce(1, *) * cotangentEvery], seed: rng.next())
+            for i in 0..<cotangent.count where rng.next() % 6 == 0 { cotangent[i] = special.randomElement(using: &rng)! }
+            let expected = try runBackward(pipeline, desc, ties: .split, input: input, shape: shape, strides: strides,
+                                           cotangent: cotangent, outShape: outShape, cotangentEvery: cotangentEvery)
+            let reference = referenceBackward(desc, ties: .split, input: input, shape: shape, strides: strides, cotangent: cotangent,
+                                              cotangentEvery: cotangentEvery)
+            for engine in direct {
+                let got = try runBackward(engine, desc, ties: .split, input: input, shape: shape, strides: strides,
+                                          cotangent: cotangent, outShape: outShape, cotangentEvery: cotangentEvery)
+                #expect(memcmp(expected.raw, got.raw, got.count * dtype.size) == 0,
+                        "\(desc) \(dtype) \(shape) strides \(strides) \(engine.cpuLevel): not the pipeline's bits")
+                let (rtol, atol) = averageTolerance(dtype)
+                for i in 0..<reference.values.count {
+                    let a = got[i], e = reference.values[i]
+                    let ok = e.isNaN ? a.isNaN : a == e || abs(a - e) <= atol + rtol * reference.magnitude[i] * 2
+                    if !ok {
+                        Issue.record("\(desc) \(dtype) \(shape): element \(i) is \(a), expected \(e)")
+                        break
+                    }
+                }
+            }
+        }
+    }
+
     @Test func refusals() throws {
         let desc = PoolDescriptor(kind: .max, kernelSize: [2])
         let input = Buffer(.int8, count: 4), g = Buffer(.int8, count: 2), out = Buffer(.int8, count: 4)

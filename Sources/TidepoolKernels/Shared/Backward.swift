@@ -63,6 +63,11 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
     let holdersD: [Range<Int>], holdersH: [Range<Int>], holdersW: [Range<Int>]
     /// The most H windows holding one input row: the rows `throughRows` keeps.
     let rowRing: Int
+    /// Whether `maxSplitDirect` computes this gradient (the max's, ties split): windows that
+    /// overlap along no axis (each element in at most one), in a gradient small enough to stay
+    /// on the calling thread, input included (strides above the kernel leave elements that only
+    /// take a zero). A property of the geometry and settings, never of the thread count.
+    let splitsDirectly: Bool
     /// Whether the gradient's rows go out with streaming stores (tidepool_stream.h): a large
     /// gradient is written once and not read back soon, and the stores then skip reading each
     /// line first.
@@ -79,9 +84,16 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         gradOutput = call.gradOutput.assumingMemoryBound(to: R.Input.self)
         gradInput = call.gradInput.assumingMemoryBound(to: R.Input.self)
         let g = call.geometry
-        holdersD = (0..<g.inD).map { windowsHolding($0, kernel: g.kernelD, stride: g.strideD, padding: g.padD, outputs: g.outD) }
-        holdersH = (0..<g.inH).map { windowsHolding($0, kernel: g.kernelH, stride: g.strideH, padding: g.padH, outputs: g.outH) }
-        holdersW = (0..<g.inW).map { windowsHolding($0, kernel: g.kernelW, stride: g.strideW, padding: g.padW, outputs: g.outW) }
+        splitsDirectly = call.kind == .max && call.ties == .split && g.kernelD <= g.strideD && g.kernelH <= g.strideH
+            && g.kernelW <= g.strideW && staysOnCallingThread(g, call.settings) && g.inputElements < call.settings.serialWorkBelow
+        // `maxSplitDirect` reads none of these (empty arrays allocate nothing).
+        let direct = splitsDirectly
+        func holders(_ length: Int, _ kernel: Int, _ stride: Int, _ padding: Int, _ outputs: Int) -> [Range<Int>] {
+            direct ? [] : (0..<length).map { windowsHolding($0, kernel: kernel, stride: stride, padding: padding, outputs: outputs) }
+        }
+        holdersD = holders(g.inD, g.kernelD, g.strideD, g.padD, g.outD)
+        holdersH = holders(g.inH, g.kernelH, g.strideH, g.padH, g.outH)
+        holdersW = holders(g.inW, g.kernelW, g.strideW, g.padW, g.outW)
         rowRing = Swift.max(1, holdersH.lazy.map { $0.count }.max() ?? 1)
         threads = staysOnCallingThread(g, call.settings) ? 1 : call.threads
         // The gradient's byte count fits (checked before the kernels).
@@ -127,7 +139,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
     /// `writeRow` (`parallel` fences the streaming stores of each of its threads).
     func withStagedRows(_ items: Int, _ body: (UnsafeMutablePointer<R.Input>) throws -> Void) throws {
         let count = streams ? workers(items) * stagedRow : 1
-        try withScratch(R.Input.self, [count], "the gradient's staging rows") { try body($0[0]) }
+        try withScratch(R.Input.self, count, "the gradient's staging rows", body)
     }
 
     /// A worker's staging row's length (whole 64-byte lines, so each starts aligned).
@@ -143,20 +155,16 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         tpstream_copy(destination, staged, g.inW * g.channels * MemoryLayout<R.Input>.stride)
     }
 
-    /// `body` with scratch of `counts[i]` values of `V` each (64-byte aligned runs, from the
-    /// engine's ScratchPool), or TP_ERR_NO_MEMORY.
-    func withScratch<V>(_: V.Type, _ counts: [Int], _ what: String, _ body: ([UnsafeMutablePointer<V>]) throws -> Void) throws {
-        let sizes = try counts.map { try Checked.multiply(($0 + 15) / 16 * 16, MemoryLayout<V>.stride, what) }
-        let bytes = try sizes.reduce(0) { try Checked.add($0, $1, what) }
+    /// `body` with scratch of `count` values of `V` (a 64-byte aligned run from the engine's
+    /// ScratchPool), or TP_ERR_NO_MEMORY. One run, no arrays: their allocations were a tenth
+    /// of a tiny gradient's instructions.
+    func withScratch<V>(_: V.Type, _ count: Int, _ what: String, _ body: (UnsafeMutablePointer<V>) throws -> Void) throws {
+        let bytes = try Checked.multiply((count + 15) / 16 * 16, MemoryLayout<V>.stride, what)
         guard let scratch = ScratchPool.shared.take(bytes: bytes) else {
             throw PoolError(TP_ERR_NO_MEMORY, "cannot allocate \(bytes) bytes of scratch for \(what)")
         }
         defer { ScratchPool.shared.give(scratch, bytes: bytes) }
-        var offset = 0
-        try body(zip(counts, sizes).map { count, size in
-            defer { offset += size }
-            return (scratch + offset).bindMemory(to: V.self, capacity: count)
-        })
+        try body(scratch.bindMemory(to: V.self, capacity: count))
     }
 
     /// Refuses (`checkScratch`) a worker's scratch of `parts` (counts of values of a size);
@@ -179,6 +187,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         }
         switch (call.kind, call.ties) {
         case (.average, _): try average()
+        case (.max, .split) where splitsDirectly: maxSplitDirect()
         case (.max, .split): try maxSplit()
         case (.max, .first): try maxFirst()
         }
@@ -197,8 +206,8 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         let perWorker = aligned(rowRing * outRow) + aligned(outRow) + aligned(g.inW * c)
         try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride)])
         try withStagedRows(g.batch * g.inD) { staged in
-            try withScratch(R.Accumulator.self, [workers(g.batch * g.inD) * perWorker], "the average's gradient") {
-                average(scratch: $0[0], perWorker: perWorker, staged: staged)
+            try withScratch(R.Accumulator.self, workers(g.batch * g.inD) * perWorker, "the average's gradient") {
+                average(scratch: $0, perWorker: perWorker, staged: staged)
             }
         }
     }
@@ -588,8 +597,8 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         let rows = aligned(levels * outRow), plane = aligned(windows * outRow), perWorker = perWorker(levels, windows)
         try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride)])
         let single = g.windowSize == 1, items = g.batch * g.inD * bands.count
-        try withStagedRows(items) { staged in try withScratch(R.Accumulator.self, [workers(items) * perWorker], "the max's gradient") {
-            let scratch = $0[0]
+        try withStagedRows(items) { staged in try withScratch(R.Accumulator.self, workers(items) * perWorker, "the max's gradient") {
+            let scratch = $0
             func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
                                           wm: UnsafeMutablePointer<R.Accumulator>, ws: UnsafeMutablePointer<R.Accumulator>,
                                           c1: UnsafeMutablePointer<R.Accumulator>, c2: UnsafeMutablePointer<R.Accumulator>,
@@ -677,6 +686,66 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         } }
     }
 
+    /// `maxSplit` window by window, for windows that do not overlap: each window's maximum
+    /// and ties over its elements in (d, h, w) order, its share, then each element's. The
+    /// pipeline's levels (row, plane and window maxima and ties in rings of scratch) are there
+    /// for windows that share elements; for windows that do not, on a tiny gradient, they
+    /// were most of its cost (docs/performance.md). The same bits: the maximum is the same value (the
+    /// NaN kept is the last in (d, h, w) order either way, quieted unless it is the window's
+    /// last element), the tie count the same integer; and where an element is in one window,
+    /// `maxSplit`'s three levels, 0 + masked(reaches(x, row max), 0 + masked(reaches(row max,
+    /// plane max), 0 + masked(reaches(plane max, maximum), share))), are 0 + masked(reaches(x,
+    /// maximum), share): for a finite share, x reaches every level exactly when it equals the
+    /// maximum (they lie between x and it), and a level it misses gives +0 to the levels
+    /// above; a share that is infinite gives NaN (share x 0) at the first level missed, as
+    /// here; a NaN share spreads its NaN either way. BackwardTests compares the two.
+    func maxSplitDirect() {
+        let c = g.channels, windowSize = g.windowSize, single = windowSize == 1, s = call.gradSteps
+        let isCancelled = call.isCancelled ?? { false }
+        // Elements that no window holds take 0.
+        gradInput.initialize(repeating: R.finish(0, windowSize: 1), count: g.inputElements)
+        let (stepD, stepH, stepW, stepC) = (g.stepD, g.stepH, g.stepW, g.stepC)
+        withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: 2 * c) { state in
+            // Per channel, the window's maximum and tie count, then its share in place of the count.
+            let m = state.baseAddress!, k = m + c
+            for n in 0..<g.batch {
+                for od in 0..<g.outD {
+                    if isCancelled() { return }
+                    let (d0, d1) = planes(of: od)
+                    for oh in 0..<g.outH {
+                        let (h0, h1) = rowsOf(oh)
+                        for ow in 0..<g.outW {
+                            let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
+                            guard d0 < d1, h0 < h1, w0 < w1 else { continue }
+                            for ch in 0..<c { m[ch] = -.infinity; k[ch] = 0 }
+                            let window = input + (n * g.stepN + d0 * stepD + h0 * stepH + w0 * stepW)
+                            for d in 0..<(d1 - d0) { for h in 0..<(h1 - h0) { for w in 0..<(w1 - w0) {
+                                let x = window + (d * stepD + h * stepH + w * stepW)
+                                for ch in 0..<c { tie(&m[ch], &k[ch], R.widen(x[ch * stepC]), 1) }
+                            } } }
+                            tiePadding(m, k, c, windowSize - (d1 - d0) * (h1 - h0) * (w1 - w0))
+                            let gradient = gradOutput + (n * s.n + od * s.d + oh * s.h + ow * s.w)
+                            for ch in 0..<c {
+                                let mv = m[ch], share = R.widen(gradient[ch * s.c])
+                                // Windows of one element pass the cotangent through (see `maxSplit`).
+                                k[ch] = single ? share : mv != mv ? mv : share / k[ch]
+                            }
+                            for d in d0..<d1 { for h in h0..<h1 { for w in w0..<w1 {
+                                let x = window + ((d - d0) * stepD + (h - h0) * stepH + (w - w0) * stepW)
+                                let target = gradInput + (((n * g.inD + d) * g.inH + h) * g.inW + w) * c
+                                for ch in 0..<c {
+                                    var sum: R.Accumulator = 0
+                                    sum += masked(reaches(R.widen(x[ch * stepC]), m[ch]), k[ch])
+                                    target[ch] = R.finish(sum, windowSize: 1)
+                                }
+                            } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// One step of a running (maximum, pick) in PyTorch's scan: a greater value, or NaN, takes
     /// the place, so ties keep the first and NaNs the last.
     @inline(__always) func pick<P: FixedWidthInteger>(_ m: inout R.Accumulator, _ p: inout P, _ v: R.Accumulator, _ at: P) {
@@ -750,9 +819,9 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         let rows = aligned(levels * outRow), plane = aligned(windows * outRow), (perWorker, perWorkerPicks) = perWorker(levels, windows)
         try limitScratch([(perWorker, MemoryLayout<R.Accumulator>.stride), (perWorkerPicks, MemoryLayout<P>.stride)])
         let items = g.batch * g.inD * bands.count, workers = workers(items)
-        try withStagedRows(items) { staged in try withScratch(P.self, [workers * perWorkerPicks], "the max's gradient") { picks in
-            try withScratch(R.Accumulator.self, [workers * perWorker], "the max's gradient") {
-                let scratch = $0[0], picks = picks[0]
+        try withStagedRows(items) { staged in try withScratch(P.self, workers * perWorkerPicks, "the max's gradient") { picks in
+            try withScratch(R.Accumulator.self, workers * perWorker, "the max's gradient") {
+                let scratch = $0
                 func parts(_ worker: Int) -> (m1: UnsafeMutablePointer<R.Accumulator>, m2: UnsafeMutablePointer<R.Accumulator>,
                                               s2: UnsafeMutablePointer<R.Accumulator>, row: UnsafeMutablePointer<R.Accumulator>,
                                               p1: UnsafeMutablePointer<P>, p2: UnsafeMutablePointer<P>, wp: UnsafeMutablePointer<P>) {
