@@ -44,7 +44,7 @@ def main():
         rows.append((f"Python, JAX {jax.__version__} jit reduce_window", lambda: pooled(xj).block_until_ready()))
     except ImportError:
         pass
-    print("\nTiny calls: AvgPool2d(2) on (1, 8, 8, 4) float32, per call (medians)")
+    print("\nTiny calls: AvgPool2d(2) on (1, 8, 8, 4) float32 (and gradients from C), per call (medians)")
     print("| call | time |")
     print("|---|---|")
     c = subprocess.run([os.path.join(ROOT, "benchmarks", "build", "tiny_bench")], check=True, capture_output=True, text=True)
