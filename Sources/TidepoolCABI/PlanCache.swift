@@ -9,10 +9,10 @@ import Glibc
 /// The last tp_pool and the last tp_pool_backward of a thread: the bytes of their
 /// descriptor, tensors (the tensors' data addresses aside) and options, and what checking
 /// them gave (`PoolEngine.Prepared`, `PoolEngine.PreparedBackward`), so that a caller pooling
-/// many tensors of one description pays for reading and checking its structs once: a tiny
-/// pooling's cost was mostly that, and a tiny gradient's a third. Bytes equal means every
-/// field equal (the structs have no padding), so a hit runs exactly what a full check would
-/// have; anything else is a miss and checks in full.
+/// many tensors of one description pays for reading and checking its structs once: for a tiny
+/// pooling that was most of its cost, and a large share of a tiny gradient's. Bytes equal
+/// means every field equal (the structs have no padding), so a hit runs exactly what a full
+/// check would have; anything else is a miss and checks in full.
 final class PoolPlanCache {
     private var desc = tp_pool_desc(), input = tp_tensor(), output = tp_tensor()
     private var prepared: PoolEngine.Prepared?

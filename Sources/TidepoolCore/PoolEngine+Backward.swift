@@ -22,12 +22,7 @@ extension PoolEngine {
                          isCancelled: (@Sendable () -> Bool)? = nil) throws {
         try prepared.place(input: input, gradOutput: gradOutput, gradInput: gradInput)
         guard let geometry = prepared.geometry, let gradData = gradInput else { return }
-        let threads = try threads.map { t -> Int in
-            guard (1...Self.maxThreads).contains(t) else {
-                throw PoolError.invalid("thread count must be between 1 and \(Self.maxThreads) but got \(t)")
-            }
-            return t
-        } ?? threadCount
+        let threads = try threadCount(for: threads)
         // An input with no elements is never read; neither is an empty cotangent.
         let call = BackwardCall(geometry: geometry, gradSteps: prepared.gradSteps, kind: prepared.kind, dtype: prepared.dtype,
                                 ties: prepared.ties, input: input ?? UnsafeRawPointer(gradData),

@@ -64,6 +64,15 @@ public final class PoolEngine: Sendable {
         configuredThreads.store(threads, ordering: .relaxed)
     }
 
+    /// The threads one call runs on: its own count (1 to `maxThreads`), or the engine's.
+    func threadCount(for call: Int?) throws -> Int {
+        guard let t = call else { return threadCount }
+        guard (1...Self.maxThreads).contains(t) else {
+            throw PoolError.invalid("thread count must be between 1 and \(Self.maxThreads) but got \(t)")
+        }
+        return t
+    }
+
     /// Checks everything `pool` would check, without touching memory.
     public func check(_ desc: PoolDescriptor, input: TensorView, output: OutputView) throws {
         _ = try plan(desc, input: input, output: output)
@@ -145,12 +154,7 @@ public final class PoolEngine: Sendable {
         // An input with no elements is never read (every window lies in padding), so any
         // non-null address stands in for its data.
         let inputData = input ?? UnsafeRawPointer(outputData)
-        let threads = try threads.map { t -> Int in
-            guard (1...Self.maxThreads).contains(t) else {
-                throw PoolError.invalid("thread count must be between 1 and \(Self.maxThreads) but got \(t)")
-            }
-            return t
-        } ?? threadCount
+        let threads = try threadCount(for: threads)
         let call = KernelCall(geometry: geometry, kind: prepared.kind, dtype: prepared.dtype, input: inputData, output: outputData,
                               threads: threads, settings: settings, progress: progress, isCancelled: isCancelled)
         largestScratch.max(try kernels.run(call), ordering: .relaxed)

@@ -180,6 +180,33 @@ func expectPoolError(_ status: tp_status, _ fragments: [String], sourceLocation:
         expectPoolError(TP_ERR_INVALID_ARGUMENT, ["thread count", "5000"]) { try engine.setThreadCount(5000) }
     }
 
+    /// A call's own thread count, for the forward and the gradient alike: 1 to maxThreads;
+    /// refused before anything is written.
+    @Test func callThreadCount() throws {
+        let desc = PoolDescriptor(kind: .max, kernelSize: [2])
+        let input = Buffer(.float32, count: 4), output = Buffer(.float32, count: 2), grad = Buffer(.float32, count: 4)
+        let x = TensorView(data: input.raw, dtype: .float32, shape: [1, 4, 1])
+        let y = OutputView(data: output.raw, dtype: .float32, shape: [1, 2, 1])
+        let dy = TensorView(data: output.raw, dtype: .float32, shape: [1, 2, 1])
+        let dx = OutputView(data: grad.raw, dtype: .float32, shape: [1, 4, 1])
+        for bad in [0, -3, PoolEngine.maxThreads + 1] {
+            output.raw.storeBytes(of: Float(7), as: Float.self)
+            expectPoolError(TP_ERR_INVALID_ARGUMENT, ["thread count", "between 1 and \(PoolEngine.maxThreads)", "\(bad)"]) {
+                try engine.pool(desc, input: x, output: y, threads: bad)
+            }
+            #expect(output.raw.load(as: Float.self) == 7)
+            grad.raw.storeBytes(of: Float(7), as: Float.self)
+            expectPoolError(TP_ERR_INVALID_ARGUMENT, ["thread count", "between 1 and \(PoolEngine.maxThreads)", "\(bad)"]) {
+                try engine.backward(desc, input: x, gradOutput: dy, gradInput: dx, threads: bad)
+            }
+            #expect(grad.raw.load(as: Float.self) == 7)
+        }
+        for good in [1, PoolEngine.maxThreads] {
+            try engine.pool(desc, input: x, output: y, threads: good)
+            try engine.backward(desc, input: x, gradOutput: dy, gradInput: dx, threads: good)
+        }
+    }
+
     @Test func dtypeCodesMatchHeader() {
         #expect(DType.allCases.count == 12)
         for dtype in DType.allCases { #expect(DType(code: dtype.code) == dtype) }
