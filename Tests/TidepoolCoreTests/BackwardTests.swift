@@ -101,6 +101,56 @@ func runBackward(_ engine: PoolEngine, _ desc: PoolDescriptor, ties: MaxTies, in
         #expect(try vjp([-.infinity, -.infinity, 1, 2], kernel: 2, stride: 2, padding: 1) == [0.5, 0, 1, 1])
     }
 
+    /// Windows mostly or wholly in the padding: padding wider than the kernel (windows with no
+    /// element, more outputs than inputs), and kernels far longer than the row (padding may
+    /// make them any length the padded volume allows), where the gradient must cost what its
+    /// elements do, not the kernel's length: a loop over every tap took seconds for 2^30 taps
+    /// and hours for 2^40. Values from each window's in-bounds elements, found by arithmetic
+    /// (`referenceBackward` walks every tap).
+    @Test func windowsMostlyInThePadding() throws {
+        let n = 5, c = 2
+        let input = Buffer(.float32, count: n * c)
+        for i in 0..<(n * c) { input[i] = Double((i * 7) % 11) }  // distinct per channel
+        for (k, s, p) in [(3, 1, 5), (2, 3, 4), (4, 2, 6), (1, 1, 2), (1 << 40, 1, 1 << 39), (1 << 40, 1 << 39, 1 << 40), (1 << 36, (1 << 36) - 3, 1 << 36),
+                          ((1 << 36) + 3, 2, 1 << 35),
+                          (1 << 36, (1 << 36) - 1, (1 << 36) - 2), (1 << 36, (1 << 36) - 2, (1 << 36) - 1)] {
+            for kind in [PoolKind.average, .max] {
+                for ties in kind == .max ? [MaxTies.split, .first] : [.split] {
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [k], stride: [s], padding: [p])
+                    let outShape = try desc.outputShape(inputShape: [1, n, c]), outputs = outShape[1]
+                    #expect(outputs >= 1 && outputs <= 16)
+                    let cotangent = Buffer(.float32, count: outputs * c)
+                    for i in 0..<(outputs * c) { cotangent[i] = Double(i + 1) }
+                    var expected = [Double](repeating: 0, count: n * c)
+                    for o in 0..<outputs {
+                        let w0 = Swift.max(0, o * s - p), w1 = Swift.min(n, o * s - p + k)
+                        guard w0 < w1 else { continue }
+                        for ch in 0..<c {
+                            let g = cotangent[o * c + ch]
+                            if kind == .average {
+                                for w in w0..<w1 { expected[w * c + ch] += g / Double(k) }
+                            } else {
+                                // Distinct values: one maximum, which takes the whole share.
+                                let top = (w0..<w1).max { input[$0 * c + ch] < input[$1 * c + ch] }!
+                                expected[top * c + ch] += g
+                            }
+                        }
+                    }
+                    for threads in [1, 2] {
+                        let gradient = try runBackward(PoolEngine.shared, desc, ties: ties, input: input, shape: [1, n, c],
+                                                       strides: [n * c, c, 1], cotangent: cotangent, outShape: outShape,
+                                                       threads: threads)
+                        for i in 0..<(n * c) {
+                            // Rounded once from float32 sums, which are exact here.
+                            #expect(abs(gradient[i] - expected[i]) <= 1e-6 * abs(expected[i]),
+                                    "\(kind) k\(k) s\(s) p\(p) element \(i): \(gradient[i]) != \(expected[i])")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Random configurations of every layer and float dtype, contiguous and strided, with ties
     /// (values on a coarse grid), -inf and NaN, against the float64 definition; strided
     /// inputs and cotangents; 1 and 3 threads, both CPU levels, streamed stores and planes cut

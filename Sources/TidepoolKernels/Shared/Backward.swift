@@ -156,8 +156,8 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
     }
 
     /// `body` with scratch of `count` values of `V` (a 64-byte aligned run from the engine's
-    /// ScratchPool), or TP_ERR_NO_MEMORY. One run, no arrays: their allocations were a tenth
-    /// of a tiny gradient's instructions.
+    /// ScratchPool), or TP_ERR_NO_MEMORY. One run, no arrays: allocating arrays of counts and
+    /// pointers took a visible share of a tiny gradient's instructions.
     func withScratch<V>(_: V.Type, _ count: Int, _ what: String, _ body: (UnsafeMutablePointer<V>) throws -> Void) throws {
         let bytes = try Checked.multiply((count + 15) / 16 * 16, MemoryLayout<V>.stride, what)
         guard let scratch = ScratchPool.shared.take(bytes: bytes) else {
@@ -225,6 +225,49 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         let last = length - 1 + padding - t
         let upper = last < 0 ? 0 : Swift.min(outputs, last / stride + 1)
         return lower..<Swift.max(lower, upper)
+    }
+
+    /// `body(t, outputsOfTap(t))` for each tap t along W that falls on the input for some
+    /// output, each once, in ascending order of t (descending with `descending`). Only those:
+    /// padding may make a kernel far longer than the row (any length the padded volume allows),
+    /// and a loop over all its taps took seconds to hours for a gradient of a few elements.
+    /// Output o's taps on the input are [p - o * s, p - o * s + W), whose ends descend as o
+    /// ascends. With a stride of at most W, consecutive ones meet, so their union is one range
+    /// (each of its taps reached, at most (outW - 1) * s + W of them); otherwise it is walked
+    /// window by window, skipping the taps already visited: at most outW steps more than the
+    /// taps visited, each of which does work.
+    @inline(__always) func reachingTapsW(descending: Bool = false, _ body: (Int, Range<Int>) -> Void) {
+        let (k, s, p, n, outputs) = (g.kernelW, g.strideW, g.padW, g.inW, g.outW)
+        // p - o * s and its sum with n fit: o * s is at most the padded extent (PoolGeometry).
+        func visit(_ t: Int) { body(t, outputsOfTap(t, stride: s, padding: p, length: n, outputs: outputs)) }
+        if s <= n {
+            let first = Swift.max(0, p - (outputs - 1) * s), end = Swift.max(first, Swift.min(k, p + n))
+            if descending {
+                for t in (first..<end).reversed() { visit(t) }
+            } else {
+                for t in first..<end { visit(t) }
+            }
+            return
+        }
+        if descending {
+            var low = k  // the taps from low up are visited
+            for o in 0..<outputs {
+                let a = Swift.max(0, p - o * s)
+                var t = Swift.min(low, p - o * s + n) - 1
+                while t >= a {
+                    visit(t)
+                    t -= 1
+                }
+                low = Swift.min(low, a)
+            }
+        } else {
+            var next = 0  // the taps below next are visited
+            for o in Swift.stride(from: outputs - 1, through: 0, by: -1) {
+                let a = Swift.max(next, p - o * s), b = Swift.min(k, p - o * s + n)
+                for t in a..<Swift.max(a, b) { visit(t) }
+                next = Swift.max(next, b)
+            }
+        }
     }
 
     /// `target` = the sum over the D windows holding plane d of the cotangent's row (n, od, oh),
@@ -298,9 +341,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
                 }
                 // Along W: each output column's sum goes to the inputs under its taps.
                 spread.initialize(repeating: 0, count: g.inW * c)
-                for t in 0..<g.kernelW {
-                    let outputs = outputsOfTap(t, stride: g.strideW, padding: g.padW, length: g.inW, outputs: g.outW)
-                    if outputs.isEmpty { continue }
+                reachingTapsW { t, outputs in
                     if g.strideW == 1 {
                         // One contiguous run (from the tap's first input in bounds): it vectorises
                         // for any channel count.
@@ -308,17 +349,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
                         for j in 0..<outputs.count * c { target[j] += source[j] }
                     } else {
                         let target = spread + (outputs.lowerBound * g.strideW - g.padW + t) * c, source = row + outputs.lowerBound * c
-                        let step = g.strideW * c, count = outputs.count
-                        // The few-channel counts as constants, so the channel loop unrolls (a loop
-                        // of 3 or 4 iterations per output was most of the small and the C = 3
-                        // cases' time).
-                        switch c {
-                        case 1: spreadTap(target, source, count: count, step: step, channels: 1)
-                        case 2: spreadTap(target, source, count: count, step: step, channels: 2)
-                        case 3: spreadTap(target, source, count: count, step: step, channels: 3)
-                        case 4: spreadTap(target, source, count: count, step: step, channels: 4)
-                        default: spreadTap(target, source, count: count, step: step, channels: c)
-                        }
+                        stridedTap(count: outputs.count, step: g.strideW, channels: c) { e, w in target[e] += source[w] }
                     }
                 }
                 writeRow(n, d, h, staged: staging) { target in
@@ -328,13 +359,28 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         }
     }
 
-    /// One W tap of the average's gradient at a stride above 1: output i's `channels` sums
-    /// (contiguous in `source`) added to the input `step` elements after output i - 1's.
-    @inline(__always) func spreadTap(_ target: UnsafeMutablePointer<R.Accumulator>, _ source: UnsafePointer<R.Accumulator>,
-                                     count: Int, step: Int, channels: Int) {
-        for i in 0..<count {
-            let t = target + i * step, s = source + i * channels
-            for ch in 0..<channels { t[ch] += s[ch] }
+    /// `body(element, window)` for each channel of `count` windows of one W tap at a stride
+    /// above 1: `element` counts the tap's elements (`step` positions apart, `channels` each),
+    /// `window` the windows' values (contiguous, `channels` each). The few-channel counts as
+    /// constants, so that the channel loop unrolls (a loop of 3 or 4 iterations per window was
+    /// most of the small and the C = 3 cases' time).
+    @inline(__always) func stridedTap(count: Int, step: Int, channels: Int, _ body: (_ element: Int, _ window: Int) -> Void) {
+        @inline(__always) func run(_ channels: Int) {
+            // Offsets within a row: wrapping adds, not overflow-checked ones per element.
+            let jump = step &* channels
+            var element = 0, window = 0
+            for _ in 0..<count {
+                for ch in 0..<channels { body(element &+ ch, window &+ ch) }
+                element &+= jump
+                window &+= channels
+            }
+        }
+        switch channels {
+        case 1: run(1)
+        case 2: run(2)
+        case 3: run(3)
+        case 4: run(4)
+        default: run(channels)
         }
     }
 
@@ -433,20 +479,30 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
 
     /// Level 1 of `split` for input row (n, d, h): per output column ow, the maximum of the
     /// row's window in m[ow * C + ch] and its ties in k (padding counted as -inf elements).
+    ///
+    /// Tap by tap over all the windows, not window by window: each window still takes its
+    /// columns left to right (the same ties in the same order, so the same bits), and at a
+    /// stride of 1 a tap's windows read one contiguous run, a loop that vectorises whatever the
+    /// channel count (a loop over 1 to 7 channels per window does not).
     func splitRow(_ n: Int, _ d: Int, _ h: Int, _ m: UnsafeMutablePointer<R.Accumulator>, _ k: UnsafeMutablePointer<R.Accumulator>,
                   _ row: UnsafeMutablePointer<R.Accumulator>) {
-        let c = g.channels, elements = inputRow(n, d, h, row)
-        for ow in 0..<g.outW {
-            let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
-            let m = m + ow * c, k = k + ow * c
-            for ch in 0..<c { m[ch] = -.infinity; k[ch] = 0 }
-            for w in w0..<Swift.max(w0, w1) {
-                let x = elements + w * c
-                for ch in 0..<c { tie(&m[ch], &k[ch], x[ch], 1) }
+        let c = g.channels, elements = inputRow(n, d, h, row), stride = g.strideW
+        for j in 0..<g.outW * c { m[j] = -.infinity; k[j] = 0 }
+        reachingTapsW { t, outputs in
+            let mt = m + outputs.lowerBound * c, kt = k + outputs.lowerBound * c
+            let x = elements + (outputs.lowerBound * stride - g.padW + t) * c
+            if stride == 1 {
+                for j in 0..<outputs.count * c { tie(&mt[j], &kt[j], x[j], 1) }
+                return
             }
-            tiePadding(m, k, c, g.kernelW - Swift.max(0, w1 - w0))
+            stridedTap(count: outputs.count, step: stride, channels: c) { e, w in tie(&mt[w], &kt[w], x[e], 1) }
+        }
+        for ow in 0..<g.outW {
+            let (w0, w1) = windowBounds(ow, stride: stride, padding: g.padW, kernel: g.kernelW, length: g.inW)
+            tiePadding(m + ow * c, k + ow * c, c, g.kernelW - Swift.max(0, w1 - w0))
         }
     }
+
 
     /// Level 2 of `split` for output row oh of a plane: the maximum of its rows' maxima (row h
     /// at m1 + h * outW * C, its ties in the ring `c1` at slot h % columnRing) in m and the
@@ -516,7 +572,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         func cut(_ count: Int) -> (bands: [RowBand], levels: Int, windows: Int) {
             let bands = (0..<count).map { band(($0 * g.inH / count)..<(($0 + 1) * g.inH / count)) }
             // Closures, not key paths: a key path into this generic type is built at run time,
-            // on every call (a third of a tiny gradient's time went to it).
+            // on every call, a large share of a tiny gradient's time.
             return (bands, bands.lazy.map { $0.levels.count }.max() ?? 0, bands.lazy.map { $0.windows.count }.max() ?? 0)
         }
         var count = 1, chosen = cut(1)
@@ -528,8 +584,9 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
     }
 
     /// A worker's row of the max's scratch: an input or cotangent row (W or outW positions;
-    /// outW is the larger where the padding is wider than half the kernel), then C sums.
-    var rowLine: Int { aligned((Swift.max(g.inW, g.outW) + 1) * g.channels) }
+    /// outW is the larger where the padding is wider than half the kernel), then a row of
+    /// sums (`maxSplit`'s W positions; `maxFirst` uses C of them).
+    var rowLine: Int { aligned((Swift.max(g.inW, g.outW) + g.inW) * g.channels) }
 
     /// The ring sizes of `throughPlanes`: planes kept (a plane is needed until the last window
     /// holding it is complete, at most kernelD - 1 planes later, and a window is found from its
@@ -669,17 +726,24 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
                         for j in 0..<outRow { s1[j] += masked(reaches(rm[j], pm[j]), ps[j]) }
                     }
                     let x0 = inputRow(n, d, h, row)
-                    writeRow(n, d, h, staged: staging) { out in
-                        for w in 0..<g.inW {
-                            let x = x0 + w * c
-                            for ch in 0..<c { sum[ch] = 0 }
-                            for ow in holdersW[w] {
-                                let rm = m1 + (h * g.outW + ow) * c, rs = s1 + ow * c
-                                for ch in 0..<c { sum[ch] += masked(reaches(x[ch], rm[ch]), rs[ch]) }
-                            }
-                            let target = out + w * c
-                            for ch in 0..<c { target[ch] = R.finish(sum[ch], windowSize: 1) }
+                    // Each element gathers its windows' shares in ascending ow, tap by tap over
+                    // the row (taps from the last, so that each element's windows come in that
+                    // order), as `splitRow` finds them.
+                    for j in 0..<g.inW * c { sum[j] = 0 }
+                    reachingTapsW(descending: true) { t, outputs in
+                        let first = (outputs.lowerBound * g.strideW - g.padW + t) * c
+                        let target = sum + first, x = x0 + first
+                        let rm = m1 + (h * g.outW + outputs.lowerBound) * c, rs = s1 + outputs.lowerBound * c
+                        if g.strideW == 1 {
+                            for j in 0..<outputs.count * c { target[j] += masked(reaches(x[j], rm[j]), rs[j]) }
+                            return
                         }
+                        stridedTap(count: outputs.count, step: g.strideW, channels: c) { e, w in
+                            target[e] += masked(reaches(x[e], rm[w]), rs[w])
+                        }
+                    }
+                    writeRow(n, d, h, staged: staging) { out in
+                        for j in 0..<g.inW * c { out[j] = R.finish(sum[j], windowSize: 1) }
                     }
                 }
             })
