@@ -8,10 +8,12 @@ stride 1, padding k // 2), the stride (1, 2, k at k3), the channels (1 to 64) an
 for 1-d, 2-d and 3-d average and max pooling. Each cell: Tidepool at 1 and 2 threads (a layer
 object, so the call's own cost is a few microseconds), the floor (numpy's x.copy() scaled to
 the bytes the pooling moves: input read, output written) measured beside it, run for run, and
-the ratios. Medians of --runs runs. `--only TEXT` keeps the cells whose name contains TEXT.
+the ratios. Medians of --runs runs. `--only TEXT` keeps the cells whose name contains TEXT;
+`--random N --seed S` measures N cells that vary everything at once instead.
 """
 
 import argparse
+import random
 import statistics
 import time
 
@@ -66,6 +68,20 @@ def cells():
     return grid
 
 
+def random_cells(count, seed):
+    """`count` cells that vary everything at once (layer, d, k 2-11, s 1-k, padding 0-k/2, C
+    1-64, dtype), drawn with `seed`: the combinations the one-at-a-time grid never meets."""
+    rng = random.Random(seed)
+    channels = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 64]
+    grid = []
+    for _ in range(count):
+        d, kind = rng.choice((1, 2, 3)), rng.choice(("avg", "max"))
+        k = rng.randint(2, 11)
+        s, p, c, t = rng.randint(1, k), rng.randint(0, k // 2), rng.choice(channels), rng.choice(DTYPES)
+        grid.append((f"{kind.capitalize()}Pool{d}d k{k} s{s} p{p} C={c} {t}", kind, d, k, s, p, c, t))
+    return grid
+
+
 def measure(functions, runs):
     """Medians (ms) of each of `functions`, called in turn run after run."""
     for function in functions:
@@ -84,6 +100,8 @@ def main():
     parser.add_argument("--only", default="", help="cells whose name contains this text")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--peers", action="store_true", help="measure MLX, JAX and PyTorch on float32 cells")
+    parser.add_argument("--random", type=int, default=0, metavar="N", help="N random cells instead of the grid")
+    parser.add_argument("--seed", type=int, default=1, help="the random cells' seed")
     args = parser.parse_args()
     available = peers() if args.peers else {}
     header = ["cell", "MB moved", "floor ms", "1 thr ms", "2 thr ms", "1 thr / floor", "2 thr / floor"]
@@ -91,7 +109,7 @@ def main():
         header += list(available) + ["best peer / Tidepool"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    chosen = [cell for cell in cells() if args.only in cell[0]]
+    chosen = [cell for cell in (random_cells(args.random, args.seed) if args.random else cells()) if args.only in cell[0]]
     # Every Tidepool cell runs before any peer: JAX's and PyTorch's worker threads keep
     # spinning after a call and took a CPU from the next cells' Tidepool runs (3-d cells at 2
     # threads measured as slow as at 1). With peers, rows are printed once all are measured.

@@ -518,6 +518,73 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             #expect(firstMismatch(desc, dtype: .float32, actual: run.output, expected: expected.values) == nil)
         }
     }
+
+    /// Strided rows of few channels, whose stride's span of channels is too wide to reduce
+    /// every position, fold tap by tap over the positions whose windows lie in the row
+    /// (`reducePositions`; types that widen, a stack buffer's chunk at a time) and the others
+    /// one by one. Against the reference for 1 to 9 channels (9 folds position by position),
+    /// kernels shorter and longer than the stride and longer than a chunk's buffer holds,
+    /// padding up to the kernel less one, rows shorter than the kernel and rows of several
+    /// chunks, on tiles cut along W; and bit for bit against the same values in channels-first
+    /// storage, which folds position by position: the same left fold of every window (sums
+    /// that cancel, 2^14 - 2^14 + 2^-11, show any change of order).
+    @Test(arguments: [DType.float32, .float16, .int8, .float64])
+    func stridedRowsOfFewChannels(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1)] + [64, 200].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
+        var checked = 0
+        for kind in PoolKind.allCases {
+            for channels in 1...9 {
+                // Above KernelLimits.subsampledSpan (16 elements): positions at the stride.
+                let stride = 16 / channels + 1
+                // 2048: KernelLimits.widenedChunk, accumulators per chunk.
+                for kernel in [2, stride + 1, 2 * stride + 3, 2048 / channels + 5] {
+                    for padding in Set([0, kernel / 2, kernel - 1]) {
+                        // Rows of several chunks for the short kernels only: the reference's
+                        // long kernels over long rows took minutes in a debug build.
+                        let widths = [Swift.max(1, kernel - 1), 4 * stride + kernel + 3] + (kernel < 100 ? [300 * stride + kernel] : [])
+                        for width in widths {
+                            let desc = PoolDescriptor(kind: kind, kernelSize: [2, kernel], stride: [1, stride], padding: [0, padding])
+                            let shape = [2, 3, width, channels]
+                            guard (try? desc.outputShape(inputShape: shape)) != nil else { continue }
+                            let seed = UInt64(channels * 1000 + kernel * 10 + padding)
+                            var inputs = [randomInput(dtype, shape: shape, seed: seed)]
+                            if dtype.isFloatingPoint {
+                                let cancelling = Buffer(dtype, count: inputs[0].count)
+                                var rng = SplitMix64(seed: seed)
+                                for i in 0..<cancelling.count { cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
+                                inputs.append(cancelling)
+                            }
+                            for (index, input) in inputs.enumerated() {
+                                // The same values stored (N, C, H, W).
+                                let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3])
+                                let planar = Buffer(dtype, count: input.count)
+                                for i in 0..<input.count {
+                                    let (ni, hi, wi, ci) = (i / (h * w * c), i / (w * c) % h, i / c % w, i % c)
+                                    planar[((ni * c + ci) * h + hi) * w + wi] = input[i]
+                                }
+                                let strides = TensorView.contiguousStrides(shape), planarStrides = [c * h * w, w, 1, h * w]
+                                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                                let baseline = try runEngine(desc, storage: planar, offset: 0, shape: shape, strides: planarStrides,
+                                                             engine: engines[0])
+                                for engine in engines {
+                                    let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                                    // Sums that cancel lose their small terms in float32, by design: bits only.
+                                    if index == 0 {
+                                        #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil,
+                                                "\(desc) \(dtype) \(shape)")
+                                    }
+                                    let bytes = run.output.count * run.output.dtype.size
+                                    #expect(memcmp(run.output.raw, baseline.output.raw, bytes) == 0, "\(desc) \(dtype) \(shape)")
+                                    checked += 1
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked > 300)
+    }
 }
 
 @Suite struct MemoryTests {

@@ -59,7 +59,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
     let input: UnsafePointer<R.Input>
     let gradOutput: UnsafePointer<R.Input>
     let gradInput: UnsafeMutablePointer<R.Input>
-    /// Per input index on each axis, the windows that hold it.
+    /// Per input index on each axis, the windows that hold it (along W for PyTorch's ties only).
     let holdersD: [Range<Int>], holdersH: [Range<Int>], holdersW: [Range<Int>]
     /// The most H windows holding one input row: the rows `throughRows` keeps.
     let rowRing: Int
@@ -93,7 +93,8 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
         }
         holdersD = holders(g.inD, g.kernelD, g.strideD, g.padD, g.outD)
         holdersH = holders(g.inH, g.kernelH, g.strideH, g.padH, g.outH)
-        holdersW = holders(g.inW, g.kernelW, g.strideW, g.padW, g.outW)
+        // Only PyTorch's ties go back column by column; the others walk W tap by tap.
+        holdersW = call.kind == .max && call.ties == .first ? holders(g.inW, g.kernelW, g.strideW, g.padW, g.outW) : []
         rowRing = Swift.max(1, holdersH.lazy.map { $0.count }.max() ?? 1)
         threads = staysOnCallingThread(g, call.settings) ? 1 : call.threads
         // The gradient's byte count fits (checked before the kernels).
@@ -349,38 +350,13 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
                         for j in 0..<outputs.count * c { target[j] += source[j] }
                     } else {
                         let target = spread + (outputs.lowerBound * g.strideW - g.padW + t) * c, source = row + outputs.lowerBound * c
-                        stridedTap(count: outputs.count, step: g.strideW, channels: c) { e, w in target[e] += source[w] }
+                        channelsByPosition(count: outputs.count, jumps: (g.strideW &* c, c), channels: c) { e, w in target[e] += source[w] }
                     }
                 }
                 writeRow(n, d, h, staged: staging) { target in
                     for j in 0..<g.inW * c { target[j] = R.finish(spread[j], windowSize: windowSize) }
                 }
             }
-        }
-    }
-
-    /// `body(element, window)` for each channel of `count` windows of one W tap at a stride
-    /// above 1: `element` counts the tap's elements (`step` positions apart, `channels` each),
-    /// `window` the windows' values (contiguous, `channels` each). The few-channel counts as
-    /// constants, so that the channel loop unrolls (a loop of 3 or 4 iterations per window was
-    /// most of the small and the C = 3 cases' time).
-    @inline(__always) func stridedTap(count: Int, step: Int, channels: Int, _ body: (_ element: Int, _ window: Int) -> Void) {
-        @inline(__always) func run(_ channels: Int) {
-            // Offsets within a row: wrapping adds, not overflow-checked ones per element.
-            let jump = step &* channels
-            var element = 0, window = 0
-            for _ in 0..<count {
-                for ch in 0..<channels { body(element &+ ch, window &+ ch) }
-                element &+= jump
-                window &+= channels
-            }
-        }
-        switch channels {
-        case 1: run(1)
-        case 2: run(2)
-        case 3: run(3)
-        case 4: run(4)
-        default: run(channels)
         }
     }
 
@@ -495,14 +471,13 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
                 for j in 0..<outputs.count * c { tie(&mt[j], &kt[j], x[j], 1) }
                 return
             }
-            stridedTap(count: outputs.count, step: stride, channels: c) { e, w in tie(&mt[w], &kt[w], x[e], 1) }
+            channelsByPosition(count: outputs.count, jumps: (stride &* c, c), channels: c) { e, w in tie(&mt[w], &kt[w], x[e], 1) }
         }
         for ow in 0..<g.outW {
             let (w0, w1) = windowBounds(ow, stride: stride, padding: g.padW, kernel: g.kernelW, length: g.inW)
             tiePadding(m + ow * c, k + ow * c, c, g.kernelW - Swift.max(0, w1 - w0))
         }
     }
-
 
     /// Level 2 of `split` for output row oh of a plane: the maximum of its rows' maxima (row h
     /// at m1 + h * outW * C, its ties in the ring `c1` at slot h % columnRing) in m and the
@@ -738,7 +713,7 @@ private final class Backward<R: WindowReduction>: @unchecked Sendable where R.In
                             for j in 0..<outputs.count * c { target[j] += masked(reaches(x[j], rm[j]), rs[j]) }
                             return
                         }
-                        stridedTap(count: outputs.count, step: g.strideW, channels: c) { e, w in
+                        channelsByPosition(count: outputs.count, jumps: (g.strideW &* c, c), channels: c) { e, w in
                             target[e] += masked(reaches(x[e], rm[w]), rs[w])
                         }
                     }

@@ -183,3 +183,33 @@ func foldRunsThenLast<L: SourceLoader>(
         for j in 0..<length { d[j] = R.merge(R.merge(R.merge(R.merge(R.merge(p0[j], p1[j]), p2[j]), p3[j]), p4[j]), load(x[j])) }
     }
 }
+
+/// `body(a, b)` for each channel of `count` positions that lie `jumps.0` elements apart in one
+/// run and `jumps.1` in another, `channels` contiguous elements each: `a` and `b` are the
+/// element's offsets in the two. The channel counts of 1 to 8 are constants here, so the
+/// channel loop unrolls and a position's channels can go as one small vector: a loop over a
+/// run-time 3 or 4 channels per position cost more than the merges in it (strided rows of few
+/// channels, forward and gradient). Offsets are wrapping adds, not checked ones per element:
+/// callers keep them within rows whose sizes the geometry checked.
+@inline(__always)
+func channelsByPosition(count: Int, jumps: (Int, Int), channels: Int, _ body: (_ a: Int, _ b: Int) -> Void) {
+    @inline(__always) func run(_ channels: Int) {
+        var a = 0, b = 0
+        for _ in 0..<count {
+            for ch in 0..<channels { body(a &+ ch, b &+ ch) }
+            a &+= jumps.0
+            b &+= jumps.1
+        }
+    }
+    switch channels {
+    case 1: run(1)
+    case 2: run(2)
+    case 3: run(3)
+    case 4: run(4)
+    case 5: run(5)
+    case 6: run(6)
+    case 7: run(7)
+    case 8: run(8)
+    default: run(channels)
+    }
+}

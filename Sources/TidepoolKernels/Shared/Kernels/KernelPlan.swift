@@ -50,6 +50,9 @@ enum KernelLimits {
     /// W windows of up to this many columns fold as pairs (`KernelPlan.pairsW`): their pairs,
     /// and an odd window's last column, fit one fold pass.
     static let pairedWTaps = 2 * sourcesPerPass
+    /// Accumulators a strided row's widened chunk holds (`widenedInChunks`): a buffer on the
+    /// stack, 8 to 16 KB, within L1 beside the row it is read from.
+    static let widenedChunk = 2048
     /// The smallest default tile budget (`KernelSettings.tileBudget(level2CacheBytes:)`).
     static let smallestTileBudgetBytes = KernelSettings.tileBudget(level2CacheBytes: 0)
 }

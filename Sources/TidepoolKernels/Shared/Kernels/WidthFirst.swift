@@ -49,13 +49,13 @@ extension TilePass {
                     }
                 }
                 if width.subsampled {
-                    // A fixed channel count per case, so each position's copy is unrolled.
-                    switch channels {
-                    case 1: copyKeptPositions(target, to: out, channels: 1, outputRow: outputRow)
-                    case 2: copyKeptPositions(target, to: out, channels: 2, outputRow: outputRow)
-                    case 3: copyKeptPositions(target, to: out, channels: 3, outputRow: outputRow)
-                    case 4: copyKeptPositions(target, to: out, channels: 4, outputRow: outputRow)
-                    default: copyKeptPositions(target, to: out, channels: channels, outputRow: outputRow)
+                    // Every stride-th position of the rows finished in scratch (whole rows: the
+                    // tile's channels are the output's).
+                    for oh in 0..<tile.oh.count {
+                        let source = UnsafePointer(target) + oh * rowLength, destination = out + oh * outputRow
+                        channelsByPosition(count: g.outW, jumps: (width.stride * channels, channels), channels: channels) { a, b in
+                            destination[b] = source[a]
+                        }
                     }
                 } else if streaming {
                     tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride)
@@ -99,10 +99,12 @@ extension TilePass {
                     for j in 0..<count { to[j] = R.finish(from[j], windowSize: windowSize) }
                     continue
                 }
-                for ow in tile.ow {
-                    let from = source + (ow * width.stride / width.step - positions.lowerBound) * channels
-                    let to = destination + ow * g.channels
-                    for c in 0..<channels { to[c] = R.finish(from[c], windowSize: windowSize) }
+                // Position ow is ow * stride / step: ow itself, or ow * stride in subsampled rows.
+                let ow0 = tile.ow.lowerBound
+                let from = source + (ow0 * width.stride / width.step - positions.lowerBound) * channels
+                let to = destination + ow0 * g.channels
+                channelsByPosition(count: tile.ow.count, jumps: (width.stride / width.step * channels, g.channels), channels: channels) { a, b in
+                    to[b] = R.finish(from[a], windowSize: windowSize)
                 }
             }
         }
@@ -189,19 +191,6 @@ extension TilePass {
         -> UnsafePointer<R.Accumulator> {
         guard let scanned else { return plane(k) }
         return k == 0 ? scanned.first : scanned.second
-    }
-
-    /// Copies every stride-th position of the tile's subsampled rows, finished in `from`, to
-    /// the output rows at `to`.
-    @inline(__always)
-    func copyKeptPositions(_ from: UnsafePointer<R.Output>, to: UnsafeMutablePointer<R.Output>, channels: Int, outputRow: Int) {
-        let jump = width.stride * channels
-        for oh in 0..<tile.oh.count {
-            let source = from + oh * rowLength, destination = to + oh * outputRow
-            for ow in 0..<g.outW {
-                for c in 0..<channels { destination[ow * channels + c] = source[ow * jump + c] }
-            }
-        }
     }
 
     /// Reduces input row (d, h) along W into `destination`.
@@ -333,28 +322,135 @@ extension TilePass {
     }
 }
 
-/// The W reduction position by position, for strided W with many channels and for inputs
-/// whose rows are not contiguous. Kept out of line so its channel loop is optimised alone.
+/// The W reduction at positions `step` columns apart (strided W whose span of channels is too
+/// wide to reduce every position, and rows that are not contiguous). Kept out of line so its
+/// loops are optimised alone.
+///
+/// Positions whose windows lie in the row, with channels contiguous, fold their channels in
+/// registers (`foldPositions`); folding each position's taps by `foldTaps`, a loop over a
+/// run-time 3 to 6 channels per pass, cost 6-8 times the byte floor on such rows. The others,
+/// at the row's ends, fold their in-bounds taps one position at a time. Both take each
+/// window's taps left to right from its first in-bounds one, so the bits are those of a plain
+/// left fold either way.
 @inline(never)
 func reducePositions<R: WindowReduction>(
     _: R.Type, _ g: PoolGeometry, row: UnsafePointer<R.Input>, positions: Range<Int>, step: Int, channels: Int,
     into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
-    for (slot, q) in positions.enumerated() {
-        let out = destination + slot * channels
+    // Positions whose windows start at or after column 0 and end at or before inW (none when
+    // the kernel is longer than the part of the padded row that holds input).
+    let lowest = Swift.max((g.padW + step - 1) / step, positions.lowerBound)
+    let highest = Swift.min(g.inW + g.padW >= g.kernelW ? (g.inW + g.padW - g.kernelW) / step + 1 : 0, positions.upperBound)
+    var inner = positions.lowerBound..<positions.lowerBound
+    if g.stepC == 1 && channels <= KernelLimits.vectorChannels && lowest < highest {
+        inner = lowest..<highest
+        let out = destination + (lowest - positions.lowerBound) * channels
+        let first = row + (lowest * step - g.padW) * g.stepW
+        widenedInChunks(R.self, first, count: inner.count, step: step, stepW: g.stepW, kernel: g.kernelW, channels: channels, into: out)
+    }
+    for q in positions where !inner.contains(q) {
+        let out = destination + (q - positions.lowerBound) * channels
         let (lower, upper) = windowBounds(q, stride: step, padding: g.padW, kernel: g.kernelW, length: g.inW)
         let columns = lower..<Swift.max(upper, lower)
         if columns.isEmpty {
             for c in 0..<channels { out[c] = R.identity }
         } else if g.stepC == 1 {
-            // All of a position's taps in one pass over its channels, first tap copied.
-            foldTaps(InputLoader<R>.self, out, channels, taps: columns, first: true, source: { row + $0 * g.stepW })
+            foldPositions(InputLoader<R>.self, row + lower * g.stepW, count: 1, jump: 0, tapStep: g.stepW, taps: columns.count,
+                          channels: channels, into: out)
         } else {
             for c in 0..<channels { out[c] = R.identity }
             for column in columns {
                 let source = row + column * g.stepW
                 for c in 0..<channels { out[c] = R.merge(out[c], R.widen(source[c * g.stepC])) }
             }
+        }
+    }
+}
+
+/// `count` positions `step` columns apart (columns `stepW` elements apart, channels contiguous),
+/// each folding `kernel` columns from `first`, into `destination` (`channels` per position).
+/// Inputs that widen to another type are widened a chunk of positions at a time into a buffer
+/// on the stack, in vector loops, and folded from there: widened tap by tap, a float16's
+/// conversion went through one register for every element (a dependency chain from one to the
+/// next), slower than the per-position folds; each input is also widened once instead of once
+/// per window holding it.
+@inline(__always)
+func widenedInChunks<R: WindowReduction>(
+    _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
+    into destination: UnsafeMutablePointer<R.Accumulator>
+) {
+    guard R.Input.self != R.Accumulator.self else {
+        foldPositions(InputLoader<R>.self, first, count: count, jump: step * stepW, tapStep: stepW, taps: kernel,
+                      channels: channels, into: destination)
+        return
+    }
+    withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: KernelLimits.widenedChunk) { buffer in
+        let widened = buffer.baseAddress!
+        // Positions per chunk: their windows' columns fit the buffer (none when one window's
+        // do not).
+        let spare = buffer.count / channels - kernel, perChunk = spare / step + 1
+        guard spare >= 0 else {
+            foldPositions(InputLoader<R>.self, first, count: count, jump: step * stepW, tapStep: stepW, taps: kernel,
+                          channels: channels, into: destination)
+            return
+        }
+        var done = 0
+        while done < count {
+            let n = Swift.min(perChunk, count - done), columns = (n - 1) * step + kernel
+            let from = first + done * step * stepW
+            if stepW == channels {
+                for j in 0..<(columns * channels) { widened[j] = R.widen(from[j]) }
+            } else {
+                channelsByPosition(count: columns, jumps: (stepW, channels), channels: channels) { a, b in widened[b] = R.widen(from[a]) }
+            }
+            foldPositions(AccumulatorLoader<R>.self, UnsafePointer(widened), count: n, jump: step * channels, tapStep: channels,
+                               taps: kernel, channels: channels, into: destination + done * channels)
+            done += n
+        }
+    }
+}
+
+/// `count` positions `jump` elements apart from `first`, each the left fold of its `taps` taps
+/// (`tapStep` apart, channels contiguous), into `destination` (`channels` per position). A
+/// position's channels fold in registers, their count a constant for 1 to 8 (`InlineArray`'s
+/// elements, each indexed by a constant once unrolled): tap by tap over all the positions, with
+/// the folds in memory, took 3 to 7 times as long (a load and a store per tap and channel).
+@inline(__always)
+func foldPositions<L: SourceLoader>(
+    _: L.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
+    into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
+) {
+    typealias R = L.Reduction
+    let load = L.load
+    @inline(__always) func run(_ channels: Int) {
+        var position = first, out = destination
+        for _ in 0..<count {
+            var fold = InlineArray<8, R.Accumulator>(repeating: R.identity)
+            for ch in 0..<channels { fold[ch] = load(position[ch]) }
+            var tap = position
+            for _ in 1..<taps {
+                tap += tapStep
+                for ch in 0..<channels { fold[ch] = R.merge(fold[ch], load(tap[ch])) }
+            }
+            for ch in 0..<channels { out[ch] = fold[ch] }
+            position += jump
+            out += channels
+        }
+    }
+    switch channels {
+    case 1: run(1)
+    case 2: run(2)
+    case 3: run(3)
+    case 4: run(4)
+    case 5: run(5)
+    case 6: run(6)
+    case 7: run(7)
+    case 8: run(8)
+    default:
+        // More channels: each position's taps fold in one pass over its channels.
+        for i in 0..<count {
+            foldTaps(L.self, destination + i * channels, channels, taps: 0..<taps, first: true,
+                     source: { first + i * jump + $0 * tapStep })
         }
     }
 }
