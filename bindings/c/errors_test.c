@@ -1,5 +1,6 @@
 /* errors_test.c - every class of bad argument gets its status and a message naming the
  * argument, from plain C; nothing aborts the process. Prints "N passed, M failed". */
+#include <math.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -255,6 +256,43 @@ int main(void) {
     out1.data = pooled;
     expect("stride 2^62 pools", tp_pool(&far, &in1, &out1), TP_OK, "");
     if (pooled[0] == 4 && pooled[1] == 5 && pooled[2] == 6) passed++; else failed++;
+    /* A view of two positions 1024 elements apart, pooled with kernel 1 and stride and
+     * padding 2^53: one window lies in the row, and the stride times the view's W stride is
+     * 2^63. Commit b73f943 computed that product, checked, in the kernels that fold a few
+     * channels' windows in registers, and trapped (the process died). float32 max reads in
+     * place; int8 averages (float32 out) and float16 max widen first. */
+    {
+        const int64_t far_shape[3] = {1, 2, 1}, far_strides[3] = {2048, 1024, 1};
+        const int64_t one_tap[1] = {1}, far_step[1] = {INT64_C(1) << 53};
+        tp_pool_desc spread;
+        /* The output first, the view after it: every element the view claims is readable. */
+        float *cells = calloc(4 + 1025, sizeof(float));
+        cells[4] = 7;
+        cells[4 + 1024] = 9;
+        tp_pool_desc_init(&spread, TP_POOL_MAX, 1, one_tap, far_step, far_step);
+        tp_tensor_init(&in1, cells + 4, TP_DTYPE_FLOAT32, 3, far_shape, far_strides);
+        expect("stride 2^53 over a 1024-strided view", tp_pool_output(&spread, &in1, &out1), TP_OK, "");
+        out1.data = cells;
+        expect("stride 2^53 over a 1024-strided view pools", tp_pool(&spread, &in1, &out1), TP_OK, "");
+        if (out1.shape[1] == 3 && isinf(cells[0]) && cells[1] == 7 && isinf(cells[2])) passed++; else failed++;
+        uint16_t *halves = calloc(4 + 1025, sizeof(uint16_t));
+        halves[4] = 0x4700; /* 7.0 */
+        tp_tensor_init(&in1, halves + 4, TP_DTYPE_FLOAT16, 3, far_shape, far_strides);
+        tp_pool_output(&spread, &in1, &out1);
+        out1.data = halves;
+        expect("float16 max over a 1024-strided view", tp_pool(&spread, &in1, &out1), TP_OK, "");
+        if (halves[0] == 0xFC00 && halves[1] == 0x4700 && halves[2] == 0xFC00) passed++; else failed++;
+        int8_t small[1025] = {-7};
+        tp_pool_desc_init(&spread, TP_POOL_AVG, 1, one_tap, far_step, far_step);
+        tp_tensor_init(&in1, small, TP_DTYPE_INT8, 3, far_shape, far_strides);
+        tp_pool_output(&spread, &in1, &out1);
+        out1.data = cells; /* averages of integers are float32 */
+        cells[0] = cells[2] = 1;
+        expect("int8 average over a 1024-strided view", tp_pool(&spread, &in1, &out1), TP_OK, "");
+        if (out1.dtype == TP_DTYPE_FLOAT32 && cells[0] == 0 && cells[1] == -7 && cells[2] == 0) passed++; else failed++;
+        free(cells);
+        free(halves);
+    }
     const int64_t wide_kernel[1] = {(int64_t)1 << 30}, wider_stride[1] = {(int64_t)1 << 31};
     tp_pool_desc wide;
     tp_pool_desc_init(&wide, TP_POOL_MAX, 1, wide_kernel, wider_stride, wide_kernel);

@@ -186,11 +186,10 @@ func foldRunsThenLast<L: SourceLoader>(
 
 /// `body(a, b)` for each channel of `count` positions that lie `jumps.0` elements apart in one
 /// run and `jumps.1` in another, `channels` contiguous elements each: `a` and `b` are the
-/// element's offsets in the two. The channel counts of 1 to 8 are constants here, so the
-/// channel loop unrolls and a position's channels can go as one small vector: a loop over a
-/// run-time 3 or 4 channels per position cost more than the merges in it (strided rows of few
-/// channels, forward and gradient). Offsets are wrapping adds, not checked ones per element:
-/// callers keep them within rows whose sizes the geometry checked.
+/// element's offsets in the two. A loop over a run-time 3 or 4 channels per position cost more
+/// than the merges in it (strided rows of few channels, forward and gradient), hence
+/// `unrolledChannels`. Offsets are wrapping adds, not checked ones per element: callers keep
+/// them within rows whose sizes the geometry checked.
 @inline(__always)
 func channelsByPosition(count: Int, jumps: (Int, Int), channels: Int, _ body: (_ a: Int, _ b: Int) -> Void) {
     @inline(__always) func run(_ channels: Int) {
@@ -201,15 +200,23 @@ func channelsByPosition(count: Int, jumps: (Int, Int), channels: Int, _ body: (_
             b &+= jumps.1
         }
     }
+    unrolledChannels(channels, run)
+}
+
+/// `body(channels)`, with `channels` a constant for 1 to 8 once inlined: a loop over a
+/// position's channels then unrolls, and its channels can go as one small vector or stay in
+/// registers. Pass an `@inline(__always)` function, so that each constant gets its own copy.
+@inline(__always)
+func unrolledChannels(_ channels: Int, _ body: (_ channels: Int) -> Void) {
     switch channels {
-    case 1: run(1)
-    case 2: run(2)
-    case 3: run(3)
-    case 4: run(4)
-    case 5: run(5)
-    case 6: run(6)
-    case 7: run(7)
-    case 8: run(8)
-    default: run(channels)
+    case 1: body(1)
+    case 2: body(2)
+    case 3: body(3)
+    case 4: body(4)
+    case 5: body(5)
+    case 6: body(6)
+    case 7: body(7)
+    case 8: body(8)
+    default: body(channels)
     }
 }

@@ -348,7 +348,9 @@ func reducePositions<R: WindowReduction>(
         let first = row + (lowest * step - g.padW) * g.stepW
         widenedInChunks(R.self, first, count: inner.count, step: step, stepW: g.stepW, kernel: g.kernelW, channels: channels, into: out)
     }
-    for q in positions where !inner.contains(q) {
+
+    /// Position `q`'s in-bounds taps, one position.
+    func reduceOne(_ q: Int) {
         let out = destination + (q - positions.lowerBound) * channels
         let (lower, upper) = windowBounds(q, stride: step, padding: g.padW, kernel: g.kernelW, length: g.inW)
         let columns = lower..<Swift.max(upper, lower)
@@ -365,6 +367,8 @@ func reducePositions<R: WindowReduction>(
             }
         }
     }
+    for q in positions.lowerBound..<inner.lowerBound { reduceOne(q) }
+    for q in inner.upperBound..<positions.upperBound { reduceOne(q) }
 }
 
 /// `count` positions `step` columns apart (columns `stepW` elements apart, channels contiguous),
@@ -379,21 +383,17 @@ func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
     into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
-    guard R.Input.self != R.Accumulator.self else {
-        foldPositions(InputLoader<R>.self, first, count: count, jump: step * stepW, tapStep: stepW, taps: kernel,
+    // Positions per chunk: their windows' columns fit the buffer (none when one window's do
+    // not, or the input needs no widening).
+    let spare = KernelLimits.widenedChunk / channels - kernel
+    guard R.Input.self != R.Accumulator.self && spare >= 0 else {
+        foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
                       channels: channels, into: destination)
         return
     }
+    let perChunk = spare / step + 1
     withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: KernelLimits.widenedChunk) { buffer in
         let widened = buffer.baseAddress!
-        // Positions per chunk: their windows' columns fit the buffer (none when one window's
-        // do not).
-        let spare = buffer.count / channels - kernel, perChunk = spare / step + 1
-        guard spare >= 0 else {
-            foldPositions(InputLoader<R>.self, first, count: count, jump: step * stepW, tapStep: stepW, taps: kernel,
-                          channels: channels, into: destination)
-            return
-        }
         var done = 0
         while done < count {
             let n = Swift.min(perChunk, count - done), columns = (n - 1) * step + kernel
@@ -404,27 +404,40 @@ func widenedInChunks<R: WindowReduction>(
                 channelsByPosition(count: columns, jumps: (stepW, channels), channels: channels) { a, b in widened[b] = R.widen(from[a]) }
             }
             foldPositions(AccumulatorLoader<R>.self, UnsafePointer(widened), count: n, jump: step * channels, tapStep: channels,
-                               taps: kernel, channels: channels, into: destination + done * channels)
+                          taps: kernel, channels: channels, into: destination + done * channels)
             done += n
         }
     }
 }
 
 /// `count` positions `jump` elements apart from `first`, each the left fold of its `taps` taps
-/// (`tapStep` apart, channels contiguous), into `destination` (`channels` per position). A
+/// (`tapStep` apart, channels contiguous), into `destination` (`channels` per position). The
+/// jump is a wrapping product from callers and only taken between positions: with one
+/// position it may be a stride times a caller's view stride that no row holds. A
 /// position's channels fold in registers, their count a constant for 1 to 8 (`InlineArray`'s
 /// elements, each indexed by a constant once unrolled): tap by tap over all the positions, with
 /// the folds in memory, took 3 to 7 times as long (a load and a store per tap and channel).
-@inline(__always)
+/// Compiled alone, where the tap step is a run-time value: inlined into `widenedInChunks`,
+/// whose tap step is the channel count, LLVM vectorised the taps of integer sums across
+/// positions (strided loads, then horizontal adds), twice the instructions of the plain folds.
+@inline(never)
 func foldPositions<L: SourceLoader>(
     _: L.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
     into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
 ) {
     typealias R = L.Reduction
     let load = L.load
+    guard channels <= 8 else {
+        // More channels: each position's taps fold in one pass over its channels.
+        for i in 0..<count {
+            foldTaps(L.self, destination + i * channels, channels, taps: 0..<taps, first: true,
+                     source: { first + i &* jump + $0 * tapStep })
+        }
+        return
+    }
     @inline(__always) func run(_ channels: Int) {
-        var position = first, out = destination
-        for _ in 0..<count {
+        for i in 0..<count {
+            let position = first + i &* jump, out = destination + i * channels
             var fold = InlineArray<8, R.Accumulator>(repeating: R.identity)
             for ch in 0..<channels { fold[ch] = load(position[ch]) }
             var tap = position
@@ -433,24 +446,7 @@ func foldPositions<L: SourceLoader>(
                 for ch in 0..<channels { fold[ch] = R.merge(fold[ch], load(tap[ch])) }
             }
             for ch in 0..<channels { out[ch] = fold[ch] }
-            position += jump
-            out += channels
         }
     }
-    switch channels {
-    case 1: run(1)
-    case 2: run(2)
-    case 3: run(3)
-    case 4: run(4)
-    case 5: run(5)
-    case 6: run(6)
-    case 7: run(7)
-    case 8: run(8)
-    default:
-        // More channels: each position's taps fold in one pass over its channels.
-        for i in 0..<count {
-            foldTaps(L.self, destination + i * channels, channels, taps: 0..<taps, first: true,
-                     source: { first + i * jump + $0 * tapStep })
-        }
-    }
+    unrolledChannels(channels, run)
 }
