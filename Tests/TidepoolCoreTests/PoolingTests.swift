@@ -521,7 +521,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Strided rows of few channels, whose stride's span of channels is too wide to reduce
     /// every position, fold each position's channels in registers where its window lies in the
-    /// row (`reducePositions`; types that widen, from a stack buffer a chunk at a time) and the
+    /// row (`reducePositions`; types that widen, from a stack buffer a chunk at a time; maxima
+    /// of 2 to 8 channels as one vector whose upper lanes repeat channels) and the
     /// others one by one. Against the reference for 1 to 9 channels (9 folds position by position),
     /// kernels shorter and longer than the stride and longer than a chunk's buffer holds,
     /// padding up to the kernel less one, rows shorter than the kernel and rows of several

@@ -8,7 +8,8 @@ import TidepoolTypes
 /// time.
 public protocol WindowReduction {
     associatedtype Input
-    associatedtype Accumulator
+    /// A SIMD scalar, so that kernels may fold a few channels as one small vector.
+    associatedtype Accumulator: SIMDScalar
     associatedtype Output
     /// The fold's start, which is also what a padded position contributes: 0 for average
     /// (zero padding), -inf or the integer type's lowest value for max.
@@ -165,7 +166,7 @@ public enum AverageWideInteger<I: FixedWidthInteger>: WindowReduction {
     return b != b ? b : larger
 }
 
-public enum MaxFloat<F: BinaryFloatingPoint>: WindowReduction {
+public enum MaxFloat<F: BinaryFloatingPoint & SIMDScalar>: WindowReduction {
     @inlinable public static var identity: F { -F.infinity }
     @inlinable public static func widen(_ x: F) -> F { x }
     @inlinable public static func merge(_ a: F, _ b: F) -> F { nanPropagatingMax(a, b) }
@@ -211,7 +212,7 @@ public enum MaxHalfFloat<H: HalfFloatBits>: WindowReduction {
     @inlinable public static var mergesOverlaps: Bool { true }
 }
 
-public enum MaxInteger<I: FixedWidthInteger>: WindowReduction {
+public enum MaxInteger<I: FixedWidthInteger & SIMDScalar>: WindowReduction {
     @inlinable public static var identity: I { I.min }
     @inlinable public static func widen(_ x: I) -> I { x }
     @inlinable public static func merge(_ a: I, _ b: I) -> I { b > a ? b : a }

@@ -413,10 +413,16 @@ func widenedInChunks<R: WindowReduction>(
 /// `count` positions `jump` elements apart from `first`, each the left fold of its `taps` taps
 /// (`tapStep` apart, channels contiguous), into `destination` (`channels` per position). The
 /// jump is a wrapping product from callers and only taken between positions: with one
-/// position it may be a stride times a caller's view stride that no row holds. A
-/// position's channels fold in registers, their count a constant for 1 to 8 (`InlineArray`'s
-/// elements, each indexed by a constant once unrolled): tap by tap over all the positions, with
+/// position it may be a stride times a caller's view stride that no row holds.
+///
+/// A position's 1 to 8 channels fold in registers: tap by tap over all the positions, with
 /// the folds in memory, took 3 to 7 times as long (a load and a store per tap and channel).
+/// Maxima of 2 to 8 channels fold as one vector (`foldChannelsAsVector`): in scalars LLVM
+/// vectorised some channel counts and compiled the others' byte and 16-bit maxima to branches,
+/// which random data mispredicts (MaxPool1d k7 s5 of 6 uint8 channels took about 5 times the
+/// vector fold's time). Sums keep the scalar folds (`InlineArray`'s elements, each indexed by
+/// a constant once unrolled), which have no branches: as vectors, 5 channels of widened sums
+/// (two overlapping halves) took about 8% longer.
 /// Compiled alone, where the tap step is a run-time value: inlined into `widenedInChunks`,
 /// whose tap step is the channel count, LLVM vectorised the taps of integer sums across
 /// positions (strided loads, then horizontal adds), twice the instructions of the plain folds.
@@ -426,7 +432,7 @@ func foldPositions<L: SourceLoader>(
     into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
 ) {
     typealias R = L.Reduction
-    let load = L.load
+    typealias A = R.Accumulator
     guard channels <= 8 else {
         // More channels: each position's taps fold in one pass over its channels.
         for i in 0..<count {
@@ -435,10 +441,23 @@ func foldPositions<L: SourceLoader>(
         }
         return
     }
+    if R.mergesOverlaps && channels > 1 {  // maxima
+        switch channels {
+        case 2: foldChannelsAsVector(L.self, SIMD2<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 2, into: destination)
+        case 3: foldChannelsAsVector(L.self, SIMD4<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 3, into: destination)
+        case 4: foldChannelsAsVector(L.self, SIMD4<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 4, into: destination)
+        case 5: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 5, into: destination)
+        case 6: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 6, into: destination)
+        case 7: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 7, into: destination)
+        default: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 8, into: destination)
+        }
+        return
+    }
+    let load = L.load
     @inline(__always) func run(_ channels: Int) {
         for i in 0..<count {
             let position = first + i &* jump, out = destination + i * channels
-            var fold = InlineArray<8, R.Accumulator>(repeating: R.identity)
+            var fold = InlineArray<8, A>(repeating: R.identity)
             for ch in 0..<channels { fold[ch] = load(position[ch]) }
             var tap = position
             for _ in 1..<taps {
@@ -449,4 +468,49 @@ func foldPositions<L: SourceLoader>(
         }
     }
     unrolledChannels(channels, run)
+}
+
+/// `foldPositions` for 2 to 8 channels (a constant once inlined), `V`'s lanes the channel
+/// count rounded up to a power of two. Lanes in the lower half hold the first channels, those
+/// in the upper half the last ones (channels 0-3 and 2-5 of 6): every lane reads one of the
+/// position's own channels, none past them, and a channel held twice folds the same taps in
+/// the same order in both lanes, so both store the same value. Each lane is a plain left fold
+/// of its channel's taps, the bits of the scalar fold.
+@inline(__always)
+func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
+    _: L.Type, _: V.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
+    into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
+) where V.Scalar == L.Reduction.Accumulator {
+    typealias R = L.Reduction
+    typealias A = R.Accumulator
+    let lanes = V.scalarCount, half = lanes / 2
+    @inline(__always) func channel(_ lane: Int) -> Int { lane < half ? lane : channels - half + (lane - half) }
+    @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V {
+        if L.Source.self == A.self {
+            // Unwidened: one or two vector loads, not one insert per lane.
+            let raw = UnsafeRawPointer(p), upper = (channels - half) * MemoryLayout<A>.stride
+            if channels == lanes { return raw.loadUnaligned(as: V.self) }
+            if lanes == 8 {
+                let v = SIMD8(lowHalf: raw.loadUnaligned(as: SIMD4<A>.self), highHalf: raw.loadUnaligned(fromByteOffset: upper, as: SIMD4<A>.self))
+                return unsafeBitCast(v, to: V.self)
+            }
+            if lanes == 4 {
+                let v = SIMD4(lowHalf: raw.loadUnaligned(as: SIMD2<A>.self), highHalf: raw.loadUnaligned(fromByteOffset: upper, as: SIMD2<A>.self))
+                return unsafeBitCast(v, to: V.self)
+            }
+        }
+        var v = V()
+        for lane in 0..<lanes { v[lane] = L.load(p[channel(lane)]) }
+        return v
+    }
+    for i in 0..<count {
+        let position = first + i &* jump, out = destination + i * channels
+        var fold = load(position), tap = position
+        for _ in 1..<taps {
+            tap += tapStep
+            let next = load(tap)
+            for lane in 0..<lanes { fold[lane] = R.merge(fold[lane], next[lane]) }
+        }
+        for lane in 0..<lanes { out[channel(lane)] = fold[lane] }
+    }
 }
