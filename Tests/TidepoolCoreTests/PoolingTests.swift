@@ -529,7 +529,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// chunks, on tiles cut along W; and bit for bit against the same values in channels-first
     /// storage read in place, which folds position by position: the same left fold of every
     /// window (sums that cancel, 2^14 - 2^14 + 2^-11, show any change of order).
-    @Test(arguments: [DType.float32, .float16, .int8, .float64])
+    @Test(arguments: [DType.float32, .float16, .int8, .uint8, .float64])
     func stridedRowsOfFewChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1)] + [64, 200].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
         var checked = 0
@@ -589,6 +589,46 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 300)
+    }
+
+    /// Subsampled rows (stride x channels at most 16) on tiles cut along W, of the types whose
+    /// finish outweighs a copy: each tile row's kept sums are gathered to the start of the
+    /// merged plane, in place where the row lies there (D windows of 2 planes fold into it),
+    /// and finished as one run. Against the reference and bit for bit against one
+    /// thread's default tiles, for 1 to 8 channels, the strides up to the span, 1-d rows
+    /// longer than a tile and 2-d and 3-d tiles of several rows.
+    @Test(arguments: [DType.float16, .bfloat16, .int8, .uint16])
+    func subsampledTilesFinishTheirKeptSums(dtype: DType) throws {
+        let engines = [64, 200, 1000].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
+        var checked = 0
+        for channels in 1...8 {
+            for stride in 2...Swift.max(2, 16 / channels) {
+                let kernel = stride + 1, padding = kernel / 2
+                for spatial in [[700], [3, 40], [3, 4, 40]] {
+                    let dims = spatial.count
+                    let desc = PoolDescriptor(kind: .average, kernelSize: [Int](repeating: 2, count: dims - 1) + [kernel],
+                                              stride: [Int](repeating: 1, count: dims - 1) + [stride],
+                                              padding: [Int](repeating: 1, count: dims - 1) + [padding])
+                    let shape = [2] + spatial + [channels], strides = TensorView.contiguousStrides(shape)
+                    let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 100 + stride * 10 + dims))
+                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                    let baseline = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                                 engine: PoolEngine(threads: 1))
+                    #expect(firstMismatch(desc, dtype: dtype, actual: baseline.output, expected: expected.values) == nil,
+                            "\(desc) \(dtype) \(shape)")
+                    for engine in engines {
+                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                        let bytes = run.output.count * run.output.dtype.size
+                        #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil,
+                                "\(desc) \(dtype) \(shape) budget \(engine.settings.tileBudgetBytes)")
+                        #expect(memcmp(run.output.raw, baseline.output.raw, bytes) == 0,
+                                "\(desc) \(dtype) \(shape) budget \(engine.settings.tileBudgetBytes)")
+                        checked += 1
+                    }
+                }
+            }
+        }
+        #expect(checked > 100)
     }
 }
 

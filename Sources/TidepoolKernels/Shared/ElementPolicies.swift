@@ -20,8 +20,9 @@ public protocol WindowReduction {
     /// do it as MLX does, the sum times 1/n; integer means are exact, rounded once.
     static func finish(_ accumulator: Accumulator, windowSize: Int) -> Output
     /// Whether `finish` costs more than moving its result (a rounding conversion, a
-    /// division): then subsampled rows are finished as vector runs over every position and
-    /// the kept ones copied out, instead of finished one by one.
+    /// division): then subsampled rows are not finished one kept position at a time. Whole
+    /// rows finish as vector runs over every position and the kept ones are copied out; the
+    /// rows of tiles cut along W gather their kept sums into one run and finish that.
     static var finishOutweighsACopy: Bool { get }
     /// Whether `widen` costs more than a pass over a row of accumulators: then each input
     /// row is widened once, not once per tap.
@@ -31,6 +32,10 @@ public protocol WindowReduction {
     /// Whether `merge(a, a)` is `a`, so that a window may merge the results of two parts that
     /// overlap (max; never sums).
     static var mergesOverlaps: Bool { get }
+    /// Whether a position's 2 to 8 channels fold as one vector (`foldPositions`), not as
+    /// scalars: the maxima, whose scalar merges LLVM compiled to branches for some types and
+    /// channel counts (random data mispredicts them). Sums' scalar folds have no branches.
+    static var foldsChannelsAsVector: Bool { get }
     /// Windows of this many taps and more fold by block scans (`KernelPlan.scans`), unless the
     /// engine's settings say otherwise.
     static var blockScanTaps: Int { get }
@@ -41,6 +46,7 @@ extension WindowReduction {
     @inlinable public static var widenOutweighsAPass: Bool { false }
     public static var vectorFinish: VectorFinish? { nil }
     @inlinable public static var mergesOverlaps: Bool { false }
+    @inlinable public static var foldsChannelsAsVector: Bool { false }
     @inlinable public static var blockScanTaps: Int { KernelSettings.defaultBlockScanTaps }
 }
 
@@ -172,6 +178,7 @@ public enum MaxFloat<F: BinaryFloatingPoint & SIMDScalar>: WindowReduction {
     @inlinable public static func merge(_ a: F, _ b: F) -> F { nanPropagatingMax(a, b) }
     @inlinable public static func finish(_ best: F, windowSize: Int) -> F { best }
     @inlinable public static var mergesOverlaps: Bool { true }
+    @inlinable public static var foldsChannelsAsVector: Bool { true }
     @inlinable public static var blockScanTaps: Int { KernelSettings.defaultFloatMaxBlockScanTaps }
 }
 
@@ -210,6 +217,7 @@ public enum MaxHalfFloat<H: HalfFloatBits>: WindowReduction {
         H(bitPattern: UInt16(bitPattern: best ^ ((best >> 15) & 0x7FFF)))
     }
     @inlinable public static var mergesOverlaps: Bool { true }
+    @inlinable public static var foldsChannelsAsVector: Bool { true }
 }
 
 public enum MaxInteger<I: FixedWidthInteger & SIMDScalar>: WindowReduction {
@@ -218,4 +226,5 @@ public enum MaxInteger<I: FixedWidthInteger & SIMDScalar>: WindowReduction {
     @inlinable public static func merge(_ a: I, _ b: I) -> I { b > a ? b : a }
     @inlinable public static func finish(_ best: I, windowSize: Int) -> I { best }
     @inlinable public static var mergesOverlaps: Bool { true }
+    @inlinable public static var foldsChannelsAsVector: Bool { true }
 }

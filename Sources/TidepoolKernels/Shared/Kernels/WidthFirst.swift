@@ -103,6 +103,19 @@ extension TilePass {
                 let ow0 = tile.ow.lowerBound
                 let from = source + (ow0 * width.stride / width.step - positions.lowerBound) * channels
                 let to = destination + ow0 * g.channels
+                if width.subsampled && channels == g.channels && R.finishOutweighsACopy {
+                    // The kept sums gathered into one run at the start of `merged`, then finished
+                    // as one vector loop: finished position by position, a conversion's scalar
+                    // rounding per element cost about as much as folding the row. In place
+                    // where `from` lies in `merged`: each sum moves to an offset at or below its
+                    // own, after every sum read before it (later rows lie past the run).
+                    let count = tile.ow.count * channels
+                    channelsByPosition(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels) { a, b in
+                        merged[b] = from[a]
+                    }
+                    for j in 0..<count { to[j] = R.finish(merged[j], windowSize: windowSize) }
+                    continue
+                }
                 channelsByPosition(count: tile.ow.count, jumps: (width.stride / width.step * channels, g.channels), channels: channels) { a, b in
                     to[b] = R.finish(from[a], windowSize: windowSize)
                 }
@@ -441,15 +454,18 @@ func foldPositions<L: SourceLoader>(
         }
         return
     }
-    if R.mergesOverlaps && channels > 1 {  // maxima
+    if R.foldsChannelsAsVector && channels > 1 {
+        @inline(__always) func vector<V: SIMD>(_: V.Type, _ channels: Int) where V.Scalar == A {
+            foldChannelsAsVector(L.self, V.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels, into: destination)
+        }
         switch channels {
-        case 2: foldChannelsAsVector(L.self, SIMD2<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 2, into: destination)
-        case 3: foldChannelsAsVector(L.self, SIMD4<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 3, into: destination)
-        case 4: foldChannelsAsVector(L.self, SIMD4<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 4, into: destination)
-        case 5: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 5, into: destination)
-        case 6: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 6, into: destination)
-        case 7: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 7, into: destination)
-        default: foldChannelsAsVector(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: 8, into: destination)
+        case 2: vector(SIMD2<A>.self, 2)
+        case 3: vector(SIMD4<A>.self, 3)
+        case 4: vector(SIMD4<A>.self, 4)
+        case 5: vector(SIMD8<A>.self, 5)
+        case 6: vector(SIMD8<A>.self, 6)
+        case 7: vector(SIMD8<A>.self, 7)
+        default: vector(SIMD8<A>.self, 8)
         }
         return
     }
