@@ -39,6 +39,13 @@ public protocol WindowReduction {
     /// Windows of this many taps and more fold by block scans (`KernelPlan.scans`), unless the
     /// engine's settings say otherwise.
     static var blockScanTaps: Int { get }
+    /// Whether `unmerge(merge(a, b), a)` is `b` for any values, so that a window's sum is the
+    /// difference of two running sums: integer sums, wrapping, whose every window the engine
+    /// keeps within the accumulator (a difference of wrapped running sums is then the exact
+    /// sum). Never floats, whose bits depend on the order of the adds.
+    static var unmergesExactly: Bool { get }
+    /// `total` less `part`, the inverse of `merge`; only where `unmergesExactly`.
+    static func unmerge(_ total: Accumulator, _ part: Accumulator) -> Accumulator
 }
 
 extension WindowReduction {
@@ -48,6 +55,10 @@ extension WindowReduction {
     @inlinable public static var mergesOverlaps: Bool { false }
     @inlinable public static var foldsChannelsAsVector: Bool { false }
     @inlinable public static var blockScanTaps: Int { KernelSettings.defaultBlockScanTaps }
+    @inlinable public static var unmergesExactly: Bool { false }
+    @inlinable public static func unmerge(_ total: Accumulator, _ part: Accumulator) -> Accumulator {
+        preconditionFailure("unmerge of a reduction that does not unmerge exactly")
+    }
 }
 
 // MARK: average
@@ -94,6 +105,8 @@ public enum AverageSmallInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var identity: Int32 { 0 }
     @inlinable public static func widen(_ x: I) -> Int32 { Int32(truncatingIfNeeded: x) }
     @inlinable public static func merge(_ a: Int32, _ b: Int32) -> Int32 { a &+ b }
+    @inlinable public static var unmergesExactly: Bool { true }
+    @inlinable public static func unmerge(_ total: Int32, _ part: Int32) -> Int32 { total &- part }
     @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(sum) / Float(windowSize) }
     @inlinable public static var finishOutweighsACopy: Bool { true }
 
@@ -109,6 +122,8 @@ public enum AverageInt32Sum<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var identity: Int32 { 0 }
     @inlinable public static func widen(_ x: I) -> Int32 { Int32(truncatingIfNeeded: x) }
     @inlinable public static func merge(_ a: Int32, _ b: Int32) -> Int32 { a &+ b }
+    @inlinable public static var unmergesExactly: Bool { true }
+    @inlinable public static func unmerge(_ total: Int32, _ part: Int32) -> Int32 { total &- part }
     @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
 
     /// Whether every window sum fits in Int32.
@@ -124,6 +139,8 @@ public enum AverageNarrowInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var identity: Int64 { 0 }
     @inlinable public static func widen(_ x: I) -> Int64 { Int64(truncatingIfNeeded: x) }
     @inlinable public static func merge(_ a: Int64, _ b: Int64) -> Int64 { a &+ b }
+    @inlinable public static var unmergesExactly: Bool { true }
+    @inlinable public static func unmerge(_ total: Int64, _ part: Int64) -> Int64 { total &- part }
     @inlinable public static func finish(_ sum: Int64, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
 }
 
