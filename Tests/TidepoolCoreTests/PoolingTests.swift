@@ -723,6 +723,26 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             #expect(run.output[0] == Double(Float(value)), "\(dtype) x \(count)")
         }
     }
+
+    /// Strided integer windows that overlap sum as differences of running sums (`unmerge`) in
+    /// each exact sum the window size selects: Int32 divided in float32 (int16 windows below
+    /// 512), Int32 (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21). Windows
+    /// long along H and short enough along W for a chunk's buffer, strides whose span of
+    /// channels is too wide to reduce every position, on whole rows and tiles cut along W:
+    /// against the float64 reference (the means are exact, so equal). A float32 mean of 2^21
+    /// terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start can.
+    @Test(arguments: [(DType.int16, [2, 7], [1, 6], [2, 3, 40, 3]), (.int16, [64, 9], [1, 6], [1, 65, 60, 3]),
+                      (.uint32, [16300, 129], [1, 9], [1, 16300, 156, 2])])
+    func stridedIntegerWindowsUnmergeEachExactSum(dtype: DType, kernel: [Int], stride: [Int], shape: [Int]) throws {
+        let input = randomInput(dtype, shape: shape, seed: UInt64(kernel.reduce(1, *)))
+        let desc = PoolDescriptor(kind: .average, kernelSize: kernel, stride: stride)
+        let strides = TensorView.contiguousStrides(shape)
+        let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+        for engine in [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)] {
+            let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+            #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil, "\(desc) \(dtype)")
+        }
+    }
 }
 
 @Suite struct StreamingTests {
