@@ -522,21 +522,22 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// Strided rows of few channels, whose stride's span of channels is too wide to reduce
     /// every position, fold each position's channels in registers where its window lies in the
     /// row (`reducePositions`; types that widen, from a stack buffer a chunk at a time; maxima
-    /// of 2 to 8 channels as one vector whose upper lanes repeat channels) and the
-    /// others one by one. Against the reference for 1 to 9 channels (9 folds position by position),
-    /// kernels shorter and longer than the stride and longer than a chunk's buffer holds,
-    /// padding up to the kernel less one, rows shorter than the kernel and rows of several
-    /// chunks, on tiles cut along W; and bit for bit against the same values in channels-first
-    /// storage read in place, which folds position by position: the same left fold of every
-    /// window (sums that cancel, 2^14 - 2^14 + 2^-11, show any change of order).
+    /// of 2 to 8 channels as one vector whose upper lanes repeat channels; more channels 8 at a
+    /// time, the last 8 overlapping the 8 before) and the others one by one. Against the
+    /// reference for 1 to 9, 12 and 21 channels, kernels shorter and longer than the stride and
+    /// longer than a chunk's buffer holds, padding up to the kernel less one, rows shorter
+    /// than the kernel and rows of several chunks, on tiles cut along W; and bit for bit
+    /// against the same values in channels-first storage read in place, which folds position
+    /// by position: the same left fold of every window (sums that cancel, 2^14 - 2^14 +
+    /// 2^-11, show any change of order).
     @Test(arguments: [DType.float32, .float16, .int8, .uint8, .float64])
     func stridedRowsOfFewChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1)] + [64, 200].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
         var checked = 0
         for kind in PoolKind.allCases {
-            for channels in 1...9 {
+            for channels in Array(1...9) + [12, 21] {
                 // Above KernelLimits.subsampledSpan (16 elements): positions at the stride.
-                let stride = 16 / channels + 1
+                let stride = Swift.max(2, 16 / channels + 1)
                 // Chunks (KernelLimits.widenedChunk, 2048 accumulators) only where the input
                 // widens: kernels longer than a chunk holds, rows of several chunks (short
                 // kernels only: the reference's long kernels over long rows took minutes in a
@@ -589,6 +590,34 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 300)
+    }
+
+    /// Strided rows of many channels fold up to 4 vectors of 8 of them at a time
+    /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 37 channels (vectors at 0, 8,
+    /// 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one at 62). Against the
+    /// reference, and bit for bit against the same values in channels-first storage (folded
+    /// position by position), on whole and cut rows.
+    @Test(arguments: [DType.float32, .float16, .int8, .int16, .float64])
+    func stridedRowsOfManyChannels(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
+        for kind in PoolKind.allCases {
+            for channels in [37, 70] {
+                for (kernel, stride) in [(2, 2), (7, 3), (9, 2)] {
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [kernel / 2])
+                    let shape = [2, 5 * stride + kernel, channels], (w, c) = (shape[1], shape[2])
+                    let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 10 + kernel))
+                    let planar = Buffer(dtype, count: input.count)
+                    for i in 0..<input.count { planar[(i / (w * c) * c + i % c) * w + i / c % w] = input[i] }
+                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape)))
+                    let baseline = try runEngine(desc, storage: planar, offset: 0, shape: shape, strides: [w * c, 1, w], engine: engines[0])
+                    for engine in engines {
+                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape), engine: engine)
+                        #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil, "\(desc) \(dtype) \(shape)")
+                        #expect(memcmp(run.output.raw, baseline.output.raw, run.output.count * run.output.dtype.size) == 0, "\(desc) \(dtype) \(shape)")
+                    }
+                }
+            }
+        }
     }
 
     /// Subsampled rows (stride x channels at most 16) on tiles cut along W, of the types whose

@@ -486,7 +486,14 @@ func foldPositions<L: SourceLoader>(
     typealias R = L.Reduction
     typealias A = R.Accumulator
     guard channels <= 8 else {
-        // More channels: each position's taps fold in one pass over its channels.
+        if MemoryLayout<A>.stride > 1 {
+            foldManyChannels(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
+                             into: destination)
+            return
+        }
+        // Byte maxima: each position's taps fold in memory, a pass per 6 taps over all its
+        // channels. Vectors of 8 bytes fill a quarter of a register and were slower; vectors
+        // of 32 generic lanes LLVM compiled lane by lane, many times slower.
         for i in 0..<count {
             foldTaps(L.self, destination + i * channels, channels, taps: 0..<taps, first: true,
                      source: { first + i &* jump + $0 * tapStep })
@@ -569,3 +576,70 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
         for lane in 0..<lanes { out[channel(lane)] = fold[lane] }
     }
 }
+
+/// `foldPositions` for more than 8 channels of accumulators of 2 bytes or more, position by
+/// position: its channels as vectors of `V` (8 lanes), up to 4 at a time, so that each tap's
+/// step of the loop folds 4 independent vectors; the last vector ends at the last channel
+/// (overlapping the one before: a channel folded twice gets the same bits twice). Each lane
+/// is a plain left fold of its channel's taps. Folded in memory over all the channels, a
+/// pass per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and
+/// remainders (runs shorter than one unrolled iteration of LLVM's vector loops); one vector
+/// per sweep over the positions, the tap loop's own overhead outweighed the folds of short
+/// windows.
+@inline(__always)
+func foldManyChannels<L: SourceLoader, V: SIMD>(
+    _: L.Type, _: V.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
+    into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
+) where V.Scalar == L.Reduction.Accumulator {
+    typealias R = L.Reduction
+    typealias A = R.Accumulator
+    let lanes = V.scalarCount, last = channels - lanes
+    @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V {
+        if L.Source.self == A.self { return UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        var v = V()
+        for lane in 0..<lanes { v[lane] = L.load(p[lane]) }
+        return v
+    }
+    @inline(__always) func merge(_ a: V, _ b: V) -> V {
+        var m = a
+        for lane in 0..<lanes { m[lane] = R.merge(a[lane], b[lane]) }
+        return m
+    }
+    /// `vectors` vectors (a constant once inlined) of position `i`'s channels from `start`.
+    @inline(__always) func fold(_ vectors: Int, from start: Int, _ i: Int) {
+        let o0 = start, o1 = Swift.min(start + lanes, last), o2 = Swift.min(start + 2 * lanes, last)
+        let o3 = Swift.min(start + 3 * lanes, last)
+        let position = first + i &* jump, out = destination + i * channels
+        var f0 = load(position + o0), f1 = V(), f2 = V(), f3 = V()
+        if vectors > 1 { f1 = load(position + o1) }
+        if vectors > 2 { f2 = load(position + o2) }
+        if vectors > 3 { f3 = load(position + o3) }
+        var tap = position
+        for _ in 1..<taps {
+            tap += tapStep
+            f0 = merge(f0, load(tap + o0))
+            if vectors > 1 { f1 = merge(f1, load(tap + o1)) }
+            if vectors > 2 { f2 = merge(f2, load(tap + o2)) }
+            if vectors > 3 { f3 = merge(f3, load(tap + o3)) }
+        }
+        UnsafeMutableRawPointer(out + o0).storeBytes(of: f0, as: V.self)
+        if vectors > 1 { UnsafeMutableRawPointer(out + o1).storeBytes(of: f1, as: V.self) }
+        if vectors > 2 { UnsafeMutableRawPointer(out + o2).storeBytes(of: f2, as: V.self) }
+        if vectors > 3 { UnsafeMutableRawPointer(out + o3).storeBytes(of: f3, as: V.self) }
+    }
+    for i in 0..<count {
+        var start = 0
+        while start < channels {
+            // The first vector starts at most `lanes` before the end.
+            let from = Swift.min(start, last)
+            switch (channels - from + lanes - 1) / lanes {
+            case 1: fold(1, from: from, i)
+            case 2: fold(2, from: from, i)
+            case 3: fold(3, from: from, i)
+            default: fold(4, from: from, i)
+            }
+            start += 4 * lanes
+        }
+    }
+}
+
