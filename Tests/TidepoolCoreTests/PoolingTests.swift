@@ -594,17 +594,20 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Strided rows of many channels fold up to 4 vectors of 8 of them at a time
     /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 37 channels (vectors at 0, 8,
-    /// 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one at 62). Against the
+    /// 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one at 62). Inputs that
+    /// widen do so a chunk of positions at a time (`widenedInChunks`; integer sums as
+    /// differences of running sums): rows of 60 positions span several chunks, and 300
+    /// channels do not fit one window in a chunk (folded straight from the input). Against the
     /// reference, and bit for bit against the same values in channels-first storage (folded
     /// position by position), on whole and cut rows.
-    @Test(arguments: [DType.float32, .float16, .int8, .int16, .float64])
+    @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
     func stridedRowsOfManyChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         for kind in PoolKind.allCases {
-            for channels in [37, 70] {
+            for (channels, positions) in [(37, 5), (70, 5), (37, 60), (70, 60), (300, 12)] {
                 for (kernel, stride) in [(2, 2), (7, 3), (9, 2)] {
                     let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [kernel / 2])
-                    let shape = [2, 5 * stride + kernel, channels], (w, c) = (shape[1], shape[2])
+                    let shape = [2, positions * stride + kernel, channels], (w, c) = (shape[1], shape[2])
                     let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 10 + kernel))
                     let planar = Buffer(dtype, count: input.count)
                     for i in 0..<input.count { planar[(i / (w * c) * c + i % c) * w + i / c % w] = input[i] }

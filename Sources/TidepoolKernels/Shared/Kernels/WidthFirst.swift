@@ -355,7 +355,7 @@ func reducePositions<R: WindowReduction>(
     let lowest = Swift.max((g.padW + step - 1) / step, positions.lowerBound)
     let highest = Swift.min(g.inW + g.padW >= g.kernelW ? (g.inW + g.padW - g.kernelW) / step + 1 : 0, positions.upperBound)
     var inner = positions.lowerBound..<positions.lowerBound
-    if g.stepC == 1 && channels <= KernelLimits.vectorChannels && lowest < highest {
+    if g.stepC == 1 && lowest < highest {
         inner = lowest..<highest
         let out = destination + (lowest - positions.lowerBound) * channels
         let first = row + (lowest * step - g.padW) * g.stepW
@@ -397,22 +397,22 @@ func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
     into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
+    // Windows that overlap or touch, of sums exact in any order: differences of running sums,
+    // one merge per input and one unmerge per output instead of kernel / step merges per
+    // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
+    // sums start at the identity, one more column than the chunk's.
+    let differences = R.unmergesExactly && kernel >= step
     // Positions per chunk: their windows' columns fit the buffer (none when one window's do
     // not, or the input needs no widening).
-    let spare = KernelLimits.widenedChunk / channels - kernel
+    let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0)
     guard R.Input.self != R.Accumulator.self && spare >= 0 else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
                       channels: channels, into: destination)
         return
     }
     let perChunk = spare / step + 1
-    // Windows that overlap or touch, of sums exact in any order: differences of running sums,
-    // one merge per input and one unmerge per output instead of kernel / step merges per
-    // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time).
-    let differences = R.unmergesExactly && kernel >= step
-    // One more column than the chunk's (at most 8 channels, `reducePositions`): the running
-    // sums start at the identity. A constant capacity, so that the buffer is on the stack.
-    withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: KernelLimits.widenedChunk + KernelLimits.vectorChannels) { buffer in
+    // A constant capacity, so that the buffer is on the stack.
+    withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: KernelLimits.widenedChunk) { buffer in
         let widened = buffer.baseAddress!
         var done = 0
         while done < count {
@@ -446,9 +446,20 @@ func widenedInChunks<R: WindowReduction>(
 func runningSums<R: WindowReduction>(
     _: R.Type, _ from: UnsafePointer<R.Input>, columns: Int, stepW: Int, channels: Int, into sums: UnsafeMutablePointer<R.Accumulator>
 ) {
+    for ch in 0..<channels { sums[ch] = R.identity }
+    guard channels <= 8 else {
+        // Each column's sums from the previous column's, in memory: a vector loop over the
+        // channels.
+        var a = 0, b = channels
+        for _ in 0..<columns {
+            for ch in 0..<channels { sums[b &+ ch] = R.merge(sums[b &- channels &+ ch], R.widen(from[a &+ ch])) }
+            a &+= stepW
+            b &+= channels
+        }
+        return
+    }
     @inline(__always) func run(_ channels: Int) {
         var running = InlineArray<8, R.Accumulator>(repeating: R.identity)
-        for ch in 0..<channels { sums[ch] = R.identity }
         var a = 0, b = channels
         for _ in 0..<columns {
             for ch in 0..<channels {
