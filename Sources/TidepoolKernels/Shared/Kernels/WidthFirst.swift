@@ -404,7 +404,17 @@ func widenedInChunks<R: WindowReduction>(
     let differences = R.unmergesExactly && kernel >= step
     // Positions per chunk: their windows' columns fit the buffer (none when one window's do
     // not, or the input needs no widening).
-    let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0)
+    // Otherwise sums of 3 to 8 channels (scalar folds in `foldPositions`) widen the chunk
+    // into `step` phases, phase r holding columns r, r + step, ...: for a fixed tap, the
+    // chunk's positions then read one contiguous run of a phase, and the taps fold over the
+    // whole run (`foldTaps`, vector loops over positions and channels alike) instead of
+    // position by position. Each phase is rounded up to whole columns: up to `step - 1`
+    // more. Not for 1 or 2 channels, whose columns widen into phases a scalar or two at a
+    // time (AvgPool1d k5 s9 C=2 float16 took 1.14x as long), nor for the maxima's vector
+    // folds or more than 8 channels (MaxPool1d k7 s5 C=6 float16 1.38x, AvgPool2d k9 s5 C=16
+    // float16 1.6x: short runs of a row's few positions).
+    let phases = !differences && !R.foldsChannelsAsVector && (3...KernelLimits.vectorChannels).contains(channels)
+    let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0)
     guard R.Input.self != R.Accumulator.self && spare >= 0 else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
                       channels: channels, into: destination)
@@ -424,6 +434,20 @@ func widenedInChunks<R: WindowReduction>(
                 channelsByPosition(count: n, jumps: (step * channels, channels), channels: channels) { a, b in
                     out[b] = R.unmerge(ends[a], starts[a])
                 }
+                done += n
+                continue
+            }
+            if phases {
+                let perPhase = (columns + step - 1) / step
+                // Phases from `kernel` on hold no window's columns.
+                for r in 0..<Swift.min(step, kernel) {
+                    let phase = widened + r * perPhase * channels, source = from + r * stepW
+                    channelsByPosition(count: (columns - r + step - 1) / step, jumps: (step * stepW, channels), channels: channels) { a, b in
+                        phase[b] = R.widen(source[a])
+                    }
+                }
+                foldTaps(AccumulatorLoader<R>.self, destination + done * channels, n * channels, taps: 0..<kernel, first: true,
+                         source: { UnsafePointer(widened + ((($0 % step) * perPhase) + $0 / step) * channels) })
                 done += n
                 continue
             }
@@ -588,9 +612,11 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
     }
 }
 
-/// `foldPositions` for more than 8 channels of accumulators of 2 bytes or more, position by
-/// position: its channels as vectors of `V` (8 lanes), up to 4 at a time, so that each tap's
-/// step of the loop folds 4 independent vectors; the last vector ends at the last channel
+/// `foldPositions` for more than 8 channels of accumulators of 2 bytes or more, two positions
+/// at a time: their channels as vectors of `V` (8 lanes), up to 4 at a time, so that each
+/// tap's step of the loop folds up to 8 independent vectors (one position's chains of
+/// dependent adds alone left the adds waiting on each other: AvgPool1d k7 s3 C=32 float32
+/// took 1.2x as long); the last vector ends at the last channel
 /// (overlapping the one before: a channel folded twice gets the same bits twice). Each lane
 /// is a plain left fold of its channel's taps. Folded in memory over all the channels, a
 /// pass per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and
@@ -616,41 +642,70 @@ func foldManyChannels<L: SourceLoader, V: SIMD>(
         for lane in 0..<lanes { m[lane] = R.merge(a[lane], b[lane]) }
         return m
     }
-    /// `vectors` vectors (a constant once inlined) of position `i`'s channels from `start`.
-    @inline(__always) func fold(_ vectors: Int, from start: Int, _ i: Int) {
+    /// `vectors` vectors (a constant once inlined) of the channels from `start` of position
+    /// `i` and, when `pair`, of position `i + 1` too: two positions' chains of dependent
+    /// merges run side by side.
+    @inline(__always) func fold(_ vectors: Int, from start: Int, _ i: Int, pair: Bool) {
         let o0 = start, o1 = Swift.min(start + lanes, last), o2 = Swift.min(start + 2 * lanes, last)
         let o3 = Swift.min(start + 3 * lanes, last)
         let position = first + i &* jump, out = destination + i * channels
+        let next = position + (pair ? jump : 0), nextOut = out + channels
         var f0 = load(position + o0), f1 = V(), f2 = V(), f3 = V()
+        var g0 = V(), g1 = V(), g2 = V(), g3 = V()
         if vectors > 1 { f1 = load(position + o1) }
         if vectors > 2 { f2 = load(position + o2) }
         if vectors > 3 { f3 = load(position + o3) }
-        var tap = position
+        if pair {
+            g0 = load(next + o0)
+            if vectors > 1 { g1 = load(next + o1) }
+            if vectors > 2 { g2 = load(next + o2) }
+            if vectors > 3 { g3 = load(next + o3) }
+        }
+        var tap = position, tapNext = next
         for _ in 1..<taps {
             tap += tapStep
+            tapNext += tapStep
             f0 = merge(f0, load(tap + o0))
             if vectors > 1 { f1 = merge(f1, load(tap + o1)) }
             if vectors > 2 { f2 = merge(f2, load(tap + o2)) }
             if vectors > 3 { f3 = merge(f3, load(tap + o3)) }
+            if pair {
+                g0 = merge(g0, load(tapNext + o0))
+                if vectors > 1 { g1 = merge(g1, load(tapNext + o1)) }
+                if vectors > 2 { g2 = merge(g2, load(tapNext + o2)) }
+                if vectors > 3 { g3 = merge(g3, load(tapNext + o3)) }
+            }
         }
         UnsafeMutableRawPointer(out + o0).storeBytes(of: f0, as: V.self)
         if vectors > 1 { UnsafeMutableRawPointer(out + o1).storeBytes(of: f1, as: V.self) }
         if vectors > 2 { UnsafeMutableRawPointer(out + o2).storeBytes(of: f2, as: V.self) }
         if vectors > 3 { UnsafeMutableRawPointer(out + o3).storeBytes(of: f3, as: V.self) }
+        if pair {
+            UnsafeMutableRawPointer(nextOut + o0).storeBytes(of: g0, as: V.self)
+            if vectors > 1 { UnsafeMutableRawPointer(nextOut + o1).storeBytes(of: g1, as: V.self) }
+            if vectors > 2 { UnsafeMutableRawPointer(nextOut + o2).storeBytes(of: g2, as: V.self) }
+            if vectors > 3 { UnsafeMutableRawPointer(nextOut + o3).storeBytes(of: g3, as: V.self) }
+        }
     }
-    for i in 0..<count {
+    @inline(__always) func positions(_ i: Int, pair: Bool) {
         var start = 0
         while start < channels {
             // The first vector starts at most `lanes` before the end.
             let from = Swift.min(start, last)
             switch (channels - from + lanes - 1) / lanes {
-            case 1: fold(1, from: from, i)
-            case 2: fold(2, from: from, i)
-            case 3: fold(3, from: from, i)
-            default: fold(4, from: from, i)
+            case 1: fold(1, from: from, i, pair: pair)
+            case 2: fold(2, from: from, i, pair: pair)
+            case 3: fold(3, from: from, i, pair: pair)
+            default: fold(4, from: from, i, pair: pair)
             }
             start += 4 * lanes
         }
     }
+    var i = 0
+    while i + 1 < count {
+        positions(i, pair: true)
+        i += 2
+    }
+    if i < count { positions(i, pair: false) }
 }
 
