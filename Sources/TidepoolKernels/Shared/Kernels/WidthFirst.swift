@@ -402,9 +402,7 @@ func widenedInChunks<R: WindowReduction>(
     // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
     // sums start at the identity, one more column than the chunk's.
     let differences = R.unmergesExactly && kernel >= step
-    // Positions per chunk: their windows' columns fit the buffer (none when one window's do
-    // not, or the input needs no widening).
-    // Otherwise sums of 3 to 8 channels (scalar folds in `foldPositions`) widen the chunk
+    // Other sums of 3 to 8 channels (scalar folds in `foldPositions`) widen the chunk
     // into `step` phases, phase r holding columns r, r + step, ...: for a fixed tap, the
     // chunk's positions then read one contiguous run of a phase, and the taps fold over the
     // whole run (`foldTaps`, vector loops over positions and channels alike) instead of
@@ -414,6 +412,8 @@ func widenedInChunks<R: WindowReduction>(
     // folds or more than 8 channels (MaxPool1d k7 s5 C=6 float16 1.38x, AvgPool2d k9 s5 C=16
     // float16 1.6x: short runs of a row's few positions).
     let phases = !differences && !R.foldsChannelsAsVector && (3...KernelLimits.vectorChannels).contains(channels)
+    // Positions per chunk: their windows' columns fit the buffer (none when one window's do
+    // not, or the input needs no widening).
     let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0)
     guard R.Input.self != R.Accumulator.self && spare >= 0 else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
