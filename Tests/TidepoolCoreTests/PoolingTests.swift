@@ -597,9 +597,9 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one at 62). Inputs that
     /// widen do so a chunk of positions at a time (`widenedInChunks`; integer sums as
     /// differences of running sums): rows of 60 positions span several chunks, and 300
-    /// channels do not fit one window in a chunk (folded straight from the input). Against the
-    /// reference, and bit for bit against the same values in channels-first storage (folded
-    /// position by position), on whole and cut rows.
+    /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
+    /// input; 2 columns fit). Against the reference, and bit for bit against the same values
+    /// in channels-first storage (folded position by position), on whole and cut rows.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
     func stridedRowsOfManyChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
@@ -758,21 +758,43 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Strided integer windows that overlap sum as differences of running sums (`unmerge`) in
     /// each exact sum the window size selects: Int32 divided in float32 (int16 windows below
-    /// 512), Int32 (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21). Windows
-    /// long along H and short enough along W for a chunk's buffer, strides whose span of
-    /// channels is too wide to reduce every position, on whole rows and tiles cut along W:
-    /// against the float64 reference (the means are exact, so equal). A float32 mean of 2^21
-    /// terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start can.
+    /// 512), Int32 (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21, and
+    /// 32-bit windows of any size that overlap or touch along W at strided positions, with at
+    /// most one output per 4 inputs, 1-d and 2-d). Windows long along H and short enough along W for a chunk's buffer, strides whose
+    /// span of channels is too wide to reduce every position, on whole rows and tiles cut
+    /// along W: against the float64 reference (the means are exact, so equal). A float32 mean
+    /// of 2^21 terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start
+    /// can.
     @Test(arguments: [(DType.int16, [2, 7], [1, 6], [2, 3, 40, 3]), (.int16, [64, 9], [1, 6], [1, 65, 60, 3]),
-                      (.uint32, [16300, 129], [1, 9], [1, 16300, 156, 2])])
+                      (.uint32, [16300, 129], [1, 9], [1, 16300, 156, 2]), (.int32, [11], [7], [3, 300, 3]),
+                      (.uint32, [3, 9], [2, 9], [2, 7, 200, 3]), (.int32, [5, 4], [1, 4], [2, 8, 90, 5])])
     func stridedIntegerWindowsUnmergeEachExactSum(dtype: DType, kernel: [Int], stride: [Int], shape: [Int]) throws {
         let input = randomInput(dtype, shape: shape, seed: UInt64(kernel.reduce(1, *)))
         let desc = PoolDescriptor(kind: .average, kernelSize: kernel, stride: stride)
         let strides = TensorView.contiguousStrides(shape)
+        if dtype.size == 4 {
+            let geometry = try PoolGeometry(desc, input: TensorView(data: nil, dtype: dtype, shape: shape),
+                                            outputShape: desc.outputShape(inputShape: shape))
+            #expect(try accumulatorType(geometry, .average, dtype) == Int64.self, "\(desc) \(dtype)")
+        }
         let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
         for engine in [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)] {
             let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
             #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil, "\(desc) \(dtype)")
+        }
+    }
+
+    /// 32-bit integer averages keep Double sums where W is not reduced as differences of
+    /// running sums (windows at every position, subsampled rows: stride x channels at most
+    /// 16; strided windows with gaps between them), and where more than one output per 4
+    /// inputs would convert from Int64 one at a time (stride 3 along W alone).
+    @Test func thirtyTwoBitAveragesKeepDoubleSumsElsewhere() throws {
+        for (kernel, stride, channels) in [(3, 1, 4), (3, 2, 2), (5, 9, 3), (7, 3, 6)] {
+            let desc = PoolDescriptor(kind: .average, kernelSize: [kernel], stride: [stride])
+            let shape = [1, 50, channels]
+            let geometry = try PoolGeometry(desc, input: TensorView(data: nil, dtype: .int32, shape: shape),
+                                            outputShape: desc.outputShape(inputShape: shape))
+            #expect(try accumulatorType(geometry, .average, .int32) == Double.self, "\(desc)")
         }
     }
 }
