@@ -592,6 +592,51 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         #expect(checked > 300)
     }
 
+    /// Rows alone (1-d windows) of 8-byte integer sums and maxima reduce at the stride once
+    /// the stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
+    /// types and float64 averages from 16; 32-bit integers there sum in Int64 from a W stride
+    /// of 4 (differences of running sums). Against the reference for 1 to 8 channels, strides
+    /// 2 to 7, kernels shorter and longer than the stride, padding, rows shorter than the kernel
+    /// and rows of several chunks, on whole rows and tiles cut along W, bit for bit between
+    /// them.
+    @Test(arguments: [DType.int32, .uint32, .int64, .float64, .uint64])
+    func stridedRowsAloneOfWideSums(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
+        for kind in PoolKind.allCases where kind == .max || dtype != .uint64 {
+            for channels in 1...8 {
+                for stride in [2, 3, 5, 7] {
+                    for kernel in Set([2, stride, stride + 1, 2 * stride + 3]) {
+                        for padding in Set([0, kernel / 2]) {
+                            for width in [Swift.max(1, kernel - 1), 600 * stride / channels + kernel] {
+                                let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [padding])
+                                let shape = [2, width, channels]
+                                guard let outShape = try? desc.outputShape(inputShape: shape), !outShape.contains(0) else { continue }
+                                let view = TensorView(data: nil, dtype: dtype, shape: shape)
+                                let plan = try #require(try engines[0].kernelPlan(desc, input: view))
+                                // 8-byte integer sums and maxima (int32 averages sum in Double or Int64).
+                                let wide = kind == .average ? dtype != .float64 : dtype.size == 8
+                                let subsampled = stride * channels <= (wide ? 4 : 16)
+                                // (Windows with gaps between them may run another geometry.)
+                                if kernel >= stride { #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels)") }
+                                if kind == .average && dtype.size == 4 {
+                                    let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
+                                    let int64 = !subsampled && kernel >= stride && stride >= 4
+                                    #expect(try accumulatorType(geometry, kind, dtype) == (int64 ? Int64.self : Double.self), "\(desc)")
+                                }
+                                let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 1000 + kernel * 10 + padding))
+                                let strides = TensorView.contiguousStrides(shape)
+                                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                                let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
+                                #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil, "\(desc) \(dtype) C=\(channels) w=\(width)")
+                                #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0, "\(desc) \(dtype)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Strided rows of many channels fold up to 4 vectors of 8 of them at a time
     /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 37 channels (vectors at 0, 8,
     /// 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one at 62). Inputs that

@@ -218,8 +218,8 @@ protocol ReductionVisitor {
 func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry, _ visitor: V) throws -> V.Result {
     let windowSize = g.windowSize
     // W strided (a step above 1 means a W stride of 2 or more), so a stride along H or D also
-    // leaves at most one output per 4 inputs.
-    let runningSums = WidthPlan(g).step > 1 && g.kernelW >= g.strideW && (g.strideW >= 4 || g.strideH > 1 || g.strideD > 1)
+    // leaves at most one output per 4 inputs. Both sums are 8-byte integer sums (`wideRows`).
+    let runningSums = WidthPlan(g, wideRows: true).step > 1 && g.kernelW >= g.strideW && (g.strideW >= 4 || g.strideH > 1 || g.strideD > 1)
     func averageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws -> V.Result {
         if AverageSmallInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageSmallInteger<I>.self) }
         if AverageInt32Sum<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageInt32Sum<I>.self) }

@@ -42,6 +42,9 @@ enum KernelLimits {
     /// while the stride's span of channels is at most this many elements (so 8 channels at
     /// most, at stride 2).
     static let subsampledSpan = 16
+    /// The same for windows one row and one plane tall of 8-byte integer sums and maxima
+    /// (`WidthPlan`).
+    static let subsampledSpanOfWideRows = 4
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
     /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
@@ -113,7 +116,8 @@ public struct KernelPlan: Sendable {
     init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
-        width = WidthPlan(g)
+        // Float64 averages are the 8-byte sums left out (see WidthPlan).
+        width = WidthPlan(g, wideRows: accumulatorSize >= 8 && !(R.Input.self == Double.self && !R.mergesOverlaps))
         widenOnce = R.widenOutweighsAPass && !width.subsampled
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
         // widened once per pair of output planes whose windows hold it instead of once per W
@@ -239,6 +243,22 @@ public struct KernelPlan: Sendable {
 /// `stride`-th position; otherwise positions are the output's own. (Eight channels at stride 2
 /// are within it: position by position, each a loop of one vector sized at run time, 3-d k3
 /// s2 ran at twice its floor.)
+///
+/// Windows one row and one plane tall (rows alone, no H or D pass to share the work) of 8-byte
+/// integer sums and maxima (32- and 64-bit integer averages, float64 and 64-bit maxima: `wideRows`)
+/// are subsampled only up to `KernelLimits.subsampledSpanOfWideRows`: 4 lanes per vector make every
+/// position's taps cost more than the strided positions' folds (or running sums) from a span of 6
+/// on. The whole engine compiled alone, 64 MiB, 1 thread, ms, subsampled vs at the stride: int32
+/// k11 s7 C=2 (Int64 sums) 25-26 vs 9-10, k7 s3 C=3 (Double sums) 24-27 vs 21, k4 s2 C=8 24 vs 19;
+/// float64 max k9 s5 C=3 16 vs 8 (64-bit integer maxima, 4 lanes too, were not measured apart); but
+/// int64 averages k3 s2 C=1 11-12 vs 16-23, int32 k3 s2 C=2 25 vs 25-31. Each window folds its taps
+/// left to right either way (no pairs along W for rows alone; a max's doubling keeps the first of
+/// equal values and the last NaN, as the fold does), so the bits do not depend on the choice.
+/// Float64 averages stay at 16 although at the stride they ran faster too (k9 s5 C=3 14 vs 8-10): a
+/// padded window whose in-bounds inputs are all -0 sums to +0 subsampled and -0 at the stride, and
+/// the choice would change such outputs. Other types keep 16: float32, float16, bfloat16 and int8
+/// averages and float32 and int8 maxima were as fast or faster subsampled (float16 k7 s3 C=3 25-27
+/// vs 38-40), and 2-d and 3-d windows of int32 too (3-d k3 s2 C=2 13-14 vs 17-26).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -246,9 +266,12 @@ struct WidthPlan: Sendable {
     var subsampled: Bool { step == 1 && stride > 1 }
     let stride: Int
 
-    init(_ g: PoolGeometry) {
+    /// `wideRows`: the reduction's accumulators are 8-byte integer sums or maxima.
+    init(_ g: PoolGeometry, wideRows: Bool) {
         stride = g.strideW
-        step = g.strideW > 1 && g.strideW * g.channels <= KernelLimits.subsampledSpan ? 1 : g.strideW
+        let rowsAlone = g.kernelH == 1 && g.kernelD == 1
+        let span = wideRows && rowsAlone ? KernelLimits.subsampledSpanOfWideRows : KernelLimits.subsampledSpan
+        step = g.strideW > 1 && g.strideW * g.channels <= span ? 1 : g.strideW
     }
 
     /// Positions covering outputs [ow0, ow1).
