@@ -211,9 +211,11 @@ protocol ReductionVisitor {
 /// sum in Int64 rather than Double where the strides leave at most one output per 4 inputs:
 /// a row's windows are then differences of running sums (`widenedInChunks`, exact only for
 /// integer sums), which cost less than Double folds of every window's taps (AvgPool1d k11 s7
-/// of 3 int32 channels 0.60x the time, AvgPool2d k7 s3 of 6 0.63x). With more outputs the
-/// finish costs more than that saves: without AVX-512 an Int64 sum converts to Double one
-/// element at a time (AvgPool1d k7 s3 of 3 channels 1.03x-1.2x). Both sums are exact, and
+/// of 3 int32 channels 0.60x the time, AvgPool2d k7 s3 of 6 0.63x). A W stride of 2 or 3
+/// alone keeps Double, where the finish's share is larger and an Int64 sum converts to Double
+/// one element at a time without AVX-512; that limit is not measured yet (the figure first
+/// taken for it compared identical code, and the engine compiled alone ran 1-d int32 rows at
+/// those strides faster in Int64: k7 s3 C=3 18 vs 21 ms). Both sums are exact, and
 /// Double(sum) / Double(window size) is then the same quotient: the choice changes no bits.
 func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry, _ visitor: V) throws -> V.Result {
     let windowSize = g.windowSize
