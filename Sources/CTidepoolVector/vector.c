@@ -42,6 +42,13 @@ INLINE __m256i round_to(tpvector_format format, __m512 v) {
     return format == TPVECTOR_BFLOAT16 ? round_bfloat16(v) : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
 
+/* The start of a window's sum, added last, as the Swift `mean` adds it (MLX's rule): +0, which
+ * changes no sum but a -0 (a fold of -0s alone), to +0; -0, which changes nothing, for windows
+ * of one element (a scale of 1), which MLX passes through. */
+INLINE __m512 start_of_sum(float scale) { return _mm512_set1_ps(scale == 1.0f ? -0.0f : 0.0f); }
+
+INLINE __m512 scaled(__m512 sum, __m512 start, __m512 factor) { return _mm512_mul_ps(_mm512_add_ps(sum, start), factor); }
+
 /* Lanes l of a 16-lane vector with lower <= l < upper. */
 INLINE __mmask16 lanes_between(ptrdiff_t lower, ptrdiff_t upper) {
     if (lower < 0) lower = 0;
@@ -59,20 +66,20 @@ INLINE __m512 fold_masked(const float *p, ptrdiff_t step, const int taps, const 
 
 INLINE void finish_runs(tpvector_format format, uint16_t *restrict out, size_t length, const float *const *sources,
                         const int count, float scale) {
-    const __m512 factor = _mm512_set1_ps(scale);
+    const __m512 factor = _mm512_set1_ps(scale), start = start_of_sum(scale);
     const float *s[6];
     for (int k = 0; k < count; k++) s[k] = sources[k];
     size_t j = 0;
     for (; j + 16 <= length; j += 16) {
         __m512 sum = _mm512_loadu_ps(s[0] + j);
         for (int k = 1; k < count; k++) sum = _mm512_add_ps(sum, _mm512_loadu_ps(s[k] + j));
-        _mm256_storeu_si256((__m256i *)(out + j), round_to(format, _mm512_mul_ps(sum, factor)));
+        _mm256_storeu_si256((__m256i *)(out + j), round_to(format, scaled(sum, start, factor)));
     }
     if (j < length) {
         __mmask16 tail = lanes_between(0, (ptrdiff_t)(length - j));
         __m512 sum = _mm512_maskz_loadu_ps(tail, s[0] + j);
         for (int k = 1; k < count; k++) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(tail, s[k] + j));
-        _mm256_mask_storeu_epi16(out + j, tail, round_to(format, _mm512_mul_ps(sum, factor)));
+        _mm256_mask_storeu_epi16(out + j, tail, round_to(format, scaled(sum, start, factor)));
     }
 }
 
@@ -91,14 +98,14 @@ INLINE void edge_masks(edge_vector *e, ptrdiff_t j, ptrdiff_t length, ptrdiff_t 
 }
 
 INLINE void finish_edge(tpvector_format format, uint16_t *out, const float *p, const edge_vector *e, ptrdiff_t step,
-                        const int taps, __m512 factor) {
+                        const int taps, __m512 start, __m512 factor) {
     __m512 sum = fold_masked(p, step, taps, e->loaded);
-    _mm256_mask_storeu_epi16(out, e->stored, round_to(format, _mm512_mul_ps(sum, factor)));
+    _mm256_mask_storeu_epi16(out, e->stored, round_to(format, scaled(sum, start, factor)));
 }
 
 INLINE void finish_rows(tpvector_format format, uint16_t *restrict out, const float *source, size_t rows, ptrdiff_t length,
                         ptrdiff_t first, ptrdiff_t step, const int taps, float scale) {
-    const __m512 factor = _mm512_set1_ps(scale);
+    const __m512 factor = _mm512_set1_ps(scale), start = start_of_sum(scale);
     /* Outputs [lower, upper) have every tap in the row; vectors [whole0, whole1), at multiples
      * of 16, hold only such outputs. The rest have their masks worked out once for all rows. */
     ptrdiff_t lower = first < 0 ? -first : 0, upper = length - first - (taps - 1) * step;
@@ -114,7 +121,7 @@ INLINE void finish_rows(tpvector_format format, uint16_t *restrict out, const fl
             for (ptrdiff_t i = 0; i < vectors; i++) {
                 edge_vector e;
                 edge_masks(&e, 16 * i, length, first, step, taps);
-                finish_edge(format, out + r * length + 16 * i, source + r * length + first + 16 * i, &e, step, taps, factor);
+                finish_edge(format, out + r * length + 16 * i, source + r * length + first + 16 * i, &e, step, taps, start, factor);
             }
         return;
     }
@@ -123,14 +130,14 @@ INLINE void finish_rows(tpvector_format format, uint16_t *restrict out, const fl
     for (size_t r = 0; r < rows; r++) {
         const float *row = source + r * length + first;
         uint16_t *o = out + r * length;
-        for (ptrdiff_t i = 0; i < whole0; i++) finish_edge(format, o + 16 * i, row + 16 * i, &head[i], step, taps, factor);
+        for (ptrdiff_t i = 0; i < whole0; i++) finish_edge(format, o + 16 * i, row + 16 * i, &head[i], step, taps, start, factor);
         for (ptrdiff_t i = whole0; i < whole1; i++) {
             const float *p = row + 16 * i;
             __m512 sum = _mm512_loadu_ps(p);
             for (int k = 1; k < taps; k++) sum = _mm512_add_ps(sum, _mm512_loadu_ps(p + k * step));
-            _mm256_storeu_si256((__m256i *)(o + 16 * i), round_to(format, _mm512_mul_ps(sum, factor)));
+            _mm256_storeu_si256((__m256i *)(o + 16 * i), round_to(format, scaled(sum, start, factor)));
         }
-        for (ptrdiff_t i = whole1; i < vectors; i++) finish_edge(format, o + 16 * i, row + 16 * i, &tail[i - whole1], step, taps, factor);
+        for (ptrdiff_t i = whole1; i < vectors; i++) finish_edge(format, o + 16 * i, row + 16 * i, &tail[i - whole1], step, taps, start, factor);
     }
 }
 

@@ -79,6 +79,40 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         #expect((0..<4).map { run.output[$0] } == [Double(Int16.min), -3, -3, Double(Int16.min)])
     }
 
+    /// Windows of one element (kernel 1 on every axis) run whole, tap by tap (float averages
+    /// always, others with 8+ channels): padding up to twice the stride (windows wholly in it
+    /// at both ends and between taps), strides along each axis alone and together, ceil mode,
+    /// channels below, at and past 8, views whose rows are not dense; against the reference,
+    /// bit for bit across tiles cut small and threads.
+    @Test(arguments: [DType.float32, .float16, .int8, .uint16, .int64], PoolKind.allCases)
+    func windowsOfOneElement(dtype: DType, kind: PoolKind) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
+        for channels in [1, 3, 8, 17] {
+            for stride in [[1, 1, 1], [2, 3, 1], [1, 1, 3], [3, 2, 2]] {
+                for padding in [[0, 0, 0], [1, 0, 2], [2, 2, 1]] {
+                    for ceilMode in [false, true] {
+                        let desc = PoolDescriptor(kind: kind, kernelSize: [1, 1, 1], stride: stride, padding: padding, ceilMode: ceilMode)
+                        let shape = [2, 3, 5, 7, channels]
+                        // Every other position of a row twice as long: rows not dense.
+                        for sparse in [false, true] {
+                            let storageShape = sparse ? [2, 3, 5, 14, channels] : shape
+                            let input = randomInput(dtype, shape: storageShape, seed: UInt64(channels * 100 + stride[2] * 10 + padding[2]))
+                            var strides = TensorView.contiguousStrides(storageShape)
+                            strides[3] *= sparse ? 2 : 1
+                            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                            let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
+                            #expect(runs[0].shape == expected.shape)
+                            #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
+                                    "\(desc) \(dtype) C=\(channels) sparse \(sparse)")
+                            #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0,
+                                    "\(desc) \(dtype) C=\(channels)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     @Test func zeroSizedSpatialInputWithPadding() throws {
         // No input elements, null data: every window is padding.
         let desc = PoolDescriptor(kind: .average, kernelSize: [1, 1], padding: [1, 0])
@@ -253,6 +287,50 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             #expect(memcmp(view.output.raw, dense.output.raw, view.output.count * view.output.dtype.size) == 0,
                     "\(desc) \(dtype) \(shape) strides \(strides)")
         }
+    }
+
+    /// A float average sums from +0, as MLX's does: a window whose inputs are all -0 (padded or
+    /// not) averages to +0, but a window of one element passes it through, -0 included; on
+    /// every path (rows at the stride and subsampled, block scans, depth first, tiles cut small,
+    /// both CPU levels, the vector finish kernels where the CPU has them and the Swift loops).
+    /// Inputs mostly -0, so that many windows hold nothing else; `firstMismatch` requires a mean
+    /// of zero to have the reference's sign.
+    @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
+    func averagesOfNegativeZerosHaveMLXSigns(dtype: DType) throws {
+        // Bit for bit the same outputs, then block scans from 2 taps (another order of adds).
+        let levels = CPULevel.allCases.filter(KernelSelection.supports)
+        let engines = levels.map { PoolEngine(threads: 1, cpuLevel: $0) } + [
+            PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0), PoolEngine(threads: 1, usesVectorKernels: false),
+        ]
+        let scans = PoolEngine(threads: 1, blockScanTaps: 2)
+        var rng = SplitMix64(seed: 0x5E20 ^ UInt64(dtype.code))
+        var zeroMeans = 0
+        for trial in 0..<120 {
+            let spatial = 1 + trial % 3
+            let kernel = (0..<spatial).map { _ in trial % 7 == 3 ? 1 : Int.random(in: 1...9, using: &rng) }
+            let stride = kernel.map { Int.random(in: 1...($0 + 2), using: &rng) }
+            let padding = kernel.map { Int.random(in: 0...($0 / 2 + (trial % 7 == 3 ? 1 : 0)), using: &rng) }
+            let channels = [1, 2, 3, 4, 5, 8, 9, 16, 33][Int.random(in: 0..<9, using: &rng)]
+            let shape = [Int.random(in: 1...2, using: &rng)] + kernel.map { Int.random(in: $0...($0 + 20), using: &rng) } + [channels]
+            let desc = PoolDescriptor(kind: .average, kernelSize: kernel, stride: stride, padding: padding,
+                                      ceilMode: trial % 4 == 1, countIncludePad: trial % 5 != 0)
+            let input = Buffer(dtype, count: shape.reduce(1, *))
+            // All -0 in a third of the trials; else one element in 8 (or 40) a random normal.
+            let oneIn: UInt64 = trial % 3 == 0 ? 0 : (trial % 3 == 1 ? 8 : 40)
+            for i in 0..<input.count { input[i] = oneIn != 0 && rng.next() % oneIn == 0 ? rng.normal() : -0.0 }
+            let strides = TensorView.contiguousStrides(shape)
+            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+            zeroMeans += expected.values.count { $0 == 0 }
+            let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
+            for run in [runs[0], try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: scans)] {
+                let mismatch = firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values)
+                #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")")
+            }
+            for (index, run) in runs.enumerated().dropFirst() {
+                #expect(memcmp(runs[0].output.raw, run.output.raw, run.output.count * dtype.size) == 0, "\(desc) \(dtype) \(shape) engine \(index)")
+            }
+        }
+        #expect(zeroMeans > 10_000)
     }
 
     @Test(arguments: PoolKind.allCases)
@@ -592,9 +670,9 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         #expect(checked > 300)
     }
 
-    /// Rows alone (1-d windows) of 8-byte integer sums and maxima reduce at the stride once
-    /// the stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
-    /// types and float64 averages from 16; 32-bit integers there sum in Int64 from a W stride
+    /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the
+    /// stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
+    /// types from 16; 32-bit integers there sum in Int64 from a W stride
     /// of 4 (differences of running sums). Against the reference for 1 to 8 channels, strides
     /// 2 to 7, kernels shorter and longer than the stride, padding, rows shorter than the kernel
     /// and rows of several chunks, on whole rows and tiles cut along W, bit for bit between
@@ -613,9 +691,9 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 guard let outShape = try? desc.outputShape(inputShape: shape), !outShape.contains(0) else { continue }
                                 let view = TensorView(data: nil, dtype: dtype, shape: shape)
                                 let plan = try #require(try engines[0].kernelPlan(desc, input: view))
-                                // 8-byte integer sums and maxima (int32 averages sum in Double or Int64).
+                                // 8-byte sums and maxima (int32 averages sum in Double or Int64).
                                 // The geometry cuts a stride past the padded row to its length.
-                                let wide = kind == .average ? dtype != .float64 : dtype.size == 8
+                                let wide = kind == .average || dtype.size == 8
                                 let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
                                 let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= (wide ? 4 : 16)
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels) w=\(width)")

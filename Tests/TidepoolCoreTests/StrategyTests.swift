@@ -56,6 +56,12 @@ struct StrategyTests {
         Case(kind: .max, dtype: .float32, shape: [8, 112, 112, 64], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
         Case(kind: .average, dtype: .float32, shape: [64, 4096, 1], kernel: 2, stride: 2, padding: 0, strategy: .widthFirst),
         Case(kind: .average, dtype: .float32, shape: [64, 4096, 64], kernel: 9, stride: 1, padding: 4, strategy: .widthFirst),
+        // Windows of one element of float averages run whole, of any channel count (a -0 passes
+        // through, as in MLX); other reductions keep their plan.
+        Case(kind: .average, dtype: .float32, shape: [8, 56, 56, 3], kernel: 1, stride: 2, padding: 1, strategy: .wholeWindows),
+        Case(kind: .average, dtype: .bfloat16, shape: [4, 128, 128, 128, 1], kernel: 1, stride: 1, padding: 0, strategy: .wholeWindows),
+        Case(kind: .average, dtype: .int8, shape: [8, 56, 56, 3], kernel: 1, stride: 2, padding: 1, strategy: .heightFirst),
+        Case(kind: .max, dtype: .float32, shape: [64, 4096, 1], kernel: 1, stride: 1, padding: 0, strategy: .widthFirst),
     ]
 
     @Test(arguments: cases)

@@ -141,7 +141,9 @@ func referencePool(_ desc: PoolDescriptor, storage: Buffer, offset: Int, shape: 
             outIndex[axis] = rest % outShape[axis]
             rest /= outShape[axis]
         }
-        var acc = desc.kind == .average ? 0.0 : lowestValue(storage.dtype)
+        // MLX sums from +0 (a window of -0s alone averages to +0) but passes a window of one
+        // element through (-0 + x is x, -0 included).
+        var acc = desc.kind == .average ? (windowSize == 1 ? -0.0 : 0.0) : lowestValue(storage.dtype)
         var sawNaN = false
         var inPadded = 1, inInput = 1
         for a in 0..<s {
@@ -205,7 +207,7 @@ func runEngine(_ desc: PoolDescriptor, storage: Buffer, offset: Int, shape: [Int
 
 /// Whether `actual` matches the reference: exactly for max (NaN matching NaN) and for
 /// averages of integers of up to 32 bits (their exact mean rounded once to float32), within
-/// the dtype's tolerance for other averages. Returns the first mismatch as text.
+/// the dtype's tolerance for other averages (a mean of zero with the reference's sign). Returns the first mismatch as text.
 func firstMismatch(_ desc: PoolDescriptor, dtype: DType, actual: Buffer, expected: [Double]) -> String? {
     let (rtol, atol) = averageTolerance(dtype)
     let exactMean = !dtype.isFloatingPoint && dtype.size <= 4
@@ -215,6 +217,8 @@ func firstMismatch(_ desc: PoolDescriptor, dtype: DType, actual: Buffer, expecte
         if e.isNaN { ok = a.isNaN }
         else if desc.kind == .max { ok = a == e }
         else if exactMean { ok = a == Double(Float(e)) }
+        // Zeros' signs as MLX's (the reference's).
+        else if e == 0 && a == 0 { ok = a.sign == e.sign }
         else { ok = a == e || abs(a - e) <= atol + rtol * abs(e) }
         if !ok { return "element \(i): got \(a), expected \(e)" }
     }

@@ -32,20 +32,23 @@ func cpuFlags() -> Set<Substring> {
     }
 
     /// Inputs that show what a finishing pass gets wrong: random normals, sums that cancel (the
-    /// order of the fold), every bit pattern (NaN payloads, infinities), and values whose means
-    /// are subnormal (which bfloat16's conversion instruction reads as zero).
+    /// order of the fold), every bit pattern (NaN payloads, infinities), values whose means
+    /// are subnormal (which bfloat16's conversion instruction reads as zero), and -0s with a
+    /// few normals (windows of -0s alone average to +0).
     static func inputs(_ dtype: DType, count: Int, seed: UInt64) -> [Buffer] {
         var rng = SplitMix64(seed: seed)
         let normal = Buffer(dtype, count: count), cancelling = Buffer(dtype, count: count)
         let bits = Buffer(dtype, count: count), subnormal = Buffer(dtype, count: count)
+        let negativeZeros = Buffer(dtype, count: count)
         let smallest = dtype == .float16 ? 0x1p-14 : 0x1p-126
         for i in 0..<count {
             normal[i] = rng.normal()
             cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)]
             bits.raw.storeBytes(of: UInt16(truncatingIfNeeded: rng.next()), toByteOffset: 2 * i, as: UInt16.self)
             subnormal[i] = rng.normal() * smallest
+            negativeZeros[i] = rng.next() % 16 == 0 ? rng.normal() : -0.0
         }
-        return [normal, cancelling, bits, subnormal]
+        return [normal, cancelling, bits, subnormal, negativeZeros]
     }
 
     /// Bit for bit the Swift loops' outputs, through depth-first planes (rows of every length
@@ -86,16 +89,17 @@ func cpuFlags() -> Set<Substring> {
         }
     }
 
-    /// The rows kernel on its own, against its contract (taps outside a row read as zero)
-    /// folded in Swift, where windows reach far past both ends of short rows: more edge
+    /// The rows kernel on its own, against its contract (taps outside a row read as zero, the
+    /// sum from +0 but for one tap) folded in Swift, where windows reach far past both ends of short rows: more edge
     /// vectors than the engine's geometries make.
     @Test func rowsKernelReadsZeroOutsideEachRow() throws {
         for (format, vectorFinish) in [(TPVECTOR_FLOAT16, AverageFloat16.vectorFinish), (TPVECTOR_BFLOAT16, AverageBFloat16.vectorFinish)] {
             guard vectorFinish != nil else { continue }
             var rng = SplitMix64(seed: 9)
-            for (length, first, step, taps) in [(50, -40, 9, 6), (100, -70, 30, 5), (3, -2, 1, 4), (37, 5, 2, 3), (64, -64, 32, 5)] {
+            for (length, first, step, taps) in [(50, -40, 9, 6), (100, -70, 30, 5), (3, -2, 1, 4), (37, 5, 2, 3), (64, -64, 32, 5), (20, -3, 1, 1)] {
                 let rows = 3
-                let source = (0..<(rows * length)).map { _ in Float(rng.normal()) }
+                // Half -0s: taps of -0s alone sum to +0 (from +0, as the contract says).
+                let source = (0..<(rows * length)).map { _ in rng.next() % 2 == 0 ? -0.0 : Float(rng.normal()) }
                 var output = [UInt16](repeating: 0, count: rows * length)
                 let scale: Float = 1 / Float(taps)
                 source.withUnsafeBufferPointer { s in
@@ -105,7 +109,8 @@ func cpuFlags() -> Set<Substring> {
                 }
                 for r in 0..<rows {
                     for j in 0..<length {
-                        var sum: Float = 0
+                        // From +0, but a window of one tap from -0 (it passes its tap through).
+                        var sum: Float = taps == 1 ? -0.0 : 0
                         for k in 0..<taps {
                             let i = j + first + k * step
                             sum += (0..<length).contains(i) ? source[r * length + i] : 0

@@ -20,15 +20,17 @@ int tpvector_supports_x86_64_v3(void);
 /* Whether this CPU runs the kernels for `format`; where it does not, they must not be called. */
 int tpvector_supports(tpvector_format format);
 
-/* out[j] = round(scale * (((sources[0][j] + sources[1][j]) + sources[2][j]) + ...)) for
- * j < length, from `count` sources (1 to 6). */
+/* out[j] = round(scale * ((((sources[0][j] + sources[1][j]) + sources[2][j]) + ...) + z)) for
+ * j < length, from `count` sources (1 to 6), where z is +0, or -0 for a scale of 1: the sum
+ * from +0 as MLX takes it (+0 turns a sum of -0s alone into +0 and changes no other), a window
+ * of one element passed through as MLX passes it (-0 changes nothing). */
 void tpvector_finish_runs(tpvector_format format, uint16_t *out, size_t length, const float *const *sources, int count,
                           float scale);
 
 /* `rows` rows of `length` sums each, `length` apart in `source` and in `out`: out[j] =
- * round(scale * ((x(j + first) + x(j + first + step)) + ...)) over `taps` taps (1 to 6),
- * where x(i) is the row's element i, or 0 outside the row (the padding of an average). Adding
- * +0 changes no sum but a -0, to +0, so this is the fold of the row's taps alone from 0. */
+ * round(scale * (((x(j + first) + x(j + first + step)) + ...) + z)) over `taps` taps (1 to 6),
+ * where x(i) is the row's element i, or +0 outside the row (the padding of an average), and z
+ * is as for tpvector_finish_runs. */
 void tpvector_finish_rows(tpvector_format format, uint16_t *out, const float *source, size_t rows, ptrdiff_t length,
                           ptrdiff_t first, ptrdiff_t step, int taps, float scale);
 

@@ -17,7 +17,7 @@ public protocol WindowReduction {
     static func widen(_ x: Input) -> Accumulator
     static func merge(_ a: Accumulator, _ b: Accumulator) -> Accumulator
     /// Average divides by the full window, padded positions included (MLX's rule). Floats
-    /// do it as MLX does, the sum times 1/n; integer means are exact, rounded once.
+    /// do it as MLX does (`mean`); integer means are exact, rounded once.
     static func finish(_ accumulator: Accumulator, windowSize: Int) -> Output
     /// Whether `finish` costs more than moving its result (a rounding conversion, a
     /// division): then subsampled rows are not finished one kept position at a time. Whole
@@ -46,6 +46,10 @@ public protocol WindowReduction {
     static var unmergesExactly: Bool { get }
     /// `total` less `part`, the inverse of `merge`; only where `unmergesExactly`.
     static func unmerge(_ total: Accumulator, _ part: Accumulator) -> Accumulator
+    /// Whether a window of one element must give its element's bits, -0 included (float
+    /// averages: MLX passes such a window through, where a fold from the identity, +0, gives
+    /// +0). Such windows then run whole (`KernelPlan`), whose fold starts from the tap.
+    static var passesSingleTapsThrough: Bool { get }
 }
 
 extension WindowReduction {
@@ -56,6 +60,7 @@ extension WindowReduction {
     @inlinable public static var foldsChannelsAsVector: Bool { false }
     @inlinable public static var blockScanTaps: Int { KernelSettings.defaultBlockScanTaps }
     @inlinable public static var unmergesExactly: Bool { false }
+    @inlinable public static var passesSingleTapsThrough: Bool { false }
     @inlinable public static func unmerge(_ total: Accumulator, _ part: Accumulator) -> Accumulator {
         preconditionFailure("unmerge of a reduction that does not unmerge exactly")
     }
@@ -63,25 +68,37 @@ extension WindowReduction {
 
 // MARK: average
 
+/// A float window's mean as MLX takes it: the sum times 1/n, the sum taken from +0 (so a window
+/// of -0s alone averages to +0), but a window of one element passed through (-0 stays -0: MLX
+/// reduces nothing there). Adding +0 changes no sum but a -0, to +0, whatever the order of the
+/// taps before it; adding -0 changes nothing.
+@usableFromInline @inline(__always)
+func mean<F: BinaryFloatingPoint>(_ sum: F, _ windowSize: Int) -> F {
+    (sum + (windowSize == 1 ? -0.0 : 0.0)) * (1 / F(windowSize))
+}
+
 public enum AverageFloat32: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: Float) -> Float { x }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
-    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float { sum * (1 / Float(windowSize)) }
+    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float { mean(sum, windowSize) }
+    @inlinable public static var passesSingleTapsThrough: Bool { true }
 }
 
 public enum AverageFloat64: WindowReduction {
     @inlinable public static var identity: Double { 0 }
     @inlinable public static func widen(_ x: Double) -> Double { x }
     @inlinable public static func merge(_ a: Double, _ b: Double) -> Double { a + b }
-    @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Double { sum * (1 / Double(windowSize)) }
+    @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Double { mean(sum, windowSize) }
+    @inlinable public static var passesSingleTapsThrough: Bool { true }
 }
 
 public enum AverageFloat16: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: Float16) -> Float { Float(x) }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
-    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float16 { Float16(sum * (1 / Float(windowSize))) }
+    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> Float16 { Float16(mean(sum, windowSize)) }
+    @inlinable public static var passesSingleTapsThrough: Bool { true }
     @inlinable public static var finishOutweighsACopy: Bool { true }
     public static let vectorFinish = VectorFinish(TPVECTOR_FLOAT16)
 }
@@ -90,7 +107,8 @@ public enum AverageBFloat16: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: BFloat16) -> Float { x.float }
     @inlinable public static func merge(_ a: Float, _ b: Float) -> Float { a + b }
-    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(sum * (1 / Float(windowSize))) }
+    @inlinable public static func finish(_ sum: Float, windowSize: Int) -> BFloat16 { BFloat16(mean(sum, windowSize)) }
+    @inlinable public static var passesSingleTapsThrough: Bool { true }
     @inlinable public static var finishOutweighsACopy: Bool { true }
     public static let vectorFinish = VectorFinish(TPVECTOR_BFLOAT16)
 }

@@ -219,13 +219,10 @@ protocol ReductionVisitor {
 /// Double(sum) / Double(window size) is then the same quotient: the choice changes no bits.
 func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry, _ visitor: V) throws -> V.Result {
     let windowSize = g.windowSize
-    // W strided (a step above 1 means a W stride of 2 or more), so a stride along H or D also
-    // leaves at most one output per 4 inputs. Both sums are 8-byte integer sums (`wideRows`).
-    let runningSums = WidthPlan(g, wideRows: true).step > 1 && g.kernelW >= g.strideW && (g.strideW >= 4 || g.strideH > 1 || g.strideD > 1)
     func averageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws -> V.Result {
         if AverageSmallInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageSmallInteger<I>.self) }
         if AverageInt32Sum<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageInt32Sum<I>.self) }
-        if AverageWideInteger<I>.fits(windowSize: windowSize) && !runningSums { return try visitor.visit(AverageWideInteger<I>.self) }
+        if AverageWideInteger<I>.fits(windowSize: windowSize) && !sumsRunAlongW(g) { return try visitor.visit(AverageWideInteger<I>.self) }
         return try visitor.visit(AverageNarrowInteger<I>.self)
     }
     switch (kind, dtype) {
@@ -254,6 +251,13 @@ func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: P
     case (.max, .uint32): return try visitor.visit(MaxInteger<UInt32>.self)
     case (.max, .uint64): return try visitor.visit(MaxInteger<UInt64>.self)
     }
+}
+
+/// Whether 32-bit integer averages over `g` sum in Int64 running sums (`withReduction`): W
+/// strided (a step above 1 means a W stride of 2 or more), so a stride along H or D also leaves
+/// at most one output per 4 inputs. Both sums are 8-byte integer sums (`wideRows`).
+private func sumsRunAlongW(_ g: PoolGeometry) -> Bool {
+    WidthPlan(g, wideRows: true).step > 1 && g.kernelW >= g.strideW && (g.strideW >= 4 || g.strideH > 1 || g.strideD > 1)
 }
 
 /// Scratch buffers kept between calls (a few, of a few hundred KB each per worker), so

@@ -145,6 +145,54 @@ def test_half_float_max_of_signed_zeros_differs_from_mlx_as_documented(dtype):
     assert np.signbit(theirs.astype(np.float32)).ravel().tolist() == [True, False]
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_average_of_negative_zeros_has_mlx_sign(dtype, d):
+    # MLX sums a window from +0, so a window of -0s alone averages to +0, padded or not; a
+    # window of one element it passes through, -0 included. Inputs mostly -0 (a few normals),
+    # windows at and between the stride, many channels and few, so that rows run subsampled and
+    # at the stride, by block scans and tap by tap.
+    rng = np.random.default_rng(d)
+    side = {1: 40, 2: 11, 3: 7}[d]
+    for channels in (1, 3, 8, 33):
+        x = np.full((2,) + (side,) * d + (channels,), -0.0, dtype=np.float32)
+        x[rng.integers(0, 12, size=x.shape) == 0] = 1.5
+        x = x.astype(dtype)
+        for kernel, stride, padding in [(1, 1, 0), (2, 2, 1), (3, 1, 1), (3, 2, 0), (7, 1, 3), (5, 3, 2), (6, 6, 0)]:
+            ours = tidepool_pool("Avg", d, x, kernel, stride, padding).astype(np.float32)
+            theirs = mlx_pool("Avg", d, x, kernel, stride, padding).astype(np.float32)
+            zeros = theirs == 0
+            assert np.signbit(theirs[zeros]).any() == (kernel == 1)
+            np.testing.assert_array_equal(np.signbit(ours[zeros]), np.signbit(theirs[zeros]),
+                                          err_msg=f"k{kernel} s{stride} p{padding} C={channels}")
+
+
+@pytest.mark.parametrize("kind", ["Avg", "Max"])
+@pytest.mark.parametrize("d", [1, 2])
+def test_gradient_of_negative_zero_where_windows_tile_differs_from_mlx_as_documented(kind, d):
+    # Where windows tile the input exactly MLX's gradient passes a -0 cotangent through (its
+    # vjp scatters nothing there); everywhere else it sums shares from +0, as Tidepool does.
+    import mlx.core as mx
+    import mlx.nn as mnn
+
+    import tidepool.gradients as grads
+
+    rng = np.random.default_rng(5)
+    layer = getattr(mnn, f"{kind}Pool{d}d")
+    vjp = getattr(grads, f"{kind.lower()}_pool{d}d_vjp")
+    for size, kernel, stride, tiles in [(12, 3, 3, True), (12, 2, 2, True), (12, 5, 5, False), (12, 3, 2, False)]:
+        x = rng.random((1,) + (size,) * d + (2,)).astype(np.float32)
+        out = (size - kernel) // stride + 1
+        cotangent = np.full((1,) + (out,) * d + (2,), -0.0, np.float32)
+        pool = layer(kernel, stride)
+        _, (theirs,) = mx.vjp(lambda a: pool(a), [mx.array(x)], [mx.array(cotangent)])
+        theirs = np.array(theirs)
+        ours = vjp(x, cotangent, kernel, stride)
+        assert (theirs == 0).all() and (ours == 0).all()
+        assert np.signbit(theirs).all() if tiles else not np.signbit(theirs).any()
+        assert not np.signbit(ours).any()
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.uint64])
 def test_wide_integer_average_is_exact_where_mlx_wraps(dtype):
     # MLX sums 32/64-bit integers in their own type, so a large window sum wraps around;

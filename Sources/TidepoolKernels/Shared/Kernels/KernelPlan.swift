@@ -29,7 +29,8 @@ public enum Strategy: String, CaseIterable, Sendable {
     /// planes instead of once per W tap.
     case depthFirst
     /// Windows that do not overlap fold tap by tap straight from the input, channels innermost
-    /// (WholeWindows.swift): separating the axes would save no work, only add passes.
+    /// (WholeWindows.swift): separating the axes would save no work, only add passes. Windows
+    /// of one element of float averages too, whatever the channels: no fold from the identity.
     case wholeWindows
 }
 
@@ -116,15 +117,19 @@ public struct KernelPlan: Sendable {
     init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
-        // Float64 averages are the 8-byte sums left out (see WidthPlan).
-        width = WidthPlan(g, wideRows: accumulatorSize >= 8 && !(R.Input.self == Double.self && !R.mergesOverlaps))
+        width = WidthPlan(g, wideRows: accumulatorSize >= 8)
         widenOnce = R.widenOutweighsAPass && !width.subsampled
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
         // widened once per pair of output planes whose windows hold it instead of once per W
         // tap, and the D fold reads inputs narrower than the sums the W-first finish reads.
         // For float32 its six input planes per pair crowd L2, and it is slower.
         let depthFirstPays = inputSize == 2 || accumulatorSize > inputSize
-        if depthFirstPays && Self.suitsDepthFirst(g, accumulatorSize: accumulatorSize) {
+        // Whole windows start each fold from its first tap; the other strategies fold some
+        // windows from the identity (edges, padded rows, tiles cut small). (Where channels are
+        // strided, as in views of float averages that are not packed, a lone -0 may become +0.)
+        if R.passesSingleTapsThrough && g.windowSize == 1 && g.stepC == 1 {
+            strategy = .wholeWindows
+        } else if depthFirstPays && Self.suitsDepthFirst(g, accumulatorSize: accumulatorSize) {
             strategy = .depthFirst
         } else if Self.suitsWholeWindows(g) {
             strategy = .wholeWindows
@@ -244,21 +249,22 @@ public struct KernelPlan: Sendable {
 /// are within it: position by position, each a loop of one vector sized at run time, 3-d k3
 /// s2 ran at twice its floor.)
 ///
-/// Windows one row and one plane tall (rows alone, no H or D pass to share the work) of 8-byte
-/// integer sums and maxima (32- and 64-bit integer averages, float64 and 64-bit maxima: `wideRows`)
+/// Windows one row and one plane tall (rows alone, no H or D pass to share the work) of 8-byte sums
+/// and maxima (32- and 64-bit integer and float64 averages, float64 and 64-bit maxima: `wideRows`)
 /// are subsampled only up to `KernelLimits.subsampledSpanOfWideRows`: 4 lanes per vector make every
 /// position's taps cost more than the strided positions' folds (or running sums) from a span of 6
 /// on. The whole engine compiled alone, 64 MiB, 1 thread, ms, subsampled vs at the stride: int32
 /// k11 s7 C=2 (Int64 sums) 25-26 vs 9-10, k7 s3 C=3 (Double sums) 24-27 vs 21, k4 s2 C=8 24 vs 19;
 /// float64 max k9 s5 C=3 16 vs 8 (64-bit integer maxima, 4 lanes too, were not measured apart); but
-/// int64 averages k3 s2 C=1 11-12 vs 16-23, int32 k3 s2 C=2 25 vs 25-31. Each window folds its taps
-/// left to right either way (no pairs along W for rows alone; a max's doubling keeps the first of
-/// equal values and the last NaN, as the fold does), so the bits do not depend on the choice.
-/// Float64 averages stay at 16 although at the stride they ran faster too (k9 s5 C=3 14 vs 8-10): a
-/// padded window whose in-bounds inputs are all -0 sums to +0 subsampled and -0 at the stride, and
-/// the choice would change such outputs. Other types keep 16: float32, float16, bfloat16 and int8
-/// averages and float32 and int8 maxima were as fast or faster subsampled (float16 k7 s3 C=3 25-27
-/// vs 38-40), and 2-d and 3-d windows of int32 too (3-d k3 s2 C=2 13-14 vs 17-26).
+/// int64 averages k3 s2 C=1 11-12 vs 16-23, int32 k3 s2 C=2 25 vs 25-31. Float64 averages (as
+/// measured with them at 16 or 4): k11 s7 C=2 11-14 vs 6, k9 s5 C=3 12-14 vs 7, k7 s3 C=5 10-12 vs
+/// 8, k3 s2 C=6 10-11 vs 9-10, k2 s2 C=4 9-10 vs 10. Each window folds its taps left to right
+/// either way (no pairs along W for rows alone; a max's doubling keeps the first of equal values
+/// and the last NaN, as the fold does; a sum's padded taps add +0, which changes no sum but a -0,
+/// and the finish adds +0 to every sum of 2+ taps), so the bits do not depend on the choice. Other
+/// types keep 16: float32, float16, bfloat16 and int8 averages and float32 and int8 maxima were as
+/// fast or faster subsampled (float16 k7 s3 C=3 25-27 vs 38-40), and 2-d and 3-d windows of int32
+/// too (3-d k3 s2 C=2 13-14 vs 17-26).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -266,7 +272,7 @@ struct WidthPlan: Sendable {
     var subsampled: Bool { step == 1 && stride > 1 }
     let stride: Int
 
-    /// `wideRows`: the reduction's accumulators are 8-byte integer sums or maxima.
+    /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima.
     init(_ g: PoolGeometry, wideRows: Bool) {
         stride = g.strideW
         let rowsAlone = g.kernelH == 1 && g.kernelD == 1

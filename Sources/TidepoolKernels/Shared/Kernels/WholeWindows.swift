@@ -7,6 +7,10 @@ extension TilePass {
     /// the next output row are fetched meanwhile, in parts spread over the row: fetched at once, the
     /// prefetches queue up and stall the loads.
     func runWholeWindows(progress: (() -> Void)?) {
+        if g.windowSize == 1 {
+            runSingleTaps(progress: progress)
+            return
+        }
         let base = input + tile.n * g.stepN + tile.c.lowerBound
         let channels = channels, windowSize = g.windowSize, partial = partial
         withUnsafeTemporaryAllocation(of: UnsafePointer<R.Input>.self, capacity: g.windowSize) { taps in
@@ -46,6 +50,61 @@ extension TilePass {
                             finishTaps(InputLoader<R>.self, out, channels, partial: partial, taps: 0..<count,
                                        source: { taps[$0] + shift }, windowSize: windowSize)
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Windows of one element (kernel 1 on every axis): each output is its tap finished, or
+    /// the identity finished where the window lies in padding. A row's taps inside the input
+    /// are one run where they are its fused row's consecutive positions (W stride 1), a loop
+    /// the compiler vectorises; else position by position.
+    private func runSingleTaps(progress: (() -> Void)?) {
+        let base = input + tile.n * g.stepN + tile.c.lowerBound
+        let channels = channels, empty = R.finish(R.identity, windowSize: 1)
+        // Output columns whose tap is in the input: 0 <= ow * strideW - padW < inW.
+        let firstInside = (g.padW + g.strideW - 1) / g.strideW
+        let pastInside = g.inW + g.padW > 0 ? (g.inW + g.padW - 1) / g.strideW + 1 : 0
+        let lower = Swift.min(Swift.max(firstInside, tile.ow.lowerBound), tile.ow.upperBound)
+        let upper = Swift.min(Swift.max(pastInside, lower), tile.ow.upperBound)
+        let run = fusedRow && g.strideW == 1
+        for od in tile.od {
+            progress?()
+            let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: 1, length: g.inD)
+            for oh in tile.oh {
+                let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: 1, length: g.inH)
+                let row = output + ((tile.n * g.outD + od) * g.outH + oh) * g.outW * g.channels + tile.c.lowerBound
+                let inside = d0 < d1 && h0 < h1 ? lower..<upper : tile.ow.upperBound..<tile.ow.upperBound
+                for ow in tile.ow.lowerBound..<inside.lowerBound {
+                    for c in 0..<channels { row[ow * g.channels + c] = empty }
+                }
+                for ow in inside.upperBound..<tile.ow.upperBound {
+                    for c in 0..<channels { row[ow * g.channels + c] = empty }
+                }
+                guard !inside.isEmpty else { continue }
+                let taps = base + d0 * g.stepD + h0 * g.stepH
+                if run {
+                    let out = row + inside.lowerBound * channels
+                    let source = taps + (inside.lowerBound - g.padW) * channels
+                    for j in 0..<(inside.count * channels) { out[j] = R.finish(R.widen(source[j]), windowSize: 1) }
+                } else {
+                    var tap = taps + (inside.lowerBound * g.strideW - g.padW) * g.stepW, out = row + inside.lowerBound * g.channels
+                    let tapStep = g.strideW * g.stepW, outStep = g.channels
+                    // Few channels as a constant, so that each position's loop unrolls.
+                    @inline(__always) func positions(_ width: Int) {
+                        for _ in inside {
+                            for c in 0..<width { out[c] = R.finish(R.widen(tap[c]), windowSize: 1) }
+                            tap += tapStep
+                            out += outStep
+                        }
+                    }
+                    switch channels {
+                    case 1: positions(1)
+                    case 2: positions(2)
+                    case 3: positions(3)
+                    case 4: positions(4)
+                    default: positions(channels)
                     }
                 }
             }
