@@ -672,8 +672,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the
     /// stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
-    /// types from 16; 32-bit integers there sum in Int64 from a W stride
-    /// of 4 (differences of running sums). Against the reference for 1 to 8 channels, strides
+    /// types from 16; 32-bit integers there sum in Int64 where the windows overlap or touch
+    /// (differences of running sums). Against the reference for 1 to 8 channels, strides
     /// 2 to 7, kernels shorter and longer than the stride, padding, rows shorter than the kernel
     /// and rows of several chunks, on whole rows and tiles cut along W, bit for bit between
     /// them.
@@ -698,7 +698,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= (wide ? 4 : 16)
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels) w=\(width)")
                                 if kind == .average && dtype.size == 4 {
-                                    let int64 = geometry.strideW > 1 && !subsampled && kernel >= geometry.strideW && geometry.strideW >= 4
+                                    let int64 = geometry.strideW > 1 && !subsampled && kernel >= geometry.strideW
+                                        && (geometry.strideW > 2 || kernel > 3)
                                     #expect(try accumulatorType(geometry, kind, dtype) == (int64 ? Int64.self : Double.self), "\(desc)")
                                 }
                                 let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 1000 + kernel * 10 + padding))
@@ -882,8 +883,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// Strided integer windows that overlap sum as differences of running sums (`unmerge`) in
     /// each exact sum the window size selects: Int32 divided in float32 (int16 windows below
     /// 512), Int32 (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21, and
-    /// 32-bit windows of any size that overlap or touch along W at strided positions, with at
-    /// most one output per 4 inputs, 1-d and 2-d). Windows long along H and short enough along W for a chunk's buffer, strides whose
+    /// 32-bit windows of any size that overlap or touch along W at strided positions, 1-d and
+    /// 2-d). Windows long along H and short enough along W for a chunk's buffer, strides whose
     /// span of channels is too wide to reduce every position, on whole rows and tiles cut
     /// along W: against the float64 reference (the means are exact, so equal). A float32 mean
     /// of 2^21 terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start
@@ -909,15 +910,17 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// 32-bit integer averages keep Double sums where W is not reduced as differences of
     /// running sums (windows at every position, subsampled rows: stride x channels at most
-    /// 16; strided windows with gaps between them), and where more than one output per 4
-    /// inputs would convert from Int64 one at a time (stride 3 along W alone).
-    @Test func thirtyTwoBitAveragesKeepDoubleSumsElsewhere() throws {
-        for (kernel, stride, channels) in [(3, 1, 4), (3, 2, 2), (5, 9, 3), (7, 3, 6)] {
+    /// 4 for rows alone; strided windows with gaps between them; windows of 2 or 3 columns at
+    /// W stride 2 alone), and sum in Int64 at W strides of 3, and of 2 with 4+ columns.
+    @Test func thirtyTwoBitAveragesSumInInt64WhereRunningSumsServe() throws {
+        for (kernel, stride, channels, sum) in [(3, 1, 4, Double.self), (3, 2, 2, Double.self), (5, 9, 3, Double.self),
+                                                (3, 2, 3, Double.self), (2, 2, 4, Double.self), (7, 3, 6, Int64.self),
+                                                (4, 2, 8, Int64.self), (3, 3, 2, Int64.self)] as [(Int, Int, Int, Any.Type)] {
             let desc = PoolDescriptor(kind: .average, kernelSize: [kernel], stride: [stride])
             let shape = [1, 50, channels]
             let geometry = try PoolGeometry(desc, input: TensorView(data: nil, dtype: .int32, shape: shape),
                                             outputShape: desc.outputShape(inputShape: shape))
-            #expect(try accumulatorType(geometry, .average, .int32) == Double.self, "\(desc)")
+            #expect(try accumulatorType(geometry, .average, .int32) == sum, "\(desc)")
         }
     }
 }

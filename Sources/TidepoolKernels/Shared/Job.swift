@@ -208,15 +208,15 @@ protocol ReductionVisitor {
 /// Calls `visitor` with the reduction that pools `dtype` by `kind` over `g`. Integer averages
 /// of up to 32 bits take the cheapest exact sum the window allows (see each reduction's
 /// `fits`), except that 32-bit integers whose W windows overlap or touch at strided positions
-/// sum in Int64 rather than Double where the strides leave at most one output per 4 inputs:
-/// a row's windows are then differences of running sums (`widenedInChunks`, exact only for
-/// integer sums), which cost less than Double folds of every window's taps (AvgPool1d k11 s7
-/// of 3 int32 channels 0.60x the time, AvgPool2d k7 s3 of 6 0.63x). A W stride of 2 or 3
-/// alone keeps Double, where the finish's share is larger and an Int64 sum converts to Double
-/// one element at a time without AVX-512; that limit is not measured yet (the figure first
-/// taken for it compared identical code, and the engine compiled alone ran 1-d int32 rows at
-/// those strides faster in Int64: k7 s3 C=3 18 vs 21 ms). Both sums are exact, and
-/// Double(sum) / Double(window size) is then the same quotient: the choice changes no bits.
+/// sum in Int64 rather than Double: a row's windows are then differences of running sums
+/// (`widenedInChunks`, exact only for integer sums), which cost less than Double folds of every
+/// window's taps (AvgPool1d k11 s7 of 3 int32 channels 0.60x the time, AvgPool2d k7 s3 of 6
+/// 0.63x), at W strides of 3 too (k3 s3 C=2 0.55x, k7 s3 C=3 0.64x) and at 2 with windows of
+/// 4+ columns (k5 s2 C=4 0.82x, k4 s2 C=8 0.81x). Windows of 2 or 3 columns at W stride 2
+/// alone keep Double, each input in at most two of them, where an Int64 sum's conversion to
+/// Double (one element at a time without AVX-512) costs more than the folds save (k3 s2 C=3
+/// 1.09x-1.29x, k2 s2 C=4 1.08x-1.14x). Both sums are exact, and Double(sum) / Double(window
+/// size) is then the same quotient: the choice changes no bits.
 func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry, _ visitor: V) throws -> V.Result {
     let windowSize = g.windowSize
     func averageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws -> V.Result {
@@ -254,10 +254,12 @@ func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: P
 }
 
 /// Whether 32-bit integer averages over `g` sum in Int64 running sums (`withReduction`): W
-/// strided (a step above 1 means a W stride of 2 or more), so a stride along H or D also leaves
-/// at most one output per 4 inputs. Both sums are 8-byte integer sums (`wideRows`).
+/// reduced at strided positions (a step above 1), whose windows overlap or touch, but for
+/// windows of 2 or 3 columns at W stride 2 alone. Both sums are 8-byte integer sums
+/// (`wideRows`).
 private func sumsRunAlongW(_ g: PoolGeometry) -> Bool {
-    WidthPlan(g, wideRows: true).step > 1 && g.kernelW >= g.strideW && (g.strideW >= 4 || g.strideH > 1 || g.strideD > 1)
+    WidthPlan(g, wideRows: true).step > 1 && g.kernelW >= g.strideW
+        && (g.strideW > 2 || g.kernelW > 3 || g.strideH > 1 || g.strideD > 1)
 }
 
 /// Scratch buffers kept between calls (a few, of a few hundred KB each per worker), so
