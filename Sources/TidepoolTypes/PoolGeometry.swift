@@ -149,12 +149,7 @@ package struct PoolGeometry: Sendable {
             // o * stride - padding + kernel <= length + padding.
             let room = length + 2 * padding - kernel
             return 0..<(room < 0 ? 0 : Swift.min(outputs, room / stride + 1))
-        case .input:
-            // o * stride >= padding and o * stride - padding + kernel <= length.
-            let lower = Swift.min(outputs, (padding + stride - 1) / stride)
-            let room = length + padding - kernel
-            let upper = room < 0 ? 0 : Swift.min(outputs, room / stride + 1)
-            return lower..<Swift.max(lower, upper)
+        case .input: return windowsInside(stride: stride, padding: padding, kernel: kernel, length: length, outputs: outputs)
         }
     }
 
@@ -197,6 +192,17 @@ extension PoolGeometry {
         (g.stepD, g.stepH) = (stepH, stepC == 1 && stepW == channels ? inW * channels : 0)
         return g
     }
+}
+
+/// The output indices along one axis whose windows lie wholly in the input: windows o of
+/// `kernel` taps starting at o * stride - padding, `outputs` of them over `length` positions.
+@inlinable
+package func windowsInside(stride: Int, padding: Int, kernel: Int, length: Int, outputs: Int) -> Range<Int> {
+    // o * stride >= padding and o * stride - padding + kernel <= length.
+    let lower = Swift.min(outputs, (padding + stride - 1) / stride)
+    let room = length + padding - kernel
+    let upper = room < 0 ? 0 : Swift.min(outputs, room / stride + 1)
+    return lower..<Swift.max(lower, upper)
 }
 
 /// The in-bounds part [lower, upper) of the window at output index `o` on one axis;

@@ -63,25 +63,23 @@ extension TilePass {
     private func runSingleTaps(progress: (() -> Void)?) {
         let base = input + tile.n * g.stepN + tile.c.lowerBound
         let channels = channels, empty = R.finish(R.identity, windowSize: 1)
-        // Output columns whose tap is in the input: 0 <= ow * strideW - padW < inW.
-        let firstInside = (g.padW + g.strideW - 1) / g.strideW
-        let pastInside = g.inW + g.padW > 0 ? (g.inW + g.padW - 1) / g.strideW + 1 : 0
-        let lower = Swift.min(Swift.max(firstInside, tile.ow.lowerBound), tile.ow.upperBound)
-        let upper = Swift.min(Swift.max(pastInside, lower), tile.ow.upperBound)
+        let columnsInside = windowsInside(stride: g.strideW, padding: g.padW, kernel: 1, length: g.inW, outputs: g.outW)
+            .clamped(to: tile.ow)
         let run = fusedRow && g.strideW == 1
+        @inline(__always) func fill(_ row: UnsafeMutablePointer<R.Output>, _ columns: Range<Int>) {
+            for ow in columns {
+                for c in 0..<channels { row[ow * g.channels + c] = empty }
+            }
+        }
         for od in tile.od {
             progress?()
             let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: 1, length: g.inD)
             for oh in tile.oh {
                 let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: 1, length: g.inH)
                 let row = output + ((tile.n * g.outD + od) * g.outH + oh) * g.outW * g.channels + tile.c.lowerBound
-                let inside = d0 < d1 && h0 < h1 ? lower..<upper : tile.ow.upperBound..<tile.ow.upperBound
-                for ow in tile.ow.lowerBound..<inside.lowerBound {
-                    for c in 0..<channels { row[ow * g.channels + c] = empty }
-                }
-                for ow in inside.upperBound..<tile.ow.upperBound {
-                    for c in 0..<channels { row[ow * g.channels + c] = empty }
-                }
+                let inside = d0 < d1 && h0 < h1 ? columnsInside : tile.ow.upperBound..<tile.ow.upperBound
+                fill(row, tile.ow.lowerBound..<inside.lowerBound)
+                fill(row, inside.upperBound..<tile.ow.upperBound)
                 guard !inside.isEmpty else { continue }
                 let taps = base + d0 * g.stepD + h0 * g.stepH
                 if run {
@@ -91,7 +89,6 @@ extension TilePass {
                 } else {
                     var tap = taps + (inside.lowerBound * g.strideW - g.padW) * g.stepW, out = row + inside.lowerBound * g.channels
                     let tapStep = g.strideW * g.stepW, outStep = g.channels
-                    // Few channels as a constant, so that each position's loop unrolls.
                     @inline(__always) func positions(_ width: Int) {
                         for _ in inside {
                             for c in 0..<width { out[c] = R.finish(R.widen(tap[c]), windowSize: 1) }
@@ -99,13 +96,7 @@ extension TilePass {
                             out += outStep
                         }
                     }
-                    switch channels {
-                    case 1: positions(1)
-                    case 2: positions(2)
-                    case 3: positions(3)
-                    case 4: positions(4)
-                    default: positions(channels)
-                    }
+                    unrolledChannels(channels, positions)
                 }
             }
         }
