@@ -522,7 +522,7 @@ func foldPositions<L: SourceLoader>(
     typealias A = R.Accumulator
     guard channels <= 8 else {
         if MemoryLayout<A>.stride > 1 {
-            foldManyChannels(L.self, SIMD8<A>.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
+            foldManyChannels(L.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
                              into: destination)
             return
         }
@@ -613,7 +613,7 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 }
 
 /// `foldPositions` for more than 8 channels of accumulators of 2 bytes or more, two positions
-/// at a time: their channels as vectors of `V` (8 lanes), up to 4 at a time, so that each
+/// at a time: their channels as vectors of 8 lanes, up to 4 at a time, so that each
 /// tap's step of the loop folds up to 8 independent vectors (one position's chains of
 /// dependent adds alone left the adds waiting on each other: AvgPool1d k7 s3 C=32 float32
 /// took 1.2x as long); the last vector ends at the last channel
@@ -623,24 +623,28 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 /// remainders (runs shorter than one unrolled iteration of LLVM's vector loops); one vector
 /// per sweep over the positions, the tap loop's own overhead outweighed the folds of short
 /// windows.
+///
+/// Lanes are named one by one, never indexed in a loop: SwiftPM's release builds split the
+/// module's LLVM IR by source file (`-num-threads`), and there the loops over lanes of the
+/// widening loads and the merges stayed loops, each lane stored to the stack and loaded back
+/// (16-bit float maxima and widened sums of 9+ channels took 2-7 times as long as the same
+/// sources compiled as one module).
 @inline(__always)
-func foldManyChannels<L: SourceLoader, V: SIMD>(
-    _: L.Type, _: V.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
+func foldManyChannels<L: SourceLoader>(
+    _: L.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
     into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
-) where V.Scalar == L.Reduction.Accumulator {
+) {
     typealias R = L.Reduction
     typealias A = R.Accumulator
+    typealias V = SIMD8<A>
     let lanes = V.scalarCount, last = channels - lanes
     @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V {
         if L.Source.self == A.self { return UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        var v = V()
-        for lane in 0..<lanes { v[lane] = L.load(p[lane]) }
-        return v
+        return V(L.load(p[0]), L.load(p[1]), L.load(p[2]), L.load(p[3]), L.load(p[4]), L.load(p[5]), L.load(p[6]), L.load(p[7]))
     }
     @inline(__always) func merge(_ a: V, _ b: V) -> V {
-        var m = a
-        for lane in 0..<lanes { m[lane] = R.merge(a[lane], b[lane]) }
-        return m
+        V(R.merge(a[0], b[0]), R.merge(a[1], b[1]), R.merge(a[2], b[2]), R.merge(a[3], b[3]),
+          R.merge(a[4], b[4]), R.merge(a[5], b[5]), R.merge(a[6], b[6]), R.merge(a[7], b[7]))
     }
     /// `vectors` vectors (a constant once inlined) of the channels from `start` of position
     /// `i` and, when `pair`, of position `i + 1` too: two positions' chains of dependent
