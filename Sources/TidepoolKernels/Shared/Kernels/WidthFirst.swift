@@ -627,8 +627,7 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 /// Lanes are named one by one, never indexed in a loop: SwiftPM's release builds split the
 /// module's LLVM IR by source file (`-num-threads`), and there the loops over lanes of the
 /// widening loads and the merges stayed loops, each lane stored to the stack and loaded back
-/// (16-bit float maxima and widened sums of 9+ channels took 2-7 times as long as the same
-/// sources compiled as one module).
+/// (docs/performance.md has the measurements).
 @inline(__always)
 func foldManyChannels<L: SourceLoader>(
     _: L.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
