@@ -450,6 +450,48 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
+    /// Rows strided along H, of 1 to 7 channels whose W stride spans more than
+    /// `KernelLimits.subsampledSpan` elements: H first, then W at the output's own positions
+    /// from the padded row (`reducePlaneHeightFirst`). Kernels up to the row's length, padding
+    /// up to half the kernel, strides above the kernel; the default tiles and tiny ones (cut
+    /// along W, so a tile's positions start at an offset) give the reference and the same bits.
+    @Test(arguments: [DType.float32, .float16, .bfloat16, .uint8, .int32, .int64, .float64])
+    func heightFirstAtWStrides(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0x4F12_5701 ^ UInt64(dtype.code) << 24)
+        let tiny = PoolEngine(threads: 3, tileBudgetBytes: 256, serialWorkBelow: 0)
+        for _ in 0..<30 {
+            let channels = Int.random(in: 1...7, using: &rng)
+            let kernelW = Int.random(in: 1...11, using: &rng), kernelH = Int.random(in: 1...5, using: &rng)
+            let strideW = Int.random(in: (16 / channels + 1)...(16 / channels + 1 + kernelW), using: &rng)
+            let strideH = Int.random(in: 2...(kernelH + 2), using: &rng)
+            let planes = Bool.random(using: &rng)
+            let kernel = (planes ? [Int.random(in: 1...3, using: &rng)] : []) + [kernelH, kernelW]
+            let stride = (planes ? [Int.random(in: 1...3, using: &rng)] : []) + [strideH, strideW]
+            let padding = kernel.map { Int.random(in: 0...($0 / 2), using: &rng) }
+            // Two outputs or more along H and W (a single one's stride is no stride); W rows
+            // from one stride past the kernel, H up to 5 rows past it.
+            let spatial = kernel.indices.map { axis in
+                kernel[axis] + (axis < kernel.count - 2 ? 0 : stride[axis]) + Int.random(in: 0...(axis == kernel.count - 1 ? strideW : 5), using: &rng)
+            }
+            let shape = [Int.random(in: 1...2, using: &rng)] + spatial + [channels]
+            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            let plan = try #require(try PoolEngine(threads: 1).kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
+            // Windows of one element of float averages run whole; every other case H first.
+            guard plan.strategy != .wholeWindows else { continue }
+            #expect(plan.strategy == .heightFirst && !plan.subsampledRows, "\(desc) \(shape)")
+            let input = randomInput(dtype, shape: shape, seed: rng.next())
+            let strides = TensorView.contiguousStrides(shape)
+            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+            let plain = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, threads: 1)
+            let tiled = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: tiny)
+            let mismatch = firstMismatch(desc, dtype: dtype, actual: plain.output, expected: expected.values)
+            #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")")
+            let bytes = tiled.output.count * tiled.output.dtype.size
+            #expect(memcmp(tiled.output.raw, plain.output.raw, bytes) == 0, "\(desc) \(dtype) \(shape): tiny tiles differ")
+        }
+    }
+
     /// Deep windows (more taps than one pass folds) with overlapping depths: the finishing pass
     /// runs in parts between prefetches, each part with its own slice of partial sums.
     @Test(arguments: [DType.float32, .float16, .int8, .int32], [512, 1 << 19])
@@ -809,6 +851,24 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             #expect(engine.largestScratchBytes > 0)
             #expect(engine.largestScratchBytes <= 2 * (1 << 20), "\(shape) \(dtype): \(engine.largestScratchBytes) bytes")
         }
+    }
+
+    /// Height first at a W stride far above the H stride widens `stride` input columns per
+    /// position into one row: its tiles hold fewer positions, so that row stays within the
+    /// budget (4096 per position, 300 positions: 4.9 MB of sums in one row otherwise).
+    @Test(arguments: PoolKind.allCases)
+    func heightFirstSpansStayWithinTheBudget(kind: PoolKind) throws {
+        let engine = PoolEngine(threads: 2)
+        let desc = PoolDescriptor(kind: kind, kernelSize: [2, 3], stride: [2, 4096], padding: [0, 1])
+        let shape = [1, 4, 300 * 4096, 1]
+        let input = Buffer(.uint8, count: shape.reduce(1, *))
+        let outShape = try desc.outputShape(inputShape: shape)
+        let output = Buffer(DType.uint8.result(of: kind), count: outShape.reduce(1, *))
+        #expect(try engine.kernelPlan(desc, input: TensorView(data: nil, dtype: .uint8, shape: shape))?.strategy == .heightFirst)
+        try engine.pool(desc, input: TensorView(data: input.raw, dtype: .uint8, shape: shape),
+                        output: OutputView(data: output.raw, dtype: output.dtype, shape: outShape))
+        #expect(engine.largestScratchBytes > 0)
+        #expect(engine.largestScratchBytes <= 2 * (1 << 20), "\(engine.largestScratchBytes) bytes")
     }
 
     /// AverageSmallInteger divides in float32: it must give what float64 division then

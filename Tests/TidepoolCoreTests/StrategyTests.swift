@@ -62,6 +62,10 @@ struct StrategyTests {
         Case(kind: .average, dtype: .bfloat16, shape: [4, 128, 128, 128, 1], kernel: 1, stride: 1, padding: 0, strategy: .wholeWindows),
         Case(kind: .average, dtype: .int8, shape: [8, 56, 56, 3], kernel: 1, stride: 2, padding: 1, strategy: .heightFirst),
         Case(kind: .max, dtype: .float32, shape: [64, 4096, 1], kernel: 1, stride: 1, padding: 0, strategy: .widthFirst),
+        // Few channels at a W stride too wide to subsample (4 x 7 channels): H first all the
+        // same, W then at the output's positions. With 16 channels W stays first.
+        Case(kind: .average, dtype: .uint8, shape: [2, 16, 20, 20, 7], kernel: 4, stride: 4, padding: 2, strategy: .heightFirst),
+        Case(kind: .average, dtype: .uint8, shape: [2, 16, 20, 20, 16], kernel: 5, stride: 5, padding: 0, strategy: .widthFirst),
     ]
 
     @Test(arguments: cases)

@@ -6,7 +6,8 @@ extension TilePass {
     /// Reduces input plane d along H, then W, into its ring slot: with a row stride above 1,
     /// W then runs over the output's rows only, fewer than the input's. Each output row's input
     /// rows are folded (widened) into `paddedRow`, identity where the padding is, and that row
-    /// is reduced along W at every position.
+    /// is reduced along W at the plan's positions (every position, or the output's own at a
+    /// W stride above 1), each window's taps from its first column, padded ones included.
     func reducePlaneHeightFirst(_ d: Int) {
         let plane = ringSlot(d)
         let channels = channels, stepW = g.stepW, stepC = g.stepC
@@ -34,7 +35,12 @@ extension TilePass {
                     }
                 }
             }
-            reducePaddedRow(into: out)
+            if width.step == 1 {
+                reducePaddedRow(into: out)
+            } else {
+                foldPositions(AccumulatorLoader<R>.self, UnsafePointer(paddedRow), count: positions.count, jump: width.step * channels,
+                              tapStep: channels, taps: g.kernelW, channels: channels, into: out)
+            }
         }
     }
 }

@@ -21,8 +21,12 @@ public enum Strategy: String, CaseIterable, Sendable {
     /// plane folds its ring planes along D and finishes (WidthFirst.swift). The default.
     case widthFirst
     /// As width first, but each plane is reduced along H before W (HeightFirst.swift): with a
-    /// row stride above 1 and W reduced at every position, W then runs over the output's rows
-    /// only, fewer than the input's.
+    /// row stride above 1, W then runs over the output's rows only, fewer than the input's.
+    /// For W reduced at every position, and for W at the output's positions over fewer than
+    /// `KernelLimits.vectorChannels` channels, whose per-position folds are scalar or one
+    /// short vector while H folds whole rows as vectors (W first took 2 to 7 times as long
+    /// there, docs/performance.md). Many channels keep W first (not measured H first): their
+    /// positions fold as full vectors, and H then runs over the output's columns only.
     case heightFirst
     /// Each output plane folds its input planes (widened) along D, then H, then W, finishing on
     /// the way; no ring of planes (DepthFirst.swift). An input is widened once per pair of output
@@ -133,7 +137,7 @@ public struct KernelPlan: Sendable {
             strategy = .depthFirst
         } else if Self.suitsWholeWindows(g) {
             strategy = .wholeWindows
-        } else if width.step == 1 && g.strideH > 1 {
+        } else if g.strideH > 1 && (width.step == 1 || g.channels < KernelLimits.vectorChannels) {
             strategy = .heightFirst
         } else {
             strategy = .widthFirst
@@ -282,4 +286,7 @@ struct WidthPlan: Sendable {
 
     /// Positions covering outputs [ow0, ow1).
     func positions(_ ow0: Int, _ ow1: Int) -> Range<Int> { (ow0 * stride / step)..<((ow1 - 1) * stride / step + 1) }
+
+    /// The columns spanned by the windows of `positions` consecutive positions (at least one).
+    func columnSpan(positions: Int, kernel: Int) -> Int { (positions - 1) * step + kernel }
 }

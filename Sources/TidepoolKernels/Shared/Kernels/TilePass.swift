@@ -57,10 +57,10 @@ struct TilePass<R: WindowReduction> {
     let doubledRow: UnsafeMutablePointer<R.Accumulator>
     /// The tile's rows hold all channels of dense positions, so a row is one contiguous run.
     let fusedRow: Bool
-    /// Tap k of position q reads column firstColumn + q + k (W reduced at every position): the
-    /// tile's windows span `columnSpan` columns from `firstColumn`, of which `inputColumns`
-    /// (offsets into the span) are in the input and the rest padding. `interiorPositions` are
-    /// those whose windows lie wholly in the input.
+    /// Tap k of position q reads column firstColumn + q * width.step + k: the tile's windows
+    /// span `columnSpan` columns from `firstColumn`, of which `inputColumns` (offsets into the
+    /// span) are in the input and the rest padding. `interiorPositions` are those whose
+    /// windows lie wholly in the input.
     let firstColumn: Int
     let columnSpan: Int
     let inputColumns: Range<Int>
@@ -100,12 +100,13 @@ struct TilePass<R: WindowReduction> {
         prefixPlane = scratch + layout.prefixPlane.lowerBound
         doubledRow = scratch + layout.doubledRow.lowerBound
         fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
-        firstColumn = positions.lowerBound - g.padW
-        columnSpan = positions.count + g.kernelW - 1
+        firstColumn = positions.lowerBound * width.step - g.padW
+        columnSpan = width.columnSpan(positions: positions.count, kernel: g.kernelW)
         let inputLower = Swift.min(Swift.max(0, -firstColumn), columnSpan)
         inputColumns = inputLower..<Swift.max(Swift.min(columnSpan, g.inW - firstColumn), inputLower)
-        let interiorLower = Swift.min(Swift.max(0, -firstColumn), positions.count)
-        interiorPositions = interiorLower..<Swift.max(Swift.min(positions.count, g.inW - firstColumn - g.kernelW + 1), interiorLower)
+        let inside = windowsInside(stride: width.step, padding: g.padW, kernel: g.kernelW, length: g.inW, outputs: positions.upperBound)
+            .clamped(to: positions)
+        interiorPositions = (inside.lowerBound - positions.lowerBound)..<(inside.upperBound - positions.lowerBound)
         planeRun = kernel.rowsAsOneRun && channels == g.channels && positions.count == g.inW && !interiorPositions.isEmpty
     }
 

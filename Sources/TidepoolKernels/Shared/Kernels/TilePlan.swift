@@ -102,6 +102,12 @@ public struct TilePlan {
             let rowBudget = Swift.min(budgetBytes, KernelSettings.rowTileBudgetBytes) / accumulatorSize
             positionsFit = Swift.min(positionsFit, Swift.max(rowBudget / (5 * tileC), 4 * g.kernelW, 1))
         }
+        // Height first widens the input columns its positions' windows span into `paddedRow`:
+        // at a W step above 1, `step` columns per position, which the rows above do not count;
+        // positions are cut until that span takes at most half the budget.
+        if kernel.strategy == .heightFirst && width.step > 1 {
+            positionsFit = Swift.min(positionsFit, Swift.max(1, budget / (2 * tileC * width.step)))
+        }
         // As many rows as fit beside the held ones, then evened out so that no tile is a small
         // remainder (tiles of equal cost keep both workers busy to the end).
         func tileRows(_ ow: Int) -> Int {
@@ -168,7 +174,10 @@ public struct TilePlan {
         tileOD = evenSplit(g.outD, largest: Swift.max(Swift.min(8, g.outD), (g.outD + blocksWanted - 1) / Swift.max(blocksWanted, 1)))
         counts = (g.batch, (g.outD + tileOD - 1) / tileOD, ohTiles, owTiles, cTiles)
         rowBlockRows = (tileOH - 1) * g.strideH + g.kernelH
-        paddedRowCapacity = rowCapacity + (g.kernelW - 1) * tileC
+        // Width first at a W step above 1 folds its positions from the input, not this row.
+        let paddedPositions = rowCapacity / tileC
+        paddedRowCapacity = tileC * (kernel.strategy == .heightFirst ? width.columnSpan(positions: paddedPositions, kernel: g.kernelW)
+            : paddedPositions + g.kernelW - 1)
 
         var layout = ScratchLayout()
         switch kernel.strategy {

@@ -521,18 +521,8 @@ func foldPositions<L: SourceLoader>(
     typealias R = L.Reduction
     typealias A = R.Accumulator
     guard channels <= 8 else {
-        if MemoryLayout<A>.stride > 1 {
-            foldManyChannels(L.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
-                             into: destination)
-            return
-        }
-        // Byte maxima: each position's taps fold in memory, a pass per 6 taps over all its
-        // channels. Vectors of 8 bytes fill a quarter of a register and were slower; vectors
-        // of 32 generic lanes LLVM compiled lane by lane, many times slower.
-        for i in 0..<count {
-            foldTaps(L.self, destination + i * channels, channels, taps: 0..<taps, first: true,
-                     source: { first + i &* jump + $0 * tapStep })
-        }
+        foldManyChannels(L.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
+                         into: destination)
         return
     }
     if R.foldsChannelsAsVector && channels > 1 {
@@ -612,9 +602,9 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
     }
 }
 
-/// `foldPositions` for more than 8 channels of accumulators of 2 bytes or more, two positions
-/// at a time: their channels as vectors of 8 lanes, up to 4 at a time, so that each
-/// tap's step of the loop folds up to 8 independent vectors (one position's chains of
+/// `foldPositions` for more than 8 channels, two positions at a time: their channels as
+/// vectors of 8 lanes, up to 4 at a time, so that each tap's step of the loop folds up to 8
+/// independent vectors (one position's chains of
 /// dependent adds alone left the adds waiting on each other: AvgPool1d k7 s3 C=32 float32
 /// took 1.2x as long); the last vector ends at the last channel
 /// (overlapping the one before: a channel folded twice gets the same bits twice). Each lane
@@ -622,7 +612,8 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 /// pass per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and
 /// remainders (runs shorter than one unrolled iteration of LLVM's vector loops); one vector
 /// per sweep over the positions, the tap loop's own overhead outweighed the folds of short
-/// windows.
+/// windows. Byte maxima too: their vectors of 8 fill a quarter of a register, but folded in
+/// memory they took up to 5 times as long (docs/performance.md).
 ///
 /// Lanes are named one by one, never indexed in a loop: SwiftPM's release builds split the
 /// module's LLVM IR by source file (`-num-threads`), and there the loops over lanes of the
