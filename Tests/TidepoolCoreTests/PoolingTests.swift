@@ -452,9 +452,10 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Rows strided along H, of 1 to 7 channels whose W stride spans more than
     /// `KernelLimits.subsampledSpan` elements: H first, then W at the output's own positions
-    /// from the padded row (`reducePlaneHeightFirst`). Kernels up to the row's length, padding
-    /// up to half the kernel, strides above the kernel; the default tiles and tiny ones (cut
-    /// along W, so a tile's positions start at an offset) give the reference and the same bits.
+    /// from the padded row (`reducePlaneHeightFirst`). Kernels of 1 to 11 columns over rows
+    /// of one to two strides past them, padding up to half the kernel, strides above the
+    /// kernel; the default tiles and tiny ones (cut along W, so a tile's positions start at an
+    /// offset) give the reference and the same bits.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .uint8, .int32, .int64, .float64])
     func heightFirstAtWStrides(dtype: DType) throws {
         var rng = SplitMix64(seed: 0x4F12_5701 ^ UInt64(dtype.code) << 24)
@@ -855,7 +856,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Height first at a W stride far above the H stride widens `stride` input columns per
     /// position into one row: its tiles hold fewer positions, so that row stays within the
-    /// budget (4096 per position, 300 positions: 4.9 MB of sums in one row otherwise).
+    /// budget (4096 columns per position, 300 positions: 4.9 MB of scratch without the cut).
     @Test(arguments: PoolKind.allCases)
     func heightFirstSpansStayWithinTheBudget(kind: PoolKind) throws {
         let engine = PoolEngine(threads: 2)

@@ -24,7 +24,7 @@ public enum Strategy: String, CaseIterable, Sendable {
     /// row stride above 1, W then runs over the output's rows only, fewer than the input's.
     /// For W reduced at every position, and for W at the output's positions over fewer than
     /// `KernelLimits.vectorChannels` channels, whose per-position folds are scalar or one
-    /// short vector while H folds whole rows as vectors (W first took 2 to 7 times as long
+    /// short vector while H folds whole rows as vectors (W first took up to 7 times as long
     /// there, docs/performance.md). Many channels keep W first (not measured H first): their
     /// positions fold as full vectors, and H then runs over the output's columns only.
     case heightFirst

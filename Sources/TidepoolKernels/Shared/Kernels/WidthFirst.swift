@@ -604,11 +604,10 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 
 /// `foldPositions` for more than 8 channels, two positions at a time: their channels as
 /// vectors of 8 lanes, up to 4 at a time, so that each tap's step of the loop folds up to 8
-/// independent vectors (one position's chains of
-/// dependent adds alone left the adds waiting on each other: AvgPool1d k7 s3 C=32 float32
-/// took 1.2x as long); the last vector ends at the last channel
-/// (overlapping the one before: a channel folded twice gets the same bits twice). Each lane
-/// is a plain left fold of its channel's taps. Folded in memory over all the channels, a
+/// independent vectors (one position's chains of dependent adds alone left the adds waiting
+/// on each other: AvgPool1d k7 s3 C=32 float32 took 1.2x as long); the last vector ends at
+/// the last channel (overlapping the one before: a channel folded twice gets the same bits
+/// twice). Each lane is a plain left fold of its channel's taps. Folded in memory over all the channels, a
 /// pass per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and
 /// remainders (runs shorter than one unrolled iteration of LLVM's vector loops); one vector
 /// per sweep over the positions, the tap loop's own overhead outweighed the folds of short
