@@ -138,13 +138,13 @@ extension TilePass {
 
     /// Scans input plane d, just reduced into its ring slot, along D: the prefix plane takes it
     /// in, and when it is the last of its block, the block's planes held in the ring become
-    /// their suffixes. Planes arrive in order from `firstPlane`, the tile's first.
+    /// their suffixes. Planes arrive in order from `firstPlane`, the first the tile reduced.
     ///
     /// The ring of kernelD slots still suffices: an output whose window ends at plane e reads
     /// S[start] with start > e - kernelD, so plane d overwrites plane d - kernelD only when no
     /// later output reads it; and a block's suffixes are made when its last plane arrives, when
     /// the ring holds exactly that block's planes (those from `firstPlane` on).
-    func scanPlaneAlongD(_ d: Int) {
+    func scanPlaneAlongD(_ d: Int, firstPlane: Int) {
         let block = scanBlock(d, kernel: g.kernelD, padding: g.padD, length: g.inD)
         let start = Swift.max(block.lowerBound, firstPlane)
         let newest = plane(d)

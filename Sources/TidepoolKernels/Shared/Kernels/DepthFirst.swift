@@ -6,7 +6,7 @@ extension TilePass {
     /// folds its input planes (widened) along D, then H, then W, finishing on the way. Planes
     /// go in pairs that share their middle input planes, in `foldPair`'s order, set by the
     /// plane's parity as for rows. No ring of reduced planes is kept.
-    mutating func runDepthFirst(progress: (() -> Void)?) {
+    func runDepthFirst(progress: (() -> Void)?) {
         let outputRow = g.outW * g.channels, outputPlane = g.outH * outputRow
         let rows = inputRows
         let planes = input + tile.n * g.stepN + firstRow * g.stepH

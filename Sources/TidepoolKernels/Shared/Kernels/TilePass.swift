@@ -21,7 +21,7 @@ func poolTile<R: WindowReduction>(
     _: R.Type, _ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
     output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>, progress: (() -> Void)? = nil
 ) {
-    var pass = TilePass<R>(g, plan, tile, input: input, output: output, scratch: scratch)
+    let pass = TilePass<R>(g, plan, tile, input: input, output: output, scratch: scratch)
     pass.run(progress: progress)
     if g.divisor != .window { pass.redoDivisors() }
 }
@@ -69,9 +69,6 @@ struct TilePass<R: WindowReduction> {
     /// it and this tile holds whole rows (as many positions as columns, so reduced rows have the
     /// input's pitch) of all channels, with an interior.
     let planeRun: Bool
-    var newestPlane = Int.min
-    /// The first input plane the tile reduced (block scans along D start their prefixes there).
-    var firstPlane = Int.max
 
     init(_ g: PoolGeometry, _ plan: TilePlan, _ tile: Tile, input: UnsafePointer<R.Input>,
          output: UnsafeMutablePointer<R.Output>, scratch: UnsafeMutablePointer<R.Accumulator>) {
@@ -111,7 +108,7 @@ struct TilePass<R: WindowReduction> {
     }
 
     /// Runs the plan's strategy on the tile. `progress` runs before each output plane.
-    mutating func run(progress: (() -> Void)?) {
+    func run(progress: (() -> Void)?) {
         switch kernel.strategy {
         case .depthFirst: runDepthFirst(progress: progress)
         case .wholeWindows: runWholeWindows(progress: progress)

@@ -7,7 +7,7 @@ import TidepoolTypes
 extension TilePass {
     /// The plane ring (width and height first): each output plane reduces the input planes new
     /// to its window (`reducePlane`), then folds its `kernelD` ring planes along D and finishes.
-    mutating func runPlaneRing(progress: (() -> Void)?) {
+    func runPlaneRing(progress: (() -> Void)?) {
         let windowSize = g.windowSize
         // Large outputs are finished into scratch and streamed out (see tidepool_stream.h).
         let streaming = kernel.streamOutput
@@ -16,6 +16,10 @@ extension TilePass {
         // finished in scratch with every stride-th position copied out).
         let wholeRows = channels == g.channels && tile.ow.count == g.outW && kernel.rowsFinishAsRuns
         let inScratch = streaming || width.subsampled
+        // The newest input plane reduced into the ring, and the first (block scans along D
+        // start their prefixes there). Locals, not state of the pass: a method that mutates
+        // the pass had its 864 bytes copied before calls it made to methods that read it.
+        var newestPlane = Int.min, firstPlane = Int.max
         for od in tile.od {
             progress?()
             let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
@@ -29,7 +33,7 @@ extension TilePass {
                 reducePlane(d, outputAhead: outputAhead)
                 outputAhead = .none
                 firstPlane = Swift.min(firstPlane, d)
-                if kernel.scansD { scanPlaneAlongD(d) }
+                if kernel.scansD { scanPlaneAlongD(d, firstPlane: firstPlane) }
                 newestPlane = d
             }
             // The window's sources: its ring planes, or with block scans S[d0] and the prefix.
