@@ -905,6 +905,40 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
+    /// Around the bound of Int16 sums (int8: windows of 255 elements, uint8: 128; one more sums
+    /// in Int32), means stay exact: windows of the type's extreme values, whose sums come within
+    /// 128 of Int16's limit, over 3 channels at stride 1 (every position folded) and at a stride
+    /// of a quarter window (differences of running sums, which wrap many times over a row).
+    @Test(arguments: [(DType.int8, 255), (.int8, 256), (.uint8, 128), (.uint8, 129)])
+    func byteMeansAreExactAtTheInt16Bound(dtype: DType, window: Int) throws {
+        var rng = SplitMix64(seed: UInt64(window))
+        let channels = 3, length = 4 * window
+        let extreme = dtype == .int8 ? -128.0 : 255.0, other = dtype == .int8 ? 127.0 : 0.0
+        let input = Buffer(dtype, count: length * channels)
+        for i in 0..<input.count {
+            let column = i / channels
+            input[i] = column < window + 7 ? extreme : (column < 2 * window ? other
+                : Double(dtype == .int8 ? Int(Int8(truncatingIfNeeded: rng.next())) : Int(UInt8(truncatingIfNeeded: rng.next()))))
+        }
+        let fitsInt16 = window * Int(Swift.abs(extreme)) <= Int(Int16.max)
+        let plain = PoolDescriptor(kind: .average, kernelSize: [window]), shape = [1, length, channels]
+        let geometry = try PoolGeometry(plain, input: TensorView(data: nil, dtype: dtype, shape: shape),
+                                        outputShape: try plain.outputShape(inputShape: shape))
+        #expect(try accumulatorType(geometry, .average, dtype) == (fitsInt16 ? Int16.self : Int32.self) as Any.Type)
+        for stride in [1, window / 4] {
+            let desc = PoolDescriptor(kind: .average, kernelSize: [window], stride: [stride])
+            let run = try runEngine(desc, storage: input, offset: 0, shape: [1, length, channels],
+                                    strides: [length * channels, channels, 1])
+            #expect(run.shape == [1, (length - window) / stride + 1, channels])
+            for o in 0..<run.shape[1] {
+                for c in 0..<channels {
+                    let sum = (0..<window).reduce(0.0) { $0 + input[(o * stride + $1) * channels + c] }
+                    #expect(run.output[o * channels + c] == Double(Float(sum / Double(window))), "stride \(stride) output \(o) channel \(c)")
+                }
+            }
+        }
+    }
+
     /// 64-bit integers widen to Double through their 32-bit halves (vectorisable on AVX2): the
     /// same double as Double(x), at the edges of both ranges and at random.
     @Test func sixtyFourBitIntegersWidenAsDoubleDoes() {

@@ -113,6 +113,25 @@ public enum AverageBFloat16: WindowReduction {
     public static let vectorFinish = VectorFinish(TPVECTOR_BFLOAT16)
 }
 
+/// 8-bit integers over windows whose sums fit in Int16 (the engine checks: up to 255 int8
+/// or 128 uint8 elements): Int16 sums, sixteen per AVX2 vector where Int32 sums take eight,
+/// and scratch half the size. The same integer sums as `AverageSmallInteger`'s, finished by
+/// the same float32 division, so the same bits.
+public enum AverageInt16Sum<I: FixedWidthInteger>: WindowReduction {
+    @inlinable public static var identity: Int16 { 0 }
+    @inlinable public static func widen(_ x: I) -> Int16 { Int16(truncatingIfNeeded: x) }
+    @inlinable public static func merge(_ a: Int16, _ b: Int16) -> Int16 { a &+ b }
+    @inlinable public static var unmergesExactly: Bool { true }
+    @inlinable public static func unmerge(_ total: Int16, _ part: Int16) -> Int16 { total &- part }
+    @inlinable public static func finish(_ sum: Int16, windowSize: Int) -> Float { Float(sum) / Float(windowSize) }
+    @inlinable public static var finishOutweighsACopy: Bool { true }
+
+    /// Whether every window sum fits in Int16 (8-bit inputs only).
+    static func fits(windowSize: Int) -> Bool {
+        I.bitWidth == 8 && windowSize <= Int(Int16.max) / Swift.max(Int(I.max), -Int(I.min), 1)
+    }
+}
+
 /// 8- and 16-bit integers over windows whose sums stay below 2^24 in magnitude (the engine
 /// checks): Int32 sums, and a float32 division, which gives exactly the float32 nearest the
 /// true mean, as `AverageInt32Sum`'s float64 division does, with twice as many per vector. (Why: the

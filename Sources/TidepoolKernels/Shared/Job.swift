@@ -220,6 +220,7 @@ protocol ReductionVisitor {
 func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry, _ visitor: V) throws -> V.Result {
     let windowSize = g.windowSize
     func averageOfIntegers<I: FixedWidthInteger>(_: I.Type) throws -> V.Result {
+        if AverageInt16Sum<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageInt16Sum<I>.self) }
         if AverageSmallInteger<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageSmallInteger<I>.self) }
         if AverageInt32Sum<I>.fits(windowSize: windowSize) { return try visitor.visit(AverageInt32Sum<I>.self) }
         if AverageWideInteger<I>.fits(windowSize: windowSize) && !sumsRunAlongW(g) { return try visitor.visit(AverageWideInteger<I>.self) }
