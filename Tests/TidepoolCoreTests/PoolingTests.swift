@@ -760,10 +760,12 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     }
 
     /// Strided rows of many channels fold up to 4 vectors of 8 of them at a time
-    /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 37 channels (vectors at 0, 8,
-    /// 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one at 62). Inputs that
-    /// widen do so a chunk of positions at a time (`widenedInChunks`; integer sums as
-    /// differences of running sums): rows of 60 positions span several chunks, and 300
+    /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 12 channels (vectors at 0 and
+    /// 4), 27 (0, 8, 16, 19), 37 (0, 8, 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32,
+    /// then one at 62). Inputs that widen do so a chunk of positions at a time
+    /// (`widenedInChunks`; integer sums as differences of running sums, summed in registers
+    /// by the same vectors of 8 up to 32 channels, `runningSums`, in memory past them): rows
+    /// of 60 positions span several chunks, and 300
     /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
     /// input; 2 columns fit). Against the reference, and bit for bit against the same values
     /// in channels-first storage (folded position by position), on whole and cut rows.
@@ -771,7 +773,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     func stridedRowsOfManyChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         for kind in PoolKind.allCases {
-            for (channels, positions) in [(37, 5), (70, 5), (37, 60), (70, 60), (300, 12)] {
+            for (channels, positions) in [(12, 60), (27, 60), (37, 5), (70, 5), (37, 60), (70, 60), (300, 12)] {
                 for (kernel, stride) in [(2, 2), (7, 3), (9, 2)] {
                     let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [kernel / 2])
                     let shape = [2, positions * stride + kernel, channels], (w, c) = (shape[1], shape[2])

@@ -476,13 +476,52 @@ func runningSums<R: WindowReduction>(
 ) {
     for ch in 0..<channels { sums[ch] = R.identity }
     guard channels <= 8 else {
-        // Each column's sums from the previous column's, in memory: a vector loop over the
-        // channels.
-        var a = 0, b = channels
-        for _ in 0..<columns {
-            for ch in 0..<channels { sums[b &+ ch] = R.merge(sums[b &- channels &+ ch], R.widen(from[a &+ ch])) }
-            a &+= stepW
-            b &+= channels
+        guard channels <= 32 else {
+            // Each column's sums from the previous column's, in memory: a vector loop over
+            // the channels, whose 5+ vectors per column are independent chains.
+            var a = 0, b = channels
+            for _ in 0..<columns {
+                for ch in 0..<channels { sums[b &+ ch] = R.merge(sums[b &- channels &+ ch], R.widen(from[a &+ ch])) }
+                a &+= stepW
+                b &+= channels
+            }
+            return
+        }
+        // 9 to 32 channels: their running sums in registers, as 2 to 4 vectors of 8 (the last
+        // ending at the last channel, as in `foldManyChannels`; a channel summed twice stores
+        // the same sums twice). In memory, each column's sums loaded back from the column
+        // before's stores made 2 to 4 chains through store-to-load forwarding, which
+        // dominated the W reduction (12 int32 channels at k3 s3: 70% of its time on that load
+        // and store). Past 32 channels the memory loop has enough chains to hide it, and the
+        // registers' several sweeps were no faster.
+        typealias V = SIMD8<R.Accumulator>
+        let last = channels - V.scalarCount, size = MemoryLayout<R.Accumulator>.stride
+        @inline(__always) func sweep(_ vectors: Int) {
+            let o1 = Swift.min(8, last), o2 = Swift.min(16, last), o3 = last
+            var r0 = V(repeating: R.identity), r1 = r0, r2 = r0, r3 = r0
+            var a = 0, b = channels
+            for _ in 0..<columns {
+                let column = from + a, out = UnsafeMutableRawPointer(sums + b)
+                r0 = mergeEight(R.self, r0, loadEight(InputLoader<R>.self, column))
+                out.storeBytes(of: r0, as: V.self)
+                r1 = mergeEight(R.self, r1, loadEight(InputLoader<R>.self, column + o1))
+                out.storeBytes(of: r1, toByteOffset: o1 * size, as: V.self)
+                if vectors > 2 {
+                    r2 = mergeEight(R.self, r2, loadEight(InputLoader<R>.self, column + o2))
+                    out.storeBytes(of: r2, toByteOffset: o2 * size, as: V.self)
+                }
+                if vectors > 3 {
+                    r3 = mergeEight(R.self, r3, loadEight(InputLoader<R>.self, column + o3))
+                    out.storeBytes(of: r3, toByteOffset: o3 * size, as: V.self)
+                }
+                a &+= stepW
+                b &+= channels
+            }
+        }
+        switch (channels + 7) / 8 {
+        case 2: sweep(2)
+        case 3: sweep(3)
+        default: sweep(4)
         }
         return
     }
@@ -618,10 +657,7 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 /// windows. Byte maxima too: their vectors of 8 fill a quarter of a register, but folded in
 /// memory they took up to 5 times as long (docs/performance.md).
 ///
-/// Lanes are named one by one, never indexed in a loop: SwiftPM's release builds split the
-/// module's LLVM IR by source file (`-num-threads`), and there the loops over lanes of the
-/// widening loads and the merges stayed loops, each lane stored to the stack and loaded back
-/// (docs/performance.md has the measurements).
+/// Lanes are named one by one (`loadEight`, `mergeEight`).
 @inline(__always)
 func foldManyChannels<L: SourceLoader>(
     _: L.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
@@ -631,14 +667,8 @@ func foldManyChannels<L: SourceLoader>(
     typealias A = R.Accumulator
     typealias V = SIMD8<A>
     let lanes = V.scalarCount, last = channels - lanes
-    @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V {
-        if L.Source.self == A.self { return UnsafeRawPointer(p).loadUnaligned(as: V.self) }
-        return V(L.load(p[0]), L.load(p[1]), L.load(p[2]), L.load(p[3]), L.load(p[4]), L.load(p[5]), L.load(p[6]), L.load(p[7]))
-    }
-    @inline(__always) func merge(_ a: V, _ b: V) -> V {
-        V(R.merge(a[0], b[0]), R.merge(a[1], b[1]), R.merge(a[2], b[2]), R.merge(a[3], b[3]),
-          R.merge(a[4], b[4]), R.merge(a[5], b[5]), R.merge(a[6], b[6]), R.merge(a[7], b[7]))
-    }
+    @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V { loadEight(L.self, p) }
+    @inline(__always) func merge(_ a: V, _ b: V) -> V { mergeEight(R.self, a, b) }
     /// `vectors` vectors (a constant once inlined) of the channels from `start` of position
     /// `i` and, when `pair`, of position `i + 1` too: two positions' chains of dependent
     /// merges run side by side.
@@ -706,3 +736,21 @@ func foldManyChannels<L: SourceLoader>(
     if i < count { positions(i, pair: false) }
 }
 
+/// Eight sources from `p`, loaded (widened) as one vector. Lanes are named one by one, never
+/// indexed in a loop: SwiftPM's release builds split the module's LLVM IR by source file
+/// (`-num-threads`), and there the loops over lanes of the widening loads and the merges
+/// stayed loops, each lane stored to the stack and loaded back (docs/performance.md has the
+/// measurements).
+@inline(__always)
+func loadEight<L: SourceLoader>(_: L.Type, _ p: UnsafePointer<L.Source>) -> SIMD8<L.Reduction.Accumulator> {
+    typealias A = L.Reduction.Accumulator
+    if L.Source.self == A.self { return UnsafeRawPointer(p).loadUnaligned(as: SIMD8<A>.self) }
+    return SIMD8(L.load(p[0]), L.load(p[1]), L.load(p[2]), L.load(p[3]), L.load(p[4]), L.load(p[5]), L.load(p[6]), L.load(p[7]))
+}
+
+/// `R.merge` lane by lane (named one by one, as in `loadEight`).
+@inline(__always)
+func mergeEight<R: WindowReduction>(_: R.Type, _ a: SIMD8<R.Accumulator>, _ b: SIMD8<R.Accumulator>) -> SIMD8<R.Accumulator> {
+    SIMD8(R.merge(a[0], b[0]), R.merge(a[1], b[1]), R.merge(a[2], b[2]), R.merge(a[3], b[3]),
+          R.merge(a[4], b[4]), R.merge(a[5], b[5]), R.merge(a[6], b[6]), R.merge(a[7], b[7]))
+}
