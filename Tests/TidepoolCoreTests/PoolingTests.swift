@@ -907,11 +907,12 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
-    /// Around the bound of Int16 sums (int8: windows of 255 elements, uint8: 128; one more sums
-    /// in Int32), means stay exact: windows of the type's extreme values, whose sums come within
-    /// 128 of Int16's limit, over 3 channels at stride 1 (every position folded) and at a stride
-    /// of a quarter window (differences of running sums, which wrap many times over a row).
-    @Test(arguments: [(DType.int8, 255), (.int8, 256), (.uint8, 128), (.uint8, 129)])
+    /// Around the bound of 16-bit sums (int8: windows of 255 elements, whose sums fit in Int16;
+    /// uint8: 257, in UInt16; one more sums in Int32), means stay exact: windows of the type's
+    /// extreme values, whose sums come within 128 of the limit (255 x 257 is UInt16.max), over
+    /// 3 channels at stride 1 (every position folded) and at a stride of a quarter window
+    /// (differences of running sums, which wrap many times over a row).
+    @Test(arguments: [(DType.int8, 255), (.int8, 256), (.uint8, 128), (.uint8, 129), (.uint8, 257), (.uint8, 258)])
     func byteMeansAreExactAtTheInt16Bound(dtype: DType, window: Int) throws {
         var rng = SplitMix64(seed: UInt64(window))
         let channels = 3, length = 4 * window
@@ -922,7 +923,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             input[i] = column < window + 7 ? extreme : (column < 2 * window ? other
                 : Double(dtype == .int8 ? Int(Int8(truncatingIfNeeded: rng.next())) : Int(UInt8(truncatingIfNeeded: rng.next()))))
         }
-        let fitsInt16 = window * Int(Swift.abs(extreme)) <= Int(Int16.max)
+        let fitsInt16 = window * Int(Swift.abs(extreme)) <= (dtype == .int8 ? Int(Int16.max) : Int(UInt16.max))
         let plain = PoolDescriptor(kind: .average, kernelSize: [window]), shape = [1, length, channels]
         let geometry = try PoolGeometry(plain, input: TensorView(data: nil, dtype: dtype, shape: shape),
                                         outputShape: try plain.outputShape(inputShape: shape))

@@ -113,22 +113,28 @@ public enum AverageBFloat16: WindowReduction {
     public static let vectorFinish = VectorFinish(TPVECTOR_BFLOAT16)
 }
 
-/// 8-bit integers over windows whose sums fit in Int16 (the engine checks: up to 255 int8
-/// or 128 uint8 elements): Int16 sums, sixteen per AVX2 vector where Int32 sums take eight,
-/// and scratch half the size. The same integer sums as `AverageSmallInteger`'s, finished by
-/// the same float32 division, so the same bits.
+/// 8-bit integers over windows whose sums fit in 16 bits (the engine checks: up to 255 int8
+/// elements, whose sums fit in Int16, or 257 uint8, whose sums fit in UInt16): 16-bit sums,
+/// sixteen per AVX2 vector where Int32 sums take eight, and scratch half the size. The adds
+/// wrap, so they are the same bits whether read as Int16 or UInt16; uint8 sums are read as
+/// UInt16 when finished. The same integer sums as `AverageSmallInteger`'s, finished by the
+/// same float32 division, so the same bits.
 public enum AverageInt16Sum<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var identity: Int16 { 0 }
     @inlinable public static func widen(_ x: I) -> Int16 { Int16(truncatingIfNeeded: x) }
     @inlinable public static func merge(_ a: Int16, _ b: Int16) -> Int16 { a &+ b }
     @inlinable public static var unmergesExactly: Bool { true }
     @inlinable public static func unmerge(_ total: Int16, _ part: Int16) -> Int16 { total &- part }
-    @inlinable public static func finish(_ sum: Int16, windowSize: Int) -> Float { Float(sum) / Float(windowSize) }
+    @inlinable public static func finish(_ sum: Int16, windowSize: Int) -> Float {
+        (I.isSigned ? Float(sum) : Float(UInt16(bitPattern: sum))) / Float(windowSize)
+    }
     @inlinable public static var finishOutweighsACopy: Bool { true }
 
-    /// Whether every window sum fits in Int16 (8-bit inputs only).
+    /// Whether every window sum fits in the 16 bits (8-bit inputs only): Int16 for signed
+    /// inputs, UInt16 for unsigned ones.
     static func fits(windowSize: Int) -> Bool {
-        I.bitWidth == 8 && windowSize <= Int(Int16.max) / Swift.max(Int(I.max), -Int(I.min), 1)
+        let limit = I.isSigned ? Int(Int16.max) : Int(UInt16.max)
+        return I.bitWidth == 8 && windowSize <= limit / Swift.max(Int(I.max), -Int(I.min), 1)
     }
 }
 
