@@ -13,7 +13,7 @@ import Glibc
     /// Runs `forEach` and checks each index ran once, on a worker in range, never two bodies of
     /// one worker at a time; returns how many distinct workers ran.
     @discardableResult
-    static func check(_ count: Int, workers: Int, work: Int = 0) -> Int {
+    static func check(_ count: Int, workers: Int, work: Int = 0, inRuns: Bool = false) -> Int {
         let runs = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: Swift.max(count, 1))
         let busy = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: Swift.max(workers, 1))
         let used = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: Swift.max(workers, 1))
@@ -26,7 +26,7 @@ import Glibc
         }
         defer { runs.deallocate(); busy.deallocate(); used.deallocate(); finished.deallocate() }
         let overlaps = Atomic<Int>(0), outOfRange = Atomic<Int>(0)
-        WorkerPool.shared.forEach(count, workers: workers) { worker, index in
+        WorkerPool.shared.forEach(count, workers: workers, inRuns: inRuns) { worker, index in
             guard (0..<Swift.max(workers, 1)).contains(worker) else {
                 outOfRange.wrappingAdd(1, ordering: .relaxed)
                 return true
@@ -59,25 +59,51 @@ import Glibc
         return distinct.count
     }
 
-    @Test func everyIndexOnce() {
+    @Test(arguments: [false, true])
+    func everyIndexOnce(inRuns: Bool) {
         for workers in [1, 2, 3, 4, 64] {
             for count in [0, 1, 2, 3, 7, 100, 1000] {
-                Self.check(count, workers: workers, work: 200)
+                Self.check(count, workers: workers, work: 200, inRuns: inRuns)
             }
         }
     }
 
     /// Back to back, as a host calling in a loop does: the helpers are awake between calls.
     @Test func manyCallsInARow() {
-        for call in 0..<2000 { Self.check(1 + call % 17, workers: 2) }
+        for call in 0..<2000 { Self.check(1 + call % 17, workers: 2, inRuns: call % 2 == 1) }
+    }
+
+    /// In runs, each thread takes consecutive indices, a share of those left at a time: a
+    /// few dozen runs for 10,000 indices over 2 threads, whoever takes them (one at a time
+    /// alternately would be thousands), and every index once.
+    @Test func runsAreConsecutive() {
+        for _ in 0..<20 {
+            let count = 10_000, workers = 2
+            let last = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: workers)
+            for i in 0..<workers { (last + i).initialize(to: Atomic(-2)) }
+            defer { last.deallocate() }
+            let runs = Atomic<Int>(0)
+            WorkerPool.shared.forEach(count, workers: workers, inRuns: true) { worker, index in
+                var sink = index
+                for step in 0..<2000 { sink = sink &* 31 &+ step }
+                if sink == -1 { print(sink) }
+                if last[worker].exchange(index, ordering: .relaxed) != index - 1 { runs.wrappingAdd(1, ordering: .relaxed) }
+                return true
+            }
+            // A quarter of those left per run (at least 1): 33 runs at most, fewer where one
+            // thread takes two in a row.
+            #expect((1...33).contains(runs.load(ordering: .relaxed)), "\(runs.load(ordering: .relaxed)) runs")
+        }
+        Self.check(10_000, workers: 2, work: 50, inRuns: true)
     }
 
     /// With more than one CPU and items that take a while, a helper takes part. (One CPU: the
     /// pool starts no helper, and the caller does everything, which `check` covers.)
-    @Test func helpersTakePart() {
+    @Test(arguments: [false, true])
+    func helpersTakePart(inRuns: Bool) {
         guard sysconf(Int32(_SC_NPROCESSORS_ONLN)) > 1 else { return }
         var most = 0
-        for _ in 0..<50 where most < 2 { most = Swift.max(most, Self.check(64, workers: 2, work: 200_000)) }
+        for _ in 0..<50 where most < 2 { most = Swift.max(most, Self.check(64, workers: 2, work: 200_000, inRuns: inRuns)) }
         #expect(most == 2, "no helper ran an item in 50 calls of 64 long items")
     }
 
@@ -90,12 +116,14 @@ import Glibc
             return index < 4
         }
         #expect(ran.load(ordering: .relaxed) == 5)
-        let ranThreaded = Atomic<Int>(0)
-        WorkerPool.shared.forEach(10_000, workers: 4) { _, _ in
-            ranThreaded.wrappingAdd(1, ordering: .relaxed)
-            return false
+        for inRuns in [false, true] {
+            let ranThreaded = Atomic<Int>(0)
+            WorkerPool.shared.forEach(10_000, workers: 4, inRuns: inRuns) { _, _ in
+                ranThreaded.wrappingAdd(1, ordering: .relaxed)
+                return false
+            }
+            #expect((1...4).contains(ranThreaded.load(ordering: .relaxed)))
         }
-        #expect((1...4).contains(ranThreaded.load(ordering: .relaxed)))
     }
 
     /// Calls from several threads at once: one has the helpers, the others run alone, and all

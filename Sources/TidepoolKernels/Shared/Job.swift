@@ -184,8 +184,11 @@ private struct Job: ReductionVisitor, @unchecked Sendable {
         let typedInput = call.input.assumingMemoryBound(to: R.Input.self)
         let typedOutput = call.output.assumingMemoryBound(to: R.Output.self)
 
-        // Tiles are taken on demand, which balances tiles that cost less near padded edges.
-        WorkerPool.shared.forEach(plan.tileCount, workers: workers) { worker, index in
+        // Tiles are taken on demand, which balances tiles that cost less near padded edges;
+        // in runs of neighbours unless they are blocks of output planes whose D windows
+        // overlap (each then shares kd - sd input planes with the next: `forEach`).
+        let inRuns = plan.counts.od == 1 || geometry.kernelD <= geometry.strideD
+        WorkerPool.shared.forEach(plan.tileCount, workers: workers, inRuns: inRuns) { worker, index in
             if let isCancelled = call.isCancelled, isCancelled() { return false }
             poolTile(R.self, geometry, plan, plan.tile(index, geometry), input: typedInput, output: typedOutput,
                      scratch: accumulators + worker * plan.scratchCount, progress: call.progress)
