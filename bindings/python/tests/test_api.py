@@ -248,6 +248,22 @@ def test_layers_reuse_plans_for_every_float_dtype():
         assert tidepool.max_pool2d(x, 2).tobytes() == tidepool.max_pool2d(x, 2).tobytes()
 
 
+def test_addresses_are_the_datas_for_every_dtype_and_layout():
+    """The kept path's address of an array (`_address`: a buffer view, through a same-size
+    integer view for bfloat16, or `ctypes.data`) is the array's data for numpy's dtypes and
+    ml_dtypes' bfloat16, contiguous or not, writeable or not, offset into a larger array."""
+    from tidepool.functional import _address
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    for dtype in (np.dtype(ml_dtypes.bfloat16), np.float16, np.float32, np.float64, np.int8, np.uint8, np.int64):
+        base = np.zeros((3, 5, 4), dtype)
+        for array in (base, base[1:], base[:, 1:3], base[..., ::2], base.T):
+            assert _address(array) == array.ctypes.data
+            readonly = array.view()
+            readonly.flags.writeable = False
+            assert _address(readonly) == array.ctypes.data
+
+
 def test_bfloat16_comes_with_ml_dtypes_imported_after_tidepool():
     """`import tidepool` does not import ml_dtypes (most of a second on its own); a bfloat16
     array made after it still pools, takes gradients and is listed in SUPPORTED_DTYPES, and an
