@@ -99,7 +99,7 @@ public final class WorkerPool: @unchecked Sendable {
     /// (`count - next` over twice the threads, at least 1), so that each works through its
     /// own stretch of memory; otherwise one index at a time, the threads interleaved. Runs
     /// suit many small items whose neighbours share little (a 1-d pooling's row tiles: taken
-    /// alternately, two threads took 1.4-2.3x as long as in runs, at times longer than one
+    /// alternately, two threads took 1.2-2.3x as long as in runs, at times longer than one
     /// thread). Items that share much with their neighbours may do better interleaved, the
     /// shared part read once for both threads (3-d tiles of a few output planes, whose
     /// neighbours read kd - sd of the same input planes: one such cell measured 8% slower in

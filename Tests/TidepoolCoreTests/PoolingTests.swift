@@ -913,7 +913,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// 3 channels at stride 1 (every position folded) and at a stride of a quarter window
     /// (differences of running sums, which wrap many times over a row).
     @Test(arguments: [(DType.int8, 255), (.int8, 256), (.uint8, 128), (.uint8, 129), (.uint8, 257), (.uint8, 258)])
-    func byteMeansAreExactAtTheInt16Bound(dtype: DType, window: Int) throws {
+    func byteMeansAreExactAtTheSixteenBitBound(dtype: DType, window: Int) throws {
         var rng = SplitMix64(seed: UInt64(window))
         let channels = 3, length = 4 * window
         let extreme = dtype == .int8 ? -128.0 : 255.0, other = dtype == .int8 ? 127.0 : 0.0
