@@ -144,6 +144,41 @@ import Glibc
         }
     }
 
+    /// Blocks along H (height first, `KernelPlan.blocksH`) at every row stride from 3 to half
+    /// the kernel, kernels a multiple of the stride (the others, and stride 2, fold): unpadded,
+    /// centred and padded wider than the kernel (blocks wholly in padding), over columns from
+    /// shorter than the kernel to a few strides past it (windows clipped at both ends), with
+    /// 1 and 3 channels and, along D, one plane and a window of 2. Tiny tiles start the
+    /// blocks at every output row (`check`: the same bits).
+    @Test(arguments: [DType.float32, .bfloat16, .int8, .uint8, .int64, .float64], PoolKind.allCases)
+    func blocksAlongHAtEveryRowStride(dtype: DType, kind: PoolKind) throws {
+        var rng = SplitMix64(seed: 0xB10C ^ UInt64(dtype.code) << 8 ^ (kind == .max ? 1 : 0))
+        for k in 4...13 {
+            for stride in 2...(k / 2) {
+                let padding = [0, k / 2, k + 1][Int(rng.next() % 3)]
+                let rows = Int.random(in: Swift.max(1, k - 2)...(k + 3 * stride), using: &rng)
+                let planes = Bool.random(using: &rng)
+                let desc = PoolDescriptor(kind: kind, kernelSize: (planes ? [2] : []) + [k, 3], stride: (planes ? [1] : []) + [stride, 1],
+                                          padding: (planes ? [1] : []) + [padding, 1])
+                let shape = [2] + (planes ? [3] : []) + [rows, 5, Bool.random(using: &rng) ? 1 : 3]
+                guard let outputShape = try? desc.outputShape(inputShape: shape), !outputShape.contains(0) else { continue }
+                let plan = try #require(try Self.scanning.kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
+                #expect(plan.strategy == .heightFirst && plan.blocksH == (stride >= 3 && k % stride == 0), "\(desc) \(shape)")
+                try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+            }
+        }
+        // By default as the scans (from 6 rows for most): k9 s3 blocks; k5 s3 (less than two
+        // strides) and k10 s4 (a part of a block) fold.
+        let input = TensorView(data: nil, dtype: dtype, shape: [1, 9, 20, 20, 1])
+        let k9 = PoolDescriptor(kind: kind, kernelSize: [3, 9, 3], stride: [1, 3, 3], padding: [1, 4, 1])
+        #expect(try PoolEngine(threads: 1).kernelPlan(k9, input: input)?.blocksH == true)
+        let k5 = PoolDescriptor(kind: kind, kernelSize: [3, 5, 3], stride: [1, 3, 3], padding: [1, 2, 1])
+        #expect(try PoolEngine(threads: 1).kernelPlan(k5, input: input)?.blocksH == false)
+        let k10 = PoolDescriptor(kind: kind, kernelSize: [3, 10, 3], stride: [1, 4, 3], padding: [1, 5, 1])
+        #expect(try PoolEngine(threads: 1).kernelPlan(k10, input: input)?.blocksH == false)
+        #expect(try Self.folding.kernelPlan(k9, input: input)?.blocksH == false)
+    }
+
     @Test(arguments: DType.allCases)
     func randomWindowsMatchTheReferenceAndTheFolds(dtype: DType) throws {
         var rng = SplitMix64(seed: 0x5CA_0000 ^ UInt64(dtype.code))

@@ -12,28 +12,31 @@ extension TilePass {
         let plane = ringSlot(d)
         let channels = channels, stepW = g.stepW, stepC = g.stepC
         let base = input + tile.n * g.stepN + d * g.stepD + (firstColumn + inputColumns.lowerBound) * stepW + tile.c.lowerBound * stepC
-        let valid = paddedRow + inputColumns.lowerBound * channels, validCount = inputColumns.count * channels
+        let valid = paddedRow + inputColumns.lowerBound * channels
+        let source = HeightRows<R>(base: base, columns: inputColumns.count, channels: channels, stepH: g.stepH, stepW: stepW, stepC: stepC)
         fillPaddingOfPaddedRow()
+        var blocks = HeightBlocks(self, rows: source)
+        // The next plane this tile reduces, fetched while this one is, spread over its rows:
+        // fetched all at once while the plane before finished (`upcomingInput`), the planes
+        // that the next output plane's window adds (3 at D stride 3) were late (AvgPool3d k9
+        // s3 of 1 bfloat16 channel, blocks along H: 1.3x as long; docs/performance.md).
+        var ahead = PrefetchRegion.none
+        if kernel.prefetchInput {
+            let (_, last) = windowBounds(tile.od.upperBound - 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+            if d + 1 < last { ahead = inputRegion(planes: (d + 1)..<(d + 2), rows: inputRows) }
+        }
         for oh in tile.oh {
+            prefetch(ahead, part: oh - tile.oh.lowerBound, of: tile.oh.count)
             let out = plane + (oh - tile.oh.lowerBound) * rowLength
             let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
             if h0 >= h1 {
                 for j in 0..<rowLength { out[j] = R.identity }
                 continue
             }
-            if stepC == 1 && stepW == channels {
-                foldTaps(InputLoader<R>.self, valid, validCount, taps: h0..<h1, first: true,
-                         source: { UnsafePointer(base + $0 * g.stepH) })
+            if kernel.blocksH {
+                blocks.fold(oh, into: valid)
             } else {
-                for j in 0..<validCount { valid[j] = R.identity }
-                for h in h0..<h1 {
-                    let row = base + h * g.stepH
-                    for column in 0..<inputColumns.count {
-                        for c in 0..<channels {
-                            valid[column * channels + c] = R.merge(valid[column * channels + c], R.widen(row[column * stepW + c * stepC]))
-                        }
-                    }
-                }
+                source.fold(h0..<h1, into: valid, first: true)
             }
             if width.step == 1 {
                 reducePaddedRow(into: out)
@@ -42,5 +45,89 @@ extension TilePass {
                               tapStep: channels, taps: g.kernelW, channels: channels, into: out)
             }
         }
+    }
+}
+
+/// The tile's input rows of one plane, as height first folds them: `columns` positions of
+/// `channels` from `base` (the first input column of the tile's span), rows `stepH` apart.
+struct HeightRows<R: WindowReduction> {
+    let base: UnsafePointer<R.Input>
+    let columns: Int, channels: Int, stepH: Int, stepW: Int, stepC: Int
+
+    /// Merges rows `rows` (widened), in order, into the `columns * channels` accumulators at
+    /// `target`, after what it holds unless `first`. Dense rows (channels contiguous, positions
+    /// packed) fold as runs, starting from the first row; others element by element from the
+    /// identity (the same values: only a float sum of -0s differs, as +0, and a mean of more
+    /// than one element is +0 either way).
+    @inline(__always) func fold(_ rows: Range<Int>, into target: UnsafeMutablePointer<R.Accumulator>, first: Bool) {
+        let base = base, stepH = stepH
+        if stepC == 1 && stepW == channels {
+            foldTaps(InputLoader<R>.self, target, columns * channels, taps: rows, first: first, source: { base + $0 * stepH })
+            return
+        }
+        if first {
+            for j in 0..<(columns * channels) { target[j] = R.identity }
+        }
+        for h in rows {
+            let row = base + h * stepH
+            for column in 0..<columns {
+                for c in 0..<channels {
+                    target[column * channels + c] = R.merge(target[column * channels + c], R.widen(row[column * stepW + c * stepC]))
+                }
+            }
+        }
+    }
+}
+
+/// Blocks along H (`KernelPlan.blocksH`: kh a multiple of sh): block j holds rows
+/// j * sh - ph ..< j * sh - ph + sh (those in the input), folded left to right, so output row
+/// oh's window is blocks oh ..< oh + kh / sh. Each block is folded once, for the kh / sh
+/// windows that share it: an input row is widened and merged 1 + kh / sh^2 times instead of
+/// kh / sh (AvgPool3d k9 s3: 2 instead of 3, k8 s4: 1.5 instead of 2). The blocks lie where
+/// the geometry puts them, whatever the tile, so every window merges the same blocks in the
+/// same order (bits independent of the tiling); for maxima and integer sums the merges are
+/// associative, so the bits are a left fold's.
+struct HeightBlocks<R: WindowReduction> {
+    let source: HeightRows<R>
+    let count: Int
+    let ring: UnsafeMutablePointer<R.Accumulator>
+    let stride: Int, whole: Int, pitch: Int, padding: Int, length: Int
+    /// Blocks below this one are folded into their ring slots.
+    var built: Int
+
+    init(_ pass: TilePass<R>, rows: HeightRows<R>) {
+        source = rows
+        count = rows.columns * rows.channels
+        ring = pass.blockRows
+        stride = pass.g.strideH
+        whole = pass.g.kernelH / stride
+        pitch = pass.plan.paddedRowCapacity
+        padding = pass.g.padH
+        length = pass.g.inH
+        built = pass.tile.oh.lowerBound
+    }
+
+    /// Block j's rows, those in the input (block j starts window j).
+    @inline(__always) func rows(_ j: Int) -> Range<Int> {
+        let start = j * stride - padding
+        let lower = Swift.max(start, 0), upper = Swift.min(start + stride, length)
+        return lower..<Swift.max(lower, upper)
+    }
+
+    /// Output row oh's window (not empty) into `target`, folding the blocks it needs first
+    /// into their ring slots (`whole` of them: block j in slot j % whole).
+    mutating func fold(_ oh: Int, into target: UnsafeMutablePointer<R.Accumulator>) {
+        let ring = ring, pitch = pitch, slots = whole
+        built = Swift.max(built, oh)
+        while built < oh + whole {
+            source.fold(rows(built), into: ring + (built % slots) * pitch, first: true)
+            built += 1
+        }
+        // The blocks holding input rows are consecutive, and one at least (the window is not empty).
+        var first = oh, last = oh + whole
+        while first < last && rows(first).isEmpty { first += 1 }
+        while last > first && rows(last - 1).isEmpty { last -= 1 }
+        foldTaps(AccumulatorLoader<R>.self, target, count, taps: first..<last, first: true,
+                 source: { UnsafePointer(ring + ($0 % slots) * pitch) })
     }
 }

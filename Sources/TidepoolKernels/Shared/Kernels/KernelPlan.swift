@@ -107,6 +107,14 @@ public struct KernelPlan: Sendable {
     /// Max along W at every position (rows not reduced as one run): windows of 2^j columns
     /// doubled level by level, each window the merge of two that overlap (BlockScans.swift).
     public let doublesW: Bool
+    /// Height first, H windows of two or more whole row strides of 3 or more: each output row
+    /// merges the blocks of `strideH` rows its window covers, each block folded once for the
+    /// windows that share it, instead of folding its rows again for each (HeightFirst.swift).
+    /// From the scans' threshold (`blockScanTaps`). Not at stride 2, nor where a window ends
+    /// in part of a block: there a window's fewer loads came with more passes over the row
+    /// (AvgPool2d k7 s2 of 6 int16 channels took 1.2x as long, k10 s4 of 2 int16 channels
+    /// 1.1-1.2x; docs/performance.md).
+    public let blocksH: Bool
     /// A 2-d pooling runs as a 3-d one whose planes are its rows (`KernelPlan.forCall`): its H
     /// windows scan along D, where the ring streams each column of tiles from top to bottom.
     /// Set on the plan of the relabelled geometry.
@@ -173,6 +181,8 @@ public struct KernelPlan: Sendable {
         // changed the order already.
         pairsW = scansW && !R.mergesOverlaps && g.kernelW <= KernelLimits.pairedWTaps && (g.kernelH > 1 || g.kernelD > 1)
         doublesW = scansW && R.mergesOverlaps
+        blocksH = strategy == .heightFirst && g.strideH >= 3 && g.kernelH % g.strideH == 0
+            && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
         let vector = settings.usesVectorKernels ? R.vectorFinish : nil
         switch strategy {
         case .depthFirst: vectorFinish = vector

@@ -33,7 +33,10 @@ extension TilePass {
         let (next0, _) = windowBounds(od + 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
         let (_, next1) = windowBounds(last, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
         let first = Swift.max(next0, d1)
-        return inputRegion(planes: first..<Swift.max(first, next1), rows: inputRows)
+        // Height first fetches each further plane while it reduces the one before
+        // (`reducePlaneHeightFirst`).
+        let end = kernel.strategy == .heightFirst ? first + 1 : next1
+        return inputRegion(planes: first..<Swift.max(first, Swift.min(end, next1)), rows: inputRows)
     }
 
     /// Input rows `rows` of planes `planes` of the tile's batch entry, when rows are dense (a

@@ -55,6 +55,7 @@ struct TilePass<R: WindowReduction> {
     let prefixRow: UnsafeMutablePointer<R.Accumulator>
     let prefixPlane: UnsafeMutablePointer<R.Accumulator>
     let doubledRow: UnsafeMutablePointer<R.Accumulator>
+    let blockRows: UnsafeMutablePointer<R.Accumulator>
     /// The tile's rows hold all channels of dense positions, so a row is one contiguous run.
     let fusedRow: Bool
     /// Tap k of position q reads column firstColumn + q * width.step + k: the tile's windows
@@ -96,6 +97,7 @@ struct TilePass<R: WindowReduction> {
         prefixRow = scratch + layout.prefixRow.lowerBound
         prefixPlane = scratch + layout.prefixPlane.lowerBound
         doubledRow = scratch + layout.doubledRow.lowerBound
+        blockRows = scratch + layout.blockRows.lowerBound
         fusedRow = channels == g.channels && g.stepC == 1 && g.stepW == g.channels
         firstColumn = positions.lowerBound * width.step - g.padW
         columnSpan = width.columnSpan(positions: positions.count, kernel: g.kernelW)

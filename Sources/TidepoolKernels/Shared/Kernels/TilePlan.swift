@@ -41,13 +41,16 @@ struct ScratchLayout {
     var doubledRow = 0..<0
     /// Block scans along D: the prefix of the newest block's planes.
     var prefixPlane = 0..<0
+    /// Blocks along H (height first): a ring of kernelH / strideH blocks of rows, one padded
+    /// row each.
+    var blockRows = 0..<0
 
     /// Accumulators per worker. (No array of the regions: this is asked on every call, and a
     /// tiny pooling's cost is mostly such overhead.)
     var count: Int {
         Swift.max(reducedRows.upperBound, planeRing.upperBound, merged.upperBound, paddedRow.upperBound,
                   evenPlaneSums.upperBound, oddPlaneSums.upperBound, partial.upperBound, prefixRow.upperBound,
-                  prefixPlane.upperBound, doubledRow.upperBound)
+                  prefixPlane.upperBound, doubledRow.upperBound, blockRows.upperBound)
     }
 
     /// Appends a region of `size` accumulators after those laid out so far.
@@ -197,6 +200,7 @@ public struct TilePlan {
         if kernel.scansH { layout.prefixRow = layout.next(rowCapacity) }
         if kernel.scansD { layout.prefixPlane = layout.next(tileOH * rowCapacity) }
         if kernel.doublesW || kernel.pairsW { layout.doubledRow = layout.next(paddedRowCapacity) }
+        if kernel.blocksH { layout.blockRows = layout.next(g.kernelH / g.strideH * paddedRowCapacity) }
         scratch = layout
     }
 
