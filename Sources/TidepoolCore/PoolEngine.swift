@@ -34,14 +34,14 @@ public final class PoolEngine: Sendable {
                 streamingOutputBytes: Int = KernelSettings.defaultStreamingOutputBytes, usesVectorKernels: Bool = true,
                 gradientStateBytes: Int = KernelSettings.defaultGradientStateBytes,
                 blockScanTaps: Int? = nil, rowsAsPlanesAbove: Int = KernelSettings.tileBudget(level2CacheBytes: 0),
-                serialWorkBelow: Int = KernelSettings.defaultSerialWorkBelow, cpuLevel: CPULevel? = nil) {
+                serialWorkBelow: Int = KernelSettings.defaultSerialWorkBelow, splitsRows: Bool = true, cpuLevel: CPULevel? = nil) {
         let level = cpuLevel ?? KernelSelection.processLevel
         precondition(KernelSelection.supports(level), "this CPU cannot run the kernels built for \(level)")
         configuredThreads.store(Swift.max(0, Swift.min(threads, Self.maxThreads)), ordering: .relaxed)
         settings = KernelSettings(tileBudgetBytes: tileBudgetBytes, streamingOutputBytes: streamingOutputBytes,
                                   usesVectorKernels: usesVectorKernels, gradientStateBytes: gradientStateBytes,
                                   blockScanTaps: blockScanTaps, rowsAsPlanesAbove: rowsAsPlanesAbove,
-                                  serialWorkBelow: serialWorkBelow)
+                                  serialWorkBelow: serialWorkBelow, splitsRows: splitsRows)
         self.cpuLevel = level
         kernels = KernelSelection.kernels(level)
     }

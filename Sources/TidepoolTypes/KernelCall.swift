@@ -80,12 +80,17 @@ public struct KernelSettings: Sendable, Equatable {
     /// small calls among threads too.
     public static let defaultSerialWorkBelow = 1 << 16
     public var serialWorkBelow: Int
+    /// Whether strided rows alone of 1 or 2 channels of float16 and bfloat16 averages are split
+    /// into the stride's phases (`WidthPlan`); tests turn it off to compare with rows reduced
+    /// at every position and subsampled.
+    public var splitsRows: Bool
 
     public init(tileBudgetBytes: Int = defaultTileBudgetBytes, streamingOutputBytes: Int = defaultStreamingOutputBytes,
                 usesVectorKernels: Bool = true, gradientStateBytes: Int = defaultGradientStateBytes,
                 blockScanTaps: Int? = nil, rowsAsPlanesAbove: Int = tileBudget(level2CacheBytes: 0),
-                serialWorkBelow: Int = defaultSerialWorkBelow) {
+                serialWorkBelow: Int = defaultSerialWorkBelow, splitsRows: Bool = true) {
         self.tileBudgetBytes = tileBudgetBytes
+        self.splitsRows = splitsRows
         self.serialWorkBelow = serialWorkBelow
         self.rowsAsPlanesAbove = rowsAsPlanesAbove
         self.blockScanTaps = blockScanTaps

@@ -609,10 +609,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                     // (2^14 - 2^14 + 2^-11 is 2^-11 or 0 by the order) show the order itself.
                     var inputs = [input]
                     if dtype.isFloatingPoint {
-                        let cancelling = Buffer(dtype, count: input.count)
-                        var rng = SplitMix64(seed: seed)
-                        for i in 0..<cancelling.count { cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
-                        inputs.append(cancelling)
+                        inputs.append(cancellingSums(dtype, count: input.count, seed: seed))
                     }
                     for storage in inputs {
                         let baseline = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: whole)
@@ -674,10 +671,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             let seed = UInt64(channels * 1000 + kernel * 10 + padding)
                             var inputs = [randomInput(dtype, shape: shape, seed: seed)]
                             if dtype.isFloatingPoint {
-                                let cancelling = Buffer(dtype, count: inputs[0].count)
-                                var rng = SplitMix64(seed: seed)
-                                for i in 0..<cancelling.count { cancelling[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
-                                inputs.append(cancelling)
+                                inputs.append(cancellingSums(dtype, count: inputs[0].count, seed: seed))
                             }
                             for (index, input) in inputs.enumerated() {
                                 // The same values stored (C, H, W) once, for both batch entries
@@ -711,6 +705,79 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 300)
+    }
+
+    /// Rows alone (1-d windows) of 1 or 2 channels of float16 and bfloat16 averages, whose
+    /// stride's span of channels is at most 16, are split into the stride's phases (`WidthPlan`,
+    /// `widenedInChunks`, `splitIntoPhases`) instead of reduced at every position. Against the
+    /// reference for strides 2 to 16 (1 channel) and 2 to 8 (2 channels), kernels shorter
+    /// than, as long as and longer than the stride, and longer than a chunk (at strides 2, 7
+    /// and the largest), no padding, half the kernel and the kernel less one, rows shorter than
+    /// the kernel, of a few strides and of three chunks, contiguous and with a gap after each
+    /// column, on 1 thread and (short rows) on tiny tiles on 2; and bit for bit against the
+    /// same engines with the split turned off (every position, then subsampled: the same left
+    /// fold of each window; sums that cancel, 2^14 - 2^14 + 2^-11, show any change of order).
+    /// Maxima, float32 and int8 keep their paths.
+    @Test(arguments: [DType.float16, .bfloat16, .float32, .int8])
+    func rowsOfOneOrTwoChannelsSplitIntoPhases(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
+        let unsplit = [PoolEngine(threads: 1, splitsRows: false), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0, splitsRows: false)]
+        var checked = 0, split = 0
+        for kind in PoolKind.allCases {
+            for channels in 1...2 {
+                for stride in 2...(16 / channels) {
+                    // Kernels longer than a chunk holds (`KernelLimits.widenedChunk`, 2048
+                    // accumulators) at a few strides.
+                    let long = [2, 7, 16 / channels].contains(stride) ? [2048 / channels + 5] : []
+                    for kernel in Set([2, stride - 1, stride, stride + 1, 2 * stride + 3] + long) where kernel >= 2 {
+                        for padding in Set([0, kernel / 2, kernel - 1]) where padding <= kernel / 2 || kernel < 8 {
+                            let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [padding])
+                            // Rows of three chunks for short kernels only (the reference's long
+                            // kernels over long rows are slow in a debug build).
+                            for (width, gap) in [(Swift.max(1, kernel - 1), 0), (4 * stride + kernel + 3, 0), (4 * stride + kernel + 3, 1)]
+                                + (kernel < 100 ? [(3 * 2048 / channels + kernel, 0)] : []) {
+                                let shape = [2, width, channels]
+                                guard let outShape = try? desc.outputShape(inputShape: shape), !outShape.contains(0) else { continue }
+                                let view = TensorView(data: nil, dtype: dtype, shape: shape)
+                                let plan = try #require(try engines[0].kernelPlan(desc, input: view))
+                                // The geometry cuts a stride past the padded row to its length.
+                                let strided = try PoolGeometry(desc, input: view, outputShape: outShape).strideW > 1
+                                let splits = kind == .average && (dtype == .float16 || dtype == .bfloat16) && strided
+                                #expect(plan.subsampledRows == (strided && !splits), "\(desc) \(dtype) C=\(channels)")
+                                let unsplitPlan = try #require(try unsplit[0].kernelPlan(desc, input: view))
+                                #expect(unsplitPlan.subsampledRows == strided, "\(desc) \(dtype) C=\(channels)")
+                                // Columns `gap` elements apart past their channels (a strided view).
+                                let columnStep = channels + gap, strides = [width * columnStep, columnStep, 1]
+                                let seed = UInt64(channels * 1000 + kernel * 10 + padding + gap)
+                                var inputs = [randomInput(dtype, shape: [2 * width * columnStep], seed: seed)]
+                                if dtype.isFloatingPoint {
+                                    inputs.append(cancellingSums(dtype, count: inputs[0].count, seed: seed))
+                                }
+                                for (index, input) in inputs.enumerated() {
+                                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                                    // Tiny tiles on the shorter rows only: thousands of them are slow in a debug build.
+                                    for (engine, baseline) in zip(engines, unsplit).prefix(width > 1000 ? 1 : 2) {
+                                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: engine)
+                                        let old = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: baseline)
+                                        // Sums that cancel lose their small terms, by design: bits only.
+                                        if index == 0 {
+                                            #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil,
+                                                    "\(desc) \(dtype) \(shape) gap \(gap)")
+                                        }
+                                        let bytes = run.output.count * run.output.dtype.size
+                                        #expect(memcmp(run.output.raw, old.output.raw, bytes) == 0, "\(desc) \(dtype) \(shape) gap \(gap)")
+                                        checked += 1
+                                        split += splits ? 1 : 0
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked > 400)
+        #expect((split > 0) == (dtype == .float16 || dtype == .bfloat16))
     }
 
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the

@@ -118,8 +118,12 @@ struct StrategyTests {
         let oneChannel = try Self.cases[7].plan()
         #expect(oneChannel.rowsAsOneRun && oneChannel.prefetchInput && oneChannel.prefetchOutput && !oneChannel.streamOutput)
         #expect(!oneChannel.usesVectorFinish)
-        // float64: memory bound already, no input prefetch.
+        // float64: memory bound already, no input prefetch; but height first fetches each next
+        // plane while it reduces the one before (its H folds waited on memory).
         #expect(try !Self.cases[8].plan().prefetchInput)
+        let strided64 = Case(kind: .max, dtype: .float64, shape: [4, 128, 128, 128, 1], kernel: 9, stride: 3, padding: 4,
+                             strategy: .heightFirst)
+        #expect(try strided64.plan().strategy == .heightFirst && strided64.plan().prefetchInput)
         // 32 channels, 64 MiB of output: streamed, not reduced as one run.
         let wide = try Self.cases[4].plan()
         #expect(wide.streamOutput && !wide.rowsAsOneRun)

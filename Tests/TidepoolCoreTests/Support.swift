@@ -225,6 +225,15 @@ func firstMismatch(_ desc: PoolDescriptor, dtype: DType, actual: Buffer, expecte
     return nil
 }
 
+/// Values whose float sums cancel (2^14 - 2^14 + 2^-11 is 2^-11 or 0 by the order of the adds):
+/// results that are compared bit for bit then show any change in the order of a sum.
+func cancellingSums(_ dtype: DType, count: Int, seed: UInt64) -> Buffer {
+    let buffer = Buffer(dtype, count: count)
+    var rng = SplitMix64(seed: seed)
+    for i in 0..<count { buffer[i] = [16384, -16384, 0x1p-11, -0x1p-11, 0.75][Int(rng.next() % 5)] }
+    return buffer
+}
+
 /// A channels-last contiguous input of `shape` filled at random.
 func randomInput(_ dtype: DType, shape: [Int], seed: UInt64) -> Buffer {
     var rng = SplitMix64(seed: seed)

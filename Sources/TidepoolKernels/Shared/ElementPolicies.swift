@@ -64,6 +64,15 @@ extension WindowReduction {
     @inlinable public static func unmerge(_ total: Accumulator, _ part: Accumulator) -> Accumulator {
         preconditionFailure("unmerge of a reduction that does not unmerge exactly")
     }
+    /// Whether strided rows alone of 1 or 2 channels are split into the stride's phases
+    /// (`WidthPlan`, `widenedInChunks`): sums of 16-bit inputs that widen, which their
+    /// positions' folds would convert once per tap (float16 and bfloat16 averages). Not the
+    /// maxima's vector folds, nor integer sums (which take differences of running sums at the
+    /// stride): split, 8-bit averages were up to 1.35x faster at strides 2 to 4 and 1.2x
+    /// slower at 7, and 16-bit ones no faster (docs/performance.md).
+    static var splitsRowsIntoPhases: Bool {
+        MemoryLayout<Input>.size == 2 && Input.self != Accumulator.self && !unmergesExactly && !foldsChannelsAsVector
+    }
 }
 
 // MARK: average

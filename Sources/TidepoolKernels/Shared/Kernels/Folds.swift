@@ -220,3 +220,52 @@ func unrolledChannels(_ channels: Int, _ body: (_ channels: Int) -> Void) {
     default: body(channels)
     }
 }
+
+/// Splits `groups` groups of `step` units from `from` into `step` phases, phase r at
+/// `phases + r * phaseLength` (at least `groups` units) holding units r, r + step, ... (a unit
+/// is a column's channels: 2, 4 or 8 bytes). False, with nothing written, for other units and
+/// for steps outside 2 to 16. For a constant step LLVM compiles the loop to shuffles of whole
+/// vectors (an interleaved group): compiled alone, from 2.5 to 13 times as fast as taking the
+/// units one by one at steps 2 to 8 (0.03-0.15 ns per unit against 0.37), and unrolled, 1.4
+/// times, where it does not vectorise (most steps past 8).
+@inline(never)
+func splitIntoPhases(_ from: UnsafeRawPointer, unitBytes: Int, step: Int, groups: Int, phaseLength: Int, into phases: UnsafeMutableRawPointer) -> Bool {
+    // Units move as raw bytes: a row of 2-byte inputs need not be aligned to a unit of 4, and
+    // the phases' memory is bound to the input type. (As fast as typed loads, compiled alone.)
+    @inline(__always) func split<let S: Int, U: FixedWidthInteger>(_: InlineArray<S, U>.Type) {
+        let size = MemoryLayout<U>.stride
+        for i in 0..<groups {
+            for r in 0..<S {
+                phases.storeBytes(of: from.loadUnaligned(fromByteOffset: (S &* i &+ r) &* size, as: U.self),
+                                  toByteOffset: (r &* phaseLength &+ i) &* size, as: U.self)
+            }
+        }
+    }
+    @inline(__always) func units<U: FixedWidthInteger>(_: U.Type) -> Bool {
+        switch step {
+        case 2: split(InlineArray<2, U>.self)
+        case 3: split(InlineArray<3, U>.self)
+        case 4: split(InlineArray<4, U>.self)
+        case 5: split(InlineArray<5, U>.self)
+        case 6: split(InlineArray<6, U>.self)
+        case 7: split(InlineArray<7, U>.self)
+        case 8: split(InlineArray<8, U>.self)
+        case 9: split(InlineArray<9, U>.self)
+        case 10: split(InlineArray<10, U>.self)
+        case 11: split(InlineArray<11, U>.self)
+        case 12: split(InlineArray<12, U>.self)
+        case 13: split(InlineArray<13, U>.self)
+        case 14: split(InlineArray<14, U>.self)
+        case 15: split(InlineArray<15, U>.self)
+        case 16: split(InlineArray<16, U>.self)
+        default: return false
+        }
+        return true
+    }
+    switch unitBytes {
+    case 2: return units(UInt16.self)
+    case 4: return units(UInt32.self)
+    case 8: return units(UInt64.self)
+    default: return false
+    }
+}

@@ -129,7 +129,7 @@ public struct KernelPlan: Sendable {
     init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
-        width = WidthPlan(g, wideRows: accumulatorSize >= 8)
+        width = WidthPlan(g, wideRows: accumulatorSize >= 8, splitsRows: R.splitsRowsIntoPhases && settings.splitsRows)
         widenOnce = R.widenOutweighsAPass && !width.subsampled
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
         // widened once per pair of output planes whose windows hold it instead of once per W
@@ -166,8 +166,10 @@ public struct KernelPlan: Sendable {
         // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte
         // inputs, and of 64-bit integer averages, whose widening is long. Where memory
         // bandwidth is the limit already (float64, 64-bit max, windows that do not overlap) the
-        // prefetches only compete with the loads.
-        prefetchInput = (inputSize < 8 || R.widenOutweighsAPass) && g.kernelD > g.strideD
+        // prefetches only compete with the loads, but in height first, whose H folds of
+        // strided rows waited on memory for every type (MaxPool3d k9 s3 p4 of 1 float64
+        // channel took 1.8x as long without).
+        prefetchInput = (inputSize < 8 || R.widenOutweighsAPass || strategy == .heightFirst) && g.kernelD > g.strideD
         // Fetching the output plane for writing while input is reduced lets the finishing pass
         // store into cache instead of waiting on each line (overlapping D windows only: the
         // reduction must be long enough to hide the fetch).
@@ -286,12 +288,17 @@ struct WidthPlan: Sendable {
     var subsampled: Bool { step == 1 && stride > 1 }
     let stride: Int
 
-    /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima.
-    init(_ g: PoolGeometry, wideRows: Bool) {
+    /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima. `splitsRows`: sums
+    /// whose rows `widenedInChunks` splits into the stride's phases (`splitsRowsIntoPhases`).
+    init(_ g: PoolGeometry, wideRows: Bool, splitsRows: Bool = false) {
         stride = g.strideW
         let rowsAlone = g.kernelH == 1 && g.kernelD == 1
         let span = wideRows && rowsAlone ? KernelLimits.subsampledSpanOfWideRows : KernelLimits.subsampledSpan
-        step = g.strideW > 1 && g.strideW * g.channels <= span ? 1 : g.strideW
+        // Dense rows alone of 1 or 2 channels at the stride, split into phases: every
+        // position folded its kernel's taps, converting each input once per tap (AvgPool1d
+        // k11 s7 of 1 float16 channel took 1.5x as long, k6 s4 1.2x).
+        let split = splitsRows && rowsAlone && g.channels <= 2 && g.stepC == 1 && g.stepW == g.channels
+        step = g.strideW > 1 && g.strideW * g.channels <= span && !split ? 1 : g.strideW
     }
 
     /// Positions covering outputs [ow0, ow1).

@@ -363,7 +363,8 @@ func reducePositions<R: WindowReduction>(
         inner = lowest..<highest
         let out = destination + (lowest - positions.lowerBound) * channels
         let first = row + (lowest * step - g.padW) * g.stepW
-        widenedInChunks(R.self, first, count: inner.count, step: step, stepW: g.stepW, kernel: g.kernelW, channels: channels, into: out)
+        widenedInChunks(R.self, first, count: inner.count, step: step, stepW: g.stepW, kernel: g.kernelW, channels: channels,
+                        rowEnd: row + g.inW * g.stepW, into: out)
     }
 
     /// Position `q`'s in-bounds taps, one position.
@@ -399,7 +400,7 @@ func reducePositions<R: WindowReduction>(
 @inline(__always)
 func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
-    into destination: UnsafeMutablePointer<R.Accumulator>
+    rowEnd: UnsafePointer<R.Input>, into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
@@ -411,11 +412,19 @@ func widenedInChunks<R: WindowReduction>(
     // chunk's positions then read one contiguous run of a phase, and the taps fold over the
     // whole run (`foldTaps`, vector loops over positions and channels alike) instead of
     // position by position. Each phase is rounded up to whole columns: up to `step - 1`
-    // more. Not for 1 or 2 channels, whose columns widen into phases a scalar or two at a
-    // time (AvgPool1d k5 s9 C=2 float16 took 1.14x as long), nor for the maxima's vector
-    // folds or more than 8 channels (MaxPool1d k7 s5 C=6 float16 1.38x, AvgPool2d k9 s5 C=16
-    // float16 1.6x: short runs of a row's few positions).
-    let phases = !differences && !R.foldsChannelsAsVector && (3...KernelLimits.vectorChannels).contains(channels)
+    // more. Not for the maxima's vector folds or more than 8 channels (MaxPool1d k7 s5 C=6
+    // float16 took 1.38x as long, AvgPool2d k9 s5 C=16 float16 1.6x: short runs of a row's
+    // few positions).
+    // 1 or 2 channels of 16-bit inputs, dense, at a step of 2 to 16 whose span of channels
+    // is at most `KernelLimits.subsampledSpan` (rows alone of float16 and bfloat16 averages:
+    // `WidthPlan`): the chunk's columns are split into phases as they lie, by whole vectors
+    // (`splitIntoPhases`), and each tap converts as it folds, kernel / step conversions per
+    // input where every position's fold took kernel. Split a column or two at a time,
+    // widened, they were slower than the positions' folds (AvgPool1d k5 s9 C=2 float16 took
+    // 1.14x as long), and widened before the split no faster than every position's fold.
+    let splits = R.splitsRowsIntoPhases && channels <= 2 && step >= 2 && step * channels <= KernelLimits.subsampledSpan
+        && stepW == channels && [2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
+    let phases = !differences && !R.foldsChannelsAsVector && ((3...KernelLimits.vectorChannels).contains(channels) || splits)
     // Positions per chunk: their windows' columns fit the buffer (none when one window's do
     // not, or the input needs no widening).
     let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0)
@@ -443,6 +452,27 @@ func widenedInChunks<R: WindowReduction>(
             }
             if phases {
                 let perPhase = (columns + step - 1) / step
+                if splits {
+                    // The row's next columns are fetched while this chunk splits and folds: the
+                    // hardware's prefetch alone left the split waiting on memory.
+                    let next = from + n * step * stepW, ahead = Swift.min(rowEnd - next, columns * stepW)
+                    if ahead > 0 { tpstream_prefetch(next, ahead * MemoryLayout<R.Input>.stride) }
+                    // Whole groups of `step` columns split as vectors, the columns after them
+                    // one by one (a group read whole would pass the row's end). The phases
+                    // hold inputs: the buffer is bound to them (no accumulator is stored in
+                    // it in this call), `perPhase * step` per channel at most, as for sums.
+                    let raw = UnsafeMutableRawPointer(widened).bindMemory(to: R.Input.self, capacity: KernelLimits.widenedChunk)
+                    let whole = columns / step, unit = channels * MemoryLayout<R.Input>.stride
+                    let split = splitIntoPhases(from, unitBytes: unit, step: step, groups: whole, phaseLength: perPhase, into: raw)
+                    precondition(split, "splits holds only for steps and units that split")
+                    for column in (whole * step)..<columns {
+                        for c in 0..<channels { raw[((column % step) * perPhase + column / step) * channels + c] = from[column * channels + c] }
+                    }
+                    foldTaps(InputLoader<R>.self, destination + done * channels, n * channels, taps: 0..<kernel, first: true,
+                             source: { UnsafePointer(raw + ((($0 % step) * perPhase) + $0 / step) * channels) })
+                    done += n
+                    continue
+                }
                 // Phases from `kernel` on hold no window's columns.
                 for r in 0..<Swift.min(step, kernel) {
                     let phase = widened + r * perPhase * channels, source = from + r * stepW
