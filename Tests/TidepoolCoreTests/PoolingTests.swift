@@ -451,7 +451,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     }
 
     /// Rows strided along H, of 1 to 7 channels whose W stride spans more than
-    /// `KernelLimits.subsampledSpan` elements: H first, then W at the output's own positions
+    /// `KernelLimits.subsampledSpan` elements (64 for byte maxima,
+    /// `KernelLimits.subsampledSpanOfOverlappingByteMaxima`): H first, then W at the output's own positions
     /// from the padded row (`reducePlaneHeightFirst`). Kernels of 1 to 11 columns over rows
     /// of one to two strides past them, padding up to half the kernel, strides above the
     /// kernel; the default tiles and tiny ones (cut along W, so a tile's positions start at an
@@ -461,9 +462,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         var rng = SplitMix64(seed: 0x4F12_5701 ^ UInt64(dtype.code) << 24)
         let tiny = PoolEngine(threads: 3, tileBudgetBytes: 256, serialWorkBelow: 0)
         for _ in 0..<30 {
+            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
+            let span = kind == .max && dtype.size == 1 ? 64 : 16
             let channels = Int.random(in: 1...7, using: &rng)
             let kernelW = Int.random(in: 1...11, using: &rng), kernelH = Int.random(in: 1...5, using: &rng)
-            let strideW = Int.random(in: (16 / channels + 1)...(16 / channels + 1 + kernelW), using: &rng)
+            let strideW = Int.random(in: (span / channels + 1)...(span / channels + 1 + kernelW), using: &rng)
             let strideH = Int.random(in: 2...(kernelH + 2), using: &rng)
             let planes = Bool.random(using: &rng)
             let kernel = (planes ? [Int.random(in: 1...3, using: &rng)] : []) + [kernelH, kernelW]
@@ -475,7 +478,6 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                 kernel[axis] + (axis < kernel.count - 2 ? 0 : stride[axis]) + Int.random(in: 0...(axis == kernel.count - 1 ? strideW : 5), using: &rng)
             }
             let shape = [Int.random(in: 1...2, using: &rng)] + spatial + [channels]
-            let kind: PoolKind = Bool.random(using: &rng) ? .average : .max
             let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
             let plan = try #require(try PoolEngine(threads: 1).kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
             // Windows of one element of float averages run whole; every other case H first.
@@ -654,8 +656,9 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         var checked = 0
         for kind in PoolKind.allCases {
             for channels in Array(1...9) + [12, 21] {
-                // Above KernelLimits.subsampledSpan (16 elements): positions at the stride.
-                let stride = Swift.max(2, 16 / channels + 1)
+                // Above KernelLimits.subsampledSpan (16 elements; 64 for byte maxima): positions
+                // at the stride.
+                let stride = Swift.max(2, (kind == .max && dtype.size == 1 ? 64 : 16) / channels + 1)
                 // Chunks (KernelLimits.widenedChunk, 2048 accumulators) only where the input
                 // widens: kernels longer than a chunk holds, rows of several chunks (short
                 // kernels only: the reference's long kernels over long rows took minutes in a
@@ -780,6 +783,54 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         #expect((split > 0) == (dtype == .float16 || dtype == .bfloat16))
     }
 
+    /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
+    /// span of channels is at most 32, or 64 where the kernel is at least 1.5 strides
+    /// (`KernelLimits.subsampledSpanOfByteMaxima`); 2-byte maxima and byte averages keep 16.
+    /// The plan asserted, and against the reference for 1 to 32 channels, spans on both sides
+    /// of each limit, kernels shorter than, as long as and longer than the stride, 1-d rows
+    /// and 3-d tiles of several rows, bit for bit between one thread and tiles cut along W
+    /// on two.
+    @Test(arguments: [DType.int8, .uint8, .int16])
+    func byteMaximaSubsampleWiderSpans(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 200, serialWorkBelow: 0)]
+        var checked = 0, subsampledWide = 0
+        for kind in PoolKind.allCases {
+            for channels in [1, 3, 6, 8, 12, 16, 24, 32] {
+                for stride in Set([2, 3, 16 / channels + 1, 32 / channels, 32 / channels + 1, 64 / channels, 64 / channels + 1]) where stride >= 2 {
+                    for kernel in Set([stride - 1, stride, stride + 1, (3 * stride + 1) / 2, 2 * stride + 1]) where kernel >= 2 {
+                        for spatial in [[4 * stride + kernel + 5], [3, 5, 2 * stride + kernel]] {
+                            let dims = spatial.count, padding = kernel / 2
+                            let desc = PoolDescriptor(kind: kind, kernelSize: [Int](repeating: 2, count: dims - 1) + [kernel],
+                                                      stride: [Int](repeating: 2, count: dims - 1) + [stride],
+                                                      padding: [Int](repeating: 1, count: dims - 1) + [padding])
+                            let shape = [2] + spatial + [channels], strides = TensorView.contiguousStrides(shape)
+                            let outShape = try desc.outputShape(inputShape: shape)
+                            let view = TensorView(data: nil, dtype: dtype, shape: shape)
+                            let plan = try #require(try engines[0].kernelPlan(desc, input: view))
+                            // The geometry cuts a stride past the padded row to its length.
+                            let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
+                            let span = kind == .max && dtype.size == 1 ? (2 * kernel >= 3 * geometry.strideW ? 64 : 32) : 16
+                            let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= span
+                            if plan.strategy == .widthFirst || plan.strategy == .heightFirst {
+                                #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels)")
+                                subsampledWide += subsampled && geometry.strideW * channels > 16 ? 1 : 0
+                            }
+                            let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 1000 + kernel * 10 + dims))
+                            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                            let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
+                            #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
+                                    "\(desc) \(dtype) \(shape)")
+                            #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * dtype.size) == 0, "\(desc) \(dtype) \(shape)")
+                            checked += 1
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked > 300)
+        #expect((subsampledWide > 20) == (dtype.size == 1))
+    }
+
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the
     /// stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
     /// types from 16; 32-bit integers there sum in Int64 where the windows overlap or touch
@@ -859,22 +910,24 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
-    /// Subsampled rows (stride x channels at most 16) on tiles cut along W, of the types whose
-    /// finish outweighs a copy: each tile row's kept sums are gathered to the start of the
-    /// merged plane, in place where the row lies there (D windows of 2 planes fold into it),
-    /// and finished as one run. Against the reference and bit for bit against one
-    /// thread's default tiles, for 1 to 8 channels, the strides up to the span, 1-d rows
-    /// longer than a tile and 2-d and 3-d tiles of several rows.
-    @Test(arguments: [DType.float16, .bfloat16, .int8, .uint16])
+    /// Subsampled rows (stride x channels at most 16) on tiles cut along W, and on whole rows
+    /// (one thread's default tiles): the kept positions move whole (`positionsCopied`). Sums
+    /// whose finish outweighs a copy, and float16 and bfloat16 maxima, gather each tile row's
+    /// kept positions to the start of the merged plane, in place where the row lies there (D
+    /// windows of 2 planes fold into it), and finish them as one run; other maxima are copied
+    /// out as they are. Against the reference and bit for bit against one thread's default
+    /// tiles, for 1 to 8 channels, the strides up to the span, 1-d rows longer than a tile and
+    /// 2-d and 3-d tiles of several rows, averages and maxima.
+    @Test(arguments: [DType.float16, .bfloat16, .int8, .uint16, .float32])
     func subsampledTilesFinishTheirKeptSums(dtype: DType) throws {
         let engines = [64, 200, 1000].map { PoolEngine(threads: 2, tileBudgetBytes: $0, serialWorkBelow: 0) }
         var checked = 0
-        for channels in 1...8 {
+        for (kind, channels) in PoolKind.allCases.flatMap({ kind in (1...8).map { (kind, $0) } }) {
             for stride in 2...Swift.max(2, 16 / channels) {
                 let kernel = stride + 1, padding = kernel / 2
                 for spatial in [[700], [3, 40], [3, 4, 40]] {
                     let dims = spatial.count
-                    let desc = PoolDescriptor(kind: .average, kernelSize: [Int](repeating: 2, count: dims - 1) + [kernel],
+                    let desc = PoolDescriptor(kind: kind, kernelSize: [Int](repeating: 2, count: dims - 1) + [kernel],
                                               stride: [Int](repeating: 1, count: dims - 1) + [stride],
                                               padding: [Int](repeating: 1, count: dims - 1) + [padding])
                     let shape = [2] + spatial + [channels], strides = TensorView.contiguousStrides(shape)
@@ -896,7 +949,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                 }
             }
         }
-        #expect(checked > 100)
+        #expect(checked > 200)
     }
 }
 

@@ -89,7 +89,6 @@ struct HeightRows<R: WindowReduction> {
 /// associative, so the bits are a left fold's.
 struct HeightBlocks<R: WindowReduction> {
     let source: HeightRows<R>
-    let count: Int
     let ring: UnsafeMutablePointer<R.Accumulator>
     let stride: Int, whole: Int, pitch: Int, padding: Int, length: Int
     /// Blocks below this one are folded into their ring slots.
@@ -97,7 +96,6 @@ struct HeightBlocks<R: WindowReduction> {
 
     init(_ pass: TilePass<R>, rows: HeightRows<R>) {
         source = rows
-        count = rows.columns * rows.channels
         ring = pass.blockRows
         stride = pass.g.strideH
         whole = pass.g.kernelH / stride
@@ -127,7 +125,7 @@ struct HeightBlocks<R: WindowReduction> {
         var first = oh, last = oh + whole
         while first < last && rows(first).isEmpty { first += 1 }
         while last > first && rows(last - 1).isEmpty { last -= 1 }
-        foldTaps(AccumulatorLoader<R>.self, target, count, taps: first..<last, first: true,
+        foldTaps(AccumulatorLoader<R>.self, target, source.columns * source.channels, taps: first..<last, first: true,
                  source: { UnsafePointer(ring + ($0 % slots) * pitch) })
     }
 }

@@ -50,6 +50,10 @@ enum KernelLimits {
     /// The same for windows one row and one plane tall of 8-byte integer sums and maxima
     /// (`WidthPlan`).
     static let subsampledSpanOfWideRows = 4
+    /// The same for 1-byte maxima (`WidthPlan`): one AVX2 vector of them, and two where the
+    /// windows overlap by half a stride or more.
+    static let subsampledSpanOfByteMaxima = 32
+    static let subsampledSpanOfOverlappingByteMaxima = 64
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
     /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
@@ -129,7 +133,8 @@ public struct KernelPlan: Sendable {
     init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
-        width = WidthPlan(g, wideRows: accumulatorSize >= 8, splitsRows: R.splitsRowsIntoPhases && settings.splitsRows)
+        width = WidthPlan(g, wideRows: accumulatorSize >= 8, byteMaxima: R.mergesOverlaps && accumulatorSize == 1,
+                          splitsRows: R.splitsRowsIntoPhases && settings.splitsRows)
         widenOnce = R.widenOutweighsAPass && !width.subsampled
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
         // widened once per pair of output planes whose windows hold it instead of once per W
@@ -281,6 +286,15 @@ public struct KernelPlan: Sendable {
 /// types keep 16: float32, float16, bfloat16 and int8 averages and float32 and int8 maxima were as
 /// fast or faster subsampled (float16 k7 s3 C=3 25-27 vs 38-40), and 2-d and 3-d windows of int32
 /// too (3-d k3 s2 C=2 13-14 vs 17-26).
+///
+/// Maxima of 1-byte types go further (`KernelLimits.subsampledSpanOfByteMaxima`): at every
+/// position their rows fold as whole vectors of 32 bytes, doubled level by level, where at the
+/// stride each position folds its kernel's taps as one short vector of its channels. Subsampled
+/// up to a span of 32, or 64 where the kernel is at least 1.5 strides: 64 MiB, 1 thread, ms, at
+/// the stride vs subsampled, int8 k10 s4 C=6 15.7 vs 9.5, uint8 k5 s4 C=8 7.3-7.5 vs 4.8-4.9,
+/// 3-d k3 s2 C=24 12.4-12.5 vs 5.3-5.5, k4 s4 C=6 9.5-9.8 vs 6.2-6.4; but k7 s6 C=8 (a span of
+/// 48, a kernel under 1.5 strides) 6.0-6.3 vs 9.2-9.7, and k10 s8 C=6 (48) 8.2-8.3 vs 8.4. 2-byte
+/// maxima keep 16 (int16 k10 s4 C=6 7.4-7.7 vs 8.0-8.1).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -288,12 +302,16 @@ struct WidthPlan: Sendable {
     var subsampled: Bool { step == 1 && stride > 1 }
     let stride: Int
 
-    /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima. `splitsRows`: sums
-    /// whose rows `widenedInChunks` splits into the stride's phases (`splitsRowsIntoPhases`).
-    init(_ g: PoolGeometry, wideRows: Bool, splitsRows: Bool = false) {
+    /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima. `byteMaxima`: they
+    /// are 1-byte maxima. `splitsRows`: sums whose rows `widenedInChunks` splits into the
+    /// stride's phases (`splitsRowsIntoPhases`).
+    init(_ g: PoolGeometry, wideRows: Bool, byteMaxima: Bool = false, splitsRows: Bool = false) {
         stride = g.strideW
         let rowsAlone = g.kernelH == 1 && g.kernelD == 1
-        let span = wideRows && rowsAlone ? KernelLimits.subsampledSpanOfWideRows : KernelLimits.subsampledSpan
+        var span = wideRows && rowsAlone ? KernelLimits.subsampledSpanOfWideRows : KernelLimits.subsampledSpan
+        if byteMaxima {
+            span = 2 * g.kernelW >= 3 * g.strideW ? KernelLimits.subsampledSpanOfOverlappingByteMaxima : KernelLimits.subsampledSpanOfByteMaxima
+        }
         // Dense rows alone of 1 or 2 channels at the stride, split into phases: every
         // position folded its kernel's taps, converting each input once per tap (AvgPool1d
         // k11 s7 of 1 float16 channel took 1.5x as long, k6 s4 1.2x).

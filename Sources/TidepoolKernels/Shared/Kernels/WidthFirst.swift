@@ -57,9 +57,7 @@ extension TilePass {
                     // tile's channels are the output's).
                     for oh in 0..<tile.oh.count {
                         let source = UnsafePointer(target) + oh * rowLength, destination = out + oh * outputRow
-                        channelsByPosition(count: g.outW, jumps: (width.stride * channels, channels), channels: channels) { a, b in
-                            destination[b] = source[a]
-                        }
+                        positionsCopied(count: g.outW, jumps: (width.stride * channels, channels), channels: channels, from: source, to: destination)
                     }
                 } else if streaming {
                     tpstream_copy(out, target, planeLength * MemoryLayout<R.Output>.stride)
@@ -107,6 +105,12 @@ extension TilePass {
                 let ow0 = tile.ow.lowerBound
                 let from = source + (ow0 * width.stride / width.step - positions.lowerBound) * channels
                 let to = destination + ow0 * g.channels
+                if width.subsampled && channels == g.channels && R.finishKeepsBits && R.Output.self == R.Accumulator.self {
+                    // The kept maxima copied out position by position, as they are.
+                    let kept = UnsafeMutableRawPointer(to).assumingMemoryBound(to: R.Accumulator.self)
+                    positionsCopied(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels, from: from, to: kept)
+                    continue
+                }
                 if width.subsampled && channels == g.channels && R.finishOutweighsACopy {
                     // The kept sums gathered into one run at the start of `merged`, then finished
                     // as one vector loop: finished position by position, a conversion's scalar
@@ -114,9 +118,7 @@ extension TilePass {
                     // where `from` lies in `merged`: each sum moves to an offset at or below its
                     // own, after every sum read before it (later rows lie past the run).
                     let count = tile.ow.count * channels
-                    channelsByPosition(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels) { a, b in
-                        merged[b] = from[a]
-                    }
+                    positionsCopied(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels, from: from, to: merged)
                     for j in 0..<count { to[j] = R.finish(merged[j], windowSize: windowSize) }
                     continue
                 }
