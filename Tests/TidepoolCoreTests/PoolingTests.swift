@@ -720,8 +720,10 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// column, on 1 thread and (short rows) on tiny tiles on 2; and bit for bit against the
     /// same engines with the split turned off (every position, then subsampled: the same left
     /// fold of each window; sums that cancel, 2^14 - 2^14 + 2^-11, show any change of order).
-    /// Maxima, float32 and int8 keep their paths.
-    @Test(arguments: [DType.float16, .bfloat16, .float32, .int8])
+    /// So are int8 and uint8 averages at strides 2 to 4 whose windows overlap (their sums exact
+    /// in any order; unsplit, every position is reduced and subsampled). Maxima and float32
+    /// keep their paths.
+    @Test(arguments: [DType.float16, .bfloat16, .float32, .int8, .uint8])
     func rowsOfOneOrTwoChannelsSplitIntoPhases(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         let unsplit = [PoolEngine(threads: 1, splitsRows: false), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0, splitsRows: false)]
@@ -744,8 +746,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 let view = TensorView(data: nil, dtype: dtype, shape: shape)
                                 let plan = try #require(try engines[0].kernelPlan(desc, input: view))
                                 // The geometry cuts a stride past the padded row to its length.
-                                let strided = try PoolGeometry(desc, input: view, outputShape: outShape).strideW > 1
-                                let splits = kind == .average && (dtype == .float16 || dtype == .bfloat16) && strided
+                                let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
+                                let strided = geometry.strideW > 1
+                                // 8-bit averages split at strides 2 to 4 where windows overlap.
+                                let bytes = kind == .average && dtype.size == 1 && (2...4).contains(geometry.strideW) && kernel > geometry.strideW
+                                let splits = kind == .average && (dtype == .float16 || dtype == .bfloat16 || bytes) && strided
                                 #expect(plan.subsampledRows == (strided && !splits), "\(desc) \(dtype) C=\(channels)")
                                 let unsplitPlan = try #require(try unsplit[0].kernelPlan(desc, input: view))
                                 #expect(unsplitPlan.subsampledRows == strided, "\(desc) \(dtype) C=\(channels)")
@@ -780,12 +785,13 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 400)
-        #expect((split > 0) == (dtype == .float16 || dtype == .bfloat16))
+        #expect((split > 0) == (dtype != .float32))
     }
 
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
     /// span of channels is at most 32, or 64 where the kernel is at least 1.5 strides
-    /// (`KernelLimits.subsampledSpanOfByteMaxima`); 2-byte maxima and byte averages keep 16.
+    /// (`KernelLimits.subsampledSpanOfByteMaxima`); 2-byte maxima and byte averages keep 16
+    /// (where their rows do not split into phases).
     /// The plan asserted, and against the reference for 1 to 32 channels, spans on both sides
     /// of each limit, kernels shorter than, as long as and longer than the stride, 1-d rows
     /// and 3-d tiles of several rows, bit for bit between one thread and tiles cut along W
@@ -810,7 +816,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             // The geometry cuts a stride past the padded row to its length.
                             let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
                             let span = kind == .max && dtype.size == 1 ? (2 * kernel >= 3 * geometry.strideW ? 64 : 32) : 16
-                            let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= span
+                            // 1-d byte averages of 1-2 channels split into phases at strides 2 to 4
+                            // where windows overlap (`rowsOfOneOrTwoChannelsSplitIntoPhases`).
+                            let split = kind == .average && dtype.size == 1 && dims == 1 && channels <= 2
+                                && (2...4).contains(geometry.strideW) && kernel > geometry.strideW
+                            let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= span && !split
                             if plan.strategy == .widthFirst || plan.strategy == .heightFirst {
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels)")
                                 subsampledWide += subsampled && geometry.strideW * channels > 16 ? 1 : 0

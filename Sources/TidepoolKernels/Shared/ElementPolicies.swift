@@ -68,14 +68,21 @@ extension WindowReduction {
     @inlinable public static func unmerge(_ total: Accumulator, _ part: Accumulator) -> Accumulator {
         preconditionFailure("unmerge of a reduction that does not unmerge exactly")
     }
-    /// Whether strided rows alone of 1 or 2 channels are split into the stride's phases
-    /// (`WidthPlan`, `widenedInChunks`): sums of 16-bit inputs that widen, which their
-    /// positions' folds would convert once per tap (float16 and bfloat16 averages). Not the
-    /// maxima's vector folds, nor integer sums (which take differences of running sums at the
-    /// stride): split, 8-bit averages were up to 1.35x faster at strides 2 to 4 and 1.2x
-    /// slower at 7, and 16-bit ones no faster (docs/performance.md).
-    static var splitsRowsIntoPhases: Bool {
-        MemoryLayout<Input>.size == 2 && Input.self != Accumulator.self && !unmergesExactly && !foldsChannelsAsVector
+    /// Whether strided rows alone of 1 or 2 channels, windows of `kernel` columns at `stride`,
+    /// are split into the stride's phases (`WidthPlan`, `widenedInChunks`): sums of 16-bit
+    /// inputs that widen, which their positions' folds would convert once per tap (float16 and
+    /// bfloat16 averages), and 8-bit integer averages at strides 2 to 4 whose windows overlap,
+    /// which reduced every position and subsampled (spans of at most 8; AvgPool1d k9 s4 of 1
+    /// int8 channel took 1.5 times as long, k6 s4 1.37; k2 s2 of 2 channels was 1.13 times as
+    /// fast unsplit, and at stride 7 the byte split, which does not vectorise there, 1.2). Not
+    /// the maxima's vector folds, nor 16-bit integer sums (no faster split; docs/performance.md).
+    static func splitsRowsIntoPhases(stride: Int, kernel: Int) -> Bool {
+        guard Input.self != Accumulator.self && !foldsChannelsAsVector else { return false }
+        switch MemoryLayout<Input>.size {
+        case 2: return !unmergesExactly
+        case 1: return (2...4).contains(stride) && kernel > stride
+        default: return false
+        }
     }
 }
 

@@ -134,7 +134,7 @@ public struct KernelPlan: Sendable {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
         width = WidthPlan(g, wideRows: accumulatorSize >= 8, byteMaxima: R.mergesOverlaps && accumulatorSize == 1,
-                          splitsRows: R.splitsRowsIntoPhases && settings.splitsRows)
+                          splitsRows: R.splitsRowsIntoPhases(stride: g.strideW, kernel: g.kernelW) && settings.splitsRows)
         widenOnce = R.widenOutweighsAPass && !width.subsampled
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
         // widened once per pair of output planes whose windows hold it instead of once per W

@@ -404,11 +404,14 @@ func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
     rowEnd: UnsafePointer<R.Input>, into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
+    // Rows split into phases (below) first: 8-bit averages split take no running sums.
+    let splits = R.splitsRowsIntoPhases(stride: step, kernel: kernel) && channels <= 2 && step >= 2 && step * channels <= KernelLimits.subsampledSpan
+        && stepW == channels && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
     // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
     // sums start at the identity, one more column than the chunk's.
-    let differences = R.unmergesExactly && kernel >= step
+    let differences = R.unmergesExactly && kernel >= step && !splits
     // Other sums of 3 to 8 channels (scalar folds in `foldPositions`) widen the chunk
     // into `step` phases, phase r holding columns r, r + step, ...: for a fixed tap, the
     // chunk's positions then read one contiguous run of a phase, and the taps fold over the
@@ -418,14 +421,13 @@ func widenedInChunks<R: WindowReduction>(
     // float16 took 1.38x as long, AvgPool2d k9 s5 C=16 float16 1.6x: short runs of a row's
     // few positions).
     // 1 or 2 channels of 16-bit inputs, dense, at a step of 2 to 16 whose span of channels
-    // is at most `KernelLimits.subsampledSpan` (rows alone of float16 and bfloat16 averages:
-    // `WidthPlan`): the chunk's columns are split into phases as they lie, by whole vectors
+    // is at most `KernelLimits.subsampledSpan` (rows alone of float16 and bfloat16 averages,
+    // and of 8-bit integer averages at steps 2 to 4: `WidthPlan`, `splitsRowsIntoPhases`):
+    // the chunk's columns are split into phases as they lie, by whole vectors
     // (`splitIntoPhases`), and each tap converts as it folds, kernel / step conversions per
     // input where every position's fold took kernel. Split a column or two at a time,
     // widened, they were slower than the positions' folds (AvgPool1d k5 s9 C=2 float16 took
     // 1.14x as long), and widened before the split no faster than every position's fold.
-    let splits = R.splitsRowsIntoPhases && channels <= 2 && step >= 2 && step * channels <= KernelLimits.subsampledSpan
-        && stepW == channels && [2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
     let phases = !differences && !R.foldsChannelsAsVector && ((3...KernelLimits.vectorChannels).contains(channels) || splits)
     // Positions per chunk: their windows' columns fit the buffer (none when one window's do
     // not, or the input needs no widening).
