@@ -271,7 +271,8 @@ import Glibc
     /// compare as integer keys, so their folds and scans agree bit for bit (`check`).
     @Test(arguments: [DType.float32, .float64, .float16, .bfloat16])
     func maxKeepsNaNPayloadsAndSignedZeros(dtype: DType) throws {
-        // 3 channels: rows reduce along W as one run; 8: W doubles.
+        // 3 channels: rows reduce along W as one run (float16 and bfloat16 rows are widened
+        // once instead, `KernelPlan.widenOnce`); 8: W doubles.
         for shape in [[2, 9, 10, 13, 3], [1, 6, 7, 17, 8]] {
             try maxKeepsNaNPayloadsAndSignedZeros(dtype: dtype, shape: shape)
         }

@@ -147,6 +147,20 @@ struct StrategyTests {
         // 64-bit integer averages widen each row once (not for subsampled rows).
         let wide64 = Case(kind: .average, dtype: .int64, shape: [1, 8, 16, 16, 8], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
         #expect(try wide64.plan().widenOnce && wide64.plan().prefetchInput)
+        // So do float16 and bfloat16 maxima (a key costs more than a pass) where W folds taps,
+        // or doubles a row of few channels, not where W doubles straight from the rows, nor in
+        // 1-d (rows of few channels fold as one run from the input).
+        for dtype in [DType.float16, .bfloat16] {
+            for (shape, kernel, padding, widens) in [([2, 8, 16, 16, 5], 4, 2, true), ([2, 8, 16, 16, 5], 3, 1, true),
+                                                      ([2, 64, 64, 6], 11, 5, true), ([2, 16, 64, 32], 5, 2, true),
+                                                      ([2, 16, 64, 32], 7, 3, false), ([4, 512, 3], 9, 4, false),
+                                                      ([4, 512, 3], 4, 2, false), ([4, 512, 8], 5, 1, false)] {
+                let half = Case(kind: .max, dtype: dtype, shape: shape, kernel: kernel, stride: 1, padding: padding,
+                                strategy: .widthFirst)
+                let plan = try half.plan()
+                #expect(plan.widenOnce == widens && plan.rowsAsOneRun == (shape == [4, 512, 3]), "\(half)")
+            }
+        }
     }
 
     /// The plan does not depend on the thread count or the tile budget (results are the same

@@ -75,7 +75,8 @@ public struct KernelPlan: Sendable {
     /// How W is reduced: at the output's positions, or at every position and subsampled.
     let width: WidthPlan
     /// Rows are widened once before the W folds (`WindowReduction.widenOutweighsAPass`), not
-    /// once per tap; never for subsampled rows, where it costs more than it saves.
+    /// once per tap; never for subsampled rows, where it costs more than it saves, nor for
+    /// maxima whose rows double along W or whose windows are one row.
     public let widenOnce: Bool
     /// Width first: a plane's dense rows reduce along W as one run (`reduceRowsAsOneRun`) when
     /// the tile holds whole rows of all channels.
@@ -135,7 +136,16 @@ public struct KernelPlan: Sendable {
         let outputSize = MemoryLayout<R.Output>.stride
         width = WidthPlan(g, wideRows: accumulatorSize >= 8, byteMaxima: R.mergesOverlaps && accumulatorSize == 1,
                           splitsRows: R.splitsRowsIntoPhases(stride: g.strideW, kernel: g.kernelW) && settings.splitsRows)
-        widenOnce = R.widenOutweighsAPass && !width.subsampled
+        let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
+        // Maxima widen once where W folds each window's taps, not where it doubles straight
+        // from the row (`doubleAlongW(row:)` reads each input twice; rows of few channels
+        // that would fold as one run double too once widened), nor for one-row windows
+        // (1-d), which fold straight from the input. Widened once, MaxPool2d k7 p3 of 32
+        // bfloat16 channels took 1.1 times as long, MaxPool1d k7 p2 of one 1.4 times and k5
+        // p1 of 8 channels 1.2 times.
+        let doublesFromRows = g.kernelW >= scanTaps && !(g.hasDenseRows && g.channels < KernelLimits.vectorChannels)
+        let keepsRows = R.mergesOverlaps && (doublesFromRows || (g.kernelH == 1 && g.kernelD == 1))
+        widenOnce = R.widenOutweighsAPass && !width.subsampled && !keepsRows
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
         // widened once per pair of output planes whose windows hold it instead of once per W
         // tap, and the D fold reads inputs narrower than the sums the W-first finish reads.
@@ -179,7 +189,6 @@ public struct KernelPlan: Sendable {
         // store into cache instead of waiting on each line (overlapping D windows only: the
         // reduction must be long enough to hide the fetch).
         prefetchOutput = g.kernelD > g.strideD
-        let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
         scansH = (strategy == .widthFirst || strategy == .depthFirst) && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
         scansD = (strategy == .widthFirst || strategy == .heightFirst) && Self.scans(g.kernelD, stride: g.strideD, from: scanTaps)
         let scansW = (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun && g.kernelW >= scanTaps
