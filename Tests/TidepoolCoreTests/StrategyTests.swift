@@ -124,6 +124,12 @@ struct StrategyTests {
         let strided64 = Case(kind: .max, dtype: .float64, shape: [4, 128, 128, 128, 1], kernel: 9, stride: 3, padding: 4,
                              strategy: .heightFirst)
         #expect(try strided64.plan().strategy == .heightFirst && strided64.plan().prefetchInput)
+        // Whether or not D windows overlap (k2 s2, k3 s3: each plane in one window).
+        #expect(try Self.cases[0].plan().strategy == .heightFirst && Self.cases[0].plan().prefetchInput)
+        for dtype in [DType.float64, .int8] {
+            let apart = Case(kind: .max, dtype: dtype, shape: [2, 9, 30, 30, 5], kernel: 3, stride: 3, padding: 0, strategy: .heightFirst)
+            #expect(try apart.plan().strategy == .heightFirst && apart.plan().prefetchInput, "\(apart)")
+        }
         // 32 channels, 64 MiB of output: streamed, not reduced as one run.
         let wide = try Self.cases[4].plan()
         #expect(wide.streamOutput && !wide.rowsAsOneRun)
