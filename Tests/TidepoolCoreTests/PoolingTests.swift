@@ -752,8 +752,10 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 let bytes = kind == .average && dtype.size == 1 && (2...4).contains(geometry.strideW) && kernel > geometry.strideW
                                 let splits = kind == .average && (dtype == .float16 || dtype == .bfloat16 || bytes) && strided
                                 #expect(plan.subsampledRows == (strided && !splits), "\(desc) \(dtype) C=\(channels)")
+                                #expect(plan.splitsRowsIntoPhases == splits, "\(desc) \(dtype) C=\(channels)")
                                 let unsplitPlan = try #require(try unsplit[0].kernelPlan(desc, input: view))
-                                #expect(unsplitPlan.subsampledRows == strided, "\(desc) \(dtype) C=\(channels)")
+                                #expect(unsplitPlan.subsampledRows == strided && !unsplitPlan.splitsRowsIntoPhases,
+                                        "\(desc) \(dtype) C=\(channels)")
                                 // Columns `gap` elements apart past their channels (a strided view).
                                 let columnStep = channels + gap, strides = [width * columnStep, columnStep, 1]
                                 let seed = UInt64(channels * 1000 + kernel * 10 + padding + gap)
@@ -786,6 +788,13 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
         #expect(checked > 400)
         #expect((split > 0) == (dtype != .float32))
+        // Past a span of 16 rows reduce at the stride, unsplit (`splitIntoPhases` takes steps
+        // up to 16).
+        for (channels, stride) in [(1, 17), (2, 9)] {
+            let desc = PoolDescriptor(kind: .average, kernelSize: [stride + 2], stride: [stride], padding: [0])
+            let plan = try #require(try engines[0].kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: [2, 80, channels])))
+            #expect(!plan.splitsRowsIntoPhases && !plan.subsampledRows, "\(desc) \(dtype) C=\(channels)")
+        }
     }
 
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
@@ -838,7 +847,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 300)
-        #expect((subsampledWide > 20) == (dtype.size == 1))
+        // 2-byte maxima keep 16: no span past it is subsampled.
+        #expect(dtype.size == 1 ? subsampledWide > 20 : subsampledWide == 0)
     }
 
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the

@@ -128,8 +128,15 @@ struct StrategyTests {
         #expect(try Self.cases[0].plan().strategy == .heightFirst && Self.cases[0].plan().prefetchInput)
         for dtype in [DType.float64, .int8] {
             let apart = Case(kind: .max, dtype: dtype, shape: [2, 9, 30, 30, 5], kernel: 3, stride: 3, padding: 0, strategy: .heightFirst)
-            #expect(try apart.plan().strategy == .heightFirst && apart.plan().prefetchInput, "\(apart)")
+            #expect(try apart.plan().strategy == .heightFirst && apart.plan().prefetchInput && apart.plan().prefetchPlaneAhead, "\(apart)")
         }
+        // Width first fetches each plane while the one before is reduced at a D stride of 1 only
+        // (k5 s1, one channel, above), not where windows add several planes (k11 s5).
+        #expect(try Self.cases[7].plan().strategy == .widthFirst && Self.cases[7].plan().prefetchPlaneAhead)
+        let several = Case(kind: .average, dtype: .bfloat16, shape: [1, 30, 30, 30, 24], kernel: 11, stride: 5, padding: 4,
+                           strategy: .widthFirst)
+        #expect(try several.plan().strategy == .widthFirst && several.plan().prefetchInput && !several.plan().prefetchPlaneAhead)
+        #expect(try !Self.cases[8].plan().prefetchPlaneAhead)
         // 32 channels, 64 MiB of output: streamed, not reduced as one run.
         let wide = try Self.cases[4].plan()
         #expect(wide.streamOutput && !wide.rowsAsOneRun)
@@ -155,15 +162,21 @@ struct StrategyTests {
         #expect(try wide64.plan().widenOnce && wide64.plan().prefetchInput)
         // So do float16 and bfloat16 maxima (a key costs more than a pass) where W folds taps,
         // or doubles a row of few channels, not where W doubles straight from the rows, nor in
-        // 1-d (rows of few channels fold as one run from the input).
+        // 1-d (rows of few channels fold as one run from the input). (3-d k3 plans depth
+        // first, whose passes do not read the option; it is pinned all the same.)
         for dtype in [DType.float16, .bfloat16] {
-            for (shape, kernel, padding, widens) in [([2, 8, 16, 16, 5], 4, 2, true), ([2, 8, 16, 16, 5], 3, 1, true),
-                                                      ([2, 64, 64, 6], 11, 5, true), ([2, 16, 64, 32], 5, 2, true),
-                                                      ([2, 16, 64, 32], 7, 3, false), ([4, 512, 3], 9, 4, false),
-                                                      ([4, 512, 3], 4, 2, false), ([4, 512, 8], 5, 1, false)] {
+            for (shape, kernel, padding, widens, strategy) in [([2, 8, 16, 16, 5], 4, 2, true, Strategy.widthFirst),
+                                                                ([2, 8, 16, 16, 5], 3, 1, true, .depthFirst),
+                                                                ([2, 64, 64, 6], 11, 5, true, .widthFirst),
+                                                                ([2, 16, 64, 32], 5, 2, true, .widthFirst),
+                                                                ([2, 16, 64, 32], 7, 3, false, .widthFirst),
+                                                                ([4, 512, 3], 9, 4, false, .widthFirst),
+                                                                ([4, 512, 3], 4, 2, false, .widthFirst),
+                                                                ([4, 512, 8], 5, 1, false, .widthFirst)] {
                 let half = Case(kind: .max, dtype: dtype, shape: shape, kernel: kernel, stride: 1, padding: padding,
-                                strategy: .widthFirst)
+                                strategy: strategy)
                 let plan = try half.plan()
+                #expect(plan.strategy == strategy, "\(half): \(plan.strategy)")
                 #expect(plan.widenOnce == widens && plan.rowsAsOneRun == (shape == [4, 512, 3]), "\(half)")
             }
         }

@@ -20,11 +20,7 @@ extension TilePass {
         // fetched all at once while the plane before finished (`upcomingInput`), the planes
         // that the next output plane's window adds (3 at D stride 3) were late (AvgPool3d k9
         // s3 of 1 bfloat16 channel, blocks along H: 1.3x as long; docs/performance.md).
-        var ahead = PrefetchRegion.none
-        if kernel.prefetchInput {
-            let (_, last) = windowBounds(tile.od.upperBound - 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-            if d + 1 < last { ahead = inputRegion(planes: (d + 1)..<(d + 2), rows: inputRows) }
-        }
+        let ahead = planeAfter(d)
         for oh in tile.oh {
             prefetch(ahead, part: oh - tile.oh.lowerBound, of: tile.oh.count)
             let out = plane + (oh - tile.oh.lowerBound) * rowLength

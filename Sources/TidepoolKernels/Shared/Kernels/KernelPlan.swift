@@ -93,6 +93,9 @@ public struct KernelPlan: Sendable {
     public let rowWindows: Bool
     /// The next plane's input rows are prefetched while the current plane finishes.
     public let prefetchInput: Bool
+    /// Each input plane after a tile's first is also prefetched while the one before is
+    /// reduced (height first; width first at a D stride of 1).
+    public let prefetchPlaneAhead: Bool
     /// The output plane is prefetched for writing while input is reduced (width first).
     public let prefetchOutput: Bool
     /// The AVX-512 kernels (`VectorFinish`) finish the outputs, where the strategy, the type and
@@ -128,6 +131,8 @@ public struct KernelPlan: Sendable {
     public var usesVectorFinish: Bool { vectorFinish != nil }
     /// Whether outputs are taken at every `stride`-th position of rows reduced at every position.
     public var subsampledRows: Bool { width.subsampled }
+    /// Whether rows are split into the W stride's phases as they are widened.
+    public var splitsRowsIntoPhases: Bool { width.splitsPhases }
 
     /// The plan for `g` with elements reduced by `R`, under the engine's `settings` (tests
     /// change them to reach every path).
@@ -143,7 +148,9 @@ public struct KernelPlan: Sendable {
         // (1-d), which fold straight from the input. Widened once, MaxPool2d k7 p3 of 32
         // bfloat16 channels took 1.1 times as long, MaxPool1d k7 p2 of one 1.4 times and k5
         // p1 of 8 channels 1.2 times.
-        let doublesFromRows = g.kernelW >= scanTaps && !(g.hasDenseRows && g.channels < KernelLimits.vectorChannels)
+        // Dense rows of fewer channels than a vector: a plane's rows run as one (below).
+        let denseFewChannels = g.hasDenseRows && g.channels < KernelLimits.vectorChannels
+        let doublesFromRows = g.kernelW >= scanTaps && !denseFewChannels
         let keepsRows = R.mergesOverlaps && (doublesFromRows || (g.kernelH == 1 && g.kernelD == 1))
         widenOnce = R.widenOutweighsAPass && !width.subsampled && !keepsRows
         // Depth first pays for inputs that are widened, and for 16-bit ones: an input is
@@ -165,8 +172,7 @@ public struct KernelPlan: Sendable {
         } else {
             strategy = .widthFirst
         }
-        rowsAsOneRun = strategy == .widthFirst && g.hasDenseRows && !widenOnce && width.step == 1
-            && g.channels < KernelLimits.vectorChannels
+        rowsAsOneRun = strategy == .widthFirst && denseFewChannels && !widenOnce && width.step == 1
         let narrowing = outputSize <= accumulatorSize
         rowsFinishAsRuns = !width.subsampled || (narrowing && R.finishOutweighsACopy)
         // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
@@ -186,6 +192,12 @@ public struct KernelPlan: Sendable {
         // channel took 1.8x as long without), whether or not D windows overlap (MaxPool3d k2
         // s2 p0 of 3 float32 channels 1.9x, k3 s3 of 5 int8 channels 2.5x).
         prefetchInput = strategy == .heightFirst || ((inputSize < 8 || R.widenOutweighsAPass) && g.kernelD > g.strideD)
+        // Fetched while the plane before is reduced, the next plane is in cache before the
+        // finish that used to fetch it alone (MaxPool3d k3 s1 p1 of 16 float32 channels took
+        // 1.15 times as long without, AvgPool3d of 8 1.08). Not at larger D strides, whose
+        // windows add several planes each: fetched one by one, AvgPool3d k11 s5 of 24
+        // bfloat16 channels took 1.04 times as long, k5 s2 of 16 int8 maxima the same.
+        prefetchPlaneAhead = prefetchInput && (strategy == .heightFirst || strategy == .widthFirst && g.strideD == 1)
         // Fetching the output plane for writing while input is reduced lets the finishing pass
         // store into cache instead of waiting on each line (overlapping D windows only: the
         // reduction must be long enough to hide the fetch).
@@ -311,6 +323,9 @@ struct WidthPlan: Sendable {
     /// Output ow is position ow * stride / step.
     var subsampled: Bool { step == 1 && stride > 1 }
     let stride: Int
+    /// Rows alone of 1 or 2 dense channels at the stride, split into its phases as they are
+    /// widened (`widenedInChunks`).
+    let splitsPhases: Bool
 
     /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima. `byteMaxima`: they
     /// are 1-byte maxima. `splitsRows`: sums whose rows `widenedInChunks` splits into the
@@ -325,8 +340,10 @@ struct WidthPlan: Sendable {
         // Dense rows alone of 1 or 2 channels at the stride, split into phases: every
         // position folded its kernel's taps, converting each input once per tap (AvgPool1d
         // k11 s7 of 1 float16 channel took 1.5x as long, k6 s4 1.2x).
-        let split = splitsRows && rowsAlone && g.channels <= 2 && g.stepC == 1 && g.stepW == g.channels
-        step = g.strideW > 1 && g.strideW * g.channels <= span && !split ? 1 : g.strideW
+        // (Steps 2 to 16 split: `splitIntoPhases`.)
+        splitsPhases = splitsRows && rowsAlone && g.channels <= 2 && g.stepC == 1 && g.stepW == g.channels
+            && g.strideW >= 2 && g.strideW * g.channels <= KernelLimits.subsampledSpan
+        step = g.strideW > 1 && g.strideW * g.channels <= span && !splitsPhases ? 1 : g.strideW
     }
 
     /// Positions covering outputs [ow0, ow1).

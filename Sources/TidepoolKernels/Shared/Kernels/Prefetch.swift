@@ -39,6 +39,14 @@ extension TilePass {
         return inputRegion(planes: first..<Swift.max(first, Swift.min(end, next1)), rows: inputRows)
     }
 
+    /// The input rows of plane d + 1, where the plan fetches each plane while the one before
+    /// is reduced (`KernelPlan.prefetchPlaneAhead`) and the tile's windows read it.
+    func planeAfter(_ d: Int) -> PrefetchRegion {
+        guard kernel.prefetchPlaneAhead else { return .none }
+        let (_, last) = windowBounds(tile.od.upperBound - 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+        return d + 1 < last ? inputRegion(planes: (d + 1)..<(d + 2), rows: inputRows) : .none
+    }
+
     /// Input rows `rows` of planes `planes` of the tile's batch entry, when rows are dense (a
     /// contiguous run per plane); nothing otherwise.
     func inputRegion(planes: Range<Int>, rows: Range<Int>) -> PrefetchRegion {
@@ -51,15 +59,17 @@ extension TilePass {
     }
 
     /// Runs `body` over `range` cut into `prefetchChunks` parts (fewer when it is shorter: no
-    /// part is empty), prefetching the matching part of `region` after each (in one part when
-    /// there is nothing to prefetch). A 2-d pooling's rows run as planes of one row, and
+    /// part is empty), prefetching the matching parts of `region` and `second` after each (in
+    /// one part when there is nothing to prefetch). A 2-d pooling's rows run as planes of one row, and
     /// sixteen calls of the body and of the prefetch for one row cost more than the row.
     @inline(__always)
-    func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, _ body: (Range<Int>) -> Void) {
-        let parts = region.isEmpty || range.isEmpty ? 1 : Swift.min(Self.prefetchChunks, range.count)
+    func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, and second: PrefetchRegion = .none,
+                 _ body: (Range<Int>) -> Void) {
+        let parts = region.isEmpty && second.isEmpty || range.isEmpty ? 1 : Swift.min(Self.prefetchChunks, range.count)
         for part in 0..<parts {
             body((range.lowerBound + range.count * part / parts)..<(range.lowerBound + range.count * (part + 1) / parts))
             prefetch(region, part: part, of: parts)
+            prefetch(second, part: part, of: parts)
         }
     }
 

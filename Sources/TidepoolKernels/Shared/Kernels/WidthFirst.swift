@@ -178,7 +178,8 @@ extension TilePass {
 
     /// Reduces input plane d along W and H into its ring slot, for the tile's rows, prefetching
     /// `outputAhead` for writing meanwhile (in W-first order only: H-first planes are strided,
-    /// and their outputs subsampled in scratch, so there is rarely an output to fetch).
+    /// and their outputs subsampled in scratch, so there is rarely an output to fetch), and
+    /// the next plane where the plan says (`planeAfter`).
     func reducePlane(_ d: Int, outputAhead: PrefetchRegion) {
         if kernel.strategy == .heightFirst {
             reducePlaneHeightFirst(d)
@@ -189,10 +190,11 @@ extension TilePass {
         // reduced along W straight into its ring slot, not copied there from `reducedRows`.
         let rowsAreOutputs = g.kernelH == 1 && g.strideH == 1 && g.padH == 0
         let target = rowsAreOutputs ? ringSlot(d) : reducedRows
+        let ahead = planeAfter(d)
         if planeRun {
-            reduceRowsAsOneRun(d: d, rows: inputRows, into: target, outputAhead: outputAhead)
+            reduceRowsAsOneRun(d: d, rows: inputRows, into: target, outputAhead: outputAhead, inputAhead: ahead)
         } else {
-            inParts(inputRows, prefetching: outputAhead) { part in
+            inParts(inputRows, prefetching: outputAhead, and: ahead) { part in
                 for h in part { reduceRow(d: d, h: h, into: target + (h - firstRow) * rowLength) }
             }
         }
@@ -232,7 +234,7 @@ extension TilePass {
             return
         }
         guard fusedRow && width.step == 1 else {
-            reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, step: width.step,
+            reducePositions(R.self, g, row: row + tile.c.lowerBound * g.stepC, positions: positions, width: width,
                             channels: channels, into: destination)
             return
         }
@@ -277,7 +279,8 @@ extension TilePass {
     /// row would cost more than their folds. Positions outside `interiorPositions` (windows crossing a
     /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
     /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
-    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, into reduced: UnsafeMutablePointer<R.Accumulator>, outputAhead: PrefetchRegion) {
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, into reduced: UnsafeMutablePointer<R.Accumulator>, outputAhead: PrefetchRegion,
+                            inputAhead: PrefetchRegion) {
         guard !rows.isEmpty else { return }
         let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
         let channels = channels, first = firstColumn, interior = interiorPositions
@@ -285,7 +288,7 @@ extension TilePass {
         // stays within the rows.
         let start = interior.lowerBound * channels
         let length = ((rows.count - 1) * g.inW + interior.upperBound) * channels - start
-        inParts(start..<(start + length), prefetching: outputAhead) { part in
+        inParts(start..<(start + length), prefetching: outputAhead, and: inputAhead) { part in
             foldTaps(InputLoader<R>.self, reduced + part.lowerBound, part.count, taps: 0..<g.kernelW, first: true,
                      source: { UnsafePointer(block + (first + $0) * channels + part.lowerBound) })
         }
@@ -353,9 +356,10 @@ extension TilePass {
 /// left fold either way.
 @inline(never)
 func reducePositions<R: WindowReduction>(
-    _: R.Type, _ g: PoolGeometry, row: UnsafePointer<R.Input>, positions: Range<Int>, step: Int, channels: Int,
+    _: R.Type, _ g: PoolGeometry, row: UnsafePointer<R.Input>, positions: Range<Int>, width: WidthPlan, channels: Int,
     into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
+    let step = width.step
     // Positions whose windows start at or after column 0 and end at or before inW (none when
     // the kernel is longer than the part of the padded row that holds input).
     let lowest = Swift.max((g.padW + step - 1) / step, positions.lowerBound)
@@ -366,7 +370,7 @@ func reducePositions<R: WindowReduction>(
         let out = destination + (lowest - positions.lowerBound) * channels
         let first = row + (lowest * step - g.padW) * g.stepW
         widenedInChunks(R.self, first, count: inner.count, step: step, stepW: g.stepW, kernel: g.kernelW, channels: channels,
-                        rowEnd: row + g.inW * g.stepW, into: out)
+                        splitsPhases: width.splitsPhases, rowEnd: row + g.inW * g.stepW, into: out)
     }
 
     /// Position `q`'s in-bounds taps, one position.
@@ -402,11 +406,11 @@ func reducePositions<R: WindowReduction>(
 @inline(__always)
 func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
-    rowEnd: UnsafePointer<R.Input>, into destination: UnsafeMutablePointer<R.Accumulator>
+    splitsPhases: Bool, rowEnd: UnsafePointer<R.Input>, into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
-    // Rows split into phases (below) first: 8-bit averages split take no running sums.
-    let splits = R.splitsRowsIntoPhases(stride: step, kernel: kernel) && channels <= 2 && step >= 2 && step * channels <= KernelLimits.subsampledSpan
-        && stepW == channels && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
+    // Rows split into phases (below) where the plan says (`WidthPlan.splitsPhases`), of units
+    // `splitIntoPhases` moves whole: 8-bit averages split take no running sums.
+    let splits = splitsPhases && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
     // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
