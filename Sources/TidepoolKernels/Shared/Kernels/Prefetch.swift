@@ -40,9 +40,10 @@ extension TilePass {
     }
 
     /// The input rows of plane d + 1, where the plan fetches each plane while the one before
-    /// is reduced (`KernelPlan.prefetchPlaneAhead`) and the tile's windows read it.
+    /// is reduced (`KernelPlan.prefetchPlaneAhead`) and the tile's windows read it (windows
+    /// shorter than the D stride skip the planes between them).
     func planeAfter(_ d: Int) -> PrefetchRegion {
-        guard kernel.prefetchPlaneAhead else { return .none }
+        guard kernel.prefetchPlaneAhead, (d + 1 + g.padD) % g.strideD < g.kernelD else { return .none }
         let (_, last) = windowBounds(tile.od.upperBound - 1, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
         return d + 1 < last ? inputRegion(planes: (d + 1)..<(d + 2), rows: inputRows) : .none
     }
