@@ -795,6 +795,17 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             let plan = try #require(try engines[0].kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: [2, 80, channels])))
             #expect(!plan.splitsRowsIntoPhases && !plan.subsampledRows, "\(desc) \(dtype) C=\(channels)")
         }
+        // A tile budget so small that tiles hold one of two channels: a split row's columns
+        // are then not contiguous in the tile (the plan still splits; the rows must not).
+        let tiny = PoolEngine(threads: 1, tileBudgetBytes: 8, serialWorkBelow: 0)
+        for kind in PoolKind.allCases {
+            let desc = PoolDescriptor(kind: kind, kernelSize: [5], stride: [3], padding: [2])
+            let shape = [2, 37, 2], strides = TensorView.contiguousStrides(shape)
+            let input = randomInput(dtype, shape: shape, seed: 77)
+            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+            let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: tiny)
+            #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil, "\(desc) \(dtype) tiny tiles")
+        }
     }
 
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's

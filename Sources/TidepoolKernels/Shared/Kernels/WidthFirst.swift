@@ -409,8 +409,10 @@ func widenedInChunks<R: WindowReduction>(
     splitsPhases: Bool, rowEnd: UnsafePointer<R.Input>, into destination: UnsafeMutablePointer<R.Accumulator>
 ) {
     // Rows split into phases (below) where the plan says (`WidthPlan.splitsPhases`), of units
-    // `splitIntoPhases` moves whole: 8-bit averages split take no running sums.
-    let splits = splitsPhases && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
+    // `splitIntoPhases` moves whole: 8-bit averages split take no running sums. The plan
+    // knows the row's channels; a tile may hold fewer (one of two, on a tiny tile budget),
+    // and then its columns are not contiguous units.
+    let splits = splitsPhases && stepW == channels && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
     // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
