@@ -145,11 +145,14 @@ import Glibc
     }
 
     /// Blocks along H (height first, `KernelPlan.blocksH`) at every row stride from 3 to half
-    /// the kernel, kernels a multiple of the stride (the others, and stride 2, fold): unpadded,
-    /// centred and padded wider than the kernel (blocks wholly in padding), over columns from
-    /// shorter than the kernel to a few strides past it (windows clipped at both ends), with
-    /// 1 and 3 channels and, along D, one plane and a window of 2. Tiny tiles start the
-    /// blocks at every output row (`check`: the same bits).
+    /// the kernel, kernels a multiple of the stride, and pairs along H (`KernelPlan.pairsH`)
+    /// for the others at strides 2 to 4 (past 4 they fold): unpadded, centred and padded wider
+    /// than the kernel (blocks wholly in padding), over columns from shorter than the kernel to
+    /// a few strides past it (windows clipped at both ends, pairs only where both windows are
+    /// whole), with 1 and 3 channels and, along D, one plane and a window of 2. Tiny tiles
+    /// start the blocks at every output row and leave no pairs (`check`: the same bits, so a
+    /// float sum's window has the pair's bits folded alone), and the folds have neither (the
+    /// same bits for maxima and integer sums).
     @Test(arguments: [DType.float32, .bfloat16, .int8, .uint8, .int64, .float64], PoolKind.allCases)
     func blocksAlongHAtEveryRowStride(dtype: DType, kind: PoolKind) throws {
         var rng = SplitMix64(seed: 0xB10C ^ UInt64(dtype.code) << 8 ^ (kind == .max ? 1 : 0))
@@ -163,7 +166,9 @@ import Glibc
                 let shape = [2] + (planes ? [3] : []) + [rows, 5, Bool.random(using: &rng) ? 1 : 3]
                 guard let outputShape = try? desc.outputShape(inputShape: shape), !outputShape.contains(0) else { continue }
                 let plan = try #require(try Self.scanning.kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
-                #expect(plan.strategy == .heightFirst && plan.blocksH == (stride >= 3 && k % stride == 0), "\(desc) \(shape)")
+                let blocks = stride >= 3 && k % stride == 0
+                #expect(plan.strategy == .heightFirst && plan.blocksH == blocks, "\(desc) \(shape)")
+                #expect(plan.pairsH == (!blocks && stride <= 4), "\(desc) \(dtype) \(shape)")
                 try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
             }
         }
@@ -177,6 +182,11 @@ import Glibc
         let k10 = PoolDescriptor(kind: kind, kernelSize: [3, 10, 3], stride: [1, 4, 3], padding: [1, 5, 1])
         #expect(try PoolEngine(threads: 1).kernelPlan(k10, input: input)?.blocksH == false)
         #expect(try Self.folding.kernelPlan(k9, input: input)?.blocksH == false)
+        // k10 s4 pairs, k5 s3 (below the scans' threshold) does not.
+        #expect(try PoolEngine(threads: 1).kernelPlan(k10, input: input)?.pairsH == true)
+        #expect(try PoolEngine(threads: 1).kernelPlan(k5, input: input)?.pairsH == false)
+        #expect(try PoolEngine(threads: 1).kernelPlan(k9, input: input)?.pairsH == false)
+        #expect(try Self.folding.kernelPlan(k10, input: input)?.pairsH == false)
     }
 
     @Test(arguments: DType.allCases)

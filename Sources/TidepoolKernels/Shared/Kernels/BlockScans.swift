@@ -197,7 +197,7 @@ extension TilePass {
 
     /// `reducePaddedRow` for max by doubling (`KernelPlan.doublesW`): level by level, column j
     /// holds the max of columns j ..< j + 2^i (two of the level below, 2^(i-1) apart), between
-    /// `paddedRow` and `doubledRow`, up to the largest 2^i within the kernel; each position is
+    /// `padded` and `doubledRow`, up to the largest 2^i within the kernel; each position is
     /// then the merge of the two such windows that start at its first and end at its last
     /// column. About log2(kernel) + 1 merges per position instead of kernel - 1, with the left
     /// fold's bits. The type's comment argues it for adjacent parts; for parts that overlap it
@@ -205,10 +205,11 @@ extension TilePass {
     /// window's last NaN, which `merge` keeps; without one, the left part holds the window's
     /// first columns, so where its maximum is not below the right's, its first maximum is the
     /// window's, and `merge` keeps the left of equal values.
-    /// The padding columns of `paddedRow` are set back to the identity afterwards.
-    func doubleAlongW(into destination: UnsafeMutablePointer<R.Accumulator>) {
-        doubleLevels(paddedRow, doubledRow, width: 1, into: destination)
-        fillPaddingOfPaddedRow()
+    /// The padding columns of `padded` (`paddedRow` or a row like it) are set back to the
+    /// identity afterwards.
+    func doubleAlongW(_ padded: UnsafeMutablePointer<R.Accumulator>, into destination: UnsafeMutablePointer<R.Accumulator>) {
+        doubleLevels(padded, doubledRow, width: 1, into: destination)
+        fillPadding(of: padded)
     }
 
     /// `doubleAlongW` for fused input row `row` (at the tile's first channel), its first level

@@ -106,6 +106,48 @@ func foldPair<L: SourceLoader>(
     }
 }
 
+/// Finishes two windows that start `stride` (2 to `KernelLimits.pairedHStride`) sources
+/// apart, the sources they share folded into `second` already, in one pass: into `first`,
+/// the first window's own sources (`source(0 ..< stride)`, before the shared ones) and
+/// `second`; into `second`, the second window's own (`source(stride ..< 2 * stride)`, after
+/// them). The second window is a left fold of its sources. The first is one too for maxima
+/// (own sources, then the shared fold: merges are associative, and of equal values the first
+/// must stay); sums add their own sources after the shared fold, the order in which
+/// `HeightRows.foldFirstOfPair` folds such a window alone (`KernelPlan.pairsH`).
+@inline(__always)
+func windowPair<L: SourceLoader>(
+    _: L.Type, _ first: UnsafeMutablePointer<L.Reduction.Accumulator>, _ second: UnsafeMutablePointer<L.Reduction.Accumulator>,
+    _ length: Int, stride: Int, source: (Int) -> UnsafePointer<L.Source>
+) {
+    typealias R = L.Reduction
+    let load = L.load, o0 = first, o1 = second
+    let a0 = source(0), a1 = source(1), b0 = source(stride), b1 = source(stride + 1)
+    switch stride {
+    case 2:
+        for j in 0..<length {
+            let m = o1[j]
+            o0[j] = R.mergesOverlaps ? R.merge(R.merge(load(a0[j]), load(a1[j])), m) : R.merge(R.merge(m, load(a0[j])), load(a1[j]))
+            o1[j] = R.merge(R.merge(m, load(b0[j])), load(b1[j]))
+        }
+    case 3:
+        let a2 = source(2), b2 = source(5)
+        for j in 0..<length {
+            let m = o1[j]
+            o0[j] = R.mergesOverlaps ? R.merge(R.merge(R.merge(load(a0[j]), load(a1[j])), load(a2[j])), m)
+                : R.merge(R.merge(R.merge(m, load(a0[j])), load(a1[j])), load(a2[j]))
+            o1[j] = R.merge(R.merge(R.merge(m, load(b0[j])), load(b1[j])), load(b2[j]))
+        }
+    default:
+        let a2 = source(2), a3 = source(3), b2 = source(6), b3 = source(7)
+        for j in 0..<length {
+            let m = o1[j]
+            o0[j] = R.mergesOverlaps ? R.merge(R.merge(R.merge(R.merge(load(a0[j]), load(a1[j])), load(a2[j])), load(a3[j])), m)
+                : R.merge(R.merge(R.merge(R.merge(m, load(a0[j])), load(a1[j])), load(a2[j])), load(a3[j]))
+            o1[j] = R.merge(R.merge(R.merge(R.merge(m, load(b0[j])), load(b1[j])), load(b2[j])), load(b3[j]))
+        }
+    }
+}
+
 /// Writes finished outputs from 3 to 6 sources.
 @inline(__always)
 func finishPass<L: SourceLoader>(

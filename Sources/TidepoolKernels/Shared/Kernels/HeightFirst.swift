@@ -8,38 +8,66 @@ extension TilePass {
     /// rows are folded (widened) into `paddedRow`, identity where the padding is, and that row
     /// is reduced along W at the plan's positions (every position, or the output's own at a
     /// W stride above 1), each window's taps from its first column, padded ones included.
+    /// Where the plan pairs H windows (`KernelPlan.pairsH`), two output rows fold at once,
+    /// the second into `blockRows`.
     func reducePlaneHeightFirst(_ d: Int) {
         let plane = ringSlot(d)
         let channels = channels, stepW = g.stepW, stepC = g.stepC
         let base = input + tile.n * g.stepN + d * g.stepD + (firstColumn + inputColumns.lowerBound) * stepW + tile.c.lowerBound * stepC
         let valid = paddedRow + inputColumns.lowerBound * channels
         let source = HeightRows<R>(base: base, columns: inputColumns.count, channels: channels, stepH: g.stepH, stepW: stepW, stepC: stepC)
-        fillPaddingOfPaddedRow()
+        fillPadding(of: paddedRow)
+        // Pairs along H: the second row of a pair (the same padding).
+        let pairs = kernel.pairsH && source.dense
+        if pairs { fillPadding(of: blockRows) }
         var blocks = HeightBlocks(self, rows: source)
         // The next plane this tile reduces, fetched while this one is, spread over its rows:
         // fetched all at once while the plane before finished (`upcomingInput`), the planes
         // that the next output plane's window adds (3 at D stride 3) were late (AvgPool3d k9
         // s3 of 1 bfloat16 channel, blocks along H: 1.3x as long; docs/performance.md).
         let ahead = planeAfter(d)
-        for oh in tile.oh {
+        let strideH = g.strideH, kernelH = g.kernelH
+        var oh = tile.oh.lowerBound
+        while oh < tile.oh.upperBound {
             prefetch(ahead, part: oh - tile.oh.lowerBound, of: tile.oh.count)
             let out = plane + (oh - tile.oh.lowerBound) * rowLength
-            let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-            if h0 >= h1 {
-                for j in 0..<rowLength { out[j] = R.identity }
+            let (h0, h1) = windowBounds(oh, stride: strideH, padding: g.padH, kernel: kernelH, length: g.inH)
+            // Two full windows (none of their rows in padding), the first at an even row, fold
+            // as a pair; a full window at an even row folds alone in the pair's order.
+            let start = oh * strideH - g.padH
+            let fullAndEven = kernel.pairsH && oh % 2 == 0 && start >= 0 && start + kernelH <= g.inH
+            if pairs && fullAndEven && oh + 1 < tile.oh.upperBound && start + strideH + kernelH <= g.inH {
+                prefetch(ahead, part: oh + 1 - tile.oh.lowerBound, of: tile.oh.count)
+                source.foldPair(from: start, kernel: kernelH, stride: strideH, into: valid, blockRows + inputColumns.lowerBound * channels)
+                reduceAlongW(paddedRow, into: out)
+                reduceAlongW(blockRows, into: out + rowLength)
+                oh += 2
                 continue
             }
-            if kernel.blocksH {
-                blocks.fold(oh, into: valid)
+            if h0 >= h1 {
+                for j in 0..<rowLength { out[j] = R.identity }
             } else {
-                source.fold(h0..<h1, into: valid, first: true)
+                if kernel.blocksH {
+                    blocks.fold(oh, into: valid)
+                } else if fullAndEven {
+                    source.foldFirstOfPair(from: start, kernel: kernelH, stride: strideH, into: valid)
+                } else {
+                    source.fold(h0..<h1, into: valid, first: true)
+                }
+                reduceAlongW(paddedRow, into: out)
             }
-            if width.step == 1 {
-                reducePaddedRow(into: out)
-            } else {
-                foldPositions(AccumulatorLoader<R>.self, UnsafePointer(paddedRow), count: positions.count, jump: width.step * channels,
-                              tapStep: channels, taps: g.kernelW, channels: channels, into: out)
-            }
+            oh += 1
+        }
+    }
+
+    /// Reduces `padded` (a row of the span, folded along H) along W into ring row `out`, at
+    /// every position or at the plan's.
+    @inline(__always) private func reduceAlongW(_ padded: UnsafeMutablePointer<R.Accumulator>, into out: UnsafeMutablePointer<R.Accumulator>) {
+        if width.step == 1 {
+            reducePaddedRow(padded, into: out)
+        } else {
+            foldPositions(AccumulatorLoader<R>.self, UnsafePointer(padded), count: positions.count, jump: width.step * channels,
+                          tapStep: channels, taps: g.kernelW, channels: channels, into: out)
         }
     }
 }
@@ -50,6 +78,34 @@ struct HeightRows<R: WindowReduction> {
     let base: UnsafePointer<R.Input>
     let columns: Int, channels: Int, stepH: Int, stepW: Int, stepC: Int
 
+    /// Channels contiguous and positions packed: a row's columns are one run.
+    var dense: Bool { stepC == 1 && stepW == channels }
+
+    /// The windows of rows `start ..< start + kernel` and the next, `stride` rows on (all in
+    /// the input; dense rows), into `first` and `second` (`KernelPlan.pairsH`): the rows they
+    /// share folded once into `second`, then each window's own rows merged in one pass
+    /// (`windowPair`). The second window's bits are `fold`'s, the first's
+    /// `foldFirstOfPair`'s, so a window's bits do not depend on whether it was paired.
+    @inline(__always) func foldPair(from start: Int, kernel: Int, stride: Int,
+                                    into first: UnsafeMutablePointer<R.Accumulator>, _ second: UnsafeMutablePointer<R.Accumulator>) {
+        fold((start + stride)..<(start + kernel), into: second, first: true)
+        let base = base, stepH = stepH
+        windowPair(InputLoader<R>.self, first, second, columns * channels, stride: stride,
+                   source: { base + (start + ($0 < stride ? $0 : kernel - stride + $0)) * stepH })
+    }
+
+    /// The first window of a pair (`foldPair`) folded alone, in the pair's order: for maxima
+    /// `fold`'s (merges are associative), for sums the rows after its first `stride`, then
+    /// those (float sums round in that order).
+    @inline(__always) func foldFirstOfPair(from start: Int, kernel: Int, stride: Int, into target: UnsafeMutablePointer<R.Accumulator>) {
+        if R.mergesOverlaps {
+            fold(start..<(start + kernel), into: target, first: true)
+        } else {
+            fold((start + stride)..<(start + kernel), into: target, first: true)
+            fold(start..<(start + stride), into: target, first: false)
+        }
+    }
+
     /// Merges rows `rows` (widened), in order, into the `columns * channels` accumulators at
     /// `target`, after what it holds unless `first`. Dense rows (channels contiguous, positions
     /// packed) fold as runs, starting from the first row; others element by element from the
@@ -57,7 +113,7 @@ struct HeightRows<R: WindowReduction> {
     /// than one element is +0 either way).
     @inline(__always) func fold(_ rows: Range<Int>, into target: UnsafeMutablePointer<R.Accumulator>, first: Bool) {
         let base = base, stepH = stepH
-        if stepC == 1 && stepW == channels {
+        if dense {
             foldTaps(InputLoader<R>.self, target, columns * channels, taps: rows, first: first, source: { base + $0 * stepH })
             return
         }

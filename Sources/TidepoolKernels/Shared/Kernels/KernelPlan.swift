@@ -56,6 +56,9 @@ enum KernelLimits {
     static let subsampledSpanOfOverlappingByteMaxima = 64
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
+    /// Row strides at which two H windows fold together (`KernelPlan.pairsH`): each window's
+    /// own rows, two strides of them, fit the one pass that finishes the pair (`windowPair`).
+    static let pairedHStride = 4
     /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
     /// the taps one fold adds.
     static let wholeWindowTaps = 2 * sourcesPerPass
@@ -123,6 +126,14 @@ public struct KernelPlan: Sendable {
     /// (AvgPool2d k7 s2 of 6 int16 channels took 1.2x as long, k10 s4 of 2 int16 channels
     /// 1.1-1.2x; docs/performance.md).
     public let blocksH: Bool
+    /// Height first, H windows at a row stride of 2 to 4 that blocks do not take: two output
+    /// rows (the first at an even row) fold together, the rows their windows share once, then
+    /// each window's own `strideH` rows (`HeightRows.foldPair`): k + s + 1 loads of rows for
+    /// the two instead of 2k. Maxima and integer sums keep a left fold's bits (associative
+    /// merges); float sums add a first window's own rows last, whether it is paired or not
+    /// (`foldFirstOfPair`), so the bits never depend on the tiling. From the scans' threshold,
+    /// as the blocks.
+    public let pairsH: Bool
     /// A 2-d pooling runs as a 3-d one whose planes are its rows (`KernelPlan.forCall`): its H
     /// windows scan along D, where the ring streams each column of tiles from top to bottom.
     /// Set on the plan of the relabelled geometry.
@@ -211,6 +222,8 @@ public struct KernelPlan: Sendable {
         pairsW = scansW && !R.mergesOverlaps && g.kernelW <= KernelLimits.pairedWTaps && (g.kernelH > 1 || g.kernelD > 1)
         doublesW = scansW && R.mergesOverlaps
         blocksH = strategy == .heightFirst && g.strideH >= 3 && g.kernelH % g.strideH == 0
+            && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
+        pairsH = strategy == .heightFirst && !blocksH && g.strideH >= 2 && g.strideH <= KernelLimits.pairedHStride
             && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
         let vector = settings.usesVectorKernels ? R.vectorFinish : nil
         switch strategy {

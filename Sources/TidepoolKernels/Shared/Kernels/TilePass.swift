@@ -118,24 +118,26 @@ struct TilePass<R: WindowReduction> {
         }
     }
 
-    /// Sets the columns of `paddedRow` that lie in padding to the identity.
-    func fillPaddingOfPaddedRow() {
-        for j in 0..<(inputColumns.lowerBound * channels) { paddedRow[j] = R.identity }
-        for j in (inputColumns.upperBound * channels)..<(columnSpan * channels) { paddedRow[j] = R.identity }
+    /// Sets the columns of `row` (`paddedRow` or another row of its span) that lie in padding
+    /// to the identity.
+    func fillPadding(of row: UnsafeMutablePointer<R.Accumulator>) {
+        for j in 0..<(inputColumns.lowerBound * channels) { row[j] = R.identity }
+        for j in (inputColumns.upperBound * channels)..<(columnSpan * channels) { row[j] = R.identity }
     }
 
-    /// Reduces `paddedRow` (the span's columns, widened) along W into `destination`, every
-    /// position the same way.
-    func reducePaddedRow(into destination: UnsafeMutablePointer<R.Accumulator>) {
+    /// Reduces `padded` (`paddedRow`, or the second row of an H pair: the span's columns,
+    /// widened, the identity in the padding) along W into `destination`, every position the
+    /// same way.
+    func reducePaddedRow(_ padded: UnsafeMutablePointer<R.Accumulator>, into destination: UnsafeMutablePointer<R.Accumulator>) {
         if kernel.pairsW {
-            pairAlongW(AccumulatorLoader<R>.self, UnsafePointer(paddedRow), into: destination)
+            pairAlongW(AccumulatorLoader<R>.self, UnsafePointer(padded), into: destination)
             return
         }
         if kernel.doublesW {
-            doubleAlongW(into: destination)
+            doubleAlongW(padded, into: destination)
             return
         }
-        let padded = paddedRow, channels = channels
+        let channels = channels
         foldTaps(AccumulatorLoader<R>.self, destination, rowLength, taps: 0..<g.kernelW, first: true,
                  source: { UnsafePointer(padded + $0 * channels) })
     }

@@ -42,7 +42,7 @@ struct ScratchLayout {
     /// Block scans along D: the prefix of the newest block's planes.
     var prefixPlane = 0..<0
     /// Blocks along H (height first): a ring of kernelH / strideH blocks of rows, one padded
-    /// row each.
+    /// row each. Pairs along H: the second row of a pair, padded as `paddedRow`.
     var blockRows = 0..<0
 
     /// Accumulators per worker. (No array of the regions: this is asked on every call, and a
@@ -201,6 +201,7 @@ public struct TilePlan {
         if kernel.scansD { layout.prefixPlane = layout.next(tileOH * rowCapacity) }
         if kernel.doublesW || kernel.pairsW { layout.doubledRow = layout.next(paddedRowCapacity) }
         if kernel.blocksH { layout.blockRows = layout.next(g.kernelH / g.strideH * paddedRowCapacity) }
+        if kernel.pairsH { layout.blockRows = layout.next(paddedRowCapacity) }
         scratch = layout
     }
 

@@ -230,7 +230,7 @@ extension TilePass {
             } else {
                 gatherIntoPaddedRow(row + tile.c.lowerBound * g.stepC)
             }
-            reducePaddedRow(into: destination)
+            reducePaddedRow(paddedRow, into: destination)
             return
         }
         guard fusedRow && width.step == 1 else {
@@ -270,7 +270,7 @@ extension TilePass {
         // with identity where the padding is, and reduce every position the same way (the
         // order of taps is unchanged).
         widenIntoPaddedRow(0..<columnSpan, row: row)
-        reducePaddedRow(into: destination)
+        reducePaddedRow(paddedRow, into: destination)
     }
 
     /// Reduces input rows `rows` of plane d (from `firstRow` on) along W into `reduced`, at
@@ -314,7 +314,7 @@ extension TilePass {
     /// The tile's span of a row in any layout (`row` at the tile's first channel), widened
     /// into `paddedRow`, the identity where the padding is.
     func gatherIntoPaddedRow(_ row: UnsafePointer<R.Input>) {
-        fillPaddingOfPaddedRow()
+        fillPadding(of: paddedRow)
         let channels = channels, padded = paddedRow, stepW = g.stepW, stepC = g.stepC
         for column in inputColumns {
             let source = row + (firstColumn + column) * stepW
