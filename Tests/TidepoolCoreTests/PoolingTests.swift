@@ -1227,6 +1227,43 @@ extension StreamingTests {
     }
 }
 
+extension StreamingTests {
+    /// Maxima of rows reduced at every position and subsampled (W stride 2, 8 channels: a
+    /// span of 16): large outputs of whole rows, without D windows, gather each row's kept
+    /// positions and stream the row out. The same bits as outputs stored through the cache
+    /// (and the reference), 1- to 8-byte types, whole rows and rows cut by a small budget
+    /// (stored in place), and behind a D window (stored in place too).
+    @Test(arguments: [DType.float32, .float64, .int8, .int16, .bfloat16])
+    func subsampledMaximaStreamEqually(dtype: DType) throws {
+        for channels in [8, 9] {
+            for (kernel, padding, planes) in [(3, 1, false), (5, 2, false), (3, 1, true)] {
+                let shape = [2] + (planes ? [4] : []) + [13, 37, channels]
+                let desc = PoolDescriptor(kind: .max, kernelSize: (planes ? [2] : []) + [kernel, kernel],
+                                          stride: (planes ? [1] : []) + [2, 2], padding: (planes ? [1] : []) + [padding, padding])
+                let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 10 + kernel))
+                let strides = TensorView.contiguousStrides(shape)
+                let view = TensorView(data: nil, dtype: dtype, shape: shape)
+                let streamingPlan = try #require(try PoolEngine(threads: 2, streamingOutputBytes: 0).kernelPlan(desc, input: view))
+                // (9 channels: a span of 18, reduced at the output's positions but for byte
+                // maxima, subsampled up to a span of 32.)
+                #expect(streamingPlan.subsampledRows == (channels == 8 || dtype.size == 1) && streamingPlan.streamOutput,
+                        "\(desc) \(dtype) C=\(channels)")
+                let cached = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                           engine: PoolEngine(threads: 2, streamingOutputBytes: .max))
+                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                #expect(firstMismatch(desc, dtype: dtype, actual: cached.output, expected: expected.values) == nil)
+                for budget in [KernelSettings.defaultTileBudgetBytes, 2 << 10] {
+                    let streamed = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
+                                                 engine: PoolEngine(threads: 2, tileBudgetBytes: budget, streamingOutputBytes: 0,
+                                                                    serialWorkBelow: 0))
+                    #expect(memcmp(streamed.output.raw, cached.output.raw, cached.output.count * cached.output.dtype.size) == 0,
+                            "\(desc) \(dtype) C=\(channels) budget \(budget)")
+                }
+            }
+        }
+    }
+}
+
 @Suite struct RowTileTests {
     /// Windows one row and one plane tall (1-d pooling) share no rows between tiles: their
     /// rows are cut into tiles that fit `KernelSettings.rowTileBudgetBytes`, however large the

@@ -106,9 +106,22 @@ extension TilePass {
                 let from = source + (ow0 * width.stride / width.step - positions.lowerBound) * channels
                 let to = destination + ow0 * g.channels
                 if width.subsampled && channels == g.channels && R.finishKeepsBits && R.Output.self == R.Accumulator.self {
-                    // The kept maxima copied out position by position, as they are.
+                    // The kept maxima copied out position by position, as they are. Large
+                    // outputs of whole rows without D windows gather them into `merged` and
+                    // stream the row out: stored in place, each line of the output was read
+                    // first, and at a quarter of the input (strides 2 along H and W) that read
+                    // cost more than the extra pass (MaxPool2d k3 s2 of 8 float32 channels
+                    // took 1.1x as long). Behind a D window, whose output is an eighth of the
+                    // input, it did not pay (MaxPool3d k3 s2 of 4 float32 channels, 1.05x
+                    // slower streamed; docs/performance.md).
+                    let count = tile.ow.count
+                    if streaming && count == g.outW && g.kernelD == 1 {
+                        positionsCopied(count: count, jumps: (width.stride * channels, channels), channels: channels, from: from, to: merged)
+                        tpstream_copy(to, merged, count * channels * MemoryLayout<R.Output>.stride)
+                        continue
+                    }
                     let kept = UnsafeMutableRawPointer(to).assumingMemoryBound(to: R.Accumulator.self)
-                    positionsCopied(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels, from: from, to: kept)
+                    positionsCopied(count: count, jumps: (width.stride * channels, channels), channels: channels, from: from, to: kept)
                     continue
                 }
                 if width.subsampled && channels == g.channels && R.finishOutweighsACopy {
