@@ -189,6 +189,39 @@ import Glibc
         #expect(try Self.folding.kernelPlan(k10, input: input)?.pairsH == false)
     }
 
+    /// Height first at W strides whose rows are reduced at every position (`WidthPlan`:
+    /// stride x channels at most 16) keeps the output's positions alone in the ring
+    /// (`KernelPlan.compactsRing`): 2-d and 3-d, padding, strides above the kernel, tiny tiles
+    /// cut along W and C on 3 threads, against the reference and the folds (`check`). Maxima of
+    /// one plane kept as they are (float32, integers) do not compact.
+    @Test(arguments: [DType.float32, .bfloat16, .float16, .int8, .int16, .int64], PoolKind.allCases)
+    func compactedRingsKeepTheOutputsPositions(dtype: DType, kind: PoolKind) throws {
+        var rng = SplitMix64(seed: 0xC0_4AC7 ^ UInt64(dtype.code) << 8 ^ (kind == .max ? 1 : 0))
+        var compacted = 0, kept = 0
+        for _ in 0..<40 {
+            let planes = Bool.random(using: &rng)
+            let kw = Int.random(in: 2...7, using: &rng), sw = Int.random(in: 2...4, using: &rng)
+            let kh = Int.random(in: 2...6, using: &rng), sh = Int.random(in: 2...3, using: &rng)
+            let kd = Int.random(in: 2...3, using: &rng)
+            let kernel = (planes ? [kd] : []) + [kh, kw], stride = (planes ? [1] : []) + [sh, sw]
+            let padding = kernel.map { Int.random(in: 0...($0 / 2), using: &rng) }
+            let channels = Int.random(in: 1...(16 / sw), using: &rng)
+            let shape = [Int.random(in: 1...2, using: &rng)] + (planes ? [Int.random(in: 2...5, using: &rng)] : [])
+                + [Int.random(in: kh...(kh + 3 * sh), using: &rng), Int.random(in: kw...(kw + 5 * sw), using: &rng), channels]
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            guard let outputShape = try? desc.outputShape(inputShape: shape), !outputShape.contains(0) else { continue }
+            let plan = try #require(try Self.scanning.kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
+            // Depth first or whole windows take some of these geometries.
+            guard plan.strategy == .heightFirst else { continue }
+            let keepsMaxima = kind == .max && dtype != .bfloat16 && dtype != .float16
+            #expect(plan.compactsRing == (planes || !keepsMaxima), "\(desc) \(dtype) \(shape)")
+            if plan.compactsRing { compacted += 1 } else { kept += 1 }
+            try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+        }
+        #expect(compacted >= 8, "\(compacted) compacted rings")
+        if kind == .max && dtype != .bfloat16 && dtype != .float16 { #expect(kept >= 4, "\(kept) kept rings") }
+    }
+
     @Test(arguments: DType.allCases)
     func randomWindowsMatchTheReferenceAndTheFolds(dtype: DType) throws {
         var rng = SplitMix64(seed: 0x5CA_0000 ^ UInt64(dtype.code))

@@ -141,9 +141,10 @@ struct StrategyTests {
         let wide = try Self.cases[4].plan()
         #expect(wide.streamOutput && !wide.rowsAsOneRun)
         #expect(try !Self.cases[4].plan(PoolEngine(threads: 2, streamingOutputBytes: .max)).streamOutput)
-        // k3 s2 with 3 channels: W reduced at every position, the output subsampled.
+        // k3 s2 with 3 channels: W reduced at every position, the output subsampled, and the
+        // ring keeps the output's positions alone, so its rows finish as runs.
         let subsampled = try Self.cases[6].plan()
-        #expect(subsampled.subsampledRows && subsampled.rowsFinishAsRuns == false)
+        #expect(subsampled.subsampledRows && subsampled.compactsRing && subsampled.rowsFinishAsRuns)
         // 8 channels at stride 2 (a span of 16) too, so H first: position by position, one
         // vector per position, cost 3-d pooling twice its floor. At stride 3 (24) positions stay.
         for (stride, strategy) in [(2, Strategy.heightFirst), (3, .widthFirst)] {

@@ -30,7 +30,7 @@ extension TilePass {
         var oh = tile.oh.lowerBound
         while oh < tile.oh.upperBound {
             prefetch(ahead, part: oh - tile.oh.lowerBound, of: tile.oh.count)
-            let out = plane + (oh - tile.oh.lowerBound) * rowLength
+            let out = plane + (oh - tile.oh.lowerBound) * ringRow
             let (h0, h1) = windowBounds(oh, stride: strideH, padding: g.padH, kernel: kernelH, length: g.inH)
             // Two full windows (none of their rows in padding), the first at an even row, fold
             // as a pair; a full window at an even row folds alone in the pair's order.
@@ -39,13 +39,13 @@ extension TilePass {
             if pairs && fullAndEven && oh + 1 < tile.oh.upperBound && start + strideH + kernelH <= g.inH {
                 prefetch(ahead, part: oh + 1 - tile.oh.lowerBound, of: tile.oh.count)
                 source.foldPair(from: start, kernel: kernelH, stride: strideH, into: valid, blockRows + inputColumns.lowerBound * channels)
-                reduceAlongW(paddedRow, into: out)
-                reduceAlongW(blockRows, into: out + rowLength)
+                reduceIntoRing(paddedRow, into: out)
+                reduceIntoRing(blockRows, into: out + ringRow)
                 oh += 2
                 continue
             }
             if h0 >= h1 {
-                for j in 0..<rowLength { out[j] = R.identity }
+                for j in 0..<ringRow { out[j] = R.identity }
             } else {
                 if kernel.blocksH {
                     blocks.fold(oh, into: valid)
@@ -54,10 +54,21 @@ extension TilePass {
                 } else {
                     source.fold(h0..<h1, into: valid, first: true)
                 }
-                reduceAlongW(paddedRow, into: out)
+                reduceIntoRing(paddedRow, into: out)
             }
             oh += 1
         }
+    }
+
+    /// Reduces `padded` along W into ring row `out`: where the plan compacts the ring, at every
+    /// position into `reducedRows` first, then the output's positions gathered.
+    @inline(__always) private func reduceIntoRing(_ padded: UnsafeMutablePointer<R.Accumulator>, into out: UnsafeMutablePointer<R.Accumulator>) {
+        guard kernel.compactsRing else {
+            reduceAlongW(padded, into: out)
+            return
+        }
+        reduceAlongW(padded, into: reducedRows)
+        positionsCopied(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels, from: UnsafePointer(reducedRows), to: out)
     }
 
     /// Reduces `padded` (a row of the span, folded along H) along W into ring row `out`, at

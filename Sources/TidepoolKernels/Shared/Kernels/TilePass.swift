@@ -42,6 +42,11 @@ struct TilePass<R: WindowReduction> {
     /// Rows are packed at this pitch, so a tile's rows form one contiguous run.
     let rowLength: Int
     let planeLength: Int
+    /// Accumulators per ring row: the output's positions alone where the plan compacts the
+    /// ring (`KernelPlan.compactsRing`), else `rowLength`.
+    let ringRow: Int
+    /// Ring rows hold every position of subsampled rows.
+    let ringSubsampled: Bool
     let firstRow: Int
     /// The named regions of `plan.scratch` (`ScratchLayout` says which strategy uses which).
     let reducedRows: UnsafeMutablePointer<R.Accumulator>
@@ -83,7 +88,9 @@ struct TilePass<R: WindowReduction> {
         positions = width.positions(tile.ow.lowerBound, tile.ow.upperBound)
         channels = tile.c.count
         rowLength = positions.count * channels
-        planeLength = tile.oh.count * rowLength
+        ringRow = kernel.compactsRing ? tile.ow.count * tile.c.count : rowLength
+        ringSubsampled = width.subsampled && !kernel.compactsRing
+        planeLength = tile.oh.count * ringRow
         firstRow = Swift.max(0, tile.oh.lowerBound * g.strideH - g.padH)
         let layout = plan.scratch
         reducedRows = scratch + layout.reducedRows.lowerBound

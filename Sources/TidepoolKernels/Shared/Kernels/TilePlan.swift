@@ -19,7 +19,9 @@ struct Tile {
 /// Where each named region of a worker's scratch lies, in accumulators from its start. Each
 /// strategy has its own regions (`TilePlan.init` lays them out once); the others are empty.
 struct ScratchLayout {
-    /// Width first: the input rows of a plane reduced along W (`rowBlockRows` rows).
+    /// Width first: the input rows of a plane reduced along W (`rowBlockRows` rows). Height
+    /// first: the row reduced at every position before a compacted ring keeps the output's
+    /// (`KernelPlan.compactsRing`).
     var reducedRows = 0..<0
     /// Width and height first: the ring of `kernelD` planes reduced along W and H, one slot of
     /// `planeSlot` accumulators per plane, slot d % kernelD.

@@ -15,7 +15,7 @@ extension TilePass {
         // Whole rows fold and finish as one vector run (subsampled ones where the plan says,
         // finished in scratch with every stride-th position copied out).
         let wholeRows = channels == g.channels && tile.ow.count == g.outW && kernel.rowsFinishAsRuns
-        let inScratch = streaming || width.subsampled
+        let inScratch = streaming || ringSubsampled
         // The newest input plane reduced into the ring, and the first (block scans along D
         // start their prefixes there). Locals, not state of the pass: a method that mutates
         // the pass had its 864 bytes copied before calls it made to methods that read it.
@@ -40,7 +40,7 @@ extension TilePass {
             let scanned = kernel.scansD && d0 < d1 ? scannedPlanes(d0, d1) : nil
             let taps = scanned.map { 0..<$0.count } ?? d0..<Swift.max(d0, d1)
             if wholeRows {
-                if streaming && !width.subsampled && d0 < d1 {
+                if streaming && !ringSubsampled && d0 < d1 {
                     finishStreamed(to: out, taps: taps, scanned: scanned, prefetching: upcomingInput(after: od))
                     continue
                 }
@@ -52,11 +52,11 @@ extension TilePass {
                         finishRun(part, into: target + part.lowerBound, partial: merged + part.lowerBound, taps: taps, scanned: scanned)
                     }
                 }
-                if width.subsampled {
+                if ringSubsampled {
                     // Every stride-th position of the rows finished in scratch (whole rows: the
                     // tile's channels are the output's).
                     for oh in 0..<tile.oh.count {
-                        let source = UnsafePointer(target) + oh * rowLength, destination = out + oh * outputRow
+                        let source = UnsafePointer(target) + oh * ringRow, destination = out + oh * outputRow
                         positionsCopied(count: g.outW, jumps: (width.stride * channels, channels), channels: channels, from: source, to: destination)
                     }
                 } else if streaming {
@@ -78,13 +78,13 @@ extension TilePass {
             // Reduced at the output positions, of all channels: each tile row's outputs are one
             // contiguous run (one vector loop, where a loop per position with a division in it
             // cost 1-d pooling with few channels up to 3x its floor).
-            let runs = width.step == width.stride && channels == g.channels
+            let runs = !ringSubsampled && channels == g.channels
             for oh in tile.oh {
                 prefetch(upcoming, part: oh - tile.oh.lowerBound, of: tile.oh.count)
-                let source = reduced + (oh - tile.oh.lowerBound) * rowLength
+                let source = reduced + (oh - tile.oh.lowerBound) * ringRow
                 let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
                 if runs {
-                    let from = source + (tile.ow.lowerBound - positions.lowerBound) * channels
+                    let from = source  // a row's positions start at the tile's first output
                     let to = destination + tile.ow.lowerBound * g.channels, count = tile.ow.count * channels
                     if streaming && kernel.rowWindows && reduced != UnsafePointer(merged)
                         && MemoryLayout<R.Output>.stride == MemoryLayout<R.Accumulator>.stride {
@@ -105,7 +105,7 @@ extension TilePass {
                 let ow0 = tile.ow.lowerBound
                 let from = source + (ow0 * width.stride / width.step - positions.lowerBound) * channels
                 let to = destination + ow0 * g.channels
-                if width.subsampled && channels == g.channels && R.finishKeepsBits && R.Output.self == R.Accumulator.self {
+                if ringSubsampled && channels == g.channels && R.finishKeepsBits && R.Output.self == R.Accumulator.self {
                     // The kept maxima copied out position by position, as they are. Large
                     // outputs of whole rows without D windows gather them into `merged` and
                     // stream the row out: stored in place, each line of the output was read
@@ -124,7 +124,7 @@ extension TilePass {
                     positionsCopied(count: count, jumps: (width.stride * channels, channels), channels: channels, from: from, to: kept)
                     continue
                 }
-                if width.subsampled && channels == g.channels && R.finishOutweighsACopy {
+                if ringSubsampled && channels == g.channels && R.finishOutweighsACopy {
                     // The kept sums gathered into one run at the start of `merged`, then finished
                     // as one vector loop: finished position by position, a conversion's scalar
                     // rounding per element cost about as much as folding the row. In place
@@ -135,7 +135,7 @@ extension TilePass {
                     for j in 0..<count { to[j] = R.finish(merged[j], windowSize: windowSize) }
                     continue
                 }
-                channelsByPosition(count: tile.ow.count, jumps: (width.stride / width.step * channels, g.channels), channels: channels) { a, b in
+                channelsByPosition(count: tile.ow.count, jumps: ((ringSubsampled ? width.stride : 1) * channels, g.channels), channels: channels) { a, b in
                     to[b] = R.finish(from[a], windowSize: windowSize)
                 }
             }
