@@ -89,8 +89,8 @@ extension TilePass {
 }
 
 /// Rescales `channels` means by windowSize / count, unless one of them is subnormal, its bits
-/// below the normal range lost, which scaling would bring into view (then false: sum again). A count
-/// of 0 (no position in the input) gives 0, as the mean of nothing is taken to be.
+/// below the normal range lost, which scaling would bring into view (then false: sum again).
+/// A count of 0 (no position in the input) gives 0, as the mean of nothing is taken to be.
 @inline(__always)
 private func scale<F: BinaryFloatingPoint>(_ values: UnsafeMutablePointer<F>, _ channels: Int, windowSize: Int, count: Int) -> Bool {
     for c in 0..<channels where values[c] != 0 && abs(values[c]) < F.leastNormalMagnitude { return false }

@@ -35,7 +35,7 @@ extension TilePass {
             // Two full windows (none of their rows in padding), the first at an even row, fold
             // as a pair; a full window at an even row folds alone in the pair's order.
             let start = oh * strideH - g.padH
-            let fullAndEven = kernel.pairsH && oh % 2 == 0 && start >= 0 && start + kernelH <= g.inH
+            let fullAndEven = kernel.pairsH && oh % 2 == 0 && h1 - h0 == kernelH
             if pairs && fullAndEven && oh + 1 < tile.oh.upperBound && start + strideH + kernelH <= g.inH {
                 prefetch(ahead, part: oh + 1 - tile.oh.lowerBound, of: tile.oh.count)
                 source.foldPair(from: start, kernel: kernelH, stride: strideH, into: valid, blockRows + inputColumns.lowerBound * channels)

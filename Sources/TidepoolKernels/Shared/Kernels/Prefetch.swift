@@ -61,8 +61,8 @@ extension TilePass {
 
     /// Runs `body` over `range` cut into `prefetchChunks` parts (fewer when it is shorter: no
     /// part is empty), prefetching the matching parts of `region` and `second` after each (in
-    /// one part when there is nothing to prefetch). A 2-d pooling's rows run as planes of one row, and
-    /// sixteen calls of the body and of the prefetch for one row cost more than the row.
+    /// one part when there is nothing to prefetch). A 2-d pooling's rows run as planes of one
+    /// row, and sixteen calls of the body and of the prefetch for one row cost more than the row.
     @inline(__always)
     func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, and second: PrefetchRegion = .none,
                  _ body: (Range<Int>) -> Void) {

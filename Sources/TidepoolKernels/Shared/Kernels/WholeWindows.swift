@@ -4,8 +4,8 @@ import TidepoolTypes
 extension TilePass {
     /// The tile window by window (`KernelPlan.suitsWholeWindows`): each output position folds its
     /// in-bounds taps in (d, h, w) order, channels innermost, and finishes. The input rows of
-    /// the next output row are fetched meanwhile, in parts spread over the row: fetched at once, the
-    /// prefetches queue up and stall the loads.
+    /// the next output row are fetched meanwhile, in parts spread over the row: fetched at once,
+    /// the prefetches queue up and stall the loads.
     func runWholeWindows(progress: (() -> Void)?) {
         if g.windowSize == 1 {
             runSingleTaps(progress: progress)

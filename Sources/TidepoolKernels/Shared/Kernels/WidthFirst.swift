@@ -287,11 +287,11 @@ extension TilePass {
     }
 
     /// Reduces input rows `rows` of plane d (from `firstRow` on) along W into `reduced`, at
-    /// `rowLength` apart, as one vector run over all of them, which
-    /// `planeRun` allows: with few channels a row is a few vectors long, and loops per
-    /// row would cost more than their folds. Positions outside `interiorPositions` (windows crossing a
-    /// row's edge) get sums over the neighbouring row's columns from the run; they are redone
-    /// one by one after it. Every position folds the same taps in the same order as `reduceRow`.
+    /// `rowLength` apart, as one vector run over all of them, which `planeRun` allows: with few
+    /// channels a row is a few vectors long, and loops per row would cost more than their folds.
+    /// Positions outside `interiorPositions` (windows crossing a row's edge) get sums over the
+    /// neighbouring row's columns from the run; they are redone one by one after it. Every position
+    /// folds the same taps in the same order as `reduceRow`.
     func reduceRowsAsOneRun(d: Int, rows: Range<Int>, into reduced: UnsafeMutablePointer<R.Accumulator>, outputAhead: PrefetchRegion,
                             inputAhead: PrefetchRegion) {
         guard !rows.isEmpty else { return }
@@ -698,17 +698,17 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
     }
 }
 
-/// `foldPositions` for more than 8 channels, two positions at a time: their channels as
-/// vectors of 8 lanes, up to 4 at a time, so that each tap's step of the loop folds up to 8
-/// independent vectors (one position's chains of dependent adds alone left the adds waiting
-/// on each other: AvgPool1d k7 s3 C=32 float32 took 1.2x as long); the last vector ends at
-/// the last channel (overlapping the one before: a channel folded twice gets the same bits
-/// twice). Each lane is a plain left fold of its channel's taps. Folded in memory over all the channels, a
-/// pass per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and
-/// remainders (runs shorter than one unrolled iteration of LLVM's vector loops); one vector
-/// per sweep over the positions, the tap loop's own overhead outweighed the folds of short
-/// windows. Byte maxima too: their vectors of 8 fill a quarter of a register, but folded in
-/// memory they took up to 5 times as long (docs/performance.md).
+/// `foldPositions` for more than 8 channels, two positions at a time: their channels as vectors of
+/// 8 lanes, up to 4 at a time, so that each tap's step of the loop folds up to 8 independent
+/// vectors (one position's chains of dependent adds alone left the adds waiting on each other:
+/// AvgPool1d k7 s3 C=32 float32 took 1.2x as long); the last vector ends at the last channel
+/// (overlapping the one before: a channel folded twice gets the same bits twice). Each lane is a
+/// plain left fold of its channel's taps. Folded in memory over all the channels, a pass per 6 taps
+/// (`foldTaps`), 12 to 24 channels spent their time in loop set-up and remainders (runs shorter
+/// than one unrolled iteration of LLVM's vector loops); one vector per sweep over the positions,
+/// the tap loop's own overhead outweighed the folds of short windows. Byte maxima too: their
+/// vectors of 8 fill a quarter of a register, but folded in memory they took up to 5 times as long
+/// (docs/performance.md).
 ///
 /// Lanes are named one by one (`loadEight`, `mergeEight`).
 @inline(__always)
