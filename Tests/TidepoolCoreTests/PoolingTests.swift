@@ -1232,7 +1232,8 @@ extension StreamingTests {
     /// span of 16): large outputs of whole rows, without D windows, gather each row's kept
     /// positions and stream the row out. The same bits as outputs stored through the cache
     /// (and the reference), 1- to 8-byte types, whole rows and rows cut by a small budget
-    /// (stored in place), and behind a D window (stored in place too).
+    /// (stored in place), and behind a D window (height first compacts its ring there, whose
+    /// rows then stream as runs: `KernelPlan.compactsRing`).
     @Test(arguments: [DType.float32, .float64, .int8, .int16, .bfloat16])
     func subsampledMaximaStreamEqually(dtype: DType) throws {
         for channels in [8, 9] {

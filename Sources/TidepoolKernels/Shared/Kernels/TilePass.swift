@@ -45,8 +45,6 @@ struct TilePass<R: WindowReduction> {
     /// Accumulators per ring row: the output's positions alone where the plan compacts the
     /// ring (`KernelPlan.compactsRing`), else `rowLength`.
     let ringRow: Int
-    /// Ring rows hold every position of subsampled rows.
-    let ringSubsampled: Bool
     let firstRow: Int
     /// The named regions of `plan.scratch` (`ScratchLayout` says which strategy uses which).
     let reducedRows: UnsafeMutablePointer<R.Accumulator>
@@ -88,8 +86,7 @@ struct TilePass<R: WindowReduction> {
         positions = width.positions(tile.ow.lowerBound, tile.ow.upperBound)
         channels = tile.c.count
         rowLength = positions.count * channels
-        ringRow = kernel.compactsRing ? tile.ow.count * tile.c.count : rowLength
-        ringSubsampled = width.subsampled && !kernel.compactsRing
+        ringRow = kernel.compactsRing ? tile.ow.count * channels : rowLength
         planeLength = tile.oh.count * ringRow
         firstRow = Swift.max(0, tile.oh.lowerBound * g.strideH - g.padH)
         let layout = plan.scratch
@@ -115,6 +112,9 @@ struct TilePass<R: WindowReduction> {
         interiorPositions = (inside.lowerBound - positions.lowerBound)..<(inside.upperBound - positions.lowerBound)
         planeRun = kernel.rowsAsOneRun && channels == g.channels && positions.count == g.inW && !interiorPositions.isEmpty
     }
+
+    /// Ring rows hold every position of subsampled rows (not compacted).
+    var ringSubsampled: Bool { width.subsampled && !kernel.compactsRing }
 
     /// Runs the plan's strategy on the tile. `progress` runs before each output plane.
     func run(progress: (() -> Void)?) {
