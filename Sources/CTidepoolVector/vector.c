@@ -1,5 +1,7 @@
 #include "tidepool_vector.h"
 
+#include <string.h>
+
 #if defined(__x86_64__) && defined(__clang__)
 #include <immintrin.h>
 
@@ -173,8 +175,162 @@ KERNEL void tpvector_finish_rows(tpvector_format format, uint16_t *out, const fl
     }
 }
 
+#define AVX2 __attribute__((target("avx2")))
+#define AVX2_INLINE AVX2 __attribute__((always_inline)) static inline
+
+/* Units of the groups from `g` on, past the whole vectors, one by one: copies of a constant
+ * size, which compile to a load and a store (a call of memcpy per unit took longer than the
+ * vectors' part of a chunk of 1-byte units). */
+static void split_tail(const uint8_t *in, size_t unit, size_t step, size_t g, size_t groups, size_t pitch, uint8_t *out) {
+#define SPLIT_TAIL(size)                                                                                  \
+    for (; g < groups; g++) {                                                                             \
+        for (size_t r = 0; r < step; r++) memcpy(out + r * pitch + g * (size), in + (step * g + r) * (size), (size)); \
+    }
+    switch (unit) {
+    case 1: SPLIT_TAIL(1) break;
+    case 2: SPLIT_TAIL(2) break;
+    default: SPLIT_TAIL(4) break;
+    }
+#undef SPLIT_TAIL
+}
+
+/* Step 4: 128 bytes a step. Within each 128-bit lane, pshufb orders the units of its groups
+ * phase by phase (dword r holds phase r of the lane's 16 / (4 * unit) groups; 4-byte units need
+ * no reordering); a 4x4 transpose of dwords gathers each phase; lane 0 then holds the even
+ * blocks of groups and lane 1 the odd, which vpermd interleaves. */
+AVX2_INLINE void split_by_four(const uint8_t *in, size_t unit, size_t groups, size_t pitch, uint8_t *out) {
+    const __m256i bytes = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i halves = _mm256_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,
+                                            0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const size_t per = 32 / unit;
+    size_t g = 0;
+    for (; g + per <= groups; g += per) {
+        const uint8_t *p = in + g * 4 * unit;
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)p), v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+        __m256i v2 = _mm256_loadu_si256((const __m256i *)(p + 64)), v3 = _mm256_loadu_si256((const __m256i *)(p + 96));
+        if (unit < 4) {
+            const __m256i mask = unit == 1 ? bytes : halves;
+            v0 = _mm256_shuffle_epi8(v0, mask), v1 = _mm256_shuffle_epi8(v1, mask);
+            v2 = _mm256_shuffle_epi8(v2, mask), v3 = _mm256_shuffle_epi8(v3, mask);
+        }
+        const __m256i t0 = _mm256_unpacklo_epi32(v0, v1), t1 = _mm256_unpackhi_epi32(v0, v1);
+        const __m256i t2 = _mm256_unpacklo_epi32(v2, v3), t3 = _mm256_unpackhi_epi32(v2, v3);
+        uint8_t *q = out + g * unit;
+        _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(_mm256_unpacklo_epi64(t0, t2), order));
+        _mm256_storeu_si256((__m256i *)(q + pitch), _mm256_permutevar8x32_epi32(_mm256_unpackhi_epi64(t0, t2), order));
+        _mm256_storeu_si256((__m256i *)(q + 2 * pitch), _mm256_permutevar8x32_epi32(_mm256_unpacklo_epi64(t1, t3), order));
+        _mm256_storeu_si256((__m256i *)(q + 3 * pitch), _mm256_permutevar8x32_epi32(_mm256_unpackhi_epi64(t1, t3), order));
+    }
+    split_tail(in, unit, 4, g, groups, pitch, out);
+}
+
+/* Eight vectors of 16-bit units transposed within their lanes: afterwards unit r of lane L of
+ * v[i] is in lane L of v[r] at place i. */
+AVX2_INLINE void transpose_halves(__m256i v[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 4; i++) {
+        a[2 * i] = _mm256_unpacklo_epi16(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm256_unpackhi_epi16(v[2 * i], v[2 * i + 1]);
+    }
+    /* b[0..3]: units 0-1, 2-3, 4-5, 6-7 of vectors 0-3; b[4..7] of vectors 4-7. */
+    for (int h = 0; h < 2; h++) {
+        b[4 * h] = _mm256_unpacklo_epi32(a[4 * h], a[4 * h + 2]);
+        b[4 * h + 1] = _mm256_unpackhi_epi32(a[4 * h], a[4 * h + 2]);
+        b[4 * h + 2] = _mm256_unpacklo_epi32(a[4 * h + 1], a[4 * h + 3]);
+        b[4 * h + 3] = _mm256_unpackhi_epi32(a[4 * h + 1], a[4 * h + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[2 * i] = _mm256_unpacklo_epi64(b[i], b[i + 4]);
+        v[2 * i + 1] = _mm256_unpackhi_epi64(b[i], b[i + 4]);
+    }
+}
+
+/* 2-byte units at steps 5 to 16. A group's units are read as a run of 16 or 32 bytes from its
+ * first (a step reads no further than its groups' end: the groups past that go one by one).
+ * Steps up to 8: 16 groups a step, group i in lane 0 of vector i and group i + 8 in lane 1,
+ * so that after the transpose vector r holds phase r of the sixteen in order. Steps 9 to 16: 8
+ * groups a step, units 0-7 in lane 0 and 8-15 in lane 1, so that vector r holds phase r of the
+ * eight in lane 0 and phase r + 8 in lane 1. */
+AVX2_INLINE void split_halves(const uint8_t *in, size_t step, size_t groups, size_t pitch, uint8_t *out) {
+    const size_t bytes = 2 * step;
+    size_t g = 0;
+    __m256i v[8];
+    if (step <= 8) {
+        for (; g + 16 <= groups && (g + 15) * bytes + 16 <= groups * bytes; g += 16) {
+            const uint8_t *p = in + g * bytes;
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu2_m128i((const __m128i *)(p + (i + 8) * bytes), (const __m128i *)(p + i * bytes));
+            transpose_halves(v);
+            for (size_t r = 0; r < step; r++) _mm256_storeu_si256((__m256i *)(out + r * pitch + g * 2), v[r]);
+        }
+    } else {
+        for (; g + 8 <= groups && (g + 7) * bytes + 32 <= groups * bytes; g += 8) {
+            const uint8_t *p = in + g * bytes;
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_si256((const __m256i *)(p + i * bytes));
+            transpose_halves(v);
+            for (size_t r = 0; r < 8; r++) _mm_storeu_si128((__m128i *)(out + r * pitch + g * 2), _mm256_castsi256_si128(v[r]));
+            for (size_t r = 8; r < step; r++) _mm_storeu_si128((__m128i *)(out + r * pitch + g * 2), _mm256_extracti128_si256(v[r - 8], 1));
+        }
+    }
+    split_tail(in, 2, step, g, groups, pitch, out);
+}
+
+/* 4-byte units at steps 5 to 8: 8 groups (a run of 32 bytes each, read as for `split_halves`)
+ * a step, an 8x8 transpose of dwords. */
+AVX2_INLINE void split_words(const uint8_t *in, size_t step, size_t groups, size_t pitch, uint8_t *out) {
+    const size_t bytes = 4 * step;
+    size_t g = 0;
+    for (; g + 8 <= groups && (g + 7) * bytes + 32 <= groups * bytes; g += 8) {
+        const uint8_t *p = in + g * bytes;
+        __m256i t[8], u[8];
+        for (int i = 0; i < 4; i++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(p + 2 * i * bytes));
+            const __m256i y = _mm256_loadu_si256((const __m256i *)(p + (2 * i + 1) * bytes));
+            t[2 * i] = _mm256_unpacklo_epi32(x, y);
+            t[2 * i + 1] = _mm256_unpackhi_epi32(x, y);
+        }
+        /* u[0..3]: units (0, 4), (1, 5), (2, 6), (3, 7) of groups 0-3, lane by lane; u[4..7] of groups 4-7. */
+        for (int h = 0; h < 2; h++) {
+            u[4 * h] = _mm256_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+            u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+            u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+            u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+        }
+        uint8_t *q = out + g * 4;
+        for (size_t r = 0; r < 4; r++) {
+            _mm256_storeu_si256((__m256i *)(q + r * pitch), _mm256_permute2x128_si256(u[r], u[r + 4], 0x20));
+            if (r + 4 < step) _mm256_storeu_si256((__m256i *)(q + (r + 4) * pitch), _mm256_permute2x128_si256(u[r], u[r + 4], 0x31));
+        }
+    }
+    split_tail(in, 4, step, g, groups, pitch, out);
+}
+
+AVX2 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step, size_t groups, size_t phase_length,
+                                    void *phases) {
+    const uint8_t *in = (const uint8_t *)from;
+    uint8_t *out = (uint8_t *)phases;
+    const size_t pitch = phase_length * unit_bytes;
+    if (step == 4 && (unit_bytes == 1 || unit_bytes == 2 || unit_bytes == 4)) {
+        split_by_four(in, unit_bytes, groups, pitch, out);
+    } else if (unit_bytes == 2 && step >= 5 && step <= 16) {
+        split_halves(in, step, groups, pitch, out);
+    } else if (unit_bytes == 4 && step >= 5 && step <= 8) {
+        split_words(in, step, groups, pitch, out);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 #else
 #include <stdlib.h>
+
+int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step, size_t groups, size_t phase_length,
+                               void *phases) {
+    (void)from, (void)unit_bytes, (void)step, (void)groups, (void)phase_length, (void)phases;
+    abort();
+}
 
 int tpvector_supports_x86_64_v3(void) { return 0; }
 

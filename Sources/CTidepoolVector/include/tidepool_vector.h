@@ -4,7 +4,8 @@
  * CPU has them. A kernel folds float32 sums left to right, scales them and rounds to nearest
  * even, bit for bit as the engine's Swift loops do (Float16(Float), BFloat16(Float)), 16 values
  * per vector instead of 8, and a bfloat16 rounding in one instruction where the Swift loop
- * takes 10 per 8 values. */
+ * takes 10 per 8 values. And the AVX2 transposes that split rows into phases
+ * (tpvector_split_into_phases), for the kernels built for x86-64-v3. */
 #ifndef TIDEPOOL_VECTOR_H
 #define TIDEPOOL_VECTOR_H
 
@@ -33,5 +34,15 @@ void tpvector_finish_runs(tpvector_format format, uint16_t *out, size_t length, 
  * is as for tpvector_finish_runs. */
 void tpvector_finish_rows(tpvector_format format, uint16_t *out, const float *source, size_t rows, ptrdiff_t length,
                           ptrdiff_t first, ptrdiff_t step, int taps, float scale);
+
+/* Splits `groups` groups of `step` units of `unit_bytes` bytes from `from` into `step` phases,
+ * phase r at `phases` + r * `phase_length` units holding units r, r + step, ... of the groups,
+ * and returns 1; or returns 0, with nothing written, for units and steps other than 1-, 2- and
+ * 4-byte units at step 4, 2-byte units at steps 5 to 16 and 4-byte units at steps 5 to 8.
+ * Transposes in AVX2 shuffles, where the compiler's vector loops for those constant steps take
+ * two to four times as long. Reads no byte past the groups. Only where
+ * tpvector_supports_x86_64_v3. */
+int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step, size_t groups, size_t phase_length,
+                               void *phases);
 
 #endif

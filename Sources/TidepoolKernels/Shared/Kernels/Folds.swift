@@ -1,3 +1,4 @@
+import CTidepoolVector
 import TidepoolTypes
 
 /// The folds every strategy is built from. Each runs over a contiguous run of accumulators
@@ -295,9 +296,15 @@ func unrolledChannels(_ channels: Int, _ body: (_ channels: Int) -> Void) {
 /// for steps outside 2 to 16. For a constant step LLVM compiles the loop to shuffles of whole
 /// vectors (an interleaved group): compiled alone, from 2.5 to 13 times as fast as taking the
 /// units one by one at steps 2 to 8 (0.03-0.15 ns per unit against 0.37), and unrolled, 1.4
-/// times, where it does not vectorise (most steps past 8).
+/// times, where it does not vectorise (most steps past 8). The AVX2 build hands the steps of 4
+/// and more that it can to C transposes (`tpvector_split_into_phases`): at those steps LLVM's
+/// shuffles were the largest part of a split row's time (docs/performance.md).
 @inline(never)
 func splitIntoPhases(_ from: UnsafeRawPointer, unitBytes: Int, step: Int, groups: Int, phaseLength: Int, into phases: UnsafeMutableRawPointer) -> Bool {
+    // Every split of 16-bit rows at steps of 4 and more, and of byte rows at 4.
+    if kernelLevel == .avx2 && tpvector_split_into_phases(from, unitBytes, step, groups, phaseLength, phases) != 0 {
+        return true
+    }
     // Units move as raw bytes: a row of 2-byte inputs need not be aligned to a unit of 4, and
     // the phases' memory is bound to the input type. (As fast as typed loads, compiled alone.)
     @inline(__always) func split<let S: Int, U: FixedWidthInteger>(_: InlineArray<S, U>.Type) {

@@ -456,7 +456,11 @@ func widenedInChunks<R: WindowReduction>(
                       channels: channels, into: destination)
         return
     }
-    let perChunk = spare / step + 1
+    // Whole groups of 16 positions per chunk where the buffer holds that many: the folds'
+    // vector loops then end with the chunk, and only the row's last chunk leaves positions to
+    // their element-by-element remainder loops (six of a chunk's 510 float16 positions at
+    // k6 s4, each a chain of dependent conversions and adds, took a third of the fold's time).
+    let perChunk = spare / step + 1 < 16 ? spare / step + 1 : (spare / step + 1) / 16 * 16
     // A constant capacity, so that the buffer is on the stack.
     withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: KernelLimits.widenedChunk) { buffer in
         let widened = buffer.baseAddress!
