@@ -306,19 +306,23 @@ AVX2_INLINE void split_words(const uint8_t *in, size_t step, size_t groups, size
     split_tail(in, 4, step, g, groups, pitch, out);
 }
 
+int tpvector_splits_into_phases(size_t unit_bytes, size_t step) {
+    return (step == 4 && (unit_bytes == 1 || unit_bytes == 2 || unit_bytes == 4)) || (unit_bytes == 2 && step >= 5 && step <= 16)
+        || (unit_bytes == 4 && step >= 5 && step <= 8);
+}
+
 AVX2 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step, size_t groups, size_t phase_length,
                                     void *phases) {
     const uint8_t *in = (const uint8_t *)from;
     uint8_t *out = (uint8_t *)phases;
     const size_t pitch = phase_length * unit_bytes;
-    if (step == 4 && (unit_bytes == 1 || unit_bytes == 2 || unit_bytes == 4)) {
+    if (!tpvector_splits_into_phases(unit_bytes, step)) return 0;
+    if (step == 4) {
         split_by_four(in, unit_bytes, groups, pitch, out);
-    } else if (unit_bytes == 2 && step >= 5 && step <= 16) {
+    } else if (unit_bytes == 2) {
         split_halves(in, step, groups, pitch, out);
-    } else if (unit_bytes == 4 && step >= 5 && step <= 8) {
-        split_words(in, step, groups, pitch, out);
     } else {
-        return 0;
+        split_words(in, step, groups, pitch, out);
     }
     return 1;
 }
@@ -326,10 +330,15 @@ AVX2 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t 
 #else
 #include <stdlib.h>
 
+int tpvector_splits_into_phases(size_t unit_bytes, size_t step) {
+    (void)unit_bytes, (void)step;
+    return 0;
+}
+
 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step, size_t groups, size_t phase_length,
                                void *phases) {
     (void)from, (void)unit_bytes, (void)step, (void)groups, (void)phase_length, (void)phases;
-    abort();
+    return 0;
 }
 
 int tpvector_supports_x86_64_v3(void) { return 0; }

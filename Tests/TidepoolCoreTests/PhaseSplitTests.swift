@@ -7,7 +7,8 @@ import Testing
     /// at step 4, 2-byte units at steps 5 to 16, 4-byte units at steps 5 to 8), for every group
     /// count from none to past several vector steps (the groups a step's runs would read past
     /// go one by one), phases longer than the groups (their places past the groups untouched),
-    /// and a source off any alignment; it declines, writing nothing, every other unit and step.
+    /// and a source off any alignment; it declines, writing nothing, every other unit and step,
+    /// as `tpvector_splits_into_phases` says.
     /// Only where the CPU runs x86-64-v3 code (the function is never called elsewhere);
     /// `rowsOfOneOrTwoChannelsSplitIntoPhases` covers these steps on every CPU, through
     /// whichever split the kernels take.
@@ -30,6 +31,7 @@ import Testing
                         }
                         let takes = (step == 4 && unitBytes <= 4) || (unitBytes == 2 && step >= 5) || (unitBytes == 4 && (5...8).contains(step))
                         #expect((done != 0) == takes, "unit \(unitBytes) step \(step)")
+                        #expect((tpvector_splits_into_phases(unitBytes, step) != 0) == takes, "unit \(unitBytes) step \(step)")
                         var expected = [UInt8](repeating: 0xEE, count: phases.count)
                         if takes {
                             for g in 0..<groups {

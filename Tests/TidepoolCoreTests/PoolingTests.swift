@@ -1,4 +1,5 @@
 import CTidepool
+import CTidepoolVector
 import Testing
 import TidepoolCore
 import TidepoolKernels
@@ -721,9 +722,12 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// same engines with the split turned off (every position, then subsampled: the same left
     /// fold of each window; sums that cancel, 2^14 - 2^14 + 2^-11, show any change of order).
     /// So are int8 and uint8 averages at strides 2 to 4 whose windows overlap (their sums exact
-    /// in any order; unsplit, every position is reduced and subsampled). Maxima and float32
-    /// keep their paths.
-    @Test(arguments: [DType.float16, .bfloat16, .float32, .int8, .uint8])
+    /// in any order; unsplit, every position is reduced and subsampled). So are int16 and
+    /// int32 averages wherever the AVX2 transposes take the stride and the row's unit
+    /// (`tpvector_splits_into_phases`: 1 channel of int32 at strides 4 to 8, 1 of int16 at 4
+    /// to 16, 2 at 4 to 8; none on other architectures), whichever build runs them. Maxima and
+    /// float32 keep their paths.
+    @Test(arguments: [DType.float16, .bfloat16, .float32, .int8, .uint8, .int16, .int32])
     func rowsOfOneOrTwoChannelsSplitIntoPhases(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         let unsplit = [PoolEngine(threads: 1, splitsRows: false), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0, splitsRows: false)]
@@ -750,11 +754,16 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 let strided = geometry.strideW > 1
                                 // 8-bit averages split at strides 2 to 4 where windows overlap.
                                 let bytes = kind == .average && dtype.size == 1 && (2...4).contains(geometry.strideW) && kernel > geometry.strideW
-                                let splits = kind == .average && (dtype == .float16 || dtype == .bfloat16 || bytes) && strided
-                                #expect(plan.subsampledRows == (strided && !splits), "\(desc) \(dtype) C=\(channels)")
+                                let wide = dtype == .int16 || dtype == .int32
+                                let transposes = wide && tpvector_splits_into_phases(channels * dtype.size, geometry.strideW) != 0
+                                let splits = kind == .average && (dtype == .float16 || dtype == .bfloat16 || bytes || transposes) && strided
+                                // int32 averages sum in 8 bytes, whose rows alone subsample to a
+                                // narrower span (`KernelLimits.subsampledSpanOfWideRows`).
+                                let wideSums = kind == .average && dtype == .int32
+                                #expect(wideSums || plan.subsampledRows == (strided && !splits), "\(desc) \(dtype) C=\(channels)")
                                 #expect(plan.splitsRowsIntoPhases == splits, "\(desc) \(dtype) C=\(channels)")
                                 let unsplitPlan = try #require(try unsplit[0].kernelPlan(desc, input: view))
-                                #expect(unsplitPlan.subsampledRows == strided && !unsplitPlan.splitsRowsIntoPhases,
+                                #expect((wideSums || unsplitPlan.subsampledRows == strided) && !unsplitPlan.splitsRowsIntoPhases,
                                         "\(desc) \(dtype) C=\(channels)")
                                 // Columns `gap` elements apart past their channels (a strided view).
                                 let columnStep = channels + gap, strides = [width * columnStep, columnStep, 1]
@@ -787,7 +796,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 400)
-        #expect((split > 0) == (dtype != .float32))
+        #expect((split > 0) == (dtype != .float32 && (![DType.int16, .int32].contains(dtype) || tpvector_splits_into_phases(2, 4) != 0)))
         // Past a span of 16 rows reduce at the stride, unsplit (`splitIntoPhases` takes steps
         // up to 16).
         for (channels, stride) in [(1, 17), (2, 9)] {

@@ -75,9 +75,18 @@ extension WindowReduction {
     /// which reduced every position and subsampled (spans of at most 8; AvgPool1d k9 s4 of 1
     /// int8 channel took 1.5 times as long, k6 s4 1.37; k2 s2 of 2 channels was 1.13 times as
     /// fast unsplit, and at stride 7 the byte split, which does not vectorise there, 1.2). Not
-    /// the maxima's vector folds, nor 16-bit integer sums (no faster split; docs/performance.md).
-    static func splitsRowsIntoPhases(stride: Int, kernel: Int) -> Bool {
+    /// the maxima's vector folds, nor inputs that do not widen (float32 and float64 read their
+    /// taps straight from the row: split, 1.2x as long). Rows of `channels` of 16- and 32-bit
+    /// integer sums split where the AVX2 transposes take the stride and the row's unit
+    /// (`tpvector_splits_into_phases`): their running sums, one add per column carried from
+    /// the last, took 1.15 to 1.8 times as long. (The baseline build splits them too, with
+    /// LLVM's loops: one plan, and so one set of tests, for both builds.)
+    static func splitsRowsIntoPhases(stride: Int, kernel: Int, channels: Int) -> Bool {
         guard Input.self != Accumulator.self && !foldsChannelsAsVector else { return false }
+        let size = MemoryLayout<Input>.size
+        if !mergesOverlaps && (size == 2 || size == 4) && tpvector_splits_into_phases(channels * size, stride) != 0 {
+            return true
+        }
         switch MemoryLayout<Input>.size {
         case 2: return !unmergesExactly
         case 1: return (2...4).contains(stride) && kernel > stride

@@ -155,7 +155,7 @@ public struct KernelPlan: Sendable {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
         width = WidthPlan(g, wideRows: accumulatorSize >= 8, byteMaxima: R.mergesOverlaps && accumulatorSize == 1,
-                          splitsRows: R.splitsRowsIntoPhases(stride: g.strideW, kernel: g.kernelW) && settings.splitsRows)
+                          splitsRows: R.splitsRowsIntoPhases(stride: g.strideW, kernel: g.kernelW, channels: g.channels) && settings.splitsRows)
         let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
         // Maxima widen once where W folds each window's taps, not where it doubles straight
         // from the row (`doubleAlongW(row:)` reads each input twice; rows of few channels

@@ -441,7 +441,8 @@ func widenedInChunks<R: WindowReduction>(
     // few positions).
     // 1 or 2 channels of 16-bit inputs, dense, at a step of 2 to 16 whose span of channels
     // is at most `KernelLimits.subsampledSpan` (rows alone of float16 and bfloat16 averages,
-    // and of 8-bit integer averages at steps 2 to 4: `WidthPlan`, `splitsRowsIntoPhases`):
+    // of 8-bit integer averages at steps 2 to 4, and of 16- and 32-bit integer averages
+    // where the AVX2 transposes take the step: `WidthPlan`, `splitsRowsIntoPhases`):
     // the chunk's columns are split into phases as they lie, by whole vectors
     // (`splitIntoPhases`), and each tap converts as it folds, kernel / step conversions per
     // input where every position's fold took kernel. Split a column or two at a time,
