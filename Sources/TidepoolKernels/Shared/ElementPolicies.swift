@@ -87,7 +87,7 @@ extension WindowReduction {
         if !mergesOverlaps && (size == 2 || size == 4) && tpvector_splits_into_phases(channels * size, stride) != 0 {
             return true
         }
-        switch MemoryLayout<Input>.size {
+        switch size {
         case 2: return !unmergesExactly
         case 1: return (2...4).contains(stride) && kernel > stride
         default: return false

@@ -301,7 +301,8 @@ func unrolledChannels(_ channels: Int, _ body: (_ channels: Int) -> Void) {
 /// shuffles were the largest part of a split row's time (docs/performance.md).
 @inline(never)
 func splitIntoPhases(_ from: UnsafeRawPointer, unitBytes: Int, step: Int, groups: Int, phaseLength: Int, into phases: UnsafeMutableRawPointer) -> Bool {
-    // Every split of 16-bit rows at steps of 4 and more, and of byte rows at 4.
+    // Every split of 16-bit rows at steps of 4 and more, of 32-bit rows at 4 to 8, and of
+    // byte rows at 4 (`tpvector_splits_into_phases`).
     if kernelLevel == .avx2 && tpvector_split_into_phases(from, unitBytes, step, groups, phaseLength, phases) != 0 {
         return true
     }
