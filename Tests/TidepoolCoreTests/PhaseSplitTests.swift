@@ -21,7 +21,8 @@ import Testing
                     for extra in [0, 3] {
                         let phaseLength = groups + extra
                         // Byte k of the source is k mod 251 (a prime period: a unit put in
-                        // another's place shows), one byte in: the loads are unaligned.
+                        // another's place shows unless moved by a multiple of 251 units), one
+                        // byte in: the loads are unaligned.
                         let source = (0..<(step * groups * unitBytes + 1)).map { UInt8($0 % 251) }
                         var phases = [UInt8](repeating: 0xEE, count: step * phaseLength * unitBytes)
                         let done = source.withUnsafeBytes { from in

@@ -40,7 +40,7 @@ void tpvector_finish_rows(tpvector_format format, uint16_t *out, const float *so
  * and returns 1; or returns 0, with nothing written, for units and steps other than 1-, 2- and
  * 4-byte units at step 4, 2-byte units at steps 5 to 16 and 4-byte units at steps 5 to 8.
  * Transposes in AVX2 shuffles, where the compiler's vector loops for those constant steps take
- * two to four times as long. Reads no byte past the groups. Only where
+ * about twice as long. Reads no byte past the groups. Only where
  * tpvector_supports_x86_64_v3 (on other architectures it returns 0). */
 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step, size_t groups, size_t phase_length,
                                void *phases);

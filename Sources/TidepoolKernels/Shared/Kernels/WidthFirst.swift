@@ -461,7 +461,8 @@ func widenedInChunks<R: WindowReduction>(
     // vector loops then end with the chunk, and only the row's last chunk leaves positions to
     // their element-by-element remainder loops (six of a chunk's 510 float16 positions at
     // k6 s4, each a chain of dependent conversions and adds, took a third of the fold's time).
-    let perChunk = spare / step + 1 < 16 ? spare / step + 1 : (spare / step + 1) / 16 * 16
+    let fits = spare / step + 1
+    let perChunk = fits < 16 ? fits : fits / 16 * 16
     // A constant capacity, so that the buffer is on the stack.
     withUnsafeTemporaryAllocation(of: R.Accumulator.self, capacity: KernelLimits.widenedChunk) { buffer in
         let widened = buffer.baseAddress!
