@@ -925,25 +925,36 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// by the same vectors of 8 up to 32 channels, `runningSums`, in memory past them): rows
     /// of 60 positions span several chunks, and 300
     /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
-    /// input; 2 columns fit). Against the reference, and bit for bit against the same values
-    /// in channels-first storage (folded position by position), on whole and cut rows.
+    /// input; 2 columns fit). In 3-d, sums of windows that touch (k3 s3) fold straight from
+    /// the input; maxima, and windows with gaps between them (k3 s5), widen first. Against the
+    /// reference, and bit for bit against the same values in channels-first storage (folded
+    /// position by position), on whole and cut rows.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
     func stridedRowsOfManyChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         for kind in PoolKind.allCases {
             for (channels, positions) in [(12, 60), (27, 60), (37, 5), (70, 5), (37, 60), (70, 60), (300, 12)] {
-                for (kernel, stride) in [(2, 2), (7, 3), (9, 2)] {
-                    let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [kernel / 2])
-                    let shape = [2, positions * stride + kernel, channels], (w, c) = (shape[1], shape[2])
-                    let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 10 + kernel))
-                    let planar = Buffer(dtype, count: input.count)
-                    for i in 0..<input.count { planar[(i / (w * c) * c + i % c) * w + i / c % w] = input[i] }
-                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape)))
-                    let baseline = try runEngine(desc, storage: planar, offset: 0, shape: shape, strides: [w * c, 1, w], engine: engines[0])
-                    for engine in engines {
-                        let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape), engine: engine)
-                        #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil, "\(desc) \(dtype) \(shape)")
-                        #expect(memcmp(run.output.raw, baseline.output.raw, run.output.count * run.output.dtype.size) == 0, "\(desc) \(dtype) \(shape)")
+                for (kernel, stride) in [(2, 2), (7, 3), (9, 2), (3, 3), (3, 5)] {
+                    // 1-d rows, and 3-d volumes of cubic windows that do not overlap, of 12 and
+                    // 37 channels (rows reduced along W first; at most 12 positions: small).
+                    for dims in (channels == 12 || channels == 37) && kernel <= stride ? [1, 3] : [1] {
+                        let width = (dims == 1 ? positions : Swift.min(positions, 12)) * stride + kernel
+                        let desc = PoolDescriptor(kind: kind, kernelSize: [Int](repeating: kernel, count: dims),
+                                                  stride: [Int](repeating: stride, count: dims),
+                                                  padding: [Int](repeating: kernel / 2, count: dims))
+                        let spatial = dims == 1 ? [width] : [kernel, stride + kernel, width], size = spatial.reduce(1, *)
+                        let shape = [2] + spatial + [channels], c = channels
+                        let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 10 + kernel))
+                        let planar = Buffer(dtype, count: input.count)
+                        for i in 0..<input.count { planar[(i / (size * c) * c + i % c) * size + i / c % size] = input[i] }
+                        let planarStrides = [size * c] + TensorView.contiguousStrides(spatial) + [size]
+                        let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape)))
+                        let baseline = try runEngine(desc, storage: planar, offset: 0, shape: shape, strides: planarStrides, engine: engines[0])
+                        for engine in engines {
+                            let run = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: TensorView.contiguousStrides(shape), engine: engine)
+                            #expect(firstMismatch(desc, dtype: dtype, actual: run.output, expected: expected.values) == nil, "\(desc) \(dtype) \(shape)")
+                            #expect(memcmp(run.output.raw, baseline.output.raw, run.output.count * run.output.dtype.size) == 0, "\(desc) \(dtype) \(shape)")
+                        }
                     }
                 }
             }

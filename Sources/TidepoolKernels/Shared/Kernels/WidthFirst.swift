@@ -415,7 +415,8 @@ func reducePositions<R: WindowReduction>(
 /// conversion went through one register for every element (a dependency chain from one to the
 /// next), slower than the per-position folds; each input is also widened once instead of once
 /// per window holding it. Integer sums (`unmergesExactly`) of windows that overlap or touch
-/// take the differences of running sums over the chunk instead: the same exact sums.
+/// take the differences of running sums over the chunk instead: the same exact sums. Sums of
+/// windows that touch, of more than 8 channels, fold straight from the row.
 @inline(__always)
 func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
@@ -426,11 +427,20 @@ func widenedInChunks<R: WindowReduction>(
     // knows the row's channels; a tile may hold fewer (one of two, on a tiny tile budget),
     // and then its columns are not contiguous units.
     let splits = splitsPhases && stepW == channels && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
+    // Sums of windows that touch (kernel == step), of more than 8 channels, fold straight
+    // from the row (`foldManyChannels`, which widens 8 channels at a time as it loads them):
+    // each input lies in one window, so it is widened once either way, and widened into the
+    // buffer first, or summed into running sums, each took a store and a load more
+    // (AvgPool3d k3 s3 p1 of 12 int32 channels took 1.65x as long, k4 s4 p1 of 12 bfloat16
+    // 2x, AvgPool2d k10 s10 p2 of 12 float16 1.65x). Not maxima (MaxPool2d k10 s10 p2 of 12
+    // float16 took 1.15x as long straight), nor windows with gaps between them (AvgPool2d
+    // k8 s11 p4 of 24 bfloat16 1.4x, MaxPool2d 2.3x).
+    let straight = !R.mergesOverlaps && kernel == step && channels > KernelLimits.vectorChannels
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
     // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
     // sums start at the identity, one more column than the chunk's.
-    let differences = R.unmergesExactly && kernel >= step && !splits
+    let differences = R.unmergesExactly && kernel >= step && !splits && !straight
     // Other sums of 3 to 8 channels (scalar folds in `foldPositions`) widen the chunk
     // into `step` phases, phase r holding columns r, r + step, ...: for a fixed tap, the
     // chunk's positions then read one contiguous run of a phase, and the taps fold over the
@@ -450,9 +460,9 @@ func widenedInChunks<R: WindowReduction>(
     // 1.14x as long), and widened before the split no faster than every position's fold.
     let phases = !differences && !R.foldsChannelsAsVector && ((3...KernelLimits.vectorChannels).contains(channels) || splits)
     // Positions per chunk: their windows' columns fit the buffer (none when one window's do
-    // not, or the input needs no widening).
+    // not, or the input needs no widening, or folds straight from the row).
     let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0)
-    guard R.Input.self != R.Accumulator.self && spare >= 0 else {
+    guard R.Input.self != R.Accumulator.self && spare >= 0 && !straight else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
                       channels: channels, into: destination)
         return
