@@ -926,18 +926,23 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// of 60 positions span several chunks, and 300
     /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
     /// input; 2 columns fit). In 3-d, sums of windows that touch (k3 s3) fold straight from
-    /// the input; maxima, and windows with gaps between them (k3 s5), widen first. Against the
-    /// reference, and bit for bit against the same values in channels-first storage (folded
-    /// position by position), on whole and cut rows.
+    /// the input; maxima, and windows with gaps between them (k3 s5), widen first; integer
+    /// sums of overlapping windows (k7 s3) take their differences as vectors of 8 at 12 and 27
+    /// channels (`differencesAsVectors`; not at 37). Against the reference, and bit for bit
+    /// against the same values in channels-first storage (folded position by position), on
+    /// whole and cut rows.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
     func stridedRowsOfManyChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         for kind in PoolKind.allCases {
             for (channels, positions) in [(12, 60), (27, 60), (37, 5), (70, 5), (37, 60), (70, 60), (300, 12)] {
                 for (kernel, stride) in [(2, 2), (7, 3), (9, 2), (3, 3), (3, 5)] {
-                    // 1-d rows, and 3-d volumes of cubic windows that do not overlap, of 12 and
-                    // 37 channels (rows reduced along W first; at most 12 positions: small).
-                    for dims in (channels == 12 || channels == 37) && kernel <= stride ? [1, 3] : [1] {
+                    // 1-d rows, and 3-d volumes of cubic windows (rows reduced along W first; at
+                    // most 12 positions: small): windows that do not overlap, of 12, 27 and 37
+                    // channels, and windows 7 wide at stride 3 of 12 and 27.
+                    let volumes = [12, 27, 37].contains(channels) && kernel <= stride
+                        || [12, 27].contains(channels) && (kernel, stride) == (7, 3)
+                    for dims in volumes ? [1, 3] : [1] {
                         let width = (dims == 1 ? positions : Swift.min(positions, 12)) * stride + kernel
                         let desc = PoolDescriptor(kind: kind, kernelSize: [Int](repeating: kernel, count: dims),
                                                   stride: [Int](repeating: stride, count: dims),
