@@ -796,7 +796,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 400)
-        #expect((split > 0) == (dtype != .float32 && (![DType.int16, .int32].contains(dtype) || tpvector_splits_into_phases(2, 4) != 0)))
+        #expect((split > 0) == (dtype != .float32 && (![DType.int16, .int32].contains(dtype) || tpvector_splits_into_phases(dtype.size, 4) != 0)))
         // Past a span of 16 rows reduce at the stride, unsplit (`splitIntoPhases` takes steps
         // up to 16).
         for (channels, stride) in [(1, 17), (2, 9)] {

@@ -76,10 +76,10 @@ extension WindowReduction {
     /// int8 channel took 1.5 times as long, k6 s4 1.37; k2 s2 of 2 channels was 1.13 times as
     /// fast unsplit, and at stride 7 the byte split, which does not vectorise there, 1.2). Not
     /// the maxima's vector folds, nor inputs that do not widen (float32 and float64 read their
-    /// taps straight from the row: float32 split took 1.2x as long). Rows of `channels` of 16- and 32-bit
-    /// integer sums split where the AVX2 transposes take the stride and the row's unit
-    /// (`tpvector_splits_into_phases`): their running sums, one add per column carried from
-    /// the last, took 1.15 to 1.8 times as long. (The baseline build splits them too, with
+    /// taps straight from the row: float32 split took 1.2x as long). Rows of `channels` of 16-
+    /// and 32-bit integer sums split where the AVX2 transposes take the stride and the row's
+    /// unit (`tpvector_splits_into_phases`): their running sums, one add per column carried
+    /// from the last, took 1.15 to 1.8 times as long. (The baseline build splits them too, with
     /// LLVM's loops: one plan, and so one set of tests, for both builds.)
     static func splitsRowsIntoPhases(stride: Int, kernel: Int, channels: Int) -> Bool {
         guard Input.self != Accumulator.self && !foldsChannelsAsVector else { return false }
