@@ -77,10 +77,11 @@ import Glibc
         let k7 = PoolDescriptor(kind: .average, kernelSize: [7, 3, 7], stride: [1, 1, 4], padding: [3, 1, 3])
         let byDefault = try #require(try PoolEngine(threads: 2).kernelPlan(k7, input: input))
         #expect(byDefault.scansD && !byDefault.scansH)
-        // (W strided over 16 channels is reduced at the output's positions, so H after it.)
+        // (W strided over 40 channels, a span past float32 sums' 64, is reduced at the
+        // output's positions, so H after it.)
         let strided = PoolDescriptor(kind: .average, kernelSize: [7, 7, 3], stride: [4, 3, 2], padding: [3, 3, 1])
-        let sixteen = TensorView(data: nil, dtype: .float32, shape: [1, 9, 9, 9, 16])
-        let stridedPlan = try #require(try PoolEngine(threads: 2).kernelPlan(strided, input: sixteen))
+        let forty = TensorView(data: nil, dtype: .float32, shape: [1, 9, 9, 9, 40])
+        let stridedPlan = try #require(try PoolEngine(threads: 2).kernelPlan(strided, input: forty))
         #expect(stridedPlan.strategy == .widthFirst)
         #expect(!stridedPlan.scansD && stridedPlan.scansH)
         // The max of float32 and float64 scans from 4 taps; sums and integer maxima from 6.

@@ -453,8 +453,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Rows strided along H, of 1 to 7 channels whose W stride spans more than
     /// `KernelLimits.subsampledSpan` elements (64 for byte maxima,
-    /// `KernelLimits.subsampledSpanOfOverlappingByteMaxima`): H first, then W at the output's own positions
-    /// from the padded row (`reducePlaneHeightFirst`). Kernels of 1 to 11 columns over rows
+    /// `KernelLimits.subsampledSpanOfOverlappingByteMaxima`; wider spans need 9 channels or
+    /// more): H first, then W at the output's own positions from the padded row (`reducePlaneHeightFirst`). Kernels of 1 to 11 columns over rows
     /// of one to two strides past them, padding up to half the kernel, strides above the
     /// kernel; the default tiles and tiny ones (cut along W, so a tile's positions start at an
     /// offset) give the reference and the same bits.
@@ -657,9 +657,9 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         var checked = 0
         for kind in PoolKind.allCases {
             for channels in Array(1...9) + [12, 21] {
-                // Above KernelLimits.subsampledSpan (16 elements; 64 for byte maxima): positions
-                // at the stride.
-                let stride = Swift.max(2, (kind == .max && dtype.size == 1 ? 64 : 16) / channels + 1)
+                // Past the type's widest subsampled span (`subsampledSpan`): positions at the
+                // stride.
+                let stride = Swift.max(2, (dtype.size == 8 ? 16 : kind == .average && dtype.size == 1 ? 128 : 64) / channels + 1)
                 // Chunks (KernelLimits.widenedChunk, 2048 accumulators) only where the input
                 // widens: kernels longer than a chunk holds, rows of several chunks (short
                 // kernels only: the reference's long kernels over long rows took minutes in a
@@ -819,8 +819,10 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
     /// span of channels is at most 32, or 64 where the kernel is at least 1.5 strides
-    /// (`KernelLimits.subsampledSpanOfByteMaxima`); 2-byte maxima and byte averages keep 16
-    /// (where their rows do not split into phases).
+    /// (`KernelLimits.subsampledSpanOfByteMaxima`); of more than 8 channels, byte averages up
+    /// to 128 and 2-byte maxima and averages up to 64, but rows alone whose windows touch,
+    /// leave gaps, stride past 4 or span more than two strides and a column keep 16
+    /// (`subsampledSpan`; where their rows do not split into phases).
     /// The plan asserted, and against the reference for 1 to 32 channels, spans on both sides
     /// of each limit, kernels shorter than, as long as and longer than the stride, 1-d rows
     /// and 3-d tiles of several rows, bit for bit between one thread and tiles cut along W
@@ -831,7 +833,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         var checked = 0, subsampledWide = 0
         for kind in PoolKind.allCases {
             for channels in [1, 3, 6, 8, 12, 16, 24, 32] {
-                for stride in Set([2, 3, 16 / channels + 1, 32 / channels, 32 / channels + 1, 64 / channels, 64 / channels + 1]) where stride >= 2 {
+                let wStrides = [2, 3, 16 / channels + 1] + [32, 64, 128].flatMap { [$0 / channels, $0 / channels + 1] }
+                for stride in Set(wStrides) where stride >= 2 {
                     for kernel in Set([stride - 1, stride, stride + 1, (3 * stride + 1) / 2, 2 * stride + 1]) where kernel >= 2 {
                         for spatial in [[4 * stride + kernel + 5], [3, 5, 2 * stride + kernel]] {
                             let dims = spatial.count, padding = kernel / 2
@@ -844,7 +847,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             let plan = try #require(try engines[0].kernelPlan(desc, input: view))
                             // The geometry cuts a stride past the padded row to its length.
                             let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
-                            let span = kind == .max && dtype.size == 1 ? (2 * kernel >= 3 * geometry.strideW ? 64 : 32) : 16
+                            let span = subsampledSpan(kind, dtype, geometry)
                             // 1-d byte averages of 1-2 channels split into phases at strides 2 to 4
                             // where windows overlap (`rowsOfOneOrTwoChannelsSplitIntoPhases`).
                             let split = kind == .average && dtype.size == 1 && dims == 1 && channels <= 2
@@ -867,8 +870,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
             }
         }
         #expect(checked > 300)
-        // 2-byte maxima keep 16: no span past it is subsampled.
-        #expect(dtype.size == 1 ? subsampledWide > 20 : subsampledWide == 0)
+        #expect(subsampledWide > 20)
     }
 
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the
@@ -925,10 +927,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// by the same vectors of 8 up to 32 channels, `runningSums`, in memory past them): rows
     /// of 60 positions span several chunks, and 300
     /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
-    /// input; 2 columns fit). In 3-d, sums of windows that touch (k3 s3) fold straight from
-    /// the input; maxima, and windows with gaps between them (k3 s5), widen first; integer
-    /// sums of overlapping windows (k7 s3) take their differences as vectors of 8 at 12 and 27
-    /// channels (`differencesAsVectors`; not at 37). Against the reference, and bit for bit
+    /// input; 2 columns fit). In 3-d, where the stride's span of channels is past the type's
+    /// subsampled span (`subsampledSpan`), sums of windows that touch (k3 s3, k5 s5) fold
+    /// straight from the input; maxima, and windows with gaps between them (k3 s5), widen
+    /// first; integer sums of overlapping windows (k7 s3, k7 s5) take their differences as
+    /// vectors of 8 at 12 and 27 channels (`differencesAsVectors`; not at 37). Against the reference, and bit for bit
     /// against the same values in channels-first storage (folded position by position), on
     /// whole and cut rows.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
@@ -936,12 +939,14 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         for kind in PoolKind.allCases {
             for (channels, positions) in [(12, 60), (27, 60), (37, 5), (70, 5), (37, 60), (70, 60), (300, 12)] {
-                for (kernel, stride) in [(2, 2), (7, 3), (9, 2), (3, 3), (3, 5)] {
+                for (kernel, stride) in [(2, 2), (7, 3), (9, 2), (3, 3), (3, 5), (5, 5), (7, 5)] {
                     // 1-d rows, and 3-d volumes of cubic windows (rows reduced along W first; at
                     // most 12 positions: small): windows that do not overlap, of 12, 27 and 37
-                    // channels, and windows 7 wide at stride 3 of 12 and 27.
+                    // channels, and windows 7 wide at stride 3 of 12 and 27 and at stride 5 of 27
+                    // (byte averages subsample spans up to 128, `subsampledSpan`: at stride 5 27
+                    // channels span 135).
                     let volumes = [12, 27, 37].contains(channels) && kernel <= stride
-                        || [12, 27].contains(channels) && (kernel, stride) == (7, 3)
+                        || [12, 27].contains(channels) && (kernel, stride) == (7, 3) || channels == 27 && (kernel, stride) == (7, 5)
                     for dims in volumes ? [1, 3] : [1] {
                         let width = (dims == 1 ? positions : Swift.min(positions, 12)) * stride + kernel
                         let desc = PoolDescriptor(kind: kind, kernelSize: [Int](repeating: kernel, count: dims),
@@ -1159,13 +1164,14 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// 512), Int32 (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21, and
     /// 32-bit windows of any size that overlap or touch along W at strided positions, 1-d and
     /// 2-d). Windows long along H and short enough along W for a chunk's buffer, strides whose
-    /// span of channels is too wide to reduce every position, on whole rows and tiles cut
+    /// span of channels is too wide to reduce every position (past 64 for 32-bit sums in 2-d,
+    /// `subsampledSpan`), on whole rows and tiles cut
     /// along W: against the float64 reference (the means are exact, so equal). A float32 mean
     /// of 2^21 terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start
     /// can.
     @Test(arguments: [(DType.int16, [2, 7], [1, 6], [2, 3, 40, 3]), (.int16, [64, 9], [1, 6], [1, 65, 60, 3]),
                       (.uint32, [16300, 129], [1, 9], [1, 16300, 156, 2]), (.int32, [11], [7], [3, 300, 3]),
-                      (.uint32, [3, 9], [2, 9], [2, 7, 200, 3]), (.int32, [5, 4], [1, 4], [2, 8, 90, 5])])
+                      (.uint32, [3, 9], [2, 9], [2, 7, 200, 8]), (.int32, [5, 4], [1, 4], [2, 8, 90, 17])])
     func stridedIntegerWindowsUnmergeEachExactSum(dtype: DType, kernel: [Int], stride: [Int], shape: [Int]) throws {
         let input = randomInput(dtype, shape: shape, seed: UInt64(kernel.reduce(1, *)))
         let desc = PoolDescriptor(kind: .average, kernelSize: kernel, stride: stride)
@@ -1270,9 +1276,10 @@ extension StreamingTests {
                 let strides = TensorView.contiguousStrides(shape)
                 let view = TensorView(data: nil, dtype: dtype, shape: shape)
                 let streamingPlan = try #require(try PoolEngine(threads: 2, streamingOutputBytes: 0).kernelPlan(desc, input: view))
-                // (9 channels: a span of 18, reduced at the output's positions but for byte
-                // maxima, subsampled up to a span of 32.)
-                #expect(streamingPlan.subsampledRows == (channels == 8 || dtype.size == 1) && streamingPlan.streamOutput,
+                // (9 channels: a span of 18, reduced at the output's positions where the type's
+                // subsampled span is 16: float64, and float32 outside 3-d windows.)
+                let geometry = try PoolGeometry(desc, input: view, outputShape: try desc.outputShape(inputShape: shape))
+                #expect(streamingPlan.subsampledRows == (2 * channels <= subsampledSpan(.max, dtype, geometry)) && streamingPlan.streamOutput,
                         "\(desc) \(dtype) C=\(channels)")
                 let cached = try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides,
                                            engine: PoolEngine(threads: 2, streamingOutputBytes: .max))

@@ -33,8 +33,9 @@ struct StrategyTests {
         // k2 s2 with 32 channels: windows do not overlap, at most 12 taps.
         Case(kind: .average, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
         Case(kind: .max, dtype: .int8, shape: [2, 8, 16, 16, 8], kernel: 2, stride: 2, padding: 1, strategy: .wholeWindows),
-        // k3 s3: 27 taps is too many for whole windows.
-        Case(kind: .average, dtype: .float32, shape: [1, 9, 9, 9, 16], kernel: 3, stride: 3, padding: 0, strategy: .widthFirst),
+        // k3 s3: 27 taps is too many for whole windows (32 channels: a span past float32
+        // sums' 64, so positions at the stride).
+        Case(kind: .average, dtype: .float32, shape: [1, 9, 9, 9, 32], kernel: 3, stride: 3, padding: 0, strategy: .widthFirst),
         Case(kind: .average, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
         Case(kind: .max, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
         Case(kind: .average, dtype: .float32, shape: [2, 64, 224, 224, 3], kernel: 3, stride: 2, padding: 1, strategy: .heightFirst),
@@ -62,10 +63,11 @@ struct StrategyTests {
         Case(kind: .average, dtype: .bfloat16, shape: [4, 128, 128, 128, 1], kernel: 1, stride: 1, padding: 0, strategy: .wholeWindows),
         Case(kind: .average, dtype: .int8, shape: [8, 56, 56, 3], kernel: 1, stride: 2, padding: 1, strategy: .heightFirst),
         Case(kind: .max, dtype: .float32, shape: [64, 4096, 1], kernel: 1, stride: 1, padding: 0, strategy: .widthFirst),
-        // Few channels at a W stride too wide to subsample (4 x 7 channels): H first all the
-        // same, W then at the output's positions. With 16 channels W stays first.
-        Case(kind: .average, dtype: .uint8, shape: [2, 16, 20, 20, 7], kernel: 4, stride: 4, padding: 2, strategy: .heightFirst),
-        Case(kind: .average, dtype: .uint8, shape: [2, 16, 20, 20, 16], kernel: 5, stride: 5, padding: 0, strategy: .widthFirst),
+        // Few channels at a W stride too wide to subsample (4 x 7 channels, past float64's span
+        // of 16): H first all the same, W then at the output's positions. With 16 channels W
+        // stays first.
+        Case(kind: .average, dtype: .float64, shape: [2, 16, 20, 20, 7], kernel: 4, stride: 4, padding: 2, strategy: .heightFirst),
+        Case(kind: .average, dtype: .float64, shape: [2, 16, 20, 20, 16], kernel: 5, stride: 5, padding: 0, strategy: .widthFirst),
     ]
 
     @Test(arguments: cases)
@@ -146,9 +148,10 @@ struct StrategyTests {
         let subsampled = try Self.cases[6].plan()
         #expect(subsampled.subsampledRows && subsampled.compactsRing && subsampled.rowsFinishAsRuns)
         // 8 channels at stride 2 (a span of 16) too, so H first: position by position, one
-        // vector per position, cost 3-d pooling twice its floor. At stride 3 (24) positions stay.
+        // vector per position, cost 3-d pooling twice its floor. At stride 3 (24) positions
+        // stay for float64 (float32 maxima of short 3-d windows subsample spans up to 64).
         for (stride, strategy) in [(2, Strategy.heightFirst), (3, .widthFirst)] {
-            let eight = Case(kind: .max, dtype: .float32, shape: [4, 81, 81, 81, 8], kernel: 3, stride: stride, padding: 1,
+            let eight = Case(kind: .max, dtype: .float64, shape: [4, 81, 81, 81, 8], kernel: 3, stride: stride, padding: 1,
                              strategy: strategy)
             #expect(try eight.plan().strategy == strategy && eight.plan().subsampledRows == (stride == 2))
         }

@@ -106,6 +106,29 @@ func lowestValue(_ dtype: DType) -> Double {
     }
 }
 
+/// The widest span of channels (W stride x channels) whose rows a plan of `g` reduces at
+/// every position and subsamples, stated apart from the engine (`WidthPlan.span`): maxima of
+/// 1-byte types 32, or 64 where the kernel is at least 1.5 strides; rows alone (1-d windows)
+/// of 8-byte sums and maxima 4 (32-bit integer averages sum in 8 bytes); 16 for 8 channels or
+/// fewer, and for rows alone unless their windows overlap at a stride of at most 4 and span at
+/// most two strides and a column; then 1-byte sums 128, sums of 2- and 4-byte types and maxima
+/// of 2-byte ones 64, maxima of 4-byte types over 3-d windows of at most 5 columns 64, and the
+/// rest (8-byte types) 16.
+func subsampledSpan(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry) -> Int {
+    if kind == .max && dtype.size == 1 { return 2 * g.kernelW >= 3 * g.strideW ? 64 : 32 }
+    let rowsAlone = g.kernelH == 1 && g.kernelD == 1
+    let eightByteSums = dtype.size == 8 || (kind == .average && dtype.size == 4 && !dtype.isFloatingPoint)
+    if rowsAlone && eightByteSums { return 4 }
+    if g.channels <= 8 { return 16 }
+    if rowsAlone && (g.kernelW <= g.strideW || g.strideW > 4 || g.kernelW > 2 * g.strideW + 1) { return 16 }
+    switch (kind, dtype.size) {
+    case (.average, 1): return 128
+    case (.average, 2), (.average, 4), (.max, 2): return 64
+    case (.max, 4) where g.kernelD > 1 && g.kernelW <= 5: return 64
+    default: return 16
+    }
+}
+
 /// One axis's output length by the definitions, in floating point (the engine works in
 /// integers): MLX's floor((n + 2p - k) / s) + 1, or with ceil_mode PyTorch's ceil(...) + 1
 /// less one when the last window starts at or past n + p (ATen's pooling_output_shape).

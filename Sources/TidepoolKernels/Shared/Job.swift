@@ -259,10 +259,10 @@ func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: P
 
 /// Whether 32-bit integer averages over `g` sum in Int64 running sums (`withReduction`): W
 /// reduced at strided positions (a step above 1), whose windows overlap or touch, but for
-/// windows of 2 or 3 columns at W stride 2 alone. Both sums are 8-byte integer sums
-/// (`wideRows`).
+/// windows of 2 or 3 columns at W stride 2 alone. Both sums are 8-byte integer sums (the
+/// accumulator size `WidthPlan` is given).
 private func sumsRunAlongW(_ g: PoolGeometry) -> Bool {
-    WidthPlan(g, wideRows: true).step > 1 && g.kernelW >= g.strideW
+    WidthPlan(g, sums: true, inputSize: 4, accumulatorSize: 8).step > 1 && g.kernelW >= g.strideW
         && (g.strideW > 2 || g.kernelW > 3 || g.strideH > 1 || g.strideD > 1)
 }
 

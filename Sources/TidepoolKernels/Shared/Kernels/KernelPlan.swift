@@ -45,8 +45,19 @@ enum KernelLimits {
     static let vectorChannels = 8
     /// With a W stride above 1, W is reduced at every position (and the output subsampled)
     /// while the stride's span of channels is at most this many elements (so 8 channels at
-    /// most, at stride 2).
+    /// most, at stride 2), or the wider spans below (`WidthPlan.span`).
     static let subsampledSpan = 16
+    /// The same for sums of 2- and 4-byte inputs, maxima of 2-byte inputs and maxima of
+    /// 4-byte inputs over short 3-d windows (`WidthPlan.span`).
+    static let subsampledSpanOfNarrowTypes = 64
+    /// The same for sums of 1-byte inputs.
+    static let subsampledSpanOfByteSums = 128
+    /// Rows alone (1-d windows) take the wider spans only where their windows overlap, at
+    /// strides up to this, over at most two strides and a column.
+    static let widerSpansOfRowsAlone = 4
+    /// Maxima of 4-byte inputs take the wider span only over 3-d windows of at most this
+    /// many columns.
+    static let widerSpanColumnsOfWordMaxima = 5
     /// The same for windows one row and one plane tall of 8-byte integer sums and maxima
     /// (`WidthPlan`).
     static let subsampledSpanOfWideRows = 4
@@ -154,7 +165,7 @@ public struct KernelPlan: Sendable {
     init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
-        width = WidthPlan(g, wideRows: accumulatorSize >= 8, byteMaxima: R.mergesOverlaps && accumulatorSize == 1,
+        width = WidthPlan(g, sums: !R.mergesOverlaps, inputSize: inputSize, accumulatorSize: accumulatorSize,
                           splitsRows: R.splitsRowsIntoPhases(stride: g.strideW, kernel: g.kernelW, channels: g.channels) && settings.splitsRows)
         let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
         // Maxima widen once where W folds each window's taps, not where it doubles straight
@@ -338,8 +349,28 @@ public struct KernelPlan: Sendable {
 /// up to a span of 32, or 64 where the kernel is at least 1.5 strides: 64 MiB, 1 thread, ms, at
 /// the stride vs subsampled, int8 k10 s4 C=6 15.7 vs 9.5, uint8 k5 s4 C=8 7.3-7.5 vs 4.8-4.9,
 /// 3-d k3 s2 C=24 12.4-12.5 vs 5.3-5.5, k4 s4 C=6 9.5-9.8 vs 6.2-6.4; but k7 s6 C=8 (a span of
-/// 48, a kernel under 1.5 strides) 6.0-6.3 vs 9.2-9.7, and k10 s8 C=6 (48) 8.2-8.3 vs 8.4. 2-byte
-/// maxima keep 16 (int16 k10 s4 C=6 7.4-7.7 vs 8.0-8.1).
+/// 48, a kernel under 1.5 strides) 6.0-6.3 vs 9.2-9.7, and k10 s8 C=6 (48) 8.2-8.3 vs 8.4. Not
+/// 2-byte maxima (int16 k10 s4 C=6 7.4-7.7 vs 8.0-8.1; but see below for more channels).
+///
+/// Wider spans (`KernelLimits.subsampledSpanOfNarrowTypes`, 64, and
+/// `subsampledSpanOfByteSums`, 128), for more than 8 channels, for sums of 1-, 2- and 4-byte
+/// inputs, maxima of 2-byte inputs and maxima of 4-byte inputs over 3-d windows of at most 5
+/// columns: past 16 their positions at the stride reduce one short vector of channels at a
+/// time (9 to 15 channels: one vector of 8 and an overlapping one) where rows reduced at every
+/// position run whole vectors. 64 MiB, 1 thread, ms, at the stride vs subsampled: AvgPool3d k3 s2 C=9 int8 29.4 vs
+/// 10.5, float16 18.9 vs 7.1, float32 9.7 vs 5.2; AvgPool1d k3 s2 C=32 int16 14.7 vs 7.4;
+/// MaxPool3d k3 s2 C=16 float16 12.6 vs 5.0, float32 6.6 vs 4.7; AvgPool3d k9 s8 C=12 uint8
+/// 11.7 vs 6.6 (span 96); AvgPool3d k5 s2 C=12 int32 (Int64 running sums at the stride) 12.6
+/// vs 8.1. Not where it lost: 8 channels or fewer (AvgPool1d k10 s4 C=6 float32 5.9 vs 8.1,
+/// MaxPool1d k10 s4 C=6 float16 9.4 vs 12.5, AvgPool2d k10 s4 C=6 float32 4.7 vs 5.0); rows
+/// alone whose windows touch or leave gaps (MaxPool1d k2 s2 C=24 int16 5.0 vs 6.2, AvgPool1d
+/// k2 s2 C=24 float32 3.9 vs 4.1), at strides past 4 (AvgPool1d k9 s8 C=12 int8 8.5 vs 13.0,
+/// k7 s6 C=16 9.9 vs 10.3) or over more than two strides and a column (AvgPool1d k10 s4 C=12
+/// int8 14.6 vs 18.1, k11 s3 C=12 bfloat16 16.8 vs 20.9, MaxPool1d k10 s4 C=12 int16 8.4 vs
+/// 11.5; k9 s2 C=12 float16 gained, 21.5 vs 16.6); maxima of 4-byte inputs in 1-d and 2-d
+/// (MaxPool1d k5 s2 C=16 float32 6.8 vs 10.7, MaxPool2d k7 s3 C=12 5.2 vs 6.5) or over long 3-d
+/// windows (MaxPool3d k11 s5 C=12 5.2 vs 5.5-5.9); 8-byte inputs (AvgPool3d k5 s2 C=12 float64
+/// 5.7 vs 6.4, MaxPool3d k11 s5 C=12 4.7 vs 5.9).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -350,16 +381,13 @@ struct WidthPlan: Sendable {
     /// widened (`widenedInChunks`).
     let splitsPhases: Bool
 
-    /// `wideRows`: the reduction's accumulators are 8-byte sums or maxima. `byteMaxima`: they
-    /// are 1-byte maxima. `splitsRows`: sums whose rows `widenedInChunks` splits into the
-    /// stride's phases (`splitsRowsIntoPhases`).
-    init(_ g: PoolGeometry, wideRows: Bool, byteMaxima: Bool = false, splitsRows: Bool = false) {
+    /// `sums`: the reduction sums (not maxima), of `inputSize`-byte inputs into
+    /// `accumulatorSize`-byte accumulators. `splitsRows`: sums whose rows `widenedInChunks`
+    /// splits into the stride's phases (`splitsRowsIntoPhases`).
+    init(_ g: PoolGeometry, sums: Bool, inputSize: Int, accumulatorSize: Int, splitsRows: Bool = false) {
         stride = g.strideW
         let rowsAlone = g.kernelH == 1 && g.kernelD == 1
-        var span = wideRows && rowsAlone ? KernelLimits.subsampledSpanOfWideRows : KernelLimits.subsampledSpan
-        if byteMaxima {
-            span = 2 * g.kernelW >= 3 * g.strideW ? KernelLimits.subsampledSpanOfOverlappingByteMaxima : KernelLimits.subsampledSpanOfByteMaxima
-        }
+        let span = Self.span(g, sums: sums, inputSize: inputSize, accumulatorSize: accumulatorSize)
         // Dense rows alone of 1 or 2 channels at the stride, split into phases: every
         // position folded its kernel's taps, converting each input once per tap (AvgPool1d
         // k11 s7 of 1 float16 channel took 1.5x as long, k6 s4 1.2x).
@@ -367,6 +395,25 @@ struct WidthPlan: Sendable {
         splitsPhases = splitsRows && rowsAlone && g.channels <= 2 && g.stepC == 1 && g.stepW == g.channels
             && g.strideW >= 2 && g.strideW * g.channels <= KernelLimits.subsampledSpan
         step = g.strideW > 1 && g.strideW * g.channels <= span && !splitsPhases ? 1 : g.strideW
+    }
+
+    /// The largest span of channels (stride x channels) whose rows are reduced at every
+    /// position and subsampled (the type's comment above).
+    static func span(_ g: PoolGeometry, sums: Bool, inputSize: Int, accumulatorSize: Int) -> Int {
+        if !sums && inputSize == 1 {
+            return 2 * g.kernelW >= 3 * g.strideW ? KernelLimits.subsampledSpanOfOverlappingByteMaxima : KernelLimits.subsampledSpanOfByteMaxima
+        }
+        let rowsAlone = g.kernelH == 1 && g.kernelD == 1
+        if rowsAlone && accumulatorSize >= 8 { return KernelLimits.subsampledSpanOfWideRows }
+        let overlapping = g.kernelW > g.strideW && g.strideW <= KernelLimits.widerSpansOfRowsAlone && g.kernelW <= 2 * g.strideW + 1
+        guard g.channels > KernelLimits.vectorChannels && (!rowsAlone || overlapping) else { return KernelLimits.subsampledSpan }
+        switch (sums, inputSize) {
+        case (true, 1): return KernelLimits.subsampledSpanOfByteSums
+        case (true, 2), (true, 4), (false, 2): return KernelLimits.subsampledSpanOfNarrowTypes
+        case (false, 4) where g.kernelD > 1 && g.kernelW <= KernelLimits.widerSpanColumnsOfWordMaxima:
+            return KernelLimits.subsampledSpanOfNarrowTypes
+        default: return KernelLimits.subsampledSpan
+        }
     }
 
     /// Positions covering outputs [ow0, ow1).
