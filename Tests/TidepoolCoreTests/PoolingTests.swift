@@ -453,11 +453,12 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Rows strided along H, of 1 to 7 channels whose W stride spans more than
     /// `KernelLimits.subsampledSpan` elements (64 for byte maxima,
-    /// `KernelLimits.subsampledSpanOfOverlappingByteMaxima`; wider spans need 9 channels or
-    /// more): H first, then W at the output's own positions from the padded row (`reducePlaneHeightFirst`). Kernels of 1 to 11 columns over rows
-    /// of one to two strides past them, padding up to half the kernel, strides above the
-    /// kernel; the default tiles and tiny ones (cut along W, so a tile's positions start at an
-    /// offset) give the reference and the same bits.
+    /// `KernelLimits.subsampledSpanOfOverlappingByteMaxima`; wider spans need 9 channels or more):
+    /// H first, then W at the output's own positions from the padded row
+    /// (`reducePlaneHeightFirst`). Kernels of 1 to 11 columns over rows of one to two strides past
+    /// them, padding up to half the kernel, strides above the kernel; the default tiles and tiny
+    /// ones (cut along W, so a tile's positions start at an offset) give the reference and the same
+    /// bits.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .uint8, .int32, .int64, .float64])
     func heightFirstAtWStrides(dtype: DType) throws {
         var rng = SplitMix64(seed: 0x4F12_5701 ^ UInt64(dtype.code) << 24)
@@ -920,19 +921,18 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     }
 
     /// Strided rows of many channels fold up to 4 vectors of 8 of them at a time
-    /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 12 channels (vectors at 0 and
-    /// 4), 27 (0, 8, 16, 19), 37 (0, 8, 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32,
-    /// then one at 62). Inputs that widen do so a chunk of positions at a time
-    /// (`widenedInChunks`; integer sums as differences of running sums, summed in registers
-    /// by the same vectors of 8 up to 32 channels, `runningSums`, in memory past them): rows
-    /// of 60 positions span several chunks, and 300
-    /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
+    /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 12 channels (vectors at 0 and 4),
+    /// 27 (0, 8, 16, 19), 37 (0, 8, 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one
+    /// at 62). Inputs that widen do so a chunk of positions at a time (`widenedInChunks`; integer
+    /// sums as differences of running sums, summed in registers by the same vectors of 8 up to 32
+    /// channels, `runningSums`, in memory past them): rows of 60 positions span several chunks, and
+    /// 300 channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the
     /// input; 2 columns fit). In 3-d, where the stride's span of channels is past the type's
-    /// subsampled span (`subsampledSpan`), sums of windows that touch (k3 s3, k5 s5) fold
-    /// straight from the input; maxima, and windows with gaps between them (k3 s5), widen
-    /// first; integer sums of overlapping windows (k7 s3, k7 s5) take their differences as
-    /// vectors of 8 at 12 and 27 channels (`differencesAsVectors`; not at 37). Against the reference, and bit for bit
-    /// against the same values in channels-first storage (folded position by position), on
+    /// subsampled span (`subsampledSpan`), sums of windows that touch (k3 s3, k5 s5) fold straight
+    /// from the input; maxima, and windows with gaps between them (k3 s5), widen first; integer
+    /// sums of overlapping windows (k7 s3, k7 s5) take their differences as vectors of 8
+    /// (`differencesAsVectors`, 9 to 32 channels; not at 37). Against the reference, and bit for
+    /// bit against the same values in channels-first storage (folded position by position), on
     /// whole and cut rows.
     @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
     func stridedRowsOfManyChannels(dtype: DType) throws {
@@ -1159,15 +1159,14 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
-    /// Strided integer windows that overlap sum as differences of running sums (`unmerge`) in
-    /// each exact sum the window size selects: Int32 divided in float32 (int16 windows below
-    /// 512), Int32 (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21, and
-    /// 32-bit windows of any size that overlap or touch along W at strided positions, 1-d and
-    /// 2-d). Windows long along H and short enough along W for a chunk's buffer, strides whose
-    /// span of channels is too wide to reduce every position (past 64 for 32-bit sums in 2-d,
-    /// `subsampledSpan`), on whole rows and tiles cut
-    /// along W: against the float64 reference (the means are exact, so equal). A float32 mean
-    /// of 2^21 terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start
+    /// Strided integer windows that overlap sum as differences of running sums (`unmerge`) in each
+    /// exact sum the window size selects: Int32 divided in float32 (int16 windows below 512), Int32
+    /// (int16 windows of 512 to 65,536), Int64 (uint32 windows past 2^21, and 32-bit windows of any
+    /// size that overlap or touch along W at strided positions, 1-d and 2-d). Windows long along H
+    /// and short enough along W for a chunk's buffer, strides whose span of channels is too wide to
+    /// reduce every position (past 64 for 32-bit sums in 2-d, `subsampledSpan`), on whole rows and
+    /// tiles cut along W: against the float64 reference (the means are exact, so equal). A float32
+    /// mean of 2^21 terms cannot show a sum wrong in its low bits: for Int64, a wrong sign or start
     /// can.
     @Test(arguments: [(DType.int16, [2, 7], [1, 6], [2, 3, 40, 3]), (.int16, [64, 9], [1, 6], [1, 65, 60, 3]),
                       (.uint32, [16300, 129], [1, 9], [1, 16300, 156, 2]), (.int32, [11], [7], [3, 300, 3]),

@@ -339,9 +339,9 @@ public struct KernelPlan: Sendable {
 /// either way (no pairs along W for rows alone; a max's doubling keeps the first of equal values
 /// and the last NaN, as the fold does; a sum's padded taps add +0, which changes no sum but a -0,
 /// and the finish adds +0 to every sum of 2+ taps), so the bits do not depend on the choice. Other
-/// types keep 16: float32, float16, bfloat16 and int8 averages and float32 and int8 maxima were as
-/// fast or faster subsampled (float16 k7 s3 C=3 25-27 vs 38-40), and 2-d and 3-d windows of int32
-/// too (3-d k3 s2 C=2 13-14 vs 17-26).
+/// types keep 16 (or the wider spans below): float32, float16, bfloat16 and int8 averages and
+/// float32 and int8 maxima were as fast or faster subsampled (float16 k7 s3 C=3 25-27 vs 38-40),
+/// and 2-d and 3-d windows of int32 too (3-d k3 s2 C=2 13-14 vs 17-26).
 ///
 /// Maxima of 1-byte types go further (`KernelLimits.subsampledSpanOfByteMaxima`): at every
 /// position their rows fold as whole vectors of 32 bytes, doubled level by level, where at the
@@ -352,25 +352,24 @@ public struct KernelPlan: Sendable {
 /// 48, a kernel under 1.5 strides) 6.0-6.3 vs 9.2-9.7, and k10 s8 C=6 (48) 8.2-8.3 vs 8.4. Not
 /// 2-byte maxima (int16 k10 s4 C=6 7.4-7.7 vs 8.0-8.1; but see below for more channels).
 ///
-/// Wider spans (`KernelLimits.subsampledSpanOfNarrowTypes`, 64, and
-/// `subsampledSpanOfByteSums`, 128), for more than 8 channels, for sums of 1-, 2- and 4-byte
-/// inputs, maxima of 2-byte inputs and maxima of 4-byte inputs over 3-d windows of at most 5
-/// columns: past 16 their positions at the stride reduce one short vector of channels at a
-/// time (9 to 15 channels: one vector of 8 and an overlapping one) where rows reduced at every
-/// position run whole vectors. 64 MiB, 1 thread, ms, at the stride vs subsampled: AvgPool3d k3 s2 C=9 int8 29.4 vs
-/// 10.5, float16 18.9 vs 7.1, float32 9.7 vs 5.2; AvgPool1d k3 s2 C=32 int16 14.7 vs 7.4;
-/// MaxPool3d k3 s2 C=16 float16 12.6 vs 5.0, float32 6.6 vs 4.7; AvgPool3d k9 s8 C=12 uint8
-/// 11.7 vs 6.6 (span 96); AvgPool3d k5 s2 C=12 int32 (Int64 running sums at the stride) 12.6
-/// vs 8.1. Not where it lost: 8 channels or fewer (AvgPool1d k10 s4 C=6 float32 5.9 vs 8.1,
-/// MaxPool1d k10 s4 C=6 float16 9.4 vs 12.5, AvgPool2d k10 s4 C=6 float32 4.7 vs 5.0); rows
-/// alone whose windows touch or leave gaps (MaxPool1d k2 s2 C=24 int16 5.0 vs 6.2, AvgPool1d
-/// k2 s2 C=24 float32 3.9 vs 4.1), at strides past 4 (AvgPool1d k9 s8 C=12 int8 8.5 vs 13.0,
-/// k7 s6 C=16 9.9 vs 10.3) or over more than two strides and a column (AvgPool1d k10 s4 C=12
-/// int8 14.6 vs 18.1, k11 s3 C=12 bfloat16 16.8 vs 20.9, MaxPool1d k10 s4 C=12 int16 8.4 vs
-/// 11.5; k9 s2 C=12 float16 gained, 21.5 vs 16.6); maxima of 4-byte inputs in 1-d and 2-d
-/// (MaxPool1d k5 s2 C=16 float32 6.8 vs 10.7, MaxPool2d k7 s3 C=12 5.2 vs 6.5) or over long 3-d
-/// windows (MaxPool3d k11 s5 C=12 5.2 vs 5.5-5.9); 8-byte inputs (AvgPool3d k5 s2 C=12 float64
-/// 5.7 vs 6.4, MaxPool3d k11 s5 C=12 4.7 vs 5.9).
+/// Wider spans (`KernelLimits.subsampledSpanOfNarrowTypes`, 64, and `subsampledSpanOfByteSums`,
+/// 128), for more than 8 channels, for sums of 1-, 2- and 4-byte inputs, maxima of 2-byte inputs
+/// and maxima of 4-byte inputs over 3-d windows of at most 5 columns: past 16 their positions at
+/// the stride reduce one short vector of channels at a time (9 to 15 channels: one vector of 8 and
+/// an overlapping one) where rows reduced at every position run whole vectors. 64 MiB, 1 thread,
+/// ms, at the stride vs subsampled: AvgPool3d k3 s2 C=9 int8 29.4 vs 10.5, float16 18.9 vs 7.1,
+/// float32 9.7 vs 5.2; AvgPool1d k3 s2 C=32 int16 14.7 vs 7.4; MaxPool3d k3 s2 C=16 float16 12.6 vs
+/// 5.0, float32 6.6 vs 4.7; AvgPool3d k9 s8 C=12 uint8 11.7 vs 6.6 (span 96); AvgPool3d k5 s2 C=12
+/// int32 (Int64 running sums at the stride) 12.6 vs 8.1. Not where it lost: 8 channels or fewer
+/// (AvgPool1d k10 s4 C=6 float32 5.9 vs 8.1, MaxPool1d k10 s4 C=6 float16 9.4 vs 12.5, AvgPool2d
+/// k10 s4 C=6 float32 4.7 vs 5.0); rows alone whose windows touch or leave gaps (MaxPool1d k2 s2
+/// C=24 int16 5.0 vs 6.2, AvgPool1d k2 s2 C=24 float32 3.9 vs 4.1), at strides past 4 (AvgPool1d k9
+/// s8 C=12 int8 8.5 vs 13.0, k7 s6 C=16 9.9 vs 10.3) or over more than two strides and a column
+/// (AvgPool1d k10 s4 C=12 int8 14.6 vs 18.1, k11 s3 C=12 bfloat16 16.8 vs 20.9, MaxPool1d k10 s4
+/// C=12 int16 8.4 vs 11.5; k9 s2 C=12 float16 gained, 21.5 vs 16.6, and is left out with them);
+/// maxima of 4-byte inputs in 1-d and 2-d (MaxPool1d k5 s2 C=16 float32 6.8 vs 10.7, MaxPool2d k7
+/// s3 C=12 5.2 vs 6.5) or over long 3-d windows (MaxPool3d k11 s5 C=12 5.2 vs 5.5-5.9); 8-byte
+/// inputs (AvgPool3d k5 s2 C=12 float64 5.7 vs 6.4, MaxPool3d k11 s5 C=12 4.7 vs 5.9).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
