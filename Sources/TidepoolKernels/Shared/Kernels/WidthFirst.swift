@@ -415,7 +415,10 @@ func reducePositions<R: WindowReduction>(
 /// (4 16-bit sums, 8 64-bit) and left the rest to a scalar loop (AvgPool2d k4 s3 p1 of 15
 /// uint16 channels took 1.14x as long, k7 s3 p3 of 12 uint8 1.11x, AvgPool3d k5 s3 p2 of 12
 /// int32 1.06x); at multiples of 8 its loop was as fast, and with one channel past them
-/// faster (AvgPool3d k3 s2 p1 of 9 int8 channels took 1.06x as long as vectors).
+/// faster (AvgPool3d k3 s2 p1 of 9 int8 channels took 1.06x as long as vectors). Those cells
+/// were measured before the wider subsampled spans of `WidthPlan.span` and now subsample; this
+/// serves spans past the type's (16- and 32-bit sums past 64, byte sums past 128) and rows
+/// alone of 32-bit sums (not measured apart since).
 @inline(__always)
 func differencesAsVectors<R: WindowReduction>(
     _: R.Type, ends: UnsafePointer<R.Accumulator>, starts: UnsafePointer<R.Accumulator>, count: Int, jump: Int, channels: Int,
@@ -462,7 +465,9 @@ func widenedInChunks<R: WindowReduction>(
     // (AvgPool3d k3 s3 p1 of 12 int32 channels took 1.65x as long, k4 s4 p1 of 12 bfloat16
     // 2x, AvgPool2d k10 s10 p2 of 12 float16 1.65x). Not maxima (MaxPool2d k10 s10 p2 of 12
     // float16 took 1.15x as long straight), nor windows with gaps between them (AvgPool2d
-    // k8 s11 p4 of 24 bfloat16 1.4x, MaxPool2d 2.3x).
+    // k8 s11 p4 of 24 bfloat16 1.4x, MaxPool2d 2.3x). (Measured before the wider subsampled
+    // spans of `WidthPlan.span`: k3 s3 and k4 s4 of 12 channels now subsample, faster still;
+    // spans past the type's, as k10 s10 of 12 float16, still come here.)
     let straight = !R.mergesOverlaps && kernel == step && channels > KernelLimits.vectorChannels
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
