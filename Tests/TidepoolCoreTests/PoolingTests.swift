@@ -821,14 +821,15 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
     /// span of channels is at most 32, or 64 where the kernel is at least 1.5 strides
     /// (`KernelLimits.subsampledSpanOfByteMaxima`); of more than 8 channels, byte averages up
-    /// to 128 and 2-byte maxima and averages up to 64, but rows alone whose windows touch,
-    /// leave gaps, stride past 4 or span more than two strides and a column keep 16
-    /// (`subsampledSpan`; where their rows do not split into phases).
+    /// to 128 and 2-byte maxima and averages up to 64 (float16 averages over 3-d windows up to
+    /// two strides long 128), but rows alone whose windows touch, leave gaps, stride past 4 or
+    /// span more than two strides and a column keep 16 (`subsampledSpan`; where their rows do
+    /// not split into phases).
     /// The plan asserted, and against the reference for 1 to 32 channels, spans on both sides
     /// of each limit, kernels shorter than, as long as and longer than the stride, 1-d rows
     /// and 3-d tiles of several rows, bit for bit between one thread and tiles cut along W
     /// on two.
-    @Test(arguments: [DType.int8, .uint8, .int16])
+    @Test(arguments: [DType.int8, .uint8, .int16, .float16])
     func byteMaximaSubsampleWiderSpans(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 200, serialWorkBelow: 0)]
         var checked = 0, subsampledWide = 0
@@ -850,9 +851,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
                             let span = subsampledSpan(kind, dtype, geometry)
                             // 1-d byte averages of 1-2 channels split into phases at strides 2 to 4
-                            // where windows overlap (`rowsOfOneOrTwoChannelsSplitIntoPhases`).
-                            let split = kind == .average && dtype.size == 1 && dims == 1 && channels <= 2
-                                && (2...4).contains(geometry.strideW) && kernel > geometry.strideW
+                            // where windows overlap, float16 ones at spans up to 16
+                            // (`rowsOfOneOrTwoChannelsSplitIntoPhases`).
+                            let split = kind == .average && dims == 1 && channels <= 2
+                                && (dtype.size == 1 ? (2...4).contains(geometry.strideW) && kernel > geometry.strideW
+                                    : dtype == .float16 && geometry.strideW * channels <= 16)
                             let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= span && !split
                             if plan.strategy == .widthFirst || plan.strategy == .heightFirst {
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels)")

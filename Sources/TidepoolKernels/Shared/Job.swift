@@ -262,7 +262,7 @@ func withReduction<V: ReductionVisitor>(_ kind: PoolKind, _ dtype: DType, _ g: P
 /// windows of 2 or 3 columns at W stride 2 alone. Both sums are 8-byte integer sums (the
 /// accumulator size `WidthPlan` is given).
 private func sumsRunAlongW(_ g: PoolGeometry) -> Bool {
-    WidthPlan(g, sums: true, inputSize: 4, accumulatorSize: 8).step > 1 && g.kernelW >= g.strideW
+    WidthPlan(g, sums: true, unmergesExactly: true, inputSize: 4, accumulatorSize: 8).step > 1 && g.kernelW >= g.strideW
         && (g.strideW > 2 || g.kernelW > 3 || g.strideH > 1 || g.strideD > 1)
 }
 

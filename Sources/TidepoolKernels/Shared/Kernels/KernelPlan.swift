@@ -52,6 +52,9 @@ enum KernelLimits {
     static let subsampledSpanOfNarrowTypes = 64
     /// The same for sums of 1-byte inputs.
     static let subsampledSpanOfByteSums = 128
+    /// The same for float16 and bfloat16 sums over 2-d and 3-d windows that overlap by at most
+    /// a stride.
+    static let subsampledSpanOfHalfFloatSums = 128
     /// Rows alone (1-d windows) take the wider spans only where their windows overlap, at
     /// strides up to this, over at most two strides and a column.
     static let widerSpansOfRowsAlone = 4
@@ -165,7 +168,8 @@ public struct KernelPlan: Sendable {
     init<R: WindowReduction>(_ g: PoolGeometry, _: R.Type, _ settings: KernelSettings = KernelSettings()) {
         let inputSize = MemoryLayout<R.Input>.stride, accumulatorSize = MemoryLayout<R.Accumulator>.stride
         let outputSize = MemoryLayout<R.Output>.stride
-        width = WidthPlan(g, sums: !R.mergesOverlaps, inputSize: inputSize, accumulatorSize: accumulatorSize,
+        width = WidthPlan(g, sums: !R.mergesOverlaps, unmergesExactly: R.unmergesExactly, inputSize: inputSize,
+                          accumulatorSize: accumulatorSize,
                           splitsRows: R.splitsRowsIntoPhases(stride: g.strideW, kernel: g.kernelW, channels: g.channels) && settings.splitsRows)
         let scanTaps = Swift.max(2, settings.blockScanTaps ?? R.blockScanTaps)
         // Maxima widen once where W folds each window's taps, not where it doubles straight
@@ -370,6 +374,18 @@ public struct KernelPlan: Sendable {
 /// maxima of 4-byte inputs in 1-d and 2-d (MaxPool1d k5 s2 C=16 float32 6.8 vs 10.7, MaxPool2d k7
 /// s3 C=12 5.2 vs 6.5) or over long 3-d windows (MaxPool3d k11 s5 C=12 5.2 vs 5.5-5.9); 8-byte
 /// inputs (AvgPool3d k5 s2 C=12 float64 5.7 vs 6.4, MaxPool3d k11 s5 C=12 4.7 vs 5.9).
+///
+/// float16 and bfloat16 averages over 2-d and 3-d windows that overlap by at most a stride
+/// (stride < kernel <= 2 strides) go to 128 (`KernelLimits.subsampledSpanOfHalfFloatSums`): at
+/// the stride their float sums have no differences of running sums, as integer sums do, and
+/// each position folds its taps, converting each input again per window. 64 vs 128, ms as
+/// above: AvgPool3d k3 s2 C=40 float16 12.0 vs 6.3, k6 s5 C=13 11.2 vs 6.5, k12 s6 C=12 bfloat16
+/// 12.7 vs 7.1, AvgPool2d k6 s5 C=24 bfloat16 9.0 vs 5.0, k3 s2 C=48 float16 12.6 vs 8.5. Not
+/// where it lost: touching windows (AvgPool3d k6 s6 C=12 bfloat16 3.6 vs 5.5), windows of two
+/// strides and a column (AvgPool3d k13 s6 C=9 float16 9.6 vs 10.8, AvgPool2d k15 s7 C=9 7.6 vs
+/// 8.5), rows alone (AvgPool1d k7 s4 C=24 float16 10.7 vs 11.5, though k3 s2 C=48 gained, 14.7 vs
+/// 7.7), 16-bit integer averages (AvgPool2d k8 s5 C=20 int16 6.4 vs 7.2) and float32 ones
+/// (AvgPool2d k7 s5 C=24 3.6 vs 4.4).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -381,12 +397,14 @@ struct WidthPlan: Sendable {
     let splitsPhases: Bool
 
     /// `sums`: the reduction sums (not maxima), of `inputSize`-byte inputs into
-    /// `accumulatorSize`-byte accumulators. `splitsRows`: sums whose rows `widenedInChunks`
-    /// splits into the stride's phases (`splitsRowsIntoPhases`).
-    init(_ g: PoolGeometry, sums: Bool, inputSize: Int, accumulatorSize: Int, splitsRows: Bool = false) {
+    /// `accumulatorSize`-byte accumulators; `unmergesExactly`: sums exact in any order
+    /// (integers), which at the stride run as differences of running sums (`widenedInChunks`).
+    /// `splitsRows`: sums whose rows `widenedInChunks` splits into the stride's phases
+    /// (`splitsRowsIntoPhases`).
+    init(_ g: PoolGeometry, sums: Bool, unmergesExactly: Bool, inputSize: Int, accumulatorSize: Int, splitsRows: Bool = false) {
         stride = g.strideW
         let rowsAlone = g.kernelH == 1 && g.kernelD == 1
-        let span = Self.span(g, sums: sums, inputSize: inputSize, accumulatorSize: accumulatorSize)
+        let span = Self.span(g, sums: sums, unmergesExactly: unmergesExactly, inputSize: inputSize, accumulatorSize: accumulatorSize)
         // Dense rows alone of 1 or 2 channels at the stride, split into phases: every
         // position folded its kernel's taps, converting each input once per tap (AvgPool1d
         // k11 s7 of 1 float16 channel took 1.5x as long, k6 s4 1.2x).
@@ -398,7 +416,7 @@ struct WidthPlan: Sendable {
 
     /// The largest span of channels (stride x channels) whose rows are reduced at every
     /// position and subsampled (the type's comment above).
-    static func span(_ g: PoolGeometry, sums: Bool, inputSize: Int, accumulatorSize: Int) -> Int {
+    static func span(_ g: PoolGeometry, sums: Bool, unmergesExactly: Bool, inputSize: Int, accumulatorSize: Int) -> Int {
         if !sums && inputSize == 1 {
             return 2 * g.kernelW >= 3 * g.strideW ? KernelLimits.subsampledSpanOfOverlappingByteMaxima : KernelLimits.subsampledSpanOfByteMaxima
         }
@@ -408,6 +426,8 @@ struct WidthPlan: Sendable {
         guard g.channels > KernelLimits.vectorChannels && (!rowsAlone || overlapping) else { return KernelLimits.subsampledSpan }
         switch (sums, inputSize) {
         case (true, 1): return KernelLimits.subsampledSpanOfByteSums
+        case (true, 2) where !unmergesExactly && !rowsAlone && g.kernelW > g.strideW && g.kernelW <= 2 * g.strideW:
+            return KernelLimits.subsampledSpanOfHalfFloatSums
         case (true, 2), (true, 4), (false, 2): return KernelLimits.subsampledSpanOfNarrowTypes
         case (false, 4) where g.kernelD > 1 && g.kernelW <= KernelLimits.widerSpanColumnsOfWordMaxima:
             return KernelLimits.subsampledSpanOfNarrowTypes
