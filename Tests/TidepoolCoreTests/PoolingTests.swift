@@ -821,10 +821,10 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
     /// span of channels is at most 32, or 64 where the kernel is at least 1.5 strides
     /// (`KernelLimits.subsampledSpanOfByteMaxima`); of more than 8 channels, byte averages up
-    /// to 128 and 2-byte maxima and averages up to 64 (float16 averages over 3-d windows up to
-    /// two strides long 128), but rows alone whose windows touch, leave gaps, stride past 4 or
-    /// span more than two strides and a column keep 16 (`subsampledSpan`; where their rows do
-    /// not split into phases).
+    /// to 128 and 2-byte maxima and averages up to 64 (float16 averages over windows up to two
+    /// strides long 128, 1-d ones at strides up to 3), but rows alone whose windows touch, leave
+    /// gaps, stride past 4 or span more than two strides and a column keep 16 (`subsampledSpan`;
+    /// where their rows do not split into phases).
     /// The plan asserted, and against the reference for 1 to 32 channels, spans on both sides
     /// of each limit, kernels shorter than, as long as and longer than the stride, 1-d rows
     /// and 3-d tiles of several rows, bit for bit between one thread and tiles cut along W

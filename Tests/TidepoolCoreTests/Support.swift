@@ -112,9 +112,9 @@ func lowestValue(_ dtype: DType) -> Double {
 /// of 8-byte sums and maxima 4 (32-bit integer averages sum in 8 bytes); 16 for 8 channels or
 /// fewer, and for rows alone unless their windows overlap at a stride of at most 4 and span at
 /// most two strides and a column; then 1-byte sums 128, sums of 2- and 4-byte types and maxima
-/// of 2-byte ones 64 (float16 and bfloat16 averages over 2-d and 3-d windows longer than the
-/// stride and at most two strides 128), maxima of 4-byte types over 3-d windows of at most 5
-/// columns 64, and the rest (8-byte types) 16.
+/// of 2-byte ones 64 (float16 and bfloat16 averages over windows longer than the stride and at
+/// most two strides 128, rows alone only at strides up to 3), maxima of 4-byte types over 3-d
+/// windows of at most 5 columns 64, and the rest (8-byte types) 16.
 func subsampledSpan(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry) -> Int {
     if kind == .max && dtype.size == 1 { return 2 * g.kernelW >= 3 * g.strideW ? 64 : 32 }
     let rowsAlone = g.kernelH == 1 && g.kernelD == 1
@@ -124,7 +124,8 @@ func subsampledSpan(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry) -> Int 
     if rowsAlone && (g.kernelW <= g.strideW || g.strideW > 4 || g.kernelW > 2 * g.strideW + 1) { return 16 }
     switch (kind, dtype.size) {
     case (.average, 1): return 128
-    case (.average, 2) where dtype.isFloatingPoint && !rowsAlone && g.kernelW > g.strideW && g.kernelW <= 2 * g.strideW:
+    case (.average, 2) where dtype.isFloatingPoint && g.kernelW > g.strideW && g.kernelW <= 2 * g.strideW
+        && (!rowsAlone || g.strideW <= 3):
         return 128
     case (.average, 2), (.average, 4), (.max, 2): return 64
     case (.max, 4) where g.kernelD > 1 && g.kernelW <= 5: return 64

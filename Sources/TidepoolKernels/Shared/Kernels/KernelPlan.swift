@@ -52,9 +52,10 @@ enum KernelLimits {
     static let subsampledSpanOfNarrowTypes = 64
     /// The same for sums of 1-byte inputs.
     static let subsampledSpanOfByteSums = 128
-    /// The same for float16 and bfloat16 sums over 2-d and 3-d windows that overlap by at most
-    /// a stride.
+    /// The same for float16 and bfloat16 sums over windows that overlap by at most a stride,
+    /// in 1-d only at strides up to `widerHalfFloatSpansOfRowsAlone`.
     static let subsampledSpanOfHalfFloatSums = 128
+    static let widerHalfFloatSpansOfRowsAlone = 3
     /// Rows alone (1-d windows) take the wider spans only where their windows overlap, at
     /// strides up to this, over at most two strides and a column.
     static let widerSpansOfRowsAlone = 4
@@ -375,17 +376,19 @@ public struct KernelPlan: Sendable {
 /// s3 C=12 5.2 vs 6.5) or over long 3-d windows (MaxPool3d k11 s5 C=12 5.2 vs 5.5-5.9); 8-byte
 /// inputs (AvgPool3d k5 s2 C=12 float64 5.7 vs 6.4, MaxPool3d k11 s5 C=12 4.7 vs 5.9).
 ///
-/// float16 and bfloat16 averages over 2-d and 3-d windows that overlap by at most a stride
-/// (stride < kernel <= 2 strides) go to 128 (`KernelLimits.subsampledSpanOfHalfFloatSums`): at
+/// float16 and bfloat16 averages over windows that overlap by at most a stride (stride <
+/// kernel <= 2 strides), rows alone only at strides up to 3, go to 128
+/// (`KernelLimits.subsampledSpanOfHalfFloatSums`): at
 /// the stride their float sums have no differences of running sums, as integer sums do, and
 /// each position folds its taps, converting each input again per window. 64 vs 128, ms as
 /// above: AvgPool3d k3 s2 C=40 float16 12.0 vs 6.3, k6 s5 C=13 11.2 vs 6.5, k12 s6 C=12 bfloat16
 /// 12.7 vs 7.1, AvgPool2d k6 s5 C=24 bfloat16 9.0 vs 5.0, k3 s2 C=48 float16 12.6 vs 8.5. Not
 /// where it lost: touching windows (AvgPool3d k6 s6 C=12 bfloat16 3.6 vs 5.5), windows of two
 /// strides and a column (AvgPool3d k13 s6 C=9 float16 9.6 vs 10.8, AvgPool2d k15 s7 C=9 7.6 vs
-/// 8.5), rows alone (AvgPool1d k7 s4 C=24 float16 10.7 vs 11.5, though k3 s2 C=48 gained, 14.7 vs
-/// 7.7), 16-bit integer averages (AvgPool2d k8 s5 C=20 int16 6.4 vs 7.2) and float32 ones
-/// (AvgPool2d k7 s5 C=24 3.6 vs 4.4).
+/// 8.5), rows alone at stride 4 (AvgPool1d k6 s4 C=24 bfloat16 10.1 vs 12.5, k7 s4 C=24 float16
+/// 11.0 vs 11.5; at 2 and 3 they gained: k3 s2 C=48 float16 13.9 vs 7.6, k4 s3 C=40 12.0 vs 7.7),
+/// 16-bit integer averages (AvgPool2d k8 s5 C=20 int16 6.4 vs 7.2) and float32 ones (AvgPool2d
+/// k7 s5 C=24 3.6 vs 4.4).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
@@ -426,7 +429,8 @@ struct WidthPlan: Sendable {
         guard g.channels > KernelLimits.vectorChannels && (!rowsAlone || overlapping) else { return KernelLimits.subsampledSpan }
         switch (sums, inputSize) {
         case (true, 1): return KernelLimits.subsampledSpanOfByteSums
-        case (true, 2) where !unmergesExactly && !rowsAlone && g.kernelW > g.strideW && g.kernelW <= 2 * g.strideW:
+        case (true, 2) where !unmergesExactly && g.kernelW > g.strideW && g.kernelW <= 2 * g.strideW
+            && (!rowsAlone || g.strideW <= KernelLimits.widerHalfFloatSpansOfRowsAlone):
             return KernelLimits.subsampledSpanOfHalfFloatSums
         case (true, 2), (true, 4), (false, 2): return KernelLimits.subsampledSpanOfNarrowTypes
         case (false, 4) where g.kernelD > 1 && g.kernelW <= KernelLimits.widerSpanColumnsOfWordMaxima:
