@@ -376,19 +376,18 @@ public struct KernelPlan: Sendable {
 /// s3 C=12 5.2 vs 6.5) or over long 3-d windows (MaxPool3d k11 s5 C=12 5.2 vs 5.5-5.9); 8-byte
 /// inputs (AvgPool3d k5 s2 C=12 float64 5.7 vs 6.4, MaxPool3d k11 s5 C=12 4.7 vs 5.9).
 ///
-/// float16 and bfloat16 averages over windows that overlap by at most a stride (stride <
-/// kernel <= 2 strides), rows alone only at strides up to 3, go to 128
-/// (`KernelLimits.subsampledSpanOfHalfFloatSums`): at
-/// the stride their float sums have no differences of running sums, as integer sums do, and
-/// each position folds its taps, converting each input again per window. 64 vs 128, ms as
-/// above: AvgPool3d k3 s2 C=40 float16 12.0 vs 6.3, k6 s5 C=13 11.2 vs 6.5, k12 s6 C=12 bfloat16
-/// 12.7 vs 7.1, AvgPool2d k6 s5 C=24 bfloat16 9.0 vs 5.0, k3 s2 C=48 float16 12.6 vs 8.5. Not
-/// where it lost: touching windows (AvgPool3d k6 s6 C=12 bfloat16 3.6 vs 5.5), windows of two
-/// strides and a column (AvgPool3d k13 s6 C=9 float16 9.6 vs 10.8, AvgPool2d k15 s7 C=9 7.6 vs
-/// 8.5), rows alone at stride 4 (AvgPool1d k6 s4 C=24 bfloat16 10.1 vs 12.5, k7 s4 C=24 float16
-/// 11.0 vs 11.5; at 2 and 3 they gained: k3 s2 C=48 float16 13.9 vs 7.6, k4 s3 C=40 12.0 vs 7.7),
-/// 16-bit integer averages (AvgPool2d k8 s5 C=20 int16 6.4 vs 7.2) and float32 ones (AvgPool2d
-/// k7 s5 C=24 3.6 vs 4.4).
+/// float16 and bfloat16 averages over windows that overlap by at most a stride (stride < kernel <=
+/// 2 strides), rows alone only at strides up to 3, go to 128
+/// (`KernelLimits.subsampledSpanOfHalfFloatSums`): at the stride their float sums have no
+/// differences of running sums, as integer sums do, and each position folds its taps, converting
+/// each input again per window. 64 vs 128, ms as above: AvgPool3d k3 s2 C=40 float16 12.0 vs 6.3,
+/// k6 s5 C=13 11.2 vs 6.5, k12 s6 C=12 bfloat16 12.7 vs 7.1, AvgPool2d k6 s5 C=24 bfloat16 9.0 vs
+/// 5.0, k3 s2 C=48 float16 12.6 vs 8.5. Not where it lost: touching windows (AvgPool3d k6 s6 C=12
+/// bfloat16 3.6 vs 5.5), windows of two strides and a column (AvgPool3d k13 s6 C=9 float16 9.6 vs
+/// 10.8, AvgPool2d k15 s7 C=9 7.6 vs 8.5), rows alone at stride 4 (AvgPool1d k6 s4 C=24 bfloat16
+/// 10.1 vs 12.5, k7 s4 C=24 float16 11.0 vs 11.5; at 2 and 3 they gained: k3 s2 C=48 float16 13.9
+/// vs 7.6, k4 s3 C=40 12.0 vs 7.7), 16-bit integer averages (AvgPool2d k8 s5 C=20 int16 6.4 vs 7.2)
+/// and float32 ones (AvgPool2d k7 s5 C=24 3.6 vs 4.4).
 struct WidthPlan: Sendable {
     /// Positions held by a reduced row: position q's window starts at q * step - padding.
     let step: Int
