@@ -306,8 +306,32 @@ AVX2_INLINE void split_words(const uint8_t *in, size_t step, size_t groups, size
     split_tail(in, 4, step, g, groups, pitch, out);
 }
 
+/* 4-byte units at step 3: 8 groups (24 units in three vectors) a step. Phase r's units lie
+ * at places r, r + 3, ... of the three: two blends take lane j from the vector holding one of
+ * them there (each lane of the three vectors holds one unit of every phase in turn), and
+ * vpermd puts the eight in order. */
+AVX2_INLINE void split_thirds(const uint8_t *in, size_t groups, size_t pitch, uint8_t *out) {
+    const __m256i order0 = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5), order1 = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6);
+    const __m256i order2 = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7);
+    size_t g = 0;
+    for (; g + 8 <= groups; g += 8) {
+        const uint8_t *p = in + g * 12;
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)p), v1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+        const __m256i v2 = _mm256_loadu_si256((const __m256i *)(p + 64));
+        /* Lane j of phase 0's blend from v[j % 3], of phase 1's from v[(j + 2) % 3], of phase 2's from v[(j + 1) % 3]. */
+        const __m256i b0 = _mm256_blend_epi32(_mm256_blend_epi32(v0, v1, 0x92), v2, 0x24);
+        const __m256i b1 = _mm256_blend_epi32(_mm256_blend_epi32(v0, v1, 0x24), v2, 0x49);
+        const __m256i b2 = _mm256_blend_epi32(_mm256_blend_epi32(v0, v1, 0x49), v2, 0x92);
+        uint8_t *q = out + g * 4;
+        _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b0, order0));
+        _mm256_storeu_si256((__m256i *)(q + pitch), _mm256_permutevar8x32_epi32(b1, order1));
+        _mm256_storeu_si256((__m256i *)(q + 2 * pitch), _mm256_permutevar8x32_epi32(b2, order2));
+    }
+    split_tail(in, 4, 3, g, groups, pitch, out);
+}
+
 int tpvector_splits_into_phases(size_t unit_bytes, size_t step) {
-    return (step == 4 && (unit_bytes == 1 || unit_bytes == 2 || unit_bytes == 4)) || (unit_bytes == 2 && step >= 5 && step <= 16)
+    return (unit_bytes == 4 && step == 3) || (step == 4 && (unit_bytes == 1 || unit_bytes == 2 || unit_bytes == 4)) || (unit_bytes == 2 && step >= 5 && step <= 16)
         || (unit_bytes == 4 && step >= 5 && step <= 8);
 }
 
@@ -317,7 +341,9 @@ AVX2 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t 
     uint8_t *out = (uint8_t *)phases;
     const size_t pitch = phase_length * unit_bytes;
     if (!tpvector_splits_into_phases(unit_bytes, step)) return 0;
-    if (step == 4) {
+    if (step == 3) {
+        split_thirds(in, groups, pitch, out);
+    } else if (step == 4) {
         split_by_four(in, unit_bytes, groups, pitch, out);
     } else if (unit_bytes == 2) {
         split_halves(in, step, groups, pitch, out);

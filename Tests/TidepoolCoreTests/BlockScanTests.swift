@@ -223,6 +223,48 @@ import Glibc
         if kind == .max && dtype != .bfloat16 && dtype != .float16 { #expect(kept >= 4, "\(kept) kept rings") }
     }
 
+    /// Compacted rows of sums whose columns are 4 or 8 bytes of accumulators fold W from the
+    /// stride's phases (`KernelPlan.foldsPhasesW`) at strides 2 to 8 (3 through the AVX2 split of
+    /// 4-byte units, 4 through its step of 4; 8-byte units not at 3); not past 8, not 3 channels
+    /// (12 bytes), nor 2 of float64 (16), nor 1 of int8 (2: 16-bit sums), nor 4 (8, but tiles may
+    /// hold 3), nor maxima. Each against the reference, its tiny tilings and the folds (`check`),
+    /// widths leaving 0 to step - 1 columns past the whole groups and windows from shorter than the
+    /// stride to 2.5 strides.
+    @Test func rowsOfOneOrTwoChannelsFoldTheirPhases() throws {
+        let cases: [(PoolKind, DType, kernel: [Int], stride: [Int], channels: Int, folds: Bool)] = [
+            (.average, .float32, [2, 3, 4], [1, 2, 2], 1, true),
+            (.average, .float32, [2, 4, 7], [1, 2, 3], 1, true),
+            (.average, .float32, [3, 3, 3], [1, 2, 3], 1, true),
+            (.average, .bfloat16, [2, 4, 8], [1, 3, 4], 2, true),
+            (.average, .float16, [2, 3, 5], [1, 2, 7], 1, true),
+            (.average, .float64, [2, 3, 6], [1, 2, 4], 1, true),
+            (.average, .float32, [2, 3, 20], [1, 2, 8], 2, true),
+            (.average, .int32, [2, 3, 4], [1, 2, 2], 1, true),
+            (.average, .uint8, [2, 3, 6], [1, 2, 4], 2, true),
+            (.average, .int8, [2, 3, 4], [1, 2, 4], 1, false),
+            (.average, .int8, [2, 3, 4], [1, 2, 2], 4, false),
+            (.average, .float32, [2, 3, 10], [1, 2, 9], 1, false),
+            (.average, .float32, [2, 3, 4], [1, 2, 2], 3, false),
+            (.average, .float64, [2, 3, 4], [1, 2, 2], 2, false),
+            (.average, .float64, [2, 3, 5], [1, 2, 3], 1, false),
+            (.average, .float32, [2, 3, 5], [1, 2, 3], 2, false),
+            (.max, .float32, [2, 3, 5], [1, 2, 2], 1, false),
+            (.max, .bfloat16, [2, 3, 3], [1, 2, 2], 2, false),
+        ]
+        var rng = SplitMix64(seed: 0x9_4A5E)
+        for (kind, dtype, kernel, stride, channels, folds) in cases {
+            let padding = kernel.map { $0 / 2 }
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding)
+            for extra in 0..<stride.last! {
+                let w = kernel.last! + 4 * stride.last! + extra
+                let shape = [1] + kernel.dropLast().map { $0 + 3 } + [w, channels]
+                let plan = try #require(try Self.scanning.kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
+                #expect(plan.strategy == .heightFirst && plan.foldsPhasesW == folds, "\(desc) \(dtype) \(shape)")
+                try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+            }
+        }
+    }
+
     @Test(arguments: DType.allCases)
     func randomWindowsMatchTheReferenceAndTheFolds(dtype: DType) throws {
         var rng = SplitMix64(seed: 0x5CA_0000 ^ UInt64(dtype.code))

@@ -38,7 +38,7 @@ void tpvector_finish_rows(tpvector_format format, uint16_t *out, const float *so
 /* Splits `groups` groups of `step` units of `unit_bytes` bytes from `from` into `step` phases,
  * phase r at `phases` + r * `phase_length` units holding units r, r + step, ... of the groups,
  * and returns 1; or returns 0, with nothing written, for units and steps other than 1-, 2- and
- * 4-byte units at step 4, 2-byte units at steps 5 to 16 and 4-byte units at steps 5 to 8.
+ * 4-byte units at step 4, 2-byte units at steps 5 to 16 and 4-byte units at steps 3 and 5 to 8.
  * Transposes in AVX2 shuffles, where the compiler's vector loops for those constant steps take
  * about twice as long. Reads no byte past the groups. Only where
  * tpvector_supports_x86_64_v3 (on other architectures it returns 0). */

@@ -84,7 +84,11 @@ extension WindowReduction {
     static func splitsRowsIntoPhases(stride: Int, kernel: Int, channels: Int) -> Bool {
         guard Input.self != Accumulator.self && !foldsChannelsAsVector else { return false }
         let size = MemoryLayout<Input>.size
-        if !mergesOverlaps && (size == 2 || size == 4) && tpvector_splits_into_phases(channels * size, stride) != 0 {
+        // Not at stride 3, whose split of 4-byte units came later, for `KernelPlan.foldsPhasesW`:
+        // rows alone of 16-bit pairs and 32-bit integers kept their running sums there
+        // (AvgPool1d k5 s3 of 2 int16 channels took 1.2x as long split, k4 s3 of 1 int32 1.2x,
+        // k3 s3 of 2 uint16 1.24x; k9 s3 of 1 int32 gained, 0.84x).
+        if !mergesOverlaps && (size == 2 || size == 4) && stride != 3 && tpvector_splits_into_phases(channels * size, stride) != 0 {
             return true
         }
         switch size {

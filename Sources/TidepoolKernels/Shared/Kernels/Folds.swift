@@ -297,11 +297,12 @@ func unrolledChannels(_ channels: Int, _ body: (_ channels: Int) -> Void) {
 /// vectors (an interleaved group): compiled alone, from 2.5 to 13 times as fast as taking the
 /// units one by one at steps 2 to 8 (0.03-0.15 ns per unit against 0.37), and unrolled, 1.4
 /// times, where it does not vectorise (most steps past 8). The AVX2 build hands the steps of 4
-/// and more that it can to C transposes (`tpvector_split_into_phases`): at those steps LLVM's
-/// shuffles were the largest part of a split row's time (docs/performance.md).
+/// and more that it can, and 4-byte units at 3, to C transposes (`tpvector_split_into_phases`):
+/// at those steps LLVM's shuffles were the largest part of a split row's time, and at 3 they
+/// were slower (AvgPool1d k5 s3 p1 of 2 float16 channels 9.7 vs 9.1 ms; docs/performance.md).
 @inline(never)
 func splitIntoPhases(_ from: UnsafeRawPointer, unitBytes: Int, step: Int, groups: Int, phaseLength: Int, into phases: UnsafeMutableRawPointer) -> Bool {
-    // Every split of 16-bit rows at steps of 4 and more, of 32-bit rows at 4 to 8, and of
+    // Every split of 16-bit rows at steps of 4 and more, of 32-bit rows at 3 to 8, and of
     // byte rows at 4 (`tpvector_splits_into_phases`).
     if kernelLevel == .avx2 && tpvector_split_into_phases(from, unitBytes, step, groups, phaseLength, phases) != 0 {
         return true

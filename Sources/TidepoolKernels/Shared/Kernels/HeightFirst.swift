@@ -67,8 +67,33 @@ extension TilePass {
             reduceAlongW(padded, into: out)
             return
         }
+        if kernel.foldsPhasesW {
+            foldPhasesAlongW(padded, into: out)
+            return
+        }
         reduceAlongW(padded, into: reducedRows)
         positionsCopied(count: tile.ow.count, jumps: (width.stride * channels, channels), channels: channels, from: UnsafePointer(reducedRows), to: out)
+    }
+
+    /// The output's positions of `padded` (a row of the span, folded along H) into ring row
+    /// `out`, each folding its taps left to right from the row split into the W stride's
+    /// phases in `reducedRows` (`KernelPlan.foldsPhasesW`): position i's tap t is place i + t / s
+    /// of phase t % s, so a tap of all the positions is one run of a phase. A unit of the
+    /// split is a column's channels: the row's one or two, or one of two where the tile holds
+    /// one (2, 4 or 8 bytes, units the split takes).
+    @inline(__always) private func foldPhasesAlongW(_ padded: UnsafeMutablePointer<R.Accumulator>, into out: UnsafeMutablePointer<R.Accumulator>) {
+        let step = width.stride, channels = channels, count = tile.ow.count, kernel = g.kernelW
+        // The columns the positions' windows span, in whole groups of `step` and the rest.
+        let columns = (count - 1) * step + kernel, perPhase = (columns + step - 1) / step, whole = columns / step
+        let phases = reducedRows
+        let split = splitIntoPhases(UnsafeRawPointer(padded), unitBytes: channels * MemoryLayout<R.Accumulator>.stride, step: step,
+                                    groups: whole, phaseLength: perPhase, into: UnsafeMutableRawPointer(phases))
+        precondition(split, "foldsPhasesW holds only for units and steps that split")
+        for column in (whole * step)..<columns {
+            for c in 0..<channels { phases[((column % step) * perPhase + column / step) * channels + c] = padded[column * channels + c] }
+        }
+        foldTaps(AccumulatorLoader<R>.self, out, count * channels, taps: 0..<kernel, first: true,
+                 source: { UnsafePointer(phases + ((($0 % step) * perPhase) + $0 / step) * channels) })
     }
 
     /// Reduces `padded` (a row of the span, folded along H) along W into ring row `out`, at

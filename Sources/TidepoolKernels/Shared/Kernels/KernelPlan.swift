@@ -107,6 +107,15 @@ public struct KernelPlan: Sendable {
     /// the output's positions alone in the ring (`reduceIntoRing`), so the D folds and the
     /// finish run over those alone, as runs.
     public let compactsRing: Bool
+    /// Compacting rows of sums whose columns are 4 or 8 bytes of accumulators (one or two
+    /// channels; 8 not at stride 3), at W strides 2 to 8: each row folded along H is split
+    /// into the stride's phases (`splitIntoPhases`) and the output's positions alone fold
+    /// their taps from them, a tap of every position one contiguous run of a phase
+    /// (`foldPhasesAlongW`), instead of every position reduced (pairs, folds) and the
+    /// output's gathered. Windows fold their taps left to right here, where they otherwise
+    /// pair them (`pairsW`): the plan, and so the bits, depend on the geometry and the type
+    /// alone.
+    public let foldsPhasesW: Bool
     /// Whole-row outputs are finished in scratch and streamed to memory, bypassing the cache
     /// (and so are the runs of `rowWindows` tiles).
     public let streamOutput: Bool
@@ -211,6 +220,23 @@ public struct KernelPlan: Sendable {
         // would add (MaxPool2d k3 s2 of 8 float32 channels took 1.1x as long compacted).
         let keptMaxima = R.finishKeepsBits && R.Output.self == R.Accumulator.self
         compactsRing = strategy == .heightFirst && width.subsampled && !(keptMaxima && g.kernelD == 1)
+        // W from the stride's phases: the W pass then runs over the output's positions alone,
+        // where reduced at every position it ran over `stride` times as many and the output's
+        // were copied out. 64 MiB, 1 thread, ms, best of four rounds of medians of 5, one build
+        // switched: AvgPool2d k6 s2 of 1 float16 channel 13.8 vs 11.3, AvgPool3d k6 s2 of 2
+        // int8 13.8 vs 11.4, AvgPool2d k10 s4 of 2 int16 6.9 vs 6.0, k5 s3 of 1 int16 9.2 vs
+        // 8.0, AvgPool3d k8 s4 of 1 int8 12.2 vs 11.0. Not 8-byte units at stride 3, whose
+        // split LLVM's loops take (AvgPool3d k6 s3 of 1 float64 channel 4.3 vs 4.5, k9 s3 of 2
+        // int16 8.3 vs 8.5). Not maxima, whose doubling costs less than the folds at strides
+        // past 2 (an earlier build taking every compacted row, best of two rounds: MaxPool3d
+        // k10 s5 of 1 int32 3.9 vs 5.1, k9 s3 of 4 uint8 6.4 vs 8.0, k6 s4 of 1 uint8 8.9 vs
+        // 11.5, k11 s8 of 2 int8 4.1 vs 5.4) and was as fast at 2 (k4 s2 of 1 float32 6.7 vs
+        // 6.0, but of 1 float16 8.9 vs 9.7).
+        // One or two channels: a tile holds both or one, a unit the split takes either way
+        // (4 channels of 16-bit sums cut to 3 would not be).
+        let phaseUnit = g.channels * accumulatorSize
+        foldsPhasesW = compactsRing && !R.mergesOverlaps && g.channels <= 2 && g.strideW <= 8
+            && (phaseUnit == 4 || (phaseUnit == 8 && g.strideW != 3))
         rowsFinishAsRuns = !width.subsampled || compactsRing || (narrowing && R.finishOutweighsACopy)
         // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
         // that the folds run at full vector width (with fewer channels the extra pass through

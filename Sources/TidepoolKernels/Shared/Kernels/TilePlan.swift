@@ -21,7 +21,8 @@ struct Tile {
 struct ScratchLayout {
     /// Width first: the input rows of a plane reduced along W (`rowBlockRows` rows). Height
     /// first: the row reduced at every position before a compacted ring keeps the output's
-    /// (`KernelPlan.compactsRing`).
+    /// (`KernelPlan.compactsRing`), or the row split into the W stride's phases
+    /// (`KernelPlan.foldsPhasesW`: a padded row and up to stride - 1 columns more).
     var reducedRows = 0..<0
     /// Width and height first: the ring of `kernelD` planes reduced along W and H, one slot of
     /// `planeSlot` accumulators per plane, slot d % kernelD.
@@ -187,7 +188,8 @@ public struct TilePlan {
         var layout = ScratchLayout()
         switch kernel.strategy {
         case .widthFirst, .heightFirst:
-            layout.reducedRows = layout.next(rowBlockRows * rowCapacity)
+            layout.reducedRows = layout.next(Swift.max(rowBlockRows * rowCapacity,
+                                                       kernel.foldsPhasesW ? paddedRowCapacity + tileC * (g.strideW - 1) : 0))
             layout.planeSlot = tileOH * rowCapacity
             layout.planeRing = layout.next(g.kernelD * layout.planeSlot)
             layout.merged = layout.next(tileOH * rowCapacity)
