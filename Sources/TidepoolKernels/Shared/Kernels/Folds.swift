@@ -347,3 +347,20 @@ func splitIntoPhases(_ from: UnsafeRawPointer, unitBytes: Int, step: Int, groups
     default: return false
     }
 }
+
+/// `columns` columns of `channels` contiguous elements from `from` split into `step` phases of
+/// `phaseLength` columns at `phases`, column j at place j / step of phase j % step: whole groups
+/// of `step` columns through `splitIntoPhases`, the columns after them one by one (a group read
+/// whole would pass the row's end). False, with nothing written, for units and steps the split
+/// does not take.
+@inline(__always)
+func columnsSplitIntoPhases<T>(_ from: UnsafePointer<T>, columns: Int, channels: Int, step: Int, phaseLength: Int,
+                               into phases: UnsafeMutablePointer<T>) -> Bool {
+    let whole = columns / step
+    guard splitIntoPhases(UnsafeRawPointer(from), unitBytes: channels * MemoryLayout<T>.stride, step: step, groups: whole,
+                          phaseLength: phaseLength, into: UnsafeMutableRawPointer(phases)) else { return false }
+    for column in (whole * step)..<columns {
+        for c in 0..<channels { phases[((column % step) * phaseLength + column / step) * channels + c] = from[column * channels + c] }
+    }
+    return true
+}

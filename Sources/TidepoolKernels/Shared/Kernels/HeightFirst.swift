@@ -83,15 +83,12 @@ extension TilePass {
     /// one (2, 4 or 8 bytes, units the split takes).
     @inline(__always) private func foldPhasesAlongW(_ padded: UnsafeMutablePointer<R.Accumulator>, into out: UnsafeMutablePointer<R.Accumulator>) {
         let step = width.stride, channels = channels, count = tile.ow.count, kernel = g.kernelW
-        // The columns the positions' windows span, in whole groups of `step` and the rest.
-        let columns = (count - 1) * step + kernel, perPhase = (columns + step - 1) / step, whole = columns / step
+        // The columns the positions' windows span.
+        let columns = (count - 1) * step + kernel, perPhase = (columns + step - 1) / step
         let phases = reducedRows
-        let split = splitIntoPhases(UnsafeRawPointer(padded), unitBytes: channels * MemoryLayout<R.Accumulator>.stride, step: step,
-                                    groups: whole, phaseLength: perPhase, into: UnsafeMutableRawPointer(phases))
+        let split = columnsSplitIntoPhases(UnsafePointer(padded), columns: columns, channels: channels, step: step,
+                                           phaseLength: perPhase, into: phases)
         precondition(split, "foldsPhasesW holds only for units and steps that split")
-        for column in (whole * step)..<columns {
-            for c in 0..<channels { phases[((column % step) * perPhase + column / step) * channels + c] = padded[column * channels + c] }
-        }
         foldTaps(AccumulatorLoader<R>.self, out, count * channels, taps: 0..<kernel, first: true,
                  source: { UnsafePointer(phases + ((($0 % step) * perPhase) + $0 / step) * channels) })
     }

@@ -230,8 +230,9 @@ public struct KernelPlan: Sendable {
         // int16 8.3 vs 8.5). Not maxima, whose doubling costs less than the folds at strides
         // past 2 (an earlier build taking every compacted row, best of two rounds: MaxPool3d
         // k10 s5 of 1 int32 3.9 vs 5.1, k9 s3 of 4 uint8 6.4 vs 8.0, k6 s4 of 1 uint8 8.9 vs
-        // 11.5, k11 s8 of 2 int8 4.1 vs 5.4) and was as fast at 2 (k4 s2 of 1 float32 6.7 vs
-        // 6.0, but of 1 float16 8.9 vs 9.7).
+        // 11.5, k11 s8 of 2 int8 4.1 vs 5.4) and was mixed at 2 (the switch above: k4 s2 of 1
+        // float32 6.7 vs 6.0; against the previous library, best of three: of 1 float16 8.9
+        // vs 9.7).
         // One or two channels: a tile holds both or one, a unit the split takes either way
         // (4 channels of 16-bit sums cut to 3 would not be).
         let phaseUnit = g.channels * accumulatorSize

@@ -533,17 +533,12 @@ func widenedInChunks<R: WindowReduction>(
                     // hardware's prefetch alone left the split waiting on memory.
                     let next = from + n * step * stepW, ahead = Swift.min(rowEnd - next, columns * stepW)
                     if ahead > 0 { tpstream_prefetch(next, ahead * MemoryLayout<R.Input>.stride) }
-                    // Whole groups of `step` columns split as vectors, the columns after them
-                    // one by one (a group read whole would pass the row's end). The phases
-                    // hold inputs: the buffer is bound to them (no accumulator is stored in
-                    // it in this call), `perPhase * step` per channel at most, as for sums.
+                    // The phases hold inputs: the buffer is bound to them (no accumulator is
+                    // stored in it in this call), `perPhase * step` per channel at most, as
+                    // for sums.
                     let raw = UnsafeMutableRawPointer(widened).bindMemory(to: R.Input.self, capacity: KernelLimits.widenedChunk)
-                    let whole = columns / step, unit = channels * MemoryLayout<R.Input>.stride
-                    let split = splitIntoPhases(from, unitBytes: unit, step: step, groups: whole, phaseLength: perPhase, into: raw)
+                    let split = columnsSplitIntoPhases(from, columns: columns, channels: channels, step: step, phaseLength: perPhase, into: raw)
                     precondition(split, "splits holds only for steps and units that split")
-                    for column in (whole * step)..<columns {
-                        for c in 0..<channels { raw[((column % step) * perPhase + column / step) * channels + c] = from[column * channels + c] }
-                    }
                     foldTaps(InputLoader<R>.self, destination + done * channels, n * channels, taps: 0..<kernel, first: true,
                              source: { UnsafePointer(raw + ((($0 % step) * perPhase) + $0 / step) * channels) })
                     done += n
