@@ -818,13 +818,70 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
+    /// Rows alone (1-d windows) of 3 to 8 channels whose windows of 2 to 5 columns overlap or
+    /// touch reduce W at every position and subsample, whatever the stride's span of channels
+    /// (`WidthPlan`, `KernelLimits.subsampledWindowsOfRowsAlone`), and so do not run whole
+    /// where 8 channels' windows touch (`KernelPlan.suitsWholeWindows`). Windows of 6 columns,
+    /// windows with gaps between them and 8-byte sums keep their spans. The plan asserted on
+    /// both sides of each limit, and against the reference with padding, rows shorter than
+    /// the kernel, of a few strides and of several chunks, contiguous and with a gap after each
+    /// column, bit for bit between 1 thread and tiny tiles on 2.
+    @Test(arguments: [DType.float16, .bfloat16, .float32, .int8, .uint8, .int16, .int32, .float64])
+    func rowsAloneOfFewChannelsSubsampleShortWindows(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
+        var checked = 0, beyondSpan = 0
+        for kind in PoolKind.allCases {
+            for channels in [3, 5, 7, 8] {
+                for kernel in 2...6 {
+                    for stride in Set([2, kernel - 1, kernel, kernel + 1]) where stride >= 2 {
+                        for padding in Set([0, kernel / 2]) {
+                            for (width, gap) in [(Swift.max(1, kernel - 1), 0), (5 * stride + kernel, 0), (5 * stride + kernel, 1),
+                                                 (3000 / channels + kernel, 0)] {
+                                let desc = PoolDescriptor(kind: kind, kernelSize: [kernel], stride: [stride], padding: [padding])
+                                let shape = [2, width, channels]
+                                guard let outShape = try? desc.outputShape(inputShape: shape), !outShape.contains(0) else { continue }
+                                let view = TensorView(data: nil, dtype: dtype, shape: shape)
+                                let plan = try #require(try engines[0].kernelPlan(desc, input: view))
+                                // The geometry cuts a stride past the padded row to its length.
+                                let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
+                                let short = subsamplesShortWindows(kind, dtype, geometry)
+                                let withinSpan = geometry.strideW * channels <= subsampledSpan(kind, dtype, geometry)
+                                let subsampled = geometry.strideW > 1 && (short || withinSpan)
+                                #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels) w=\(width)")
+                                if subsampled {
+                                    #expect(plan.strategy == .widthFirst, "\(desc) \(dtype) C=\(channels) w=\(width)")
+                                }
+                                beyondSpan += subsampled && !withinSpan ? 1 : 0
+                                // Columns `gap` elements apart past their channels (a strided view).
+                                let columnStep = channels + gap, strides = [width * columnStep, columnStep, 1]
+                                let input = randomInput(dtype, shape: [2 * width * columnStep], seed: UInt64(channels * 1000 + kernel * 10 + stride))
+                                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                                let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
+                                #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
+                                        "\(desc) \(dtype) C=\(channels) w=\(width) gap \(gap)")
+                                #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0,
+                                        "\(desc) \(dtype) C=\(channels) w=\(width) gap \(gap)")
+                                checked += 1
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked > 500)
+        // 8-byte types keep the span of wide rows (int32 averages too, which sum in 8 bytes;
+        // int32 maxima do not).
+        #expect(dtype.size == 8 ? beyondSpan == 0 : beyondSpan > 40, "\(dtype) \(beyondSpan)")
+    }
+
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
     /// span of channels is at most 32, or 64 where the kernel is at least 1.5 strides
     /// (`KernelLimits.subsampledSpanOfByteMaxima`); of more than 8 channels, byte averages up
     /// to 128 and 2-byte maxima and averages up to 64 (float16 averages over windows up to two
     /// strides long 128, 1-d ones at strides up to 3), but rows alone whose windows touch, leave
     /// gaps, stride past 4 or span more than two strides and a column keep 16 (`subsampledSpan`;
-    /// where their rows do not split into phases).
+    /// where their rows do not split into phases; rows alone of up to 8 channels over short
+    /// windows subsample past it, `rowsAloneOfFewChannelsSubsampleShortWindows`).
     /// The plan asserted, and against the reference for 1 to 32 channels, spans on both sides
     /// of each limit, kernels shorter than, as long as and longer than the stride, 1-d rows
     /// and 3-d tiles of several rows, bit for bit between one thread and tiles cut along W
@@ -856,10 +913,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             let split = kind == .average && dims == 1 && channels <= 2
                                 && (dtype.size == 1 ? (2...4).contains(geometry.strideW) && kernel > geometry.strideW
                                     : dtype == .float16 && geometry.strideW * channels <= 16)
-                            let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= span && !split
+                            let subsampled = geometry.strideW > 1 && !split
+                                && (geometry.strideW * channels <= span || subsamplesShortWindows(kind, dtype, geometry))
                             if plan.strategy == .widthFirst || plan.strategy == .heightFirst {
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels)")
-                                subsampledWide += subsampled && geometry.strideW * channels > 16 ? 1 : 0
+                                subsampledWide += subsampled && geometry.strideW * channels > 16 && geometry.strideW * channels <= span ? 1 : 0
                             }
                             let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 1000 + kernel * 10 + dims))
                             let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
@@ -879,7 +937,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the
     /// stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
-    /// types from 16; 32-bit integers there sum in Int64 where the windows overlap or touch
+    /// types from 16 (but over short windows, `subsamplesShortWindows`); 32-bit integers there sum in Int64 where the windows overlap or touch
     /// (differences of running sums). Against the reference for 1 to 8 channels, strides
     /// 2 to 7, kernels shorter and longer than the stride, padding, rows shorter than the kernel
     /// and rows of several chunks, on whole rows and tiles cut along W, bit for bit between
@@ -902,7 +960,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 // The geometry cuts a stride past the padded row to its length.
                                 let wide = kind == .average || dtype.size == 8
                                 let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
-                                let subsampled = geometry.strideW > 1 && geometry.strideW * channels <= (wide ? 4 : 16)
+                                let subsampled = geometry.strideW > 1
+                                    && (geometry.strideW * channels <= (wide ? 4 : 16) || subsamplesShortWindows(kind, dtype, geometry))
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels) w=\(width)")
                                 if kind == .average && dtype.size == 4 {
                                     let int64 = geometry.strideW > 1 && !subsampled && kernel >= geometry.strideW

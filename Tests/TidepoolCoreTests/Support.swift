@@ -133,6 +133,14 @@ func subsampledSpan(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry) -> Int 
     }
 }
 
+/// Whether rows alone (1-d windows) of up to 8 channels reduce W at every position whatever
+/// the span (`WidthPlan`): windows of 2 to 5 columns that overlap or touch, of 1- to 4-byte
+/// accumulators (not 8-byte types, nor 32-bit integer averages).
+func subsamplesShortWindows(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry) -> Bool {
+    let eightByteSums = dtype.size == 8 || (kind == .average && dtype.size == 4 && !dtype.isFloatingPoint)
+    return g.kernelH == 1 && g.kernelD == 1 && !eightByteSums && g.channels <= 8 && g.strideW <= g.kernelW && g.kernelW <= 5
+}
+
 /// One axis's output length by the definitions, in floating point (the engine works in
 /// integers): MLX's floor((n + 2p - k) / s) + 1, or with ceil_mode PyTorch's ceil(...) + 1
 /// less one when the last window starts at or past n + p (ATen's pooling_output_shape).

@@ -59,6 +59,9 @@ enum KernelLimits {
     /// Rows alone (1-d windows) take the wider spans only where their windows overlap, at
     /// strides up to this, over at most two strides and a column.
     static let widerSpansOfRowsAlone = 4
+    /// Rows alone of up to 8 channels reduce W at every position, whatever the span, where
+    /// their windows of at most this many columns overlap or touch (`WidthPlan`).
+    static let subsampledWindowsOfRowsAlone = 5
     /// Maxima of 4-byte inputs take the wider span only over 3-d windows of at most this
     /// many columns.
     static let widerSpanColumnsOfWordMaxima = 5
@@ -205,7 +208,7 @@ public struct KernelPlan: Sendable {
             strategy = .wholeWindows
         } else if depthFirstPays && Self.suitsDepthFirst(g, accumulatorSize: accumulatorSize) {
             strategy = .depthFirst
-        } else if Self.suitsWholeWindows(g) {
+        } else if Self.suitsWholeWindows(g, width: width) {
             strategy = .wholeWindows
         } else if g.strideH > 1 && (width.step == 1 || g.channels < KernelLimits.vectorChannels) {
             strategy = .heightFirst
@@ -345,9 +348,14 @@ public struct KernelPlan: Sendable {
     /// adds passes through scratch. With enough contiguous channels to vectorise over, and at
     /// most `KernelLimits.wholeWindowTaps` taps. Never true together with `suitsDepthFirst`
     /// (that needs stride 1 and 2+ planes, so windows overlap), and checked after it anyway.
-    static func suitsWholeWindows(_ g: PoolGeometry) -> Bool {
+    /// Not rows alone that `width` reduces at every position (8 channels at most): their
+    /// windows of 8 channels folded whole took longer (64 MiB, 1 thread, ms, best of two or
+    /// three rounds of medians of 5, one build switched: AvgPool1d k2 s2 of 8 uint8 channels
+    /// 24.7 vs 11.0, float32 7.8 vs 5.9, k3 s3 of 8 bfloat16 10.7 vs 8.3).
+    static func suitsWholeWindows(_ g: PoolGeometry, width: WidthPlan) -> Bool {
         g.strideD >= g.kernelD && g.strideH >= g.kernelH && g.strideW >= g.kernelW
             && g.windowSize <= KernelLimits.wholeWindowTaps && g.channels >= KernelLimits.vectorChannels && g.stepC == 1
+            && !(width.subsampled && g.kernelH == 1 && g.kernelD == 1)
     }
 }
 
@@ -440,7 +448,21 @@ struct WidthPlan: Sendable {
         // (Steps 2 to 16 split: `splitIntoPhases`.)
         splitsPhases = splitsRows && rowsAlone && g.channels <= 2 && g.stepC == 1 && g.stepW == g.channels
             && g.strideW >= 2 && g.strideW * g.channels <= KernelLimits.subsampledSpan
-        step = g.strideW > 1 && g.strideW * g.channels <= span && !splitsPhases ? 1 : g.strideW
+        // Rows alone of up to 8 channels whose windows of at most
+        // `KernelLimits.subsampledWindowsOfRowsAlone` columns overlap or touch (no gaps),
+        // of 1- to 4-byte accumulators, reduce at every position whatever the span: a few
+        // vector merges per input cost less than the output's positions folded (or widened
+        // into phases) a column of 3 to 8 channels at a time. 64 MiB, 1 thread, ms, best of
+        // two or three rounds of medians of 5, one build switched, at the stride vs subsampled:
+        // AvgPool1d k3 s3 of 6 float16 channels 22.7 vs 7.7, of 7 13.0 vs 7.9, of 6 int16 14.3
+        // vs 9.7, of 6 int8 18.6 vs 10.1, of 7 float32 5.9 vs 5.2, k4 s4 of 7 float16 11.2 vs
+        // 8.5, k5 s3 of 7 float16 13.9 vs 9.8, k5 s5 of 7 int8 16.2 vs 9.7, MaxPool1d k3 s3 of
+        // 7 float16 10.6 vs 6.3. Longer windows took longer at every position (k9 s5 of 6 float32
+        // 5.2 vs 13.4, int16 9.2 vs 12.9, k10 s5 of 6 bfloat16 14.7 vs 18.4, MaxPool1d k9 s5 of
+        // 6 float16 7.6 vs 11.1; float16 averages alone gained, k9 s5 of 6 20.4 vs 14.6).
+        let shortWindows = rowsAlone && g.channels <= KernelLimits.vectorChannels && accumulatorSize < 8
+            && g.strideW <= g.kernelW && g.kernelW <= KernelLimits.subsampledWindowsOfRowsAlone
+        step = g.strideW > 1 && (g.strideW * g.channels <= span || shortWindows) && !splitsPhases ? 1 : g.strideW
     }
 
     /// The largest span of channels (stride x channels) whose rows are reduced at every
