@@ -937,11 +937,11 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
 
     /// Rows alone (1-d windows) of 8-byte sums and maxima reduce at the stride once the
     /// stride's span of channels passes 4 (`KernelLimits.subsampledSpanOfWideRows`), other
-    /// types from 16 (but over short windows, `subsamplesShortWindows`); 32-bit integers there sum in Int64 where the windows overlap or touch
-    /// (differences of running sums). Against the reference for 1 to 8 channels, strides
-    /// 2 to 7, kernels shorter and longer than the stride, padding, rows shorter than the kernel
-    /// and rows of several chunks, on whole rows and tiles cut along W, bit for bit between
-    /// them.
+    /// types from 16 (but over short windows, `subsamplesShortWindows`); 32-bit integers
+    /// there sum in Int64 where the windows overlap or touch (differences of running sums).
+    /// Against the reference for 1 to 8 channels, strides 2 to 7, kernels shorter and longer
+    /// than the stride, padding, rows shorter than the kernel and rows of several chunks, on
+    /// whole rows and tiles cut along W, bit for bit between them.
     @Test(arguments: [DType.int32, .uint32, .int64, .float64, .uint64])
     func stridedRowsAloneOfWideSums(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
