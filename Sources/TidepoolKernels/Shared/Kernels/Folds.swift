@@ -360,7 +360,14 @@ func columnsSplitIntoPhases<T>(_ from: UnsafePointer<T>, columns: Int, channels:
     guard splitIntoPhases(UnsafeRawPointer(from), unitBytes: channels * MemoryLayout<T>.stride, step: step, groups: whole,
                           phaseLength: phaseLength, into: UnsafeMutableRawPointer(phases)) else { return false }
     for column in (whole * step)..<columns {
-        for c in 0..<channels { phases[((column % step) * phaseLength + column / step) * channels + c] = from[column * channels + c] }
+        let place = phasePlace(column, step: step, phaseLength: phaseLength) * channels
+        for c in 0..<channels { phases[place + c] = from[column * channels + c] }
     }
     return true
 }
+
+/// Where column (or tap) `column` of a row split into `step` phases of `phaseLength` columns
+/// lies, in columns from the first phase's start: place column / step of phase column % step.
+/// A tap of positions `step` columns apart is then one run from there.
+@inline(__always)
+func phasePlace(_ column: Int, step: Int, phaseLength: Int) -> Int { (column % step) * phaseLength + column / step }

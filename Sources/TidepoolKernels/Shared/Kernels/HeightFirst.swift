@@ -90,7 +90,7 @@ extension TilePass {
                                            phaseLength: perPhase, into: phases)
         precondition(split, "foldsPhasesW holds only for units and steps that split")
         foldTaps(AccumulatorLoader<R>.self, out, count * channels, taps: 0..<kernel, first: true,
-                 source: { UnsafePointer(phases + ((($0 % step) * perPhase) + $0 / step) * channels) })
+                 source: { UnsafePointer(phases + phasePlace($0, step: step, phaseLength: perPhase) * channels) })
     }
 
     /// Reduces `padded` (a row of the span, folded along H) along W into ring row `out`, at

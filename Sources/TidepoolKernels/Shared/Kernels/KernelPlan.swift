@@ -274,8 +274,9 @@ public struct KernelPlan: Sendable {
         let scansW = (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun && g.kernelW >= scanTaps
         // Windows along W alone keep adding left to right, as MLX does (float32 averages in 1-d
         // are bit-identical to MLX's, test_mlx_parity.py): pairs only where H or D windows have
-        // changed the order already.
-        pairsW = scansW && !R.mergesOverlaps && g.kernelW <= KernelLimits.pairedWTaps && (g.kernelH > 1 || g.kernelD > 1)
+        // changed the order already. Not where W folds from the stride's phases instead
+        // (`foldsPhasesW`), which lays out no row for the pairs.
+        pairsW = scansW && !foldsPhasesW && !R.mergesOverlaps && g.kernelW <= KernelLimits.pairedWTaps && (g.kernelH > 1 || g.kernelD > 1)
         doublesW = scansW && R.mergesOverlaps
         blocksH = strategy == .heightFirst && g.strideH >= 3 && g.kernelH % g.strideH == 0
             && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)

@@ -540,7 +540,7 @@ func widenedInChunks<R: WindowReduction>(
                     let split = columnsSplitIntoPhases(from, columns: columns, channels: channels, step: step, phaseLength: perPhase, into: raw)
                     precondition(split, "splits holds only for steps and units that split")
                     foldTaps(InputLoader<R>.self, destination + done * channels, n * channels, taps: 0..<kernel, first: true,
-                             source: { UnsafePointer(raw + ((($0 % step) * perPhase) + $0 / step) * channels) })
+                             source: { UnsafePointer(raw + phasePlace($0, step: step, phaseLength: perPhase) * channels) })
                     done += n
                     continue
                 }
@@ -552,7 +552,7 @@ func widenedInChunks<R: WindowReduction>(
                     }
                 }
                 foldTaps(AccumulatorLoader<R>.self, destination + done * channels, n * channels, taps: 0..<kernel, first: true,
-                         source: { UnsafePointer(widened + ((($0 % step) * perPhase) + $0 / step) * channels) })
+                         source: { UnsafePointer(widened + phasePlace($0, step: step, phaseLength: perPhase) * channels) })
                 done += n
                 continue
             }
