@@ -458,6 +458,8 @@ func widenedInChunks<R: WindowReduction>(
     // knows the row's channels; a tile may hold fewer (one of two, on a tiny tile budget),
     // and then its columns are not contiguous units.
     let splits = splitsPhases && stepW == channels && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
+    // The end of the row's last column: loads of whole vectors stop there.
+    let readable = rowEnd - stepW + channels
     // Sums of windows that touch (kernel == step), of more than 8 channels, fold straight
     // from the row (`foldManyChannels`, which widens 8 channels at a time as it loads them):
     // each input lies in one window, so it is widened once either way, and widened into the
@@ -494,7 +496,10 @@ func widenedInChunks<R: WindowReduction>(
     let phases = !differences && !R.foldsChannelsAsVector && ((3...KernelLimits.vectorChannels).contains(channels) || splits)
     // Positions per chunk: their windows' columns fit the buffer (none when one window's do
     // not, or the input needs no widening, or folds straight from the row).
-    let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0)
+    // Columns widened as vectors of 8 into phases (below) store up to 5 lanes past the last
+    // phase's columns: two more columns of room for 3 channels or more.
+    let spill = phases && !splits ? 2 : 0
+    let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0) - spill
     guard R.Input.self != R.Accumulator.self && spare >= 0 && !straight else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
                       channels: channels, into: destination)
@@ -528,11 +533,12 @@ func widenedInChunks<R: WindowReduction>(
             }
             if phases {
                 let perPhase = (columns + step - 1) / step
+                // The row's next columns are fetched while this chunk splits or widens and
+                // folds: the hardware's prefetch alone left the split, and the widening, waiting
+                // on memory.
+                let next = from + n * step * stepW, ahead = Swift.min(rowEnd - next, columns * stepW)
+                if ahead > 0 { tpstream_prefetch(next, ahead * MemoryLayout<R.Input>.stride) }
                 if splits {
-                    // The row's next columns are fetched while this chunk splits and folds: the
-                    // hardware's prefetch alone left the split waiting on memory.
-                    let next = from + n * step * stepW, ahead = Swift.min(rowEnd - next, columns * stepW)
-                    if ahead > 0 { tpstream_prefetch(next, ahead * MemoryLayout<R.Input>.stride) }
                     // The phases hold inputs: the buffer is bound to them (no accumulator is
                     // stored in it in this call), `perPhase * step` per channel at most, as
                     // for sums.
@@ -544,11 +550,24 @@ func widenedInChunks<R: WindowReduction>(
                     done += n
                     continue
                 }
-                // Phases from `kernel` on hold no window's columns.
+                // Phases from `kernel` on hold no window's columns. Each column widens as one
+                // vector of 8 inputs from its first channel (`loadEight`), stored whole: the
+                // lanes past its channels land where the phase's next column, or the next
+                // phase, is stored after it, or past every column a tap reads (`spill` keeps
+                // room for the last). Columns whose 8 inputs would pass the row's last column
+                // widen channel by channel. Widened column by column in scalars, LLVM gathered
+                // each conversion's inputs across columns a 16-bit word at a time.
                 for r in 0..<Swift.min(step, kernel) {
                     let phase = widened + r * perPhase * channels, source = from + r * stepW
-                    channelsByPosition(count: (columns - r + step - 1) / step, jumps: (step * stepW, channels), channels: channels) { a, b in
-                        phase[b] = R.widen(source[a])
+                    let count = (columns - r + step - 1) / step, jump = step * stepW
+                    let room = source.distance(to: readable) - 8
+                    let whole = room >= 0 ? Swift.min(count, room / jump + 1) : 0
+                    for j in 0..<whole {
+                        UnsafeMutableRawPointer(phase + j * channels).storeBytes(
+                            of: loadEight(InputLoader<R>.self, source + j * jump), as: SIMD8<R.Accumulator>.self)
+                    }
+                    channelsByPosition(count: count - whole, jumps: (jump, channels), channels: channels) { a, b in
+                        phase[whole * channels + b] = R.widen(source[whole * jump + a])
                     }
                 }
                 foldTaps(AccumulatorLoader<R>.self, destination + done * channels, n * channels, taps: 0..<kernel, first: true,
