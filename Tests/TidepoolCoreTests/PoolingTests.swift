@@ -822,17 +822,19 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// touch reduce W at every position and subsample, whatever the stride's span of channels
     /// (`WidthPlan`, `KernelLimits.subsampledWindowsOfRowsAlone`), and so do not run whole
     /// where 8 channels' windows touch (`KernelPlan.suitsWholeWindows`). Windows of 6 columns,
-    /// windows with gaps between them and 8-byte sums keep their spans. The plan asserted on
+    /// windows with gaps between them and 8-byte sums keep their spans; float16 and bfloat16
+    /// averages over windows of 8 columns or more reduce at the stride whatever the span
+    /// (`KernelLimits.stridedWindowsOfWidenedRowsAlone`). The plan asserted on
     /// both sides of each limit, and against the reference with padding, rows shorter than
     /// the kernel, of a few strides and of several chunks, contiguous and with a gap after each
     /// column, bit for bit between 1 thread and tiny tiles on 2.
     @Test(arguments: [DType.float16, .bfloat16, .float32, .int8, .uint8, .int16, .int32, .float64])
     func rowsAloneOfFewChannelsSubsampleShortWindows(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
-        var checked = 0, beyondSpan = 0
+        var checked = 0, beyondSpan = 0, atStrideWithinSpan = 0
         for kind in PoolKind.allCases {
             for channels in [3, 5, 7, 8] {
-                for kernel in 2...6 {
+                for kernel in Array(2...6) + [8, 9] {
                     for stride in Set([2, kernel - 1, kernel, kernel + 1]) where stride >= 2 {
                         for padding in Set([0, kernel / 2]) {
                             for (width, gap) in [(Swift.max(1, kernel - 1), 0), (5 * stride + kernel, 0), (5 * stride + kernel, 1),
@@ -846,8 +848,10 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
                                 let short = subsamplesShortWindows(kind, dtype, geometry)
                                 let withinSpan = geometry.strideW * channels <= subsampledSpan(kind, dtype, geometry)
-                                let subsampled = geometry.strideW > 1 && (short || withinSpan)
+                                let long = stridesLongWidenedWindows(kind, dtype, geometry)
+                                let subsampled = geometry.strideW > 1 && (short || withinSpan) && !long
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels) w=\(width)")
+                                atStrideWithinSpan += geometry.strideW > 1 && withinSpan && long ? 1 : 0
                                 if subsampled {
                                     #expect(plan.strategy == .widthFirst, "\(desc) \(dtype) C=\(channels) w=\(width)")
                                 }
@@ -872,6 +876,9 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         // 8-byte types keep the span of wide rows (int32 averages too, which sum in 8 bytes;
         // int32 maxima do not).
         #expect(dtype.size == 8 ? beyondSpan == 0 : beyondSpan > 40, "\(dtype) \(beyondSpan)")
+        // Windows of 8 or 9 columns at stride 2, within the span: float16 and bfloat16
+        // averages alone at the stride.
+        #expect(dtype == .float16 || dtype == .bfloat16 ? atStrideWithinSpan > 10 : atStrideWithinSpan == 0, "\(dtype) \(atStrideWithinSpan)")
     }
 
     /// Maxima of 1-byte types reduce W at every position, then subsample, while the stride's
@@ -913,7 +920,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             let split = kind == .average && dims == 1 && channels <= 2
                                 && (dtype.size == 1 ? (2...4).contains(geometry.strideW) && kernel > geometry.strideW
                                     : dtype == .float16 && geometry.strideW * channels <= 16)
-                            let subsampled = geometry.strideW > 1 && !split
+                            let subsampled = geometry.strideW > 1 && !split && !stridesLongWidenedWindows(kind, dtype, geometry)
                                 && (geometry.strideW * channels <= span || subsamplesShortWindows(kind, dtype, geometry))
                             if plan.strategy == .widthFirst || plan.strategy == .heightFirst {
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels)")
@@ -960,7 +967,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 // The geometry cuts a stride past the padded row to its length.
                                 let wide = kind == .average || dtype.size == 8
                                 let geometry = try PoolGeometry(desc, input: view, outputShape: outShape)
-                                let subsampled = geometry.strideW > 1
+                                let subsampled = geometry.strideW > 1 && !stridesLongWidenedWindows(kind, dtype, geometry)
                                     && (geometry.strideW * channels <= (wide ? 4 : 16) || subsamplesShortWindows(kind, dtype, geometry))
                                 #expect(plan.subsampledRows == subsampled, "\(desc) \(dtype) C=\(channels) w=\(width)")
                                 if kind == .average && dtype.size == 4 {

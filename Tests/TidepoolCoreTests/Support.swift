@@ -141,6 +141,13 @@ func subsamplesShortWindows(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry)
     return g.kernelH == 1 && g.kernelD == 1 && !eightByteSums && g.channels <= 8 && g.strideW <= g.kernelW && g.kernelW <= 5
 }
 
+/// Whether rows alone (1-d windows) of 3 to 8 channels reduce W at the stride whatever the
+/// span (`WidthPlan`): float16 and bfloat16 averages over windows of 8 columns or more.
+func stridesLongWidenedWindows(_ kind: PoolKind, _ dtype: DType, _ g: PoolGeometry) -> Bool {
+    kind == .average && (dtype == .float16 || dtype == .bfloat16) && g.kernelH == 1 && g.kernelD == 1
+        && (3...8).contains(g.channels) && g.kernelW >= 8
+}
+
 /// One axis's output length by the definitions, in floating point (the engine works in
 /// integers): MLX's floor((n + 2p - k) / s) + 1, or with ceil_mode PyTorch's ceil(...) + 1
 /// less one when the last window starts at or past n + p (ATen's pooling_output_shape).

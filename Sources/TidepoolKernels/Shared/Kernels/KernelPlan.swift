@@ -62,6 +62,9 @@ enum KernelLimits {
     /// Rows alone of up to 8 channels reduce W at every position, whatever the span, where
     /// their windows of at most this many columns overlap or touch (`WidthPlan`).
     static let subsampledWindowsOfRowsAlone = 5
+    /// Rows alone of 3 to 8 channels of float16 and bfloat16 averages reduce W at the
+    /// stride, whatever the span, over windows of at least this many columns (`WidthPlan`).
+    static let stridedWindowsOfWidenedRowsAlone = 8
     /// Maxima of 4-byte inputs take the wider span only over 3-d windows of at most this
     /// many columns.
     static let widerSpanColumnsOfWordMaxima = 5
@@ -463,7 +466,21 @@ struct WidthPlan: Sendable {
         // 6 float16 7.6 vs 11.1; float16 averages alone gained, k9 s5 of 6 20.4 vs 14.6).
         let shortWindows = rowsAlone && g.channels <= KernelLimits.vectorChannels && accumulatorSize < 8
             && g.strideW <= g.kernelW && g.kernelW <= KernelLimits.subsampledWindowsOfRowsAlone
-        step = g.strideW > 1 && (g.strideW * g.channels <= span || shortWindows) && !splitsPhases ? 1 : g.strideW
+        // Rows alone of 3 to 8 channels of float16 and bfloat16 averages (widened sums, not
+        // exact in any order) over windows of `KernelLimits.stridedWindowsOfWidenedRowsAlone`
+        // columns or more reduce at the stride whatever the span: each input widened once
+        // into the stride's phases and kernel / stride adds (`widenedInChunks`) cost less than
+        // kernel adds at every position. 64 MiB, 1 thread, ms, best of two rounds, one build
+        // switched, subsampled vs at the stride: AvgPool1d k9 s5 of 3 bfloat16 channels 17.7
+        // vs 13.3, k8 s4 of 4 15.7 vs 12.2, k12 s3 of 5 28.2 vs 15.2, k10 s2 of 7 21.8 vs
+        // 16.8, k13 s4 of 4 float16 20.2 vs 13.5, k11 s5 of 3 17.6 vs 14.3, k8 s2 of 8 18.3
+        // vs 16.4 (k9 s2 of 6 17.8 vs 18.2, k8 s3 of 4 14.5 vs 15.0). Shorter windows lost at
+        // the stride: k6 s2 of 8 10.8 vs 13.3, k6 s4 of 3 11.5 vs 14.3, k3 s4 of 4 6.8 vs 9.3.
+        let longWidenedWindows = rowsAlone && sums && !unmergesExactly && inputSize < accumulatorSize
+            && (3...KernelLimits.vectorChannels).contains(g.channels)
+            && g.kernelW >= KernelLimits.stridedWindowsOfWidenedRowsAlone
+        step = g.strideW > 1 && (g.strideW * g.channels <= span || shortWindows) && !splitsPhases && !longWidenedWindows
+            ? 1 : g.strideW
     }
 
     /// The largest span of channels (stride x channels) whose rows are reduced at every
