@@ -458,8 +458,6 @@ func widenedInChunks<R: WindowReduction>(
     // knows the row's channels; a tile may hold fewer (one of two, on a tiny tile budget),
     // and then its columns are not contiguous units.
     let splits = splitsPhases && stepW == channels && [1, 2, 4, 8].contains(channels * MemoryLayout<R.Input>.stride)
-    // The end of the row's last column: loads of whole vectors stop there.
-    let readable = rowEnd - stepW + channels
     // Sums of windows that touch (kernel == step), of more than 8 channels, fold straight
     // from the row (`foldManyChannels`, which widens 8 channels at a time as it loads them):
     // each input lies in one window, so it is widened once either way, and widened into the
@@ -557,16 +555,18 @@ func widenedInChunks<R: WindowReduction>(
                 // room for the last). Columns whose 8 inputs would pass the row's last column
                 // widen channel by channel. Widened column by column in scalars, LLVM gathered
                 // each conversion's inputs across columns a 16-bit word at a time.
+                // The end of the row's last column: loads of whole vectors stop there.
+                let readable = rowEnd - stepW + channels
                 for r in 0..<Swift.min(step, kernel) {
                     let phase = widened + r * perPhase * channels, source = from + r * stepW
-                    let count = (columns - r + step - 1) / step, jump = step * stepW
+                    let inPhase = (columns - r + step - 1) / step, jump = step * stepW
                     let room = source.distance(to: readable) - 8
-                    let whole = room >= 0 ? Swift.min(count, room / jump + 1) : 0
+                    let whole = room >= 0 ? Swift.min(inPhase, room / jump + 1) : 0
                     for j in 0..<whole {
                         UnsafeMutableRawPointer(phase + j * channels).storeBytes(
                             of: loadEight(InputLoader<R>.self, source + j * jump), as: SIMD8<R.Accumulator>.self)
                     }
-                    channelsByPosition(count: count - whole, jumps: (jump, channels), channels: channels) { a, b in
+                    channelsByPosition(count: inPhase - whole, jumps: (jump, channels), channels: channels) { a, b in
                         phase[whole * channels + b] = R.widen(source[whole * jump + a])
                     }
                 }
