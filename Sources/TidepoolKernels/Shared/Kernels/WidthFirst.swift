@@ -684,8 +684,20 @@ func foldPositions<L: SourceLoader>(
     typealias R = L.Reduction
     typealias A = R.Accumulator
     guard channels <= 8 else {
-        foldManyChannels(L.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
-                         into: destination)
+        @inline(__always) func many<V: SIMD>(_: V.Type) where V.Scalar == A {
+            foldManyChannels(L.self, V.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
+                             into: destination)
+        }
+        // Sources that are 2-byte accumulators already (16-bit maxima, and 8-bit sums widened
+        // before the fold) load as vectors of 16 lanes, a whole register, for 32 channels and
+        // more. Not fewer, whose two overlapping vectors fold as many lanes as three of 8
+        // (MaxPool1d k7 s5 of 24 int16 channels was no faster), nor byte maxima, slower in
+        // vectors of 16 or 32 (MaxPool3d k9 s8 of 40 uint8 channels took 1.2-1.5x as long).
+        if L.Source.self == A.self && MemoryLayout<A>.stride == 2 && channels >= 32 {
+            many(SIMD16<A>.self)
+        } else {
+            many(SIMD8<A>.self)
+        }
         return
     }
     if R.foldsChannelsAsVector && channels > 1 {
@@ -766,29 +778,38 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 }
 
 /// `foldPositions` for more than 8 channels, two positions at a time: their channels as vectors of
-/// 8 lanes, up to 4 at a time, so that each tap's step of the loop folds up to 8 independent
-/// vectors (one position's chains of dependent adds alone left the adds waiting on each other:
-/// AvgPool1d k7 s3 C=32 float32 took 1.2x as long); the last vector ends at the last channel
-/// (overlapping the one before: a channel folded twice gets the same bits twice). Each lane is a
-/// plain left fold of its channel's taps. Folded in memory over all the channels, a pass per 6 taps
+/// `V`'s lanes (8, or 16 for 2-byte accumulators loaded as they are), up to 4 at a time, so that
+/// each tap's step of the loop folds up to 8 independent vectors (one position's chains of
+/// dependent adds alone left the adds waiting on each other: AvgPool1d k7 s3 C=32 float32 took
+/// 1.2x as long); the last vector ends at the last channel (overlapping the one before: a
+/// channel folded twice gets the same bits twice). Each lane is a plain left fold of its
+/// channel's taps, whatever the vector's width. Folded in memory over all the channels, a pass per 6 taps
 /// (`foldTaps`), 12 to 24 channels spent their time in loop set-up and remainders (runs shorter
 /// than one unrolled iteration of LLVM's vector loops); one vector per sweep over the positions,
 /// the tap loop's own overhead outweighed the folds of short windows. Byte maxima too: their
 /// vectors of 8 fill a quarter of a register, but folded in memory they took up to 5 times as long
 /// (docs/performance.md).
 ///
-/// Lanes are named one by one (`loadEight`, `mergeEight`).
+/// Lanes are named one by one (`loadEight`, `mergeEight`). `V` has 8 lanes, or 16 where the
+/// sources are accumulators (loaded whole) and `channels` at least its lanes.
 @inline(__always)
-func foldManyChannels<L: SourceLoader>(
-    _: L.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
+func foldManyChannels<L: SourceLoader, V: SIMD>(
+    _: L.Type, _: V.Type, _ first: UnsafePointer<L.Source>, count: Int, jump: Int, tapStep: Int, taps: Int, channels: Int,
     into destination: UnsafeMutablePointer<L.Reduction.Accumulator>
-) {
+) where V.Scalar == L.Reduction.Accumulator {
     typealias R = L.Reduction
     typealias A = R.Accumulator
-    typealias V = SIMD8<A>
     let lanes = V.scalarCount, last = channels - lanes
-    @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V { loadEight(L.self, p) }
-    @inline(__always) func merge(_ a: V, _ b: V) -> V { mergeEight(R.self, a, b) }
+    @inline(__always) func load(_ p: UnsafePointer<L.Source>) -> V {
+        if L.Source.self == A.self { return UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        return unsafeBitCast(loadEight(L.self, p), to: V.self)
+    }
+    @inline(__always) func merge(_ a: V, _ b: V) -> V {
+        switch lanes {
+        case 16: return unsafeBitCast(mergeSixteen(R.self, unsafeBitCast(a, to: SIMD16<A>.self), unsafeBitCast(b, to: SIMD16<A>.self)), to: V.self)
+        default: return unsafeBitCast(mergeEight(R.self, unsafeBitCast(a, to: SIMD8<A>.self), unsafeBitCast(b, to: SIMD8<A>.self)), to: V.self)
+        }
+    }
     /// `vectors` vectors (a constant once inlined) of the channels from `start` of position
     /// `i` and, when `pair`, of position `i + 1` too: two positions' chains of dependent
     /// merges run side by side.
@@ -873,6 +894,15 @@ func loadEight<L: SourceLoader>(_: L.Type, _ p: UnsafePointer<L.Source>) -> SIMD
 func mergeEight<R: WindowReduction>(_: R.Type, _ a: SIMD8<R.Accumulator>, _ b: SIMD8<R.Accumulator>) -> SIMD8<R.Accumulator> {
     SIMD8(R.merge(a[0], b[0]), R.merge(a[1], b[1]), R.merge(a[2], b[2]), R.merge(a[3], b[3]),
           R.merge(a[4], b[4]), R.merge(a[5], b[5]), R.merge(a[6], b[6]), R.merge(a[7], b[7]))
+}
+
+/// `mergeEight` for 16 lanes (named one by one, as in `loadEight`).
+@inline(__always)
+func mergeSixteen<R: WindowReduction>(_: R.Type, _ a: SIMD16<R.Accumulator>, _ b: SIMD16<R.Accumulator>) -> SIMD16<R.Accumulator> {
+    SIMD16(R.merge(a[0], b[0]), R.merge(a[1], b[1]), R.merge(a[2], b[2]), R.merge(a[3], b[3]),
+          R.merge(a[4], b[4]), R.merge(a[5], b[5]), R.merge(a[6], b[6]), R.merge(a[7], b[7]),
+          R.merge(a[8], b[8]), R.merge(a[9], b[9]), R.merge(a[10], b[10]), R.merge(a[11], b[11]),
+          R.merge(a[12], b[12]), R.merge(a[13], b[13]), R.merge(a[14], b[14]), R.merge(a[15], b[15]))
 }
 
 /// `R.unmerge` lane by lane (named one by one, as in `loadEight`).
