@@ -783,12 +783,12 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 /// dependent adds alone left the adds waiting on each other: AvgPool1d k7 s3 C=32 float32 took
 /// 1.2x as long); the last vector ends at the last channel (overlapping the one before: a
 /// channel folded twice gets the same bits twice). Each lane is a plain left fold of its
-/// channel's taps, whatever the vector's width. Folded in memory over all the channels, a pass per 6 taps
-/// (`foldTaps`), 12 to 24 channels spent their time in loop set-up and remainders (runs shorter
-/// than one unrolled iteration of LLVM's vector loops); one vector per sweep over the positions,
-/// the tap loop's own overhead outweighed the folds of short windows. Byte maxima too: their
-/// vectors of 8 fill a quarter of a register, but folded in memory they took up to 5 times as long
-/// (docs/performance.md).
+/// channel's taps, whatever the vector's width. Folded in memory over all the channels, a pass
+/// per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and remainders
+/// (runs shorter than one unrolled iteration of LLVM's vector loops); one vector per sweep over
+/// the positions, the tap loop's own overhead outweighed the folds of short windows. Byte
+/// maxima too: their vectors of 8 fill a quarter of a register, but folded in memory they took
+/// up to 5 times as long (docs/performance.md).
 ///
 /// Lanes are named one by one (`loadEight`, `mergeEight`). `V` has 8 lanes, or 16 where the
 /// sources are accumulators (loaded whole) and `channels` at least its lanes.
