@@ -44,7 +44,7 @@ let package = Package(
         // Streaming (non-temporal) copies for large outputs.
         .target(name: "CTidepoolStream"),
         // C vector kernels, chosen at run time: AVX-512 for the last step of 16-bit float
-        // averages, AVX2 transposes for rows split into phases.
+        // averages, AVX2 transposes for rows split into phases and byte maxima of many channels.
         .target(name: "CTidepoolVector"),
         // The one lock type (a pthread mutex, which ThreadSanitizer understands), the one
         // clock (CLOCK_MONOTONIC) of the daemon and the client, and the kernels' worker threads.

@@ -990,10 +990,12 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     }
 
     /// Strided rows of many channels fold up to 4 vectors of 8 of them at a time
-    /// (`foldManyChannels`; byte maxima in memory, `foldTaps`): 12 channels (vectors at 0 and 4),
+    /// (`foldManyChannels`): 12 channels (vectors at 0 and 4),
     /// 27 (0, 8, 16, 19), 37 (0, 8, 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one
     /// at 62); 2-byte accumulators loaded as they are (16-bit maxima, byte sums widened first) of
-    /// 32 channels or more in vectors of 16 (37: 0, 16, 21; 70: 0, 16, 32, 48, then 54). Inputs
+    /// 32 channels or more in vectors of 16 (37: 0, 16, 21; 70: 0, 16, 32, 48, then 54); byte
+    /// maxima of 16 channels or more, where the AVX2 kernels run, in C vectors of 16 bytes (27:
+    /// 0, 11) or 32 (37: 0, 5; 70: 0, 32, 38; signed and unsigned, `tpvector_byte_maxima`). Inputs
     /// that widen do so a chunk of positions at a time (`widenedInChunks`; integer sums as
     /// differences of running sums, summed in registers by the same vectors of 8 up to 32 channels,
     /// `runningSums`, in memory past them): rows of 60 positions span several chunks, and 300
@@ -1004,7 +1006,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// windows (k7 s3, k7 s5) take their differences as vectors of 8 (`differencesAsVectors`, 9 to
     /// 32 channels; not at 37). Against the reference, and bit for bit against the same values in
     /// channels-first storage (folded position by position), on whole and cut rows.
-    @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .int16, .uint32, .float64])
+    @Test(arguments: [DType.float32, .float16, .bfloat16, .int8, .uint8, .int16, .uint32, .float64])
     func stridedRowsOfManyChannels(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 64, serialWorkBelow: 0)]
         for kind in PoolKind.allCases {

@@ -4,8 +4,9 @@
  * CPU has them. A kernel folds float32 sums left to right, scales them and rounds to nearest
  * even, bit for bit as the engine's Swift loops do (Float16(Float), BFloat16(Float)), 16 values
  * per vector instead of 8, and a bfloat16 rounding in one instruction where the Swift loop
- * takes 10 per 8 values. And the AVX2 transposes that split rows into phases
- * (tpvector_split_into_phases), for the kernels built for x86-64-v3. */
+ * takes 10 per 8 values. And, for the kernels built for x86-64-v3, the AVX2 transposes that
+ * split rows into phases (tpvector_split_into_phases) and the byte maxima of many channels in
+ * whole registers (tpvector_byte_maxima). */
 #ifndef TIDEPOOL_VECTOR_H
 #define TIDEPOOL_VECTOR_H
 
@@ -48,5 +49,14 @@ int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step,
 /* Whether tpvector_split_into_phases takes `unit_bytes` and `step` (0 on other architectures,
  * where it takes none). */
 int tpvector_splits_into_phases(size_t unit_bytes, size_t step);
+
+/* The maxima of `count` positions' windows of bytes (int8 where `is_signed`, else uint8):
+ * position i's window starts at `first` + i * `jump` and holds `taps` columns `tap_step` bytes
+ * apart, each of `channels` contiguous bytes (16 or more); out + i * channels receives its
+ * `channels` maxima. Returns 1; or 0, with nothing written, for fewer than 16 channels or no
+ * tap. Reads only the windows' channels. AVX2 vectors of 32 bytes (16 for 16 to 31
+ * channels). Only where tpvector_supports_x86_64_v3 (on other architectures it returns 0). */
+int tpvector_byte_maxima(const void *first, size_t count, size_t jump, size_t tap_step, size_t taps, size_t channels,
+                         int is_signed, void *out);
 
 #endif

@@ -1,5 +1,6 @@
 import CTidepoolStream
 import TidepoolTypes
+import CTidepoolVector
 
 /// Width first (`Strategy.widthFirst`), and the plane ring it shares with height first: each
 /// new input plane is reduced along W, then H, into a ring of `kernelD` planes, and each output
@@ -684,6 +685,17 @@ func foldPositions<L: SourceLoader>(
     typealias R = L.Reduction
     typealias A = R.Accumulator
     guard channels <= 8 else {
+        // Byte maxima of 16 channels or more, where the AVX2 kernels run: C vectors of 32
+        // bytes (16 for 16 to 31 channels), `tpvector_byte_maxima`. Below, their vectors of 8
+        // fill a quarter of a register, and wider ones were slower as compiled (the fold of a
+        // group of vectors stayed a call per pair of positions); MaxPool2d k3 s2 p1 of 64
+        // int8 channels took 1.8x as long (docs/performance.md). Exact in any order.
+        if kernelLevel == .avx2 && L.Source.self == A.self && channels >= 16
+            && (R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self)
+            && tpvector_byte_maxima(first, count, jump, tapStep, taps, channels, R.self == MaxInteger<Int8>.self ? 1 : 0,
+                                    destination) != 0 {
+            return
+        }
         @inline(__always) func many<V: SIMD>(_: V.Type) where V.Scalar == A {
             foldManyChannels(L.self, V.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
                              into: destination)
@@ -692,7 +704,8 @@ func foldPositions<L: SourceLoader>(
         // before the fold) load as vectors of 16 lanes, a whole register, for 32 channels and
         // more. Not fewer, whose two overlapping vectors fold as many lanes as three of 8
         // (MaxPool1d k7 s5 of 24 int16 channels was no faster), nor byte maxima, slower in
-        // vectors of 16 or 32 (MaxPool3d k9 s8 of 40 uint8 channels took 1.2-1.5x as long).
+        // Swift vectors of 16 or 32 (MaxPool3d k9 s8 of 40 uint8 channels took 1.2-1.5x as
+        // long): these take vectors of 8 on CPUs without AVX2, of 9 to 15 channels everywhere.
         if L.Source.self == A.self && MemoryLayout<A>.stride == 2 && channels >= 32 {
             many(SIMD16<A>.self)
         } else {
