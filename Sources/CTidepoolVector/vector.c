@@ -353,71 +353,94 @@ AVX2 int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t 
     return 1;
 }
 
-/* Positions' channels in vectors of `V` bytes (V 32 or 16), the last ending at the last
+/* Positions' channels in vectors of `V` bytes (V 32, 16 or 8), the last ending at the last
  * channel: the position's channels alone are read, and a channel stored twice gets the same
  * maximum. Two positions at a time, up to 4 vectors of each per sweep over the taps (a
  * constant once inlined), so that each tap's step holds up to 8 independent chains of maxima,
  * as `foldManyChannels` does in Swift: one vector of one position per sweep left 20 channels
- * (two vectors of 16) slower than the Swift fold's three vectors of 8. */
+ * (two vectors of 16) slower than the Swift fold's three vectors of 8. A window's taps are
+ * `taps` columns `tap_step` apart in each of `rows` rows at `rows_at` from its first column. */
 #define BYTE_MAXIMA(NAME, VEC, LOAD, STORE, MAX, V)                                                                      \
-    AVX2_INLINE void NAME##_group(const uint8_t *p, size_t jump, int pair, size_t tap_step, size_t taps, size_t from,      \
-                                  size_t last, int n, uint8_t *o, size_t channels) {                                     \
+    AVX2_INLINE void NAME##_group(const uint8_t *p, size_t jump, int pair, const ptrdiff_t *rows_at, size_t rows,        \
+                                  size_t tap_step, size_t taps, size_t from, size_t last, int n, uint8_t *o,            \
+                                  size_t out_step) {                                                                     \
         VEC a[4], b[4];                                                                                                  \
         size_t at[4];                                                                                                    \
+        const uint8_t *r = p + rows_at[0];                                                                               \
         for (int v = 0; v < n; v++) {                                                                                    \
             at[v] = from + v * V < last ? from + v * V : last;                                                           \
-            a[v] = LOAD((const VEC *)(p + at[v]));                                                                       \
-            if (pair) b[v] = LOAD((const VEC *)(p + jump + at[v]));                                                      \
+            a[v] = LOAD((const VEC *)(r + at[v]));                                                                       \
+            if (pair) b[v] = LOAD((const VEC *)(r + jump + at[v]));                                                      \
         }                                                                                                                \
-        for (size_t t = 1; t < taps; t++) {                                                                              \
-            const uint8_t *r = p + t * tap_step;                                                                         \
-            for (int v = 0; v < n; v++) {                                                                                \
-                a[v] = MAX(a[v], LOAD((const VEC *)(r + at[v])));                                                        \
-                if (pair) b[v] = MAX(b[v], LOAD((const VEC *)(r + jump + at[v])));                                       \
+        for (size_t row = 0; row < rows; row++) {                                                                        \
+            const uint8_t *c = p + rows_at[row];                                                                         \
+            for (size_t t = row == 0; t < taps; t++) {                                                                   \
+                const uint8_t *q = c + t * tap_step;                                                                     \
+                for (int v = 0; v < n; v++) {                                                                            \
+                    a[v] = MAX(a[v], LOAD((const VEC *)(q + at[v])));                                                    \
+                    if (pair) b[v] = MAX(b[v], LOAD((const VEC *)(q + jump + at[v])));                                   \
+                }                                                                                                        \
             }                                                                                                            \
         }                                                                                                                \
         for (int v = 0; v < n; v++) {                                                                                    \
             STORE((VEC *)(o + at[v]), a[v]);                                                                             \
-            if (pair) STORE((VEC *)(o + channels + at[v]), b[v]);                                                        \
+            if (pair) STORE((VEC *)(o + out_step + at[v]), b[v]);                                                        \
         }                                                                                                                \
     }                                                                                                                    \
-    AVX2_INLINE void NAME##_positions(const uint8_t *p, size_t jump, int pair, size_t tap_step, size_t taps,              \
-                                      size_t channels, uint8_t *o) {                                                     \
+    AVX2_INLINE void NAME##_positions(const uint8_t *p, size_t jump, int pair, const ptrdiff_t *rows_at, size_t rows,    \
+                                      size_t tap_step, size_t taps, size_t channels, uint8_t *o, size_t out_step) {      \
         const size_t last = channels - V;                                                                                \
         for (size_t start = 0; start < channels; start += 4 * V) {                                                       \
             /* The first vector starts at most V before the end. */                                                      \
             const size_t from = start < last ? start : last;                                                             \
             switch ((channels - from + V - 1) / V) {                                                                     \
-            case 1: NAME##_group(p, jump, pair, tap_step, taps, from, last, 1, o, channels); break;                      \
-            case 2: NAME##_group(p, jump, pair, tap_step, taps, from, last, 2, o, channels); break;                      \
-            case 3: NAME##_group(p, jump, pair, tap_step, taps, from, last, 3, o, channels); break;                      \
-            default: NAME##_group(p, jump, pair, tap_step, taps, from, last, 4, o, channels); break;                     \
+            case 1: NAME##_group(p, jump, pair, rows_at, rows, tap_step, taps, from, last, 1, o, out_step); break;       \
+            case 2: NAME##_group(p, jump, pair, rows_at, rows, tap_step, taps, from, last, 2, o, out_step); break;       \
+            case 3: NAME##_group(p, jump, pair, rows_at, rows, tap_step, taps, from, last, 3, o, out_step); break;       \
+            default: NAME##_group(p, jump, pair, rows_at, rows, tap_step, taps, from, last, 4, o, out_step); break;      \
             }                                                                                                            \
         }                                                                                                                \
     }                                                                                                                    \
-    AVX2_INLINE void NAME(const uint8_t *first, size_t count, size_t jump, size_t tap_step, size_t taps, size_t channels, \
-                          uint8_t *out) {                                                                               \
+    AVX2_INLINE void NAME(const uint8_t *first, size_t count, size_t jump, const ptrdiff_t *rows_at, size_t rows,        \
+                          size_t tap_step, size_t taps, size_t channels, uint8_t *out, size_t out_step) {                \
         size_t i = 0;                                                                                                    \
-        for (; i + 2 <= count; i += 2) NAME##_positions(first + i * jump, jump, 1, tap_step, taps, channels, out + i * channels); \
-        if (i < count) NAME##_positions(first + i * jump, jump, 0, tap_step, taps, channels, out + i * channels);       \
+        for (; i + 2 <= count; i += 2)                                                                                   \
+            NAME##_positions(first + i * jump, jump, 1, rows_at, rows, tap_step, taps, channels, out + i * out_step,      \
+                             out_step);                                                                                  \
+        if (i < count)                                                                                                   \
+            NAME##_positions(first + i * jump, jump, 0, rows_at, rows, tap_step, taps, channels, out + i * out_step,      \
+                             out_step);                                                                                  \
     }
+
+/* Vectors of 8 bytes in the low half of an XMM register. */
+#define LOAD8(p) _mm_loadl_epi64(p)
+#define STORE8(p, v) _mm_storel_epi64(p, v)
 
 BYTE_MAXIMA(signed_maxima32, __m256i, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_max_epi8, 32)
 BYTE_MAXIMA(unsigned_maxima32, __m256i, _mm256_loadu_si256, _mm256_storeu_si256, _mm256_max_epu8, 32)
 BYTE_MAXIMA(signed_maxima16, __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_max_epi8, 16)
 BYTE_MAXIMA(unsigned_maxima16, __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_max_epu8, 16)
+BYTE_MAXIMA(signed_maxima8, __m128i, LOAD8, STORE8, _mm_max_epi8, 8)
+BYTE_MAXIMA(unsigned_maxima8, __m128i, LOAD8, STORE8, _mm_max_epu8, 8)
 
-AVX2 int tpvector_byte_maxima(const void *first, size_t count, size_t jump, size_t tap_step, size_t taps, size_t channels,
-                              int is_signed, void *out) {
-    const uint8_t *in = (const uint8_t *)first;
-    uint8_t *o = (uint8_t *)out;
-    if (channels < 16 || taps < 1) return 0;
+AVX2 int tpvector_byte_maxima(const tpvector_byte_windows *windows, int is_signed) {
+    static const ptrdiff_t one_row = 0;
+    const uint8_t *in = (const uint8_t *)windows->first;
+    uint8_t *o = (uint8_t *)windows->out;
+    const size_t count = windows->count, jump = windows->jump, tap_step = windows->tap_step, taps = windows->taps;
+    const size_t channels = windows->channels, out_step = windows->out_step;
+    const ptrdiff_t *rows_at = windows->rows_at ? windows->rows_at : &one_row;
+    const size_t rows = windows->rows_at ? windows->rows : 1;
+    if (channels < TPVECTOR_BYTE_MAXIMA_CHANNELS || taps < 1 || rows < 1) return 0;
     if (channels >= 32) {
-        if (is_signed) signed_maxima32(in, count, jump, tap_step, taps, channels, o);
-        else unsigned_maxima32(in, count, jump, tap_step, taps, channels, o);
+        if (is_signed) signed_maxima32(in, count, jump, rows_at, rows, tap_step, taps, channels, o, out_step);
+        else unsigned_maxima32(in, count, jump, rows_at, rows, tap_step, taps, channels, o, out_step);
+    } else if (channels >= 16) {
+        if (is_signed) signed_maxima16(in, count, jump, rows_at, rows, tap_step, taps, channels, o, out_step);
+        else unsigned_maxima16(in, count, jump, rows_at, rows, tap_step, taps, channels, o, out_step);
     } else {
-        if (is_signed) signed_maxima16(in, count, jump, tap_step, taps, channels, o);
-        else unsigned_maxima16(in, count, jump, tap_step, taps, channels, o);
+        if (is_signed) signed_maxima8(in, count, jump, rows_at, rows, tap_step, taps, channels, o, out_step);
+        else unsigned_maxima8(in, count, jump, rows_at, rows, tap_step, taps, channels, o, out_step);
     }
     return 1;
 }
@@ -425,9 +448,8 @@ AVX2 int tpvector_byte_maxima(const void *first, size_t count, size_t jump, size
 #else
 #include <stdlib.h>
 
-int tpvector_byte_maxima(const void *first, size_t count, size_t jump, size_t tap_step, size_t taps, size_t channels,
-                         int is_signed, void *out) {
-    (void)first, (void)count, (void)jump, (void)tap_step, (void)taps, (void)channels, (void)is_signed, (void)out;
+int tpvector_byte_maxima(const tpvector_byte_windows *windows, int is_signed) {
+    (void)windows, (void)is_signed;
     return 0;
 }
 

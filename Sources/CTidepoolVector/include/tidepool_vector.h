@@ -50,13 +50,27 @@ int tpvector_split_into_phases(const void *from, size_t unit_bytes, size_t step,
  * where it takes none). */
 int tpvector_splits_into_phases(size_t unit_bytes, size_t step);
 
-/* The maxima of `count` positions' windows of bytes (int8 where `is_signed`, else uint8):
- * position i's window starts at `first` + i * `jump` and holds `taps` columns `tap_step` bytes
- * apart, each of `channels` contiguous bytes (16 or more); out + i * channels receives its
- * `channels` maxima. Returns 1; or 0, with nothing written, for fewer than 16 channels or no
- * tap. Reads only the windows' channels. AVX2 vectors of 32 bytes (16 for 16 to 31
- * channels). Only where tpvector_supports_x86_64_v3 (on other architectures it returns 0). */
-int tpvector_byte_maxima(const void *first, size_t count, size_t jump, size_t tap_step, size_t taps, size_t channels,
-                         int is_signed, void *out);
+/* Windows of bytes for tpvector_byte_maxima: `count` positions `jump` bytes apart from `first`;
+ * each position's window holds `taps` columns `tap_step` bytes apart in each of `rows` rows at
+ * `rows_at[r]` bytes from the position (one row at 0 where `rows_at` is NULL), each column of
+ * `channels` contiguous bytes; position i's `channels` maxima go to out + i * out_step. */
+typedef struct {
+    const void *first;
+    size_t count, jump;
+    const ptrdiff_t *rows_at;
+    size_t rows, tap_step, taps, channels;
+    void *out;
+    size_t out_step;
+} tpvector_byte_windows;
+
+/* The fewest channels tpvector_byte_maxima takes. */
+#define TPVECTOR_BYTE_MAXIMA_CHANNELS 9
+
+/* The maxima of `windows` (int8 where `is_signed`, else uint8). Returns 1; or 0, with nothing
+ * written, for fewer than TPVECTOR_BYTE_MAXIMA_CHANNELS channels, no tap or no row. Reads only
+ * the windows' channels and writes only each position's `channels` outputs. AVX2 vectors of 32
+ * bytes (16 for 16 to 31 channels, 8 for 9 to 15). Only where tpvector_supports_x86_64_v3 (on
+ * other architectures it returns 0). */
+int tpvector_byte_maxima(const tpvector_byte_windows *windows, int is_signed);
 
 #endif

@@ -1,3 +1,4 @@
+import CTidepoolVector
 import TidepoolTypes
 
 /// Whole windows (`Strategy.wholeWindows`).
@@ -13,19 +14,37 @@ extension TilePass {
         }
         let base = input + tile.n * g.stepN + tile.c.lowerBound
         let channels = channels, windowSize = g.windowSize, partial = partial
+        // Byte maxima of 9 channels or more, where the AVX2 kernels run: the windows inside the
+        // row along W in C vectors of 8 to 32 bytes (`tpvector_byte_maxima`, each window's
+        // (d, h) rows at their offsets). Folded in Swift, a loop as long as the channels ran
+        // mostly in LLVM's scalar remainder (MaxPool2d k3 s3 of 28 uint8 channels spent its
+        // time in byte loads and compares, `perf`, and took 3.5x as long; docs/performance.md).
+        // Exact in any order.
+        let bytesInC = kernelLevel == .avx2 && channels >= Int(TPVECTOR_BYTE_MAXIMA_CHANNELS)
+            && (R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self)
+        let columnsInside = windowsInside(stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW, outputs: g.outW)
         withUnsafeTemporaryAllocation(of: UnsafePointer<R.Input>.self, capacity: g.windowSize) { taps in
-            for od in tile.od {
-                progress?()
-                let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
-                for oh in tile.oh {
-                    let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-                    let row = output + ((tile.n * g.outD + od) * g.outH + oh) * g.outW * g.channels + tile.c.lowerBound
-                    let (next0, next1) = windowBounds(oh + 1, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
-                    let upcoming = inputRegion(planes: d0..<Swift.max(d0, d1), rows: next0..<Swift.max(next0, next1))
-                    // Windows of the same width have their taps at the same offsets from their first column.
-                    var tapsWidth = -1, tapsColumn = 0, count = 0
-                    inParts(tile.ow, prefetching: upcoming) { part in
-                        for ow in part {
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: g.windowSize) { rowsAt in
+                for od in tile.od {
+                    progress?()
+                    let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
+                    for oh in tile.oh {
+                        let (h0, h1) = windowBounds(oh, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+                        let row = output + ((tile.n * g.outD + od) * g.outH + oh) * g.outW * g.channels + tile.c.lowerBound
+                        let (next0, next1) = windowBounds(oh + 1, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
+                        let upcoming = inputRegion(planes: d0..<Swift.max(d0, d1), rows: next0..<Swift.max(next0, next1))
+                        var rows = 0
+                        if bytesInC {
+                            for d in d0..<Swift.max(d0, d1) {
+                                for h in h0..<Swift.max(h0, h1) {
+                                    rowsAt[rows] = d * g.stepD + h * g.stepH
+                                    rows += 1
+                                }
+                            }
+                        }
+                        // Windows of the same width have their taps at the same offsets from their first column.
+                        var tapsWidth = -1, tapsColumn = 0, count = 0
+                        @inline(__always) func window(_ ow: Int) {
                             let (w0, w1) = windowBounds(ow, stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW)
                             if w1 - w0 != tapsWidth {
                                 count = 0
@@ -44,11 +63,27 @@ extension TilePass {
                             guard count > 0 else {
                                 // Padding may exceed the kernel: a window can lie wholly in it.
                                 for c in 0..<channels { out[c] = R.finish(R.identity, windowSize: windowSize) }
-                                continue
+                                return
                             }
                             let shift = (w0 &- tapsColumn) &* g.stepW
                             finishTaps(InputLoader<R>.self, out, channels, partial: partial, taps: 0..<count,
                                        source: { taps[$0] + shift }, windowSize: windowSize)
+                        }
+                        inParts(tile.ow, prefetching: upcoming) { part in
+                            let inC = rows > 0 && part.overlaps(columnsInside)
+                                ? part.clamped(to: columnsInside) : part.upperBound..<part.upperBound
+                            for ow in part.lowerBound..<inC.lowerBound { window(ow) }
+                            if !inC.isEmpty {
+                                let first = base + (inC.lowerBound * g.strideW - g.padW) * g.stepW
+                                var windows = tpvector_byte_windows(
+                                    first: UnsafeRawPointer(first), count: inC.count, jump: g.strideW * g.stepW,
+                                    rows_at: UnsafePointer(rowsAt.baseAddress!), rows: rows, tap_step: g.stepW, taps: g.kernelW,
+                                    channels: channels, out: UnsafeMutableRawPointer(row + inC.lowerBound * g.channels),
+                                    out_step: g.channels)
+                                let done = tpvector_byte_maxima(&windows, R.self == MaxInteger<Int8>.self ? 1 : 0)
+                                precondition(done != 0, "tpvector_byte_maxima takes bytesInC's channels")
+                            }
+                            for ow in inC.upperBound..<part.upperBound { window(ow) }
                         }
                     }
                 }

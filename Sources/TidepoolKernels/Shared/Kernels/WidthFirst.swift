@@ -685,16 +685,17 @@ func foldPositions<L: SourceLoader>(
     typealias R = L.Reduction
     typealias A = R.Accumulator
     guard channels <= 8 else {
-        // Byte maxima of 16 channels or more, where the AVX2 kernels run: C vectors of 32
-        // bytes (16 for 16 to 31 channels), `tpvector_byte_maxima`. Below, their vectors of 8
-        // fill a quarter of a register, and wider ones were slower as compiled (the fold of a
-        // group of vectors stayed a call per pair of positions); MaxPool2d k3 s2 p1 of 64
-        // int8 channels took 1.8x as long (docs/performance.md). Exact in any order.
-        if kernelLevel == .avx2 && L.Source.self == A.self && channels >= 16
-            && (R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self)
-            && tpvector_byte_maxima(first, count, jump, tapStep, taps, channels, R.self == MaxInteger<Int8>.self ? 1 : 0,
-                                    destination) != 0 {
-            return
+        // Byte maxima, where the AVX2 kernels run: C vectors of 32 bytes (16 for 16 to 31
+        // channels, 8 for 9 to 15), `tpvector_byte_maxima`. Below, their vectors of 8 fill a
+        // quarter of a register, and wider ones were slower as compiled (the fold of a group
+        // of vectors stayed a call per pair of positions); MaxPool2d k3 s2 p1 of 64 int8
+        // channels took 1.8x as long (docs/performance.md). Exact in any order.
+        if kernelLevel == .avx2 && L.Source.self == A.self
+            && (R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self) {
+            var windows = tpvector_byte_windows(first: UnsafeRawPointer(first), count: count, jump: jump, rows_at: nil, rows: 1,
+                                                tap_step: tapStep, taps: taps, channels: channels,
+                                                out: UnsafeMutableRawPointer(destination), out_step: channels)
+            if tpvector_byte_maxima(&windows, R.self == MaxInteger<Int8>.self ? 1 : 0) != 0 { return }
         }
         @inline(__always) func many<V: SIMD>(_: V.Type) where V.Scalar == A {
             foldManyChannels(L.self, V.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
@@ -705,7 +706,7 @@ func foldPositions<L: SourceLoader>(
         // more. Not fewer, whose two overlapping vectors fold as many lanes as three of 8
         // (MaxPool1d k7 s5 of 24 int16 channels was no faster), nor byte maxima, slower in
         // Swift vectors of 16 or 32 (MaxPool3d k9 s8 of 40 uint8 channels took 1.2-1.5x as
-        // long): these take vectors of 8 on CPUs without AVX2, of 9 to 15 channels everywhere.
+        // long): these take vectors of 8 on CPUs without AVX2.
         if L.Source.self == A.self && MemoryLayout<A>.stride == 2 && channels >= 32 {
             many(SIMD16<A>.self)
         } else {
@@ -800,8 +801,9 @@ func foldChannelsAsVector<L: SourceLoader, V: SIMD>(
 /// per 6 taps (`foldTaps`), 12 to 24 channels spent their time in loop set-up and remainders
 /// (runs shorter than one unrolled iteration of LLVM's vector loops); one vector per sweep over
 /// the positions, the tap loop's own overhead outweighed the folds of short windows. Byte
-/// maxima too: their vectors of 8 fill a quarter of a register, but folded in memory they took
-/// up to 5 times as long (docs/performance.md).
+/// maxima too where the kernels lack AVX2 (with it, `tpvector_byte_maxima`): their vectors of 8
+/// fill a quarter of a register, but folded in memory they took up to 5 times as long
+/// (docs/performance.md).
 ///
 /// Lanes are named one by one (`loadEight`, `mergeEight`). `V` has 8 lanes, or 16 where the
 /// sources are accumulators (loaded whole) and `channels` at least its lanes.
