@@ -994,8 +994,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// 27 (0, 8, 16, 19), 37 (0, 8, 16, 24, then 29) and 70 (4 vectors from 0, 4 from 32, then one
     /// at 62); 2-byte accumulators loaded as they are (16-bit maxima, byte sums widened first) of
     /// 32 channels or more in vectors of 16 (37: 0, 16, 21; 70: 0, 16, 32, 48, then 54); byte
-    /// maxima of 16 channels or more, where the AVX2 kernels run, in C vectors of 16 bytes (27:
-    /// 0, 11) or 32 (37: 0, 5; 70: 0, 32, 38; signed and unsigned, `tpvector_byte_maxima`). Inputs
+    /// maxima, where the AVX2 kernels run, in C vectors of 8 bytes (12: 0, 4), 16 (27: 0, 11) or
+    /// 32 (37: 0, 5; 70: 0, 32, 38; signed and unsigned, `tpvector_byte_maxima`). Inputs
     /// that widen do so a chunk of positions at a time (`widenedInChunks`; integer sums as
     /// differences of running sums, summed in registers by the same vectors of 8 up to 32 channels,
     /// `runningSums`, in memory past them): rows of 60 positions span several chunks, and 300
