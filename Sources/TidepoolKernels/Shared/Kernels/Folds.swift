@@ -301,6 +301,16 @@ func positionsCopied<T>(count: Int, jumps: (Int, Int), channels: Int, from: Unsa
     unrolledChannels(channels, run)
 }
 
+/// The `is_signed` argument of `tpvector_byte_maxima` where the kernels fold `R` in C: byte
+/// maxima, in the kernels built for AVX2 (a constant once specialised); nil elsewhere.
+@inline(__always)
+func byteMaximaSignInC<R: WindowReduction>(_: R.Type) -> Int32? {
+    guard kernelLevel == .avx2 else { return nil }
+    if R.self == MaxInteger<Int8>.self { return 1 }
+    if R.self == MaxInteger<UInt8>.self { return 0 }
+    return nil
+}
+
 /// `body(channels)`, with `channels` a constant for 1 to 8 once inlined: a loop over a
 /// position's channels then unrolls, and its channels can go as one small vector or stay in
 /// registers. Pass an `@inline(__always)` function, so that each constant gets its own copy.

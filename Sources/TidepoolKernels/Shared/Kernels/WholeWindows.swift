@@ -20,8 +20,7 @@ extension TilePass {
         // mostly in LLVM's scalar remainder (MaxPool2d k3 s3 of 28 uint8 channels spent its
         // time in byte loads and compares, `perf`, and took 3.5x as long; docs/performance.md).
         // Exact in any order.
-        let bytesInC = kernelLevel == .avx2 && channels >= Int(TPVECTOR_BYTE_MAXIMA_CHANNELS)
-            && (R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self)
+        let bytesSign = channels >= Int(TPVECTOR_BYTE_MAXIMA_CHANNELS) ? byteMaximaSignInC(R.self) : nil
         let columnsInside = windowsInside(stride: g.strideW, padding: g.padW, kernel: g.kernelW, length: g.inW, outputs: g.outW)
         withUnsafeTemporaryAllocation(of: UnsafePointer<R.Input>.self, capacity: g.windowSize) { taps in
             withUnsafeTemporaryAllocation(of: Int.self, capacity: g.windowSize) { rowsAt in
@@ -34,7 +33,7 @@ extension TilePass {
                         let (next0, next1) = windowBounds(oh + 1, stride: g.strideH, padding: g.padH, kernel: g.kernelH, length: g.inH)
                         let upcoming = inputRegion(planes: d0..<Swift.max(d0, d1), rows: next0..<Swift.max(next0, next1))
                         var rows = 0
-                        if bytesInC {
+                        if bytesSign != nil {
                             for d in d0..<Swift.max(d0, d1) {
                                 for h in h0..<Swift.max(h0, h1) {
                                     rowsAt[rows] = d * g.stepD + h * g.stepH
@@ -73,15 +72,15 @@ extension TilePass {
                             let inC = rows > 0 && part.overlaps(columnsInside)
                                 ? part.clamped(to: columnsInside) : part.upperBound..<part.upperBound
                             for ow in part.lowerBound..<inC.lowerBound { window(ow) }
-                            if !inC.isEmpty {
+                            if !inC.isEmpty, let bytesSign {
                                 let first = base + (inC.lowerBound * g.strideW - g.padW) * g.stepW
                                 var windows = tpvector_byte_windows(
                                     first: UnsafeRawPointer(first), count: inC.count, jump: g.strideW * g.stepW,
                                     rows_at: UnsafePointer(rowsAt.baseAddress!), rows: rows, tap_step: g.stepW, taps: g.kernelW,
                                     channels: channels, out: UnsafeMutableRawPointer(row + inC.lowerBound * g.channels),
                                     out_step: g.channels)
-                                let done = tpvector_byte_maxima(&windows, R.self == MaxInteger<Int8>.self ? 1 : 0)
-                                precondition(done != 0, "tpvector_byte_maxima takes bytesInC's channels")
+                                let done = tpvector_byte_maxima(&windows, bytesSign)
+                                precondition(done != 0, "tpvector_byte_maxima takes bytesSign's channels")
                             }
                             for ow in inC.upperBound..<part.upperBound { window(ow) }
                         }

@@ -1,6 +1,6 @@
 import CTidepoolStream
-import TidepoolTypes
 import CTidepoolVector
+import TidepoolTypes
 
 /// Width first (`Strategy.widthFirst`), and the plane ring it shares with height first: each
 /// new input plane is reduced along W, then H, into a ring of `kernelD` planes, and each output
@@ -690,12 +690,11 @@ func foldPositions<L: SourceLoader>(
         // quarter of a register, and wider ones were slower as compiled (the fold of a group
         // of vectors stayed a call per pair of positions); MaxPool2d k3 s2 p1 of 64 int8
         // channels took 1.8x as long (docs/performance.md). Exact in any order.
-        if kernelLevel == .avx2 && L.Source.self == A.self
-            && (R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self) {
+        if L.Source.self == A.self, let signed = byteMaximaSignInC(R.self) {
             var windows = tpvector_byte_windows(first: UnsafeRawPointer(first), count: count, jump: jump, rows_at: nil, rows: 1,
                                                 tap_step: tapStep, taps: taps, channels: channels,
                                                 out: UnsafeMutableRawPointer(destination), out_step: channels)
-            if tpvector_byte_maxima(&windows, R.self == MaxInteger<Int8>.self ? 1 : 0) != 0 { return }
+            if tpvector_byte_maxima(&windows, signed) != 0 { return }
         }
         @inline(__always) func many<V: SIMD>(_: V.Type) where V.Scalar == A {
             foldManyChannels(L.self, V.self, first, count: count, jump: jump, tapStep: tapStep, taps: taps, channels: channels,
