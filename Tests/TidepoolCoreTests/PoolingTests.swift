@@ -1438,28 +1438,33 @@ extension StreamingTests {
 }
 
 @Suite struct WholeWindowTests {
-    /// Windows that do not overlap, over 8+ channels, fold whole from the input: every dtype and
-    /// kind against the float64 reference, and bit for bit across thread counts and budgets
-    /// whose tiles split rows and channels. Windows of 1 to 12 taps (beyond 6 through the
-    /// partial sums), padding that shortens the edge windows or holds whole ones, strides
-    /// beyond the kernel, and a view whose pixels are not dense (no prefetch).
+    /// Windows that do not overlap, over 64+ channels, fold whole from the input (the plan
+    /// asserted: all but float sums of more than 12 taps): every dtype and kind against the
+    /// float64 reference, and bit for bit across thread counts and budgets whose tiles split
+    /// rows and channels. Windows of 1 to 27 taps (beyond 6 through the partial sums),
+    /// padding that shortens the edge windows or holds whole ones, strides beyond the kernel,
+    /// and a view whose pixels are not dense (no prefetch).
     @Test(arguments: DType.allCases)
     func nonOverlappingWindowsFoldWhole(dtype: DType) throws {
         let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 300, serialWorkBelow: 0),
                        PoolEngine(threads: 2, tileBudgetBytes: 3000, serialWorkBelow: 0)]
         // kernel, stride, padding, shape, pixel pitch (nil: dense)
         let cases: [([Int], [Int], [Int], [Int], Int?)] = [
-            ([2, 2, 2], [2, 2, 2], [0, 0, 0], [2, 4, 6, 8, 8], nil),
-            ([2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 5, 5, 7, 9], nil),
-            ([3, 2, 2], [3, 2, 3], [1, 1, 0], [1, 7, 6, 9, 16], nil),
-            ([1, 3, 2], [2, 3, 2], [0, 1, 1], [2, 3, 7, 7, 10], nil),
-            ([2, 2], [2, 2], [1, 0], [2, 7, 6, 12], nil),
-            ([1], [3], [0], [3, 10, 8], nil),
-            ([2, 2, 2], [2, 3, 2], [0, 1, 1], [1, 4, 5, 6, 9], 12),
+            ([2, 2, 2], [2, 2, 2], [0, 0, 0], [2, 4, 6, 8, 64], nil),
+            ([2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 5, 5, 7, 65], nil),
+            ([3, 2, 2], [3, 2, 3], [1, 1, 0], [1, 7, 6, 9, 72], nil),
+            ([1, 3, 2], [2, 3, 2], [0, 1, 1], [2, 3, 7, 7, 66], nil),
+            ([2, 2], [2, 2], [1, 0], [2, 7, 6, 68], nil),
+            ([1], [3], [0], [3, 10, 64], nil),
+            ([2, 2, 2], [2, 3, 2], [0, 1, 1], [1, 4, 5, 6, 65], 70),
             // Padding beyond the kernel (windows wholly in it), and an empty input axis.
-            ([2, 2, 2], [2, 2, 2], [2, 3, 2], [1, 3, 4, 5, 8], nil),
-            ([2, 1, 2], [2, 1, 2], [1, 0, 1], [1, 0, 2, 3, 8], nil),
+            ([2, 2, 2], [2, 2, 2], [2, 3, 2], [1, 3, 4, 5, 64], nil),
+            ([2, 1, 2], [2, 1, 2], [1, 0, 1], [1, 0, 2, 3, 64], nil),
+            // More than 12 taps: whole for maxima and integer sums only.
+            ([3, 3, 3], [3, 3, 3], [1, 1, 1], [1, 7, 8, 10, 64], nil),
+            ([4, 4], [5, 4], [2, 1], [2, 11, 13, 66], nil),
         ]
+        var planned = 0
         for kind in PoolKind.allCases {
             for (index, (kernel, strideSizes, padding, shape, pitch)) in cases.enumerated() {
                 let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: strideSizes, padding: padding)
@@ -1468,6 +1473,13 @@ extension StreamingTests {
                     // Pixels `pitch` elements apart, rows and planes packed from there.
                     strides[strides.count - 2] = pitch
                     for axis in stride(from: strides.count - 3, through: 0, by: -1) { strides[axis] = strides[axis + 1] * shape[axis + 1] }
+                }
+                let view = TensorView(data: nil, dtype: dtype, shape: shape, strides: strides)
+                if !shape.contains(0), let plan = try engines[0].kernelPlan(desc, input: view) {
+                    // Sums in floating point: float types, and 64-bit integers (in float64).
+                    let floatSum = kind == .average && (dtype.isFloatingPoint || dtype.size == 8)
+                    #expect((plan.strategy == .wholeWindows) == !(floatSum && kernel.reduce(1, *) > 12), "\(desc) \(dtype) \(shape)")
+                    planned += 1
                 }
                 let input = randomInput(dtype, shape: [strides[0] * shape[0]], seed: UInt64(index * 7) + UInt64(kind.code))
                 let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
@@ -1485,5 +1497,7 @@ extension StreamingTests {
                 }
             }
         }
+        // Every case but the empty input's, for each kind.
+        #expect(planned == PoolKind.allCases.count * 10)
     }
 }

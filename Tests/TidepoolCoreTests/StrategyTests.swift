@@ -32,9 +32,9 @@ struct StrategyTests {
         Case(kind: .average, dtype: .float32, shape: [8, 16, 32, 32, 4], kernel: 2, stride: 2, padding: 0, strategy: .heightFirst),
         // k2 s2 with 32 channels: windows do not overlap, at most 12 taps.
         Case(kind: .average, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
-        Case(kind: .max, dtype: .int8, shape: [2, 8, 16, 16, 8], kernel: 2, stride: 2, padding: 1, strategy: .wholeWindows),
-        // k3 s3: 27 taps is too many for whole windows (32 channels: a span past float32
-        // sums' 64, so positions at the stride).
+        Case(kind: .max, dtype: .int8, shape: [2, 8, 16, 16, 9], kernel: 2, stride: 2, padding: 1, strategy: .wholeWindows),
+        // k3 s3: 27 taps is too many for whole windows of float sums (32 channels: a span
+        // past float32 sums' 64, so positions at the stride).
         Case(kind: .average, dtype: .float32, shape: [1, 9, 9, 9, 32], kernel: 3, stride: 3, padding: 0, strategy: .widthFirst),
         Case(kind: .average, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
         Case(kind: .max, dtype: .float32, shape: [4, 32, 64, 64, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst),
@@ -68,6 +68,25 @@ struct StrategyTests {
         // stays first.
         Case(kind: .average, dtype: .float64, shape: [2, 16, 20, 20, 7], kernel: 4, stride: 4, padding: 2, strategy: .heightFirst),
         Case(kind: .average, dtype: .float64, shape: [2, 16, 20, 20, 16], kernel: 5, stride: 5, padding: 0, strategy: .widthFirst),
+        // Windows that do not overlap, over 2+ rows, fold whole only where a position's
+        // channels span 128 bytes of input, number 64, or are 9+ byte maxima: 8 int8 or
+        // float32 channels and 32 float16 ones fold an axis at a time.
+        Case(kind: .max, dtype: .int8, shape: [2, 8, 16, 16, 8], kernel: 2, stride: 2, padding: 1, strategy: .heightFirst),
+        Case(kind: .average, dtype: .int8, shape: [2, 8, 16, 16, 32], kernel: 2, stride: 2, padding: 0, strategy: .heightFirst),
+        Case(kind: .average, dtype: .int8, shape: [2, 8, 16, 16, 64], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
+        Case(kind: .average, dtype: .float16, shape: [2, 8, 16, 16, 32], kernel: 2, stride: 2, padding: 0, strategy: .heightFirst),
+        Case(kind: .average, dtype: .float16, shape: [2, 8, 16, 16, 64], kernel: 2, stride: 2, padding: 0, strategy: .wholeWindows),
+        Case(kind: .max, dtype: .float32, shape: [2, 16, 30, 8], kernel: 3, stride: 3, padding: 0, strategy: .widthFirst),
+        // Rows alone keep whole windows from 8 channels (where not subsampled).
+        Case(kind: .average, dtype: .float64, shape: [4, 300, 8], kernel: 3, stride: 3, padding: 0, strategy: .wholeWindows),
+        // More than 12 taps: whole for maxima and integer sums (exact in any order) up to 125,
+        // not for float sums, nor for rows alone.
+        Case(kind: .average, dtype: .int8, shape: [1, 9, 9, 9, 64], kernel: 3, stride: 3, padding: 0, strategy: .wholeWindows),
+        Case(kind: .max, dtype: .float32, shape: [1, 9, 9, 9, 32], kernel: 3, stride: 3, padding: 0, strategy: .wholeWindows),
+        Case(kind: .average, dtype: .uint8, shape: [2, 18, 18, 18, 64], kernel: 5, stride: 5, padding: 2, strategy: .wholeWindows),
+        Case(kind: .average, dtype: .uint8, shape: [2, 18, 18, 18, 64], kernel: 9, stride: 9, padding: 3, strategy: .widthFirst),
+        Case(kind: .average, dtype: .float32, shape: [2, 18, 18, 64], kernel: 5, stride: 5, padding: 0, strategy: .widthFirst),
+        Case(kind: .max, dtype: .int32, shape: [4, 300, 32], kernel: 13, stride: 13, padding: 0, strategy: .widthFirst),
     ]
 
     @Test(arguments: cases)

@@ -305,10 +305,14 @@ func positionsCopied<T>(count: Int, jumps: (Int, Int), channels: Int, from: Unsa
 /// maxima, in the kernels built for AVX2 (a constant once specialised); nil elsewhere.
 @inline(__always)
 func byteMaximaSignInC<R: WindowReduction>(_: R.Type) -> Int32? {
-    guard kernelLevel == .avx2 else { return nil }
-    if R.self == MaxInteger<Int8>.self { return 1 }
-    if R.self == MaxInteger<UInt8>.self { return 0 }
-    return nil
+    guard kernelLevel == .avx2 && isByteMaximum(R.self) else { return nil }
+    return R.self == MaxInteger<Int8>.self ? 1 : 0
+}
+
+/// Whether `R` is the max of int8 or uint8, on any CPU.
+@inline(__always)
+func isByteMaximum<R: WindowReduction>(_: R.Type) -> Bool {
+    R.self == MaxInteger<Int8>.self || R.self == MaxInteger<UInt8>.self
 }
 
 /// `body(channels)`, with `channels` a constant for 1 to 8 once inlined: a loop over a

@@ -1,3 +1,4 @@
+import CTidepoolVector
 import TidepoolTypes
 
 /// Which code pools a geometry, decided in one place: `KernelPlan.init` takes the geometry,
@@ -81,8 +82,16 @@ enum KernelLimits {
     /// own rows, two strides of them, fit the one pass that finishes the pair (`windowPair`).
     static let pairedHStride = 4
     /// Whole windows: at most two passes of taps, since a float sum's rounding error grows with
-    /// the taps one fold adds.
+    /// the taps one fold adds; maxima and integer sums, exact in any order, up to 125 (k5 in
+    /// 3-d): at 729 (k9), whose windows read 81 rows at once, MaxPool3d k9 s9 p3 of 16 uint8
+    /// channels took 1.6 times as long as width first.
     static let wholeWindowTaps = 2 * sourcesPerPass
+    static let wholeWindowExactTaps = 125
+    /// Whole windows over 2+ rows or planes need this many bytes of a position's input
+    /// channels, or `wholeWindowChannels` channels, or byte maxima of
+    /// `TPVECTOR_BYTE_MAXIMA_CHANNELS` (`KernelPlan.suitsWholeWindows`).
+    static let wholeWindowBytes = 128
+    static let wholeWindowChannels = 64
     /// W windows of up to this many columns fold as pairs (`KernelPlan.pairsW`): their pairs,
     /// and an odd window's last column, fit one fold pass.
     static let pairedWTaps = 2 * sourcesPerPass
@@ -211,7 +220,7 @@ public struct KernelPlan: Sendable {
             strategy = .wholeWindows
         } else if depthFirstPays && Self.suitsDepthFirst(g, accumulatorSize: accumulatorSize) {
             strategy = .depthFirst
-        } else if Self.suitsWholeWindows(g, width: width) {
+        } else if Self.suitsWholeWindows(g, width: width, R.self) {
             strategy = .wholeWindows
         } else if g.strideH > 1 && (width.step == 1 || g.channels < KernelLimits.vectorChannels) {
             strategy = .heightFirst
@@ -350,16 +359,31 @@ public struct KernelPlan: Sendable {
     /// Whether windows fold whole, tap by tap from the input: where no two windows overlap
     /// (stride at least the kernel on every axis), one axis at a time saves no work and only
     /// adds passes through scratch. With enough contiguous channels to vectorise over, and at
-    /// most `KernelLimits.wholeWindowTaps` taps. Never true together with `suitsDepthFirst`
-    /// (that needs stride 1 and 2+ planes, so windows overlap), and checked after it anyway.
+    /// most `KernelLimits.wholeWindowTaps` taps (`wholeWindowExactTaps` for maxima and integer
+    /// sums over 2+ rows or planes). Never true together with `suitsDepthFirst` (that needs stride 1 and 2+
+    /// planes, so windows overlap), and checked after it anyway.
     /// Not rows alone that `width` reduces at every position (8 channels at most): their
     /// windows of 8 channels folded whole took longer (64 MiB, 1 thread, ms, best of two or
     /// three rounds of medians of 5, one build switched: AvgPool1d k2 s2 of 8 uint8 channels
     /// 24.7 vs 11.0, float32 7.8 vs 5.9, k3 s3 of 8 bfloat16 10.7 vs 8.3).
-    static func suitsWholeWindows(_ g: PoolGeometry, width: WidthPlan) -> Bool {
-        g.strideD >= g.kernelD && g.strideH >= g.kernelH && g.strideW >= g.kernelW
-            && g.windowSize <= KernelLimits.wholeWindowTaps && g.channels >= KernelLimits.vectorChannels && g.stepC == 1
-            && !(width.subsampled && g.kernelH == 1 && g.kernelD == 1)
+    /// Windows over 2+ rows or planes only where a position's channels span 128 bytes of input
+    /// or number 64, and byte maxima of 9 channels or more (a C fold of many windows where the
+    /// AVX2 kernels run, `tpvector_byte_maxima`): a window's fold is loops as long as its
+    /// channels, whose calls and set-up outweigh few channels' loads and merges. 64 MiB, 1
+    /// thread, whole over width first, AvgPool3d k2 s2 / AvgPool2d k3 s3: 8 int8 channels 3.9 /
+    /// 2.9, 32 1.4 / 1.4, 64 0.8 / 0.7; 32 float16 1.7 / 1.0, 64 0.4 / 0.7; 8 float32 2.2 /
+    /// 1.5, 32 0.8 / 1.2; maxima alike (docs/performance.md). Rows alone keep the rule before
+    /// (8+ channels where not subsampled, at most 12 taps; not measured against this one).
+    static func suitsWholeWindows<R: WindowReduction>(_ g: PoolGeometry, width: WidthPlan, _: R.Type) -> Bool {
+        let rowsAlone = g.kernelH == 1 && g.kernelD == 1
+        let exact = R.mergesOverlaps || R.unmergesExactly
+        let taps = exact && !rowsAlone ? KernelLimits.wholeWindowExactTaps : KernelLimits.wholeWindowTaps
+        let wide = rowsAlone || g.channels * MemoryLayout<R.Input>.stride >= KernelLimits.wholeWindowBytes
+            || g.channels >= KernelLimits.wholeWindowChannels
+            || (isByteMaximum(R.self) && g.channels >= Int(TPVECTOR_BYTE_MAXIMA_CHANNELS))
+        return g.strideD >= g.kernelD && g.strideH >= g.kernelH && g.strideW >= g.kernelW
+            && g.windowSize <= taps && g.channels >= KernelLimits.vectorChannels && g.stepC == 1
+            && !(width.subsampled && rowsAlone) && wide
     }
 }
 
