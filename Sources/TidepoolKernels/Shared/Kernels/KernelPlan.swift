@@ -360,8 +360,8 @@ public struct KernelPlan: Sendable {
     /// (stride at least the kernel on every axis), one axis at a time saves no work and only
     /// adds passes through scratch. With enough contiguous channels to vectorise over, and at
     /// most `KernelLimits.wholeWindowTaps` taps (`wholeWindowExactTaps` for maxima and integer
-    /// sums over 2+ rows or planes). Never true together with `suitsDepthFirst` (that needs stride 1 and 2+
-    /// planes, so windows overlap), and checked after it anyway.
+    /// sums over 2+ rows or planes). Never true together with `suitsDepthFirst` (that needs
+    /// stride 1 and 2+ planes, so windows overlap), and checked after it anyway.
     /// Not rows alone that `width` reduces at every position (8 channels at most): their
     /// windows of 8 channels folded whole took longer (64 MiB, 1 thread, ms, best of two or
     /// three rounds of medians of 5, one build switched: AvgPool1d k2 s2 of 8 uint8 channels
