@@ -290,7 +290,7 @@ import Glibc
     /// scans they replace (bit for bit, float sums too), at the edges: windows longer
     /// than the column, padding wider than the kernel, W strides up to half the kernel, ceil_mode
     /// and count_include_pad=False (divisors redone), one to nine channels, strided storage.
-    @Test(arguments: [DType.float32, .bfloat16, .int16, .float64, .uint8])
+    @Test(arguments: [DType.float32, .bfloat16, .float16, .int16, .float64, .uint8])
     func twoDimensionalRowsRunAsPlanes(dtype: DType) throws {
         var rng = SplitMix64(seed: 0x20_0000 ^ UInt64(dtype.code))
         let rowScans = Self.scanningRows
@@ -326,6 +326,7 @@ import Glibc
         }
         // Many of them: rows at stride 1 whose W does not stride over few channels (height first).
         #expect(relabelled >= 10, "\(relabelled) of 40")
+        try pairedRowsRunAsPlanes(dtype: dtype)
         // Strided storage (every other channel of 16): float sums are packed first, the rest
         // read in place, with the same results as the contiguous values.
         let desc = PoolDescriptor(kind: .average, kernelSize: [7, 5], stride: [1, 1], padding: [3, 2])
@@ -366,10 +367,58 @@ import Glibc
         }
     }
 
-    func maxKeepsNaNPayloadsAndSignedZeros(dtype: DType, shape: [Int]) throws {
-        let count = shape.reduce(1, *)
+    /// 2-d poolings whose H windows of 2 to 5 rows fold in pairs (no scans) run with their rows
+    /// as planes over 8 channels or more (`KernelPlan.forCall`), except averages of 8-bit
+    /// integers: against the float64 reference, and bit for bit against the pairs they replace
+    /// (float sums too, and maxima of signed zeros and NaNs with payloads, whose order shows)
+    /// under tiny tiles on 3 threads, at the edges: windows longer than the column, padding
+    /// wider than the kernel, odd and even first rows, ceil_mode and count_include_pad=False.
+    func pairedRowsRunAsPlanes(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0x21_0000 ^ UInt64(dtype.code))
+        let asRows = [PoolEngine(threads: 2, rowsAsPlanesAbove: 0)]
+            + [64, 700, 4096].map { PoolEngine(threads: 3, tileBudgetBytes: $0, rowsAsPlanesAbove: 0, serialWorkBelow: 0) }
+        let inPlane = PoolEngine(threads: 2, rowsAsPlanesAbove: .max)
+        var relabelled = 0
+        for trial in 0..<40 {
+            let kernel = [Int.random(in: 2...5, using: &rng), Int.random(in: 1...7, using: &rng)]
+            let stride = [1, Int.random(in: 1...Swift.max(1, kernel[1]), using: &rng)]
+            let padding = kernel.map { k in Bool.random(using: &rng) ? k / 2 : Int.random(in: 0...(k + 2), using: &rng) }
+            let shape = [Int.random(in: 1...2, using: &rng), Int.random(in: 1...(3 * kernel[0] + 4), using: &rng),
+                         Int.random(in: 1...12, using: &rng), [8, 9, 16, 3][trial % 4]]
+            let kind: PoolKind = trial % 3 == 2 ? .average : .max
+            let desc = PoolDescriptor(kind: kind, kernelSize: kernel, stride: stride, padding: padding,
+                                      ceilMode: Bool.random(using: &rng), countIncludePad: Bool.random(using: &rng))
+            guard let outputShape = try? desc.outputShape(inputShape: shape), !outputShape.contains(0) else { continue }
+            let input = TensorView(data: nil, dtype: dtype, shape: shape)
+            let plan = try #require(try asRows[0].kernelPlan(desc, input: input))
+            let planePlan = try #require(try inPlane.kernelPlan(desc, input: input))
+            #expect(!planePlan.rowsAsPlanes && planePlan.strategy == .widthFirst)
+            // (Float maxima scan windows of 4 rows or more: those run as rows whatever the channels.)
+            let expectsRows = planePlan.scansH || shape[3] >= 8 && !(kind == .average && dtype.size == 1)
+            #expect(plan.rowsAsPlanes == expectsRows, "\(desc) \(dtype) \(shape)")
+            if plan.rowsAsPlanes { relabelled += 1 }
+            let storage = dtype.isFloatingPoint && kind == .max ? Self.signedZerosAndNaNs(dtype, count: shape.reduce(1, *), seed: rng.next())
+                : randomInput(dtype, shape: shape, seed: rng.next())
+            let strides = TensorView.contiguousStrides(shape)
+            let rows = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: inPlane)
+            if kind == .average || !dtype.isFloatingPoint {
+                let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
+                let mismatch = firstMismatch(desc, dtype: dtype, actual: rows.output, expected: expected.values)
+                #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")")
+            }
+            for engine in asRows {
+                let planes = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
+                #expect(memcmp(planes.output.raw, rows.output.raw, Self.bytes(rows)) == 0,
+                        "\(desc) \(dtype) \(shape) budget \(engine.settings.tileBudgetBytes)")
+            }
+        }
+        #expect(relabelled >= 10, "\(relabelled) of 40")
+    }
+
+    /// Float values with many ties, signed zeros and NaNs whose payloads name their position.
+    static func signedZerosAndNaNs(_ dtype: DType, count: Int, seed: UInt64) -> Buffer {
         let storage = Buffer(dtype, count: count)
-        var rng = SplitMix64(seed: 77)
+        var rng = SplitMix64(seed: seed)
         for i in 0..<count {
             switch rng.next() % 8 {
             case 0: storage[i] = 0
@@ -387,6 +436,11 @@ import Glibc
             default: storage[i] = Double(Int(rng.next() % 5)) - 4  // many ties, all <= 0
             }
         }
+        return storage
+    }
+
+    func maxKeepsNaNPayloadsAndSignedZeros(dtype: DType, shape: [Int]) throws {
+        let storage = Self.signedZerosAndNaNs(dtype, count: shape.reduce(1, *), seed: 77)
         let strides = TensorView.contiguousStrides(shape)
         for k in [2, 3, 5, 6, 8, 11, 13] {
             // Rows at stride 1: W is reduced before H (a row stride would reduce H first, in
@@ -452,9 +506,10 @@ import Glibc
         // input rows reduced along W for it).
         #expect(cut.columns < 186 && cut.channels == 64 && cut.rows >= 4, "\(cut)")
         // Rows that redo little keep whole-row tiles: k3 on 724 columns of 8 channels, 6 output
-        // rows per tile (1.33 input rows each), would be cut to 91 columns for 1.06.
-        let short = PoolDescriptor(kind: kind, kernelSize: [3, 3], stride: [1, 1], padding: [1, 1])
-        let wide = [4, 724, 724, 8]
+        // rows per tile (1.33 input rows each), would be cut to 91 columns for 1.06. (Planes of
+        // a 3-d pooling: a 2-d one's rows, whose H windows pair, run as planes.)
+        let short = PoolDescriptor(kind: kind, kernelSize: [1, 3, 3], stride: [1, 1, 1], padding: [0, 1, 1])
+        let wide = [1, 4, 724, 724, 8]
         let wideGeometry = try PoolGeometry(short, input: TensorView(data: nil, dtype: .float32, shape: wide),
                                             outputShape: try short.outputShape(inputShape: wide))
         let whole = try tileShape(wideGeometry, kind, .float32, KernelSettings(tileBudgetBytes: 512 << 10))

@@ -39,7 +39,13 @@ extension TilePass {
             }
             // The window's sources: its ring planes, or with block scans S[d0] and the prefix.
             let scanned = kernel.scansD && d0 < d1 ? scannedPlanes(d0, d1) : nil
-            let taps = scanned.map { 0..<$0.count } ?? d0..<Swift.max(d0, d1)
+            // A 2-d pooling's rows as planes fold a whole window of 2 to 5 rows in the order its
+            // H fold gives it (`foldPair`, `foldShared`), so the bits do not depend on the
+            // relabelling: an even output row from its second row on and its first last. The
+            // first is tap d1, whose ring slot is d0's (slots repeat every kernelD planes), not
+            // yet overwritten.
+            let rotated = kernel.rowsAsPlanes && scanned == nil && od % 2 == 0 && d1 - d0 == g.kernelD && foldsInPairs(g.kernelD)
+            let taps = scanned.map { 0..<$0.count } ?? (rotated ? (d0 + 1)..<(d1 + 1) : d0..<Swift.max(d0, d1))
             if wholeRows {
                 if streaming && !ringSubsampled && d0 < d1 {
                     finishStreamed(to: out, taps: taps, scanned: scanned, prefetching: upcomingInput(after: od))
