@@ -400,15 +400,15 @@ import Glibc
             let storage = dtype.isFloatingPoint && kind == .max ? Self.signedZerosAndNaNs(dtype, count: shape.reduce(1, *), seed: rng.next())
                 : randomInput(dtype, shape: shape, seed: rng.next())
             let strides = TensorView.contiguousStrides(shape)
-            let rows = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: inPlane)
+            let folded = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: inPlane)
             if kind == .average || !dtype.isFloatingPoint {
                 let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides))
-                let mismatch = firstMismatch(desc, dtype: dtype, actual: rows.output, expected: expected.values)
+                let mismatch = firstMismatch(desc, dtype: dtype, actual: folded.output, expected: expected.values)
                 #expect(mismatch == nil, "\(desc) \(dtype) \(shape): \(mismatch ?? "")")
             }
             for engine in asRows {
-                let planes = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
-                #expect(memcmp(planes.output.raw, rows.output.raw, Self.bytes(rows)) == 0,
+                let run = try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: engine)
+                #expect(memcmp(run.output.raw, folded.output.raw, Self.bytes(folded)) == 0,
                         "\(desc) \(dtype) \(shape) budget \(engine.settings.tileBudgetBytes)")
             }
         }

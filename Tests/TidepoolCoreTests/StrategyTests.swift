@@ -135,9 +135,10 @@ struct StrategyTests {
 
     /// The options of the width-first and height-first cases.
     @Test func planeOptions() throws {
-        // float32 k5 s1 p2, one channel: rows reduce as one run; prefetches on (overlapping D).
+        // float32 k5 s1 p2, one channel: rows reduce as one run; prefetches on (overlapping D);
+        // whole rows at every position stream out, as runs of the tile's planes.
         let oneChannel = try Self.cases[7].plan()
-        #expect(oneChannel.rowsAsOneRun && oneChannel.prefetchInput && oneChannel.prefetchOutput && !oneChannel.streamOutput)
+        #expect(oneChannel.rowsAsOneRun && oneChannel.prefetchInput && oneChannel.prefetchOutput && oneChannel.streamOutput)
         #expect(!oneChannel.usesVectorFinish)
         // float64: memory bound already, no input prefetch; but height first fetches each next
         // plane while it reduces the one before (its H folds waited on memory).

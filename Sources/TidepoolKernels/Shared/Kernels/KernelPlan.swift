@@ -255,14 +255,19 @@ public struct KernelPlan: Sendable {
             && (phaseUnit == 4 || (phaseUnit == 8 && g.strideW != 3))
         rowsFinishAsRuns = !width.subsampled || compactsRing || (narrowing && R.finishOutweighsACopy)
         // Streaming pays off when memory is the bottleneck: large outputs, and rows wide enough
-        // that the folds run at full vector width (with fewer channels the extra pass through
-        // scratch costs more than it saves). The finished values must fit where the
-        // accumulators were. Whole windows write straight to the output: staging rows to stream
-        // them did not pay.
+        // that the folds run at full vector width, or, of fewer channels, rows at every
+        // position over 2+ rows or planes, whose tiles' planes stream out as whole runs
+        // (stored through the cache, each output line was read first: AvgPool2d k3 s1 p1 of 1
+        // float16 channel took 1.19x as long, AvgPool3d k5 s1 p2 of 3 float32 1.32x). Not
+        // subsampled rows of fewer, whose rows gather first, nor 1-d tiles, a few hundred bytes
+        // that stream as partial lines. The finished values must fit where the accumulators
+        // were. Whole windows write straight to the output: staging rows to stream them did not
+        // pay.
         let outputBytes = g.pixels * g.channels * outputSize  // fits: PoolEngine.plan checked it
         rowWindows = strategy == .widthFirst && g.kernelH == 1 && g.kernelD == 1
+        let streamsRuns = g.channels >= KernelLimits.vectorChannels || (!width.subsampled && !rowWindows)
         streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= settings.streamingOutputBytes
-            && g.channels >= KernelLimits.vectorChannels && narrowing
+            && streamsRuns && narrowing
         // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte
         // inputs, and of 64-bit integer averages, whose widening is long. Where memory
         // bandwidth is the limit already (float64, 64-bit max, windows that do not overlap) the
