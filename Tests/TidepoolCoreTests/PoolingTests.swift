@@ -1001,7 +1001,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
     /// `runningSums`, in memory past them): rows of 60 positions span several chunks, and 300
     /// channels do not fit a window of 7 or 9 columns in a chunk (folded straight from the input; 2
     /// columns fit). In 3-d, where the stride's span of channels is past the type's subsampled span
-    /// (`subsampledSpan`), sums of windows that touch (k3 s3, k5 s5) fold straight from the input;
+    /// (`subsampledSpan`), sums of windows that touch (k3 s3, k5 s5), and float16 and bfloat16
+    /// sums of windows that overlap (k7 s3, k7 s5; k9 s2 in 1-d), fold straight from the input;
     /// maxima, and windows with gaps between them (k3 s5), widen first; integer sums of overlapping
     /// windows (k7 s3, k7 s5) take their differences as vectors of 8 (`differencesAsVectors`, 9 to
     /// 32 channels; not at 37). Against the reference, and bit for bit against the same values in

@@ -454,7 +454,8 @@ func differencesAsVectors<R: WindowReduction>(
 /// next), slower than the per-position folds; each input is also widened once instead of once
 /// per window holding it. Integer sums (`unmergesExactly`) of windows that overlap or touch
 /// take the differences of running sums over the chunk instead: the same exact sums. Sums of
-/// windows that touch, of more than 8 channels, fold straight from the row.
+/// windows that touch, and float sums of windows that overlap, of more than 8 channels, fold
+/// straight from the row.
 @inline(__always)
 func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
@@ -475,7 +476,17 @@ func widenedInChunks<R: WindowReduction>(
     // k8 s11 p4 of 24 bfloat16 1.4x, MaxPool2d 2.3x). (Measured before the wider subsampled
     // spans of `WidthPlan.span`: k3 s3 and k4 s4 of 12 channels now subsample, faster still;
     // spans past the type's, as k10 s10 of 12 float16, still come here.)
-    let straight = !R.mergesOverlaps && kernel == step && channels > KernelLimits.vectorChannels
+    // Float sums of windows that overlap too (float16 and bfloat16 averages; float32 and
+    // float64 widen nothing and fold from the row anyway): converting an input once per window
+    // that holds it, as 8 lanes in one or two instructions, cost less than storing it widened
+    // and loading it back for each window. 64 MiB, 1 thread, ms, best of two rounds, one build
+    // switched, widened vs straight: AvgPool3d k11 s5 p4 of 24 bfloat16 channels 9.6 vs 7.1,
+    // k9 s4 p4 of 24 float16 12.0 vs 8.1, k7 s4 p3 of 40 bfloat16 10.8 vs 8.3, AvgPool2d k5
+    // s3 p2 of 48 float16 10.4 vs 8.0, AvgPool1d k9 s4 p4 of 24 float16 10.5 vs 5.1, k3 s2 p1
+    // of 128 float16 14.7 vs 6.8; AvgPool2d k7 s3 p3 of 16 float16 8.3 vs 8.4. The same
+    // left fold of each window's taps either way, so the same bits.
+    let straight = !R.mergesOverlaps && (kernel == step || (kernel > step && !R.unmergesExactly))
+        && channels > KernelLimits.vectorChannels
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
     // input (a stand-alone copy: 5 int8 channels at k10 s4 took half the time). The running
