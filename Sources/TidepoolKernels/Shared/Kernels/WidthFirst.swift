@@ -454,8 +454,8 @@ func differencesAsVectors<R: WindowReduction>(
 /// next), slower than the per-position folds; each input is also widened once instead of once
 /// per window holding it. Integer sums (`unmergesExactly`) of windows that overlap or touch
 /// take the differences of running sums over the chunk instead: the same exact sums. Sums of
-/// windows that touch, and float sums of windows that overlap, of more than 8 channels, fold
-/// straight from the row.
+/// windows that touch, and float sums of windows that overlap whose widening is cheap, of more
+/// than 8 channels, fold straight from the row.
 @inline(__always)
 func widenedInChunks<R: WindowReduction>(
     _: R.Type, _ first: UnsafePointer<R.Input>, count: Int, step: Int, stepW: Int, kernel: Int, channels: Int,
@@ -484,8 +484,11 @@ func widenedInChunks<R: WindowReduction>(
     // k9 s4 p4 of 24 float16 12.0 vs 8.1, k7 s4 p3 of 40 bfloat16 10.8 vs 8.3, AvgPool2d k5
     // s3 p2 of 48 float16 10.4 vs 8.0, AvgPool1d k9 s4 p4 of 24 float16 10.5 vs 5.1, k3 s2 p1
     // of 128 float16 14.7 vs 6.8; AvgPool2d k7 s3 p3 of 16 float16 8.3 vs 8.4. The same
-    // left fold of each window's taps either way, so the same bits.
-    let straight = !R.mergesOverlaps && (kernel == step || (kernel > step && !R.unmergesExactly))
+    // left fold of each window's taps either way, so the same bits. Not where widening costs
+    // more than a pass (`widenOutweighsAPass`: 64-bit integer averages, summed in Double):
+    // straight, AvgPool2d k7 s3 p3 of 16 int64 channels took 1.3x as long, AvgPool3d k5 s2 p2
+    // of 12 1.2x, AvgPool1d k9 s4 p4 of 24 uint64 1.4x.
+    let straight = !R.mergesOverlaps && (kernel == step || (kernel > step && !R.unmergesExactly && !R.widenOutweighsAPass))
         && channels > KernelLimits.vectorChannels
     // Windows that overlap or touch, of sums exact in any order: differences of running sums,
     // one merge per input and one unmerge per output instead of kernel / step merges per
