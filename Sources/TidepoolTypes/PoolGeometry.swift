@@ -212,3 +212,15 @@ package func windowBounds(_ o: Int, stride: Int, padding: Int, kernel: Int, leng
     let start = o * stride - padding
     return (max(start, 0), min(start + kernel, length))
 }
+
+/// The positions along one axis that windows o + 1 ... o + count read and windows up to o do
+/// not, within `within` (and the input): those a pass fetches ahead while it reduces window o
+/// (or a pair ending at o). Exactly that set where consecutive windows touch or overlap, or
+/// count is 1; with gaps between windows, the gaps between the `count` windows too.
+@inlinable
+package func positionsAhead(after o: Int, count: Int, stride: Int, padding: Int, kernel: Int, length: Int,
+                            within: Range<Int>) -> Range<Int> {
+    let lower = max(o * stride - padding + kernel, (o + 1) * stride - padding, within.lowerBound, 0)
+    let upper = min((o + count) * stride - padding + kernel, length, within.upperBound)
+    return lower..<max(lower, upper)
+}

@@ -190,6 +190,24 @@ import Glibc
         #expect(try Self.folding.kernelPlan(k10, input: input)?.pairsH == false)
     }
 
+    /// Height first over rows of a few kilobytes, past `HeightRows.fetchedPartBytes`: blocks,
+    /// pairs, lone windows and windows with gaps between them fold each row in parts, fetching
+    /// the rows the next output row adds after each part (2-d poolings, where no plane is
+    /// fetched ahead). The parts must not change a bit: against the reference, tiny tiles
+    /// (rows cut along W, one part each) and the folds (neither blocks nor pairs).
+    @Test(arguments: [DType.float32, .bfloat16, .uint8, .int32], PoolKind.allCases)
+    func heightFirstFoldsLongRowsInParts(dtype: DType, kind: PoolKind) throws {
+        var rng = SplitMix64(seed: 0xFE7C ^ UInt64(dtype.code) << 8 ^ (kind == .max ? 1 : 0))
+        for (k, stride) in [(6, 3), (5, 2), (9, 2), (3, 2), (2, 3)] {
+            let padding = Int(rng.next() % UInt64(k / 2 + 1)), channels = [1, 3, 5][Int(rng.next() % 3)]
+            let shape = [1, 4 * stride + k, 4000 / channels + Int(rng.next() % 50), channels]
+            let desc = PoolDescriptor(kind: kind, kernelSize: [k, 3], stride: [stride, 1], padding: [padding, 1])
+            let plan = try #require(try Self.scanning.kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
+            #expect(plan.strategy == .heightFirst && plan.blocksH == (k == 6) && plan.pairsH == (k == 5 || k == 9), "\(desc) \(shape)")
+            try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+        }
+    }
+
     /// Height first at W strides whose rows are reduced at every position (`WidthPlan`:
     /// stride x channels at most 16) keeps the output's positions alone in the ring
     /// (`KernelPlan.compactsRing`): 2-d and 3-d, padding, strides above the kernel, tiny tiles

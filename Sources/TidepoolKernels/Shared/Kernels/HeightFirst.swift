@@ -10,6 +10,11 @@ extension TilePass {
     /// W stride above 1), each window's taps from its first column, padded ones included.
     /// Where the plan pairs H windows (`KernelPlan.pairsH`), two output rows fold at once,
     /// the second into `blockRows`.
+    /// Where no plane is fetched ahead (2-d poolings; planes no later window reads), each fold
+    /// fetches the rows that the next output row (or pair) adds, a part after each part of the
+    /// rows it folds (`HeightRows.fetchedPartBytes`): the hardware's prefetch alone left the H
+    /// folds waiting on memory for the new rows, and the same rows fetched at once before
+    /// each output row were no faster (docs/performance.md).
     func reducePlaneHeightFirst(_ d: Int) {
         let plane = ringSlot(d)
         let channels = channels, stepW = g.stepW, stepC = g.stepC
@@ -27,9 +32,10 @@ extension TilePass {
         // s3 of 1 bfloat16 channel, blocks along H: 1.3x as long; docs/performance.md).
         let ahead = planeAfter(d)
         let strideH = g.strideH, kernelH = g.kernelH
+        let fetchesRows = ahead.isEmpty && source.dense
         var oh = tile.oh.lowerBound
         while oh < tile.oh.upperBound {
-            prefetch(ahead, part: oh - tile.oh.lowerBound, of: tile.oh.count)
+            ahead.fetch(part: oh - tile.oh.lowerBound, of: tile.oh.count)
             let out = plane + (oh - tile.oh.lowerBound) * ringRow
             let (h0, h1) = windowBounds(oh, stride: strideH, padding: g.padH, kernel: kernelH, length: g.inH)
             // Two full windows (none of their rows in padding), the first at an even row, fold
@@ -37,8 +43,11 @@ extension TilePass {
             let start = oh * strideH - g.padH
             let fullAndEven = kernel.pairsH && oh % 2 == 0 && h1 - h0 == kernelH
             if pairs && fullAndEven && oh + 1 < tile.oh.upperBound && start + strideH + kernelH <= g.inH {
-                prefetch(ahead, part: oh + 1 - tile.oh.lowerBound, of: tile.oh.count)
-                source.foldPair(from: start, kernel: kernelH, stride: strideH, into: valid, blockRows + inputColumns.lowerBound * channels)
+                ahead.fetch(part: oh + 1 - tile.oh.lowerBound, of: tile.oh.count)
+                let next = fetchesRows ? source.region(rows: positionsAhead(after: oh + 1, count: 2, stride: strideH, padding: g.padH,
+                                                                            kernel: kernelH, length: g.inH, within: inputRows)) : .none
+                source.foldPair(from: start, kernel: kernelH, stride: strideH, into: valid, blockRows + inputColumns.lowerBound * channels,
+                                fetching: next)
                 reduceIntoRing(paddedRow, into: out)
                 reduceIntoRing(blockRows, into: out + ringRow)
                 oh += 2
@@ -47,12 +56,14 @@ extension TilePass {
             if h0 >= h1 {
                 for j in 0..<ringRow { out[j] = R.identity }
             } else {
+                let next = fetchesRows ? source.region(rows: positionsAhead(after: oh, count: 1, stride: strideH, padding: g.padH,
+                                                                            kernel: kernelH, length: g.inH, within: inputRows)) : .none
                 if kernel.blocksH {
-                    blocks.fold(oh, into: valid)
+                    blocks.fold(oh, into: valid, fetching: next)
                 } else if fullAndEven {
-                    source.foldFirstOfPair(from: start, kernel: kernelH, stride: strideH, into: valid)
+                    source.foldFirstOfPair(from: start, kernel: kernelH, stride: strideH, into: valid, fetching: next)
                 } else {
-                    source.fold(h0..<h1, into: valid, first: true)
+                    source.fold(h0..<h1, into: valid, first: true, fetching: next)
                 }
                 reduceIntoRing(paddedRow, into: out)
             }
@@ -114,27 +125,55 @@ struct HeightRows<R: WindowReduction> {
     /// Channels contiguous and positions packed: a row's columns are one run.
     var dense: Bool { stepC == 1 && stepW == channels }
 
+    /// The bytes of each row a fold reads between two parts of the rows it fetches ahead.
+    /// Larger parts leave the fetches bunched (a C loop of MaxPool2d k5 s2's H fold of 2-byte
+    /// rows over 64 MiB: 0.13 ns per input with a part after each 0.6 KB of each row, 0.14
+    /// after 1.2 KB, 0.17 after 2.5 KB, 0.21 without); smaller ones cost a fold call each (in
+    /// the engine, parts of 256 bytes were slower than of 512 or 1024, docs/performance.md).
+    static var fetchedPartBytes: Int { 1024 }
+
+    /// The tile's columns of rows `rows` (dense rows: a run each), to prefetch.
+    func region(rows: Range<Int>) -> PrefetchRegion {
+        guard dense, !rows.isEmpty else { return .none }
+        let size = MemoryLayout<R.Input>.stride
+        return PrefetchRegion(start: UnsafeRawPointer(base + rows.lowerBound * stepH), planeBytes: columns * channels * size,
+                              planes: rows.count, planeStride: stepH * size)
+    }
+
+    /// Runs `body` over the elements of dense rows in parts of about `fetchedPartBytes` of a
+    /// row, prefetching the matching part of `ahead` after each (one part where it is empty).
+    @inline(__always) private func inParts(fetching ahead: PrefetchRegion, _ body: (Range<Int>) -> Void) {
+        let length = columns * channels
+        fetchingInParts(0..<length, Swift.max(1, length * MemoryLayout<R.Input>.stride / Self.fetchedPartBytes), ahead, body)
+    }
+
     /// The windows of rows `start ..< start + kernel` and the next, `stride` rows on (all in
     /// the input; dense rows), into `first` and `second` (`KernelPlan.pairsH`): the rows they
     /// share folded once into `second`, then each window's own rows merged in one pass
     /// (`windowPair`). The second window's bits are `fold`'s, the first's
     /// `foldFirstOfPair`'s, so a window's bits do not depend on whether it was paired.
     @inline(__always) func foldPair(from start: Int, kernel: Int, stride: Int,
-                                    into first: UnsafeMutablePointer<R.Accumulator>, _ second: UnsafeMutablePointer<R.Accumulator>) {
-        fold((start + stride)..<(start + kernel), into: second, first: true)
+                                    into first: UnsafeMutablePointer<R.Accumulator>, _ second: UnsafeMutablePointer<R.Accumulator>,
+                                    fetching ahead: PrefetchRegion) {
         let base = base, stepH = stepH
-        windowPair(InputLoader<R>.self, first, second, columns * channels, stride: stride,
-                   source: { base + (start + ($0 < stride ? $0 : kernel - stride + $0)) * stepH })
+        inParts(fetching: ahead) { part in
+            let from = base + part.lowerBound
+            foldTaps(InputLoader<R>.self, second + part.lowerBound, part.count, taps: (start + stride)..<(start + kernel), first: true,
+                     source: { from + $0 * stepH })
+            windowPair(InputLoader<R>.self, first + part.lowerBound, second + part.lowerBound, part.count, stride: stride,
+                       source: { from + (start + ($0 < stride ? $0 : kernel - stride + $0)) * stepH })
+        }
     }
 
     /// The first window of a pair (`foldPair`) folded alone, in the pair's order: for maxima
     /// `fold`'s (merges are associative), for sums the rows after its first `stride`, then
     /// those (float sums round in that order).
-    @inline(__always) func foldFirstOfPair(from start: Int, kernel: Int, stride: Int, into target: UnsafeMutablePointer<R.Accumulator>) {
+    @inline(__always) func foldFirstOfPair(from start: Int, kernel: Int, stride: Int, into target: UnsafeMutablePointer<R.Accumulator>,
+                                           fetching ahead: PrefetchRegion) {
         if R.mergesOverlaps {
-            fold(start..<(start + kernel), into: target, first: true)
+            fold(start..<(start + kernel), into: target, first: true, fetching: ahead)
         } else {
-            fold((start + stride)..<(start + kernel), into: target, first: true)
+            fold((start + stride)..<(start + kernel), into: target, first: true, fetching: ahead)
             fold(start..<(start + stride), into: target, first: false)
         }
     }
@@ -143,11 +182,15 @@ struct HeightRows<R: WindowReduction> {
     /// `target`, after what it holds unless `first`. Dense rows (channels contiguous, positions
     /// packed) fold as runs, starting from the first row; others element by element from the
     /// identity (the same values: only a float sum of -0s differs, as +0, and a mean of more
-    /// than one element is +0 either way).
-    @inline(__always) func fold(_ rows: Range<Int>, into target: UnsafeMutablePointer<R.Accumulator>, first: Bool) {
+    /// than one element is +0 either way). Dense rows fold in parts, fetching `ahead`.
+    @inline(__always) func fold(_ rows: Range<Int>, into target: UnsafeMutablePointer<R.Accumulator>, first: Bool,
+                                fetching ahead: PrefetchRegion = .none) {
         let base = base, stepH = stepH
         if dense {
-            foldTaps(InputLoader<R>.self, target, columns * channels, taps: rows, first: first, source: { base + $0 * stepH })
+            inParts(fetching: ahead) { part in
+                let from = base + part.lowerBound
+                foldTaps(InputLoader<R>.self, target + part.lowerBound, part.count, taps: rows, first: first, source: { from + $0 * stepH })
+            }
             return
         }
         if first {
@@ -198,12 +241,12 @@ struct HeightBlocks<R: WindowReduction> {
     }
 
     /// Output row oh's window (not empty) into `target`, folding the blocks it needs first
-    /// into their ring slots (`whole` of them: block j in slot j % whole).
-    mutating func fold(_ oh: Int, into target: UnsafeMutablePointer<R.Accumulator>) {
+    /// into their ring slots (`whole` of them: block j in slot j % whole), fetching `ahead`.
+    mutating func fold(_ oh: Int, into target: UnsafeMutablePointer<R.Accumulator>, fetching ahead: PrefetchRegion) {
         let ring = ring, pitch = pitch, slots = whole
         built = Swift.max(built, oh)
         while built < oh + whole {
-            source.fold(rows(built), into: ring + (built % slots) * pitch, first: true)
+            source.fold(rows(built), into: ring + (built % slots) * pitch, first: true, fetching: ahead)
             built += 1
         }
         // The blocks holding input rows are consecutive, and one at least (the window is not empty).

@@ -13,6 +13,39 @@ struct PrefetchRegion {
     /// Nothing to prefetch (its address is never used).
     static let none = PrefetchRegion(start: UnsafeRawPointer(bitPattern: 64)!, planeBytes: 0, planes: 0, planeStride: 0)
     var isEmpty: Bool { planeBytes * planes == 0 }
+
+    /// Prefetches part `part` of the region cut into `parts` equal parts.
+    func fetch(part: Int, of parts: Int) {
+        let total = planeBytes * planes
+        guard total > 0 else { return }
+        var from = total * part / parts
+        let to = total * (part + 1) / parts
+        while from < to {
+            let plane = from / planeBytes, offset = from % planeBytes
+            let bytes = Swift.min(to - from, planeBytes - offset)
+            let address = start + plane * planeStride + offset
+            if forWriting {
+                tpstream_prefetch_write(UnsafeMutableRawPointer(mutating: address), bytes)
+            } else {
+                tpstream_prefetch(address, bytes)
+            }
+            from += bytes
+        }
+    }
+}
+
+/// Runs `body` over `range` cut into `parts` parts (fewer when it is shorter: no part is
+/// empty), prefetching the matching parts of `region` and `second` after each (in one part
+/// when there is nothing to prefetch).
+@inline(__always)
+func fetchingInParts(_ range: Range<Int>, _ parts: Int, _ region: PrefetchRegion, and second: PrefetchRegion = .none,
+                     _ body: (Range<Int>) -> Void) {
+    let parts = region.isEmpty && second.isEmpty || range.isEmpty ? 1 : Swift.min(parts, range.count)
+    for part in 0..<parts {
+        body((range.lowerBound + range.count * part / parts)..<(range.lowerBound + range.count * (part + 1) / parts))
+        region.fetch(part: part, of: parts)
+        second.fetch(part: part, of: parts)
+    }
 }
 
 /// Prefetching for the strategies: the input the next planes or rows will read, fetched while
@@ -59,37 +92,13 @@ extension TilePass {
                               planeBytes: rows.count * g.stepH * size, planes: planes.count, planeStride: g.stepD * size)
     }
 
-    /// Runs `body` over `range` cut into `prefetchChunks` parts (fewer when it is shorter: no
-    /// part is empty), prefetching the matching parts of `region` and `second` after each (in
-    /// one part when there is nothing to prefetch). A 2-d pooling's rows run as planes of one
-    /// row, and sixteen calls of the body and of the prefetch for one row cost more than the row.
+    /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching parts
+    /// of `region` and `second` after each (`fetchingInParts`). A 2-d pooling's rows run as
+    /// planes of one row, and sixteen calls of the body and of the prefetch for one row cost
+    /// more than the row.
     @inline(__always)
     func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, and second: PrefetchRegion = .none,
                  _ body: (Range<Int>) -> Void) {
-        let parts = region.isEmpty && second.isEmpty || range.isEmpty ? 1 : Swift.min(Self.prefetchChunks, range.count)
-        for part in 0..<parts {
-            body((range.lowerBound + range.count * part / parts)..<(range.lowerBound + range.count * (part + 1) / parts))
-            prefetch(region, part: part, of: parts)
-            prefetch(second, part: part, of: parts)
-        }
-    }
-
-    /// Prefetches part `part` of `region` cut into `parts` equal parts.
-    func prefetch(_ region: PrefetchRegion, part: Int, of parts: Int) {
-        let total = region.planeBytes * region.planes
-        guard total > 0 else { return }
-        var from = total * part / parts
-        let to = total * (part + 1) / parts
-        while from < to {
-            let plane = from / region.planeBytes, offset = from % region.planeBytes
-            let bytes = Swift.min(to - from, region.planeBytes - offset)
-            let address = region.start + plane * region.planeStride + offset
-            if region.forWriting {
-                tpstream_prefetch_write(UnsafeMutableRawPointer(mutating: address), bytes)
-            } else {
-                tpstream_prefetch(address, bytes)
-            }
-            from += bytes
-        }
+        fetchingInParts(range, Self.prefetchChunks, region, and: second, body)
     }
 }

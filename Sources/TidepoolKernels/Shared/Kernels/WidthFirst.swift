@@ -87,7 +87,7 @@ extension TilePass {
             // cost 1-d pooling with few channels up to 3x its floor).
             let runs = !ringSubsampled && channels == g.channels
             for oh in tile.oh {
-                prefetch(upcoming, part: oh - tile.oh.lowerBound, of: tile.oh.count)
+                upcoming.fetch(part: oh - tile.oh.lowerBound, of: tile.oh.count)
                 let source = reduced + (oh - tile.oh.lowerBound) * ringRow
                 let destination = out + (oh - tile.oh.lowerBound) * outputRow + tile.c.lowerBound
                 if runs {
@@ -189,7 +189,7 @@ extension TilePass {
             finishRun(start..<end, into: buffer, partial: merged, taps: taps, scanned: scanned)
             tpstream_copy(out + start, buffer, (end - start) * size)
             while prefetched < parts && (prefetched + 1) * planeLength <= end * parts {
-                prefetch(region, part: prefetched, of: parts)
+                region.fetch(part: prefetched, of: parts)
                 prefetched += 1
             }
             start = end
