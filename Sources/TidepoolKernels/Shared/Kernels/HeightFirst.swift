@@ -10,7 +10,7 @@ extension TilePass {
     /// W stride above 1), each window's taps from its first column, padded ones included.
     /// Where the plan pairs H windows (`KernelPlan.pairsH`), two output rows fold at once,
     /// the second into `blockRows`.
-    /// Where no plane is fetched ahead (2-d poolings; planes no later window reads), each fold
+    /// Where no plane is fetched ahead (2-d poolings; a tile's last plane), each fold of dense rows
     /// fetches the rows that the next output row (or pair) adds, a part after each part of the
     /// rows it folds (`HeightRows.fetchedPartBytes`): the hardware's prefetch alone left the H
     /// folds waiting on memory for the new rows, and the same rows fetched at once before
@@ -32,7 +32,12 @@ extension TilePass {
         // s3 of 1 bfloat16 channel, blocks along H: 1.3x as long; docs/performance.md).
         let ahead = planeAfter(d)
         let strideH = g.strideH, kernelH = g.kernelH
-        let fetchesRows = ahead.isEmpty && source.dense
+        // The rows that the `count` output rows after `oh` add (dense rows only: `region`).
+        func rowsAhead(after oh: Int, count: Int) -> PrefetchRegion {
+            guard ahead.isEmpty else { return .none }
+            return source.region(rows: positionsAhead(after: oh, count: count, stride: strideH, padding: g.padH, kernel: kernelH,
+                                                      length: g.inH, within: inputRows))
+        }
         var oh = tile.oh.lowerBound
         while oh < tile.oh.upperBound {
             ahead.fetch(part: oh - tile.oh.lowerBound, of: tile.oh.count)
@@ -44,10 +49,8 @@ extension TilePass {
             let fullAndEven = kernel.pairsH && oh % 2 == 0 && h1 - h0 == kernelH
             if pairs && fullAndEven && oh + 1 < tile.oh.upperBound && start + strideH + kernelH <= g.inH {
                 ahead.fetch(part: oh + 1 - tile.oh.lowerBound, of: tile.oh.count)
-                let next = fetchesRows ? source.region(rows: positionsAhead(after: oh + 1, count: 2, stride: strideH, padding: g.padH,
-                                                                            kernel: kernelH, length: g.inH, within: inputRows)) : .none
                 source.foldPair(from: start, kernel: kernelH, stride: strideH, into: valid, blockRows + inputColumns.lowerBound * channels,
-                                fetching: next)
+                                fetching: rowsAhead(after: oh + 1, count: 2))
                 reduceIntoRing(paddedRow, into: out)
                 reduceIntoRing(blockRows, into: out + ringRow)
                 oh += 2
@@ -56,8 +59,7 @@ extension TilePass {
             if h0 >= h1 {
                 for j in 0..<ringRow { out[j] = R.identity }
             } else {
-                let next = fetchesRows ? source.region(rows: positionsAhead(after: oh, count: 1, stride: strideH, padding: g.padH,
-                                                                            kernel: kernelH, length: g.inH, within: inputRows)) : .none
+                let next = rowsAhead(after: oh, count: 1)
                 if kernel.blocksH {
                     blocks.fold(oh, into: valid, fetching: next)
                 } else if fullAndEven {
@@ -128,7 +130,7 @@ struct HeightRows<R: WindowReduction> {
     /// The bytes of each row a fold reads between two parts of the rows it fetches ahead.
     /// Larger parts leave the fetches bunched (a C loop of MaxPool2d k5 s2's H fold of 2-byte
     /// rows over 64 MiB: 0.13 ns per input with a part after each 0.6 KB of each row, 0.14
-    /// after 1.2 KB, 0.17 after 2.5 KB, 0.21 without); smaller ones cost a fold call each (in
+    /// after 1.2 KB, 0.17 after 2.5 KB, 0.215 without); smaller ones cost a fold call each (in
     /// the engine, parts of 256 bytes were slower than of 512 or 1024, docs/performance.md).
     static var fetchedPartBytes: Int { 1024 }
 
