@@ -1262,6 +1262,40 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
         }
     }
 
+    /// Running sums of 6 and 7 channels are summed as one vector of 8 per column (`runningSums`),
+    /// whose lanes past the channels sum the next column's first inputs and store them where
+    /// the next column's sums go (past the last column, into room the chunk keeps), and whose
+    /// last columns, where 8 inputs would pass the row's end, continue in scalars. Integer
+    /// averages, 1-d and 2-d, windows that touch and overlap, with and without padding, rows of
+    /// several chunks and rows whose last column ends the tensor: against the float64
+    /// reference (the means are exact, so equal) and bit for bit on tiles cut along W.
+    @Test(arguments: [DType.int8, .uint8, .int16, .uint16, .int32, .uint32, .int64])
+    func runningSumsOfSixOrSevenChannelsAsOneVector(dtype: DType) throws {
+        let engines = [PoolEngine(threads: 1), PoolEngine(threads: 2, tileBudgetBytes: 200, serialWorkBelow: 0)]
+        var checked = 0
+        for channels in [6, 7] {
+            for (kernel, stride) in [(9, 9), (6, 3), (5, 2), (8, 6), (11, 4)] {
+                for (dims, positions) in [(1, 700), (1, 3), (2, 150)] {
+                    let padding = (kernel + channels) % 3 == 0 ? 0 : kernel / 2
+                    let width = positions * stride + kernel + channels % 3
+                    let desc = PoolDescriptor(kind: .average, kernelSize: [Int](repeating: 2, count: dims - 1) + [kernel],
+                                              stride: [Int](repeating: 1, count: dims - 1) + [stride],
+                                              padding: [Int](repeating: 0, count: dims - 1) + [padding])
+                    let shape = [2] + [Int](repeating: 3, count: dims - 1) + [width, channels], strides = TensorView.contiguousStrides(shape)
+                    let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 100 + kernel * 10 + dims))
+                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
+                    let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
+                    #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
+                            "\(desc) \(dtype) \(shape)")
+                    #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0,
+                            "\(desc) \(dtype) \(shape)")
+                    checked += 1
+                }
+            }
+        }
+        #expect(checked == 30)
+    }
+
     /// 32-bit integer averages keep Double sums where W is not reduced as differences of
     /// running sums (windows at every position, subsampled rows: stride x channels at most
     /// 4 for rows alone; strided windows with gaps between them; windows of 2 or 3 columns at

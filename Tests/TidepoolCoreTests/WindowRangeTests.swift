@@ -1,4 +1,5 @@
 import Testing
+import TidepoolKernels
 import TidepoolTypes
 
 /// The ranges along one axis that the passes derive from a geometry, against sets counted
@@ -41,6 +42,28 @@ import TidepoolTypes
                         }
                     }
                 }
+            }
+        }
+        #expect(checked > 10_000)
+    }
+
+    /// `PartCuts`, the parts a pass and its prefetches run in: stepped without divisions, each
+    /// part must be total * i / parts ..< total * (i + 1) / parts exactly, so the parts cover
+    /// the run once, in order, and a part's fetched bytes match its elements as before.
+    @Test func partCutsAreTheDividedCuts() {
+        var checked = 0
+        let totals = Array(0...130) + [1 << 20, 5_786, 4_000_037, (1 << 40) + 12_345]
+        for total in totals {
+            for parts in [1, 2, 3, 5, 7, 15, 16, 17, 64, 129] {
+                var cuts = PartCuts(total, parts), expected = 0
+                for i in 0..<parts {
+                    let part = cuts.next()
+                    #expect(part == (total * i / parts)..<(total * (i + 1) / parts), "total \(total) parts \(parts) part \(i): \(part)")
+                    #expect(part.lowerBound == expected)
+                    expected = part.upperBound
+                    checked += 1
+                }
+                #expect(expected == total, "total \(total) parts \(parts) ended at \(expected)")
             }
         }
         #expect(checked > 10_000)

@@ -183,13 +183,14 @@ extension TilePass {
         let lead = address % size == 0 ? ((64 - (address & 63)) & 63) / size : 0
         let chunk = Self.streamedChunkBytes / size
         let parts = region.isEmpty ? 0 : Self.prefetchChunks
+        var cut = PartCuts(region.planeBytes * region.planes, Swift.max(parts, 1))
         var start = 0, prefetched = 0
         while start < planeLength {
             let end = Swift.min(planeLength, (start == 0 ? lead : start) + chunk)
             finishRun(start..<end, into: buffer, partial: merged, taps: taps, scanned: scanned)
             tpstream_copy(out + start, buffer, (end - start) * size)
             while prefetched < parts && (prefetched + 1) * planeLength <= end * parts {
-                region.fetch(part: prefetched, of: parts)
+                region.fetch(bytes: cut.next())
                 prefetched += 1
             }
             start = end
@@ -517,7 +518,9 @@ func widenedInChunks<R: WindowReduction>(
     // not, or the input needs no widening, or folds straight from the row).
     // Columns widened as vectors of 8 into phases (below) store up to 5 lanes past the last
     // phase's columns: two more columns of room for 3 channels or more.
-    let spill = phases && !splits ? 2 : 0
+    // Running sums of 6 or 7 channels store vectors of 8 (`runningSums`): the last column's
+    // lanes past its channels need a column of room.
+    let spill = phases && !splits ? 2 : differences && (6..<8).contains(channels) ? 1 : 0
     let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0) - spill
     guard R.Input.self != R.Accumulator.self && spare >= 0 && !straight else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
@@ -538,7 +541,12 @@ func widenedInChunks<R: WindowReduction>(
             let n = Swift.min(perChunk, count - done), columns = (n - 1) * step + kernel
             let from = first + done * step * stepW
             if differences {
-                runningSums(R.self, from, columns: columns, stepW: stepW, channels: channels, into: widened)
+                // The buffer holds the sums and the lanes stored past them (checked: the room
+                // comes from `spare`'s arithmetic).
+                precondition(columns * channels + ((6..<8).contains(channels) ? 8 : channels) <= KernelLimits.widenedChunk,
+                             "running sums past the chunk's buffer")
+                runningSums(R.self, from, columns: columns, stepW: stepW, channels: channels, readable: rowEnd - stepW + channels,
+                            into: widened)
                 let ends = UnsafePointer(widened + kernel * channels), starts = UnsafePointer(widened), out = destination + done * channels
                 if (9...32).contains(channels) && channels % 8 >= 2 {
                     differencesAsVectors(R.self, ends: ends, starts: starts, count: n, jump: step * channels, channels: channels, into: out)
@@ -610,12 +618,42 @@ func widenedInChunks<R: WindowReduction>(
 
 /// The running sums of `columns` columns (`stepW` elements apart, channels contiguous) from
 /// `from`, widened: `sums[(j + 1) * channels + c]` merges channel c of columns 0 through j,
-/// and the first `channels` hold the identity.
+/// and the first `channels` hold the identity. Inputs are read up to `readable` (the end of
+/// the row's last column); 6 or 7 channels store up to 2 sums past the last column's.
 @inline(__always)
 func runningSums<R: WindowReduction>(
-    _: R.Type, _ from: UnsafePointer<R.Input>, columns: Int, stepW: Int, channels: Int, into sums: UnsafeMutablePointer<R.Accumulator>
+    _: R.Type, _ from: UnsafePointer<R.Input>, columns: Int, stepW: Int, channels: Int, readable: UnsafePointer<R.Input>,
+    into sums: UnsafeMutablePointer<R.Accumulator>
 ) {
     for ch in 0..<channels { sums[ch] = R.identity }
+    if (6..<8).contains(channels) {
+        // 6 or 7 channels: the running sums as one vector of 8 from each column's first
+        // channel, whose lanes past the channels sum the next column's first inputs (wrapped
+        // integer sums, never read: each column's store is overwritten from its channels on
+        // by the next column's, and the last one's lands in the room `widenedInChunks`
+        // keeps). Columns whose 8 inputs would pass `readable` continue in scalars. The
+        // scalar loop below split the channels into pieces of 4, 2 and 1 lanes, a load, add
+        // and store each per column: 1-d averages of 6 and 7 channels took 1.07-1.16x as
+        // long (AvgPool1d k9 s9 p3 C=7 int16, k6 s3 p2 C=7 uint8 and int32, k6 s6 C=6
+        // uint16). Not 3 to 5 channels, whose pieces were as fast or faster (one vector took
+        // 1.08x as long at k6 s6 C=4 uint16, 1.10x at k8 s4 p2 C=3 int32).
+        typealias V = SIMD8<R.Accumulator>
+        let room = from.distance(to: readable) - V.scalarCount
+        let whole = room >= 0 ? Swift.min(columns, room / stepW + 1) : 0
+        var running = V(repeating: R.identity), a = 0, b = channels
+        for _ in 0..<whole {
+            running = mergeEight(R.self, running, loadEight(InputLoader<R>.self, from + a))
+            UnsafeMutableRawPointer(sums + b).storeBytes(of: running, as: V.self)
+            a &+= stepW
+            b &+= channels
+        }
+        for _ in whole..<columns {
+            for ch in 0..<channels { sums[b &+ ch] = R.merge(sums[b &- channels &+ ch], R.widen(from[a &+ ch])) }
+            a &+= stepW
+            b &+= channels
+        }
+        return
+    }
     guard channels <= 8 else {
         guard channels <= 32 else {
             // Each column's sums from the previous column's, in memory: a vector loop over
