@@ -100,13 +100,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                             let input = randomInput(dtype, shape: storageShape, seed: UInt64(channels * 100 + stride[2] * 10 + padding[2]))
                             var strides = TensorView.contiguousStrides(storageShape)
                             strides[3] *= sparse ? 2 : 1
-                            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
-                            let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
-                            #expect(runs[0].shape == expected.shape)
-                            #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
-                                    "\(desc) \(dtype) C=\(channels) sparse \(sparse)")
-                            #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0,
-                                    "\(desc) \(dtype) C=\(channels)")
+                            try expectEnginesAgree(desc, dtype, storage: input, shape: shape, strides: strides, engines: engines,
+                                                   "\(desc) \(dtype) C=\(channels) sparse \(sparse)")
                         }
                     }
                 }
@@ -859,12 +854,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 // Columns `gap` elements apart past their channels (a strided view).
                                 let columnStep = channels + gap, strides = [width * columnStep, columnStep, 1]
                                 let input = randomInput(dtype, shape: [2 * width * columnStep], seed: UInt64(channels * 1000 + kernel * 10 + stride))
-                                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
-                                let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
-                                #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
-                                        "\(desc) \(dtype) C=\(channels) w=\(width) gap \(gap)")
-                                #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0,
-                                        "\(desc) \(dtype) C=\(channels) w=\(width) gap \(gap)")
+                                try expectEnginesAgree(desc, dtype, storage: input, shape: shape, strides: strides, engines: engines,
+                                                       "\(desc) \(dtype) C=\(channels) w=\(width) gap \(gap)")
                                 checked += 1
                             }
                         }
@@ -927,11 +918,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 subsampledWide += subsampled && geometry.strideW * channels > 16 && geometry.strideW * channels <= span ? 1 : 0
                             }
                             let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 1000 + kernel * 10 + dims))
-                            let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
-                            let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
-                            #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
-                                    "\(desc) \(dtype) \(shape)")
-                            #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * dtype.size) == 0, "\(desc) \(dtype) \(shape)")
+                            try expectEnginesAgree(desc, dtype, storage: input, shape: shape, strides: strides, engines: engines,
+                                                   "\(desc) \(dtype) \(shape)")
                             checked += 1
                         }
                     }
@@ -977,10 +965,8 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                 }
                                 let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 1000 + kernel * 10 + padding))
                                 let strides = TensorView.contiguousStrides(shape)
-                                let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
-                                let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
-                                #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil, "\(desc) \(dtype) C=\(channels) w=\(width)")
-                                #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0, "\(desc) \(dtype)")
+                                try expectEnginesAgree(desc, dtype, storage: input, shape: shape, strides: strides, engines: engines,
+                                                       "\(desc) \(dtype) C=\(channels) w=\(width)")
                             }
                         }
                     }
@@ -1283,12 +1269,7 @@ func checkEngines(_ engines: [(budget: Int, engine: PoolEngine)], _ desc: PoolDe
                                               padding: [Int](repeating: 0, count: dims - 1) + [padding])
                     let shape = [2] + [Int](repeating: 3, count: dims - 1) + [width, channels], strides = TensorView.contiguousStrides(shape)
                     let input = randomInput(dtype, shape: shape, seed: UInt64(channels * 100 + kernel * 10 + dims))
-                    let expected = try #require(referencePool(desc, storage: input, offset: 0, shape: shape, strides: strides))
-                    let runs = try engines.map { try runEngine(desc, storage: input, offset: 0, shape: shape, strides: strides, engine: $0) }
-                    #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil,
-                            "\(desc) \(dtype) \(shape)")
-                    #expect(memcmp(runs[0].output.raw, runs[1].output.raw, runs[0].output.count * runs[0].output.dtype.size) == 0,
-                            "\(desc) \(dtype) \(shape)")
+                    try expectEnginesAgree(desc, dtype, storage: input, shape: shape, strides: strides, engines: engines, "\(desc) \(dtype) \(shape)")
                     checked += 1
                 }
             }

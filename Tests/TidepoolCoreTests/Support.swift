@@ -1,3 +1,4 @@
+import Testing
 import TidepoolCore
 
 #if canImport(Glibc)
@@ -245,6 +246,22 @@ func runEngine(_ desc: PoolDescriptor, storage: Buffer, offset: Int, shape: [Int
     try engine.pool(desc, input: input, output: OutputView(data: output.raw, dtype: output.dtype, shape: outShape),
                     threads: threads)
     return PoolRun(output: output, shape: outShape)
+}
+
+/// Pools `storage`, viewed as `shape` with `strides`, on each of `engines`: the first run
+/// against the float64 reference (`firstMismatch`), every other bit for bit against it.
+/// `label` names the case in a failure.
+func expectEnginesAgree(_ desc: PoolDescriptor, _ dtype: DType, storage: Buffer, shape: [Int], strides: [Int], engines: [PoolEngine],
+                        _ label: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let expected = try #require(referencePool(desc, storage: storage, offset: 0, shape: shape, strides: strides), sourceLocation: sourceLocation)
+    let runs = try engines.map { try runEngine(desc, storage: storage, offset: 0, shape: shape, strides: strides, engine: $0) }
+    #expect(runs[0].shape == expected.shape, "\(label)", sourceLocation: sourceLocation)
+    #expect(firstMismatch(desc, dtype: dtype, actual: runs[0].output, expected: expected.values) == nil, "\(label)",
+            sourceLocation: sourceLocation)
+    for (index, run) in runs.enumerated().dropFirst() {
+        #expect(memcmp(runs[0].output.raw, run.output.raw, run.output.count * run.output.dtype.size) == 0, "\(label), engine \(index)",
+                sourceLocation: sourceLocation)
+    }
 }
 
 /// Whether `actual` matches the reference: exactly for max (NaN matching NaN) and for
