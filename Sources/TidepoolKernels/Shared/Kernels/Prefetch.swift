@@ -65,9 +65,9 @@ func fetchingInParts(_ range: Range<Int>, _ parts: Int, _ region: PrefetchRegion
 
 /// `total` cut into `parts` parts in turn, part i being total * i / parts ..< total * (i + 1) /
 /// parts, stepped without a division per part: each of a row's sixteen parts divided its ends
-/// and its regions' (32-bit divisions, 10 or more cycles each, which `perf` found the stalls
-/// of a 2-d pooling's short rows on), and MaxPool2d k6 s1 p1 of 2 uint8 channels, its input in
-/// L2, took 1.01-1.06x as long with them.
+/// and its regions' (32-bit divisions, on which `perf` found a 2-d pooling's short rows
+/// stalled), and MaxPool2d k6 s1 p1 of 2 uint8 channels, its input in L2, took 1.01-1.06x as
+/// long with them.
 package struct PartCuts {
     let quotient: Int, remainder: Int, parts: Int
     var end = 0, carried = 0

@@ -518,9 +518,9 @@ func widenedInChunks<R: WindowReduction>(
     // not, or the input needs no widening, or folds straight from the row).
     // Columns widened as vectors of 8 into phases (below) store up to 5 lanes past the last
     // phase's columns: two more columns of room for 3 channels or more.
-    // Running sums of 6 or 7 channels store vectors of 8 (`runningSums`): the last column's
-    // lanes past its channels need a column of room.
-    let spill = phases && !splits ? 2 : differences && (6..<8).contains(channels) ? 1 : 0
+    // Running sums that store whole vectors (`runningSumsStored`) need room for the last
+    // column's lanes past its channels, in columns.
+    let spill = phases && !splits ? 2 : differences ? (runningSumsStored(channels: channels) - 1) / channels : 0
     let spare = KernelLimits.widenedChunk / channels - kernel - (differences ? 1 : 0) - (phases ? step - 1 : 0) - spill
     guard R.Input.self != R.Accumulator.self && spare >= 0 && !straight else {
         foldPositions(InputLoader<R>.self, first, count: count, jump: step &* stepW, tapStep: stepW, taps: kernel,
@@ -541,9 +541,9 @@ func widenedInChunks<R: WindowReduction>(
             let n = Swift.min(perChunk, count - done), columns = (n - 1) * step + kernel
             let from = first + done * step * stepW
             if differences {
-                // The buffer holds the sums and the lanes stored past them (checked: the room
-                // comes from `spare`'s arithmetic).
-                precondition(columns * channels + ((6..<8).contains(channels) ? 8 : channels) <= KernelLimits.widenedChunk,
+                // `spare`'s arithmetic leaves room for the sums and the lanes stored past them;
+                // checked, as a wrong room would write past the buffer.
+                precondition(columns * channels + runningSumsStored(channels: channels) <= KernelLimits.widenedChunk,
                              "running sums past the chunk's buffer")
                 runningSums(R.self, from, columns: columns, stepW: stepW, channels: channels, readable: rowEnd - stepW + channels,
                             into: widened)
@@ -616,17 +616,22 @@ func widenedInChunks<R: WindowReduction>(
     }
 }
 
+/// The elements `runningSums` stores from a column's first sum: 8 for 6 or 7 channels, summed
+/// as one vector of 8 (below), the channels otherwise.
+@inline(__always)
+func runningSumsStored(channels: Int) -> Int { (6..<8).contains(channels) ? 8 : channels }
+
 /// The running sums of `columns` columns (`stepW` elements apart, channels contiguous) from
 /// `from`, widened: `sums[(j + 1) * channels + c]` merges channel c of columns 0 through j,
 /// and the first `channels` hold the identity. Inputs are read up to `readable` (the end of
-/// the row's last column); 6 or 7 channels store up to 2 sums past the last column's.
+/// the row's last column); the last column's store is `runningSumsStored` elements long.
 @inline(__always)
 func runningSums<R: WindowReduction>(
     _: R.Type, _ from: UnsafePointer<R.Input>, columns: Int, stepW: Int, channels: Int, readable: UnsafePointer<R.Input>,
     into sums: UnsafeMutablePointer<R.Accumulator>
 ) {
     for ch in 0..<channels { sums[ch] = R.identity }
-    if (6..<8).contains(channels) {
+    if runningSumsStored(channels: channels) > channels {
         // 6 or 7 channels: the running sums as one vector of 8 from each column's first
         // channel, whose lanes past the channels sum the next column's first inputs (wrapped
         // integer sums, never read: each column's store is overwritten from its channels on
