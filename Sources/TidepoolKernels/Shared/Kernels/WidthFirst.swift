@@ -887,10 +887,15 @@ func foldManyChannels<L: SourceLoader, V: SIMD>(
         default: return unsafeBitCast(mergeEight(R.self, unsafeBitCast(a, to: SIMD8<A>.self), unsafeBitCast(b, to: SIMD8<A>.self)), to: V.self)
         }
     }
-    /// `vectors` vectors (a constant once inlined) of the channels from `start` of position
-    /// `i` and, when `pair`, of position `i + 1` too: two positions' chains of dependent
-    /// merges run side by side.
-    @inline(__always) func fold(_ vectors: Int, from start: Int, _ i: Int, pair: Bool) {
+    /// `vectors` vectors of the channels from `start` of position `i`, and of position `i + 1`
+    /// too where `positionCount` is 2: two positions' chains of dependent merges run side by
+    /// side. Both counts come as types (`InlineArray`'s count, as `splitIntoPhases` takes its
+    /// step), so each of the eight forms compiles with them as constants, inlined or not: passed
+    /// as arguments, they were tested at every tap of the one copy the optimiser had left
+    /// uninlined (docs/performance.md).
+    @inline(__always) func fold<let vectors: Int, let positionCount: Int>(_: InlineArray<vectors, V>.Type, _: InlineArray<positionCount, V>.Type,
+                                                                     from start: Int, _ i: Int) {
+        let pair = positionCount == 2
         let o0 = start, o1 = Swift.min(start + lanes, last), o2 = Swift.min(start + 2 * lanes, last)
         let o3 = Swift.min(start + 3 * lanes, last)
         let position = first + i &* jump, out = destination + i * channels
@@ -932,26 +937,26 @@ func foldManyChannels<L: SourceLoader, V: SIMD>(
             if vectors > 3 { UnsafeMutableRawPointer(nextOut + o3).storeBytes(of: g3, as: V.self) }
         }
     }
-    @inline(__always) func positions(_ i: Int, pair: Bool) {
+    @inline(__always) func positions<let positionCount: Int>(_ i: Int, _ together: InlineArray<positionCount, V>.Type) {
         var start = 0
         while start < channels {
             // The first vector starts at most `lanes` before the end.
             let from = Swift.min(start, last)
             switch (channels - from + lanes - 1) / lanes {
-            case 1: fold(1, from: from, i, pair: pair)
-            case 2: fold(2, from: from, i, pair: pair)
-            case 3: fold(3, from: from, i, pair: pair)
-            default: fold(4, from: from, i, pair: pair)
+            case 1: fold(InlineArray<1, V>.self, together, from: from, i)
+            case 2: fold(InlineArray<2, V>.self, together, from: from, i)
+            case 3: fold(InlineArray<3, V>.self, together, from: from, i)
+            default: fold(InlineArray<4, V>.self, together, from: from, i)
             }
             start += 4 * lanes
         }
     }
     var i = 0
     while i + 1 < count {
-        positions(i, pair: true)
+        positions(i, InlineArray<2, V>.self)
         i += 2
     }
-    if i < count { positions(i, pair: false) }
+    if i < count { positions(i, InlineArray<1, V>.self) }
 }
 
 /// Eight sources from `p`, loaded (widened) as one vector. Lanes are named one by one, never
