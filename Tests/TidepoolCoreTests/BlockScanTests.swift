@@ -145,6 +145,33 @@ import Glibc
         }
     }
 
+    /// Sums along W as pairs over rows longer than one part (`KernelLimits.pairedWPart`
+    /// accumulators; `TilePass.pairAlongW` pairs and folds a part at a time): every kernel the
+    /// pairs serve, even and odd, with parts that do and do not divide the row, one part of a
+    /// single position (channels past the part) and padding at both ends, against the reference
+    /// and bit for bit against tiny tiles, whose rows fit one part.
+    @Test(arguments: [DType.float32, .float16, .int16, .uint8])
+    func pairsAlongWInParts(dtype: DType) throws {
+        var rng = SplitMix64(seed: 0xFA_17 ^ UInt64(dtype.code))
+        // `KernelLimits.pairedWPart` accumulators a part, kernels to `pairedWTaps`.
+        let part = 1024
+        for k in 2...12 {
+            for channels in [8, 9, 13, 64, part + 3] {
+                // A few parts' positions (one position a part where channels pass it).
+                let parts = channels > part ? 3 : 2 + Int(rng.next() % 2)
+                let width = Swift.max(1, parts * part / channels) + Int(rng.next() % UInt64(k + 5))
+                let padding = Int(rng.next() % UInt64(k / 2 + 1))
+                let desc = PoolDescriptor(kind: .average, kernelSize: [2, k], stride: [1, 1], padding: [1, padding])
+                let shape = [1, 2, width, channels]
+                guard let out = try? desc.outputShape(inputShape: shape), !out.contains(0) else { continue }
+                let plan = try #require(try Self.scanning.kernelPlan(desc, input: TensorView(data: nil, dtype: dtype, shape: shape)))
+                #expect(plan.pairsW, "\(desc) \(dtype) \(shape)")
+                #expect(out[2] * channels > part, "\(desc) \(shape): one part")
+                try check(desc, dtype, shape: shape, storage: randomInput(dtype, shape: shape, seed: rng.next()))
+            }
+        }
+    }
+
     /// Blocks along H (height first, `KernelPlan.blocksH`) at every row stride from 3 to half
     /// the kernel, kernels a multiple of the stride, and pairs along H (`KernelPlan.pairsH`)
     /// for the others at strides 2 to 4 (past 4 they fold): unpadded, centred and padded wider

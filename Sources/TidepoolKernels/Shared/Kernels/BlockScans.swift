@@ -181,17 +181,29 @@ extension TilePass {
         let channels = channels, pairs = doubledRow, kernel = g.kernelW, load = L.load
         // Pairs that windows start at: positions.count + 2 (kernel / 2 - 1), the last reading
         // column positions.count + 2 (kernel / 2) - 2 < columnSpan.
-        let pairCount = positions.count + 2 * (kernel / 2 - 1)
+        let reach = 2 * (kernel / 2 - 1), count = positions.count
         // Two pointers, not an index sum in the loop (see `doubleAlongW`).
         let next = source + channels
-        for j in 0..<(pairCount * channels) { pairs[j] = R.merge(load(source[j]), load(next[j])) }
         let pitch = 2 * channels
-        if kernel % 2 == 0 {
-            foldTaps(AccumulatorLoader<R>.self, destination, rowLength, taps: 0..<(kernel / 2), first: true,
-                     source: { UnsafePointer(pairs + $0 * pitch) })
-        } else {
-            foldRunsThenLast(L.self, destination, rowLength, runs: UnsafePointer(pairs), pitch: pitch, count: kernel / 2,
-                             last: source + (kernel - 1) * channels)
+        // A part of the row's positions at a time, each right after the pairs it adds: paired
+        // over the whole row first, the pairs (a row of accumulators, often past L1) were read
+        // back from L2. Every position folds the same pairs in the same order either way.
+        let part = Swift.max(1, KernelLimits.pairedWPart / channels)
+        var paired = 0, q = 0
+        while q < count {
+            let end = Swift.min(q + part, count)
+            let needed = end + reach
+            for j in (paired * channels)..<(needed * channels) { pairs[j] = R.merge(load(source[j]), load(next[j])) }
+            paired = needed
+            let from = q * channels, length = (end - q) * channels
+            if kernel % 2 == 0 {
+                foldTaps(AccumulatorLoader<R>.self, destination + from, length, taps: 0..<(kernel / 2), first: true,
+                         source: { UnsafePointer(pairs + from + $0 * pitch) })
+            } else {
+                foldRunsThenLast(L.self, destination + from, length, runs: UnsafePointer(pairs + from), pitch: pitch, count: kernel / 2,
+                                 last: source + from + (kernel - 1) * channels)
+            }
+            q = end
         }
     }
 
