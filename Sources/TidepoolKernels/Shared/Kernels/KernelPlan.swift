@@ -95,7 +95,7 @@ enum KernelLimits {
     /// W windows of up to this many columns fold as pairs (`KernelPlan.pairsW`): their pairs,
     /// and an odd window's last column, fit one fold pass.
     static let pairedWTaps = 2 * sourcesPerPass
-    /// Accumulators of pairs `TilePass.pairAlongW` adds, then folds, at a time: 4 to 8 KB,
+    /// Accumulators of pairs `TilePass.pairAlongW` adds, then folds, at a time: 2 to 8 KB,
     /// within L1 beside the row's inputs and the positions they fold into.
     static let pairedWPart = 1024
     /// Accumulators a strided row's widened chunk holds (`widenedInChunks`): a buffer on the
