@@ -112,7 +112,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "TidepoolKernels", "TidepoolTypes", "TidepoolSync", "CTidepool",
+        .testTarget(name: "TidepoolCoreTests", dependencies: ["TidepoolCore", "TidepoolKernels", "TidepoolKernelsAVX2", "TidepoolTypes", "TidepoolSync", "CTidepool",
                                                             "CTidepoolVector"]),
         .testTarget(name: "TidepoolProtocolTests", dependencies: ["TidepoolProtocol", "TidepoolCore", "CTidepool"]),
         .testTarget(

@@ -2,7 +2,7 @@ import TidepoolTypes
 
 /// The kernels built for every x86-64 CPU (and for any other architecture, as it is).
 /// The level this build of Shared/ runs at (see TidepoolKernelsAVX2's).
-let kernelLevel = CPULevel.baseline
+@usableFromInline let kernelLevel = CPULevel.baseline
 
 public enum BaselineKernels: PoolKernels {
     package static let level = kernelLevel

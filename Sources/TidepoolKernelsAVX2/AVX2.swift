@@ -4,7 +4,7 @@ import TidepoolTypes
 /// FMA vectors, F16C half-float conversions. Called only where the CPU has them.
 /// The level this build of Shared/ runs at, where the shared code calls a C kernel built for
 /// one (`splitIntoPhases`).
-let kernelLevel = CPULevel.avx2
+@usableFromInline let kernelLevel = CPULevel.avx2
 
 public enum AVX2Kernels: PoolKernels {
     package static let level = kernelLevel

@@ -110,6 +110,22 @@ func mean<F: BinaryFloatingPoint>(_ sum: F, _ windowSize: Int) -> F {
     (sum + (windowSize == 1 ? -0.0 : 0.0)) * (1 / F(windowSize))
 }
 
+/// `sum / n` rounded once, as the division rounds it: where the build has FMA, in a multiply
+/// and two fused multiply-adds. Markstein's theorem (Muller et al., Handbook of Floating-Point
+/// Arithmetic, "Markstein's iteration"): with y = 1/n rounded to nearest and q = sum * y within
+/// an ulp of the quotient, the remainder r = sum - q * n is exact and q + r * y rounds to the
+/// quotient rounded once; nothing here under- or overflows (integer sums, n >= 1). Why: a
+/// vector division delivers a few lanes every several cycles, and it bounded the finish of
+/// integer averages (their loops hoist 1/n). Without FMA, a fused multiply-add is a libm call:
+/// the division stays.
+@usableFromInline @inline(__always)
+func quotient<F: BinaryFloatingPoint>(_ sum: F, _ n: Int) -> F {
+    let divisor = F(n)
+    guard kernelLevel == .avx2 else { return sum / divisor }
+    let y = 1 / divisor, q = sum * y
+    return q.addingProduct(sum.addingProduct(-q, divisor), y)
+}
+
 public enum AverageFloat32: WindowReduction {
     @inlinable public static var identity: Float { 0 }
     @inlinable public static func widen(_ x: Float) -> Float { x }
@@ -159,7 +175,7 @@ public enum AverageInt16Sum<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static var unmergesExactly: Bool { true }
     @inlinable public static func unmerge(_ total: Int16, _ part: Int16) -> Int16 { total &- part }
     @inlinable public static func finish(_ sum: Int16, windowSize: Int) -> Float {
-        (I.isSigned ? Float(sum) : Float(UInt16(bitPattern: sum))) / Float(windowSize)
+        quotient(I.isSigned ? Float(sum) : Float(UInt16(bitPattern: sum)), windowSize)
     }
     @inlinable public static var finishOutweighsACopy: Bool { true }
 
@@ -183,7 +199,7 @@ public enum AverageSmallInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static func merge(_ a: Int32, _ b: Int32) -> Int32 { a &+ b }
     @inlinable public static var unmergesExactly: Bool { true }
     @inlinable public static func unmerge(_ total: Int32, _ part: Int32) -> Int32 { total &- part }
-    @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(sum) / Float(windowSize) }
+    @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { quotient(Float(sum), windowSize) }
     @inlinable public static var finishOutweighsACopy: Bool { true }
 
     /// Whether every window sum (and so the window size) is below 2^24.
@@ -200,7 +216,7 @@ public enum AverageInt32Sum<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static func merge(_ a: Int32, _ b: Int32) -> Int32 { a &+ b }
     @inlinable public static var unmergesExactly: Bool { true }
     @inlinable public static func unmerge(_ total: Int32, _ part: Int32) -> Int32 { total &- part }
-    @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
+    @inlinable public static func finish(_ sum: Int32, windowSize: Int) -> Float { Float(quotient(Double(sum), windowSize)) }
 
     /// Whether every window sum fits in Int32.
     static func fits(windowSize: Int) -> Bool {
@@ -217,7 +233,7 @@ public enum AverageNarrowInteger<I: FixedWidthInteger>: WindowReduction {
     @inlinable public static func merge(_ a: Int64, _ b: Int64) -> Int64 { a &+ b }
     @inlinable public static var unmergesExactly: Bool { true }
     @inlinable public static func unmerge(_ total: Int64, _ part: Int64) -> Int64 { total &- part }
-    @inlinable public static func finish(_ sum: Int64, windowSize: Int) -> Float { Float(Double(sum) / Double(windowSize)) }
+    @inlinable public static func finish(_ sum: Int64, windowSize: Int) -> Float { Float(quotient(Double(sum), windowSize)) }
 }
 
 /// Integers sum in Double, then round to float32. Exact while every sum stays within 2^53:
@@ -230,7 +246,7 @@ public enum AverageWideInteger<I: FixedWidthInteger>: WindowReduction {
         I.bitWidth == 64 ? vectorizableDouble(UInt64(truncatingIfNeeded: x), signed: I.isSigned) : Double(x)
     }
     @inlinable public static func merge(_ a: Double, _ b: Double) -> Double { a + b }
-    @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Float { Float(sum / Double(windowSize)) }
+    @inlinable public static func finish(_ sum: Double, windowSize: Int) -> Float { Float(quotient(sum, windowSize)) }
     @inlinable public static var widenOutweighsAPass: Bool { I.bitWidth == 64 }
 
     /// Double(x) of a 64-bit integer (its bits in `bits`), in operations AVX2 has: it has no
