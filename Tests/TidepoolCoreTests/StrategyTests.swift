@@ -140,9 +140,19 @@ struct StrategyTests {
         let oneChannel = try Self.cases[7].plan()
         #expect(oneChannel.rowsAsOneRun && oneChannel.prefetchInput && oneChannel.prefetchOutput && oneChannel.streamOutput)
         #expect(!oneChannel.usesVectorFinish)
-        // float64: memory bound already, no input prefetch; but height first fetches each next
-        // plane while it reduces the one before (its H folds waited on memory).
-        #expect(try !Self.cases[8].plan().prefetchInput)
+        // float64 (64 MiB) fetches its input too, as every 8-byte input of 16 MiB or more
+        // (`KernelLimits.prefetchedWideInputBytes`); one plane less than 16 MiB does not, nor
+        // does it fetch the next plane ahead. Height first fetches each next plane while it
+        // reduces the one before whatever the size (its H folds waited on memory).
+        #expect(try Self.cases[8].plan().prefetchInput && Self.cases[8].plan().prefetchPlaneAhead)
+        for (planes, fetches) in [(128, true), (127, false)] {
+            for (kind, dtype) in [(PoolKind.average, DType.float64), (.max, .uint64)] {
+                let sized = Case(kind: kind, dtype: dtype, shape: [1, planes, 128, 128, 1], kernel: 5, stride: 1, padding: 2,
+                                 strategy: .widthFirst)
+                #expect(try sized.plan().strategy == .widthFirst, "\(sized)")
+                #expect(try sized.plan().prefetchInput == fetches && sized.plan().prefetchPlaneAhead == fetches, "\(sized)")
+            }
+        }
         let strided64 = Case(kind: .max, dtype: .float64, shape: [4, 128, 128, 128, 1], kernel: 9, stride: 3, padding: 4,
                              strategy: .heightFirst)
         #expect(try strided64.plan().strategy == .heightFirst && strided64.plan().prefetchInput)
@@ -158,7 +168,6 @@ struct StrategyTests {
         let several = Case(kind: .average, dtype: .bfloat16, shape: [1, 30, 30, 30, 24], kernel: 11, stride: 5, padding: 4,
                            strategy: .widthFirst)
         #expect(try several.plan().strategy == .widthFirst && several.plan().prefetchInput && !several.plan().prefetchPlaneAhead)
-        #expect(try !Self.cases[8].plan().prefetchPlaneAhead)
         // 32 channels, 64 MiB of output: streamed, not reduced as one run.
         let wide = try Self.cases[4].plan()
         #expect(wide.streamOutput && !wide.rowsAsOneRun)

@@ -76,6 +76,15 @@ enum KernelLimits {
     /// windows overlap by half a stride or more.
     static let subsampledSpanOfByteMaxima = 32
     static let subsampledSpanOfOverlappingByteMaxima = 64
+    /// Overlapping D windows (or rows as planes) of 8-byte inputs of at least this many bytes
+    /// prefetch their input (`KernelPlan.prefetchInput`). From memory, without the fetch,
+    /// each plane's first pass waited on it: 64 MiB, 1 thread, MaxPool2d k3 s1 p1 of 16
+    /// float64 channels took 1.45-1.6x as long, MaxPool3d k3 s1 p1 of 3 uint64 1.35-1.6x,
+    /// AvgPool3d k5 s1 p2 of 2 float64 1.25x, MaxPool2d k7 s1 p1 of 2 float64 1.2x. In cache
+    /// the fetches cost (up to 1.5x at 1 MiB), and at 4 and 8 MiB gains and losses were
+    /// mixed; at 16 MiB, half this machine kind's L3 with the output beside it, every cell
+    /// gained.
+    static let prefetchedWideInputBytes = 16 << 20
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
     /// Row strides at which two H windows fold together (`KernelPlan.pairsH`): each window's
@@ -272,13 +281,15 @@ public struct KernelPlan: Sendable {
         streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= settings.streamingOutputBytes
             && streamsRuns && narrowing
         // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte
-        // inputs, and of 64-bit integer averages, whose widening is long. Where memory
-        // bandwidth is the limit already (float64, 64-bit max, windows that do not overlap) the
-        // prefetches only compete with the loads, but in height first, whose H folds of
-        // strided rows waited on memory for every type (MaxPool3d k9 s3 p4 of 1 float64
-        // channel took 1.8x as long without), whether or not D windows overlap (MaxPool3d k2
-        // s2 p0 of 3 float32 channels 1.9x, k3 s3 of 5 int8 channels 2.5x).
-        prefetchInput = strategy == .heightFirst || ((inputSize < 8 || R.widenOutweighsAPass) && g.kernelD > g.strideD)
+        // inputs, and of 64-bit integer averages, whose widening is long; and of any 8-byte
+        // input past the caches (`KernelLimits.prefetchedWideInputBytes`). Where windows do
+        // not overlap the prefetches only compete with the loads, but in height first, whose H
+        // folds of strided rows waited on memory for every type (MaxPool3d k9 s3 p4 of 1
+        // float64 channel took 1.8x as long without), whether or not D windows overlap
+        // (MaxPool3d k2 s2 p0 of 3 float32 channels 1.9x, k3 s3 of 5 int8 channels 2.5x).
+        let wideInputPastTheCaches = inputSize == 8 && g.inputElements >= KernelLimits.prefetchedWideInputBytes / inputSize
+        prefetchInput = strategy == .heightFirst
+            || ((inputSize < 8 || R.widenOutweighsAPass || wideInputPastTheCaches) && g.kernelD > g.strideD)
         // Fetched while the plane before is reduced, the next plane is in cache before the
         // finish that used to fetch it alone (MaxPool3d k3 s1 p1 of 16 float32 channels took
         // 1.15 times as long without, AvgPool3d of 8 1.08). Not at larger D strides, whose
