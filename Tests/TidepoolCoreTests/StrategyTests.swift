@@ -142,11 +142,12 @@ struct StrategyTests {
         #expect(!oneChannel.usesVectorFinish)
         // float64 (64 MiB) fetches its input too, as every 8-byte input of 16 MiB or more
         // (`KernelLimits.prefetchedWideInputBytes`); one plane less than 16 MiB does not, nor
-        // does it fetch the next plane ahead. Height first fetches each next plane while it
+        // does it fetch the next plane ahead; narrower inputs from 8 MiB
+        // (`KernelLimits.prefetchedInputBytes`). Height first fetches each next plane while it
         // reduces the one before whatever the size (its H folds waited on memory).
         #expect(try Self.cases[8].plan().prefetchInput && Self.cases[8].plan().prefetchPlaneAhead)
         for (planes, fetches) in [(128, true), (127, false)] {
-            for (kind, dtype) in [(PoolKind.average, DType.float64), (.max, .uint64)] {
+            for (kind, dtype) in [(PoolKind.average, DType.float64), (.max, .uint64), (.average, .float32), (.max, .int32)] {
                 let sized = Case(kind: kind, dtype: dtype, shape: [1, planes, 128, 128, 1], kernel: 5, stride: 1, padding: 2,
                                  strategy: .widthFirst)
                 #expect(try sized.plan().strategy == .widthFirst, "\(sized)")
@@ -165,7 +166,7 @@ struct StrategyTests {
         // Width first fetches each plane while the one before is reduced at a D stride of 1 only
         // (k5 s1, one channel, above), not where windows add several planes (k11 s5).
         #expect(try Self.cases[7].plan().strategy == .widthFirst && Self.cases[7].plan().prefetchPlaneAhead)
-        let several = Case(kind: .average, dtype: .bfloat16, shape: [1, 30, 30, 30, 24], kernel: 11, stride: 5, padding: 4,
+        let several = Case(kind: .average, dtype: .bfloat16, shape: [8, 30, 30, 30, 24], kernel: 11, stride: 5, padding: 4,
                            strategy: .widthFirst)
         #expect(try several.plan().strategy == .widthFirst && several.plan().prefetchInput && !several.plan().prefetchPlaneAhead)
         // 32 channels, 64 MiB of output: streamed, not reduced as one run.
@@ -191,7 +192,7 @@ struct StrategyTests {
         let f16 = Case(kind: .average, dtype: .float16, shape: [2, 8, 16, 16, 32], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
         #expect(try !f16.plan().usesVectorFinish)
         // 64-bit integer averages widen each row once (not for subsampled rows).
-        let wide64 = Case(kind: .average, dtype: .int64, shape: [1, 8, 16, 16, 8], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
+        let wide64 = Case(kind: .average, dtype: .int64, shape: [4, 16, 64, 64, 8], kernel: 3, stride: 1, padding: 1, strategy: .widthFirst)
         #expect(try wide64.plan().widenOnce && wide64.plan().prefetchInput)
         // So do float16 and bfloat16 maxima (a key costs more than a pass) where W folds taps,
         // or doubles a row of few channels, not where W doubles straight from the rows, nor in

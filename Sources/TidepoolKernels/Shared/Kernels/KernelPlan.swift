@@ -85,6 +85,12 @@ enum KernelLimits {
     /// mixed; at 16 MiB, half this machine kind's L3 with the output beside it, every cell
     /// gained.
     static let prefetchedWideInputBytes = 16 << 20
+    /// The same for 1- to 4-byte inputs and 64-bit integer averages. Below it the fetches of
+    /// lines in cache cost: 1 thread, MaxPool2d k6 s1 p1 of 2 uint8 channels took 1.35x as
+    /// long fetching at 1 MiB and 4 MiB, AvgPool3d k5 s1 p2 of 1 float32 1.1x; at 8 MiB the
+    /// fetches won (AvgPool2d k8 s1 of 12 float16 1.15x as long without, AvgPool3d k3 s1 p1 of
+    /// 4 int16 1.1x).
+    static let prefetchedInputBytes = 8 << 20
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
     /// Row strides at which two H windows fold together (`KernelPlan.pairsH`): each window's
@@ -280,16 +286,16 @@ public struct KernelPlan: Sendable {
         let streamsRuns = g.channels >= KernelLimits.vectorChannels || (!width.subsampled && !rowWindows)
         streamOutput = (strategy == .widthFirst || strategy == .heightFirst) && outputBytes >= settings.streamingOutputBytes
             && streamsRuns && narrowing
-        // Prefetching pays where compute per byte is long: overlapping windows of 1- to 4-byte
-        // inputs, and of 64-bit integer averages, whose widening is long; and of any 8-byte
-        // input past the caches (`KernelLimits.prefetchedWideInputBytes`). Where windows do
-        // not overlap the prefetches only compete with the loads, but in height first, whose H
-        // folds of strided rows waited on memory for every type (MaxPool3d k9 s3 p4 of 1
-        // float64 channel took 1.8x as long without), whether or not D windows overlap
-        // (MaxPool3d k2 s2 p0 of 3 float32 channels 1.9x, k3 s3 of 5 int8 channels 2.5x).
-        let wideInputPastTheCaches = inputSize == 8 && g.inputElements >= KernelLimits.prefetchedWideInputBytes / inputSize
-        prefetchInput = strategy == .heightFirst
-            || ((inputSize < 8 || R.widenOutweighsAPass || wideInputPastTheCaches) && g.kernelD > g.strideD)
+        // Prefetching pays for overlapping windows of inputs past the caches: of 1- to 4-byte
+        // inputs and 64-bit integer averages, whose compute per byte is long, from
+        // `KernelLimits.prefetchedInputBytes`; of other 8-byte inputs from
+        // `KernelLimits.prefetchedWideInputBytes`. Where windows do not overlap the prefetches
+        // only compete with the loads, but in height first, whose H folds of strided rows
+        // waited on memory for every type and size (MaxPool3d k9 s3 p4 of 1 float64 channel
+        // took 1.8x as long without), whether or not D windows overlap (MaxPool3d k2 s2 p0 of
+        // 3 float32 channels 1.9x, k3 s3 of 5 int8 channels 2.5x).
+        let fetchedFrom = inputSize < 8 || R.widenOutweighsAPass ? KernelLimits.prefetchedInputBytes : KernelLimits.prefetchedWideInputBytes
+        prefetchInput = strategy == .heightFirst || (g.kernelD > g.strideD && g.inputElements >= fetchedFrom / inputSize)
         // Fetched while the plane before is reduced, the next plane is in cache before the
         // finish that used to fetch it alone (MaxPool3d k3 s1 p1 of 16 float32 channels took
         // 1.15 times as long without, AvgPool3d of 8 1.08). Not at larger D strides, whose
