@@ -32,19 +32,10 @@ void tpstream_prefetch(const void *address, size_t bytes) {
     const char *p = (const char *)((uintptr_t)address & ~(uintptr_t)63), *end = (const char *)address + bytes;
     for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_T1);
 }
-
-void tpstream_prefetch_write(void *address, size_t bytes) {
-    const char *p = (const char *)((uintptr_t)address & ~(uintptr_t)63), *end = (const char *)address + bytes;
-    for (; p < end; p += 64) __asm__ volatile("prefetchw %0" : : "m"(*p));
-}
 #else
 void tpstream_copy(void *destination, const void *source, size_t bytes) { memcpy(destination, source, bytes); }
 void tpstream_fence(void) {}
 void tpstream_prefetch(const void *address, size_t bytes) {
-    (void)address;
-    (void)bytes;
-}
-void tpstream_prefetch_write(void *address, size_t bytes) {
     (void)address;
     (void)bytes;
 }

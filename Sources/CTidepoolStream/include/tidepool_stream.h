@@ -16,7 +16,4 @@ void tpstream_fence(void);
 /* Hint that [address, address + bytes) will be read soon: fetched into L2 meanwhile. */
 void tpstream_prefetch(const void *address, size_t bytes);
 
-/* Hint that [address, address + bytes) will be written soon: fetched for ownership meanwhile. */
-void tpstream_prefetch_write(void *address, size_t bytes);
-
 #endif

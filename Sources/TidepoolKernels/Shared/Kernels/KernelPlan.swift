@@ -160,8 +160,6 @@ public struct KernelPlan: Sendable {
     /// Each input plane after a tile's first is also prefetched while the one before is
     /// reduced (height first; width first at a D stride of 1).
     public let prefetchPlaneAhead: Bool
-    /// The output plane is prefetched for writing while input is reduced (width first).
-    public let prefetchOutput: Bool
     /// The AVX-512 kernels (`VectorFinish`) finish the outputs, where the strategy, the type and
     /// this CPU allow.
     let vectorFinish: VectorFinish?
@@ -302,10 +300,6 @@ public struct KernelPlan: Sendable {
         // windows add several planes each: fetched one by one, AvgPool3d k11 s5 of 24
         // bfloat16 channels took 1.04 times as long, k5 s2 of 16 int8 maxima the same.
         prefetchPlaneAhead = prefetchInput && (strategy == .heightFirst || strategy == .widthFirst && g.strideD == 1)
-        // Fetching the output plane for writing while input is reduced lets the finishing pass
-        // store into cache instead of waiting on each line (overlapping D windows only: the
-        // reduction must be long enough to hide the fetch).
-        prefetchOutput = g.kernelD > g.strideD
         scansH = (strategy == .widthFirst || strategy == .depthFirst) && Self.scans(g.kernelH, stride: g.strideH, from: scanTaps)
         scansD = (strategy == .widthFirst || strategy == .heightFirst) && Self.scans(g.kernelD, stride: g.strideD, from: scanTaps)
         let scansW = (strategy == .widthFirst || strategy == .heightFirst) && width.step == 1 && !rowsAsOneRun && g.kernelW >= scanTaps

@@ -1,14 +1,12 @@
 import CTidepoolStream
 import TidepoolTypes
 
-/// Memory to prefetch, for reading or for writing: `planes` runs of `planeBytes`,
-/// `planeStride` bytes apart.
+/// Memory to prefetch for reading: `planes` runs of `planeBytes`, `planeStride` bytes apart.
 struct PrefetchRegion {
     let start: UnsafeRawPointer
     let planeBytes: Int
     let planes: Int
     let planeStride: Int
-    var forWriting = false
 
     /// Nothing to prefetch (its address is never used).
     static let none = PrefetchRegion(start: UnsafeRawPointer(bitPattern: 64)!, planeBytes: 0, planes: 0, planeStride: 0)
@@ -30,36 +28,28 @@ struct PrefetchRegion {
             let plane = planes == 1 ? 0 : from / planeBytes, offset = from - plane * planeBytes
             let bytes = Swift.min(to - from, planeBytes - offset)
             let address = start + plane * planeStride + offset
-            if forWriting {
-                tpstream_prefetch_write(UnsafeMutableRawPointer(mutating: address), bytes)
-            } else {
-                tpstream_prefetch(address, bytes)
-            }
+            tpstream_prefetch(address, bytes)
             from += bytes
         }
     }
 }
 
 /// Runs `body` over `range` cut into `parts` parts (fewer when it is shorter: no part is
-/// empty; `PartCuts`), prefetching the matching parts of `region` and `second` after each (in
-/// one part when there is nothing to prefetch).
+/// empty; `PartCuts`), prefetching the matching part of `region` after each (in one part when
+/// there is nothing to prefetch).
 @inline(__always)
-func fetchingInParts(_ range: Range<Int>, _ parts: Int, _ region: PrefetchRegion, and second: PrefetchRegion = .none,
-                     _ body: (Range<Int>) -> Void) {
-    let parts = region.isEmpty && second.isEmpty || range.isEmpty ? 1 : Swift.min(parts, range.count)
+func fetchingInParts(_ range: Range<Int>, _ parts: Int, _ region: PrefetchRegion, _ body: (Range<Int>) -> Void) {
+    let parts = region.isEmpty || range.isEmpty ? 1 : Swift.min(parts, range.count)
     guard parts > 1 else {
         body(range)
         region.fetch(part: 0, of: 1)
-        second.fetch(part: 0, of: 1)
         return
     }
     var cut = PartCuts(range.count, parts), regionCut = PartCuts(region.planeBytes * region.planes, parts)
-    var secondCut = PartCuts(second.planeBytes * second.planes, parts)
     for _ in 0..<parts {
         let part = cut.next()
         body((range.lowerBound + part.lowerBound)..<(range.lowerBound + part.upperBound))
         region.fetch(bytes: regionCut.next())
-        second.fetch(bytes: secondCut.next())
     }
 }
 
@@ -138,13 +128,12 @@ extension TilePass {
                               planeBytes: rows.count * g.stepH * size, planes: planes.count, planeStride: g.stepD * size)
     }
 
-    /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching parts
-    /// of `region` and `second` after each (`fetchingInParts`). A 2-d pooling's rows run as
+    /// Runs `body` over `range` cut into `prefetchChunks` parts, prefetching the matching part
+    /// of `region` after each (`fetchingInParts`). A 2-d pooling's rows run as
     /// planes of one row, and sixteen calls of the body and of the prefetch for one row cost
     /// more than the row.
     @inline(__always)
-    func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, and second: PrefetchRegion = .none,
-                 _ body: (Range<Int>) -> Void) {
-        fetchingInParts(range, Self.prefetchChunks, region, and: second, body)
+    func inParts(_ range: Range<Int>, prefetching region: PrefetchRegion, _ body: (Range<Int>) -> Void) {
+        fetchingInParts(range, Self.prefetchChunks, region, body)
     }
 }

@@ -25,14 +25,8 @@ extension TilePass {
             progress?()
             let (d0, d1) = windowBounds(od, stride: g.strideD, padding: g.padD, kernel: g.kernelD, length: g.inD)
             let out = output + ((tile.n * g.outD + od) * g.outH + tile.oh.lowerBound) * outputRow
-            // The output plane is fetched for writing while the new planes are reduced: the
-            // finishing pass then stores into cache instead of waiting on each line.
-            var outputAhead = !(wholeRows && !inScratch && kernel.prefetchOutput) ? PrefetchRegion.none
-                : PrefetchRegion(start: UnsafeRawPointer(out), planeBytes: planeLength * MemoryLayout<R.Output>.stride, planes: 1,
-                                 planeStride: 0, forWriting: true)
             for d in stride(from: Swift.max(d0, newestPlane + 1), to: d1, by: 1) {
-                reducePlane(d, outputAhead: outputAhead)
-                outputAhead = .none
+                reducePlane(d)
                 firstPlane = Swift.min(firstPlane, d)
                 if kernel.scansD { scanPlaneAlongD(d, firstPlane: firstPlane) }
                 newestPlane = d
@@ -198,10 +192,8 @@ extension TilePass {
     }
 
     /// Reduces input plane d along W and H into its ring slot, for the tile's rows, prefetching
-    /// `outputAhead` for writing meanwhile (in W-first order only: H-first planes are strided,
-    /// and their outputs subsampled in scratch, so there is rarely an output to fetch), and
-    /// the next plane where the plan says (`planeAfter`).
-    func reducePlane(_ d: Int, outputAhead: PrefetchRegion) {
+    /// the next plane meanwhile where the plan says (`planeAfter`).
+    func reducePlane(_ d: Int) {
         if kernel.strategy == .heightFirst {
             reducePlaneHeightFirst(d)
             return
@@ -213,9 +205,9 @@ extension TilePass {
         let target = rowsAreOutputs ? ringSlot(d) : reducedRows
         let ahead = planeAfter(d)
         if planeRun {
-            reduceRowsAsOneRun(d: d, rows: inputRows, into: target, outputAhead: outputAhead, inputAhead: ahead)
+            reduceRowsAsOneRun(d: d, rows: inputRows, into: target, inputAhead: ahead)
         } else {
-            inParts(inputRows, prefetching: outputAhead, and: ahead) { part in
+            inParts(inputRows, prefetching: ahead) { part in
                 for h in part { reduceRow(d: d, h: h, into: target + (h - firstRow) * rowLength) }
             }
         }
@@ -300,7 +292,7 @@ extension TilePass {
     /// Positions outside `interiorPositions` (windows crossing a row's edge) get sums over the
     /// neighbouring row's columns from the run; they are redone one by one after it. Every position
     /// folds the same taps in the same order as `reduceRow`.
-    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, into reduced: UnsafeMutablePointer<R.Accumulator>, outputAhead: PrefetchRegion,
+    func reduceRowsAsOneRun(d: Int, rows: Range<Int>, into reduced: UnsafeMutablePointer<R.Accumulator>,
                             inputAhead: PrefetchRegion) {
         guard !rows.isEmpty else { return }
         let block = input + tile.n * g.stepN + d * g.stepD + rows.lowerBound * g.stepH
@@ -309,7 +301,7 @@ extension TilePass {
         // stays within the rows.
         let start = interior.lowerBound * channels
         let length = ((rows.count - 1) * g.inW + interior.upperBound) * channels - start
-        inParts(start..<(start + length), prefetching: outputAhead, and: inputAhead) { part in
+        inParts(start..<(start + length), prefetching: inputAhead) { part in
             foldTaps(InputLoader<R>.self, reduced + part.lowerBound, part.count, taps: 0..<g.kernelW, first: true,
                      source: { UnsafePointer(block + (first + $0) * channels + part.lowerBound) })
         }
