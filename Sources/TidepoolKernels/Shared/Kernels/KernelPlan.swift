@@ -87,9 +87,10 @@ enum KernelLimits {
     static let prefetchedWideInputBytes = 16 << 20
     /// The same for 1- to 4-byte inputs and 64-bit integer averages. Below it the fetches of
     /// lines in cache cost: 1 thread, MaxPool2d k6 s1 p1 of 2 uint8 channels took 1.35x as
-    /// long fetching at 1 MiB and 4 MiB, AvgPool3d k5 s1 p2 of 1 float32 1.1x; at 8 MiB the
-    /// fetches won (AvgPool2d k8 s1 of 12 float16 1.15x as long without, AvgPool3d k3 s1 p1 of
-    /// 4 int16 1.1x).
+    /// long fetching at 1 MiB and 4 MiB, AvgPool3d k5 s1 p2 of 1 float32 1.1x. At 8 MiB, a
+    /// judgment: five of eight cells gained (AvgPool2d k8 s1 of 12 float16 1.15x as long
+    /// without, AvgPool3d k3 s1 p1 of 4 int16 1.1x), the two float32 ones lost (AvgPool3d k3 s1
+    /// p1 of 8 channels 1.09x as long fetching, k5 s1 p2 of 1 1.05x), a bfloat16 one tied.
     static let prefetchedInputBytes = 8 << 20
     /// Full windows of this many rows or planes (at stride 1) fold in pairs (`foldPair`).
     static let pairedTaps = 2...5
